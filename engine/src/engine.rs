@@ -1,0 +1,207 @@
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::apply::ApplyLimits;
+use crate::commit::Pipeline;
+use crate::store::{Store, CF_DEDUP, CF_SEGMENTS};
+use crate::{
+    read, Appended, Command, CommitStats, Direction, Error, Message, NewMessage, Options, Outcome,
+    Result, SegmentInfo,
+};
+
+/// An open imstore data directory. Cheap to clone; every clone is the same
+/// store. The store closes when the last clone is dropped, after the
+/// commit pipeline has finished every queued write.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    pipeline: Arc<Pipeline>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    max_page_messages: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.pipeline.close();
+        let handle = match self.committer.lock() {
+            Ok(mut h) => h.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        // The last clone can be dropped by a completion running on the
+        // commit thread itself; that thread exits on its own after `close`.
+        if let Some(handle) = handle.filter(|h| h.thread().id() != std::thread::current().id()) {
+            if handle.join().is_err() {
+                tracing::error!("commit thread panicked");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data directory at `path`.
+    ///
+    /// Fails with [`Error::UnsupportedFormat`] when the directory was
+    /// written by another format version, and with
+    /// [`Error::NotAnImstoreDirectory`] when it holds some other RocksDB.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Engine> {
+        let store = Arc::new(Store::open(path.as_ref(), &options)?);
+        let (pipeline, handle) = Pipeline::start(
+            Arc::clone(&store),
+            ApplyLimits::from(&options),
+            options.max_group_commands,
+            options.conversation_cache_entries,
+        )?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                pipeline,
+                committer: Mutex::new(Some(handle)),
+                max_page_messages: options.max_page_messages,
+            }),
+        })
+    }
+
+    /// Appends one message and returns its seq once it is durable. A retry
+    /// of an earlier send returns the original seq with `duplicate` set.
+    pub fn append(&self, message: NewMessage) -> Result<Appended> {
+        let mut appended = self.append_batch(vec![message])?;
+        appended
+            .pop()
+            .ok_or_else(|| Error::Storage("append produced no result".into()))
+    }
+
+    /// Appends messages to any number of conversations in one atomic write:
+    /// all of them become durable together, or none does.
+    pub fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>> {
+        match self.execute(Command::Append(messages))? {
+            Outcome::Appended(appended) => Ok(appended),
+        }
+    }
+
+    /// Runs a command through the commit pipeline and waits until it is
+    /// durable.
+    pub fn execute(&self, command: Command) -> Result<Outcome> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(command, move |result| {
+            // The receiver only goes away if the caller's thread died.
+            let _ = tx.send(result);
+        });
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Queues a command and returns at once; `done` is called on the commit
+    /// thread with the result once the command is durable or has failed.
+    /// `done` must not block: it delays every later write.
+    pub fn submit(&self, command: Command, done: impl FnOnce(Result<Outcome>) + Send + 'static) {
+        self.inner.pipeline.submit(command, Box::new(done));
+    }
+
+    /// Up to `limit` messages of `conversation`, in ascending seq order.
+    /// [`Direction::Forward`] returns seqs `from, from + 1, …`;
+    /// [`Direction::Backward`] returns the highest seqs `≤ from`.
+    /// A page shorter than `limit` means the end of the timeline was reached.
+    pub fn read(
+        &self,
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+    ) -> Result<Vec<Message>> {
+        self.check_limit(limit)?;
+        match direction {
+            Direction::Forward => read::forward(&self.inner.store, conversation, from, limit),
+            Direction::Backward => read::backward(&self.inner.store, conversation, from, limit),
+        }
+    }
+
+    /// The latest `limit` messages, ascending.
+    pub fn latest(&self, conversation: u64, limit: usize) -> Result<Vec<Message>> {
+        self.read(conversation, u64::MAX, limit, Direction::Backward)
+    }
+
+    /// Up to `limit` messages with seq greater than `after`, ascending: what
+    /// a device that has seen everything up to `after` pulls next.
+    pub fn read_after(&self, conversation: u64, after: u64, limit: usize) -> Result<Vec<Message>> {
+        self.check_limit(limit)?;
+        match after.checked_add(1) {
+            Some(from) => read::forward(&self.inner.store, conversation, from, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The highest seq of `conversation`, 0 when it has no message.
+    pub fn last_seq(&self, conversation: u64) -> Result<u64> {
+        Ok(self.inner.store.conversation_state(conversation)?.last_seq)
+    }
+
+    /// The segments `conversation` is stored in, oldest first.
+    pub fn segments(&self, conversation: u64) -> Result<Vec<SegmentInfo>> {
+        read::segments(&self.inner.store, conversation)
+    }
+
+    /// Counters of the commit pipeline since open: groups written, commands
+    /// and messages they carried. `messages / groups` is the mean group size.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.pipeline.counters.snapshot()
+    }
+
+    /// RocksDB's estimate of the idempotency entries on disk.
+    pub fn dedup_entries_estimate(&self) -> Result<u64> {
+        self.inner.store.estimate_keys(CF_DEDUP)
+    }
+
+    /// Flushes memtables and compacts everything now. Expired dedup entries
+    /// are dropped here (and in RocksDB's background compactions).
+    pub fn compact(&self) -> Result<()> {
+        self.inner.store.compact()
+    }
+
+    /// The stored bytes of one segment, unchecked. For corruption tests and
+    /// the fuzz corpus; not a stable API.
+    #[doc(hidden)]
+    pub fn raw_segment(&self, conversation: u64, base_seq: u64) -> Result<Option<Vec<u8>>> {
+        let store = &self.inner.store;
+        Ok(store.db().get_cf(
+            store.cf(CF_SEGMENTS)?,
+            crate::codec::segment_key(conversation, base_seq),
+        )?)
+    }
+
+    /// Overwrites the stored bytes of one segment, bypassing every check.
+    /// For corruption tests only; not a stable API.
+    #[doc(hidden)]
+    pub fn raw_overwrite_segment(&self, conversation: u64, base_seq: u64, bytes: &[u8]) -> Result<()> {
+        let store = &self.inner.store;
+        store.db().put_cf(
+            store.cf(CF_SEGMENTS)?,
+            crate::codec::segment_key(conversation, base_seq),
+            bytes,
+        )?;
+        Ok(())
+    }
+
+    fn check_limit(&self, limit: usize) -> Result<()> {
+        if limit == 0 {
+            return Err(Error::InvalidArgument("limit must be at least 1".into()));
+        }
+        if limit > self.inner.max_page_messages {
+            return Err(Error::InvalidArgument(format!(
+                "limit {limit} is over the page limit of {}",
+                self.inner.max_page_messages
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+use crate::codec::CodecError;
+
+/// Everything that can go wrong in the engine. Callers branch on the
+/// variant; the gRPC layer maps each one to a status code in one place.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A payload is larger than [`Options::max_payload_bytes`](crate::Options).
+    /// Nothing was written.
+    #[error("payload of {len} bytes is over the limit of {max}")]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A batch holds more messages than [`Options::max_batch_messages`](crate::Options).
+    /// Nothing was written.
+    #[error("batch of {len} messages is over the limit of {max}")]
+    BatchTooLarge {
+        /// Messages in the batch.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// An argument is malformed: an empty or over-long client message id,
+    /// a zero page limit, an empty batch. Nothing was written.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A conversation has used every seq a u64 can hold. Nothing was written.
+    #[error("conversation {conversation} has no seq left")]
+    SeqExhausted {
+        /// The conversation.
+        conversation: u64,
+    },
+    /// Stored bytes of one segment failed their check (CRC, framing, seq
+    /// continuity). The conversation's other segments and every other
+    /// conversation remain readable.
+    #[error("corrupt segment {segment} of conversation {conversation}: {reason}")]
+    Corruption {
+        /// The conversation whose data is corrupt.
+        conversation: u64,
+        /// Base seq of the corrupt segment (its key's segment number).
+        segment: u64,
+        /// What check failed.
+        reason: CodecError,
+    },
+    /// A stored value other than a segment (conversation state, dedup entry,
+    /// format marker) failed to decode.
+    #[error("corrupt {what}: {reason}")]
+    CorruptMetadata {
+        /// Which kind of value.
+        what: &'static str,
+        /// What check failed.
+        reason: CodecError,
+    },
+    /// The data directory was written by a newer or unknown format version.
+    /// It is left untouched.
+    #[error("on-disk format version {found} is not supported (this build reads {supported})")]
+    UnsupportedFormat {
+        /// The version found on disk.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// The directory holds a RocksDB database that imstore did not create.
+    #[error("{0} is not an imstore data directory")]
+    NotAnImstoreDirectory(String),
+    /// RocksDB reported corruption of its own files (block checksum, bad
+    /// SST or WAL); the message names the file.
+    #[error("storage corruption: {0}")]
+    StorageCorruption(String),
+    /// The disk is full; the write was not acknowledged.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// Any other RocksDB or IO failure. The write was not acknowledged.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The engine is shutting down or its commit pipeline has stopped.
+    #[error("engine is closed")]
+    Closed,
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<rocksdb::Error> for Error {
+    fn from(err: rocksdb::Error) -> Self {
+        let text = err.into_string();
+        match () {
+            _ if text.starts_with("Corruption") => Error::StorageCorruption(text),
+            _ if text.contains("No space left") || text.contains("NoSpace") => {
+                Error::DiskFull(text)
+            }
+            _ => Error::Storage(text),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        if err.raw_os_error() == Some(28) {
+            Error::DiskFull(err.to_string())
+        } else {
+            Error::Storage(err.to_string())
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! imstore-engine: durable, exactly-once conversation timelines for instant
+//! messaging, embedded over RocksDB.
+//!
+//! **Owns:** the on-disk layout of timelines (segmented append-only lists of
+//! CRC-framed records, see `docs/format.md`), seq assignment (1, 2, 3, … per
+//! conversation, no gaps, no duplicates), client-retry deduplication, the
+//! deterministic apply step, and the group-commit pipeline that makes every
+//! acknowledged write durable with shared fsyncs.
+//!
+//! **Is not:** a network server (that is `imstore-proxy`), a replicated log
+//! (that is `imstore-raft`, which feeds committed commands through the same
+//! apply step), or a cache of hot reads (the proxy's single-flight cache).
+//! Only this crate and the raft log store touch RocksDB.
+//!
+//! **Limits:** one writer thread per open directory (the committer); a
+//! payload is at most [`Options::max_payload_bytes`], a batch at most
+//! [`Options::max_batch_messages`], a page at most
+//! [`Options::max_page_messages`]. A retry is recognised as a duplicate for
+//! [`Options::dedup_window_ms`] of server time (24 h by default).
+//!
+//! ```
+//! use imstore_engine::{Engine, NewMessage, Options};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(dir.path(), Options::default())?;
+//! let hello = NewMessage {
+//!     conversation: 42,
+//!     sender: 7,
+//!     client_msg_id: "phone-1".into(),
+//!     payload: "hello".into(),
+//!     timestamp_ms: 1_700_000_000_000,
+//! };
+//! assert_eq!(engine.append(hello.clone())?.seq, 1);
+//! // A client retry gets the same seq back and writes nothing.
+//! let retry = engine.append(hello)?;
+//! assert!(retry.duplicate && retry.seq == 1);
+//! assert_eq!(engine.latest(42, 50)?[0].payload, "hello");
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod apply;
+mod commit;
+mod engine;
+mod error;
+mod read;
+mod store;
+mod types;
+
+/// The record and segment codec. Public so the fuzz targets and the
+/// benchmarks can exercise the decoder and the merge operator directly;
+/// the engine's API never needs it.
+#[doc(hidden)]
+pub mod codec;
+
+pub use crate::engine::Engine;
+pub use crate::error::{Error, Result};
+pub use crate::types::{
+    Appended, Command, CommitStats, Direction, Message, NewMessage, Options, Outcome, SegmentInfo,
+};
+pub use bytes::Bytes;

@@ -1,0 +1,256 @@
+//! Range reads over a conversation's segments.
+//!
+//! A read positions one iterator on the segment holding the first wanted
+//! seq (`seek_for_prev` on the segment key) and walks segments from there.
+//! Frames are located by their length prefixes; only the records returned
+//! are checksummed and copied out.
+
+use bytes::Bytes;
+use rocksdb::{DBRawIterator, ReadOptions};
+
+use crate::codec::{self, CodecError, Frame, Frames};
+use crate::store::{Store, CF_SEGMENTS};
+use crate::{Error, Message, Result, SegmentInfo};
+
+fn segment_iterator<'a>(store: &'a Store, conversation: u64) -> Result<DBRawIterator<'a>> {
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(codec::segment_key(conversation, 0).to_vec());
+    if let Some(next) = conversation.checked_add(1) {
+        ro.set_iterate_upper_bound(codec::segment_key(next, 0).to_vec());
+    }
+    Ok(store.db().raw_iterator_cf_opt(store.cf(CF_SEGMENTS)?, ro))
+}
+
+/// The (conversation, base) of the iterator's current segment, if it is
+/// one of `conversation`'s.
+fn current_segment(it: &DBRawIterator<'_>, conversation: u64) -> Result<Option<u64>> {
+    let Some(key) = it.key() else {
+        it.status()?;
+        return Ok(None);
+    };
+    let (c, base) = codec::parse_segment_key(key).map_err(|reason| Error::CorruptMetadata {
+        what: "segment key",
+        reason,
+    })?;
+    Ok((c == conversation).then_some(base))
+}
+
+fn corrupt(conversation: u64, segment: u64) -> impl Fn(CodecError) -> Error {
+    move |reason| Error::Corruption {
+        conversation,
+        segment,
+        reason,
+    }
+}
+
+/// Copies `frames` (consecutive, from one segment whose bytes are `value`)
+/// out as messages, checking each CRC and seq.
+fn to_messages(
+    conversation: u64,
+    base: u64,
+    first_index: usize,
+    value: &[u8],
+    frames: &[Frame<'_>],
+    out: &mut Vec<Message>,
+) -> Result<()> {
+    let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+        return Ok(());
+    };
+    let err = corrupt(conversation, base);
+    let last_record = last.decode().map_err(&err)?;
+    // One copy of the byte range the returned records span; messages slice it.
+    let start = first.offset;
+    let end = last_record.payload.as_ptr() as usize - value.as_ptr() as usize
+        + last_record.payload.len();
+    let shared = Bytes::copy_from_slice(&value[start..end]);
+    for (i, frame) in frames.iter().enumerate() {
+        let record = frame.decode().map_err(&err)?;
+        let expected = base + (first_index + i) as u64;
+        if record.seq != expected {
+            return Err(err(CodecError::SeqMismatch {
+                expected,
+                found: record.seq,
+            }));
+        }
+        out.push(Message {
+            conversation,
+            seq: record.seq,
+            sender: record.sender,
+            timestamp_ms: record.timestamp_ms,
+            client_msg_id: slice_of(&shared, start, value, record.client_msg_id),
+            payload: slice_of(&shared, start, value, record.payload),
+        });
+    }
+    Ok(())
+}
+
+/// The part of `shared` (a copy of `value[start..]`) that holds `sub`, a
+/// subslice of `value`.
+fn slice_of(shared: &Bytes, start: usize, value: &[u8], sub: &[u8]) -> Bytes {
+    let at = sub.as_ptr() as usize - value.as_ptr() as usize - start;
+    shared.slice(at..at + sub.len())
+}
+
+/// The highest seq committed in `conversation`. Read before the segments,
+/// so the segments seen hold at least this much; reads stop there, which
+/// also lets them notice records missing at the end.
+fn last_seq(store: &Store, conversation: u64) -> Result<u64> {
+    Ok(store.conversation_state(conversation)?.last_seq)
+}
+
+/// Up to `limit` messages with seq ≥ `from`, ascending.
+pub(crate) fn forward(
+    store: &Store,
+    conversation: u64,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<Message>> {
+    let last = last_seq(store, conversation)?;
+    let from = from.max(1);
+    if from > last {
+        return Ok(Vec::new());
+    }
+    let want_end = last.min(from.saturating_add(limit as u64 - 1));
+    let mut out = Vec::with_capacity(limit.min(1024));
+    let mut it = segment_iterator(store, conversation)?;
+    it.seek_for_prev(codec::segment_key(conversation, from));
+    if current_segment(&it, conversation)?.is_none() {
+        it.seek(codec::segment_key(conversation, 0));
+    }
+    let mut next_base: Option<u64> = None;
+    let mut visited = from;
+    while out.last().map_or(true, |m: &Message| m.seq < want_end) {
+        let Some(base) = current_segment(&it, conversation)? else {
+            break;
+        };
+        visited = base;
+        if let Some(expected) = next_base {
+            if base != expected {
+                return Err(corrupt(conversation, base)(CodecError::SeqMismatch {
+                    expected,
+                    found: base,
+                }));
+            }
+        }
+        let value = it.value().unwrap_or_default();
+        let skip = from.saturating_sub(base);
+        let mut wanted = Vec::new();
+        let mut count = 0u64;
+        for frame in Frames::new(value) {
+            let frame = frame.map_err(corrupt(conversation, base))?;
+            let seq = base + count;
+            if seq >= from && seq <= want_end {
+                wanted.push(frame);
+            }
+            count += 1;
+        }
+        let first_index = usize::try_from(skip.min(count)).unwrap_or(usize::MAX);
+        to_messages(conversation, base, first_index, value, &wanted, &mut out)?;
+        next_base = Some(base + count);
+        it.next();
+    }
+    it.status()?;
+    if out.last().map_or(0, |m| m.seq) < want_end {
+        // The conversation state says more exists than the segments hold.
+        return Err(corrupt(conversation, visited)(CodecError::SeqMismatch {
+            expected: want_end,
+            found: out.last().map_or(0, |m| m.seq),
+        }));
+    }
+    Ok(out)
+}
+
+/// Up to `limit` messages with seq ≤ `to`, the highest ones, ascending.
+pub(crate) fn backward(
+    store: &Store,
+    conversation: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<Message>> {
+    // Segments are visited newest first; each contributes its tail.
+    let to = to.min(last_seq(store, conversation)?);
+    if to == 0 {
+        return Ok(Vec::new());
+    }
+    let mut pieces: Vec<Vec<Message>> = Vec::new();
+    let mut collected = 0usize;
+    let mut it = segment_iterator(store, conversation)?;
+    it.seek_for_prev(codec::segment_key(conversation, to));
+    let mut expected_end: Option<u64> = None;
+    while collected < limit {
+        let Some(base) = current_segment(&it, conversation)? else {
+            break;
+        };
+        let value = it.value().unwrap_or_default();
+        let frames = Frames::new(value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt(conversation, base))?;
+        let end = base + frames.len() as u64; // one past the segment's last seq
+        // The first segment visited must reach `to`; each later one must end
+        // where the one after it begins.
+        let expected = expected_end.unwrap_or(end.max(to + 1));
+        {
+            if end != expected {
+                return Err(corrupt(conversation, base)(CodecError::SeqMismatch {
+                    expected,
+                    found: end,
+                }));
+            }
+        }
+        // Records with seq <= to: indexes 0..upto.
+        let upto = usize::try_from(to.saturating_sub(base).saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(frames.len());
+        let take = upto.min(limit - collected);
+        let first_index = upto - take;
+        let mut piece = Vec::with_capacity(take);
+        to_messages(
+            conversation,
+            base,
+            first_index,
+            value,
+            &frames[first_index..upto],
+            &mut piece,
+        )?;
+        collected += piece.len();
+        pieces.push(piece);
+        expected_end = Some(base);
+        it.prev();
+    }
+    it.status()?;
+    if collected == 0 {
+        // The state says `to` exists, but no segment holds it.
+        return Err(corrupt(conversation, to)(CodecError::SeqMismatch {
+            expected: to,
+            found: 0,
+        }));
+    }
+    let mut out = Vec::with_capacity(collected);
+    for piece in pieces.into_iter().rev() {
+        out.extend(piece);
+    }
+    Ok(out)
+}
+
+/// Every segment of a conversation, oldest first.
+pub(crate) fn segments(store: &Store, conversation: u64) -> Result<Vec<SegmentInfo>> {
+    let mut out = Vec::new();
+    let mut it = segment_iterator(store, conversation)?;
+    it.seek(codec::segment_key(conversation, 0));
+    while let Some(base) = current_segment(&it, conversation)? {
+        let value = it.value().unwrap_or_default();
+        let mut records = 0u32;
+        for frame in Frames::new(value) {
+            frame.map_err(corrupt(conversation, base))?;
+            records += 1;
+        }
+        out.push(SegmentInfo {
+            base_seq: base,
+            records,
+            bytes: u32::try_from(value.len()).unwrap_or(u32::MAX),
+        });
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}

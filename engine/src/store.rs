@@ -1,0 +1,258 @@
+//! The RocksDB instance: column families, their options, the format check
+//! at open, and the raw reads the engine builds on.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    WriteBatch, WriteOptions, DB,
+};
+
+use crate::codec::{self, ConversationState, DedupEntry, FORMAT_VERSION};
+use crate::{Error, Options, Result};
+
+/// Column family of segments: (conversation, base seq) → framed records.
+pub(crate) const CF_SEGMENTS: &str = "segments";
+/// Column family of conversation states: conversation → [`ConversationState`].
+pub(crate) const CF_CONVERSATIONS: &str = "conversations";
+/// Column family of idempotency entries: (conversation, sender, client id) → [`DedupEntry`].
+pub(crate) const CF_DEDUP: &str = "dedup";
+/// Column family of store-wide values: the format version and the like.
+pub(crate) const CF_META: &str = "meta";
+
+/// Meta key holding [`FORMAT_VERSION`] as u32 BE.
+pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";
+/// Meta key holding the highest server timestamp applied, u64 BE. Dedup GC
+/// measures age against it, never against the wall clock.
+pub(crate) const META_TIMESTAMP_HIGH_WATER: &[u8] = b"timestamp_high_water";
+
+const ALL_CFS: [&str; 4] = [CF_SEGMENTS, CF_CONVERSATIONS, CF_DEDUP, CF_META];
+
+pub(crate) struct Store {
+    db: DB,
+    sync_writes: bool,
+    /// Highest server timestamp written; read by the dedup compaction filter.
+    pub(crate) timestamp_high_water: Arc<AtomicU64>,
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path, options: &Options) -> Result<Store> {
+        let existing = path.join("CURRENT").exists();
+        if existing {
+            let cfs = DB::list_cf(&rocksdb::Options::default(), path)?;
+            if !ALL_CFS.iter().all(|cf| cfs.iter().any(|c| c == cf)) {
+                return Err(Error::NotAnImstoreDirectory(path.display().to_string()));
+            }
+        }
+
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let high_water = Arc::new(AtomicU64::new(0));
+
+        let mut db_opts = rocksdb::Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_paranoid_checks(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        // Writes come from one committer thread; RocksDB's own write-thread
+        // grouping has nothing to group.
+        db_opts.set_enable_pipelined_write(false);
+
+        let descriptors = vec![
+            ColumnFamilyDescriptor::new(CF_SEGMENTS, segments_options(&cache)),
+            ColumnFamilyDescriptor::new(CF_CONVERSATIONS, point_lookup_options(&cache)),
+            ColumnFamilyDescriptor::new(
+                CF_DEDUP,
+                dedup_options(&cache, options, Arc::clone(&high_water)),
+            ),
+            ColumnFamilyDescriptor::new(CF_META, rocksdb::Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
+        let store = Store {
+            db,
+            sync_writes: options.sync_writes,
+            timestamp_high_water: high_water,
+        };
+        store.check_format(existing, path)?;
+        let high_water = match store.db.get_cf(store.cf(CF_META)?, META_TIMESTAMP_HIGH_WATER)? {
+            Some(v) => decode_u64(&v, "timestamp high water")?,
+            None => 0,
+        };
+        store
+            .timestamp_high_water
+            .store(high_water, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// A new directory gets the current format version, synced; an existing
+    /// one must carry exactly the version this build knows.
+    fn check_format(&self, existing: bool, path: &Path) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        match self.db.get_cf(meta, META_FORMAT_VERSION)? {
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                    Error::CorruptMetadata {
+                        what: "format version",
+                        reason: codec::CodecError::BadLength {
+                            what: "format version",
+                            len: v.len(),
+                        },
+                    }
+                })?);
+                if found != FORMAT_VERSION {
+                    return Err(Error::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                Ok(())
+            }
+            None if existing => Err(Error::NotAnImstoreDirectory(path.display().to_string())),
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db.write_opt(batch, &wo)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Storage(format!("column family {name} is missing")))
+    }
+
+    /// Writes a batch, fsyncing the WAL first unless durability was turned off.
+    pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    pub(crate) fn conversation_state(&self, conversation: u64) -> Result<ConversationState> {
+        let cf = self.cf(CF_CONVERSATIONS)?;
+        match self
+            .db
+            .get_pinned_cf(cf, codec::conversation_key(conversation))?
+        {
+            Some(v) => ConversationState::decode(&v).map_err(|reason| Error::CorruptMetadata {
+                what: "conversation state",
+                reason,
+            }),
+            None => Ok(ConversationState::default()),
+        }
+    }
+
+    pub(crate) fn dedup_entry(&self, key: &[u8]) -> Result<Option<DedupEntry>> {
+        let cf = self.cf(CF_DEDUP)?;
+        match self.db.get_pinned_cf(cf, key)? {
+            Some(v) => DedupEntry::decode(&v)
+                .map(Some)
+                .map_err(|reason| Error::CorruptMetadata {
+                    what: "dedup entry",
+                    reason,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Forces memtables to SST files and compacts every column family.
+    pub(crate) fn compact(&self) -> Result<()> {
+        for name in ALL_CFS {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(cf)?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// RocksDB's estimate of live keys in one column family.
+    pub(crate) fn estimate_keys(&self, name: &'static str) -> Result<u64> {
+        let cf = self.cf(name)?;
+        Ok(self
+            .db
+            .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
+            .unwrap_or(0))
+    }
+}
+
+pub(crate) fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::CorruptMetadata {
+        what,
+        reason: codec::CodecError::BadLength {
+            what,
+            len: bytes.len(),
+        },
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn table_options(cache: &Cache, bloom: bool) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_format_version(5);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    if bloom {
+        table.set_bloom_filter(10.0, false);
+    }
+    table
+}
+
+fn segments_options(cache: &Cache) -> rocksdb::Options {
+    let mut opts = rocksdb::Options::default();
+    opts.set_merge_operator(
+        "imstore.segment_append.v1",
+        |_key, existing, operands| Some(codec::merge_segment(existing, operands.iter())),
+        |_key, _existing, operands| Some(codec::merge_segment(None, operands.iter())),
+    );
+    // A hot open segment collects one operand per group commit; folding them
+    // in the memtable bounds what a read of the latest page must merge.
+    opts.set_max_successive_merges(16);
+    // 16 KiB blocks: a sealed segment of ~64 small messages is one or two
+    // blocks, so the latest page is a single block read.
+    let mut table = table_options(cache, false);
+    table.set_block_size(16 * 1024);
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    opts
+}
+
+fn point_lookup_options(cache: &Cache) -> rocksdb::Options {
+    let mut opts = rocksdb::Options::default();
+    opts.set_block_based_table_factory(&table_options(cache, true));
+    opts.set_memtable_whole_key_filtering(true);
+    opts.set_memtable_prefix_bloom_ratio(0.05);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts
+}
+
+fn dedup_options(cache: &Cache, options: &Options, high_water: Arc<AtomicU64>) -> rocksdb::Options {
+    let mut opts = point_lookup_options(cache);
+    let horizon = options
+        .dedup_window_ms
+        .saturating_add(options.dedup_gc_grace_ms);
+    opts.set_compaction_filter("imstore.dedup_expiry.v1", move |_level, _key, value: &[u8]| {
+        match DedupEntry::decode(value) {
+            Ok(entry)
+                if entry.timestamp_ms.saturating_add(horizon)
+                    < high_water.load(Ordering::Relaxed) =>
+            {
+                rocksdb::compaction_filter::Decision::Remove
+            }
+            _ => rocksdb::compaction_filter::Decision::Keep,
+        }
+    });
+    opts
+}
