@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use rocksdb::WriteBatch;
 
 use crate::codec::{self, ConversationState, DedupEntry, RecordRef};
-use crate::store::{Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
 use crate::store::META_TIMESTAMP_HIGH_WATER;
+use crate::store::{Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
 use crate::{Appended, Command, Error, NewMessage, Options, Outcome, Result};
 
 /// Where the applier reads committed state from. The commit pipeline backs
@@ -93,7 +93,11 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         group.conversations.extend(scratch.conversations);
         group.dedup.extend(scratch.dedup);
         for (key, bytes) in scratch.segments {
-            group.segments.entry(key).or_default().extend_from_slice(&bytes);
+            group
+                .segments
+                .entry(key)
+                .or_default()
+                .extend_from_slice(&bytes);
         }
         group.max_timestamp_ms = group.max_timestamp_ms.max(scratch.max_timestamp_ms);
         group.new_messages += scratch.new_messages;
@@ -155,7 +159,11 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
     fn append_one(&mut self, scratch: &mut Pending, m: &NewMessage) -> Result<Appended> {
         let dedup_key = codec::dedup_key(m.conversation, m.sender, &m.client_msg_id);
         if let Some(entry) = self.dedup(scratch, &dedup_key)? {
-            if m.timestamp_ms <= entry.timestamp_ms.saturating_add(self.limits.dedup_window_ms) {
+            if m.timestamp_ms
+                <= entry
+                    .timestamp_ms
+                    .saturating_add(self.limits.dedup_window_ms)
+            {
                 return Ok(Appended {
                     seq: entry.seq,
                     duplicate: true,
@@ -164,12 +172,9 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         }
 
         let mut state = self.conversation(scratch, m.conversation)?;
-        let seq = state
-            .last_seq
-            .checked_add(1)
-            .ok_or(Error::SeqExhausted {
-                conversation: m.conversation,
-            })?;
+        let seq = state.last_seq.checked_add(1).ok_or(Error::SeqExhausted {
+            conversation: m.conversation,
+        })?;
         let framed = codec::framed_len(m.client_msg_id.len(), m.payload.len());
         let framed_u32 = u32::try_from(framed).unwrap_or(u32::MAX);
         let full = state.open_records >= self.limits.segment_max_records

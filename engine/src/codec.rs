@@ -269,11 +269,8 @@ pub fn decode_segment(bytes: &[u8], base_seq: u64) -> Result<Vec<RecordRef<'_>>,
 /// whole of appending. It never inspects or rejects bytes: a corrupt record
 /// must surface as a typed error to the reader of that one conversation,
 /// not as a failed compaction that stalls the whole store.
-pub fn merge_segment<'a>(
-    existing: Option<&[u8]>,
-    operands: impl Iterator<Item = &'a [u8]> + Clone,
-) -> Vec<u8> {
-    let total = existing.map_or(0, <[u8]>::len) + operands.clone().map(<[u8]>::len).sum::<usize>();
+pub fn merge_segment(existing: Option<&[u8]>, operands: &[&[u8]]) -> Vec<u8> {
+    let total = existing.map_or(0, <[u8]>::len) + operands.iter().map(|o| o.len()).sum::<usize>();
     let mut out = Vec::with_capacity(total);
     if let Some(existing) = existing {
         out.extend_from_slice(existing);
@@ -415,10 +412,16 @@ mod tests {
         let mut b = Vec::new();
         encode_record(&mut b, &record(6, b""));
         encode_record(&mut b, &record(7, b"x"));
-        let merged = merge_segment(Some(&a), [b.as_slice()].into_iter());
+        let merged = merge_segment(Some(&a), &[b.as_slice()]);
         let records = decode_segment(&merged, 5).expect("valid segment");
-        assert_eq!(records, vec![record(5, b"hello"), record(6, b""), record(7, b"x")]);
-        assert_eq!(merged.len(), framed_len(1, 5) + framed_len(1, 0) + framed_len(1, 1));
+        assert_eq!(
+            records,
+            vec![record(5, b"hello"), record(6, b""), record(7, b"x")]
+        );
+        assert_eq!(
+            merged.len(),
+            framed_len(1, 5) + framed_len(1, 0) + framed_len(1, 1)
+        );
     }
 
     #[test]
@@ -429,7 +432,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = seg.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(decode_segment(&bad, 1).is_err(), "flip at {byte}:{bit} undetected");
+                assert!(
+                    decode_segment(&bad, 1).is_err(),
+                    "flip at {byte}:{bit} undetected"
+                );
             }
         }
     }

@@ -64,7 +64,8 @@ impl Pipeline {
             counters: Counters::default(),
         });
         let worker = Arc::clone(&pipeline);
-        let cache = LruCache::new(NonZeroUsize::new(cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN));
+        let cache =
+            LruCache::new(NonZeroUsize::new(cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN));
         let handle = std::thread::Builder::new()
             .name("imstore-commit".into())
             .spawn(move || {
@@ -173,8 +174,10 @@ impl Committer {
             cache: &mut self.cache,
         };
         let mut applier = GroupApplier::new(&mut state, self.limits);
-        let outcomes: Vec<Result<Outcome>> =
-            group.iter().map(|(command, _)| applier.apply(command)).collect();
+        let outcomes: Vec<Result<Outcome>> = group
+            .iter()
+            .map(|(command, _)| applier.apply(command))
+            .collect();
 
         let high_water = self.store.timestamp_high_water.load(Ordering::Relaxed);
         let mut batch = WriteBatch::default();

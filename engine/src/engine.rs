@@ -182,7 +182,12 @@ impl Engine {
     /// Overwrites the stored bytes of one segment, bypassing every check.
     /// For corruption tests only; not a stable API.
     #[doc(hidden)]
-    pub fn raw_overwrite_segment(&self, conversation: u64, base_seq: u64, bytes: &[u8]) -> Result<()> {
+    pub fn raw_overwrite_segment(
+        &self,
+        conversation: u64,
+        base_seq: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
         let store = &self.inner.store;
         store.db().put_cf(
             store.cf(CF_SEGMENTS)?,

@@ -60,8 +60,8 @@ fn to_messages(
     let last_record = last.decode().map_err(&err)?;
     // One copy of the byte range the returned records span; messages slice it.
     let start = first.offset;
-    let end = last_record.payload.as_ptr() as usize - value.as_ptr() as usize
-        + last_record.payload.len();
+    let end =
+        last_record.payload.as_ptr() as usize - value.as_ptr() as usize + last_record.payload.len();
     let shared = Bytes::copy_from_slice(&value[start..end]);
     for (i, frame) in frames.iter().enumerate() {
         let record = frame.decode().map_err(&err)?;
@@ -119,7 +119,7 @@ pub(crate) fn forward(
     }
     let mut next_base: Option<u64> = None;
     let mut visited = from;
-    while out.last().map_or(true, |m: &Message| m.seq < want_end) {
+    while out.last().is_none_or(|m: &Message| m.seq < want_end) {
         let Some(base) = current_segment(&it, conversation)? else {
             break;
         };
@@ -186,8 +186,8 @@ pub(crate) fn backward(
             .collect::<Result<Vec<_>, _>>()
             .map_err(corrupt(conversation, base))?;
         let end = base + frames.len() as u64; // one past the segment's last seq
-        // The first segment visited must reach `to`; each later one must end
-        // where the one after it begins.
+                                              // The first segment visited must reach `to`; each later one must end
+                                              // where the one after it begins.
         let expected = expected_end.unwrap_or(end.max(to + 1));
         {
             if end != expected {

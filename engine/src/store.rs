@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, WriteBatch,
+    WriteOptions, DB,
 };
 
 use crate::codec::{self, ConversationState, DedupEntry, FORMAT_VERSION};
@@ -76,7 +76,10 @@ impl Store {
             timestamp_high_water: high_water,
         };
         store.check_format(existing, path)?;
-        let high_water = match store.db.get_cf(store.cf(CF_META)?, META_TIMESTAMP_HIGH_WATER)? {
+        let high_water = match store
+            .db
+            .get_cf(store.cf(CF_META)?, META_TIMESTAMP_HIGH_WATER)?
+        {
             Some(v) => decode_u64(&v, "timestamp high water")?,
             None => 0,
         };
@@ -213,8 +216,14 @@ fn segments_options(cache: &Cache) -> rocksdb::Options {
     let mut opts = rocksdb::Options::default();
     opts.set_merge_operator(
         "imstore.segment_append.v1",
-        |_key, existing, operands| Some(codec::merge_segment(existing, operands.iter())),
-        |_key, _existing, operands| Some(codec::merge_segment(None, operands.iter())),
+        |_key, existing, operands| {
+            let operands: Vec<&[u8]> = operands.iter().collect();
+            Some(codec::merge_segment(existing, &operands))
+        },
+        |_key, _existing, operands| {
+            let operands: Vec<&[u8]> = operands.iter().collect();
+            Some(codec::merge_segment(None, &operands))
+        },
     );
     // A hot open segment collects one operand per group commit; folding them
     // in the memtable bounds what a read of the latest page must merge.
@@ -243,8 +252,9 @@ fn dedup_options(cache: &Cache, options: &Options, high_water: Arc<AtomicU64>) -
     let horizon = options
         .dedup_window_ms
         .saturating_add(options.dedup_gc_grace_ms);
-    opts.set_compaction_filter("imstore.dedup_expiry.v1", move |_level, _key, value: &[u8]| {
-        match DedupEntry::decode(value) {
+    opts.set_compaction_filter(
+        "imstore.dedup_expiry.v1",
+        move |_level, _key, value: &[u8]| match DedupEntry::decode(value) {
             Ok(entry)
                 if entry.timestamp_ms.saturating_add(horizon)
                     < high_water.load(Ordering::Relaxed) =>
@@ -252,7 +262,7 @@ fn dedup_options(cache: &Cache, options: &Options, high_water: Arc<AtomicU64>) -
                 rocksdb::compaction_filter::Decision::Remove
             }
             _ => rocksdb::compaction_filter::Decision::Keep,
-        }
-    });
+        },
+    );
     opts
 }

@@ -17,7 +17,10 @@ const CONVERSATIONS: u64 = 5;
 #[test]
 fn concurrent_appends_are_continuous_and_exactly_once() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let options = Options { segment_max_records: 16, ..Options::default() };
+    let options = Options {
+        segment_max_records: 16,
+        ..Options::default()
+    };
     let engine = Engine::open(dir.path(), options.clone())?;
     let start = Arc::new(Barrier::new(THREADS as usize));
 
@@ -25,32 +28,39 @@ fn concurrent_appends_are_continuous_and_exactly_once() -> TestResult {
         .map(|t| {
             let engine = engine.clone();
             let start = Arc::clone(&start);
-            std::thread::spawn(move || -> Result<Vec<(u64, String, u64)>, imstore_engine::Error> {
-                start.wait();
-                let mut acked = Vec::new();
-                for i in 0..PER_THREAD {
-                    let conversation = (t + i) % CONVERSATIONS;
-                    let cid = format!("t{t}-m{i}");
-                    let payload = format!("{t}:{i}");
-                    let first = engine.append(msg(conversation, t, &cid, payload.as_bytes(), 1))?;
-                    assert!(!first.duplicate);
-                    // Every third message is retried, as a client that lost the ack would.
-                    if i % 3 == 0 {
-                        let retry = engine.append(msg(conversation, t, &cid, payload.as_bytes(), 2))?;
-                        assert!(retry.duplicate);
-                        assert_eq!(retry.seq, first.seq);
+            std::thread::spawn(
+                move || -> Result<Vec<(u64, String, u64)>, imstore_engine::Error> {
+                    start.wait();
+                    let mut acked = Vec::new();
+                    for i in 0..PER_THREAD {
+                        let conversation = (t + i) % CONVERSATIONS;
+                        let cid = format!("t{t}-m{i}");
+                        let payload = format!("{t}:{i}");
+                        let first =
+                            engine.append(msg(conversation, t, &cid, payload.as_bytes(), 1))?;
+                        assert!(!first.duplicate);
+                        // Every third message is retried, as a client that lost the ack would.
+                        if i % 3 == 0 {
+                            let retry =
+                                engine.append(msg(conversation, t, &cid, payload.as_bytes(), 2))?;
+                            assert!(retry.duplicate);
+                            assert_eq!(retry.seq, first.seq);
+                        }
+                        acked.push((conversation, cid, first.seq));
                     }
-                    acked.push((conversation, cid, first.seq));
-                }
-                Ok(acked)
-            })
+                    Ok(acked)
+                },
+            )
         })
         .collect();
 
     let mut acked: HashMap<(u64, u64), String> = HashMap::new();
     for handle in handles {
         for (conversation, cid, seq) in handle.join().map_err(|_| "writer panicked")?? {
-            assert!(acked.insert((conversation, seq), cid).is_none(), "seq {seq} in {conversation} acknowledged twice");
+            assert!(
+                acked.insert((conversation, seq), cid).is_none(),
+                "seq {seq} in {conversation} acknowledged twice"
+            );
         }
     }
     assert_eq!(acked.len() as u64, THREADS * PER_THREAD);
@@ -68,7 +78,11 @@ fn check_timelines(engine: &Engine, acked: &HashMap<(u64, u64), String>) -> Test
     for conversation in 0..CONVERSATIONS {
         let all = read_all(engine, conversation)?;
         for (i, m) in all.iter().enumerate() {
-            assert_eq!(m.seq, i as u64 + 1, "hole or duplicate in conversation {conversation}");
+            assert_eq!(
+                m.seq,
+                i as u64 + 1,
+                "hole or duplicate in conversation {conversation}"
+            );
             let cid = String::from_utf8(m.client_msg_id.to_vec())?;
             assert_eq!(acked.get(&(conversation, m.seq)), Some(&cid));
             assert!(seen.insert(cid), "a message is stored twice");

@@ -10,7 +10,13 @@ use imstore_engine::{Direction, Engine, Error};
 fn fill(engine: &Engine, conversations: u64, per: u64) -> TestResult {
     for c in 0..conversations {
         for i in 0..per {
-            engine.append(msg(c, 1, &format!("{c}-{i}"), format!("message {i} of {c}").as_bytes(), 5))?;
+            engine.append(msg(
+                c,
+                1,
+                &format!("{c}-{i}"),
+                format!("message {i} of {c}").as_bytes(),
+                5,
+            ))?;
         }
     }
     Ok(())
@@ -30,7 +36,11 @@ fn flipped_byte_in_a_segment_is_reported_per_segment() -> TestResult {
         engine.raw_overwrite_segment(1, 5, &bad)?;
         let read = engine.read(1, 1, 100, Direction::Forward);
         match read {
-            Err(Error::Corruption { conversation: 1, segment: 5, .. }) => {}
+            Err(Error::Corruption {
+                conversation: 1,
+                segment: 5,
+                ..
+            }) => {}
             other => panic!("flip at byte {at} gave {other:?}"),
         }
         // The segments before it are still served; so are other conversations.
@@ -57,11 +67,27 @@ fn truncated_segment_is_reported() -> TestResult {
         // noticed: the conversation state says how many there must be.
         let latest = engine.latest(0, 2);
         assert!(
-            matches!(latest, Err(Error::Corruption { conversation: 0, segment: 1, .. })),
+            matches!(
+                latest,
+                Err(Error::Corruption {
+                    conversation: 0,
+                    segment: 1,
+                    ..
+                })
+            ),
             "truncation to {len} gave {latest:?}"
         );
         let forward = engine.read(0, 1, 10, Direction::Forward);
-        assert!(matches!(forward, Err(Error::Corruption { conversation: 0, .. })), "truncation to {len} gave {forward:?}");
+        assert!(
+            matches!(
+                forward,
+                Err(Error::Corruption {
+                    conversation: 0,
+                    ..
+                })
+            ),
+            "truncation to {len} gave {forward:?}"
+        );
     }
     Ok(())
 }
@@ -105,7 +131,11 @@ fn flipped_bytes_in_sst_files_give_typed_errors() -> TestResult {
                     assert_eq!(&m.payload[..], format!("message {i} of {c}").as_bytes());
                 }
             }
-            Err(Error::StorageCorruption(_) | Error::Corruption { .. } | Error::CorruptMetadata { .. }) => corrupt += 1,
+            Err(
+                Error::StorageCorruption(_)
+                | Error::Corruption { .. }
+                | Error::CorruptMetadata { .. },
+            ) => corrupt += 1,
             Err(other) => return Err(format!("unexpected read error {other:?}").into()),
         }
     }

@@ -25,7 +25,10 @@ const CONVERSATIONS: u64 = 6;
 const MAX_PER_WRITER: u64 = 50_000;
 
 fn options() -> Options {
-    Options { segment_max_records: 8, ..Options::default() }
+    Options {
+        segment_max_records: 8,
+        ..Options::default()
+    }
 }
 
 fn payload(cid: &str) -> Vec<u8> {
@@ -66,20 +69,31 @@ fn sigkill_loses_no_acknowledged_append() -> TestResult {
         }
         // --- 2. kill -9 mid-load; acks already in the pipe count as acknowledged
         child.kill()?;
+        let before_drain = acked.len();
         for line in lines {
             if let Some(ack) = parse_ack(&line?) {
                 acked.push(ack);
             }
         }
-        child.wait()?;
-        assert!(this_round >= kill_after, "child stopped early in round {round}");
+        let status = child.wait()?;
+        assert!(
+            this_round >= kill_after,
+            "child stopped early in round {round}"
+        );
+        eprintln!(
+            "round {round}: SIGKILL after {kill_after} acks ({} more were in the pipe), exit {status}",
+            acked.len() - before_drain
+        );
     }
 
     // --- 3. reopen and check every acknowledged append
     let engine = Engine::open(dir.path(), options())?;
     let mut by_seq: HashMap<(u64, u64), String> = HashMap::new();
     for (conversation, seq, cid) in &acked {
-        assert!(by_seq.insert((*conversation, *seq), cid.clone()).is_none(), "seq acknowledged twice");
+        assert!(
+            by_seq.insert((*conversation, *seq), cid.clone()).is_none(),
+            "seq acknowledged twice"
+        );
     }
     let mut stored_cids = HashSet::new();
     for conversation in 0..CONVERSATIONS {
@@ -96,11 +110,19 @@ fn sigkill_loses_no_acknowledged_append() -> TestResult {
         }
     }
     for (conversation, seq, cid) in &acked {
-        assert!(stored_cids.contains(cid), "acknowledged {cid} ({conversation}/{seq}) lost");
+        assert!(
+            stored_cids.contains(cid),
+            "acknowledged {cid} ({conversation}/{seq}) lost"
+        );
     }
     // --- 4. a retry of an acknowledged send after the crash is still a duplicate
     for (conversation, seq, cid) in acked.iter().step_by(97) {
-        let writer: u64 = cid.split('-').nth(1).ok_or("cid")?.trim_start_matches('w').parse()?;
+        let writer: u64 = cid
+            .split('-')
+            .nth(1)
+            .ok_or("cid")?
+            .trim_start_matches('w')
+            .parse()?;
         let retry = engine.append(msg(*conversation, writer, cid, &payload(cid), 2))?;
         assert!(retry.duplicate);
         assert_eq!(retry.seq, *seq);
@@ -147,7 +169,15 @@ fn write_load(engine: &Engine, out: &Mutex<std::io::Stdout>, round: u64, w: u64)
         let batch = ids
             .iter()
             .enumerate()
-            .map(|(k, cid)| msg((conversation + k as u64) % CONVERSATIONS, w, cid, &payload(cid), 1))
+            .map(|(k, cid)| {
+                msg(
+                    (conversation + k as u64) % CONVERSATIONS,
+                    w,
+                    cid,
+                    &payload(cid),
+                    1,
+                )
+            })
             .collect::<Vec<_>>();
         let appended = engine.append_batch(batch.clone())?;
         let mut out = out.lock().map_err(|_| "poisoned")?;

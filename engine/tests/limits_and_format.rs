@@ -9,19 +9,51 @@ use imstore_engine::{Direction, Engine, Error, Options};
 #[test]
 fn over_limit_requests_are_rejected_and_write_nothing() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let options = Options { max_payload_bytes: 100, max_batch_messages: 3, max_client_msg_id_bytes: 8, max_page_messages: 50, ..Options::default() };
+    let options = Options {
+        max_payload_bytes: 100,
+        max_batch_messages: 3,
+        max_client_msg_id_bytes: 8,
+        max_page_messages: 50,
+        ..Options::default()
+    };
     let engine = Engine::open(dir.path(), options)?;
 
-    assert!(matches!(engine.append(msg(1, 1, "a", &[0; 101], 1)), Err(Error::PayloadTooLarge { len: 101, max: 100 })));
+    assert!(matches!(
+        engine.append(msg(1, 1, "a", &[0; 101], 1)),
+        Err(Error::PayloadTooLarge { len: 101, max: 100 })
+    ));
     assert!(engine.append(msg(1, 1, "a", &[0; 100], 1)).is_ok());
-    let four = (0..4).map(|i| msg(2, 1, &format!("b{i}"), b"x", 1)).collect();
-    assert!(matches!(engine.append_batch(four), Err(Error::BatchTooLarge { len: 4, max: 3 })));
-    assert!(matches!(engine.append_batch(Vec::new()), Err(Error::InvalidArgument(_))));
-    assert!(matches!(engine.append(msg(2, 1, "", b"x", 1)), Err(Error::InvalidArgument(_))));
-    assert!(matches!(engine.append(msg(2, 1, "123456789", b"x", 1)), Err(Error::InvalidArgument(_))));
-    assert!(matches!(engine.read(1, 1, 0, Direction::Forward), Err(Error::InvalidArgument(_))));
-    assert!(matches!(engine.read(1, 1, 51, Direction::Forward), Err(Error::InvalidArgument(_))));
-    assert!(matches!(engine.latest(1, 0), Err(Error::InvalidArgument(_))));
+    let four = (0..4)
+        .map(|i| msg(2, 1, &format!("b{i}"), b"x", 1))
+        .collect();
+    assert!(matches!(
+        engine.append_batch(four),
+        Err(Error::BatchTooLarge { len: 4, max: 3 })
+    ));
+    assert!(matches!(
+        engine.append_batch(Vec::new()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        engine.append(msg(2, 1, "", b"x", 1)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        engine.append(msg(2, 1, "123456789", b"x", 1)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        engine.read(1, 1, 0, Direction::Forward),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        engine.read(1, 1, 51, Direction::Forward),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        engine.latest(1, 0),
+        Err(Error::InvalidArgument(_))
+    ));
 
     assert_eq!(engine.last_seq(1)?, 1);
     assert_eq!(engine.last_seq(2)?, 0);
@@ -33,7 +65,13 @@ fn over_limit_requests_are_rejected_and_write_nothing() -> TestResult {
 fn dedup_window_boundary_is_exact() -> TestResult {
     let dir = tempfile::tempdir()?;
     let window = 60_000;
-    let engine = Engine::open(dir.path(), Options { dedup_window_ms: window, ..Options::default() })?;
+    let engine = Engine::open(
+        dir.path(),
+        Options {
+            dedup_window_ms: window,
+            ..Options::default()
+        },
+    )?;
     let t0 = 1_000_000;
     assert_eq!(engine.append(msg(1, 1, "m", b"a", t0))?.seq, 1);
     // A retry at exactly t0 + window is still a duplicate...
@@ -54,7 +92,11 @@ fn dedup_window_boundary_is_exact() -> TestResult {
 #[test]
 fn expired_dedup_entries_are_dropped_by_compaction() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let options = Options { dedup_window_ms: 1_000, dedup_gc_grace_ms: 1_000, ..Options::default() };
+    let options = Options {
+        dedup_window_ms: 1_000,
+        dedup_gc_grace_ms: 1_000,
+        ..Options::default()
+    };
     let engine = Engine::open(dir.path(), options.clone())?;
     for i in 0..200 {
         engine.append(msg(1, 1, &format!("old{i}"), b"x", 10_000))?;
@@ -64,7 +106,10 @@ fn expired_dedup_entries_are_dropped_by_compaction() -> TestResult {
     // Server time moves past window + grace; the old entries can go.
     engine.append(msg(1, 1, "new", b"x", 10_000 + 2_001))?;
     engine.compact()?;
-    assert!(engine.dedup_entries_estimate()? <= 1, "expired entries survived compaction");
+    assert!(
+        engine.dedup_entries_estimate()? <= 1,
+        "expired entries survived compaction"
+    );
     // Messages themselves are untouched.
     assert_eq!(read_all(&engine, 1)?.len(), 201);
     // The high-water mark survives a reopen.
@@ -91,10 +136,19 @@ fn segments_seal_by_records_and_by_bytes() -> TestResult {
         engine.append(msg(2, 1, &format!("b{i}"), &[7; 300], 1))?;
     }
     let segments = engine.segments(2)?;
-    assert_eq!(segments.iter().map(|s| (s.base_seq, s.records)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(
+        segments
+            .iter()
+            .map(|s| (s.base_seq, s.records))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1), (3, 1)]
+    );
     // A payload larger than a whole segment still gets one of its own.
     engine.append(msg(2, 1, "huge", &[9; 2000], 1))?;
-    assert_eq!(engine.segments(2)?.last().map(|s| (s.base_seq, s.records)), Some((4, 1)));
+    assert_eq!(
+        engine.segments(2)?.last().map(|s| (s.base_seq, s.records)),
+        Some((4, 1))
+    );
 
     // A sealed segment never changes again.
     let sealed = engine.raw_segment(1, 1)?;
@@ -114,8 +168,14 @@ fn reads_cross_segments_both_ways() -> TestResult {
         engine.append(msg(5, 1, &format!("{i}"), format!("{i}").as_bytes(), 1))?;
     }
     let seqs = |v: Vec<imstore_engine::Message>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(engine.read(5, 3, 7, Direction::Forward)?), (3..10).collect::<Vec<_>>());
-    assert_eq!(seqs(engine.read(5, 12, 7, Direction::Backward)?), (6..13).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(engine.read(5, 3, 7, Direction::Forward)?),
+        (3..10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(engine.read(5, 12, 7, Direction::Backward)?),
+        (6..13).collect::<Vec<_>>()
+    );
     assert_eq!(seqs(engine.latest(5, 10)?), (14..24).collect::<Vec<_>>());
     assert_eq!(seqs(engine.latest(5, 100)?), (1..24).collect::<Vec<_>>());
     assert_eq!(seqs(engine.read_after(5, 20, 100)?), vec![21, 22, 23]);
@@ -146,7 +206,10 @@ fn a_newer_format_version_is_refused() -> TestResult {
         db.put_cf(meta, b"format_version", 99u32.to_be_bytes())?;
     }
     match Engine::open(dir.path(), Options::default()) {
-        Err(Error::UnsupportedFormat { found: 99, supported: 1 }) => Ok(()),
+        Err(Error::UnsupportedFormat {
+            found: 99,
+            supported: 1,
+        }) => Ok(()),
         other => Err(format!("expected UnsupportedFormat, got {other:?}").into()),
     }
 }
@@ -160,6 +223,9 @@ fn a_foreign_rocksdb_is_refused() -> TestResult {
         let db = rocksdb::DB::open(&opts, dir.path())?;
         db.put(b"k", b"v")?;
     }
-    assert!(matches!(Engine::open(dir.path(), Options::default()), Err(Error::NotAnImstoreDirectory(_))));
+    assert!(matches!(
+        Engine::open(dir.path(), Options::default()),
+        Err(Error::NotAnImstoreDirectory(_))
+    ));
     Ok(())
 }

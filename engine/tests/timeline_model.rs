@@ -13,9 +13,21 @@ use proptest::prelude::*;
 enum Op {
     Append(NewMessage),
     Batch(Vec<NewMessage>),
-    Read { conversation: u64, from: u64, limit: usize, direction: Direction },
-    Latest { conversation: u64, limit: usize },
-    After { conversation: u64, after: u64, limit: usize },
+    Read {
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+    },
+    Latest {
+        conversation: u64,
+        limit: usize,
+    },
+    After {
+        conversation: u64,
+        after: u64,
+        limit: usize,
+    },
     Reopen,
 }
 
@@ -54,10 +66,24 @@ impl Model {
         (seq, false)
     }
 
-    fn range(&self, conversation: u64, from: u64, limit: usize, direction: Direction) -> Vec<ModelMessage> {
-        let all = self.timelines.get(&conversation).cloned().unwrap_or_default();
+    fn range(
+        &self,
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+    ) -> Vec<ModelMessage> {
+        let all = self
+            .timelines
+            .get(&conversation)
+            .cloned()
+            .unwrap_or_default();
         match direction {
-            Direction::Forward => all.into_iter().filter(|m| m.seq >= from).take(limit).collect(),
+            Direction::Forward => all
+                .into_iter()
+                .filter(|m| m.seq >= from)
+                .take(limit)
+                .collect(),
             Direction::Backward => {
                 let below: Vec<_> = all.into_iter().filter(|m| m.seq <= from).collect();
                 let skip = below.len().saturating_sub(limit);
@@ -69,9 +95,15 @@ impl Model {
 
 fn new_message() -> impl Strategy<Value = NewMessage> {
     // Few conversations, senders and client ids, so retries are frequent.
-    (0u64..4, 0u64..3, 0u32..12, proptest::collection::vec(any::<u8>(), 0..200)).prop_map(
-        |(conversation, sender, cid, payload)| msg(conversation, sender, &format!("c{cid}"), &payload, 1_000),
+    (
+        0u64..4,
+        0u64..3,
+        0u32..12,
+        proptest::collection::vec(any::<u8>(), 0..200),
     )
+        .prop_map(|(conversation, sender, cid, payload)| {
+            msg(conversation, sender, &format!("c{cid}"), &payload, 1_000)
+        })
 }
 
 fn direction() -> impl Strategy<Value = Direction> {
@@ -89,7 +121,11 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn check(got: &[imstore_engine::Message], want: &[ModelMessage], conversation: u64) -> Result<(), TestCaseError> {
+fn check(
+    got: &[imstore_engine::Message],
+    want: &[ModelMessage],
+    conversation: u64,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(want) {
         prop_assert_eq!(g.conversation, conversation);
@@ -104,35 +140,71 @@ fn check(got: &[imstore_engine::Message], want: &[ModelMessage], conversation: u
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let open = || Engine::open(dir.path(), small_segments()).map_err(|e| TestCaseError::fail(e.to_string()));
+    let open = || {
+        Engine::open(dir.path(), small_segments()).map_err(|e| TestCaseError::fail(e.to_string()))
+    };
     let mut engine = open()?;
     let mut model = Model::default();
     for op in ops {
         match op {
             Op::Append(m) => {
-                let got = engine.append(m.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = engine
+                    .append(m.clone())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let (seq, duplicate) = model.append(&m);
                 prop_assert_eq!((got.seq, got.duplicate), (seq, duplicate));
             }
             Op::Batch(batch) => {
-                let got = engine.append_batch(batch.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = engine
+                    .append_batch(batch.clone())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(got.len(), batch.len());
                 for (g, m) in got.iter().zip(&batch) {
                     let (seq, duplicate) = model.append(m);
                     prop_assert_eq!((g.seq, g.duplicate), (seq, duplicate));
                 }
             }
-            Op::Read { conversation, from, limit, direction } => {
-                let got = engine.read(conversation, from, limit, direction).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                check(&got, &model.range(conversation, from, limit, direction), conversation)?;
+            Op::Read {
+                conversation,
+                from,
+                limit,
+                direction,
+            } => {
+                let got = engine
+                    .read(conversation, from, limit, direction)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                check(
+                    &got,
+                    &model.range(conversation, from, limit, direction),
+                    conversation,
+                )?;
             }
-            Op::Latest { conversation, limit } => {
-                let got = engine.latest(conversation, limit).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                check(&got, &model.range(conversation, u64::MAX, limit, Direction::Backward), conversation)?;
+            Op::Latest {
+                conversation,
+                limit,
+            } => {
+                let got = engine
+                    .latest(conversation, limit)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                check(
+                    &got,
+                    &model.range(conversation, u64::MAX, limit, Direction::Backward),
+                    conversation,
+                )?;
             }
-            Op::After { conversation, after, limit } => {
-                let got = engine.read_after(conversation, after, limit).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                check(&got, &model.range(conversation, after + 1, limit, Direction::Forward), conversation)?;
+            Op::After {
+                conversation,
+                after,
+                limit,
+            } => {
+                let got = engine
+                    .read_after(conversation, after, limit)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                check(
+                    &got,
+                    &model.range(conversation, after + 1, limit, Direction::Forward),
+                    conversation,
+                )?;
             }
             Op::Reopen => {
                 drop(engine);
@@ -142,18 +214,29 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     // Final sweep: every timeline complete and continuous, last_seq agrees.
     for (conversation, timeline) in &model.timelines {
-        let got = common::read_all(&engine, *conversation).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = common::read_all(&engine, *conversation)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         check(&got, timeline, *conversation)?;
-        prop_assert_eq!(engine.last_seq(*conversation).map_err(|e| TestCaseError::fail(e.to_string()))?, timeline.len() as u64);
-        let segments = engine.segments(*conversation).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(segments.iter().map(|s| u64::from(s.records)).sum::<u64>(), timeline.len() as u64);
+        prop_assert_eq!(
+            engine
+                .last_seq(*conversation)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?,
+            timeline.len() as u64
+        );
+        let segments = engine
+            .segments(*conversation)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            segments.iter().map(|s| u64::from(s.records)).sum::<u64>(),
+            timeline.len() as u64
+        );
         prop_assert!(segments.iter().all(|s| s.records <= 4));
     }
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
@@ -168,7 +251,10 @@ fn rejected_batch_writes_nothing() -> common::TestResult {
     engine.append(msg(1, 1, "a", b"first", 10))?;
     let oversized = vec![0u8; small_segments().max_payload_bytes + 1];
     let batch = vec![msg(1, 1, "b", b"ok", 10), msg(2, 1, "c", &oversized, 10)];
-    assert!(matches!(engine.append_batch(batch), Err(Error::PayloadTooLarge { .. })));
+    assert!(matches!(
+        engine.append_batch(batch),
+        Err(Error::PayloadTooLarge { .. })
+    ));
     assert_eq!(engine.last_seq(1)?, 1);
     assert_eq!(engine.last_seq(2)?, 0);
     // The rejected batch left no dedup entry: the same ids append normally.

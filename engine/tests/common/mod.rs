@@ -29,11 +29,14 @@ pub fn msg(conversation: u64, sender: u64, cid: &str, payload: &[u8], ts: u64) -
 }
 
 /// Reads a whole conversation forwards, page by page.
-pub fn read_all(engine: &Engine, conversation: u64) -> Result<Vec<imstore_engine::Message>, imstore_engine::Error> {
+pub fn read_all(
+    engine: &Engine,
+    conversation: u64,
+) -> Result<Vec<imstore_engine::Message>, imstore_engine::Error> {
     let mut out = Vec::new();
     loop {
         let after = out.last().map_or(0, |m: &imstore_engine::Message| m.seq);
-        let page = engine.read_after(conversation, after, 500)?;
+        let page = engine.read_after(conversation, after, 50)?;
         if page.is_empty() {
             return Ok(out);
         }
