@@ -105,12 +105,18 @@ pub fn conversation_key(conversation: u64) -> [u8; 8] {
     conversation.to_be_bytes()
 }
 
-/// Key of an idempotency entry: conversation, sender, then the client's own
-/// message id bytes.
+/// Bytes of the fixed prefix of a dedup key: conversation, sender, and the
+/// CRC32 of the client id. The dedup memtable hashes on this prefix, so the
+/// CRC spreads one sender's entries over many buckets.
+pub const DEDUP_PREFIX_LEN: usize = 20;
+
+/// Key of an idempotency entry: conversation, sender, CRC32 of the client
+/// id, then the client's own message id bytes.
 pub fn dedup_key(conversation: u64, sender: u64, client_msg_id: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 + client_msg_id.len());
+    let mut key = Vec::with_capacity(DEDUP_PREFIX_LEN + client_msg_id.len());
     key.extend_from_slice(&conversation.to_be_bytes());
     key.extend_from_slice(&sender.to_be_bytes());
+    key.extend_from_slice(&crc32fast::hash(client_msg_id).to_be_bytes());
     key.extend_from_slice(client_msg_id);
     key
 }

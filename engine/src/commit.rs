@@ -184,22 +184,26 @@ impl Committer {
         let written = applier
             .finish(&self.store, high_water, &mut batch)
             .and_then(|effects| {
-                if !effects.is_empty() {
+                // A group of only duplicates and rejections has nothing to write.
+                let wrote = !effects.is_empty();
+                if wrote {
                     self.store.write(batch)?;
                 }
-                Ok(effects)
+                Ok((effects, wrote))
             });
 
         let commands = group.len() as u64;
         match written {
-            Ok(effects) => {
+            Ok((effects, wrote)) => {
                 for (conversation, state) in effects.conversations {
                     self.cache.put(conversation, state);
                 }
                 self.store
                     .timestamp_high_water
                     .store(effects.timestamp_high_water, Ordering::Relaxed);
-                counters.groups.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .groups
+                    .fetch_add(u64::from(wrote), Ordering::Relaxed);
                 counters.commands.fetch_add(commands, Ordering::Relaxed);
                 counters
                     .messages

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    MemtableFactory, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
 use crate::codec::{self, ConversationState, DedupEntry, FORMAT_VERSION};
@@ -59,10 +59,12 @@ impl Store {
         // Writes come from one committer thread; RocksDB's own write-thread
         // grouping has nothing to group.
         db_opts.set_enable_pipelined_write(false);
+        // Required by the hash memtables below; harmless with one writer.
+        db_opts.set_allow_concurrent_memtable_write(false);
 
         let descriptors = vec![
             ColumnFamilyDescriptor::new(CF_SEGMENTS, segments_options(&cache)),
-            ColumnFamilyDescriptor::new(CF_CONVERSATIONS, point_lookup_options(&cache)),
+            ColumnFamilyDescriptor::new(CF_CONVERSATIONS, point_lookup_options(&cache, 8)),
             ColumnFamilyDescriptor::new(
                 CF_DEDUP,
                 dedup_options(&cache, options, Arc::clone(&high_water)),
@@ -225,9 +227,9 @@ fn segments_options(cache: &Cache) -> rocksdb::Options {
             Some(codec::merge_segment(None, &operands))
         },
     );
-    // A hot open segment collects one operand per group commit; folding them
-    // in the memtable bounds what a read of the latest page must merge.
-    opts.set_max_successive_merges(16);
+    // No `max_successive_merges`: counting operands on every merge write
+    // cost more than merging them at read time (at most one operand per
+    // group commit, and a segment seals after `segment_max_records`).
     // 16 KiB blocks: a sealed segment of ~64 small messages is one or two
     // blocks, so the latest page is a single block read.
     let mut table = table_options(cache, false);
@@ -238,9 +240,17 @@ fn segments_options(cache: &Cache) -> rocksdb::Options {
     opts
 }
 
-fn point_lookup_options(cache: &Cache) -> rocksdb::Options {
+/// Options for a column family read only by point lookups. Its memtable is
+/// a hash of linked lists on a `prefix_len`-byte key prefix: inserts cost
+/// O(1) instead of a skiplist walk, which was the largest single cost of a
+/// group commit (profiled with `perf`, see docs/benchmarks.md).
+fn point_lookup_options(cache: &Cache, prefix_len: usize) -> rocksdb::Options {
     let mut opts = rocksdb::Options::default();
     opts.set_block_based_table_factory(&table_options(cache, true));
+    opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(prefix_len));
+    opts.set_memtable_factory(MemtableFactory::HashLinkList {
+        bucket_count: 1 << 20,
+    });
     opts.set_memtable_whole_key_filtering(true);
     opts.set_memtable_prefix_bloom_ratio(0.05);
     opts.set_compression_type(DBCompressionType::Lz4);
@@ -248,7 +258,7 @@ fn point_lookup_options(cache: &Cache) -> rocksdb::Options {
 }
 
 fn dedup_options(cache: &Cache, options: &Options, high_water: Arc<AtomicU64>) -> rocksdb::Options {
-    let mut opts = point_lookup_options(cache);
+    let mut opts = point_lookup_options(cache, codec::DEDUP_PREFIX_LEN);
     let horizon = options
         .dedup_window_ms
         .saturating_add(options.dedup_gc_grace_ms);

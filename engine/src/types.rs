@@ -144,9 +144,11 @@ pub enum Outcome {
 /// Counters of the commit pipeline since open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Group commits written (each one WriteBatch and, when syncing, one fsync).
+    /// Group commits written (each one WriteBatch and, when syncing, one
+    /// fsync). A group of only duplicates or rejected commands writes
+    /// nothing and is not counted.
     pub groups: u64,
-    /// Commands those groups carried.
+    /// Commands the pipeline completed, written or not.
     pub commands: u64,
     /// Messages newly appended (duplicates not counted).
     pub messages: u64,
