@@ -12,7 +12,7 @@ use rocksdb::WriteBatch;
 use crate::codec::{self, ConversationState, DedupEntry, RecordRef};
 use crate::store::META_TIMESTAMP_HIGH_WATER;
 use crate::store::{Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
-use crate::{Appended, Command, Error, NewMessage, Options, Outcome, Result};
+use crate::{Appended, Command, Error, Message, NewMessage, Options, Outcome, Result};
 
 /// Where the applier reads committed state from. The commit pipeline backs
 /// it with an LRU of conversation states over the store.
@@ -52,6 +52,8 @@ struct Pending {
     dedup: BTreeMap<Vec<u8>, DedupEntry>,
     /// Records to append, per (conversation, segment base), in seq order.
     segments: BTreeMap<(u64, u64), Vec<u8>>,
+    /// The appended messages per conversation, for the tail cache.
+    appended: BTreeMap<u64, Vec<Message>>,
     max_timestamp_ms: u64,
     new_messages: u64,
 }
@@ -98,6 +100,13 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
                 .entry(key)
                 .or_default()
                 .extend_from_slice(&bytes);
+        }
+        for (conversation, messages) in scratch.appended {
+            group
+                .appended
+                .entry(conversation)
+                .or_default()
+                .extend(messages);
         }
         group.max_timestamp_ms = group.max_timestamp_ms.max(scratch.max_timestamp_ms);
         group.new_messages += scratch.new_messages;
@@ -213,6 +222,18 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
                 timestamp_ms: m.timestamp_ms,
             },
         );
+        scratch
+            .appended
+            .entry(m.conversation)
+            .or_default()
+            .push(Message {
+                conversation: m.conversation,
+                seq,
+                sender: m.sender,
+                timestamp_ms: m.timestamp_ms,
+                client_msg_id: m.client_msg_id.clone(),
+                payload: m.payload.clone(),
+            });
         scratch.max_timestamp_ms = scratch.max_timestamp_ms.max(m.timestamp_ms);
         scratch.new_messages += 1;
         Ok(Appended {
@@ -258,6 +279,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         }
         Ok(GroupEffects {
             conversations: group.conversations,
+            appended: group.appended,
             timestamp_high_water: new_high_water,
             new_messages: group.new_messages,
         })
@@ -267,6 +289,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
 /// What a group's write changes, published once the write is durable.
 pub(crate) struct GroupEffects {
     pub conversations: BTreeMap<u64, ConversationState>,
+    pub appended: BTreeMap<u64, Vec<Message>>,
     pub timestamp_high_water: u64,
     pub new_messages: u64,
 }

@@ -14,6 +14,7 @@ use rocksdb::WriteBatch;
 use crate::apply::{ApplyLimits, CommittedState, GroupApplier};
 use crate::codec::{ConversationState, DedupEntry};
 use crate::store::Store;
+use crate::tail::TailCache;
 use crate::{Command, CommitStats, Error, Outcome, Result};
 
 /// Called once with the command's result, after its write is durable.
@@ -51,6 +52,7 @@ impl Pipeline {
     /// Starts the committer thread over `store`.
     pub(crate) fn start(
         store: Arc<Store>,
+        tail: Arc<TailCache>,
         limits: ApplyLimits,
         max_group: usize,
         cache_entries: usize,
@@ -71,6 +73,7 @@ impl Pipeline {
             .spawn(move || {
                 let mut committer = Committer {
                     store,
+                    tail,
                     limits,
                     cache,
                 };
@@ -142,6 +145,8 @@ impl Pipeline {
 /// State owned by the committer thread alone, so it needs no lock.
 struct Committer {
     store: Arc<Store>,
+    /// Extended after every durable write, before any waiter is completed.
+    tail: Arc<TailCache>,
     limits: ApplyLimits,
     /// Committed conversation states; only ever updated after a durable write.
     cache: LruCache<u64, ConversationState>,
@@ -197,6 +202,9 @@ impl Committer {
             Ok((effects, wrote)) => {
                 for (conversation, state) in effects.conversations {
                     self.cache.put(conversation, state);
+                }
+                for (conversation, appended) in effects.appended {
+                    self.tail.extend(conversation, appended);
                 }
                 self.store
                     .timestamp_high_water

@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use crate::apply::ApplyLimits;
 use crate::commit::Pipeline;
 use crate::store::{Store, CF_DEDUP, CF_SEGMENTS};
+use crate::tail::TailCache;
 use crate::{
     read, Appended, Command, CommitStats, Direction, Error, Message, NewMessage, Options, Outcome,
     Result, SegmentInfo,
@@ -21,6 +22,7 @@ pub struct Engine {
 
 struct Inner {
     store: Arc<Store>,
+    tail: Arc<TailCache>,
     pipeline: Arc<Pipeline>,
     committer: Mutex<Option<JoinHandle<()>>>,
     max_page_messages: usize,
@@ -57,8 +59,13 @@ impl Engine {
     /// [`Error::NotAnImstoreDirectory`] when it holds some other RocksDB.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Engine> {
         let store = Arc::new(Store::open(path.as_ref(), &options)?);
+        let tail = Arc::new(TailCache::new(
+            options.tail_cache_bytes,
+            options.tail_cache_records,
+        ));
         let (pipeline, handle) = Pipeline::start(
             Arc::clone(&store),
+            Arc::clone(&tail),
             ApplyLimits::from(&options),
             options.max_group_commands,
             options.conversation_cache_entries,
@@ -66,6 +73,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
+                tail,
                 pipeline,
                 committer: Mutex::new(Some(handle)),
                 max_page_messages: options.max_page_messages,
@@ -120,10 +128,7 @@ impl Engine {
         direction: Direction,
     ) -> Result<Vec<Message>> {
         self.check_limit(limit)?;
-        match direction {
-            Direction::Forward => read::forward(&self.inner.store, conversation, from, limit),
-            Direction::Backward => read::backward(&self.inner.store, conversation, from, limit),
-        }
+        self.read_range(conversation, from, limit, direction)
     }
 
     /// The latest `limit` messages, ascending.
@@ -136,7 +141,7 @@ impl Engine {
     pub fn read_after(&self, conversation: u64, after: u64, limit: usize) -> Result<Vec<Message>> {
         self.check_limit(limit)?;
         match after.checked_add(1) {
-            Some(from) => read::forward(&self.inner.store, conversation, from, limit),
+            Some(from) => self.read_range(conversation, from, limit, Direction::Forward),
             None => Ok(Vec::new()),
         }
     }
@@ -194,7 +199,31 @@ impl Engine {
             crate::codec::segment_key(conversation, base_seq),
             bytes,
         )?;
+        self.inner.tail.invalidate(conversation);
         Ok(())
+    }
+
+    /// The tail cache first; on a miss RocksDB, and a page that reaches the
+    /// end of the timeline is offered back to the cache.
+    fn read_range(
+        &self,
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+    ) -> Result<Vec<Message>> {
+        let tail = &self.inner.tail;
+        if let Some(cached) = tail.read(conversation, from, limit, direction) {
+            return Ok(cached);
+        }
+        let version = tail.version(conversation);
+        let store = &self.inner.store;
+        let (messages, last_seq) = match direction {
+            Direction::Forward => read::forward(store, conversation, from, limit)?,
+            Direction::Backward => read::backward(store, conversation, from, limit)?,
+        };
+        tail.fill(conversation, version, &messages, last_seq);
+        Ok(messages)
     }
 
     fn check_limit(&self, limit: usize) -> Result<()> {

@@ -49,6 +49,7 @@ mod engine;
 mod error;
 mod read;
 mod store;
+mod tail;
 mod types;
 
 /// The record and segment codec. Public so the fuzz targets and the

@@ -98,17 +98,18 @@ fn last_seq(store: &Store, conversation: u64) -> Result<u64> {
     Ok(store.conversation_state(conversation)?.last_seq)
 }
 
-/// Up to `limit` messages with seq ≥ `from`, ascending.
+/// Up to `limit` messages with seq ≥ `from`, ascending, and the
+/// conversation's last seq when the read began.
 pub(crate) fn forward(
     store: &Store,
     conversation: u64,
     from: u64,
     limit: usize,
-) -> Result<Vec<Message>> {
+) -> Result<(Vec<Message>, u64)> {
     let last = last_seq(store, conversation)?;
     let from = from.max(1);
     if from > last {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), last));
     }
     let want_end = last.min(from.saturating_add(limit as u64 - 1));
     let mut out = Vec::with_capacity(limit.min(1024));
@@ -157,20 +158,22 @@ pub(crate) fn forward(
             found: out.last().map_or(0, |m| m.seq),
         }));
     }
-    Ok(out)
+    Ok((out, last))
 }
 
-/// Up to `limit` messages with seq ≤ `to`, the highest ones, ascending.
+/// Up to `limit` messages with seq ≤ `to`, the highest ones, ascending, and
+/// the conversation's last seq when the read began.
 pub(crate) fn backward(
     store: &Store,
     conversation: u64,
     to: u64,
     limit: usize,
-) -> Result<Vec<Message>> {
+) -> Result<(Vec<Message>, u64)> {
     // Segments are visited newest first; each contributes its tail.
-    let to = to.min(last_seq(store, conversation)?);
+    let last = last_seq(store, conversation)?;
+    let to = to.min(last);
     if to == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), last));
     }
     let mut pieces: Vec<Vec<Message>> = Vec::new();
     let mut collected = 0usize;
@@ -229,7 +232,7 @@ pub(crate) fn backward(
     for piece in pieces.into_iter().rev() {
         out.extend(piece);
     }
-    Ok(out)
+    Ok((out, last))
 }
 
 /// Every segment of a conversation, oldest first.

@@ -37,6 +37,13 @@ pub struct Options {
     pub conversation_cache_entries: usize,
     /// RocksDB block cache shared by all column families. Default 256 MiB.
     pub block_cache_bytes: usize,
+    /// Memory for the tail cache: the newest messages of recently written
+    /// or read conversations, which serves latest-page reads and pulls near
+    /// the end of a timeline without touching RocksDB. Default 64 MiB;
+    /// 0 turns it off.
+    pub tail_cache_bytes: usize,
+    /// Newest messages the tail cache keeps per conversation. Default 128.
+    pub tail_cache_records: usize,
 }
 
 impl Default for Options {
@@ -54,6 +61,8 @@ impl Default for Options {
             max_group_commands: 4_096,
             conversation_cache_entries: 100_000,
             block_cache_bytes: 256 << 20,
+            tail_cache_bytes: 64 << 20,
+            tail_cache_records: 128,
         }
     }
 }

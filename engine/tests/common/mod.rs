@@ -5,11 +5,15 @@ use imstore_engine::{Engine, NewMessage, Options};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Options with small segments so tests cross segment boundaries often.
+/// Options with small segments so tests cross segment boundaries often,
+/// and a tiny tail cache (5 messages per conversation, 1 KiB per shard) so
+/// reads mix cache hits, misses, fills and evictions.
 pub fn small_segments() -> Options {
     Options {
         segment_max_records: 4,
         segment_max_bytes: 512,
+        tail_cache_records: 5,
+        tail_cache_bytes: 64 * 1024,
         ..Options::default()
     }
 }

@@ -1,0 +1,220 @@
+//! The tail cache: the newest messages of recently written or read
+//! conversations, in memory, so that "latest page" reads and device pulls
+//! near the end of a timeline touch no RocksDB structure at all.
+//!
+//! Every entry is a contiguous run of messages that **ends at the
+//! conversation's committed last seq**. The commit pipeline keeps that true:
+//! after each durable write it extends (or creates) the entries of the
+//! conversations it wrote, under the shard lock. A reader that missed may
+//! fill an entry from what it read from RocksDB, but only if no commit
+//! touched the shard between the start of its read and the fill (a per-shard
+//! version), so a fill can never install a tail that a later write has
+//! already outgrown.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use lru::LruCache;
+
+use crate::{Direction, Message};
+
+const SHARDS: usize = 64;
+/// Bookkeeping bytes charged per cached message on top of its payload.
+const MESSAGE_OVERHEAD: usize = 96;
+
+struct Tail {
+    /// Contiguous messages ending at the conversation's last seq.
+    messages: VecDeque<Message>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn first_seq(&self) -> u64 {
+        self.messages.front().map_or(0, |m| m.seq)
+    }
+    fn last_seq(&self) -> u64 {
+        self.messages.back().map_or(0, |m| m.seq)
+    }
+}
+
+struct Shard {
+    entries: LruCache<u64, Tail>,
+    /// Bumped by every commit that touches a conversation of this shard.
+    version: u64,
+    bytes: usize,
+}
+
+pub(crate) struct TailCache {
+    shards: Vec<Mutex<Shard>>,
+    max_records: usize,
+    max_shard_bytes: usize,
+}
+
+fn charge(m: &Message) -> usize {
+    m.payload.len() + m.client_msg_id.len() + MESSAGE_OVERHEAD
+}
+
+impl TailCache {
+    /// A cache of at most `max_bytes`, keeping up to `max_records` newest
+    /// messages per conversation. Either being 0 disables it.
+    pub(crate) fn new(max_bytes: usize, max_records: usize) -> Self {
+        let enabled = max_bytes > 0 && max_records > 0;
+        let shards = if enabled { SHARDS } else { 0 };
+        TailCache {
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: LruCache::unbounded(),
+                        version: 0,
+                        bytes: 0,
+                    })
+                })
+                .collect(),
+            max_records,
+            max_shard_bytes: max_bytes / SHARDS,
+        }
+    }
+
+    fn shard(&self, conversation: u64) -> Option<MutexGuard<'_, Shard>> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        // Fibonacci hashing spreads sequential conversation ids.
+        let index = (conversation.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS;
+        Some(match self.shards[index].lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        })
+    }
+
+    /// Serves a read from memory if the cached tail covers all of it.
+    /// `None` means "not cached": read from RocksDB.
+    pub(crate) fn read(
+        &self,
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+    ) -> Option<Vec<Message>> {
+        let mut shard = self.shard(conversation)?;
+        let tail = shard.entries.get(&conversation)?;
+        let (first, last) = (tail.first_seq(), tail.last_seq());
+        let (lo, hi) = match direction {
+            Direction::Forward => {
+                let from = from.max(1);
+                if from > last {
+                    return Some(Vec::new());
+                }
+                (from, last.min(from.saturating_add(limit as u64 - 1)))
+            }
+            Direction::Backward => {
+                let to = from.min(last);
+                if to == 0 {
+                    return Some(Vec::new());
+                }
+                (to.saturating_sub(limit as u64 - 1).max(1), to)
+            }
+        };
+        if lo < first {
+            return None;
+        }
+        let start = (lo - first) as usize;
+        let end = (hi - first) as usize + 1;
+        Some(tail.messages.range(start..end).cloned().collect())
+    }
+
+    /// The version a reader notes before reading from RocksDB.
+    pub(crate) fn version(&self, conversation: u64) -> u64 {
+        self.shard(conversation).map_or(0, |s| s.version)
+    }
+
+    /// Installs what a reader read, if it ends at the conversation's last
+    /// seq and no commit touched the shard since `version`.
+    pub(crate) fn fill(&self, conversation: u64, version: u64, read: &[Message], last_seq: u64) {
+        if read.last().map(|m| m.seq) != Some(last_seq) {
+            return;
+        }
+        let Some(mut shard) = self.shard(conversation) else {
+            return;
+        };
+        if shard.version != version {
+            return;
+        }
+        let keep = &read[read.len().saturating_sub(self.max_records)..];
+        if let Some(existing) = shard.entries.peek(&conversation) {
+            if existing.messages.len() >= keep.len() {
+                return;
+            }
+        }
+        let tail = Tail {
+            bytes: keep.iter().map(charge).sum(),
+            messages: keep.iter().cloned().collect(),
+        };
+        self.install(&mut shard, conversation, tail);
+    }
+
+    /// After a durable write: `appended` are the new messages of one
+    /// conversation, in seq order, ending at its new last seq.
+    pub(crate) fn extend(&self, conversation: u64, appended: Vec<Message>) {
+        let Some(mut shard) = self.shard(conversation) else {
+            return;
+        };
+        shard.version += 1;
+        let Some(first_new) = appended.first().map(|m| m.seq) else {
+            return;
+        };
+        let mut tail = match shard.entries.pop(&conversation) {
+            Some(tail) if tail.last_seq() + 1 == first_new => {
+                shard.bytes -= tail.bytes;
+                tail
+            }
+            Some(stale) => {
+                // Not contiguous (cannot happen while the invariant holds):
+                // start over from the new messages.
+                shard.bytes -= stale.bytes;
+                Tail {
+                    messages: VecDeque::new(),
+                    bytes: 0,
+                }
+            }
+            None => Tail {
+                messages: VecDeque::new(),
+                bytes: 0,
+            },
+        };
+        for m in appended {
+            tail.bytes += charge(&m);
+            tail.messages.push_back(m);
+        }
+        while tail.messages.len() > self.max_records {
+            if let Some(old) = tail.messages.pop_front() {
+                tail.bytes -= charge(&old);
+            }
+        }
+        self.install(&mut shard, conversation, tail);
+    }
+
+    /// Drops a conversation's entry (used when its stored bytes are
+    /// replaced behind the engine's back, by the corruption test hook).
+    pub(crate) fn invalidate(&self, conversation: u64) {
+        if let Some(mut shard) = self.shard(conversation) {
+            shard.version += 1;
+            if let Some(old) = shard.entries.pop(&conversation) {
+                shard.bytes -= old.bytes;
+            }
+        }
+    }
+
+    fn install(&self, shard: &mut Shard, conversation: u64, tail: Tail) {
+        shard.bytes += tail.bytes;
+        if let Some(old) = shard.entries.put(conversation, tail) {
+            shard.bytes -= old.bytes;
+        }
+        while shard.bytes > self.max_shard_bytes {
+            match shard.entries.pop_lru() {
+                Some((_, evicted)) => shard.bytes -= evicted.bytes,
+                None => break,
+            }
+        }
+    }
+}
