@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use imstore_benches::{bench_dir, message, Imstore, Msg, RocksKv, Sqlite, Timelines};
+use imstore_benches::{
+    bench_dir, message, Imstore, Msg, RocksKv, Sqlite, Timelines, FULL_CHECKSUMS,
+};
 use imstore_engine::Options;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -153,7 +155,8 @@ fn reads(c: &mut Criterion) {
                     start.elapsed()
                 );
             }
-            // Checksummed reads: every engine returns the same data.
+            // Checksummed reads: every engine returns the same data, byte for byte.
+            FULL_CHECKSUMS.store(true, Ordering::Relaxed);
             let mut rng = StdRng::seed_from_u64(SEED);
             for _ in 0..20 {
                 let conversation = rng.random_range(0..convs as u64);
@@ -175,6 +178,7 @@ fn reads(c: &mut Criterion) {
                     );
                 }
             }
+            FULL_CHECKSUMS.store(false, Ordering::Relaxed);
         })
     };
 

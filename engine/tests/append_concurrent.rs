@@ -81,7 +81,10 @@ fn concurrent_appends_are_continuous_and_exactly_once() -> TestResult {
                     .map_err(|e| e.to_string())?;
                     for pair in page.windows(2) {
                         if pair[1].seq != pair[0].seq + 1 {
-                            return Err(format!("page with a hole: {} then {}", pair[0].seq, pair[1].seq));
+                            return Err(format!(
+                                "page with a hole: {} then {}",
+                                pair[0].seq, pair[1].seq
+                            ));
                         }
                     }
                     for m in page {
@@ -108,7 +111,11 @@ fn concurrent_appends_are_continuous_and_exactly_once() -> TestResult {
     // Everything a concurrent reader saw is what is stored at that seq.
     for reader in readers {
         for (conversation, seq, cid) in reader.join().map_err(|_| "reader panicked")?? {
-            assert_eq!(acked.get(&(conversation, seq)), Some(&cid), "reader saw wrong data");
+            assert_eq!(
+                acked.get(&(conversation, seq)),
+                Some(&cid),
+                "reader saw wrong data"
+            );
         }
     }
 
