@@ -1,11 +1,19 @@
-//! The group-commit pipeline: one committer thread takes whatever commands
-//! are waiting, applies them into one WriteBatch, writes it with one fsync,
-//! and then completes every waiter. Concurrent writers share fsyncs.
+//! The group-commit pipeline. Writers queue commands; whoever commits takes
+//! everything waiting, applies it into one WriteBatch, writes it with one
+//! fsync, and completes every waiter. Concurrent writers share fsyncs.
+//!
+//! Who commits: a blocking caller ([`Pipeline::execute`]) that finds no
+//! commit in progress leads one group itself, saving two thread hand-offs
+//! on the latency path; everything else (and whatever is still queued when
+//! a leader finishes) is committed by the background committer thread. A
+//! caller never leads more than one group, so none is held hostage by
+//! other writers' load. Exactly one committer is active at a time
+//! (`Queue::committing`), so the committer state needs no real locking.
 
 use std::mem;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use lru::LruCache;
@@ -20,9 +28,13 @@ use crate::{Command, CommitStats, Error, Outcome, Result};
 /// Called once with the command's result, after its write is durable.
 pub(crate) type Completion = Box<dyn FnOnce(Result<Outcome>) + Send>;
 
+type Group = Vec<(Command, Completion)>;
+
 struct Queue {
-    waiting: Vec<(Command, Completion)>,
+    waiting: Group,
     closed: bool,
+    /// A group is being committed (by a caller or the background thread).
+    committing: bool,
 }
 
 #[derive(Default)]
@@ -44,12 +56,25 @@ impl Counters {
 
 pub(crate) struct Pipeline {
     queue: Mutex<Queue>,
+    /// Wakes the background committer.
     wake: Condvar,
+    /// Only ever locked by the one active committer.
+    committer: Mutex<Committer>,
+    max_group: usize,
     pub(crate) counters: Counters,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(guard) => guard,
+        // A panic while committing is a bug; the state it guards is only
+        // ever updated after durable writes, so carrying on is safe.
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 impl Pipeline {
-    /// Starts the committer thread over `store`.
+    /// Starts the background committer over `store`.
     pub(crate) fn start(
         store: Arc<Store>,
         tail: Arc<TailCache>,
@@ -57,72 +82,109 @@ impl Pipeline {
         max_group: usize,
         cache_entries: usize,
     ) -> Result<(Arc<Pipeline>, JoinHandle<()>)> {
+        let cache =
+            LruCache::new(NonZeroUsize::new(cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN));
         let pipeline = Arc::new(Pipeline {
             queue: Mutex::new(Queue {
                 waiting: Vec::new(),
                 closed: false,
+                committing: false,
             }),
             wake: Condvar::new(),
+            committer: Mutex::new(Committer {
+                store,
+                tail,
+                limits,
+                cache,
+            }),
+            max_group: max_group.max(1),
             counters: Counters::default(),
         });
         let worker = Arc::clone(&pipeline);
-        let cache =
-            LruCache::new(NonZeroUsize::new(cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN));
         let handle = std::thread::Builder::new()
             .name("imstore-commit".into())
-            .spawn(move || {
-                let mut committer = Committer {
-                    store,
-                    tail,
-                    limits,
-                    cache,
-                };
-                worker.run(&mut committer, max_group.max(1));
-            })?;
+            .spawn(move || worker.run_background())?;
         Ok((pipeline, handle))
     }
 
-    /// Queues a command; `done` runs on the committer thread once the
-    /// command's group is durable (or failed). After [`Pipeline::close`],
-    /// `done` gets [`Error::Closed`] at once.
+    /// Queues a command and returns at once; `done` runs on whichever
+    /// thread commits the command's group, once it is durable (or failed).
+    /// After [`Pipeline::close`], `done` gets [`Error::Closed`] at once.
     pub(crate) fn submit(&self, command: Command, done: Completion) {
-        let mut queue = match self.queue.lock() {
-            Ok(q) => q,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut queue = lock(&self.queue);
         if queue.closed {
             drop(queue);
             done(Err(Error::Closed));
             return;
         }
         queue.waiting.push((command, done));
-        let first = queue.waiting.len() == 1;
+        let wake = !queue.committing;
         drop(queue);
-        if first {
+        if wake {
             self.wake.notify_one();
         }
     }
 
-    /// Stops taking commands; the committer finishes what is queued, then exits.
+    /// Queues a command and waits until it is durable, leading the group
+    /// commit itself when no commit is in progress.
+    pub(crate) fn execute(&self, command: Command) -> Result<Outcome> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let done: Completion = Box::new(move |result| {
+            // The receiver is on this caller's stack; it is still there.
+            let _ = tx.send(result);
+        });
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            return Err(Error::Closed);
+        }
+        queue.waiting.push((command, done));
+        if !queue.committing {
+            queue.committing = true;
+            let group = self.take_group(&mut queue);
+            drop(queue);
+            self.commit(group);
+            self.finish_commit();
+        } else {
+            drop(queue);
+        }
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Stops taking commands; queued ones are still committed, then the
+    /// background committer exits.
     pub(crate) fn close(&self) {
-        let mut queue = match self.queue.lock() {
-            Ok(q) => q,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        queue.closed = true;
-        drop(queue);
+        lock(&self.queue).closed = true;
         self.wake.notify_all();
     }
 
-    fn run(&self, committer: &mut Committer, max_group: usize) {
-        let mut group = Vec::new();
+    fn take_group(&self, queue: &mut Queue) -> Group {
+        if queue.waiting.len() <= self.max_group {
+            mem::take(&mut queue.waiting)
+        } else {
+            queue.waiting.drain(..self.max_group).collect()
+        }
+    }
+
+    fn commit(&self, mut group: Group) {
+        lock(&self.committer).commit_group(&mut group, &self.counters);
+    }
+
+    /// Ends a commit; hands what queued up meanwhile to the background thread.
+    fn finish_commit(&self) {
+        let mut queue = lock(&self.queue);
+        queue.committing = false;
+        let more = !queue.waiting.is_empty() || queue.closed;
+        drop(queue);
+        if more {
+            self.wake.notify_one();
+        }
+    }
+
+    fn run_background(&self) {
         loop {
-            {
-                let mut queue = match self.queue.lock() {
-                    Ok(q) => q,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                while queue.waiting.is_empty() && !queue.closed {
+            let group = {
+                let mut queue = lock(&self.queue);
+                while queue.committing || (queue.waiting.is_empty() && !queue.closed) {
                     queue = match self.wake.wait(queue) {
                         Ok(q) => q,
                         Err(poisoned) => poisoned.into_inner(),
@@ -131,18 +193,16 @@ impl Pipeline {
                 if queue.waiting.is_empty() {
                     return; // closed and drained
                 }
-                if queue.waiting.len() <= max_group {
-                    mem::swap(&mut group, &mut queue.waiting);
-                } else {
-                    group.extend(queue.waiting.drain(..max_group));
-                }
-            }
-            committer.commit_group(&mut group, &self.counters);
+                queue.committing = true;
+                self.take_group(&mut queue)
+            };
+            self.commit(group);
+            self.finish_commit();
         }
     }
 }
 
-/// State owned by the committer thread alone, so it needs no lock.
+/// State of the one active committer.
 struct Committer {
     store: Arc<Store>,
     /// Extended after every durable write, before any waiter is completed.

@@ -1,5 +1,4 @@
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -101,12 +100,7 @@ impl Engine {
     /// Runs a command through the commit pipeline and waits until it is
     /// durable.
     pub fn execute(&self, command: Command) -> Result<Outcome> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(command, move |result| {
-            // The receiver only goes away if the caller's thread died.
-            let _ = tx.send(result);
-        });
-        rx.recv().map_err(|_| Error::Closed)?
+        self.inner.pipeline.execute(command)
     }
 
     /// Queues a command and returns at once; `done` is called on the commit
