@@ -236,6 +236,8 @@ fn segment_capacity(c: &mut Criterion) {
             Options {
                 segment_max_records: records,
                 segment_max_bytes: u32::MAX,
+                // Measure the segment read path, not the tail cache.
+                tail_cache_bytes: 0,
                 ..Options::default()
             },
         );

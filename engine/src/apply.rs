@@ -14,6 +14,9 @@ use crate::store::META_TIMESTAMP_HIGH_WATER;
 use crate::store::{Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
 use crate::{Appended, Command, Error, Message, NewMessage, Options, Outcome, Result};
 
+/// Granularity at which the timestamp high-water mark is persisted.
+const HIGH_WATER_STEP_MS: u64 = 60_000;
+
 /// Where the applier reads committed state from. The commit pipeline backs
 /// it with an LRU of conversation states over the store.
 pub(crate) trait CommittedState {
@@ -270,7 +273,10 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             batch.put_cf(dedup, key, entry.encode());
         }
         let new_high_water = high_water.max(group.max_timestamp_ms);
-        if new_high_water > high_water {
+        // Persisted once per minute of server time, not once per group: after
+        // a restart the mark may lag by up to a minute, which only makes
+        // dedup GC (48 h horizon by default) that much more conservative.
+        if new_high_water / HIGH_WATER_STEP_MS > high_water / HIGH_WATER_STEP_MS {
             batch.put_cf(
                 store.cf(CF_META)?,
                 META_TIMESTAMP_HIGH_WATER,

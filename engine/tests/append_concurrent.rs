@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
 use common::{msg, read_all, TestResult};
-use imstore_engine::{Engine, Options};
+use imstore_engine::{Command, Engine, Options, Outcome};
 
 const THREADS: u64 = 16;
 const PER_THREAD: u64 = 300;
@@ -143,5 +143,35 @@ fn check_timelines(engine: &Engine, acked: &HashMap<(u64, u64), String>) -> Test
         }
     }
     assert_eq!(seen.len() as u64, THREADS * PER_THREAD);
+    Ok(())
+}
+
+#[test]
+fn submitted_commands_complete_in_queue_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(dir.path(), Options::default())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..500u64 {
+        let tx = tx.clone();
+        let command = Command::Append(vec![msg(7, 1, &format!("s{i}"), b"p", 1)]);
+        engine.submit(command, move |result| {
+            let _ = tx.send((i, result));
+        });
+    }
+    drop(tx);
+    // The channel closes once every completion has run.
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), 500);
+    for (i, result) in results {
+        let Outcome::Appended(appended) = result?;
+        assert_eq!(
+            appended,
+            vec![imstore_engine::Appended {
+                seq: i + 1,
+                duplicate: false
+            }]
+        );
+    }
+    assert_eq!(read_all(&engine, 7)?.len(), 500);
     Ok(())
 }
