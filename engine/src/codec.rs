@@ -174,6 +174,11 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    /// Byte offset just past this frame inside the segment.
+    pub fn end(&self) -> usize {
+        self.offset + FRAME_HEADER_LEN + self.body.len()
+    }
+
     /// Verifies the CRC and decodes the body. Only a frame that passes is
     /// ever turned into a record, so corrupt bytes never reach a caller.
     pub fn decode(&self) -> Result<RecordRef<'a>, CodecError> {

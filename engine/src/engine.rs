@@ -197,6 +197,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Deletes one segment, bypassing every check. For corruption tests
+    /// only; not a stable API.
+    #[doc(hidden)]
+    pub fn raw_delete_segment(&self, conversation: u64, base_seq: u64) -> Result<()> {
+        let store = &self.inner.store;
+        store.db().delete_cf(
+            store.cf(CF_SEGMENTS)?,
+            crate::codec::segment_key(conversation, base_seq),
+        )?;
+        self.inner.tail.invalidate(conversation);
+        Ok(())
+    }
+
     /// The tail cache first; on a miss RocksDB, and a page that reaches the
     /// end of the timeline is offered back to the cache.
     fn read_range(

@@ -57,12 +57,9 @@ fn to_messages(
         return Ok(());
     };
     let err = corrupt(conversation, base);
-    let last_record = last.decode().map_err(&err)?;
     // One copy of the byte range the returned records span; messages slice it.
     let start = first.offset;
-    let end =
-        last_record.payload.as_ptr() as usize - value.as_ptr() as usize + last_record.payload.len();
-    let shared = Bytes::copy_from_slice(&value[start..end]);
+    let shared = Bytes::copy_from_slice(&value[start..last.end()]);
     for (i, frame) in frames.iter().enumerate() {
         let record = frame.decode().map_err(&err)?;
         let expected = base + (first_index + i) as u64;
@@ -125,13 +122,14 @@ pub(crate) fn forward(
             break;
         };
         visited = base;
-        if let Some(expected) = next_base {
-            if base != expected {
-                return Err(corrupt(conversation, base)(CodecError::SeqMismatch {
-                    expected,
-                    found: base,
-                }));
-            }
+        // The first segment must hold `from` (nothing before it is ever
+        // deleted); each later one must start where the previous ended.
+        let expected = next_base.unwrap_or(base.min(from));
+        if base != expected {
+            return Err(corrupt(conversation, base)(CodecError::SeqMismatch {
+                expected,
+                found: base,
+            }));
         }
         let value = it.value().unwrap_or_default();
         let skip = from.saturating_sub(base);
@@ -221,6 +219,13 @@ pub(crate) fn backward(
         it.prev();
     }
     it.status()?;
+    if let Some(oldest) = expected_end.filter(|&base| base > 1 && collected < limit) {
+        // Ran out of segments before seq 1: the oldest ones are missing.
+        return Err(corrupt(conversation, oldest)(CodecError::SeqMismatch {
+            expected: 1,
+            found: oldest,
+        }));
+    }
     if collected == 0 {
         // The state says `to` exists, but no segment holds it.
         return Err(corrupt(conversation, to)(CodecError::SeqMismatch {

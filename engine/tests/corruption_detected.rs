@@ -56,6 +56,21 @@ fn flipped_byte_in_a_segment_is_reported_per_segment() -> TestResult {
 }
 
 #[test]
+fn missing_segments_are_reported_not_skipped() -> TestResult {
+    for missing in [1, 5, 9] {
+        let dir = tempfile::tempdir()?;
+        let engine = Engine::open(dir.path(), small_segments())?;
+        fill(&engine, 1, 10)?; // segments 1, 5, 9
+        engine.raw_delete_segment(0, missing)?;
+        let forward = engine.read(0, 1, 100, Direction::Forward);
+        assert!(matches!(forward, Err(Error::Corruption { conversation: 0, .. })), "segment {missing} gone: forward gave {forward:?}");
+        let backward = engine.latest(0, 100);
+        assert!(matches!(backward, Err(Error::Corruption { conversation: 0, .. })), "segment {missing} gone: backward gave {backward:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn truncated_segment_is_reported() -> TestResult {
     let dir = tempfile::tempdir()?;
     let engine = Engine::open(dir.path(), small_segments())?;
