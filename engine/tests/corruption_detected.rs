@@ -63,9 +63,27 @@ fn missing_segments_are_reported_not_skipped() -> TestResult {
         fill(&engine, 1, 10)?; // segments 1, 5, 9
         engine.raw_delete_segment(0, missing)?;
         let forward = engine.read(0, 1, 100, Direction::Forward);
-        assert!(matches!(forward, Err(Error::Corruption { conversation: 0, .. })), "segment {missing} gone: forward gave {forward:?}");
+        assert!(
+            matches!(
+                forward,
+                Err(Error::Corruption {
+                    conversation: 0,
+                    ..
+                })
+            ),
+            "segment {missing} gone: forward gave {forward:?}"
+        );
         let backward = engine.latest(0, 100);
-        assert!(matches!(backward, Err(Error::Corruption { conversation: 0, .. })), "segment {missing} gone: backward gave {backward:?}");
+        assert!(
+            matches!(
+                backward,
+                Err(Error::Corruption {
+                    conversation: 0,
+                    ..
+                })
+            ),
+            "segment {missing} gone: backward gave {backward:?}"
+        );
     }
     Ok(())
 }
