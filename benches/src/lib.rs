@@ -183,6 +183,22 @@ impl RocksKv {
         seq
     }
 
+    /// Up to `n` messages of `conversation` from seq `from` in `direction`.
+    fn scan(&self, conversation: u64, from: u64, direction: RocksDirection, n: usize) -> u64 {
+        let mut acc = 0;
+        let start = Self::key(conversation, from);
+        let iter = self.db.iterator(IteratorMode::From(&start, direction));
+        for item in iter.take(n) {
+            let (k, v) = item.unwrap_or_else(|e| bench_error("iterate", e));
+            if k[..8] != conversation.to_be_bytes() {
+                break;
+            }
+            let seq = u64::from_be_bytes(k[8..16].try_into().unwrap_or_default());
+            acc ^= checksum(seq, Self::payload_of(&v));
+        }
+        acc
+    }
+
     fn synced(&self, batch: WriteBatch) {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -210,36 +226,10 @@ impl Timelines for RocksKv {
         self.synced(batch);
     }
     fn latest(&self, conversation: u64, n: usize) -> u64 {
-        let mut acc = 0;
-        let start = Self::key(conversation, u64::MAX);
-        let iter = self
-            .db
-            .iterator(IteratorMode::From(&start, RocksDirection::Reverse));
-        for item in iter.take(n) {
-            let (k, v) = item.unwrap_or_else(|e| bench_error("iterate", e));
-            if k[..8] != conversation.to_be_bytes() {
-                break;
-            }
-            let seq = u64::from_be_bytes(k[8..16].try_into().unwrap_or_default());
-            acc ^= checksum(seq, Self::payload_of(&v));
-        }
-        acc
+        self.scan(conversation, u64::MAX, RocksDirection::Reverse, n)
     }
     fn range(&self, conversation: u64, from: u64, n: usize) -> u64 {
-        let mut acc = 0;
-        let start = Self::key(conversation, from);
-        let iter = self
-            .db
-            .iterator(IteratorMode::From(&start, RocksDirection::Forward));
-        for item in iter.take(n) {
-            let (k, v) = item.unwrap_or_else(|e| bench_error("iterate", e));
-            if k[..8] != conversation.to_be_bytes() {
-                break;
-            }
-            let seq = u64::from_be_bytes(k[8..16].try_into().unwrap_or_default());
-            acc ^= checksum(seq, Self::payload_of(&v));
-        }
-        acc
+        self.scan(conversation, from, RocksDirection::Forward, n)
     }
     fn settle(&self) {
         self.db.flush().unwrap_or_else(|e| bench_error("flush", e));

@@ -122,7 +122,20 @@ impl Engine {
         direction: Direction,
     ) -> Result<Vec<Message>> {
         self.check_limit(limit)?;
-        self.read_range(conversation, from, limit, direction)
+        // The tail cache first; on a miss RocksDB, and a page that reaches
+        // the end of the timeline is offered back to the cache.
+        let tail = &self.inner.tail;
+        if let Some(cached) = tail.read(conversation, from, limit, direction) {
+            return Ok(cached);
+        }
+        let version = tail.version(conversation);
+        let store = &self.inner.store;
+        let (messages, last_seq) = match direction {
+            Direction::Forward => read::forward(store, conversation, from, limit)?,
+            Direction::Backward => read::backward(store, conversation, from, limit)?,
+        };
+        tail.fill(conversation, version, &messages, last_seq);
+        Ok(messages)
     }
 
     /// The latest `limit` messages, ascending.
@@ -135,7 +148,7 @@ impl Engine {
     pub fn read_after(&self, conversation: u64, after: u64, limit: usize) -> Result<Vec<Message>> {
         self.check_limit(limit)?;
         match after.checked_add(1) {
-            Some(from) => self.read_range(conversation, from, limit, Direction::Forward),
+            Some(from) => self.read(conversation, from, limit, Direction::Forward),
             None => Ok(Vec::new()),
         }
     }
@@ -208,29 +221,6 @@ impl Engine {
         )?;
         self.inner.tail.invalidate(conversation);
         Ok(())
-    }
-
-    /// The tail cache first; on a miss RocksDB, and a page that reaches the
-    /// end of the timeline is offered back to the cache.
-    fn read_range(
-        &self,
-        conversation: u64,
-        from: u64,
-        limit: usize,
-        direction: Direction,
-    ) -> Result<Vec<Message>> {
-        let tail = &self.inner.tail;
-        if let Some(cached) = tail.read(conversation, from, limit, direction) {
-            return Ok(cached);
-        }
-        let version = tail.version(conversation);
-        let store = &self.inner.store;
-        let (messages, last_seq) = match direction {
-            Direction::Forward => read::forward(store, conversation, from, limit)?,
-            Direction::Backward => read::backward(store, conversation, from, limit)?,
-        };
-        tail.fill(conversation, version, &messages, last_seq);
-        Ok(messages)
     }
 
     fn check_limit(&self, limit: usize) -> Result<()> {
