@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    MemtableFactory, SliceTransform, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DBCompressionType, MemtableFactory, SliceTransform, WriteBatch, WriteOptions,
+    DB,
 };
 
 use crate::codec::{self, ConversationState, DedupEntry, FORMAT_VERSION};
@@ -171,12 +172,19 @@ impl Store {
         }
     }
 
-    /// Forces memtables to SST files and compacts every column family.
+    /// Forces memtables to SST files and compacts every column family down
+    /// to the last level. Forced even there, so that files RocksDB moved
+    /// down without rewriting them are rewritten too: that is what folds a
+    /// segment's merge operands into one value and drops expired dedup
+    /// entries.
     pub(crate) fn compact(&self) -> Result<()> {
+        let mut opts = CompactOptions::default();
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         for name in ALL_CFS {
             let cf = self.cf(name)?;
             self.db.flush_cf(cf)?;
-            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
         }
         Ok(())
     }
