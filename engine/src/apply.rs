@@ -5,6 +5,7 @@
 //! no clock, no randomness and no thread-local state. The commit pipeline
 //! uses it now; the raft state machine will use it for committed entries.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use rocksdb::WriteBatch;
@@ -98,11 +99,12 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         group.conversations.extend(scratch.conversations);
         group.dedup.extend(scratch.dedup);
         for (key, bytes) in scratch.segments {
-            group
-                .segments
-                .entry(key)
-                .or_default()
-                .extend_from_slice(&bytes);
+            match group.segments.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(bytes);
+                }
+                Entry::Occupied(mut slot) => slot.get_mut().extend_from_slice(&bytes),
+            }
         }
         for (conversation, messages) in scratch.appended {
             group
