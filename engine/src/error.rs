@@ -63,6 +63,10 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u32,
     },
+    /// Another [`Engine`](crate::Engine) (in this or another process) has
+    /// the directory open. Close it first; one directory has one owner.
+    #[error("{0} is already open elsewhere")]
+    DirectoryLocked(String),
     /// The directory holds a RocksDB database that imstore did not create.
     #[error("{0} is not an imstore data directory")]
     NotAnImstoreDirectory(String),

@@ -72,7 +72,15 @@ impl Store {
             ),
             ColumnFamilyDescriptor::new(CF_META, rocksdb::Options::default()),
         ];
-        let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+            let text = e.clone().into_string();
+            // RocksDB's LOCK file: another handle owns the directory.
+            if text.contains("lock") && text.contains("LOCK") {
+                Error::DirectoryLocked(path.display().to_string())
+            } else {
+                Error::from(e)
+            }
+        })?;
         let store = Store {
             db,
             sync_writes: options.sync_writes,

@@ -235,3 +235,17 @@ fn a_foreign_rocksdb_is_refused() -> TestResult {
     ));
     Ok(())
 }
+
+#[test]
+fn a_directory_open_elsewhere_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let first = Engine::open(dir.path(), Options::default())?;
+    match Engine::open(dir.path(), Options::default()) {
+        Err(Error::DirectoryLocked(_)) => {}
+        other => return Err(format!("expected DirectoryLocked, got {other:?}").into()),
+    }
+    drop(first);
+    // Once closed, it opens again.
+    Engine::open(dir.path(), Options::default())?;
+    Ok(())
+}
