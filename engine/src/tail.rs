@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
+use bytes::BytesMut;
 use lru::LruCache;
 
 use crate::{Direction, Message};
@@ -26,6 +27,41 @@ struct Tail {
     /// Contiguous messages ending at the conversation's last seq.
     messages: VecDeque<Message>,
     bytes: usize,
+    /// Where appended messages' bytes are copied, so that a conversation's
+    /// cached messages share a few buffers (and refcounts): a cached page
+    /// then touches a handful of cache lines for its refcounts instead of
+    /// two per message.
+    arena: BytesMut,
+}
+
+/// Size of one arena chunk; at most this much slack per cached conversation.
+const ARENA_CHUNK: usize = 4096;
+
+impl Tail {
+    fn empty() -> Tail {
+        Tail {
+            messages: VecDeque::new(),
+            bytes: 0,
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// `m` with its client id and payload moved into this tail's arena.
+    fn rebase(&mut self, m: Message) -> Message {
+        let cid_len = m.client_msg_id.len();
+        let need = cid_len + m.payload.len();
+        if self.arena.capacity() - self.arena.len() < need {
+            self.arena = BytesMut::with_capacity(ARENA_CHUNK.max(need));
+        }
+        self.arena.extend_from_slice(&m.client_msg_id);
+        self.arena.extend_from_slice(&m.payload);
+        let both = self.arena.split().freeze();
+        Message {
+            client_msg_id: both.slice(..cid_len),
+            payload: both.slice(cid_len..),
+            ..m
+        }
+    }
 }
 
 impl Tail {
@@ -146,9 +182,11 @@ impl TailCache {
                 return;
             }
         }
+        // Read messages already share one buffer per segment.
         let tail = Tail {
             bytes: keep.iter().map(charge).sum(),
             messages: keep.iter().cloned().collect(),
+            arena: BytesMut::new(),
         };
         self.install(&mut shard, conversation, tail);
     }
@@ -172,18 +210,13 @@ impl TailCache {
                 // Not contiguous (cannot happen while the invariant holds):
                 // start over from the new messages.
                 shard.bytes -= stale.bytes;
-                Tail {
-                    messages: VecDeque::new(),
-                    bytes: 0,
-                }
+                Tail::empty()
             }
-            None => Tail {
-                messages: VecDeque::new(),
-                bytes: 0,
-            },
+            None => Tail::empty(),
         };
         for m in appended {
             tail.bytes += charge(&m);
+            let m = tail.rebase(m);
             tail.messages.push_back(m);
         }
         while tail.messages.len() > self.max_records {
