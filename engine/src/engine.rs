@@ -125,10 +125,10 @@ impl Engine {
         // The tail cache first; on a miss RocksDB, and a page that reaches
         // the end of the timeline is offered back to the cache.
         let tail = &self.inner.tail;
-        if let Some(cached) = tail.read(conversation, from, limit, direction) {
-            return Ok(cached);
-        }
-        let version = tail.version(conversation);
+        let version = match tail.read(conversation, from, limit, direction) {
+            Ok(cached) => return Ok(cached),
+            Err(version) => version,
+        };
         let store = &self.inner.store;
         let (messages, last_seq) = match direction {
             Direction::Forward => read::forward(store, conversation, from, limit)?,

@@ -124,44 +124,45 @@ impl TailCache {
     }
 
     /// Serves a read from memory if the cached tail covers all of it.
-    /// `None` means "not cached": read from RocksDB.
+    /// `Err(version)` means "not cached": read from RocksDB, then offer the
+    /// result to [`TailCache::fill`] with that version.
     pub(crate) fn read(
         &self,
         conversation: u64,
         from: u64,
         limit: usize,
         direction: Direction,
-    ) -> Option<Vec<Message>> {
-        let mut shard = self.shard(conversation)?;
-        let tail = shard.entries.get(&conversation)?;
+    ) -> Result<Vec<Message>, u64> {
+        let Some(mut shard) = self.shard(conversation) else {
+            return Err(0);
+        };
+        let version = shard.version;
+        let Some(tail) = shard.entries.get(&conversation) else {
+            return Err(version);
+        };
         let (first, last) = (tail.first_seq(), tail.last_seq());
         let (lo, hi) = match direction {
             Direction::Forward => {
                 let from = from.max(1);
                 if from > last {
-                    return Some(Vec::new());
+                    return Ok(Vec::new());
                 }
                 (from, last.min(from.saturating_add(limit as u64 - 1)))
             }
             Direction::Backward => {
                 let to = from.min(last);
                 if to == 0 {
-                    return Some(Vec::new());
+                    return Ok(Vec::new());
                 }
                 (to.saturating_sub(limit as u64 - 1).max(1), to)
             }
         };
         if lo < first {
-            return None;
+            return Err(version);
         }
         let start = (lo - first) as usize;
         let end = (hi - first) as usize + 1;
-        Some(tail.messages.range(start..end).cloned().collect())
-    }
-
-    /// The version a reader notes before reading from RocksDB.
-    pub(crate) fn version(&self, conversation: u64) -> u64 {
-        self.shard(conversation).map_or(0, |s| s.version)
+        Ok(tail.messages.range(start..end).cloned().collect())
     }
 
     /// Installs what a reader read, if it ends at the conversation's last
