@@ -175,3 +175,36 @@ fn submitted_commands_complete_in_queue_order() -> TestResult {
     assert_eq!(read_all(&engine, 7)?.len(), 500);
     Ok(())
 }
+
+/// The last handle may be dropped inside a completion, on the commit thread
+/// itself: closing must neither deadlock (joining itself) nor lose the write.
+#[test]
+fn last_handle_dropped_inside_a_completion() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for round in 0..20u64 {
+        let engine = Engine::open(dir.path(), Options::default())?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let captured = engine.clone();
+        let command = Command::Append(vec![msg(3, 1, &format!("r{round}"), b"p", 1)]);
+        engine.submit(command, move |result| {
+            let _ = tx.send(result.map(|_| captured.commit_stats().messages));
+            // `captured` drops here, possibly as the last handle.
+        });
+        drop(engine);
+        assert_eq!(rx.recv()??, 1);
+        // The commit thread may still be closing the store: retry the open
+        // (bounded) until it lets go, then check the write.
+        let mut attempts = 0;
+        let reopened = loop {
+            match Engine::open(dir.path(), Options::default()) {
+                Err(imstore_engine::Error::DirectoryLocked(_)) if attempts < 100_000 => {
+                    attempts += 1;
+                    std::thread::yield_now();
+                }
+                other => break other?,
+            }
+        };
+        assert_eq!(reopened.last_seq(3)?, round + 1);
+    }
+    Ok(())
+}
