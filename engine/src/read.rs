@@ -186,17 +186,15 @@ pub(crate) fn backward(
         let frames = Frames::new(value)
             .collect::<Result<Vec<_>, _>>()
             .map_err(corrupt(conversation, base))?;
-        let end = base + frames.len() as u64; // one past the segment's last seq
-                                              // The first segment visited must reach `to`; each later one must end
-                                              // where the one after it begins.
+        // One past the segment's last seq. The first segment visited must
+        // reach `to`; each later one must end where the one after it begins.
+        let end = base + frames.len() as u64;
         let expected = expected_end.unwrap_or(end.max(to + 1));
-        {
-            if end != expected {
-                return Err(corrupt(conversation, base)(CodecError::SeqMismatch {
-                    expected,
-                    found: end,
-                }));
-            }
+        if end != expected {
+            return Err(corrupt(conversation, base)(CodecError::SeqMismatch {
+                expected,
+                found: end,
+            }));
         }
         // Records with seq <= to: indexes 0..upto.
         let upto = usize::try_from(to.saturating_sub(base).saturating_add(1))
