@@ -6,12 +6,12 @@
 //! uses it now; the raft state machine will use it for committed entries.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rocksdb::WriteBatch;
 
 use crate::codec::{self, ConversationState, DedupEntry, RecordRef};
-use crate::store::META_TIMESTAMP_HIGH_WATER;
+use crate::store::{CF_IM, CF_RECEIPTS, META_CHANGE_COUNTER, META_TIMESTAMP_HIGH_WATER};
 use crate::store::{Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
 use crate::{Appended, Command, Error, Message, NewMessage, Options, Outcome, Result};
 
@@ -23,6 +23,22 @@ const HIGH_WATER_STEP_MS: u64 = 60_000;
 pub(crate) trait CommittedState {
     fn conversation(&mut self, conversation: u64) -> Result<ConversationState>;
     fn dedup(&mut self, key: &[u8]) -> Result<Option<DedupEntry>>;
+    /// A committed value of the `im` or `receipts` column family.
+    fn get(&mut self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Committed entries with `lo <= key < hi`, ascending.
+    fn scan(&mut self, space: Space, lo: &[u8], hi: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// A committed message (for recall and edit checks).
+    fn message(&mut self, conversation: u64, seq: u64) -> Result<Option<Message>>;
+    /// Base of the committed segment holding `seq` (the greatest base ≤ seq).
+    fn segment_base(&mut self, conversation: u64, seq: u64) -> Result<Option<u64>>;
+}
+
+/// The column families apply reads and writes generically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Space {
+    Im,
+    Receipts,
+    Segments,
 }
 
 /// The limits apply enforces; the subset of [`Options`] that decides outcomes.
@@ -34,6 +50,13 @@ pub(crate) struct ApplyLimits {
     pub max_client_msg_id_bytes: usize,
     pub max_batch_messages: usize,
     pub dedup_window_ms: u64,
+    pub fanout_max_members: u32,
+    pub receipt_list_max_members: u32,
+    pub recall_window_ms: u64,
+    pub edit_window_ms: u64,
+    pub max_group_members: u32,
+    pub max_users_per_command: usize,
+    pub max_device_id_bytes: usize,
 }
 
 impl From<&Options> for ApplyLimits {
@@ -45,13 +68,23 @@ impl From<&Options> for ApplyLimits {
             max_client_msg_id_bytes: o.max_client_msg_id_bytes.min(u16::MAX as usize),
             max_batch_messages: o.max_batch_messages,
             dedup_window_ms: o.dedup_window_ms,
+            fanout_max_members: o.fanout_max_members,
+            receipt_list_max_members: o.receipt_list_max_members,
+            recall_window_ms: o.recall_window_ms,
+            edit_window_ms: o.edit_window_ms,
+            max_group_members: o.max_group_members,
+            max_users_per_command: o.max_users_per_command,
+            max_device_id_bytes: o.max_device_id_bytes,
         }
     }
 }
 
+#[path = "im_apply.rs"]
+mod im;
+
 /// Changes made by the commands applied so far in one group, not yet written.
 #[derive(Default)]
-struct Pending {
+pub(crate) struct Pending {
     conversations: BTreeMap<u64, ConversationState>,
     dedup: BTreeMap<Vec<u8>, DedupEntry>,
     /// Records to append, per (conversation, segment base), in seq order.
@@ -60,6 +93,66 @@ struct Pending {
     appended: BTreeMap<u64, Vec<Message>>,
     max_timestamp_ms: u64,
     new_messages: u64,
+    /// Puts, deletes and merges of the `im` and `receipts` column families.
+    kv: BTreeMap<(Space, Vec<u8>), KvEntry>,
+    /// Range deletions, written after everything else of the group.
+    range_deletes: Vec<(Space, Vec<u8>, Vec<u8>)>,
+    /// Conversations whose history was cleared (their tail cache goes).
+    cleared: BTreeSet<u64>,
+    /// The store's change counter after this group, if it moved.
+    change: Option<u64>,
+}
+
+/// Pending writes to one key: an optional put (`Some(Some)`) or delete
+/// (`Some(None)`), then merge operands in order.
+#[derive(Default, Clone)]
+pub(crate) struct KvEntry {
+    base: Option<Option<Vec<u8>>>,
+    merges: Vec<Vec<u8>>,
+}
+
+impl Pending {
+    /// Folds a command's scratch changes into the group.
+    fn absorb(&mut self, scratch: Pending) {
+        self.conversations.extend(scratch.conversations);
+        self.dedup.extend(scratch.dedup);
+        for (key, bytes) in scratch.segments {
+            match self.segments.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(bytes);
+                }
+                Entry::Occupied(mut slot) => slot.get_mut().extend_from_slice(&bytes),
+            }
+        }
+        for (conversation, messages) in scratch.appended {
+            self.appended
+                .entry(conversation)
+                .or_default()
+                .extend(messages);
+        }
+        self.max_timestamp_ms = self.max_timestamp_ms.max(scratch.max_timestamp_ms);
+        self.new_messages += scratch.new_messages;
+        for (key, entry) in scratch.kv {
+            match self.kv.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                }
+                Entry::Occupied(mut slot) => {
+                    let group = slot.get_mut();
+                    if entry.base.is_some() {
+                        *group = entry;
+                    } else {
+                        group.merges.extend(entry.merges);
+                    }
+                }
+            }
+        }
+        self.range_deletes.extend(scratch.range_deletes);
+        self.cleared.extend(scratch.cleared);
+        if scratch.change.is_some() {
+            self.change = scratch.change;
+        }
+    }
 }
 
 /// Applies a group of commands over committed state, each atomically.
@@ -67,23 +160,32 @@ pub(crate) struct GroupApplier<'a, S: CommittedState> {
     state: &'a mut S,
     limits: ApplyLimits,
     group: Pending,
+    /// The committed change counter.
+    change_base: u64,
 }
 
 impl<'a, S: CommittedState> GroupApplier<'a, S> {
-    pub(crate) fn new(state: &'a mut S, limits: ApplyLimits) -> Self {
+    pub(crate) fn new(state: &'a mut S, limits: ApplyLimits, change_base: u64) -> Self {
         GroupApplier {
             state,
             limits,
             group: Pending::default(),
+            change_base,
         }
     }
 
     /// Applies one command. On error nothing of this command is kept, and
     /// the commands applied before it in the group are unaffected.
     pub(crate) fn apply(&mut self, command: &Command) -> Result<Outcome> {
-        match command {
-            Command::Append(messages) => self.append(messages).map(Outcome::Appended),
+        if let Command::Append(messages) = command {
+            return self.append(messages).map(Outcome::Appended);
         }
+        // Every other command works on a scratch overlay, folded into the
+        // group only when the whole command succeeded.
+        let mut scratch = Pending::default();
+        let outcome = self.apply_im(&mut scratch, command)?;
+        self.group.absorb(scratch);
+        Ok(outcome)
     }
 
     fn append(&mut self, messages: &[NewMessage]) -> Result<Vec<Appended>> {
@@ -93,32 +195,22 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         let mut scratch = Pending::default();
         let mut results = Vec::with_capacity(messages.len());
         for message in messages {
+            if self
+                .conversation(&scratch, message.conversation)?
+                .is_managed()
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "conversation {} is a direct or group conversation: send to it, do not append",
+                    message.conversation
+                )));
+            }
             results.push(self.append_one(&mut scratch, message)?);
         }
-        let group = &mut self.group;
-        group.conversations.extend(scratch.conversations);
-        group.dedup.extend(scratch.dedup);
-        for (key, bytes) in scratch.segments {
-            match group.segments.entry(key) {
-                Entry::Vacant(slot) => {
-                    slot.insert(bytes);
-                }
-                Entry::Occupied(mut slot) => slot.get_mut().extend_from_slice(&bytes),
-            }
-        }
-        for (conversation, messages) in scratch.appended {
-            group
-                .appended
-                .entry(conversation)
-                .or_default()
-                .extend(messages);
-        }
-        group.max_timestamp_ms = group.max_timestamp_ms.max(scratch.max_timestamp_ms);
-        group.new_messages += scratch.new_messages;
+        self.group.absorb(scratch);
         Ok(results)
     }
 
-    fn validate(&self, messages: &[NewMessage]) -> Result<()> {
+    pub(crate) fn validate(&self, messages: &[NewMessage]) -> Result<()> {
         let limits = &self.limits;
         if messages.is_empty() {
             return Err(Error::InvalidArgument("empty batch".into()));
@@ -150,7 +242,11 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         Ok(())
     }
 
-    fn conversation(&mut self, scratch: &Pending, conversation: u64) -> Result<ConversationState> {
+    pub(crate) fn conversation(
+        &mut self,
+        scratch: &Pending,
+        conversation: u64,
+    ) -> Result<ConversationState> {
         if let Some(s) = scratch.conversations.get(&conversation) {
             return Ok(*s);
         }
@@ -160,7 +256,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         self.state.conversation(conversation)
     }
 
-    fn dedup(&mut self, scratch: &Pending, key: &[u8]) -> Result<Option<DedupEntry>> {
+    pub(crate) fn dedup(&mut self, scratch: &Pending, key: &[u8]) -> Result<Option<DedupEntry>> {
         if let Some(e) = scratch.dedup.get(key) {
             return Ok(Some(*e));
         }
@@ -170,7 +266,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         self.state.dedup(key)
     }
 
-    fn append_one(&mut self, scratch: &mut Pending, m: &NewMessage) -> Result<Appended> {
+    pub(crate) fn append_one(&mut self, scratch: &mut Pending, m: &NewMessage) -> Result<Appended> {
         let dedup_key = codec::dedup_key(m.conversation, m.sender, &m.client_msg_id);
         if let Some(entry) = self.dedup(scratch, &dedup_key)? {
             if m.timestamp_ms
@@ -274,6 +370,32 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         for (key, entry) in &group.dedup {
             batch.put_cf(dedup, key, entry.encode());
         }
+        let im = store.cf(CF_IM)?;
+        let receipts = store.cf(CF_RECEIPTS)?;
+        let cf_of = |space: Space| match space {
+            Space::Im => im,
+            Space::Receipts => receipts,
+            Space::Segments => segments,
+        };
+        for ((space, key), entry) in &group.kv {
+            let cf = cf_of(*space);
+            match &entry.base {
+                Some(Some(value)) => batch.put_cf(cf, key, value),
+                Some(None) => batch.delete_cf(cf, key),
+                None => {}
+            }
+            for operand in &entry.merges {
+                batch.merge_cf(cf, key, operand);
+            }
+        }
+        // Last, so that they also remove what earlier commands of this
+        // group wrote below the cut (later commands never write below it).
+        for (space, from, to) in &group.range_deletes {
+            batch.delete_range_cf(cf_of(*space), from, to);
+        }
+        if let Some(change) = group.change {
+            batch.put_cf(store.cf(CF_META)?, META_CHANGE_COUNTER, change.to_be_bytes());
+        }
         let new_high_water = high_water.max(group.max_timestamp_ms);
         // Persisted once per minute of server time, not once per group: after
         // a restart the mark may lag by up to a minute, which only makes
@@ -290,6 +412,8 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             appended: group.appended,
             timestamp_high_water: new_high_water,
             new_messages: group.new_messages,
+            cleared: group.cleared,
+            change: group.change,
         })
     }
 }
@@ -300,10 +424,6 @@ pub(crate) struct GroupEffects {
     pub appended: BTreeMap<u64, Vec<Message>>,
     pub timestamp_high_water: u64,
     pub new_messages: u64,
-}
-
-impl GroupEffects {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.conversations.is_empty()
-    }
+    pub cleared: BTreeSet<u64>,
+    pub change: Option<u64>,
 }

@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Version of the on-disk format as a whole, stored in the `meta` column family.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Version byte at the start of every record body.
 pub const RECORD_VERSION: u8 = 1;
@@ -294,14 +294,54 @@ pub fn merge_segment(existing: Option<&[u8]>, operands: &[&[u8]]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- conversation state
 
-/// Version byte of a conversation state value.
+/// Version byte of a plain timeline's conversation state (33 bytes).
 pub const CONVERSATION_STATE_VERSION: u8 = 1;
 
-/// Bytes of an encoded [`ConversationState`].
+/// Version byte of a managed (direct or group) conversation's state: the
+/// version 1 fields, then the IM fields (78 bytes).
+pub const CONVERSATION_STATE_VERSION_IM: u8 = 2;
+
+/// Bytes of an encoded version 1 [`ConversationState`].
 pub const CONVERSATION_STATE_LEN: usize = 1 + 8 + 8 + 4 + 4 + 8;
 
-/// What the engine keeps per conversation to assign the next seq and to
-/// know where the open segment is.
+/// Bytes of an encoded version 2 [`ConversationState`].
+pub const CONVERSATION_STATE_IM_LEN: usize = CONVERSATION_STATE_LEN + 1 + 4 + 8 + 8 + 8 + 8 + 8;
+
+/// What kind of conversation a state belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub enum ConversationKind {
+    /// A plain timeline written with `Command::Append`: no members, no
+    /// inboxes. Also the state of a conversation that does not exist yet.
+    #[default]
+    Timeline,
+    /// A one-to-one conversation between two users.
+    Direct,
+    /// A group conversation.
+    Group,
+}
+
+impl ConversationKind {
+    fn to_byte(self) -> u8 {
+        match self {
+            ConversationKind::Timeline => 0,
+            ConversationKind::Direct => 1,
+            ConversationKind::Group => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Self, CodecError> {
+        match b {
+            0 => Ok(ConversationKind::Timeline),
+            1 => Ok(ConversationKind::Direct),
+            2 => Ok(ConversationKind::Group),
+            found => Err(CodecError::UnknownVersion { found }),
+        }
+    }
+}
+
+/// What the engine keeps per conversation to assign the next seq, to know
+/// where the open segment is, and (for direct and group conversations) its
+/// membership size, fan-out history and retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConversationState {
     /// The highest seq assigned; 0 when the conversation has no message.
@@ -312,41 +352,107 @@ pub struct ConversationState {
     pub open_records: u32,
     /// Framed bytes in the open segment.
     pub open_bytes: u32,
-    /// Server timestamp of the last message.
+    /// Server timestamp of the last message (or of creation).
     pub last_timestamp_ms: u64,
+    /// Plain timeline, direct or group.
+    pub kind: ConversationKind,
+    /// Current members.
+    pub member_count: u32,
+    /// The user who created the group (0 for direct conversations).
+    pub owner: u64,
+    /// The last seq appended while the conversation was above the fan-out
+    /// threshold (read fan-out); 0 if never.
+    pub big_last_seq: u64,
+    /// The store's change counter when `big_last_seq` was appended.
+    pub big_changed_at: u64,
+    /// Seqs below this were cleared by retention; 0 or 1 means none.
+    pub cleared_before: u64,
+    /// Retention time-to-live in milliseconds; 0 means keep forever.
+    pub ttl_ms: u64,
 }
 
 impl ConversationState {
-    /// Encodes as the fixed [`CONVERSATION_STATE_LEN`]-byte value.
-    pub fn encode(&self) -> [u8; CONVERSATION_STATE_LEN] {
-        let mut out = [0u8; CONVERSATION_STATE_LEN];
-        out[0] = CONVERSATION_STATE_VERSION;
-        out[1..9].copy_from_slice(&self.last_seq.to_be_bytes());
-        out[9..17].copy_from_slice(&self.open_base.to_be_bytes());
-        out[17..21].copy_from_slice(&self.open_records.to_be_bytes());
-        out[21..25].copy_from_slice(&self.open_bytes.to_be_bytes());
-        out[25..33].copy_from_slice(&self.last_timestamp_ms.to_be_bytes());
+    /// `true` for direct and group conversations.
+    pub fn is_managed(&self) -> bool {
+        self.kind != ConversationKind::Timeline
+    }
+
+    /// `true` when the conversation was ever created or written to.
+    pub fn exists(&self) -> bool {
+        self.is_managed() || self.last_seq > 0
+    }
+
+    /// The first seq still stored.
+    pub fn first_retained(&self) -> u64 {
+        self.cleared_before.max(1)
+    }
+
+    /// Encodes as version 1 (33 bytes) for a plain timeline and version 2
+    /// (78 bytes) for a direct or group conversation.
+    pub fn encode(&self) -> Vec<u8> {
+        let managed = self.is_managed();
+        let mut out = Vec::with_capacity(CONVERSATION_STATE_IM_LEN);
+        out.push(if managed {
+            CONVERSATION_STATE_VERSION_IM
+        } else {
+            CONVERSATION_STATE_VERSION
+        });
+        out.extend_from_slice(&self.last_seq.to_be_bytes());
+        out.extend_from_slice(&self.open_base.to_be_bytes());
+        out.extend_from_slice(&self.open_records.to_be_bytes());
+        out.extend_from_slice(&self.open_bytes.to_be_bytes());
+        out.extend_from_slice(&self.last_timestamp_ms.to_be_bytes());
+        if managed {
+            out.push(self.kind.to_byte());
+            out.extend_from_slice(&self.member_count.to_be_bytes());
+            for v in [
+                self.owner,
+                self.big_last_seq,
+                self.big_changed_at,
+                self.cleared_before,
+                self.ttl_ms,
+            ] {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
         out
     }
 
     /// Decodes a value written by [`ConversationState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        if bytes.len() != CONVERSATION_STATE_LEN {
+        let expected_len = match bytes.first() {
+            Some(&CONVERSATION_STATE_VERSION) => CONVERSATION_STATE_LEN,
+            Some(&CONVERSATION_STATE_VERSION_IM) => CONVERSATION_STATE_IM_LEN,
+            Some(&found) => return Err(CodecError::UnknownVersion { found }),
+            None => 0,
+        };
+        if bytes.len() != expected_len || expected_len == 0 {
             return Err(CodecError::BadLength {
                 what: "conversation state",
                 len: bytes.len(),
             });
         }
-        if bytes[0] != CONVERSATION_STATE_VERSION {
-            return Err(CodecError::UnknownVersion { found: bytes[0] });
-        }
-        Ok(ConversationState {
+        let mut state = ConversationState {
             last_seq: read_u64(bytes, 1),
             open_base: read_u64(bytes, 9),
             open_records: read_u32(bytes, 17),
             open_bytes: read_u32(bytes, 21),
             last_timestamp_ms: read_u64(bytes, 25),
-        })
+            ..ConversationState::default()
+        };
+        if expected_len == CONVERSATION_STATE_IM_LEN {
+            state.kind = ConversationKind::from_byte(bytes[33])?;
+            if state.kind == ConversationKind::Timeline {
+                return Err(CodecError::Malformed { offset: 33 });
+            }
+            state.member_count = read_u32(bytes, 34);
+            state.owner = read_u64(bytes, 38);
+            state.big_last_seq = read_u64(bytes, 46);
+            state.big_changed_at = read_u64(bytes, 54);
+            state.cleared_before = read_u64(bytes, 62);
+            state.ttl_ms = read_u64(bytes, 70);
+        }
+        Ok(state)
     }
 }
 
@@ -386,6 +492,501 @@ impl DedupEntry {
             timestamp_ms: read_u64(bytes, 8),
         })
     }
+}
+
+// ---------------------------------------------------------------- IM keys
+
+/// Key-space tags of the `im` column family: the first byte of every key.
+pub mod tag {
+    /// `M conv user` → [`MemberEntry`](super::MemberEntry).
+    pub const MEMBER: u8 = b'M';
+    /// `U user conv` → [`UserConversation`](super::UserConversation): the
+    /// conversations a user is or was in.
+    pub const USER_CONVERSATION: u8 = b'U';
+    /// `S user` → [`UserState`](super::UserState).
+    pub const USER: u8 = b'S';
+    /// `I user inbox_seq` → [`InboxEntry`](super::InboxEntry).
+    pub const INBOX: u8 = b'I';
+    /// `F user other` → [`FriendEntry`](super::FriendEntry).
+    pub const FRIEND: u8 = b'F';
+    /// `D low high` → the direct conversation id of a user pair, u64 BE.
+    pub const DIRECT: u8 = b'D';
+    /// `O conv seq` → [`OverlayEntry`](super::OverlayEntry): recall or edit.
+    pub const OVERLAY: u8 = b'O';
+    /// `H user conv seq` → one byte (1): deleted for that user.
+    pub const HIDDEN: u8 = b'H';
+    /// `C user device` → [`SyncCursor`](super::SyncCursor) saved for a device.
+    pub const DEVICE: u8 = b'C';
+    /// `T conv` → ttl ms u64 BE: conversations with a time-to-live.
+    pub const RETENTION: u8 = b'T';
+}
+
+/// A key of the `im` column family: a tag byte, then ids as u64 BE, then
+/// optional trailing bytes (a device id).
+pub fn im_key(tag: u8, ids: &[u64], tail: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + ids.len() * 8 + tail.len());
+    key.push(tag);
+    for id in ids {
+        key.extend_from_slice(&id.to_be_bytes());
+    }
+    key.extend_from_slice(tail);
+    key
+}
+
+/// The u64 at position `index` (0-based, after the tag) of an `im` key.
+pub fn im_key_id(key: &[u8], index: usize) -> Result<u64, CodecError> {
+    let at = 1 + index * 8;
+    if key.len() < at + 8 {
+        return Err(CodecError::BadLength {
+            what: "im key",
+            len: key.len(),
+        });
+    }
+    Ok(read_u64(key, at))
+}
+
+/// Key of a read-receipt set in the `receipts` column family: the message
+/// id, conversation then seq, u64 BE.
+pub fn receipt_key(conversation: u64, seq: u64) -> [u8; 16] {
+    segment_key(conversation, seq)
+}
+
+/// The id of the direct conversation of a user pair at probe `attempt`.
+/// Stable forever (it is on disk): SplitMix64 over the ordered pair and the
+/// attempt, with the top bit set. Group ids must keep the top bit clear, so
+/// the two never collide; a collision between pairs moves to the next attempt.
+pub fn direct_conversation_id(a: u64, b: u64, attempt: u32) -> u64 {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    let mut x = splitmix(low ^ 0x6a09_e667_f3bc_c908);
+    x = splitmix(x ^ high);
+    x = splitmix(x ^ u64::from(attempt));
+    x | DIRECT_ID_BIT
+}
+
+/// The bit that marks direct conversation ids.
+pub const DIRECT_ID_BIT: u64 = 1 << 63;
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+// ---------------------------------------------------------------- IM values
+
+/// Version byte of every `im` value.
+pub const IM_VALUE_VERSION: u8 = 1;
+
+/// "Still a member": the `left_at` of an open membership interval.
+pub const OPEN: u64 = u64::MAX;
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Result<Self, CodecError> {
+        match bytes.first() {
+            Some(&IM_VALUE_VERSION) => Ok(Reader { bytes, at: 1, what }),
+            Some(&found) => Err(CodecError::UnknownVersion { found }),
+            None => Err(CodecError::BadLength { what, len: 0 }),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(CodecError::BadLength {
+                what: self.what,
+                len: self.bytes.len(),
+            });
+        };
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, CodecError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        Ok(read_u32(self.take(4)?, 0))
+    }
+
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(read_u64(self.take(8)?, 0))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        let out = &self.bytes[self.at..];
+        self.at = self.bytes.len();
+        out
+    }
+
+    fn end(self) -> Result<(), CodecError> {
+        if self.at == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(CodecError::BadLength {
+                what: self.what,
+                len: self.bytes.len(),
+            })
+        }
+    }
+}
+
+/// One user's membership of one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberEntry {
+    /// The user's read position: every visible message up to it is read.
+    pub read_seq: u64,
+    /// The store's change counter when the user last left (0 if never):
+    /// sync still reports big-conversation advances from before leaving
+    /// to a cursor older than this.
+    pub left_change: u64,
+    /// Membership intervals, oldest first, as (joined_after, left_at): the
+    /// user sees seqs `joined_after < seq <= left_at`. The last interval
+    /// of a current member has `left_at == OPEN`.
+    pub intervals: Vec<(u64, u64)>,
+}
+
+impl MemberEntry {
+    /// `true` while the user is a member.
+    pub fn is_current(&self) -> bool {
+        self.intervals.last().is_some_and(|&(_, left)| left == OPEN)
+    }
+
+    /// `true` when the user was a member when `seq` was sent.
+    pub fn sees(&self, seq: u64) -> bool {
+        self.intervals.iter().any(|&(j, l)| j < seq && seq <= l)
+    }
+
+    /// The highest seq the user may see, given the conversation's last seq.
+    pub fn visible_last(&self, last_seq: u64) -> u64 {
+        self.intervals.last().map_or(0, |&(_, l)| l.min(last_seq))
+    }
+
+    /// How many seqs in `(after, upto]` the user sees.
+    pub fn visible_count(&self, after: u64, upto: u64) -> u64 {
+        self.intervals
+            .iter()
+            .map(|&(j, l)| {
+                let lo = j.max(after);
+                let hi = l.min(upto);
+                hi.saturating_sub(lo)
+            })
+            .sum()
+    }
+
+    /// Encodes: version, read seq, left change, interval count u16, then
+    /// the intervals.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(19 + self.intervals.len() * 16);
+        out.push(IM_VALUE_VERSION);
+        out.extend_from_slice(&self.read_seq.to_be_bytes());
+        out.extend_from_slice(&self.left_change.to_be_bytes());
+        let n = u16::try_from(self.intervals.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_be_bytes());
+        for &(j, l) in self.intervals.iter().take(usize::from(n)) {
+            out.extend_from_slice(&j.to_be_bytes());
+            out.extend_from_slice(&l.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decodes a value written by [`MemberEntry::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes, "member entry")?;
+        let read_seq = r.u64()?;
+        let left_change = r.u64()?;
+        let n = r.u16()?;
+        let mut intervals = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            intervals.push((r.u64()?, r.u64()?));
+        }
+        r.end()?;
+        Ok(MemberEntry {
+            read_seq,
+            left_change,
+            intervals,
+        })
+    }
+}
+
+/// A conversation in a user's list. Only its presence matters today; the
+/// kind is kept so listing needs no extra lookup to filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserConversation {
+    /// The conversation's kind.
+    pub kind: ConversationKind,
+}
+
+impl UserConversation {
+    /// Encodes: version, kind.
+    pub fn encode(&self) -> Vec<u8> {
+        vec![IM_VALUE_VERSION, self.kind.to_byte()]
+    }
+
+    /// Decodes a value written by [`UserConversation::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes, "user conversation")?;
+        let kind = ConversationKind::from_byte(r.u8()?)?;
+        r.end()?;
+        Ok(UserConversation { kind })
+    }
+}
+
+/// Per-user state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserState {
+    /// The highest inbox seq given to this user; 0 for an empty inbox.
+    pub inbox_last: u64,
+}
+
+impl UserState {
+    /// Encodes: version, inbox last seq.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![IM_VALUE_VERSION];
+        out.extend_from_slice(&self.inbox_last.to_be_bytes());
+        out
+    }
+
+    /// Decodes a value written by [`UserState::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes, "user state")?;
+        let inbox_last = r.u64()?;
+        r.end()?;
+        Ok(UserState { inbox_last })
+    }
+}
+
+/// An inbox entry: a reference to a message, never its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// The message's conversation.
+    pub conversation: u64,
+    /// The message's seq.
+    pub seq: u64,
+}
+
+impl InboxEntry {
+    /// Encodes: version, conversation, seq.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17);
+        out.push(IM_VALUE_VERSION);
+        out.extend_from_slice(&self.conversation.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    /// Decodes a value written by [`InboxEntry::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes, "inbox entry")?;
+        let entry = InboxEntry {
+            conversation: r.u64()?,
+            seq: r.u64()?,
+        };
+        r.end()?;
+        Ok(entry)
+    }
+}
+
+/// Where a friendship stands, seen from one side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendStatus {
+    /// Both sides accepted.
+    Friends,
+    /// This user asked the other, who has not answered.
+    Outgoing,
+    /// The other user asked this one, who has not answered.
+    Incoming,
+}
+
+/// One side of a friendship or a pending request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FriendEntry {
+    /// Where it stands.
+    pub status: FriendStatus,
+    /// Server time of the request or of the acceptance.
+    pub since_ms: u64,
+    /// The pair's direct conversation once friends, else 0.
+    pub conversation: u64,
+}
+
+impl FriendEntry {
+    /// Encodes: version, status, since, conversation.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(18);
+        out.push(IM_VALUE_VERSION);
+        out.push(match self.status {
+            FriendStatus::Friends => 1,
+            FriendStatus::Outgoing => 2,
+            FriendStatus::Incoming => 3,
+        });
+        out.extend_from_slice(&self.since_ms.to_be_bytes());
+        out.extend_from_slice(&self.conversation.to_be_bytes());
+        out
+    }
+
+    /// Decodes a value written by [`FriendEntry::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes, "friend entry")?;
+        let status = match r.u8()? {
+            1 => FriendStatus::Friends,
+            2 => FriendStatus::Outgoing,
+            3 => FriendStatus::Incoming,
+            found => return Err(CodecError::UnknownVersion { found }),
+        };
+        let entry = FriendEntry {
+            status,
+            since_ms: r.u64()?,
+            conversation: r.u64()?,
+        };
+        r.end()?;
+        Ok(entry)
+    }
+}
+
+/// A change laid over an immutable stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayEntry {
+    /// The content is gone for everyone; the seq stays.
+    Recalled {
+        /// Who recalled it.
+        by: u64,
+        /// Server time of the recall.
+        at_ms: u64,
+    },
+    /// The content was replaced.
+    Edited {
+        /// Server time of the latest edit.
+        at_ms: u64,
+        /// How many edits so far.
+        edits: u32,
+        /// The current content.
+        payload: Vec<u8>,
+    },
+}
+
+impl OverlayEntry {
+    /// Encodes: version, kind (1 recalled, 2 edited), then its fields.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![IM_VALUE_VERSION];
+        match self {
+            OverlayEntry::Recalled { by, at_ms } => {
+                out.push(1);
+                out.extend_from_slice(&by.to_be_bytes());
+                out.extend_from_slice(&at_ms.to_be_bytes());
+            }
+            OverlayEntry::Edited {
+                at_ms,
+                edits,
+                payload,
+            } => {
+                out.push(2);
+                out.extend_from_slice(&at_ms.to_be_bytes());
+                out.extend_from_slice(&edits.to_be_bytes());
+                out.extend_from_slice(payload);
+            }
+        }
+        out
+    }
+
+    /// Decodes a value written by [`OverlayEntry::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes, "overlay entry")?;
+        match r.u8()? {
+            1 => {
+                let entry = OverlayEntry::Recalled {
+                    by: r.u64()?,
+                    at_ms: r.u64()?,
+                };
+                r.end()?;
+                Ok(entry)
+            }
+            2 => Ok(OverlayEntry::Edited {
+                at_ms: r.u64()?,
+                edits: r.u32()?,
+                payload: r.rest().to_vec(),
+            }),
+            found => Err(CodecError::UnknownVersion { found }),
+        }
+    }
+}
+
+/// Where a device's sync stands: the inbox seq it has, and the store's
+/// change counter it has seen big conversations up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct SyncCursor {
+    /// Inbox entries up to this seq were delivered.
+    pub inbox_seq: u64,
+    /// Big-conversation advances up to this change counter were delivered.
+    pub change: u64,
+}
+
+impl SyncCursor {
+    /// Encodes: version, inbox seq, change counter.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17);
+        out.push(IM_VALUE_VERSION);
+        out.extend_from_slice(&self.inbox_seq.to_be_bytes());
+        out.extend_from_slice(&self.change.to_be_bytes());
+        out
+    }
+
+    /// Decodes a value written by [`SyncCursor::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes, "sync cursor")?;
+        let cursor = SyncCursor {
+            inbox_seq: r.u64()?,
+            change: r.u64()?,
+        };
+        r.end()?;
+        Ok(cursor)
+    }
+}
+
+/// A read-receipt set: user ids, sorted ascending, each u64 BE. The
+/// `receipts` column family's merge operator is set union.
+pub fn decode_user_set(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
+    if bytes.len() % 8 != 0 {
+        return Err(CodecError::BadLength {
+            what: "receipt set",
+            len: bytes.len(),
+        });
+    }
+    Ok(bytes.chunks_exact(8).map(|c| read_u64(c, 0)).collect())
+}
+
+/// Encodes a user set (sorted, no duplicates) as [`decode_user_set`] reads it.
+pub fn encode_user_set(users: &[u64]) -> Vec<u8> {
+    users.iter().flat_map(|u| u.to_be_bytes()).collect()
+}
+
+/// The merge of receipt sets: their sorted union. Like [`merge_segment`] it
+/// never fails: if any input is not a whole number of ids, the inputs are
+/// concatenated unchanged so the reader of that one message sees the damage.
+pub fn merge_user_sets(existing: Option<&[u8]>, operands: &[&[u8]]) -> Vec<u8> {
+    let inputs = existing.into_iter().chain(operands.iter().copied());
+    let mut users = Vec::new();
+    for input in inputs.clone() {
+        match decode_user_set(input) {
+            Ok(set) => users.extend(set),
+            Err(_) => return inputs.flat_map(|i| i.iter().copied()).collect(),
+        }
+    }
+    users.sort_unstable();
+    users.dedup();
+    encode_user_set(&users)
 }
 
 /// Reads a u64 BE at `at`; callers have checked the length.

@@ -19,11 +19,11 @@ use std::thread::JoinHandle;
 use lru::LruCache;
 use rocksdb::WriteBatch;
 
-use crate::apply::{ApplyLimits, CommittedState, GroupApplier};
+use crate::apply::{ApplyLimits, CommittedState, GroupApplier, Space};
 use crate::codec::{ConversationState, DedupEntry};
-use crate::store::Store;
+use crate::store::{Store, CF_IM, CF_RECEIPTS, CF_SEGMENTS};
 use crate::tail::TailCache;
-use crate::{Command, CommitStats, Error, Outcome, Result};
+use crate::{read, Command, CommitStats, Error, Message, Outcome, Result};
 
 /// Called once with the command's result, after its write is durable.
 pub(crate) type Completion = Box<dyn FnOnce(Result<Outcome>) + Send>;
@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     groups: AtomicU64,
     commands: AtomicU64,
     messages: AtomicU64,
+    batch_operations: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +51,7 @@ impl Counters {
             groups: self.groups.load(Ordering::Relaxed),
             commands: self.commands.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
+            batch_operations: self.batch_operations.load(Ordering::Relaxed),
         }
     }
 }
@@ -230,6 +232,31 @@ impl CommittedState for CachedState<'_> {
     fn dedup(&mut self, key: &[u8]) -> Result<Option<DedupEntry>> {
         self.store.dedup_entry(key)
     }
+
+    fn get(&mut self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.store.get_in(space_cf(space), key)
+    }
+
+    fn scan(&mut self, space: Space, lo: &[u8], hi: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.store.scan_in(space_cf(space), lo, hi, usize::MAX)
+    }
+
+    fn message(&mut self, conversation: u64, seq: u64) -> Result<Option<Message>> {
+        let (messages, _) = read::forward(self.store, conversation, seq, 1)?;
+        Ok(messages.into_iter().find(|m| m.seq == seq))
+    }
+
+    fn segment_base(&mut self, conversation: u64, seq: u64) -> Result<Option<u64>> {
+        self.store.segment_base(conversation, seq)
+    }
+}
+
+fn space_cf(space: Space) -> &'static str {
+    match space {
+        Space::Im => CF_IM,
+        Space::Receipts => CF_RECEIPTS,
+        Space::Segments => CF_SEGMENTS,
+    }
 }
 
 impl Committer {
@@ -238,7 +265,8 @@ impl Committer {
             store: &self.store,
             cache: &mut self.cache,
         };
-        let mut applier = GroupApplier::new(&mut state, self.limits);
+        let change_base = self.store.change_counter.load(Ordering::Relaxed);
+        let mut applier = GroupApplier::new(&mut state, self.limits, change_base);
         let outcomes: Vec<Result<Outcome>> = group
             .iter()
             .map(|(command, _)| applier.apply(command))
@@ -250,28 +278,37 @@ impl Committer {
             .finish(&self.store, high_water, &mut batch)
             .and_then(|effects| {
                 // A group of only duplicates and rejections has nothing to write.
-                let wrote = !effects.is_empty();
-                if wrote {
+                let operations = batch.len() as u64;
+                if operations > 0 {
                     self.store.write(batch)?;
                 }
-                Ok((effects, wrote))
+                Ok((effects, operations))
             });
 
         let commands = group.len() as u64;
         match written {
-            Ok((effects, wrote)) => {
+            Ok((effects, operations)) => {
                 for (conversation, state) in effects.conversations {
                     self.cache.put(conversation, state);
                 }
                 for (conversation, appended) in effects.appended {
                     self.tail.extend(conversation, appended);
                 }
+                for conversation in effects.cleared {
+                    self.tail.invalidate(conversation);
+                }
+                if let Some(change) = effects.change {
+                    self.store.change_counter.store(change, Ordering::Relaxed);
+                }
+                counters
+                    .batch_operations
+                    .fetch_add(operations, Ordering::Relaxed);
                 self.store
                     .timestamp_high_water
                     .store(effects.timestamp_high_water, Ordering::Relaxed);
                 counters
                     .groups
-                    .fetch_add(u64::from(wrote), Ordering::Relaxed);
+                    .fetch_add(u64::from(operations > 0), Ordering::Relaxed);
                 counters.commands.fetch_add(commands, Ordering::Relaxed);
                 counters
                     .messages

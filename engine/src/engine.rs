@@ -8,8 +8,11 @@ use crate::store::{Store, CF_DEDUP, CF_SEGMENTS};
 use crate::tail::TailCache;
 use crate::{
     read, Appended, Command, CommitStats, Direction, Error, Message, NewMessage, Options, Outcome,
-    Result, SegmentInfo,
+    Result, SegmentInfo, SendMessage,
 };
+
+#[path = "im_read.rs"]
+mod im_read;
 
 /// An open imstore data directory. Cheap to clone; every clone is the same
 /// store. The store closes when the last clone is dropped, after the
@@ -94,6 +97,29 @@ impl Engine {
     pub fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>> {
         match self.execute(Command::Append(messages))? {
             Outcome::Appended(appended) => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends one message to a direct or group conversation as a member
+    /// ([`Command::Send`]) and returns its seq once it is durable.
+    pub fn send(&self, message: SendMessage) -> Result<Appended> {
+        match self.execute(Command::Send(message))? {
+            Outcome::Sent(appended) => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Moves `user`'s read position forward ([`Command::MarkRead`]) and
+    /// returns it.
+    pub fn mark_read(&self, user: u64, conversation: u64, up_to: u64) -> Result<u64> {
+        match self.execute(Command::MarkRead {
+            user,
+            conversation,
+            up_to,
+        })? {
+            Outcome::ReadUpTo(seq) => Ok(seq),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -223,7 +249,7 @@ impl Engine {
         Ok(())
     }
 
-    fn check_limit(&self, limit: usize) -> Result<()> {
+    pub(crate) fn check_limit(&self, limit: usize) -> Result<()> {
         if limit == 0 {
             return Err(Error::InvalidArgument("limit must be at least 1".into()));
         }
@@ -235,4 +261,8 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn unexpected(outcome: Outcome) -> Error {
+    Error::Storage(format!("unexpected outcome {outcome:?}"))
 }

@@ -27,6 +27,47 @@ pub enum Error {
     /// a zero page limit, an empty batch. Nothing was written.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The named thing does not exist: an unknown conversation, a message
+    /// cleared by retention, no pending friend request. Nothing was written.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its id.
+        id: u64,
+    },
+    /// A group with this id exists already. Nothing was written.
+    #[error("{what} {id} already exists")]
+    AlreadyExists {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its id.
+        id: u64,
+    },
+    /// The acting user may not do this: not a member, not the sender, not
+    /// the owner. Nothing was written.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The request is well-formed but the state does not allow it: a plain
+    /// append to a managed conversation, a recall after its window, an edit
+    /// of a recalled message, a group over its member limit. Nothing was
+    /// written.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A seq past the conversation's last one. Nothing was written.
+    #[error("seq {seq} is beyond the last seq {last} of conversation {conversation}")]
+    SeqBeyondLast {
+        /// The conversation.
+        conversation: u64,
+        /// The seq asked for.
+        seq: u64,
+        /// The conversation's last seq.
+        last: u64,
+    },
+    /// A sync cursor ahead of anything the store has given out: it was not
+    /// made by this store (or the store was restored from an older copy).
+    #[error("sync cursor is from the future: {0}")]
+    CursorFromFuture(String),
     /// A conversation has used every seq a u64 can hold. Nothing was written.
     #[error("conversation {conversation} has no seq left")]
     SeqExhausted {

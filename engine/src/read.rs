@@ -88,11 +88,12 @@ fn slice_of(shared: &Bytes, start: usize, value: &[u8], sub: &[u8]) -> Bytes {
     shared.slice(at..at + sub.len())
 }
 
-/// The highest seq committed in `conversation`. Read before the segments,
-/// so the segments seen hold at least this much; reads stop there, which
-/// also lets them notice records missing at the end.
-fn last_seq(store: &Store, conversation: u64) -> Result<u64> {
-    Ok(store.conversation_state(conversation)?.last_seq)
+/// The highest seq committed in `conversation` and the first one retained.
+/// Read before the segments, so the segments seen hold at least this much;
+/// reads stop there, which also lets them notice records missing at the end.
+fn bounds(store: &Store, conversation: u64) -> Result<(u64, u64)> {
+    let state = store.conversation_state(conversation)?;
+    Ok((state.last_seq, state.first_retained()))
 }
 
 /// Up to `limit` messages with seq ≥ `from`, ascending, and the
@@ -103,8 +104,8 @@ pub(crate) fn forward(
     from: u64,
     limit: usize,
 ) -> Result<(Vec<Message>, u64)> {
-    let last = last_seq(store, conversation)?;
-    let from = from.max(1);
+    let (last, first) = bounds(store, conversation)?;
+    let from = from.max(first);
     if from > last {
         return Ok((Vec::new(), last));
     }
@@ -122,8 +123,9 @@ pub(crate) fn forward(
             break;
         };
         visited = base;
-        // The first segment must hold `from` (nothing before it is ever
-        // deleted); each later one must start where the previous ended.
+        // The first segment must hold `from` (retention only deletes whole
+        // segments below the first retained seq); each later one must start
+        // where the previous ended.
         let expected = next_base.unwrap_or(base.min(from));
         if base != expected {
             return Err(corrupt(conversation, base)(CodecError::SeqMismatch {
@@ -168,9 +170,9 @@ pub(crate) fn backward(
     limit: usize,
 ) -> Result<(Vec<Message>, u64)> {
     // Segments are visited newest first; each contributes its tail.
-    let last = last_seq(store, conversation)?;
+    let (last, first) = bounds(store, conversation)?;
     let to = to.min(last);
-    if to == 0 {
+    if to < first {
         return Ok((Vec::new(), last));
     }
     let mut pieces: Vec<Vec<Message>> = Vec::new();
@@ -200,7 +202,12 @@ pub(crate) fn backward(
         let upto = usize::try_from(to.saturating_sub(base).saturating_add(1))
             .unwrap_or(usize::MAX)
             .min(frames.len());
-        let take = upto.min(limit - collected);
+        // Records below the first retained seq (in the segment that holds
+        // it) are not returned.
+        let lowest = usize::try_from(first.saturating_sub(base))
+            .unwrap_or(usize::MAX)
+            .min(upto);
+        let take = (upto - lowest).min(limit - collected);
         let first_index = upto - take;
         let mut piece = Vec::with_capacity(take);
         to_messages(
@@ -214,13 +221,17 @@ pub(crate) fn backward(
         collected += piece.len();
         pieces.push(piece);
         expected_end = Some(base);
+        if base <= first {
+            break;
+        }
         it.prev();
     }
     it.status()?;
-    if let Some(oldest) = expected_end.filter(|&base| base > 1 && collected < limit) {
-        // Ran out of segments before seq 1: the oldest ones are missing.
+    if let Some(oldest) = expected_end.filter(|&base| base > first && collected < limit) {
+        // Ran out of segments before the first retained seq: the oldest
+        // ones are missing.
         return Err(corrupt(conversation, oldest)(CodecError::SeqMismatch {
-            expected: 1,
+            expected: first,
             found: oldest,
         }));
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    CompactOptions, DBCompressionType, MemtableFactory, SliceTransform, WriteBatch, WriteOptions,
+    CompactOptions, DBCompressionType, MemtableFactory, ReadOptions, SliceTransform, WriteBatch,
+    WriteOptions,
     DB,
 };
 
@@ -22,20 +23,43 @@ pub(crate) const CF_CONVERSATIONS: &str = "conversations";
 pub(crate) const CF_DEDUP: &str = "dedup";
 /// Column family of store-wide values: the format version and the like.
 pub(crate) const CF_META: &str = "meta";
+/// Column family of IM state: members, inboxes, friends, overlays, cursors;
+/// the first key byte is a [`codec::tag`].
+pub(crate) const CF_IM: &str = "im";
+/// Column family of read-receipt sets: (conversation, seq) → user set,
+/// merged by set union.
+pub(crate) const CF_RECEIPTS: &str = "receipts";
 
 /// Meta key holding [`FORMAT_VERSION`] as u32 BE.
 pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// Meta key holding the highest server timestamp applied, u64 BE. Dedup GC
 /// measures age against it, never against the wall clock.
 pub(crate) const META_TIMESTAMP_HIGH_WATER: &[u8] = b"timestamp_high_water";
+/// Meta key holding the change counter, u64 BE: bumped by every command
+/// that advances a big (read-fan-out) conversation; sync cursors hold it.
+pub(crate) const META_CHANGE_COUNTER: &[u8] = b"change_counter";
 
-const ALL_CFS: [&str; 4] = [CF_SEGMENTS, CF_CONVERSATIONS, CF_DEDUP, CF_META];
+/// The column families of format version 1; a directory must have them.
+const V1_CFS: [&str; 4] = [CF_SEGMENTS, CF_CONVERSATIONS, CF_DEDUP, CF_META];
+const ALL_CFS: [&str; 6] = [
+    CF_SEGMENTS,
+    CF_CONVERSATIONS,
+    CF_DEDUP,
+    CF_META,
+    CF_IM,
+    CF_RECEIPTS,
+];
+
+/// Format versions this build opens; older ones are upgraded in place.
+const READABLE_FORMATS: [u32; 2] = [1, FORMAT_VERSION];
 
 pub(crate) struct Store {
     db: DB,
     sync_writes: bool,
     /// Highest server timestamp written; read by the dedup compaction filter.
     pub(crate) timestamp_high_water: Arc<AtomicU64>,
+    /// The committed change counter (see [`META_CHANGE_COUNTER`]).
+    pub(crate) change_counter: AtomicU64,
 }
 
 impl Store {
@@ -43,7 +67,7 @@ impl Store {
         let existing = path.join("CURRENT").exists();
         if existing {
             let cfs = DB::list_cf(&rocksdb::Options::default(), path)?;
-            if !ALL_CFS.iter().all(|cf| cfs.iter().any(|c| c == cf)) {
+            if !V1_CFS.iter().all(|cf| cfs.iter().any(|c| c == cf)) {
                 return Err(Error::NotAnImstoreDirectory(path.display().to_string()));
             }
         }
@@ -71,6 +95,8 @@ impl Store {
                 dedup_options(&cache, options, Arc::clone(&high_water)),
             ),
             ColumnFamilyDescriptor::new(CF_META, rocksdb::Options::default()),
+            ColumnFamilyDescriptor::new(CF_IM, im_options(&cache)),
+            ColumnFamilyDescriptor::new(CF_RECEIPTS, receipts_options(&cache)),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
             let text = e.clone().into_string();
@@ -85,6 +111,7 @@ impl Store {
             db,
             sync_writes: options.sync_writes,
             timestamp_high_water: high_water,
+            change_counter: AtomicU64::new(0),
         };
         store.check_format(existing, path)?;
         let high_water = match store
@@ -97,11 +124,18 @@ impl Store {
         store
             .timestamp_high_water
             .store(high_water, Ordering::Relaxed);
+        let change = match store.db.get_cf(store.cf(CF_META)?, META_CHANGE_COUNTER)? {
+            Some(v) => decode_u64(&v, "change counter")?,
+            None => 0,
+        };
+        store.change_counter.store(change, Ordering::Relaxed);
         Ok(store)
     }
 
     /// A new directory gets the current format version, synced; an existing
-    /// one must carry exactly the version this build knows.
+    /// one must carry a version this build knows. Version 1 (timelines
+    /// only) is upgraded in place: its data is valid version 2 data, and
+    /// the new column families were created empty at open.
     fn check_format(&self, existing: bool, path: &Path) -> Result<()> {
         let meta = self.cf(CF_META)?;
         match self.db.get_cf(meta, META_FORMAT_VERSION)? {
@@ -115,24 +149,29 @@ impl Store {
                         },
                     }
                 })?);
-                if found != FORMAT_VERSION {
+                if !READABLE_FORMATS.contains(&found) {
                     return Err(Error::UnsupportedFormat {
                         found,
                         supported: FORMAT_VERSION,
                     });
                 }
-                Ok(())
+                if found == FORMAT_VERSION {
+                    return Ok(());
+                }
+                self.write_format_version(meta)
             }
             None if existing => Err(Error::NotAnImstoreDirectory(path.display().to_string())),
-            None => {
-                let mut batch = WriteBatch::default();
-                batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
-                self.db.write_opt(batch, &wo)?;
-                Ok(())
-            }
+            None => self.write_format_version(meta),
         }
+    }
+
+    fn write_format_version(&self, meta: &ColumnFamily) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -165,6 +204,52 @@ impl Store {
             }),
             None => Ok(ConversationState::default()),
         }
+    }
+
+    /// A value of the `im` or `receipts` column family.
+    pub(crate) fn get_in(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf)?, key)?)
+    }
+
+    /// Entries with `lo <= key < hi`, ascending, at most `limit`.
+    pub(crate) fn scan_in(
+        &self,
+        cf: &'static str,
+        lo: &[u8],
+        hi: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(hi.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf)?, ro);
+        it.seek(lo);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Base of the stored segment holding `seq` of `conversation`.
+    pub(crate) fn segment_base(&self, conversation: u64, seq: u64) -> Result<Option<u64>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(codec::segment_key(conversation, 0).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_SEGMENTS)?, ro);
+        it.seek_for_prev(codec::segment_key(conversation, seq));
+        let Some(key) = it.key() else {
+            it.status()?;
+            return Ok(None);
+        };
+        let (c, base) = codec::parse_segment_key(key).map_err(|reason| Error::CorruptMetadata {
+            what: "segment key",
+            reason,
+        })?;
+        Ok((c == conversation).then_some(base))
     }
 
     pub(crate) fn dedup_entry(&self, key: &[u8]) -> Result<Option<DedupEntry>> {
@@ -269,6 +354,35 @@ fn point_lookup_options(cache: &Cache, prefix_len: usize) -> rocksdb::Options {
     });
     opts.set_memtable_whole_key_filtering(true);
     opts.set_memtable_prefix_bloom_ratio(0.05);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts
+}
+
+/// The `im` column family: point lookups and short prefix scans (members
+/// of a conversation, a user's inbox page), so the default skiplist
+/// memtable and a whole-key bloom filter.
+fn im_options(cache: &Cache) -> rocksdb::Options {
+    let mut opts = rocksdb::Options::default();
+    opts.set_block_based_table_factory(&table_options(cache, true));
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts
+}
+
+/// The `receipts` column family: read lists merged by set union.
+fn receipts_options(cache: &Cache) -> rocksdb::Options {
+    let mut opts = rocksdb::Options::default();
+    opts.set_merge_operator(
+        "imstore.receipt_union.v1",
+        |_key, existing, operands| {
+            let operands: Vec<&[u8]> = operands.iter().collect();
+            Some(codec::merge_user_sets(existing, &operands))
+        },
+        |_key, _existing, operands| {
+            let operands: Vec<&[u8]> = operands.iter().collect();
+            Some(codec::merge_user_sets(None, &operands))
+        },
+    );
+    opts.set_block_based_table_factory(&table_options(cache, true));
     opts.set_compression_type(DBCompressionType::Lz4);
     opts
 }

@@ -44,6 +44,29 @@ pub struct Options {
     pub tail_cache_bytes: usize,
     /// Newest messages the tail cache keeps per conversation. Default 128.
     pub tail_cache_records: usize,
+    /// The fan-out threshold T: a message to a conversation with at most
+    /// this many members is also written to every member's inbox (write
+    /// fan-out); above it, only to the conversation (read fan-out), and
+    /// sync reports the conversation as advanced. Default 500, the size of
+    /// the seeds' typical active group (average 320): at most 500 small
+    /// inbox writes per message. Must be the same on every replica.
+    pub fanout_max_members: u32,
+    /// Groups with at most this many members keep a read list for every
+    /// message. Above it, only messages sent with `receipt: true` get one;
+    /// the rest answer receipt queries from members' read positions.
+    /// Default 500. Must be the same on every replica.
+    pub receipt_list_max_members: u32,
+    /// How long after sending the sender may recall a message (an admin
+    /// recall has no limit). Default 2 minutes.
+    pub recall_window_ms: u64,
+    /// How long after sending the sender may edit a message. Default 24 h.
+    pub edit_window_ms: u64,
+    /// Most members a group may have. Default 100,000.
+    pub max_group_members: u32,
+    /// Most users one create/add/remove command may name. Default 10,000.
+    pub max_users_per_command: usize,
+    /// Longest device id accepted, in bytes. Default 64.
+    pub max_device_id_bytes: usize,
 }
 
 impl Default for Options {
@@ -63,6 +86,13 @@ impl Default for Options {
             block_cache_bytes: 256 << 20,
             tail_cache_bytes: 64 << 20,
             tail_cache_records: 128,
+            fanout_max_members: 500,
+            receipt_list_max_members: 500,
+            recall_window_ms: 2 * 60 * 1000,
+            edit_window_ms: 24 * 3600 * 1000,
+            max_group_members: 100_000,
+            max_users_per_command: 10_000,
+            max_device_id_bytes: 64,
         }
     }
 }
@@ -138,9 +168,189 @@ pub struct SegmentInfo {
 /// gathers, and the unit a raft log entry will carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Append these messages, in order, in one atomic write. Any number of
-    /// conversations may appear; if one message is rejected, none is written.
+    /// Append these messages to plain timelines, in order, in one atomic
+    /// write. Any number of conversations may appear; if one message is
+    /// rejected, none is written. Direct and group conversations refuse it
+    /// ([`Error::FailedPrecondition`](crate::Error::FailedPrecondition)):
+    /// they take [`Command::Send`].
     Append(Vec<NewMessage>),
+    /// Send one message to a direct or group conversation as a member:
+    /// appended to the timeline, fanned out to inboxes at or below the
+    /// fan-out threshold, and the sender's read position moved to it.
+    Send(SendMessage),
+    /// Create a group with `owner` and `members` (the owner is added if
+    /// missing). Group ids must have the top bit clear.
+    CreateGroup {
+        /// The new group's id, chosen by the caller.
+        conversation: u64,
+        /// The creator; the only user who may remove others.
+        owner: u64,
+        /// The first members.
+        members: Vec<u64>,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// Find or create the direct conversation of two distinct users.
+    OpenDirect {
+        /// One user.
+        user: u64,
+        /// The other.
+        peer: u64,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// Add users to a group; `by` must be a member. Users already in it are
+    /// left as they are.
+    AddMembers {
+        /// The group.
+        conversation: u64,
+        /// Who adds them.
+        by: u64,
+        /// The users to add.
+        users: Vec<u64>,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// Remove users from a group: the owner may remove anyone, a member
+    /// only themself. Users not in it are left as they are.
+    RemoveMembers {
+        /// The group.
+        conversation: u64,
+        /// Who removes them.
+        by: u64,
+        /// The users to remove.
+        users: Vec<u64>,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// `from` asks `to` to be friends. Repeating it changes nothing; if `to`
+    /// had already asked `from`, they become friends.
+    FriendRequest {
+        /// The asking user.
+        from: u64,
+        /// The asked user.
+        to: u64,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// `user` accepts `requester`'s request; the pair's direct conversation
+    /// is created or reused.
+    FriendAccept {
+        /// The user answering.
+        user: u64,
+        /// The user who asked.
+        requester: u64,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// `user` declines `requester`'s request; both sides forget it.
+    FriendDecline {
+        /// The user answering.
+        user: u64,
+        /// The user who asked.
+        requester: u64,
+    },
+    /// Ends a friendship on both sides (or withdraws `user`'s own request).
+    /// The direct conversation and its history stay.
+    FriendRemove {
+        /// The user ending it.
+        user: u64,
+        /// The other side.
+        friend: u64,
+    },
+    /// Moves `user`'s read position in `conversation` forward to `up_to`
+    /// (never back), adding the user to the read list of every tracked
+    /// message in between.
+    MarkRead {
+        /// The reader.
+        user: u64,
+        /// The conversation.
+        conversation: u64,
+        /// The new read position; at most the conversation's last seq.
+        up_to: u64,
+    },
+    /// Recall a message: its seq stays, its content is gone for everyone.
+    /// The sender may recall within [`Options::recall_window_ms`]; `admin`
+    /// lifts both the sender check and the window.
+    Recall {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+        /// Who recalls it.
+        by: u64,
+        /// An administrator's recall.
+        admin: bool,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// Replace a message's content; only its sender, within
+    /// [`Options::edit_window_ms`]. Readers see it flagged as edited.
+    Edit {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+        /// Who edits it (must be the sender).
+        by: u64,
+        /// The new content.
+        payload: Bytes,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// Hide a message from one user's reads and syncs.
+    DeleteForMe {
+        /// The user.
+        user: u64,
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+    },
+    /// Remove every message with seq below `before_seq` (at most last seq
+    /// + 1), with its read list and overlays. Seqs are never reused.
+    ClearHistory {
+        /// The conversation.
+        conversation: u64,
+        /// The first seq kept.
+        before_seq: u64,
+    },
+    /// Set a conversation's time-to-live (0 keeps messages forever);
+    /// [`Engine::enforce_retention`](crate::Engine::enforce_retention)
+    /// clears what has expired.
+    SetRetention {
+        /// The conversation.
+        conversation: u64,
+        /// Time-to-live in milliseconds of server time.
+        ttl_ms: u64,
+    },
+    /// Store a device's sync cursor on the server.
+    SaveCursor {
+        /// The user.
+        user: u64,
+        /// The device's id, 1 to [`Options::max_device_id_bytes`] bytes.
+        device: Bytes,
+        /// Where its sync stands.
+        cursor: SyncCursor,
+    },
+}
+
+/// A message sent to a direct or group conversation with [`Command::Send`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendMessage {
+    /// The conversation.
+    pub conversation: u64,
+    /// The sending member.
+    pub sender: u64,
+    /// The sender's own id for this message (retries are recognised by it).
+    pub client_msg_id: Bytes,
+    /// The body.
+    pub payload: Bytes,
+    /// Server time in milliseconds, chosen by the caller.
+    pub timestamp_ms: u64,
+    /// Keep a per-message read list even in a group above
+    /// [`Options::receipt_list_max_members`].
+    pub receipt: bool,
 }
 
 /// What applying a [`Command`] produced.
@@ -148,6 +358,157 @@ pub enum Command {
 pub enum Outcome {
     /// One entry per message of [`Command::Append`], in the same order.
     Appended(Vec<Appended>),
+    /// The result of [`Command::Send`].
+    Sent(Appended),
+    /// The conversation a create or open refers to.
+    Conversation {
+        /// Its id.
+        conversation: u64,
+        /// `false` when it existed already.
+        created: bool,
+    },
+    /// The users whose membership changed (the others were already there,
+    /// or already gone).
+    MembersChanged(Vec<u64>),
+    /// The result of a friend command.
+    Friend(FriendOutcome),
+    /// The read position after [`Command::MarkRead`].
+    ReadUpTo(u64),
+    /// The command was applied; it has nothing to report.
+    Done,
+}
+
+/// What a friend command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendOutcome {
+    /// A new request is pending.
+    Requested,
+    /// The same request was already pending; nothing changed.
+    AlreadyRequested,
+    /// The two are now friends, with this direct conversation.
+    BecameFriends {
+        /// The pair's direct conversation.
+        conversation: u64,
+    },
+    /// They were already friends; nothing changed.
+    AlreadyFriends {
+        /// The pair's direct conversation.
+        conversation: u64,
+    },
+    /// The request was declined (or withdrawn) and forgotten.
+    Declined,
+    /// The friendship was ended.
+    Removed,
+}
+
+pub use crate::codec::{ConversationKind, FriendStatus, SyncCursor};
+
+/// A message as one user sees it: overlays (recall, edit, delete-for-me)
+/// applied. A recalled or deleted message keeps its seq and loses its
+/// payload, so pages stay continuous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageView {
+    /// The message; `payload` is the edited content, or empty when the
+    /// message was recalled or deleted for this user.
+    pub message: Message,
+    /// Recalled (for everyone).
+    pub recalled: bool,
+    /// Edited at least once.
+    pub edited: bool,
+    /// Deleted by this user for themself.
+    pub deleted_for_me: bool,
+}
+
+/// A big (read-fan-out) conversation that advanced since a sync cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advanced {
+    /// The conversation.
+    pub conversation: u64,
+    /// Pull it up to this seq (the newest the user may see that was sent
+    /// without write fan-out).
+    pub last_seq: u64,
+}
+
+/// One page of a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncPage {
+    /// New inbox entries, oldest first, each with the message as the user
+    /// sees it. Entries whose message was cleared by retention are skipped.
+    pub messages: Vec<(u64, MessageView)>,
+    /// Big conversations that advanced since the cursor's change counter.
+    pub advanced: Vec<Advanced>,
+    /// Where the next sync starts.
+    pub cursor: SyncCursor,
+    /// More inbox entries are waiting beyond this page.
+    pub more: bool,
+}
+
+/// One conversation in a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub conversation: u64,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// The newest seq this user sees (a former member's stops at leaving).
+    pub last_seq: u64,
+    /// Time of that message (or of the conversation's creation): the order
+    /// of the list, newest first.
+    pub last_activity_ms: u64,
+    /// The user's read position.
+    pub read_seq: u64,
+    /// Messages after the read position that the user sees.
+    pub unread: u64,
+    /// The user is still a member.
+    pub member: bool,
+    /// The newest message, as the user sees it, if any is left.
+    pub last_message: Option<MessageView>,
+}
+
+/// Where a conversation-list page starts: after this entry of the previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// `last_activity_ms` of the last entry returned.
+    pub last_activity_ms: u64,
+    /// Its conversation.
+    pub conversation: u64,
+}
+
+/// A friend or a pending request, seen from one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Friend {
+    /// The other user.
+    pub user: u64,
+    /// Where it stands.
+    pub status: FriendStatus,
+    /// Server time of the request or acceptance.
+    pub since_ms: u64,
+    /// The direct conversation once friends, else 0.
+    pub conversation: u64,
+}
+
+/// One member of a conversation, current or former.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The user.
+    pub user: u64,
+    /// Membership intervals as (joined_after, left_at): the user sees seqs
+    /// `joined_after < seq <= left_at`; `left_at` is `u64::MAX` while a member.
+    pub intervals: Vec<(u64, u64)>,
+    /// The user's read position.
+    pub read_seq: u64,
+}
+
+/// Who has and has not read one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipts {
+    /// Members at send time, other than the sender, who read it (ascending).
+    pub read: Vec<u64>,
+    /// Members at send time, other than the sender, who have not (ascending).
+    pub unread: Vec<u64>,
+    /// `true` when the list is stored under the message id; `false` when it
+    /// was derived from read positions (a big group's untracked message).
+    pub stored: bool,
 }
 
 /// Counters of the commit pipeline since open.
@@ -161,4 +522,7 @@ pub struct CommitStats {
     pub commands: u64,
     /// Messages newly appended (duplicates not counted).
     pub messages: u64,
+    /// Operations (puts, merges, deletes) in the written batches: what a
+    /// command costs in writes, independent of timing.
+    pub batch_operations: u64,
 }

@@ -163,7 +163,9 @@ fn submitted_commands_complete_in_queue_order() -> TestResult {
     let results: Vec<_> = rx.iter().collect();
     assert_eq!(results.len(), 500);
     for (i, result) in results {
-        let Outcome::Appended(appended) = result?;
+        let Outcome::Appended(appended) = result? else {
+            panic!("append produced another outcome");
+        };
         assert_eq!(
             appended,
             vec![imstore_engine::Appended {

@@ -204,9 +204,9 @@ fn a_newer_format_version_is_refused() -> TestResult {
     drop(Engine::open(dir.path(), Options::default())?);
     // Rewrite the format marker as a future version, with plain RocksDB.
     {
-        let cfs = ["segments", "conversations", "dedup", "meta"];
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(false);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
         let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs)?;
         let meta = db.cf_handle("meta").ok_or("meta cf")?;
         db.put_cf(meta, b"format_version", 99u32.to_be_bytes())?;
@@ -214,10 +214,50 @@ fn a_newer_format_version_is_refused() -> TestResult {
     match Engine::open(dir.path(), Options::default()) {
         Err(Error::UnsupportedFormat {
             found: 99,
-            supported: 1,
+            supported: 2,
         }) => Ok(()),
         other => Err(format!("expected UnsupportedFormat, got {other:?}").into()),
     }
+}
+
+/// A version 1 directory (plain timelines, no IM column families) opens,
+/// keeps its messages, and is upgraded to version 2 in place.
+#[test]
+fn a_version_1_directory_is_upgraded() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let engine = Engine::open(dir.path(), Options::default())?;
+        engine.append(msg(5, 1, "a", b"old", 10))?;
+        // To SST files, so the plain RocksDB below (without the engine's
+        // merge operator and memtables) does not replay the WAL.
+        engine.compact()?;
+    }
+    // Turn it into what version 1 wrote: no `im`/`receipts`, marker 1.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(false);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
+        let mut db = rocksdb::DB::open_cf(&opts, dir.path(), cfs)?;
+        db.drop_cf("im")?;
+        db.drop_cf("receipts")?;
+        let meta = db.cf_handle("meta").ok_or("meta cf")?;
+        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())?;
+    }
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(engine.last_seq(5)?, 1, "state kept");
+    assert_eq!(engine.segments(5)?.len(), 1, "segment kept");
+    assert_eq!(engine.latest(5, 10)?[0].payload, "old");
+    assert_eq!(engine.append(msg(5, 1, "b", b"new", 11))?.seq, 2);
+    drop(engine);
+    let opts = rocksdb::Options::default();
+    let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
+    let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs)?;
+    let meta = db.cf_handle("meta").ok_or("meta cf")?;
+    assert_eq!(
+        db.get_cf(meta, b"format_version")?,
+        Some(2u32.to_be_bytes().to_vec())
+    );
+    Ok(())
 }
 
 #[test]

@@ -1,0 +1,624 @@
+//! The IM reads: timelines as one user sees them, sync, the conversation
+//! list, unread counts, receipts, members and friends. Reads never go
+//! through the commit pipeline; they see committed state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::Engine;
+use crate::codec::{
+    self, im_key, tag, ConversationState, FriendEntry, InboxEntry, MemberEntry, OverlayEntry,
+    SyncCursor, UserConversation, UserState,
+};
+use crate::store::{Store, CF_IM, CF_RECEIPTS};
+use crate::{
+    Advanced, Command, ConversationSummary, Direction, Error, Friend, FriendStatus, ListCursor,
+    Member, Message, MessageView, Receipts, Result, SyncPage,
+};
+
+fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
+    move |reason| Error::CorruptMetadata { what, reason }
+}
+
+/// Every entry under a key prefix of the `im` column family.
+fn scan_prefix(store: &Store, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut hi = prefix.to_vec();
+    // The prefixes used here end in a u64 id or a tag, never in 0xff…ff.
+    while let Some(last) = hi.pop() {
+        if last < u8::MAX {
+            hi.push(last + 1);
+            break;
+        }
+    }
+    store.scan_in(CF_IM, prefix, &hi, limit)
+}
+
+fn key_id(key: &[u8], index: usize) -> Result<u64> {
+    codec::im_key_id(key, index).map_err(corrupt_value("im key"))
+}
+
+impl Engine {
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn managed_state(&self, conversation: u64) -> Result<ConversationState> {
+        let state = self.store().conversation_state(conversation)?;
+        if !state.is_managed() {
+            return Err(Error::NotFound {
+                what: "conversation",
+                id: conversation,
+            });
+        }
+        Ok(state)
+    }
+
+    fn member_entry(&self, conversation: u64, user: u64) -> Result<Option<MemberEntry>> {
+        self.store()
+            .get_in(CF_IM, &im_key(tag::MEMBER, &[conversation, user], &[]))?
+            .map(|v| MemberEntry::decode(&v).map_err(corrupt_value("member entry")))
+            .transpose()
+    }
+
+    fn viewer_entry(&self, conversation: u64, user: u64) -> Result<MemberEntry> {
+        self.member_entry(conversation, user)?.ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "user {user} was never a member of conversation {conversation}"
+            ))
+        })
+    }
+
+    /// Applies recalls, edits and `viewer`'s deletions to messages of one
+    /// conversation (ascending seqs).
+    fn views(
+        &self,
+        viewer: u64,
+        conversation: u64,
+        messages: Vec<Message>,
+    ) -> Result<Vec<MessageView>> {
+        let (Some(lo), Some(hi)) = (
+            messages.first().map(|m| m.seq),
+            messages.last().map(|m| m.seq),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let store = self.store();
+        let end = hi.saturating_add(1);
+        let mut overlays = BTreeMap::new();
+        for (key, value) in store.scan_in(
+            CF_IM,
+            &im_key(tag::OVERLAY, &[conversation, lo], &[]),
+            &im_key(tag::OVERLAY, &[conversation, end], &[]),
+            usize::MAX,
+        )? {
+            let entry = OverlayEntry::decode(&value).map_err(corrupt_value("overlay entry"))?;
+            overlays.insert(key_id(&key, 1)?, entry);
+        }
+        let mut hidden = BTreeSet::new();
+        for (key, _) in store.scan_in(
+            CF_IM,
+            &im_key(tag::HIDDEN, &[viewer, conversation, lo], &[]),
+            &im_key(tag::HIDDEN, &[viewer, conversation, end], &[]),
+            usize::MAX,
+        )? {
+            hidden.insert(key_id(&key, 2)?);
+        }
+        Ok(messages
+            .into_iter()
+            .map(|mut message| {
+                let mut view_flags = (false, false, hidden.contains(&message.seq));
+                match overlays.get(&message.seq) {
+                    Some(OverlayEntry::Recalled { .. }) => view_flags.0 = true,
+                    Some(OverlayEntry::Edited { payload, .. }) => {
+                        view_flags.1 = true;
+                        message.payload = Bytes::copy_from_slice(payload);
+                    }
+                    None => {}
+                }
+                if view_flags.0 || view_flags.2 {
+                    message.payload = Bytes::new();
+                }
+                MessageView {
+                    message,
+                    recalled: view_flags.0,
+                    edited: view_flags.1,
+                    deleted_for_me: view_flags.2,
+                }
+            })
+            .collect())
+    }
+
+    /// Up to `limit` messages of `conversation` as `viewer` sees them:
+    /// only seqs sent while the viewer was a member, overlays applied,
+    /// ascending. `Forward` starts at `from`; `Backward` ends at `from`.
+    /// A former member reads up to the seq at which they left.
+    pub fn read_as(
+        &self,
+        viewer: u64,
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+    ) -> Result<Vec<MessageView>> {
+        self.check_limit(limit)?;
+        let state = self.managed_state(conversation)?;
+        let entry = self.viewer_entry(conversation, viewer)?;
+        let first = state.first_retained();
+        let mut intervals: Vec<(u64, u64)> = entry
+            .intervals
+            .iter()
+            .map(|&(j, l)| (j.saturating_add(1).max(first), l.min(state.last_seq)))
+            .filter(|&(lo, hi)| lo <= hi)
+            .collect();
+        let mut out = Vec::new();
+        match direction {
+            Direction::Forward => {
+                for (lo, hi) in intervals {
+                    let start = lo.max(from);
+                    if start > hi || out.len() == limit {
+                        continue;
+                    }
+                    let want = (limit - out.len()).min((hi - start + 1) as usize);
+                    out.extend(self.read(conversation, start, want, Direction::Forward)?);
+                }
+            }
+            Direction::Backward => {
+                intervals.reverse();
+                let mut pieces = Vec::new();
+                let mut got = 0;
+                for (lo, hi) in intervals {
+                    let end = hi.min(from);
+                    if end < lo || got == limit {
+                        continue;
+                    }
+                    let want = (limit - got).min((end - lo + 1) as usize);
+                    let piece = self.read(conversation, end, want, Direction::Backward)?;
+                    got += piece.len();
+                    pieces.push(piece);
+                }
+                for piece in pieces.into_iter().rev() {
+                    out.extend(piece);
+                }
+            }
+        }
+        self.views(viewer, conversation, out)
+    }
+
+    /// The direct conversation of two users, if it was opened.
+    pub fn direct_conversation(&self, a: u64, b: u64) -> Result<Option<u64>> {
+        self.store()
+            .get_in(CF_IM, &im_key(tag::DIRECT, &[a.min(b), a.max(b)], &[]))?
+            .map(|v| crate::store::decode_u64(&v, "direct conversation id"))
+            .transpose()
+    }
+
+    /// Current members of a conversation with ids above `after`, ascending,
+    /// at most `limit`.
+    pub fn members(&self, conversation: u64, after: u64, limit: usize) -> Result<Vec<Member>> {
+        self.check_limit(limit)?;
+        self.managed_state(conversation)?;
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let lo = im_key(tag::MEMBER, &[conversation, start], &[]);
+        let hi = im_key(tag::MEMBER, &[conversation.saturating_add(1)], &[]);
+        let mut out = Vec::new();
+        // Former members are skipped, so the scan may read past `limit` rows.
+        let mut cursor = lo;
+        while out.len() < limit {
+            let rows = self.store().scan_in(CF_IM, &cursor, &hi, limit)?;
+            let Some((last_key, _)) = rows.last() else {
+                break;
+            };
+            let mut next = last_key.clone();
+            next.push(0);
+            for (key, value) in &rows {
+                let entry = MemberEntry::decode(value).map_err(corrupt_value("member entry"))?;
+                if entry.is_current() && out.len() < limit {
+                    out.push(member_of(key_id(key, 1)?, entry));
+                }
+            }
+            if rows.len() < limit {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(out)
+    }
+
+    /// One user's membership history of a conversation, current or former.
+    pub fn member(&self, conversation: u64, user: u64) -> Result<Option<Member>> {
+        self.managed_state(conversation)?;
+        Ok(self
+            .member_entry(conversation, user)?
+            .map(|e| member_of(user, e)))
+    }
+
+    /// Current members of a direct or group conversation.
+    pub fn member_count(&self, conversation: u64) -> Result<u32> {
+        Ok(self.managed_state(conversation)?.member_count)
+    }
+
+    /// `user`'s friends or pending requests (as `status` says) with ids above
+    /// `after`, ascending, at most `limit`.
+    pub fn friends(
+        &self,
+        user: u64,
+        status: FriendStatus,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Friend>> {
+        self.check_limit(limit)?;
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let lo = im_key(tag::FRIEND, &[user, start], &[]);
+        let hi = im_key(tag::FRIEND, &[user.saturating_add(1)], &[]);
+        let mut out = Vec::new();
+        for (key, value) in self.store().scan_in(CF_IM, &lo, &hi, usize::MAX)? {
+            let entry = FriendEntry::decode(&value).map_err(corrupt_value("friend entry"))?;
+            if entry.status == status {
+                out.push(Friend {
+                    user: key_id(&key, 1)?,
+                    status,
+                    since_ms: entry.since_ms,
+                    conversation: entry.conversation,
+                });
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn user_state(&self, user: u64) -> Result<UserState> {
+        Ok(
+            match self
+                .store()
+                .get_in(CF_IM, &im_key(tag::USER, &[user], &[]))?
+            {
+                Some(v) => UserState::decode(&v).map_err(corrupt_value("user state"))?,
+                None => UserState::default(),
+            },
+        )
+    }
+
+    /// The conversations `user` is or was in, with their states and the
+    /// user's membership.
+    fn user_conversations(&self, user: u64) -> Result<Vec<(u64, ConversationState, MemberEntry)>> {
+        let mut out = Vec::new();
+        let prefix = im_key(tag::USER_CONVERSATION, &[user], &[]);
+        for (key, value) in scan_prefix(self.store(), &prefix, usize::MAX)? {
+            UserConversation::decode(&value).map_err(corrupt_value("user conversation"))?;
+            let conversation = key_id(&key, 1)?;
+            let state = self.store().conversation_state(conversation)?;
+            let Some(entry) = self.member_entry(conversation, user)? else {
+                return Err(Error::CorruptMetadata {
+                    what: "member entry",
+                    reason: codec::CodecError::BadLength {
+                        what: "missing member entry",
+                        len: 0,
+                    },
+                });
+            };
+            out.push((conversation, state, entry));
+        }
+        Ok(out)
+    }
+
+    /// New inbox entries after `cursor` (with message bodies as `user` sees
+    /// them), and the big conversations that advanced since it. Pass the
+    /// returned cursor to the next call; a default cursor starts from the
+    /// beginning. Each inbox entry is returned once; each big conversation
+    /// is reported once per advance.
+    pub fn sync(&self, user: u64, cursor: SyncCursor, limit: usize) -> Result<SyncPage> {
+        self.check_limit(limit)?;
+        // The change counter first: every state with a change at or below it
+        // is already visible to the reads below.
+        let change_now = self.store().change_counter.load(Ordering::Acquire);
+        let inbox_last = self.user_state(user)?.inbox_last;
+        if cursor.inbox_seq > inbox_last || cursor.change > change_now {
+            return Err(Error::CursorFromFuture(format!(
+                "cursor ({}, {}) is past the store's ({inbox_last}, {change_now})",
+                cursor.inbox_seq, cursor.change
+            )));
+        }
+        let lo = im_key(tag::INBOX, &[user, cursor.inbox_seq.saturating_add(1)], &[]);
+        let hi = im_key(tag::INBOX, &[user.saturating_add(1)], &[]);
+        let rows = self.store().scan_in(CF_IM, &lo, &hi, limit + 1)?;
+        let more = rows.len() > limit;
+        let mut next_inbox = cursor.inbox_seq;
+        let mut messages = Vec::new();
+        for (key, value) in rows.into_iter().take(limit) {
+            let inbox_seq = key_id(&key, 1)?;
+            next_inbox = inbox_seq;
+            let entry = InboxEntry::decode(&value).map_err(corrupt_value("inbox entry"))?;
+            let found = self.read(entry.conversation, entry.seq, 1, Direction::Forward)?;
+            let found: Vec<Message> = found.into_iter().filter(|m| m.seq == entry.seq).collect();
+            // Empty when retention cleared the message.
+            if let Some(view) = self
+                .views(user, entry.conversation, found)?
+                .into_iter()
+                .next()
+            {
+                messages.push((inbox_seq, view));
+            }
+        }
+        let mut advanced = Vec::new();
+        for (conversation, state, entry) in self.user_conversations(user)? {
+            let changed = state.big_changed_at;
+            if changed <= cursor.change || changed > change_now {
+                continue;
+            }
+            if !entry.is_current() && entry.left_change <= cursor.change {
+                continue;
+            }
+            let last = state.big_last_seq.min(entry.visible_last(state.last_seq));
+            if last >= state.first_retained() && entry.visible_count(0, last) > 0 {
+                advanced.push(Advanced {
+                    conversation,
+                    last_seq: last,
+                });
+            }
+        }
+        Ok(SyncPage {
+            messages,
+            advanced,
+            cursor: SyncCursor {
+                inbox_seq: next_inbox,
+                change: change_now,
+            },
+            more,
+        })
+    }
+
+    /// The sync cursor saved for a device (the default cursor if none).
+    pub fn device_cursor(&self, user: u64, device: &[u8]) -> Result<SyncCursor> {
+        match self
+            .store()
+            .get_in(CF_IM, &im_key(tag::DEVICE, &[user], device))?
+        {
+            Some(v) => SyncCursor::decode(&v).map_err(corrupt_value("sync cursor")),
+            None => Ok(SyncCursor::default()),
+        }
+    }
+
+    /// Syncs a device from its saved cursor and saves the new one (durably)
+    /// before returning: delivery is at most once per page. A device that
+    /// must not lose a page when it crashes mid-page uses [`Engine::sync`]
+    /// and saves the cursor with [`Command::SaveCursor`] once done.
+    pub fn sync_device(&self, user: u64, device: &[u8], limit: usize) -> Result<SyncPage> {
+        let cursor = self.device_cursor(user, device)?;
+        let page = self.sync(user, cursor, limit)?;
+        if page.cursor != cursor {
+            self.execute(Command::SaveCursor {
+                user,
+                device: Bytes::copy_from_slice(device),
+                cursor: page.cursor,
+            })?;
+        }
+        Ok(page)
+    }
+
+    fn summary(
+        &self,
+        conversation: u64,
+        state: &ConversationState,
+        entry: &MemberEntry,
+    ) -> Result<ConversationSummary> {
+        let last_seq = entry.visible_last(state.last_seq);
+        let member = entry.is_current();
+        let last_activity_ms = if member {
+            state.last_timestamp_ms
+        } else {
+            // A former member's list shows the conversation as of leaving.
+            self.read(conversation, last_seq, 1, Direction::Backward)?
+                .last()
+                .map_or(0, |m| m.timestamp_ms)
+        };
+        Ok(ConversationSummary {
+            conversation,
+            kind: state.kind,
+            last_seq,
+            last_activity_ms,
+            read_seq: entry.read_seq,
+            unread: unread_of(state, entry),
+            member,
+            last_message: None,
+        })
+    }
+
+    /// `user`'s conversations, most recent activity first, starting after
+    /// `after` (the last entry of the previous page), at most `limit`.
+    /// The order is computed at read time from each conversation's state,
+    /// so a big group's message writes nothing per member.
+    pub fn conversation_list(
+        &self,
+        user: u64,
+        after: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>> {
+        self.check_limit(limit)?;
+        let mut all = Vec::new();
+        for (conversation, state, entry) in self.user_conversations(user)? {
+            all.push(self.summary(conversation, &state, &entry)?);
+        }
+        let order = |s: &ConversationSummary| {
+            (
+                std::cmp::Reverse(s.last_activity_ms),
+                std::cmp::Reverse(s.conversation),
+            )
+        };
+        all.sort_unstable_by_key(order);
+        let start = match after {
+            Some(c) => {
+                let key = (
+                    std::cmp::Reverse(c.last_activity_ms),
+                    std::cmp::Reverse(c.conversation),
+                );
+                all.partition_point(|s| order(s) <= key)
+            }
+            None => 0,
+        };
+        let mut page: Vec<ConversationSummary> = all.into_iter().skip(start).take(limit).collect();
+        for summary in &mut page {
+            if summary.last_seq > 0 {
+                summary.last_message = self
+                    .read_as(
+                        user,
+                        summary.conversation,
+                        summary.last_seq,
+                        1,
+                        Direction::Backward,
+                    )?
+                    .pop();
+            }
+        }
+        Ok(page)
+    }
+
+    /// `user`'s unread messages in `conversation`: seqs after the read
+    /// position that the user sees (own messages never count: sending
+    /// moves the sender's read position).
+    pub fn unread(&self, user: u64, conversation: u64) -> Result<u64> {
+        let state = self.managed_state(conversation)?;
+        let entry = self.viewer_entry(conversation, user)?;
+        Ok(unread_of(&state, &entry))
+    }
+
+    /// `user`'s unread messages over all their conversations.
+    pub fn unread_total(&self, user: u64) -> Result<u64> {
+        Ok(self
+            .user_conversations(user)?
+            .iter()
+            .map(|(_, state, entry)| unread_of(state, entry))
+            .sum())
+    }
+
+    /// `user`'s read position in `conversation`.
+    pub fn read_seq(&self, user: u64, conversation: u64) -> Result<u64> {
+        self.managed_state(conversation)?;
+        Ok(self.viewer_entry(conversation, user)?.read_seq)
+    }
+
+    /// Who of the members at send time (sender excluded) has and has not
+    /// read message `seq`. A tracked message answers from its stored read
+    /// list; an untracked one in a big group from members' read positions.
+    pub fn receipts(&self, conversation: u64, seq: u64) -> Result<Receipts> {
+        let state = self.managed_state(conversation)?;
+        if seq == 0 || seq > state.last_seq {
+            return Err(Error::SeqBeyondLast {
+                conversation,
+                seq,
+                last: state.last_seq,
+            });
+        }
+        let sender = self
+            .read(conversation, seq, 1, Direction::Forward)?
+            .into_iter()
+            .find(|m| m.seq == seq)
+            .ok_or(Error::NotFound {
+                what: "message",
+                id: seq,
+            })?
+            .sender;
+        let prefix = im_key(tag::MEMBER, &[conversation], &[]);
+        let mut at_send = Vec::new();
+        for (key, value) in scan_prefix(self.store(), &prefix, usize::MAX)? {
+            let user = key_id(&key, 1)?;
+            let entry = MemberEntry::decode(&value).map_err(corrupt_value("member entry"))?;
+            if user != sender && entry.sees(seq) {
+                at_send.push((user, entry.read_seq));
+            }
+        }
+        let stored = self
+            .store()
+            .get_in(CF_RECEIPTS, &codec::receipt_key(conversation, seq))?;
+        let (read, stored) = match stored {
+            Some(bytes) => (
+                codec::decode_user_set(&bytes).map_err(corrupt_value("receipt set"))?,
+                true,
+            ),
+            None => (
+                at_send
+                    .iter()
+                    .filter(|&&(_, read_seq)| read_seq >= seq)
+                    .map(|&(u, _)| u)
+                    .collect(),
+                false,
+            ),
+        };
+        let unread = at_send
+            .iter()
+            .map(|&(u, _)| u)
+            .filter(|u| read.binary_search(u).is_err())
+            .collect();
+        Ok(Receipts {
+            read,
+            unread,
+            stored,
+        })
+    }
+
+    /// Clears, in every conversation with a time-to-live, the messages
+    /// older than `now_ms − ttl`. Returns how many conversations it cleared.
+    /// The server runs it periodically; between runs an expired message
+    /// may still be read.
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<u64> {
+        let mut cleared = 0;
+        let prefix = [tag::RETENTION];
+        for (key, value) in scan_prefix(self.store(), &prefix, usize::MAX)? {
+            let conversation = key_id(&key, 0)?;
+            let ttl = crate::store::decode_u64(&value, "retention ttl")?;
+            let cutoff = now_ms.saturating_sub(ttl);
+            let state = self.store().conversation_state(conversation)?;
+            let mut before = state.first_retained();
+            'scan: while before <= state.last_seq {
+                let page = self.read(conversation, before, 1_000, Direction::Forward)?;
+                if page.is_empty() {
+                    break;
+                }
+                for m in &page {
+                    if m.timestamp_ms >= cutoff {
+                        break 'scan;
+                    }
+                    before = m.seq + 1;
+                }
+            }
+            if before > state.first_retained() {
+                self.execute(Command::ClearHistory {
+                    conversation,
+                    before_seq: before,
+                })?;
+                cleared += 1;
+            }
+        }
+        Ok(cleared)
+    }
+
+    /// The stored read list of one message, unchecked. For retention tests;
+    /// not a stable API.
+    #[doc(hidden)]
+    pub fn raw_receipt(&self, conversation: u64, seq: u64) -> Result<Option<Vec<u8>>> {
+        self.store()
+            .get_in(CF_RECEIPTS, &codec::receipt_key(conversation, seq))
+    }
+}
+
+fn member_of(user: u64, entry: MemberEntry) -> Member {
+    Member {
+        user,
+        intervals: entry.intervals,
+        read_seq: entry.read_seq,
+    }
+}
+
+fn unread_of(state: &ConversationState, entry: &MemberEntry) -> u64 {
+    let after = entry
+        .read_seq
+        .max(state.first_retained().saturating_sub(1));
+    entry.visible_count(after, state.last_seq)
+}
