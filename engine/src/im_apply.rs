@@ -450,9 +450,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         }
         let mut users: Vec<u64> = members.to_vec();
         users.push(owner);
-        self.check_users(&users)?;
         users.sort_unstable();
         users.dedup();
+        self.check_users(&users)?;
         if users.len() > self.limits.max_group_members as usize {
             return Err(Error::FailedPrecondition(format!(
                 "{} members is over the group limit of {}",
