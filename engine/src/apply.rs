@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rocksdb::WriteBatch;
 
 use crate::codec::{self, ConversationState, DedupEntry, RecordRef};
-use crate::store::{CF_IM, CF_RECEIPTS, META_CHANGE_COUNTER, META_TIMESTAMP_HIGH_WATER};
 use crate::store::{Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
+use crate::store::{CF_IM, CF_RECEIPTS, META_CHANGE_COUNTER, META_TIMESTAMP_HIGH_WATER};
 use crate::{Appended, Command, Error, Message, NewMessage, Options, Outcome, Result};
 
 /// Granularity at which the timestamp high-water mark is persisted.
@@ -394,7 +394,11 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             batch.delete_range_cf(cf_of(*space), from, to);
         }
         if let Some(change) = group.change {
-            batch.put_cf(store.cf(CF_META)?, META_CHANGE_COUNTER, change.to_be_bytes());
+            batch.put_cf(
+                store.cf(CF_META)?,
+                META_CHANGE_COUNTER,
+                change.to_be_bytes(),
+            );
         }
         let new_high_water = high_water.max(group.max_timestamp_ms);
         // Persisted once per minute of server time, not once per group: after

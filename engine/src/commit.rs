@@ -130,16 +130,29 @@ impl Pipeline {
     /// Queues a command and waits until it is durable, leading the group
     /// commit itself when no commit is in progress.
     pub(crate) fn execute(&self, command: Command) -> Result<Outcome> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let done: Completion = Box::new(move |result| {
-            // The receiver is on this caller's stack; it is still there.
-            let _ = tx.send(result);
-        });
+        self.execute_all(vec![command])
+            .pop()
+            .unwrap_or(Err(Error::Closed))
+    }
+
+    /// Queues commands together (so they are committed in one group when
+    /// they fit) and waits until all are durable.
+    pub(crate) fn execute_all(&self, commands: Vec<Command>) -> Vec<Result<Outcome>> {
+        let count = commands.len();
+        let (tx, rx) = mpsc::sync_channel(count);
         let mut queue = lock(&self.queue);
         if queue.closed {
-            return Err(Error::Closed);
+            return (0..count).map(|_| Err(Error::Closed)).collect();
         }
-        queue.waiting.push((command, done));
+        for (index, command) in commands.into_iter().enumerate() {
+            let tx = tx.clone();
+            let done: Completion = Box::new(move |result| {
+                // The receiver is on this caller's stack; it is still there.
+                let _ = tx.send((index, result));
+            });
+            queue.waiting.push((command, done));
+        }
+        drop(tx);
         if !queue.committing {
             queue.committing = true;
             let group = self.take_group(&mut queue);
@@ -149,7 +162,11 @@ impl Pipeline {
         } else {
             drop(queue);
         }
-        rx.recv().map_err(|_| Error::Closed)?
+        let mut results: Vec<Result<Outcome>> = (0..count).map(|_| Err(Error::Closed)).collect();
+        for (index, result) in rx.iter() {
+            results[index] = result;
+        }
+        results
     }
 
     /// Stops taking commands; queued ones are still committed, then the

@@ -129,6 +129,14 @@ impl Engine {
         self.inner.pipeline.execute(command)
     }
 
+    /// Runs commands in order through the commit pipeline, queued together
+    /// so that they share one group commit (as a raft state machine applies
+    /// a batch of committed entries), and waits until all are durable. Each
+    /// command is still atomic on its own: one failing leaves the others.
+    pub fn execute_all(&self, commands: Vec<Command>) -> Vec<Result<Outcome>> {
+        self.inner.pipeline.execute_all(commands)
+    }
+
     /// Queues a command and returns at once; `done` is called on the commit
     /// thread with the result once the command is durable or has failed.
     /// `done` must not block: it delays every later write.

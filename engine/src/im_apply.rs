@@ -119,7 +119,10 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     fn kv_get(&mut self, scratch: &Pending, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let owned = (space, key.to_vec());
         for layer in [&scratch.kv, &self.group.kv] {
-            if let Some(KvEntry { base: Some(base), .. }) = layer.get(&owned) {
+            if let Some(KvEntry {
+                base: Some(base), ..
+            }) = layer.get(&owned)
+            {
                 return Ok(base.clone());
             }
         }
@@ -286,7 +289,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         // send was accepted, whatever happened to the membership since.
         let dedup_key = codec::dedup_key(m.conversation, m.sender, &m.client_msg_id);
         if let Some(entry) = self.dedup(scratch, &dedup_key)? {
-            if m.timestamp_ms <= entry.timestamp_ms.saturating_add(self.limits.dedup_window_ms) {
+            if m.timestamp_ms
+                <= entry
+                    .timestamp_ms
+                    .saturating_add(self.limits.dedup_window_ms)
+            {
                 return Ok(Appended {
                     seq: entry.seq,
                     duplicate: true,
@@ -684,7 +691,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         };
         Self::put_friend(scratch, a, b, entry);
         Self::put_friend(scratch, b, a, entry);
-        Ok(Outcome::Friend(FriendOutcome::BecameFriends { conversation }))
+        Ok(Outcome::Friend(FriendOutcome::BecameFriends {
+            conversation,
+        }))
     }
 
     fn friend_request(
@@ -700,7 +709,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 status: FriendStatus::Friends,
                 conversation,
                 ..
-            }) => Ok(Outcome::Friend(FriendOutcome::AlreadyFriends { conversation })),
+            }) => Ok(Outcome::Friend(FriendOutcome::AlreadyFriends {
+                conversation,
+            })),
             Some(FriendEntry {
                 status: FriendStatus::Outgoing,
                 ..
@@ -740,7 +751,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 status: FriendStatus::Friends,
                 conversation,
                 ..
-            }) => Ok(Outcome::Friend(FriendOutcome::AlreadyFriends { conversation })),
+            }) => Ok(Outcome::Friend(FriendOutcome::AlreadyFriends {
+                conversation,
+            })),
             _ => Err(Error::NotFound {
                 what: "friend request from user",
                 id: requester,
@@ -812,7 +825,10 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             });
         }
         if seq < state.first_retained() {
-            return Err(Error::NotFound { what: "message", id: seq });
+            return Err(Error::NotFound {
+                what: "message",
+                id: seq,
+            });
         }
         for layer in [&scratch.appended, &self.group.appended] {
             if let Some(m) = layer
@@ -824,7 +840,10 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         }
         match self.state.message(conversation, seq)? {
             Some(m) => Ok((state, m)),
-            None => Err(Error::NotFound { what: "message", id: seq }),
+            None => Err(Error::NotFound {
+                what: "message",
+                id: seq,
+            }),
         }
     }
 

@@ -617,8 +617,6 @@ fn member_of(user: u64, entry: MemberEntry) -> Member {
 }
 
 fn unread_of(state: &ConversationState, entry: &MemberEntry) -> u64 {
-    let after = entry
-        .read_seq
-        .max(state.first_retained().saturating_sub(1));
+    let after = entry.read_seq.max(state.first_retained().saturating_sub(1));
     entry.visible_count(after, state.last_seq)
 }

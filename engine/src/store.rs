@@ -8,8 +8,7 @@ use std::sync::Arc;
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
     CompactOptions, DBCompressionType, MemtableFactory, ReadOptions, SliceTransform, WriteBatch,
-    WriteOptions,
-    DB,
+    WriteOptions, DB,
 };
 
 use crate::codec::{self, ConversationState, DedupEntry, FORMAT_VERSION};

@@ -20,7 +20,13 @@ fn im_options(fanout: u32) -> Options {
     }
 }
 
-fn send(engine: &Engine, conversation: u64, sender: u64, text: &str, ts: u64) -> Result<u64, Error> {
+fn send(
+    engine: &Engine,
+    conversation: u64,
+    sender: u64,
+    text: &str,
+    ts: u64,
+) -> Result<u64, Error> {
     send_flagged(engine, conversation, sender, text, ts, false)
 }
 
@@ -384,7 +390,10 @@ fn receipts_are_lists_in_small_groups_and_positions_in_big_ones() -> TestResult 
     let r = engine.receipts(1, m1)?;
     assert!(r.stored);
     assert_eq!((r.read, r.unread), (vec![11], vec![12]));
-    assert_eq!(engine.raw_receipt(1, m1)?, Some(11u64.to_be_bytes().to_vec()));
+    assert_eq!(
+        engine.raw_receipt(1, m1)?,
+        Some(11u64.to_be_bytes().to_vec())
+    );
     // Read positions never move back.
     assert_eq!(engine.mark_read(11, 1, m1)?, m2);
     assert_eq!(engine.unread(12, 1)?, 2);
@@ -500,7 +509,10 @@ fn recall_edit_and_delete_for_me_are_overlays() -> TestResult {
     assert!(synced.messages[1].1.deleted_for_me);
     assert_eq!(synced.messages[1].1.message.payload, "");
     // The stored bytes are untouched.
-    assert_eq!(engine.read(4, 1, 10, Direction::Forward)?[0].payload, "first");
+    assert_eq!(
+        engine.read(4, 1, 10, Direction::Forward)?[0].payload,
+        "first"
+    );
     Ok(())
 }
 
@@ -532,19 +544,18 @@ fn clearing_history_removes_segments_and_receipts() -> TestResult {
     assert_eq!(seqs, (10..=20).collect::<Vec<_>>());
     assert_eq!(engine.read(6, 1, 3, Direction::Backward)?.len(), 0);
     assert_eq!(engine.read(6, 12, 5, Direction::Backward)?.len(), 3);
-    assert!(matches!(
-        engine.receipts(6, 3),
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(engine.receipts(6, 3), Err(Error::NotFound { .. })));
     // Seqs are not reused; clearing everything keeps counting.
     engine.execute(Command::ClearHistory {
         conversation: 6,
         before_seq: 21,
     })?;
-    assert!(engine.segments(6)?.is_empty() || {
-        engine.compact()?;
-        engine.segments(6)?.is_empty()
-    });
+    assert!(
+        engine.segments(6)?.is_empty() || {
+            engine.compact()?;
+            engine.segments(6)?.is_empty()
+        }
+    );
     assert_eq!(send(&engine, 6, 2, "after", 5_000)?, 21);
     assert_eq!(
         payloads(&engine.read_as(1, 6, 1, 10, Direction::Forward)?),
@@ -734,7 +745,11 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
             other => return Err(format!("{command:?} gave {other:?}").into()),
         }
     }
-    assert_eq!(engine.commit_stats().batch_operations, before, "nothing written");
+    assert_eq!(
+        engine.commit_stats().batch_operations,
+        before,
+        "nothing written"
+    );
     // Reads with bad input.
     assert!(matches!(
         engine.read_as(1, 404, 1, 10, Direction::Forward),
@@ -748,6 +763,9 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
         engine.receipts(3, 9),
         Err(Error::SeqBeyondLast { .. })
     ));
-    assert!(matches!(engine.unread(77, 3), Err(Error::PermissionDenied(_))));
+    assert!(matches!(
+        engine.unread(77, 3),
+        Err(Error::PermissionDenied(_))
+    ));
     Ok(())
 }
