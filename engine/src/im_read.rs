@@ -348,7 +348,14 @@ impl Engine {
             }
         }
         let mut advanced = Vec::new();
-        for (conversation, state, entry) in self.user_conversations(user)? {
+        // No big conversation anywhere advanced since the cursor: nothing to
+        // look up per conversation.
+        let conversations = if cursor.change == change_now {
+            Vec::new()
+        } else {
+            self.user_conversations(user)?
+        };
+        for (conversation, state, entry) in conversations {
             let changed = state.big_changed_at;
             if changed <= cursor.change || changed > change_now {
                 continue;
