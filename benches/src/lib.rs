@@ -9,6 +9,10 @@
 //! over what they read, so the compiler can't skip the work and the bench
 //! can check that all engines return the same data.
 
+mod im;
+
+pub use im::{ImStore, ImstoreIm, SqliteIm};
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;

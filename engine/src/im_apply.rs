@@ -988,13 +988,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         conversation: u64,
         before_seq: u64,
     ) -> Result<Outcome> {
-        let mut state = self.conversation(scratch, conversation)?;
-        if !state.exists() {
-            return Err(Error::NotFound {
-                what: "conversation",
-                id: conversation,
-            });
-        }
+        // Plain timelines keep the 33-byte state, which has no room for the
+        // cut; retention is for direct and group conversations.
+        let mut state = self.managed(scratch, conversation)?;
         if before_seq > state.last_seq.saturating_add(1) {
             return Err(Error::SeqBeyondLast {
                 conversation,

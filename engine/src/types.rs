@@ -307,8 +307,9 @@ pub enum Command {
         /// The message.
         seq: u64,
     },
-    /// Remove every message with seq below `before_seq` (at most last seq
-    /// + 1), with its read list and overlays. Seqs are never reused.
+    /// Remove every message of a direct or group conversation with seq
+    /// below `before_seq` (at most last seq + 1), with its read list and
+    /// overlays. Seqs are never reused.
     ClearHistory {
         /// The conversation.
         conversation: u64,

@@ -588,6 +588,7 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
     let engine = Engine::open(dir.path(), im_options(500))?;
     create_group(&engine, 3, 1, &[2])?;
     send(&engine, 3, 1, "only", 1)?;
+    engine.append(common::msg(900, 1, "plain", b"p", 1))?;
     let before = engine.commit_stats().batch_operations;
     let mut cases: Vec<(Command, fn(&Error) -> bool)> = vec![
         (
@@ -730,6 +731,13 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
         (
             Command::Append(vec![common::msg(3, 1, "raw", b"p", 1)]),
             |e| matches!(e, Error::FailedPrecondition(_)),
+        ),
+        (
+            Command::ClearHistory {
+                conversation: 900,
+                before_seq: 1,
+            },
+            |e| matches!(e, Error::NotFound { .. }),
         ),
         (
             Command::SetRetention {
