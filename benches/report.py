@@ -66,7 +66,7 @@ def main() -> None:
     if not results:
         sys.exit("no criterion results found; run `cargo bench -p imstore-benches --bench timelines` first")
     print(f"Machine: {machine()}\n")
-    rows = sorted({(g, v) for (g, f, v) in results if g != "segment_capacity"})
+    rows = sorted({(g, v) for (g, f, v) in results if g != "segment_capacity" and not g.startswith("im_")})
     print("| workload | imstore ops/s | rocksdb_kv ops/s | sqlite ops/s | × rocksdb_kv | × sqlite |")
     print("|---|---:|---:|---:|---:|---:|")
     for group, value in rows:
@@ -76,6 +76,23 @@ def main() -> None:
         cells = [fmt(x) if x else "–" for x in (ours, kv, sq)]
         ratios = [f"{ours / x:.1f}×" if ours and x else "–" for x in (kv, sq)]
         print(f"| {group} {value} | " + " | ".join(cells + ratios) + " |")
+
+    im_rows = sorted({(g, v) for (g, f, v) in results if g.startswith("im_")})
+    if im_rows:
+        print("\nIM operations (`--bench im`), operations per second and mean latency:\n")
+        print("| workload | imstore ops/s | imstore mean | sqlite ops/s | sqlite mean | × sqlite |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for group, value in im_rows:
+            ours = results.get((group, "imstore", value))
+            sq = results.get((group, "sqlite", value))
+            def lat(x):
+                if not x:
+                    return "–"
+                us = 1e6 / x
+                return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+            ratio = f"{ours / sq:.1f}×" if ours and sq else "–"
+            print(f"| {group.removeprefix('im_')} {value} | {fmt(ours) if ours else '–'} | {lat(ours)} | "
+                  f"{fmt(sq) if sq else '–'} | {lat(sq)} | {ratio} |")
 
     caps = sorted({int(v) for (g, f, v) in results if g == "segment_capacity"})
     if caps:

@@ -72,7 +72,8 @@ fn receipts(c: &mut Criterion) {
                     for _ in 0..iters {
                         // 100 new messages (one write, not timed), then one
                         // reader marks them read.
-                        let batch: Vec<_> = (0..100).map(|_| (conversation, 1, next_id())).collect();
+                        let batch: Vec<_> =
+                            (0..100).map(|_| (conversation, 1, next_id())).collect();
                         store.send_all(&batch);
                         let last = store.last_seq(conversation);
                         let start = Instant::now();
@@ -132,13 +133,17 @@ fn sync_and_list(c: &mut Criterion) {
         user_in_1000_conversations(store.as_ref());
         let head = store.inbox_head(1);
         // The same data from both, before timing.
-        answers.push((store.sync(1, head - 100, 100), store.conversation_list(1, 20)));
+        answers.push((
+            store.sync(1, head - 100, 100),
+            store.conversation_list(1, 20),
+        ));
         group.bench_function(BenchmarkId::new(store.name(), "sync_100"), |b| {
             b.iter(|| assert_eq!(store.sync(1, head - 100, 100).0, 100))
         });
-        group.bench_function(BenchmarkId::new(store.name(), "conversation_list_20"), |b| {
-            b.iter(|| assert_eq!(store.conversation_list(1, 20).0, 20))
-        });
+        group.bench_function(
+            BenchmarkId::new(store.name(), "conversation_list_20"),
+            |b| b.iter(|| assert_eq!(store.conversation_list(1, 20).0, 20)),
+        );
     }
     assert!(
         answers.windows(2).all(|w| w[0] == w[1]),
@@ -178,7 +183,10 @@ fn sync_and_list(c: &mut Criterion) {
                 inbox_seq: head,
                 change: now,
             };
-            let page = store.0.sync(1, cursor, 100).unwrap_or_else(|e| panic!("{e}"));
+            let page = store
+                .0
+                .sync(1, cursor, 100)
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(page.messages.is_empty() && page.advanced.is_empty());
         })
     });

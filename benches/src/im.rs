@@ -184,9 +184,10 @@ impl ImStore for ImstoreIm {
             .conversation_list(user, None, limit)
             .unwrap_or_else(|e| bench_error("conversation list", e));
         let sum = list.iter().fold(0u64, |acc, s| {
-            let last = s.last_message.as_ref().map_or(0, |v| {
-                checksum(v.message.seq, &v.message.payload)
-            });
+            let last = s
+                .last_message
+                .as_ref()
+                .map_or(0, |v| checksum(v.message.seq, &v.message.payload));
             acc ^ last ^ s.unread.wrapping_mul(31)
         });
         (list.len(), sum)
@@ -209,7 +210,8 @@ pub struct SqliteIm {
 impl SqliteIm {
     /// Creates the database file in `dir`.
     pub fn open(dir: &Path) -> Self {
-        let conn = Connection::open(dir.join("im.sqlite")).unwrap_or_else(|e| bench_error("open", e));
+        let conn =
+            Connection::open(dir.join("im.sqlite")).unwrap_or_else(|e| bench_error("open", e));
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-262144;
              CREATE TABLE conversations (
@@ -262,11 +264,16 @@ impl SqliteIm {
         f(&mut conn).unwrap_or_else(|e| bench_error("sqlite", e))
     }
 
-    fn add_members(tx: &rusqlite::Transaction<'_>, conversation: u64, members: &[u64]) -> rusqlite::Result<()> {
+    fn add_members(
+        tx: &rusqlite::Transaction<'_>,
+        conversation: u64,
+        members: &[u64],
+    ) -> rusqlite::Result<()> {
         let mut member = tx.prepare_cached(
             "INSERT OR IGNORE INTO members (conversation, user, read_seq) VALUES (?1, ?2, 0)",
         )?;
-        let mut user = tx.prepare_cached("INSERT OR IGNORE INTO users (user, inbox_last) VALUES (?1, 0)")?;
+        let mut user =
+            tx.prepare_cached("INSERT OR IGNORE INTO users (user, inbox_last) VALUES (?1, 0)")?;
         for &m in members {
             member.execute(params![conversation as i64, m as i64])?;
             user.execute(params![m as i64])?;
@@ -342,8 +349,10 @@ impl SqliteIm {
              WHERE conversation = ?1 AND seq > ?2 AND seq <= ?4 AND sender != ?3",
         )?
         .execute(params![conversation as i64, old, user as i64, up_to as i64])?;
-        tx.prepare_cached("UPDATE members SET read_seq = ?3 WHERE conversation = ?1 AND user = ?2")?
-            .execute(params![conversation as i64, user as i64, up_to as i64])?;
+        tx.prepare_cached(
+            "UPDATE members SET read_seq = ?3 WHERE conversation = ?1 AND user = ?2",
+        )?
+        .execute(params![conversation as i64, user as i64, up_to as i64])?;
         Ok(())
     }
 }

@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use imstore_engine::{Direction, Engine, Message, NewMessage, Options};
+use imstore_engine::{
+    Command, Direction, Engine, Error, Message, NewMessage, Options, Outcome, SendMessage,
+};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +65,8 @@ const CAROL: u64 = 3;
 const DIRECT: u64 = 1_000_001;
 /// A group of the three.
 const GROUP: u64 = 2_000_001;
+/// A managed group of the three (membership, inboxes, receipts).
+const TEAM: u64 = 3_000_001;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -178,6 +182,121 @@ fn demo(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    im_demo(&engine, run)?;
     say!("done. Run it again: seqs continue where this run stopped.");
+    Ok(())
+}
+
+fn send(
+    engine: &Engine,
+    conversation: u64,
+    sender: u64,
+    id: String,
+    text: &str,
+) -> Result<u64, Error> {
+    Ok(engine
+        .send(SendMessage {
+            conversation,
+            sender,
+            client_msg_id: id.into(),
+            payload: text.to_owned().into(),
+            timestamp_ms: now_ms(),
+            receipt: false,
+        })?
+        .seq)
+}
+
+/// Friends, a managed group, sync, read receipts, unread counts, the
+/// conversation list and a recall.
+fn im_demo(engine: &Engine, run: u64) -> Result<(), Box<dyn std::error::Error>> {
+    say!("IM semantics:");
+    engine.execute(Command::FriendRequest {
+        from: ALICE,
+        to: BOB,
+        timestamp_ms: now_ms(),
+    })?;
+    let direct = match engine.execute(Command::FriendAccept {
+        user: BOB,
+        requester: ALICE,
+        timestamp_ms: now_ms(),
+    })? {
+        Outcome::Friend(f) => {
+            say!("  Alice asked Bob to be friends, Bob accepted: {f:?}");
+            engine.direct_conversation(ALICE, BOB)?.unwrap_or(0)
+        }
+        other => return Err(format!("unexpected {other:?}").into()),
+    };
+    let seq = send(
+        engine,
+        direct,
+        ALICE,
+        format!("run{run}-f0"),
+        "now we're friends",
+    )?;
+    say!("  Alice → Bob in their direct conversation {direct:#x}: seq {seq}");
+    match engine.execute(Command::CreateGroup {
+        conversation: TEAM,
+        owner: ALICE,
+        members: vec![BOB, CAROL],
+        timestamp_ms: now_ms(),
+    }) {
+        Ok(_) => say!("  Alice created group {TEAM} with Bob and Carol"),
+        Err(Error::AlreadyExists { .. }) => say!("  group {TEAM} exists from an earlier run"),
+        Err(e) => return Err(e.into()),
+    }
+    let hello = send(engine, TEAM, ALICE, format!("run{run}-t0"), "standup in 5")?;
+    send(engine, TEAM, CAROL, format!("run{run}-t1"), "on my way")?;
+    let page = engine.sync_device(BOB, b"bob-phone", 100)?;
+    say!(
+        "  Bob's phone syncs: {} new inbox entries, cursor now {:?}",
+        page.messages.len(),
+        page.cursor
+    );
+    say!(
+        "  Bob's unread: {} in the group, {} in total",
+        engine.unread(BOB, TEAM)?,
+        engine.unread_total(BOB)?
+    );
+    engine.mark_read(BOB, TEAM, hello)?;
+    let receipts = engine.receipts(TEAM, hello)?;
+    say!(
+        "  Bob read Alice's message #{hello}: read by {:?}, not yet by {:?}",
+        receipts.read,
+        receipts.unread
+    );
+    let oops = send(
+        engine,
+        TEAM,
+        CAROL,
+        format!("run{run}-t2"),
+        "wrong chat, sorry",
+    )?;
+    engine.execute(Command::Recall {
+        conversation: TEAM,
+        seq: oops,
+        by: CAROL,
+        admin: false,
+        timestamp_ms: now_ms(),
+    })?;
+    let last = engine.read_as(BOB, TEAM, oops, 1, Direction::Backward)?;
+    if let Some(v) = last.first() {
+        say!(
+            "  Carol recalled #{oops}: Bob sees seq {} recalled={} payload {:?}",
+            v.message.seq,
+            v.recalled,
+            String::from_utf8_lossy(&v.message.payload)
+        );
+    }
+    say!("  Carol's conversation list:");
+    for c in engine.conversation_list(CAROL, None, 10)? {
+        say!(
+            "    conversation {} ({:?}): last seq {}, read up to {}, {} unread",
+            c.conversation,
+            c.kind,
+            c.last_seq,
+            c.read_seq,
+            c.unread
+        );
+    }
     Ok(())
 }

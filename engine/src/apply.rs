@@ -31,6 +31,8 @@ pub(crate) trait CommittedState {
     fn message(&mut self, conversation: u64, seq: u64) -> Result<Option<Message>>;
     /// Base of the committed segment holding `seq` (the greatest base ≤ seq).
     fn segment_base(&mut self, conversation: u64, seq: u64) -> Result<Option<u64>>;
+    /// The user's committed inbox head (0 for an empty inbox).
+    fn inbox_last(&mut self, user: u64) -> Result<u64>;
 }
 
 /// The column families apply reads and writes generically.
@@ -416,6 +418,19 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             appended: group.appended,
             timestamp_high_water: new_high_water,
             new_messages: group.new_messages,
+            inbox_heads: group
+                .kv
+                .keys()
+                .filter(|(space, key)| {
+                    *space == Space::Im && key.first() == Some(&codec::tag::INBOX)
+                })
+                .filter_map(|(_, key)| {
+                    Some((
+                        codec::im_key_id(key, 0).ok()?,
+                        codec::im_key_id(key, 1).ok()?,
+                    ))
+                })
+                .collect(),
             cleared: group.cleared,
             change: group.change,
         })
@@ -430,4 +445,6 @@ pub(crate) struct GroupEffects {
     pub new_messages: u64,
     pub cleared: BTreeSet<u64>,
     pub change: Option<u64>,
+    /// The new inbox head of every user who got inbox entries.
+    pub inbox_heads: BTreeMap<u64, u64>,
 }

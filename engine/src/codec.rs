@@ -503,9 +503,8 @@ pub mod tag {
     /// `U user conv` → [`UserConversation`](super::UserConversation): the
     /// conversations a user is or was in.
     pub const USER_CONVERSATION: u8 = b'U';
-    /// `S user` → [`UserState`](super::UserState).
-    pub const USER: u8 = b'S';
-    /// `I user inbox_seq` → [`InboxEntry`](super::InboxEntry).
+    /// `I user inbox_seq` → [`InboxEntry`](super::InboxEntry). A user's
+    /// newest key holds their inbox head; entries are never deleted.
     pub const INBOX: u8 = b'I';
     /// `F user other` → [`FriendEntry`](super::FriendEntry).
     pub const FRIEND: u8 = b'F';
@@ -742,30 +741,6 @@ impl UserConversation {
         let kind = ConversationKind::from_byte(r.u8()?)?;
         r.end()?;
         Ok(UserConversation { kind })
-    }
-}
-
-/// Per-user state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct UserState {
-    /// The highest inbox seq given to this user; 0 for an empty inbox.
-    pub inbox_last: u64,
-}
-
-impl UserState {
-    /// Encodes: version, inbox last seq.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![IM_VALUE_VERSION];
-        out.extend_from_slice(&self.inbox_last.to_be_bytes());
-        out
-    }
-
-    /// Decodes a value written by [`UserState::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut r = Reader::new(bytes, "user state")?;
-        let inbox_last = r.u64()?;
-        r.end()?;
-        Ok(UserState { inbox_last })
     }
 }
 

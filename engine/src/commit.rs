@@ -84,8 +84,9 @@ impl Pipeline {
         max_group: usize,
         cache_entries: usize,
     ) -> Result<(Arc<Pipeline>, JoinHandle<()>)> {
-        let cache =
-            LruCache::new(NonZeroUsize::new(cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN));
+        let entries = NonZeroUsize::new(cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let cache = LruCache::new(entries);
+        let inbox_heads = LruCache::new(entries);
         let pipeline = Arc::new(Pipeline {
             queue: Mutex::new(Queue {
                 waiting: Vec::new(),
@@ -98,6 +99,7 @@ impl Pipeline {
                 tail,
                 limits,
                 cache,
+                inbox_heads,
             }),
             max_group: max_group.max(1),
             counters: Counters::default(),
@@ -229,11 +231,14 @@ struct Committer {
     limits: ApplyLimits,
     /// Committed conversation states; only ever updated after a durable write.
     cache: LruCache<u64, ConversationState>,
+    /// Committed inbox heads of users; only ever updated after a durable write.
+    inbox_heads: LruCache<u64, u64>,
 }
 
 struct CachedState<'a> {
     store: &'a Store,
     cache: &'a mut LruCache<u64, ConversationState>,
+    inbox_heads: &'a mut LruCache<u64, u64>,
 }
 
 impl CommittedState for CachedState<'_> {
@@ -266,6 +271,15 @@ impl CommittedState for CachedState<'_> {
     fn segment_base(&mut self, conversation: u64, seq: u64) -> Result<Option<u64>> {
         self.store.segment_base(conversation, seq)
     }
+
+    fn inbox_last(&mut self, user: u64) -> Result<u64> {
+        if let Some(head) = self.inbox_heads.get(&user) {
+            return Ok(*head);
+        }
+        let head = self.store.inbox_last(user)?;
+        self.inbox_heads.put(user, head);
+        Ok(head)
+    }
 }
 
 fn space_cf(space: Space) -> &'static str {
@@ -281,6 +295,7 @@ impl Committer {
         let mut state = CachedState {
             store: &self.store,
             cache: &mut self.cache,
+            inbox_heads: &mut self.inbox_heads,
         };
         let change_base = self.store.change_counter.load(Ordering::Relaxed);
         let mut applier = GroupApplier::new(&mut state, self.limits, change_base);
@@ -310,6 +325,9 @@ impl Committer {
                 }
                 for (conversation, appended) in effects.appended {
                     self.tail.extend(conversation, appended);
+                }
+                for (user, head) in effects.inbox_heads {
+                    self.inbox_heads.put(user, head);
                 }
                 for conversation in effects.cleared {
                     self.tail.invalidate(conversation);

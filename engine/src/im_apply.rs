@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{CommittedState, GroupApplier, KvEntry, Pending, Space};
 use crate::codec::{
     self, im_key, tag, ConversationKind, ConversationState, FriendEntry, FriendStatus, InboxEntry,
-    MemberEntry, OverlayEntry, SyncCursor, UserConversation, UserState, OPEN,
+    MemberEntry, OverlayEntry, SyncCursor, UserConversation, OPEN,
 };
 use crate::{
     Appended, Command, Error, FriendOutcome, Message, NewMessage, Outcome, Result, SendMessage,
@@ -213,13 +213,20 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         );
     }
 
-    fn user_state(&mut self, scratch: &Pending, user: u64) -> Result<UserState> {
-        Ok(
-            match self.kv_get(scratch, Space::Im, &im_key(tag::USER, &[user], &[]))? {
-                Some(v) => UserState::decode(&v).map_err(corrupt_value("user state"))?,
-                None => UserState::default(),
-            },
-        )
+    /// The user's inbox head: the newest inbox key written by this command,
+    /// else by the group, else committed.
+    fn inbox_last(&mut self, scratch: &Pending, user: u64) -> Result<u64> {
+        let range = (Space::Im, im_key(tag::INBOX, &[user], &[]))
+            ..(
+                Space::Im,
+                im_key(tag::INBOX, &[user.saturating_add(1)], &[]),
+            );
+        for layer in [&scratch.kv, &self.group.kv] {
+            if let Some(((_, key), _)) = layer.range(range.clone()).next_back() {
+                return codec::im_key_id(key, 1).map_err(corrupt_value("inbox key"));
+            }
+        }
+        self.state.inbox_last(user)
     }
 
     fn friend(&mut self, scratch: &Pending, user: u64, other: u64) -> Result<Option<FriendEntry>> {
@@ -315,23 +322,16 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             scratch.conversations.insert(m.conversation, state);
         } else {
             for user in self.current_members(scratch, m.conversation)? {
-                let mut user_state = self.user_state(scratch, user)?;
-                user_state.inbox_last += 1;
+                let inbox_seq = self.inbox_last(scratch, user)? + 1;
                 Self::kv_put(
                     scratch,
                     Space::Im,
-                    im_key(tag::INBOX, &[user, user_state.inbox_last], &[]),
+                    im_key(tag::INBOX, &[user, inbox_seq], &[]),
                     InboxEntry {
                         conversation: m.conversation,
                         seq,
                     }
                     .encode(),
-                );
-                Self::kv_put(
-                    scratch,
-                    Space::Im,
-                    im_key(tag::USER, &[user], &[]),
-                    user_state.encode(),
                 );
             }
         }
@@ -1079,7 +1079,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 device.len()
             )));
         }
-        let inbox_last = self.user_state(scratch, user)?.inbox_last;
+        let inbox_last = self.inbox_last(scratch, user)?;
         let change = self.current_change(scratch);
         if cursor.inbox_seq > inbox_last || cursor.change > change {
             return Err(Error::CursorFromFuture(format!(

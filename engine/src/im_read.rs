@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::Engine;
 use crate::codec::{
     self, im_key, tag, ConversationState, FriendEntry, InboxEntry, MemberEntry, OverlayEntry,
-    SyncCursor, UserConversation, UserState,
+    SyncCursor, UserConversation,
 };
 use crate::store::{Store, CF_IM, CF_RECEIPTS};
 use crate::{
@@ -107,25 +107,9 @@ impl Engine {
         }
         Ok(messages
             .into_iter()
-            .map(|mut message| {
-                let mut view_flags = (false, false, hidden.contains(&message.seq));
-                match overlays.get(&message.seq) {
-                    Some(OverlayEntry::Recalled { .. }) => view_flags.0 = true,
-                    Some(OverlayEntry::Edited { payload, .. }) => {
-                        view_flags.1 = true;
-                        message.payload = Bytes::copy_from_slice(payload);
-                    }
-                    None => {}
-                }
-                if view_flags.0 || view_flags.2 {
-                    message.payload = Bytes::new();
-                }
-                MessageView {
-                    message,
-                    recalled: view_flags.0,
-                    edited: view_flags.1,
-                    deleted_for_me: view_flags.2,
-                }
+            .map(|message| {
+                let seq = message.seq;
+                view(message, overlays.get(&seq), hidden.contains(&seq))
             })
             .collect())
     }
@@ -274,39 +258,63 @@ impl Engine {
         Ok(out)
     }
 
-    fn user_state(&self, user: u64) -> Result<UserState> {
-        Ok(
-            match self
-                .store()
-                .get_in(CF_IM, &im_key(tag::USER, &[user], &[]))?
-            {
-                Some(v) => UserState::decode(&v).map_err(corrupt_value("user state"))?,
-                None => UserState::default(),
-            },
-        )
-    }
-
     /// The conversations `user` is or was in, with their states and the
-    /// user's membership.
+    /// user's membership: one scan and two batched lookups.
     fn user_conversations(&self, user: u64) -> Result<Vec<(u64, ConversationState, MemberEntry)>> {
-        let mut out = Vec::new();
         let prefix = im_key(tag::USER_CONVERSATION, &[user], &[]);
+        let mut ids = Vec::new();
         for (key, value) in scan_prefix(self.store(), &prefix, usize::MAX)? {
             UserConversation::decode(&value).map_err(corrupt_value("user conversation"))?;
-            let conversation = key_id(&key, 1)?;
-            let state = self.store().conversation_state(conversation)?;
-            let Some(entry) = self.member_entry(conversation, user)? else {
-                return Err(Error::CorruptMetadata {
-                    what: "member entry",
-                    reason: codec::CodecError::BadLength {
-                        what: "missing member entry",
-                        len: 0,
-                    },
-                });
-            };
-            out.push((conversation, state, entry));
+            ids.push(key_id(&key, 1)?);
         }
-        Ok(out)
+        let states = self.store().conversation_states(&ids)?;
+        let member_keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|&c| im_key(tag::MEMBER, &[c, user], &[]))
+            .collect();
+        let members = self.store().multi_get_in(CF_IM, &member_keys)?;
+        ids.into_iter()
+            .zip(states)
+            .zip(members)
+            .map(|((conversation, state), member)| {
+                let Some(bytes) = member else {
+                    return Err(Error::CorruptMetadata {
+                        what: "member entry",
+                        reason: codec::CodecError::BadLength {
+                            what: "missing member entry of a listed conversation",
+                            len: 0,
+                        },
+                    });
+                };
+                let entry = MemberEntry::decode(&bytes).map_err(corrupt_value("member entry"))?;
+                Ok((conversation, state, entry))
+            })
+            .collect()
+    }
+
+    /// Overlays applied to single messages of any conversations (a sync
+    /// page): two batched point lookups instead of range scans.
+    fn views_of(&self, viewer: u64, messages: Vec<Message>) -> Result<Vec<MessageView>> {
+        let overlay_keys: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| im_key(tag::OVERLAY, &[m.conversation, m.seq], &[]))
+            .collect();
+        let hidden_keys: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| im_key(tag::HIDDEN, &[viewer, m.conversation, m.seq], &[]))
+            .collect();
+        let overlays = self.store().multi_get_in(CF_IM, &overlay_keys)?;
+        let hidden = self.store().multi_get_in(CF_IM, &hidden_keys)?;
+        messages
+            .into_iter()
+            .zip(overlays.into_iter().zip(hidden))
+            .map(|(message, (overlay, hidden))| {
+                let overlay = overlay
+                    .map(|v| OverlayEntry::decode(&v).map_err(corrupt_value("overlay entry")))
+                    .transpose()?;
+                Ok(view(message, overlay.as_ref(), hidden.is_some()))
+            })
+            .collect()
     }
 
     /// New inbox entries after `cursor` (with message bodies as `user` sees
@@ -319,7 +327,7 @@ impl Engine {
         // The change counter first: every state with a change at or below it
         // is already visible to the reads below.
         let change_now = self.store().change_counter.load(Ordering::Acquire);
-        let inbox_last = self.user_state(user)?.inbox_last;
+        let inbox_last = self.store().inbox_last(user)?;
         if cursor.inbox_seq > inbox_last || cursor.change > change_now {
             return Err(Error::CursorFromFuture(format!(
                 "cursor ({}, {}) is past the store's ({inbox_last}, {change_now})",
@@ -331,22 +339,23 @@ impl Engine {
         let rows = self.store().scan_in(CF_IM, &lo, &hi, limit + 1)?;
         let more = rows.len() > limit;
         let mut next_inbox = cursor.inbox_seq;
-        let mut messages = Vec::new();
+        let mut found = Vec::new();
+        let mut inbox_seqs = Vec::new();
         for (key, value) in rows.into_iter().take(limit) {
             let inbox_seq = key_id(&key, 1)?;
             next_inbox = inbox_seq;
             let entry = InboxEntry::decode(&value).map_err(corrupt_value("inbox entry"))?;
-            let found = self.read(entry.conversation, entry.seq, 1, Direction::Forward)?;
-            let found: Vec<Message> = found.into_iter().filter(|m| m.seq == entry.seq).collect();
-            // Empty when retention cleared the message.
-            if let Some(view) = self
-                .views(user, entry.conversation, found)?
-                .into_iter()
-                .next()
-            {
-                messages.push((inbox_seq, view));
+            let read = self.read(entry.conversation, entry.seq, 1, Direction::Forward)?;
+            // Nothing when retention cleared the message.
+            if let Some(m) = read.into_iter().find(|m| m.seq == entry.seq) {
+                found.push(m);
+                inbox_seqs.push(inbox_seq);
             }
         }
+        let messages = inbox_seqs
+            .into_iter()
+            .zip(self.views_of(user, found)?)
+            .collect();
         let mut advanced = Vec::new();
         // No big conversation anywhere advanced since the cursor: nothing to
         // look up per conversation.
@@ -451,7 +460,11 @@ impl Engine {
         self.check_limit(limit)?;
         let mut all = Vec::new();
         for (conversation, state, entry) in self.user_conversations(user)? {
-            all.push(self.summary(conversation, &state, &entry)?);
+            let summary = self.summary(conversation, &state, &entry)?;
+            // The newest seq the user sees is usually `last_seq` itself;
+            // otherwise (an empty last interval) `read_as` finds it.
+            let sees_last = entry.sees(summary.last_seq);
+            all.push((summary, sees_last));
         }
         let order = |s: &ConversationSummary| {
             (
@@ -459,20 +472,35 @@ impl Engine {
                 std::cmp::Reverse(s.conversation),
             )
         };
-        all.sort_unstable_by_key(order);
+        all.sort_unstable_by_key(|(s, _)| order(s));
         let start = match after {
             Some(c) => {
                 let key = (
                     std::cmp::Reverse(c.last_activity_ms),
                     std::cmp::Reverse(c.conversation),
                 );
-                all.partition_point(|s| order(s) <= key)
+                all.partition_point(|(s, _)| order(s) <= key)
             }
             None => 0,
         };
-        let mut page: Vec<ConversationSummary> = all.into_iter().skip(start).take(limit).collect();
-        for summary in &mut page {
-            if summary.last_seq > 0 {
+        let mut page: Vec<(ConversationSummary, bool)> =
+            all.into_iter().skip(start).take(limit).collect();
+        let mut direct = Vec::new();
+        for (i, (summary, sees_last)) in page.iter_mut().enumerate() {
+            if summary.last_seq == 0 {
+                continue;
+            }
+            if *sees_last {
+                let last = self.read(
+                    summary.conversation,
+                    summary.last_seq,
+                    1,
+                    Direction::Backward,
+                )?;
+                if let Some(m) = last.into_iter().find(|m| m.seq == summary.last_seq) {
+                    direct.push((i, m));
+                }
+            } else {
                 summary.last_message = self
                     .read_as(
                         user,
@@ -484,7 +512,11 @@ impl Engine {
                     .pop();
             }
         }
-        Ok(page)
+        let (slots, messages): (Vec<usize>, Vec<Message>) = direct.into_iter().unzip();
+        for (slot, view) in slots.into_iter().zip(self.views_of(user, messages)?) {
+            page[slot].0.last_message = Some(view);
+        }
+        Ok(page.into_iter().map(|(s, _)| s).collect())
     }
 
     /// `user`'s unread messages in `conversation`: seqs after the read
@@ -612,6 +644,28 @@ impl Engine {
     pub fn raw_receipt(&self, conversation: u64, seq: u64) -> Result<Option<Vec<u8>>> {
         self.store()
             .get_in(CF_RECEIPTS, &codec::receipt_key(conversation, seq))
+    }
+}
+
+/// A message as a viewer sees it under its overlay and their deletion.
+fn view(mut message: Message, overlay: Option<&OverlayEntry>, hidden: bool) -> MessageView {
+    let (mut recalled, mut edited) = (false, false);
+    match overlay {
+        Some(OverlayEntry::Recalled { .. }) => recalled = true,
+        Some(OverlayEntry::Edited { payload, .. }) => {
+            edited = true;
+            message.payload = Bytes::copy_from_slice(payload);
+        }
+        None => {}
+    }
+    if recalled || hidden {
+        message.payload = Bytes::new();
+    }
+    MessageView {
+        message,
+        recalled,
+        edited,
+        deleted_for_me: hidden,
     }
 }
 

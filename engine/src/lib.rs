@@ -5,7 +5,12 @@
 //! CRC-framed records, see `docs/format.md`), seq assignment (1, 2, 3, … per
 //! conversation, no gaps, no duplicates), client-retry deduplication, the
 //! deterministic apply step, and the group-commit pipeline that makes every
-//! acknowledged write durable with shared fsyncs.
+//! acknowledged write durable with shared fsyncs. On top of the timelines,
+//! the IM state (`docs/im.md`): direct and group conversations with
+//! membership history, friends, per-user inboxes with hybrid fan-out and
+//! device sync, read positions and read lists keyed by message id, unread
+//! counts, the conversation list, recall/edit/delete-for-me overlays and
+//! retention, all as [`Command`]s through the same apply step.
 //!
 //! **Is not:** a network server (that is `imstore-proxy`), a replicated log
 //! (that is `imstore-raft`, which feeds committed commands through the same
@@ -16,7 +21,12 @@
 //! payload is at most [`Options::max_payload_bytes`], a batch at most
 //! [`Options::max_batch_messages`], a page at most
 //! [`Options::max_page_messages`]. A retry is recognised as a duplicate for
-//! [`Options::dedup_window_ms`] of server time (24 h by default).
+//! [`Options::dedup_window_ms`] of server time (24 h by default). The
+//! engine trusts its caller (the IM server) for identity and for admin
+//! operations (clearing history, admin recalls); it enforces membership for
+//! sends and reads, sender ownership for recalls and edits, and group
+//! ownership for removals. Inboxes are never trimmed yet; the conversation
+//! list and sync cost one state lookup per conversation of the user.
 //!
 //! ```
 //! use imstore_engine::{Engine, NewMessage, Options};

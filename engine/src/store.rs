@@ -210,6 +210,40 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf)?, key)?)
     }
 
+    /// Values of many keys of one column family, in the keys' order.
+    pub(crate) fn multi_get_in(
+        &self,
+        cf: &'static str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db
+            .batched_multi_get_cf(self.cf(cf)?, keys.iter(), false)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| v.to_vec())))
+            .collect()
+    }
+
+    /// States of many conversations, in the given order.
+    pub(crate) fn conversation_states(
+        &self,
+        conversations: &[u64],
+    ) -> Result<Vec<ConversationState>> {
+        let keys: Vec<Vec<u8>> = conversations
+            .iter()
+            .map(|c| codec::conversation_key(*c).to_vec())
+            .collect();
+        self.multi_get_in(CF_CONVERSATIONS, &keys)?
+            .into_iter()
+            .map(|v| match v {
+                Some(v) => ConversationState::decode(&v).map_err(|reason| Error::CorruptMetadata {
+                    what: "conversation state",
+                    reason,
+                }),
+                None => Ok(ConversationState::default()),
+            })
+            .collect()
+    }
+
     /// Entries with `lo <= key < hi`, ascending, at most `limit`.
     pub(crate) fn scan_in(
         &self,
@@ -232,6 +266,27 @@ impl Store {
         }
         it.status()?;
         Ok(out)
+    }
+
+    /// The newest inbox seq of `user`: the id in their last inbox key.
+    pub(crate) fn inbox_last(&self, user: u64) -> Result<u64> {
+        let lower = codec::im_key(codec::tag::INBOX, &[user], &[]);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.clone());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_IM)?, ro);
+        it.seek_for_prev(codec::im_key(codec::tag::INBOX, &[user, u64::MAX], &[]));
+        match it.key() {
+            Some(key) if key.starts_with(&lower) => {
+                codec::im_key_id(key, 1).map_err(|reason| Error::CorruptMetadata {
+                    what: "inbox key",
+                    reason,
+                })
+            }
+            _ => {
+                it.status()?;
+                Ok(0)
+            }
+        }
     }
 
     /// Base of the stored segment holding `seq` of `conversation`.

@@ -42,9 +42,20 @@ fn options() -> Options {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Ack {
-    Sent { conversation: u64, seq: u64, cid: String },
-    Read { user: u64, conversation: u64, read_seq: u64 },
-    Synced { user: u64, inbox_seq: u64 },
+    Sent {
+        conversation: u64,
+        seq: u64,
+        cid: String,
+    },
+    Read {
+        user: u64,
+        conversation: u64,
+        read_seq: u64,
+    },
+    Synced {
+        user: u64,
+        inbox_seq: u64,
+    },
 }
 
 fn parse(line: &str) -> Option<Ack> {
@@ -185,7 +196,11 @@ fn sigkill_loses_no_acknowledged_im_operation() -> TestResult {
     // Inboxes: every small-group message reached every member's inbox;
     // the big group is reported as advanced at least to its last ack.
     let small_last = engine.last_seq(SMALL)?;
-    let big_acked = sent.keys().filter(|(c, _)| *c == BIG).map(|(_, s)| *s).max();
+    let big_acked = sent
+        .keys()
+        .filter(|(c, _)| *c == BIG)
+        .map(|(_, s)| *s)
+        .max();
     for user in 1..=5u64 {
         let mut cursor = SyncCursor::default();
         let mut inbox = Vec::new();
@@ -210,7 +225,10 @@ fn sigkill_loses_no_acknowledged_im_operation() -> TestResult {
             assert_eq!(small_entries, 0);
         }
         assert!(inbox.iter().all(|&c| c == SMALL), "big group fanned out");
-        assert!(big_reported >= big_acked.unwrap_or(0), "user {user}: big group not reported");
+        assert!(
+            big_reported >= big_acked.unwrap_or(0),
+            "user {user}: big group not reported"
+        );
         if let Some(&at_least) = synced_at_least.get(&user) {
             let saved = engine.device_cursor(user, b"phone")?;
             assert!(saved.inbox_seq >= at_least, "saved device cursor went back");
@@ -279,7 +297,11 @@ fn load(engine: &Engine, out: &Mutex<std::io::Stdout>, round: u64, user: u64) ->
         })?;
         say(out, format!("SENT {conversation} {} {cid}", sent.seq))?;
         if i % 3 == 0 {
-            let reader = if conversation == BIG { 3 + user % 3 } else { 1 + user % 3 };
+            let reader = if conversation == BIG {
+                3 + user % 3
+            } else {
+                1 + user % 3
+            };
             let up_to = sent.seq.saturating_sub(i % 5);
             let read_seq = engine.mark_read(reader, conversation, up_to)?;
             say(out, format!("READ {reader} {conversation} {read_seq}"))?;

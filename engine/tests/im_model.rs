@@ -807,7 +807,10 @@ fn check_outcome(op: &Op, got: Result<Outcome, Error>, want: Expect) -> Result<(
     Ok(())
 }
 
-fn views(v: &[MessageView]) -> Vec<(u64, Vec<u8>, bool, bool, bool)> {
+/// seq, payload, recalled, edited, deleted for me.
+type View = (u64, Vec<u8>, bool, bool, bool);
+
+fn views(v: &[MessageView]) -> Vec<View> {
     v.iter()
         .map(|v| {
             (
@@ -968,7 +971,8 @@ fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), TestCaseError> 
             total
         );
         // The conversation list, newest activity first.
-        let mut want: Vec<(u64, u64, u64, u64, bool, ConversationKind)> = Vec::new();
+        type Row = (u64, u64, u64, u64, bool, ConversationKind, Option<View>);
+        let mut want: Vec<Row> = Vec::new();
         for &id in &ids {
             let conv = &model.convs[&id];
             let Some(m) = conv.members.get(&user) else {
@@ -982,6 +986,10 @@ fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), TestCaseError> 
                     .next_back()
                     .map_or(0, |s| conv.msgs[s as usize - 1].ts)
             };
+            let last_message = model.visible(user, id).last().map(|&s| {
+                let (p, r, e, d) = model.view(user, id, s);
+                (s, p, r, e, d)
+            });
             want.push((
                 activity,
                 id,
@@ -989,6 +997,7 @@ fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), TestCaseError> 
                 model.unread(user, id),
                 m.current(),
                 conv.kind,
+                last_message,
             ));
         }
         want.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
@@ -1004,6 +1013,9 @@ fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), TestCaseError> 
                     s.unread,
                     s.member,
                     s.kind,
+                    s.last_message
+                        .as_ref()
+                        .map(|v| views(std::slice::from_ref(v))[0].clone()),
                 )
             })
             .collect();

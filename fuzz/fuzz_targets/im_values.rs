@@ -24,7 +24,6 @@ fuzz_target!(|data: &[u8]| {
     round_trip!(codec::ConversationState, data);
     round_trip!(codec::MemberEntry, data);
     round_trip!(codec::UserConversation, data);
-    round_trip!(codec::UserState, data);
     round_trip!(codec::InboxEntry, data);
     round_trip!(codec::FriendEntry, data);
     round_trip!(codec::OverlayEntry, data);
