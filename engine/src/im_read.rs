@@ -267,29 +267,30 @@ impl Engine {
             UserConversation::decode(&value).map_err(corrupt_value("user conversation"))?;
             ids.push(key_id(&key, 1)?);
         }
-        let states = self.store().conversation_states(&ids)?;
+        // Both key lists are ascending, as the ids are.
+        let states = self.store().conversation_states(&ids, true)?;
         let member_keys: Vec<Vec<u8>> = ids
             .iter()
             .map(|&c| im_key(tag::MEMBER, &[c, user], &[]))
             .collect();
-        let members = self.store().multi_get_in(CF_IM, &member_keys)?;
-        ids.into_iter()
+        let members = self
+            .store()
+            .multi_get_in(CF_IM, &member_keys, true, |member| match member {
+                Some(bytes) => MemberEntry::decode(bytes).map_err(corrupt_value("member entry")),
+                None => Err(Error::CorruptMetadata {
+                    what: "member entry",
+                    reason: codec::CodecError::BadLength {
+                        what: "missing member entry of a listed conversation",
+                        len: 0,
+                    },
+                }),
+            })?;
+        Ok(ids
+            .into_iter()
             .zip(states)
             .zip(members)
-            .map(|((conversation, state), member)| {
-                let Some(bytes) = member else {
-                    return Err(Error::CorruptMetadata {
-                        what: "member entry",
-                        reason: codec::CodecError::BadLength {
-                            what: "missing member entry of a listed conversation",
-                            len: 0,
-                        },
-                    });
-                };
-                let entry = MemberEntry::decode(&bytes).map_err(corrupt_value("member entry"))?;
-                Ok((conversation, state, entry))
-            })
-            .collect()
+            .map(|((conversation, state), entry)| (conversation, state, entry))
+            .collect())
     }
 
     /// Overlays applied to single messages of any conversations (a sync
@@ -303,18 +304,18 @@ impl Engine {
             .iter()
             .map(|m| im_key(tag::HIDDEN, &[viewer, m.conversation, m.seq], &[]))
             .collect();
-        let overlays = self.store().multi_get_in(CF_IM, &overlay_keys)?;
-        let hidden = self.store().multi_get_in(CF_IM, &hidden_keys)?;
-        messages
+        let overlays = self.store().multi_get_in(CF_IM, &overlay_keys, false, |v| {
+            v.map(|v| OverlayEntry::decode(v).map_err(corrupt_value("overlay entry")))
+                .transpose()
+        })?;
+        let hidden = self
+            .store()
+            .multi_get_in(CF_IM, &hidden_keys, false, |v| Ok(v.is_some()))?;
+        Ok(messages
             .into_iter()
             .zip(overlays.into_iter().zip(hidden))
-            .map(|(message, (overlay, hidden))| {
-                let overlay = overlay
-                    .map(|v| OverlayEntry::decode(&v).map_err(corrupt_value("overlay entry")))
-                    .transpose()?;
-                Ok(view(message, overlay.as_ref(), hidden.is_some()))
-            })
-            .collect()
+            .map(|(message, (overlay, hidden))| view(message, overlay.as_ref(), hidden))
+            .collect())
     }
 
     /// New inbox entries after `cursor` (with message bodies as `user` sees

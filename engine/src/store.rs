@@ -210,38 +210,41 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf)?, key)?)
     }
 
-    /// Values of many keys of one column family, in the keys' order.
-    pub(crate) fn multi_get_in(
+    /// Values of many keys of one column family, in the keys' order,
+    /// each passed to `decode` straight from RocksDB's pinned buffer.
+    /// `sorted` says the keys are in ascending order (RocksDB skips a sort).
+    pub(crate) fn multi_get_in<T>(
         &self,
         cf: &'static str,
         keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+        sorted: bool,
+        mut decode: impl FnMut(Option<&[u8]>) -> Result<T>,
+    ) -> Result<Vec<T>> {
         self.db
-            .batched_multi_get_cf(self.cf(cf)?, keys.iter(), false)
+            .batched_multi_get_cf(self.cf(cf)?, keys.iter(), sorted)
             .into_iter()
-            .map(|r| Ok(r?.map(|v| v.to_vec())))
+            .map(|r| decode(r?.as_deref()))
             .collect()
     }
 
-    /// States of many conversations, in the given order.
+    /// States of many conversations, in the given order (ascending if
+    /// `sorted`).
     pub(crate) fn conversation_states(
         &self,
         conversations: &[u64],
+        sorted: bool,
     ) -> Result<Vec<ConversationState>> {
         let keys: Vec<Vec<u8>> = conversations
             .iter()
             .map(|c| codec::conversation_key(*c).to_vec())
             .collect();
-        self.multi_get_in(CF_CONVERSATIONS, &keys)?
-            .into_iter()
-            .map(|v| match v {
-                Some(v) => ConversationState::decode(&v).map_err(|reason| Error::CorruptMetadata {
-                    what: "conversation state",
-                    reason,
-                }),
-                None => Ok(ConversationState::default()),
-            })
-            .collect()
+        self.multi_get_in(CF_CONVERSATIONS, &keys, sorted, |v| match v {
+            Some(v) => ConversationState::decode(v).map_err(|reason| Error::CorruptMetadata {
+                what: "conversation state",
+                reason,
+            }),
+            None => Ok(ConversationState::default()),
+        })
     }
 
     /// Entries with `lo <= key < hi`, ascending, at most `limit`.
