@@ -273,18 +273,20 @@ impl Engine {
             .iter()
             .map(|&c| im_key(tag::MEMBER, &[c, user], &[]))
             .collect();
-        let members = self
-            .store()
-            .multi_get_in(CF_IM, &member_keys, true, |member| match member {
-                Some(bytes) => MemberEntry::decode(bytes).map_err(corrupt_value("member entry")),
-                None => Err(Error::CorruptMetadata {
-                    what: "member entry",
-                    reason: codec::CodecError::BadLength {
-                        what: "missing member entry of a listed conversation",
-                        len: 0,
-                    },
-                }),
-            })?;
+        let members =
+            self.store()
+                .multi_get_in(CF_IM, &member_keys, true, |member| match member {
+                    Some(bytes) => {
+                        MemberEntry::decode(bytes).map_err(corrupt_value("member entry"))
+                    }
+                    None => Err(Error::CorruptMetadata {
+                        what: "member entry",
+                        reason: codec::CodecError::BadLength {
+                            what: "missing member entry of a listed conversation",
+                            len: 0,
+                        },
+                    }),
+                })?;
         Ok(ids
             .into_iter()
             .zip(states)
@@ -304,10 +306,12 @@ impl Engine {
             .iter()
             .map(|m| im_key(tag::HIDDEN, &[viewer, m.conversation, m.seq], &[]))
             .collect();
-        let overlays = self.store().multi_get_in(CF_IM, &overlay_keys, false, |v| {
-            v.map(|v| OverlayEntry::decode(v).map_err(corrupt_value("overlay entry")))
-                .transpose()
-        })?;
+        let overlays = self
+            .store()
+            .multi_get_in(CF_IM, &overlay_keys, false, |v| {
+                v.map(|v| OverlayEntry::decode(v).map_err(corrupt_value("overlay entry")))
+                    .transpose()
+            })?;
         let hidden = self
             .store()
             .multi_get_in(CF_IM, &hidden_keys, false, |v| Ok(v.is_some()))?;

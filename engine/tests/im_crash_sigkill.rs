@@ -61,18 +61,18 @@ enum Ack {
 fn parse(line: &str) -> Option<Ack> {
     let parts: Vec<&str> = line.split(' ').collect();
     let n = |i: usize| parts.get(i).and_then(|p| p.parse::<u64>().ok());
-    match parts.first()? {
-        &"SENT" => Some(Ack::Sent {
+    match *parts.first()? {
+        "SENT" => Some(Ack::Sent {
             conversation: n(1)?,
             seq: n(2)?,
             cid: parts.get(3)?.to_string(),
         }),
-        &"READ" => Some(Ack::Read {
+        "READ" => Some(Ack::Read {
             user: n(1)?,
             conversation: n(2)?,
             read_seq: n(3)?,
         }),
-        &"SYNCED" => Some(Ack::Synced {
+        "SYNCED" => Some(Ack::Synced {
             user: n(1)?,
             inbox_seq: n(2)?,
         }),

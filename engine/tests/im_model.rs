@@ -1000,7 +1000,7 @@ fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), TestCaseError> 
                 last_message,
             ));
         }
-        want.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        want.sort_by_key(|w| std::cmp::Reverse((w.0, w.1)));
         let got: Vec<_> = engine
             .conversation_list(user, None, 100)
             .map_err(|e| fail("list", e))?

@@ -85,13 +85,18 @@ fn payloads(views: &[imstore_engine::MessageView]) -> Vec<String> {
         .collect()
 }
 
+/// (conversation, seq) pairs.
+type MessageIds = Vec<(u64, u64)>;
+/// A command and the error it must produce.
+type BadCase = (Command, fn(&Error) -> bool);
+
 /// Syncs until no inbox entry is left; returns (conversation, seq) of every
 /// entry and every advanced conversation report.
 fn drain_sync(
     engine: &Engine,
     user: u64,
     cursor: &mut SyncCursor,
-) -> Result<(Vec<(u64, u64)>, Vec<(u64, u64)>), Error> {
+) -> Result<(MessageIds, MessageIds), Error> {
     let mut entries = Vec::new();
     let mut advanced = Vec::new();
     loop {
@@ -590,7 +595,7 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
     send(&engine, 3, 1, "only", 1)?;
     engine.append(common::msg(900, 1, "plain", b"p", 1))?;
     let before = engine.commit_stats().batch_operations;
-    let mut cases: Vec<(Command, fn(&Error) -> bool)> = vec![
+    let mut cases: Vec<BadCase> = vec![
         (
             Command::Send(SendMessage {
                 conversation: 404,
