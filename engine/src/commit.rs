@@ -13,7 +13,7 @@
 use std::mem;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 use lru::LruCache;
@@ -23,10 +23,13 @@ use crate::apply::{ApplyLimits, CommittedState, GroupApplier, Space};
 use crate::codec::{ConversationState, DedupEntry};
 use crate::store::{Store, CF_IM, CF_RECEIPTS, CF_SEGMENTS};
 use crate::tail::TailCache;
-use crate::{read, Command, CommitStats, Error, Message, Outcome, Result};
+use crate::{read, Command, CommitNotice, CommitStats, Error, Message, Outcome, Result};
 
 /// Called once with the command's result, after its write is durable.
 pub(crate) type Completion = Box<dyn FnOnce(Result<Outcome>) + Send>;
+
+/// Told what each durable group changed, on the commit thread.
+pub(crate) type Listener = Arc<dyn Fn(&CommitNotice) + Send + Sync>;
 
 type Group = Vec<(Command, Completion)>;
 
@@ -64,6 +67,7 @@ pub(crate) struct Pipeline {
     committer: Mutex<Committer>,
     max_group: usize,
     pub(crate) counters: Counters,
+    pub(crate) listener: Arc<RwLock<Option<Listener>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,6 +88,7 @@ impl Pipeline {
         max_group: usize,
         cache_entries: usize,
     ) -> Result<(Arc<Pipeline>, JoinHandle<()>)> {
+        let listener: Arc<RwLock<Option<Listener>>> = Arc::new(RwLock::new(None));
         let entries = NonZeroUsize::new(cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         let cache = LruCache::new(entries);
         let inbox_heads = LruCache::new(entries);
@@ -100,9 +105,11 @@ impl Pipeline {
                 limits,
                 cache,
                 inbox_heads,
+                listener: Arc::clone(&listener),
             }),
             max_group: max_group.max(1),
             counters: Counters::default(),
+            listener,
         });
         let worker = Arc::clone(&pipeline);
         let handle = std::thread::Builder::new()
@@ -233,6 +240,7 @@ struct Committer {
     cache: LruCache<u64, ConversationState>,
     /// Committed inbox heads of users; only ever updated after a durable write.
     inbox_heads: LruCache<u64, u64>,
+    listener: Arc<RwLock<Option<Listener>>>,
 }
 
 struct CachedState<'a> {
@@ -320,6 +328,24 @@ impl Committer {
         let commands = group.len() as u64;
         match written {
             Ok((effects, operations)) => {
+                let listener = match self.listener.read() {
+                    Ok(l) => l.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
+                if let Some(listener) = listener {
+                    let notice = CommitNotice {
+                        inbox_heads: effects.inbox_heads.iter().map(|(u, h)| (*u, *h)).collect(),
+                        conversations: effects
+                            .conversations
+                            .iter()
+                            .filter(|(_, s)| s.big_changed_at > change_base)
+                            .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
+                            .collect(),
+                    };
+                    if !notice.is_empty() {
+                        listener(&notice);
+                    }
+                }
                 for (conversation, state) in effects.conversations {
                     self.cache.put(conversation, state);
                 }
@@ -333,7 +359,7 @@ impl Committer {
                     self.tail.invalidate(conversation);
                 }
                 if let Some(change) = effects.change {
-                    self.store.change_counter.store(change, Ordering::Relaxed);
+                    self.store.change_counter.store(change, Ordering::Release);
                 }
                 counters
                     .batch_operations

@@ -7,8 +7,8 @@ use crate::commit::Pipeline;
 use crate::store::{Store, CF_DEDUP, CF_SEGMENTS};
 use crate::tail::TailCache;
 use crate::{
-    read, Appended, Command, CommitStats, Direction, Error, Message, NewMessage, Options, Outcome,
-    Result, SegmentInfo, SendMessage,
+    read, Appended, Command, CommitNotice, CommitStats, Direction, Error, Message, NewMessage,
+    Options, Outcome, Result, SegmentInfo, SendMessage,
 };
 
 #[path = "im_read.rs"]
@@ -137,6 +137,32 @@ impl Engine {
         self.inner.pipeline.execute_all(commands)
     }
 
+    /// Sets the function told, on the commit thread, what each durable
+    /// group commit changed (inbox heads, big conversations advanced),
+    /// before any of its writers is answered. It must not block: it delays
+    /// every later write. The server's push hub is one.
+    pub fn set_commit_listener(&self, listener: impl Fn(&CommitNotice) + Send + Sync + 'static) {
+        let mut slot = match self.inner.pipeline.listener.write() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Some(Arc::new(listener));
+    }
+
+    /// The store's change counter: bumped by every command that advances a
+    /// big conversation (sync cursors and watch positions hold it).
+    pub fn change_counter(&self) -> u64 {
+        self.inner
+            .store
+            .change_counter
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `user`'s newest inbox seq (0 for an empty inbox).
+    pub fn inbox_head(&self, user: u64) -> Result<u64> {
+        self.inner.store.inbox_last(user)
+    }
+
     /// Queues a command and returns at once; `done` is called on the commit
     /// thread with the result once the command is durable or has failed.
     /// `done` must not block: it delays every later write.
@@ -201,6 +227,26 @@ impl Engine {
     /// and messages they carried. `messages / groups` is the mean group size.
     pub fn commit_stats(&self) -> CommitStats {
         self.inner.pipeline.counters.snapshot()
+    }
+
+    /// A few RocksDB figures for monitoring: live data size, memtable and
+    /// block-cache memory, running flushes and compactions, SST bytes.
+    /// Properties RocksDB cannot report are left out.
+    pub fn storage_stats(&self) -> Vec<(&'static str, u64)> {
+        const PROPERTIES: [&str; 7] = [
+            "rocksdb.estimate-live-data-size",
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+            "rocksdb.block-cache-usage",
+            "rocksdb.num-running-flushes",
+            "rocksdb.num-running-compactions",
+            "rocksdb.estimate-pending-compaction-bytes",
+        ];
+        let store = &self.inner.store;
+        PROPERTIES
+            .iter()
+            .filter_map(|&p| store.property_over_cfs(p).map(|v| (p, v)))
+            .collect()
     }
 
     /// RocksDB's estimate of the idempotency entries on disk.

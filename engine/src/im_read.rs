@@ -396,6 +396,26 @@ impl Engine {
         })
     }
 
+    /// Every conversation `user` is or was in, ascending ids.
+    pub fn conversations_of(&self, user: u64) -> Result<Vec<u64>> {
+        let prefix = im_key(tag::USER_CONVERSATION, &[user], &[]);
+        scan_prefix(self.store(), &prefix, usize::MAX)?
+            .iter()
+            .map(|(key, _)| key_id(key, 1))
+            .collect()
+    }
+
+    /// The last read-fan-out advance of a conversation: (conversation,
+    /// seq, change counter), if it ever had one.
+    pub fn big_advance(&self, conversation: u64) -> Result<Option<(u64, u64, u64)>> {
+        let state = self.store().conversation_state(conversation)?;
+        Ok((state.big_changed_at > 0).then_some((
+            conversation,
+            state.big_last_seq,
+            state.big_changed_at,
+        )))
+    }
+
     /// The sync cursor saved for a device (the default cursor if none).
     pub fn device_cursor(&self, user: u64, device: &[u8]) -> Result<SyncCursor> {
         match self

@@ -71,8 +71,8 @@ pub mod codec;
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
 pub use crate::types::{
-    Advanced, Appended, Command, CommitStats, ConversationKind, ConversationSummary, Direction,
-    Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView, NewMessage,
-    Options, Outcome, Receipts, SegmentInfo, SendMessage, SyncCursor, SyncPage,
+    Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
+    Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,
+    NewMessage, Options, Outcome, Receipts, SegmentInfo, SendMessage, SyncCursor, SyncPage,
 };
 pub use bytes::Bytes;

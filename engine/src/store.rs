@@ -339,6 +339,20 @@ impl Store {
         Ok(())
     }
 
+    /// An integer property over all column families: summed, except the
+    /// block cache, which they share.
+    pub(crate) fn property_over_cfs(&self, name: &str) -> Option<u64> {
+        let values = ALL_CFS.iter().filter_map(|cf| {
+            let cf = self.cf(cf).ok()?;
+            self.db.property_int_value_cf(cf, name).ok().flatten()
+        });
+        if name == "rocksdb.block-cache-usage" {
+            values.max()
+        } else {
+            values.reduce(|a, b| a.saturating_add(b))
+        }
+    }
+
     /// RocksDB's estimate of live keys in one column family.
     pub(crate) fn estimate_keys(&self, name: &'static str) -> Result<u64> {
         let cf = self.cf(name)?;

@@ -527,3 +527,21 @@ pub struct CommitStats {
     /// command costs in writes, independent of timing.
     pub batch_operations: u64,
 }
+
+/// What one durable group commit changed that push subscribers care about,
+/// handed to the listener set with
+/// [`Engine::set_commit_listener`](crate::Engine::set_commit_listener).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitNotice {
+    /// (user, new inbox head) for every user who got inbox entries.
+    pub inbox_heads: Vec<(u64, u64)>,
+    /// Big conversations that advanced: (conversation, seq, change counter).
+    pub conversations: Vec<(u64, u64, u64)>,
+}
+
+impl CommitNotice {
+    /// Nothing to tell.
+    pub fn is_empty(&self) -> bool {
+        self.inbox_heads.is_empty() && self.conversations.is_empty()
+    }
+}

@@ -1,0 +1,203 @@
+//! Push: the hub between the engine's commit listener and `Watch` streams.
+//!
+//! The engine tells the hub, on its commit thread, which inboxes and big
+//! conversations each durable group advanced. The hub forwards a small
+//! notification to every subscriber watching them, with `try_send` into a
+//! bounded buffer: a slow subscriber never slows writers. One whose buffer
+//! is full is dropped from the hub; its stream drains what it has, then
+//! yields `Resync` and ends, and the subscriber resumes from its cursor.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use imstore_engine::CommitNotice;
+use imstore_proto::v1::{notification, ConversationAdvanced, InboxAdvanced, Notification, Resync};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+
+/// One `Watch` stream's registration.
+pub struct Subscriber {
+    id: u64,
+    users: HashSet<u64>,
+    conversations: HashSet<u64>,
+    tx: mpsc::Sender<Notification>,
+    overflowed: AtomicBool,
+}
+
+impl Subscriber {
+    /// Queues a notification; on a full buffer marks the subscriber for
+    /// resync. Returns `false` when the subscriber is gone or overflowed.
+    pub fn offer(&self, notification: Notification) -> bool {
+        match self.tx.try_send(notification) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// All current subscribers.
+#[derive(Default)]
+pub struct Hub {
+    subscribers: Mutex<Vec<Arc<Subscriber>>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// Active subscribers.
+    pub fn len(&self) -> usize {
+        lock(&self.subscribers).len()
+    }
+
+    /// `true` with no subscriber.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Registers a subscriber with a buffer of `buffer` notifications.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        users: HashSet<u64>,
+        conversations: HashSet<u64>,
+        buffer: usize,
+    ) -> (Arc<Subscriber>, WatchStream) {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let subscriber = Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            users,
+            conversations,
+            tx,
+            overflowed: AtomicBool::new(false),
+        });
+        lock(&self.subscribers).push(Arc::clone(&subscriber));
+        let stream = WatchStream {
+            rx,
+            subscriber: Arc::clone(&subscriber),
+            hub: Arc::clone(self),
+            finished: false,
+        };
+        (subscriber, stream)
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.subscribers).retain(|s| s.id != id);
+    }
+
+    /// Ends every stream with a `Resync` (the server is shutting down):
+    /// graceful shutdown waits for streams, and a watch never ends alone.
+    pub fn close_all(&self, reason: &str) {
+        let subscribers = std::mem::take(&mut *lock(&self.subscribers));
+        for sub in subscribers {
+            sub.overflowed.store(true, Ordering::Release);
+            let _ = sub.tx.try_send(Notification {
+                event: Some(notification::Event::Resync(Resync {
+                    reason: reason.to_owned(),
+                })),
+            });
+        }
+    }
+
+    /// Forwards one commit's changes. Runs on the engine's commit thread:
+    /// never blocks.
+    pub fn publish(&self, notice: &CommitNotice) {
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|sub| {
+            for &(user, head) in &notice.inbox_heads {
+                if sub.users.contains(&user) && !sub.offer(inbox_advanced(user, head)) {
+                    return false;
+                }
+            }
+            for &(conversation, seq, change) in &notice.conversations {
+                if sub.conversations.contains(&conversation)
+                    && !sub.offer(conversation_advanced(conversation, seq, change))
+                {
+                    return false;
+                }
+            }
+            true
+        });
+    }
+}
+
+/// "User U's inbox advanced to N."
+pub fn inbox_advanced(user: u64, inbox_seq: u64) -> Notification {
+    Notification {
+        event: Some(notification::Event::Inbox(InboxAdvanced {
+            user,
+            inbox_seq,
+        })),
+    }
+}
+
+/// "Big conversation C advanced to seq S."
+pub fn conversation_advanced(conversation: u64, seq: u64, change: u64) -> Notification {
+    Notification {
+        event: Some(notification::Event::Conversation(ConversationAdvanced {
+            conversation,
+            seq,
+            change,
+        })),
+    }
+}
+
+/// The stream a `Watch` call returns.
+pub struct WatchStream {
+    rx: mpsc::Receiver<Notification>,
+    subscriber: Arc<Subscriber>,
+    hub: Arc<Hub>,
+    finished: bool,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<Notification, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        if self.subscriber.overflowed.load(Ordering::Acquire) {
+            // Drop out of the hub so the sender side closes; what is
+            // buffered is still delivered, then the resync.
+            self.hub.remove(self.subscriber.id);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(n)) => {
+                // A resync (overflow, or the server shutting down) ends the stream.
+                if matches!(n.event, Some(notification::Event::Resync(_))) {
+                    self.finished = true;
+                }
+                Poll::Ready(Some(Ok(n)))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            // Everything buffered was delivered; what overflowed was not.
+            Poll::Pending if self.subscriber.overflowed.load(Ordering::Acquire) => {
+                self.finished = true;
+                Poll::Ready(Some(Ok(Notification {
+                    event: Some(notification::Event::Resync(Resync {
+                        reason: "the subscriber fell behind; sync and watch again".into(),
+                    })),
+                })))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.hub.remove(self.subscriber.id);
+    }
+}

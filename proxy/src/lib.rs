@@ -1,0 +1,36 @@
+//! imstore-proxy: the client-facing gRPC service of imstore.
+//!
+//! **Owns:** the `imstore.v1.Imstore` service implementation (validation,
+//! conversion between protobuf and engine types, the one mapping of engine
+//! errors to gRPC statuses with machine-readable `ErrorInfo`), push
+//! (`Watch`: a hub fed by the engine's commit listener, bounded buffers,
+//! resync on overflow), per-RPC metrics and their Prometheus rendering, and
+//! the single-node server (`Server`: health, reflection, limits, retention
+//! sweep, graceful shutdown) that `imstore serve` runs.
+//!
+//! **Is not:** the store (that is `imstore-engine`) or replication (that is
+//! `imstore-raft`, later). The service talks to a [`Backend`]: today one
+//! in-process engine ([`EngineBackend`]); later the shard router.
+//!
+//! **Limits:** one backend engine per server; Watch follows the watched
+//! users' conversations as of the subscription (a user who joins a big
+//! group later is followed after the next Watch); the metrics endpoint is
+//! a minimal HTTP/1.1 responder for `GET /metrics`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod backend;
+mod error;
+mod hub;
+mod metrics;
+mod server;
+mod service;
+
+pub use backend::{Backend, Done, EngineBackend};
+pub use error::{to_status, ERROR_DOMAIN};
+pub use hub::{Hub, WatchStream};
+pub use metrics::Metrics;
+pub use server::{ServeError, Server, ServerConfig};
+pub use service::{ImstoreService, ServiceLimits};

@@ -1,0 +1,307 @@
+//! `imstore serve`: the service on a TCP port with health, reflection,
+//! limits, a Prometheus endpoint, a retention sweep, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imstore_engine::{Engine, Options};
+use imstore_proto::v1::imstore_server::ImstoreServer;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{EngineBackend, Hub, ImstoreService, Metrics, ServiceLimits};
+
+/// Everything `imstore serve` can be told, from a TOML file and flags.
+/// Defaults work with no configuration at all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC address. Default `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; none to turn it off. Default `127.0.0.1:7071`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Data directory, created if missing. Default `./imstore-data`.
+    pub data_dir: PathBuf,
+    /// Largest message body, bytes. Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// Most messages in one Append. Default 1,000.
+    pub max_batch_messages: usize,
+    /// Most messages (or entries) one read returns. Default 10,000.
+    pub max_page_messages: usize,
+    /// Concurrent HTTP/2 streams per client connection. Default 1,024.
+    pub max_concurrent_streams: u32,
+    /// Concurrent Watch streams. Default 1,024.
+    pub max_watchers: usize,
+    /// Notifications buffered per Watch before it is told to resync. Default 1,024.
+    pub watch_buffer: usize,
+    /// Fan-out threshold T (see docs/im.md). Default 500.
+    pub fanout_max_members: u32,
+    /// Groups up to this size keep per-message read lists. Default 500.
+    pub receipt_list_max_members: u32,
+    /// Seconds between retention sweeps (conversations with a TTL). Default 60.
+    pub retention_sweep_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let engine = Options::default();
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
+            data_dir: PathBuf::from("./imstore-data"),
+            max_message_bytes: engine.max_payload_bytes,
+            max_batch_messages: engine.max_batch_messages,
+            max_page_messages: engine.max_page_messages,
+            max_concurrent_streams: 1_024,
+            max_watchers: 1_024,
+            watch_buffer: 1_024,
+            fanout_max_members: engine.fanout_max_members,
+            receipt_list_max_members: engine.receipt_list_max_members,
+            retention_sweep_secs: 60,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; keys left out keep their defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ServeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn engine_options(&self) -> Options {
+        Options {
+            max_payload_bytes: self.max_message_bytes,
+            max_batch_messages: self.max_batch_messages,
+            max_page_messages: self.max_page_messages,
+            fanout_max_members: self.fanout_max_members,
+            receipt_list_max_members: self.receipt_list_max_members,
+            ..Options::default()
+        }
+    }
+
+    /// The largest request a client may send: a full batch of full messages
+    /// with room for ids and framing.
+    fn max_request_bytes(&self) -> usize {
+        self.max_batch_messages
+            .saturating_mul(self.max_message_bytes.saturating_add(256))
+            .max(1 << 20)
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration file or a flag is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The data directory could not be opened.
+    #[error("opening the data directory: {0}")]
+    Engine(#[from] imstore_engine::Error),
+    /// A socket could not be bound or served.
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Server reflection could not be built.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A server with its sockets bound and its store open, not yet serving.
+pub struct Server {
+    config: ServerConfig,
+    engine: Engine,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl Server {
+    /// Opens the data directory and binds the sockets (port 0 picks a free one).
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServeError> {
+        let options = config.engine_options();
+        let dir = config.data_dir.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::open(dir, options))
+            .await
+            .map_err(|e| ServeError::Config(e.to_string()))??;
+        let listener = TcpListener::bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let hub = Arc::new(Hub::default());
+        let publish = Arc::clone(&hub);
+        engine.set_commit_listener(move |notice| publish.publish(notice));
+        Ok(Server {
+            config,
+            engine,
+            listener,
+            metrics_listener,
+            hub,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// The gRPC address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The metrics address actually bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The store being served (for tests and embedding).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests,
+    /// ends every Watch, lets in-flight calls finish, and closes the store
+    /// after its last queued write is durable.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Server {
+            config,
+            engine,
+            listener,
+            metrics_listener,
+            hub,
+            metrics,
+        } = self;
+        let backend = Arc::new(EngineBackend::new(engine.clone()));
+        let service = ImstoreService::new(
+            backend,
+            Arc::clone(&hub),
+            Arc::clone(&metrics),
+            ServiceLimits {
+                max_watchers: config.max_watchers,
+                max_watch_users: 10_000,
+                watch_buffer: config.watch_buffer,
+            },
+            config.data_dir.display().to_string(),
+        );
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<ImstoreServer<ImstoreService<EngineBackend>>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(imstore_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+        let mut background = Vec::new();
+        if let Some(listener) = metrics_listener {
+            let (engine, hub, metrics) = (engine.clone(), Arc::clone(&hub), Arc::clone(&metrics));
+            background.push(tokio::spawn(serve_metrics(listener, engine, hub, metrics)));
+        }
+        if config.retention_sweep_secs > 0 {
+            let engine = engine.clone();
+            let every = Duration::from_secs(config.retention_sweep_secs);
+            background.push(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    ticks.tick().await;
+                    let engine = engine.clone();
+                    let swept = tokio::task::spawn_blocking(move || {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        engine.enforce_retention(now)
+                    })
+                    .await;
+                    match swept {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(n)) => {
+                            tracing::info!(conversations = n, "retention sweep cleared history")
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
+                        Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
+                    }
+                }
+            }));
+        }
+
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "imstore serving");
+        let closing = Arc::clone(&hub);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            closing.close_all("the server is shutting down");
+        };
+        let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                ImstoreServer::new(service).max_decoding_message_size(config.max_request_bytes()),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await;
+        for task in background {
+            task.abort();
+        }
+        // Closing the store joins its commit thread: off the async runtime.
+        let closed = tokio::task::spawn_blocking(move || drop(engine)).await;
+        if closed.is_err() {
+            tracing::error!("closing the store panicked");
+        }
+        tracing::info!("stopped; every acknowledged write is durable");
+        Ok(result?)
+    }
+}
+
+/// A minimal HTTP/1.1 responder: `GET /metrics` gets the Prometheus text,
+/// anything else a 404.
+async fn serve_metrics(
+    listener: TcpListener,
+    engine: Engine,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let (engine, hub, metrics) = (engine.clone(), Arc::clone(&hub), Arc::clone(&metrics));
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let response = if request.starts_with("GET /metrics") {
+                let body = tokio::task::spawn_blocking(move || metrics.render(&engine, hub.len()))
+                    .await
+                    .unwrap_or_default();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
