@@ -1,0 +1,699 @@
+//! The client subcommands: one RPC each (plus `watch`, a stream), printed
+//! for people, or as JSON with `--json`.
+
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use imstore_proto::v1 as pb;
+use imstore_proto::v1::imstore_client::ImstoreClient;
+use serde_json::{json, Value};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum ClientCmd {
+    /// Send a message to a direct or group conversation.
+    Send {
+        #[arg(long)]
+        conversation: u64,
+        /// The sending user.
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        text: String,
+        /// Client message id (a retry with the same id is not duplicated)
+        /// [default: a fresh one].
+        #[arg(long)]
+        id: Option<String>,
+        /// Keep a read list even in a big group.
+        #[arg(long)]
+        receipt: bool,
+    },
+    /// Read a conversation as one of its members sees it.
+    Read {
+        #[arg(long = "as")]
+        viewer: u64,
+        #[arg(long)]
+        conversation: u64,
+        /// First seq (forward) or last seq (backward) [default: the newest].
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Read forward from `--from` (the default reads the newest page).
+        #[arg(long)]
+        forward: bool,
+    },
+    /// Sync a user's device: new inbox entries and big groups that advanced.
+    Sync {
+        #[arg(long)]
+        user: u64,
+        /// Device id; its cursor is kept on the server.
+        #[arg(long, default_value = "cli")]
+        device: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Friends: request, accept, decline, remove, list.
+    Friends {
+        #[command(subcommand)]
+        action: FriendAction,
+    },
+    /// Groups: create, add, remove, members.
+    Groups {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+    /// Find or create the direct conversation of two users.
+    Direct {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        peer: u64,
+    },
+    /// Move a user's read position forward.
+    MarkRead {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        conversation: u64,
+        #[arg(long)]
+        up_to: u64,
+    },
+    /// Who has and has not read a message.
+    Receipts {
+        #[arg(long)]
+        conversation: u64,
+        #[arg(long)]
+        seq: u64,
+    },
+    /// A user's unread count in one conversation, or in total.
+    Unread {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        conversation: Option<u64>,
+    },
+    /// A user's conversation list, most recent first.
+    Conversations {
+        #[arg(long)]
+        user: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Recall a message (its sender, within the window, or --admin).
+    Recall {
+        #[arg(long)]
+        conversation: u64,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        by: u64,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Print push notifications for users as they arrive.
+    Watch {
+        /// Users to watch.
+        #[arg(long = "user", required = true)]
+        users: Vec<u64>,
+        /// Stop after this many seconds [default: run until interrupted].
+        #[arg(long)]
+        for_secs: Option<u64>,
+    },
+    /// Server and store figures.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub enum FriendAction {
+    /// `user` asks `other`.
+    Request {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        other: u64,
+    },
+    /// `user` accepts `other`'s request.
+    Accept {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        other: u64,
+    },
+    /// `user` declines `other`'s request.
+    Decline {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        other: u64,
+    },
+    /// `user` ends the friendship with `other`.
+    Remove {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        other: u64,
+    },
+    /// A user's friends or pending requests.
+    List {
+        #[arg(long)]
+        user: u64,
+        #[arg(long, value_enum, default_value_t = ListKind::Friends)]
+        kind: ListKind,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ListKind {
+    Friends,
+    Incoming,
+    Outgoing,
+}
+
+#[derive(Subcommand)]
+pub enum GroupAction {
+    /// Create a group.
+    Create {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        owner: u64,
+        /// Comma-separated user ids.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<u64>,
+    },
+    /// Add users (by a member).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        by: u64,
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<u64>,
+    },
+    /// Remove users (by the owner, or a member themself).
+    Remove {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        by: u64,
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<u64>,
+    },
+    /// List members.
+    Members {
+        #[arg(long)]
+        id: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+type Client = ImstoreClient<Channel>;
+type Failure = Box<dyn std::error::Error>;
+
+pub fn run(cmd: ClientCmd, server: &str, json_output: bool) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let mut client = ImstoreClient::connect(server.to_owned())
+            .await
+            .map_err(|e| format!("cannot reach {server}: {e}"))?;
+        let (value, text) = call(&mut client, cmd, json_output).await.map_err(|e| {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => format!("{:?}: {}", s.code(), s.message()).into(),
+                None => e,
+            }
+        })?;
+        if json_output {
+            println!("{value}");
+        } else if !text.is_empty() {
+            println!("{text}");
+        }
+        Ok(())
+    })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn message_json(m: &pb::Message) -> Value {
+    json!({
+        "conversation": m.conversation, "seq": m.seq, "sender": m.sender,
+        "timestamp_ms": m.timestamp_ms, "client_msg_id": text(&m.client_msg_id),
+        "text": text(&m.payload), "recalled": m.recalled, "edited": m.edited,
+        "deleted_for_me": m.deleted_for_me,
+    })
+}
+
+fn message_line(m: &pb::Message) -> String {
+    let body = if m.recalled {
+        "(recalled)".to_owned()
+    } else if m.deleted_for_me {
+        "(deleted)".to_owned()
+    } else {
+        text(&m.payload)
+    };
+    let edited = if m.edited { " (edited)" } else { "" };
+    format!("#{:<5} user {:<6} {body}{edited}", m.seq, m.sender)
+}
+
+fn fresh_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("cli-{nanos}")
+}
+
+async fn call(
+    client: &mut Client,
+    cmd: ClientCmd,
+    json_output: bool,
+) -> Result<(Value, String), Failure> {
+    Ok(match cmd {
+        ClientCmd::Send {
+            conversation,
+            from,
+            text: body,
+            id,
+            receipt,
+        } => {
+            let r = client
+                .send(pb::SendRequest {
+                    conversation,
+                    sender: from,
+                    client_msg_id: id.unwrap_or_else(fresh_id).into_bytes(),
+                    payload: body.into_bytes(),
+                    receipt,
+                })
+                .await?
+                .into_inner();
+            let dup = if r.duplicate {
+                " (a retry: nothing new written)"
+            } else {
+                ""
+            };
+            (
+                json!({"seq": r.seq, "duplicate": r.duplicate}),
+                format!("sent as #{} in conversation {conversation}{dup}", r.seq),
+            )
+        }
+        ClientCmd::Read {
+            viewer,
+            conversation,
+            from,
+            limit,
+            forward,
+        } => {
+            let direction = if forward {
+                pb::Direction::Forward
+            } else {
+                pb::Direction::Backward
+            };
+            let from = from.unwrap_or(if forward { 1 } else { u64::MAX });
+            let r = client
+                .read_as(pb::ReadAsRequest {
+                    viewer,
+                    conversation,
+                    from,
+                    limit,
+                    direction: direction as i32,
+                })
+                .await?
+                .into_inner();
+            let lines: Vec<String> = r.messages.iter().map(message_line).collect();
+            (
+                json!({"messages": r.messages.iter().map(message_json).collect::<Vec<_>>()}),
+                if lines.is_empty() {
+                    "(no messages)".into()
+                } else {
+                    lines.join("\n")
+                },
+            )
+        }
+        ClientCmd::Sync {
+            user,
+            device,
+            limit,
+        } => {
+            let r = client
+                .sync(pb::SyncRequest {
+                    user,
+                    from: Some(pb::sync_request::From::Device(device.into_bytes())),
+                    limit,
+                })
+                .await?
+                .into_inner();
+            let mut lines = Vec::new();
+            for e in &r.entries {
+                if let Some(m) = &e.message {
+                    lines.push(format!(
+                        "inbox {:<4} conversation {}: {}",
+                        e.inbox_seq,
+                        m.conversation,
+                        message_line(m)
+                    ));
+                }
+            }
+            for a in &r.advanced {
+                lines.push(format!(
+                    "big conversation {} advanced to #{} (pull it with `imstore read`)",
+                    a.conversation, a.last_seq
+                ));
+            }
+            if lines.is_empty() {
+                lines.push("nothing new".into());
+            }
+            if r.more {
+                lines.push("more waiting: sync again".into());
+            }
+            let cursor = r.cursor.unwrap_or_default();
+            (
+                json!({
+                    "entries": r.entries.iter().map(|e| json!({"inbox_seq": e.inbox_seq, "message": e.message.as_ref().map(message_json)})).collect::<Vec<_>>(),
+                    "advanced": r.advanced.iter().map(|a| json!({"conversation": a.conversation, "last_seq": a.last_seq})).collect::<Vec<_>>(),
+                    "cursor": {"inbox_seq": cursor.inbox_seq, "change": cursor.change},
+                    "more": r.more,
+                }),
+                lines.join("\n"),
+            )
+        }
+        ClientCmd::Friends { action } => friends(client, action).await?,
+        ClientCmd::Groups { action } => groups(client, action).await?,
+        ClientCmd::Direct { user, peer } => {
+            let r = client
+                .open_direct(pb::OpenDirectRequest { user, peer })
+                .await?
+                .into_inner();
+            (
+                json!({"conversation": r.conversation, "created": r.created}),
+                format!(
+                    "direct conversation {} of users {user} and {peer}",
+                    r.conversation
+                ),
+            )
+        }
+        ClientCmd::MarkRead {
+            user,
+            conversation,
+            up_to,
+        } => {
+            let r = client
+                .mark_read(pb::MarkReadRequest {
+                    user,
+                    conversation,
+                    up_to,
+                })
+                .await?
+                .into_inner();
+            (
+                json!({"read_seq": r.read_seq}),
+                format!(
+                    "user {user} has read conversation {conversation} up to #{}",
+                    r.read_seq
+                ),
+            )
+        }
+        ClientCmd::Receipts { conversation, seq } => {
+            let r = client
+                .get_receipts(pb::GetReceiptsRequest { conversation, seq })
+                .await?
+                .into_inner();
+            (
+                json!({"read": r.read, "unread": r.unread, "read_count": r.read_count, "unread_count": r.unread_count, "stored": r.stored}),
+                format!(
+                    "#{seq} read by {} {:?}, not yet by {} {:?}",
+                    r.read_count, r.read, r.unread_count, r.unread
+                ),
+            )
+        }
+        ClientCmd::Unread { user, conversation } => {
+            let r = client
+                .get_unread(pb::GetUnreadRequest {
+                    user,
+                    conversation: conversation.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let scope =
+                conversation.map_or("in total".to_owned(), |c| format!("in conversation {c}"));
+            (
+                json!({"unread": r.unread}),
+                format!("user {user}: {} unread {scope}", r.unread),
+            )
+        }
+        ClientCmd::Conversations { user, limit } => {
+            let r = client
+                .list_conversations(pb::ListConversationsRequest {
+                    user,
+                    after: None,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            let lines: Vec<String> = r
+                .conversations
+                .iter()
+                .map(|c| {
+                    let kind = if c.kind == pb::ConversationKind::Direct as i32 {
+                        "direct"
+                    } else {
+                        "group"
+                    };
+                    let last = c
+                        .last_message
+                        .as_ref()
+                        .map(message_line)
+                        .unwrap_or_default();
+                    format!(
+                        "{kind:<6} {:<20} unread {:<4} read up to #{:<5} last: {last}",
+                        c.conversation, c.unread, c.read_seq
+                    )
+                })
+                .collect();
+            (
+                json!({"conversations": r.conversations.iter().map(|c| json!({
+                    "conversation": c.conversation, "kind": c.kind, "last_seq": c.last_seq,
+                    "last_activity_ms": c.last_activity_ms, "read_seq": c.read_seq,
+                    "unread": c.unread, "member": c.member,
+                    "last_message": c.last_message.as_ref().map(message_json),
+                })).collect::<Vec<_>>()}),
+                if lines.is_empty() {
+                    "(no conversations)".into()
+                } else {
+                    lines.join("\n")
+                },
+            )
+        }
+        ClientCmd::Recall {
+            conversation,
+            seq,
+            by,
+            admin,
+        } => {
+            client
+                .recall(pb::RecallRequest {
+                    conversation,
+                    seq,
+                    by,
+                    admin,
+                })
+                .await?;
+            (json!({}), format!("#{seq} recalled"))
+        }
+        ClientCmd::Watch { users, for_secs } => {
+            let request = pb::WatchRequest {
+                users: users
+                    .iter()
+                    .map(|&user| pb::UserPosition { user, inbox_seq: 0 })
+                    .collect(),
+                conversations: Vec::new(),
+                change: 0,
+            };
+            let mut stream = client.watch(request).await?.into_inner();
+            let deadline = for_secs.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+            loop {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                    None => stream.next().await,
+                };
+                let Some(n) = next else { break };
+                let (value, line) = match n?.event {
+                    Some(pb::notification::Event::Inbox(i)) => (
+                        json!({"inbox": {"user": i.user, "inbox_seq": i.inbox_seq}}),
+                        format!("user {}'s inbox advanced to {}", i.user, i.inbox_seq),
+                    ),
+                    Some(pb::notification::Event::Conversation(c)) => (
+                        json!({"conversation": {"conversation": c.conversation, "seq": c.seq, "change": c.change}}),
+                        format!("big conversation {} advanced to #{}", c.conversation, c.seq),
+                    ),
+                    Some(pb::notification::Event::Resync(r)) => {
+                        (json!({"resync": r.reason}), format!("resync: {}", r.reason))
+                    }
+                    None => continue,
+                };
+                if json_output {
+                    println!("{value}");
+                } else {
+                    println!("{line}");
+                }
+            }
+            (json!({"done": true}), String::new())
+        }
+        ClientCmd::Status => {
+            let r = client.status(pb::StatusRequest {}).await?.into_inner();
+            (
+                json!({"version": r.version, "data_dir": r.data_dir, "commit_groups": r.commit_groups,
+                       "commit_commands": r.commit_commands, "messages": r.messages,
+                       "batch_operations": r.batch_operations, "watchers": r.watchers}),
+                format!(
+                    "imstore {} on {}: {} messages, {} group commits carried {} commands, {} watchers",
+                    r.version, r.data_dir, r.messages, r.commit_groups, r.commit_commands, r.watchers
+                ),
+            )
+        }
+    })
+}
+
+async fn friends(client: &mut Client, action: FriendAction) -> Result<(Value, String), Failure> {
+    let outcome = |r: pb::FriendResponse| {
+        let what = match pb::FriendOutcome::try_from(r.outcome) {
+            Ok(pb::FriendOutcome::Requested) => "request sent".to_owned(),
+            Ok(pb::FriendOutcome::AlreadyRequested) => "request already pending".to_owned(),
+            Ok(pb::FriendOutcome::BecameFriends) => {
+                format!("now friends; direct conversation {}", r.conversation)
+            }
+            Ok(pb::FriendOutcome::AlreadyFriends) => {
+                format!("already friends; direct conversation {}", r.conversation)
+            }
+            Ok(pb::FriendOutcome::Declined) => "request declined".to_owned(),
+            Ok(pb::FriendOutcome::Removed) => "friendship ended".to_owned(),
+            _ => format!("outcome {}", r.outcome),
+        };
+        (
+            json!({"outcome": r.outcome, "conversation": r.conversation}),
+            what,
+        )
+    };
+    Ok(match action {
+        FriendAction::Request { user, other } => outcome(
+            client
+                .request_friend(pb::FriendPairRequest { user, other })
+                .await?
+                .into_inner(),
+        ),
+        FriendAction::Accept { user, other } => outcome(
+            client
+                .accept_friend(pb::FriendPairRequest { user, other })
+                .await?
+                .into_inner(),
+        ),
+        FriendAction::Decline { user, other } => outcome(
+            client
+                .decline_friend(pb::FriendPairRequest { user, other })
+                .await?
+                .into_inner(),
+        ),
+        FriendAction::Remove { user, other } => outcome(
+            client
+                .remove_friend(pb::FriendPairRequest { user, other })
+                .await?
+                .into_inner(),
+        ),
+        FriendAction::List { user, kind } => {
+            let status = match kind {
+                ListKind::Friends => pb::FriendStatus::Friends,
+                ListKind::Incoming => pb::FriendStatus::Incoming,
+                ListKind::Outgoing => pb::FriendStatus::Outgoing,
+            };
+            let r = client
+                .list_friends(pb::ListFriendsRequest {
+                    user,
+                    status: status as i32,
+                    after_user: 0,
+                    limit: 1_000,
+                })
+                .await?
+                .into_inner();
+            let lines: Vec<String> = r
+                .friends
+                .iter()
+                .map(|f| format!("user {} (direct conversation {})", f.user, f.conversation))
+                .collect();
+            (
+                json!({"friends": r.friends.iter().map(|f| json!({"user": f.user, "status": f.status, "since_ms": f.since_ms, "conversation": f.conversation})).collect::<Vec<_>>()}),
+                if lines.is_empty() {
+                    "(none)".into()
+                } else {
+                    lines.join("\n")
+                },
+            )
+        }
+    })
+}
+
+async fn groups(client: &mut Client, action: GroupAction) -> Result<(Value, String), Failure> {
+    Ok(match action {
+        GroupAction::Create { id, owner, members } => {
+            let r = client
+                .create_group(pb::CreateGroupRequest {
+                    conversation: id,
+                    owner,
+                    members,
+                })
+                .await?
+                .into_inner();
+            (
+                json!({"conversation": r.conversation, "created": r.created}),
+                format!("group {} created", r.conversation),
+            )
+        }
+        GroupAction::Add { id, by, users } => {
+            let r = client
+                .add_members(pb::MembersRequest {
+                    conversation: id,
+                    by,
+                    users,
+                })
+                .await?
+                .into_inner();
+            (
+                json!({"changed": r.changed}),
+                format!("added {:?}", r.changed),
+            )
+        }
+        GroupAction::Remove { id, by, users } => {
+            let r = client
+                .remove_members(pb::MembersRequest {
+                    conversation: id,
+                    by,
+                    users,
+                })
+                .await?
+                .into_inner();
+            (
+                json!({"changed": r.changed}),
+                format!("removed {:?}", r.changed),
+            )
+        }
+        GroupAction::Members { id, limit } => {
+            let r = client
+                .list_members(pb::ListMembersRequest {
+                    conversation: id,
+                    after_user: 0,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            let users: Vec<u64> = r.members.iter().map(|m| m.user).collect();
+            (
+                json!({"members": r.members.iter().map(|m| json!({"user": m.user, "read_seq": m.read_seq, "joined_after": m.joined_after})).collect::<Vec<_>>(), "member_count": r.member_count}),
+                format!("{} members: {users:?}", r.member_count),
+            )
+        }
+    })
+}
