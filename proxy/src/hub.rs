@@ -201,3 +201,57 @@ impl Drop for WatchStream {
         self.hub.remove(self.subscriber.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    fn notice(user: u64, head: u64) -> CommitNotice {
+        CommitNotice {
+            inbox_heads: vec![(user, head)],
+            conversations: vec![],
+        }
+    }
+
+    async fn next(stream: &mut WatchStream) -> Option<Notification> {
+        poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx))
+            .await
+            .map(|r| r.expect("ok"))
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_gets_what_fit_then_a_resync_and_writers_never_wait() {
+        let hub = Arc::new(Hub::default());
+        let (_sub, mut stream) = hub.subscribe([7].into(), HashSet::new(), 2);
+        // Five commits with nobody reading: publish never blocks.
+        for head in 1..=5 {
+            hub.publish(&notice(7, head));
+        }
+        assert_eq!(hub.len(), 0, "the overflowed subscriber left the hub");
+        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 1)));
+        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 2)));
+        let resync = next(&mut stream).await.expect("a resync");
+        assert!(matches!(resync.event, Some(notification::Event::Resync(_))));
+        assert_eq!(next(&mut stream).await, None);
+    }
+
+    #[tokio::test]
+    async fn only_watched_users_and_conversations_are_notified() {
+        let hub = Arc::new(Hub::default());
+        let (_sub, mut stream) = hub.subscribe([1].into(), [9].into(), 8);
+        hub.publish(&CommitNotice {
+            inbox_heads: vec![(2, 5), (1, 3)],
+            conversations: vec![(8, 1, 1), (9, 4, 2)],
+        });
+        assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 3)));
+        assert_eq!(
+            next(&mut stream).await,
+            Some(conversation_advanced(9, 4, 2))
+        );
+        hub.close_all("bye");
+        let end = next(&mut stream).await.expect("a resync");
+        assert!(matches!(end.event, Some(notification::Event::Resync(_))));
+        assert_eq!(next(&mut stream).await, None);
+    }
+}
