@@ -103,6 +103,8 @@ pub(crate) struct Pending {
     cleared: BTreeSet<u64>,
     /// The store's change counter after this group, if it moved.
     change: Option<u64>,
+    /// (user, conversation) memberships opened, for push subscribers.
+    joined: Vec<(u64, u64)>,
 }
 
 /// Pending writes to one key: an optional put (`Some(Some)`) or delete
@@ -154,6 +156,7 @@ impl Pending {
         if scratch.change.is_some() {
             self.change = scratch.change;
         }
+        self.joined.extend(scratch.joined);
     }
 }
 
@@ -433,6 +436,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
                 .collect(),
             cleared: group.cleared,
             change: group.change,
+            joined: group.joined,
         })
     }
 }
@@ -447,4 +451,6 @@ pub(crate) struct GroupEffects {
     pub change: Option<u64>,
     /// The new inbox head of every user who got inbox entries.
     pub inbox_heads: BTreeMap<u64, u64>,
+    /// (user, conversation) memberships opened.
+    pub joined: Vec<(u64, u64)>,
 }

@@ -341,6 +341,7 @@ impl Committer {
                             .filter(|(_, s)| s.big_changed_at > change_base)
                             .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
                             .collect(),
+                        joined: effects.joined.clone(),
                     };
                     if !notice.is_empty() {
                         listener(&notice);

@@ -519,6 +519,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         };
         entry.intervals.push((last_seq, OPEN));
         Self::put_member(scratch, conversation, user, &entry);
+        scratch.joined.push((user, conversation));
         Ok(true)
     }
 

@@ -537,11 +537,14 @@ pub struct CommitNotice {
     pub inbox_heads: Vec<(u64, u64)>,
     /// Big conversations that advanced: (conversation, seq, change counter).
     pub conversations: Vec<(u64, u64, u64)>,
+    /// (user, conversation) memberships opened: a subscriber watching the
+    /// user follows the conversation from now on.
+    pub joined: Vec<(u64, u64)>,
 }
 
 impl CommitNotice {
     /// Nothing to tell.
     pub fn is_empty(&self) -> bool {
-        self.inbox_heads.is_empty() && self.conversations.is_empty()
+        self.inbox_heads.is_empty() && self.conversations.is_empty() && self.joined.is_empty()
     }
 }

@@ -22,7 +22,8 @@ use tokio_stream::Stream;
 pub struct Subscriber {
     id: u64,
     users: HashSet<u64>,
-    conversations: HashSet<u64>,
+    /// Grows as watched users join conversations.
+    conversations: Mutex<HashSet<u64>>,
     tx: mpsc::Sender<Notification>,
     overflowed: AtomicBool,
 }
@@ -75,7 +76,7 @@ impl Hub {
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             users,
-            conversations,
+            conversations: Mutex::new(conversations),
             tx,
             overflowed: AtomicBool::new(false),
         });
@@ -112,13 +113,19 @@ impl Hub {
     pub fn publish(&self, notice: &CommitNotice) {
         let mut subscribers = lock(&self.subscribers);
         subscribers.retain(|sub| {
+            let mut conversations = lock(&sub.conversations);
+            for &(user, conversation) in &notice.joined {
+                if sub.users.contains(&user) {
+                    conversations.insert(conversation);
+                }
+            }
             for &(user, head) in &notice.inbox_heads {
                 if sub.users.contains(&user) && !sub.offer(inbox_advanced(user, head)) {
                     return false;
                 }
             }
             for &(conversation, seq, change) in &notice.conversations {
-                if sub.conversations.contains(&conversation)
+                if conversations.contains(&conversation)
                     && !sub.offer(conversation_advanced(conversation, seq, change))
                 {
                     return false;
@@ -210,7 +217,7 @@ mod tests {
     fn notice(user: u64, head: u64) -> CommitNotice {
         CommitNotice {
             inbox_heads: vec![(user, head)],
-            conversations: vec![],
+            ..CommitNotice::default()
         }
     }
 
@@ -243,11 +250,22 @@ mod tests {
         hub.publish(&CommitNotice {
             inbox_heads: vec![(2, 5), (1, 3)],
             conversations: vec![(8, 1, 1), (9, 4, 2)],
+            joined: vec![],
         });
         assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 3)));
         assert_eq!(
             next(&mut stream).await,
             Some(conversation_advanced(9, 4, 2))
+        );
+        // User 1 joins conversation 8: followed from then on.
+        hub.publish(&CommitNotice {
+            joined: vec![(1, 8)],
+            conversations: vec![(8, 2, 3)],
+            ..CommitNotice::default()
+        });
+        assert_eq!(
+            next(&mut stream).await,
+            Some(conversation_advanced(8, 2, 3))
         );
         hub.close_all("bye");
         let end = next(&mut stream).await.expect("a resync");

@@ -13,9 +13,9 @@
 //! in-process engine ([`EngineBackend`]); later the shard router.
 //!
 //! **Limits:** one backend engine per server; Watch follows the watched
-//! users' conversations as of the subscription (a user who joins a big
-//! group later is followed after the next Watch); the metrics endpoint is
-//! a minimal HTTP/1.1 responder for `GET /metrics`.
+//! users' conversations as of the subscription plus those they join while
+//! it runs; the metrics endpoint is a minimal HTTP/1.1 responder for
+//! `GET /metrics`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -1,0 +1,101 @@
+"""An independent client: Python grpcio stubs generated from proto/, run
+against a spawned `imstore serve`. Usage: scenario.py HOST:PORT STUBS_DIR.
+
+Covers a direct chat, a group above the fan-out threshold, sync from two
+devices, mark-read and receipts, a retried send that must not duplicate,
+and a Watch stream that sees the notifications. Prints PASS at the end.
+"""
+import sys
+import threading
+import time
+
+sys.path.insert(0, sys.argv[2])
+
+import grpc  # noqa: E402
+from imstore.v1 import imstore_pb2 as pb  # noqa: E402
+from imstore.v1 import imstore_pb2_grpc as rpc  # noqa: E402
+
+channel = grpc.insecure_channel(sys.argv[1])
+grpc.channel_ready_future(channel).result(timeout=30)
+api = rpc.ImstoreStub(channel)
+
+
+def check(condition, what):
+    if not condition:
+        raise SystemExit(f"FAIL: {what}")
+
+
+# --- a direct chat between two friends
+api.RequestFriend(pb.FriendPairRequest(user=1, other=2))
+friends = api.AcceptFriend(pb.FriendPairRequest(user=2, other=1))
+check(friends.outcome == pb.FRIEND_OUTCOME_BECAME_FRIENDS, "friends")
+direct = friends.conversation
+hello = api.Send(pb.SendRequest(conversation=direct, sender=1, client_msg_id=b"py-1", payload=b"hello from python"))
+check(hello.seq == 1 and not hello.duplicate, "first send")
+# --- a retried send must not duplicate
+retry = api.Send(pb.SendRequest(conversation=direct, sender=1, client_msg_id=b"py-1", payload=b"hello from python"))
+check(retry.seq == 1 and retry.duplicate, "retry deduplicated")
+api.Send(pb.SendRequest(conversation=direct, sender=2, client_msg_id=b"py-2", payload=b"hi back"))
+page = api.ReadAs(pb.ReadAsRequest(viewer=1, conversation=direct, **{"from": 1}, limit=10))
+check([m.payload for m in page.messages] == [b"hello from python", b"hi back"], "direct history")
+
+# --- a Watch stream for user 2, consumed on a thread
+seen = []
+watch = api.Watch(pb.WatchRequest(users=[pb.UserPosition(user=2, inbox_seq=2)], change=0))
+
+
+def consume():
+    try:
+        for note in watch:
+            seen.append(note)
+    except grpc.RpcError:
+        pass  # cancelled at the end
+
+
+thread = threading.Thread(target=consume, daemon=True)
+thread.start()
+
+# --- a group above the fan-out threshold (500 by default): 600 members
+big = 7000
+api.CreateGroup(pb.CreateGroupRequest(conversation=big, owner=1, members=list(range(2, 601))))
+members = api.ListMembers(pb.ListMembersRequest(conversation=big, limit=10))
+check(members.member_count == 600, "600 members")
+sent = api.Send(pb.SendRequest(conversation=big, sender=3, client_msg_id=b"py-big", payload=b"to everyone"))
+api.Send(pb.SendRequest(conversation=direct, sender=1, client_msg_id=b"py-3", payload=b"one more"))
+
+# --- sync from two devices of user 2
+phone = api.Sync(pb.SyncRequest(user=2, device=b"phone", limit=100))
+laptop = api.Sync(pb.SyncRequest(user=2, device=b"laptop", limit=1))
+check(len(phone.entries) == 3, f"phone got {len(phone.entries)} inbox entries")
+check([a.conversation for a in phone.advanced] == [big], "big group reported, not fanned out")
+check(len(laptop.entries) == 1 and laptop.more, "laptop pages on its own")
+again = api.Sync(pb.SyncRequest(user=2, device=b"phone", limit=100))
+check(len(again.entries) == 0 and len(again.advanced) == 0, "phone has everything")
+pulled = api.ReadAs(pb.ReadAsRequest(viewer=2, conversation=big, **{"from": 1}, limit=10))
+check([m.payload for m in pulled.messages] == [b"to everyone"], "pulled the big group")
+
+# --- mark-read and receipts
+api.MarkRead(pb.MarkReadRequest(user=2, conversation=big, up_to=sent.seq))
+receipts = api.GetReceipts(pb.GetReceiptsRequest(conversation=big, seq=sent.seq))
+check(list(receipts.read) == [2] and receipts.unread_count == 598, "receipts in the big group")
+unread = api.GetUnread(pb.GetUnreadRequest(user=4, conversation=big))
+check(unread.unread == 1, "user 4 has one unread")
+
+# --- typed errors
+try:
+    api.Send(pb.SendRequest(conversation=big, sender=9999, client_msg_id=b"x", payload=b"x"))
+    check(False, "a non-member could send")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"non-member: {e.code()}")
+
+# --- the watch saw user 2's inbox advance and the big group advance
+deadline = time.time() + 20
+while time.time() < deadline:
+    kinds = {n.WhichOneof("event") for n in seen}
+    if {"inbox", "conversation"} <= kinds:
+        break
+    time.sleep(0.05)
+kinds = {n.WhichOneof("event") for n in seen}
+check({"inbox", "conversation"} <= kinds, f"watch notifications: {seen}")
+watch.cancel()
+print("PASS")
