@@ -305,3 +305,25 @@ async fn serve_metrics(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_is_the_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/imstore.toml");
+        let parsed = ServerConfig::from_toml_file(&path).expect("docs/imstore.toml parses");
+        let default = ServerConfig::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<ServerConfig>("listn = \"127.0.0.1:1\"").is_err());
+        assert!(toml::from_str::<ServerConfig>("listen = \"nowhere\"").is_err());
+        let partial: ServerConfig = toml::from_str("max_watchers = 3").expect("partial");
+        assert_eq!(partial.max_watchers, 3);
+        assert_eq!(partial.listen, ServerConfig::default().listen);
+    }
+}
