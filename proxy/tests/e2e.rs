@@ -792,3 +792,41 @@ async fn malformed_and_hostile_requests_get_clear_statuses_and_write_nothing() -
     server.stop().await.map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// A backend whose store has closed: every write is refused.
+struct ClosedBackend(Engine);
+
+impl imstore_proxy::Backend for ClosedBackend {
+    fn submit(&self, _command: imstore_engine::Command, done: imstore_proxy::Done) {
+        done(Err(imstore_engine::Error::Closed));
+    }
+    fn engine(&self) -> &Engine {
+        &self.0
+    }
+}
+
+#[tokio::test]
+async fn a_closed_store_answers_unavailable() -> TestResult {
+    use imstore_proto::v1::imstore_server::Imstore;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(dir.path(), imstore_engine::Options::default())?;
+    let service = imstore_proxy::ImstoreService::new(
+        std::sync::Arc::new(ClosedBackend(engine)),
+        std::sync::Arc::default(),
+        std::sync::Arc::default(),
+        imstore_proxy::ServiceLimits::default(),
+        "closed".into(),
+    );
+    let result = service
+        .send(tonic::Request::new(pb::SendRequest {
+            conversation: 1,
+            sender: 1,
+            client_msg_id: b"x".to_vec(),
+            payload: vec![],
+            receipt: false,
+        }))
+        .await;
+    let status = expect_code(result, Code::Unavailable, "closed store");
+    assert_eq!(reason(&status), "UNAVAILABLE");
+    Ok(())
+}
