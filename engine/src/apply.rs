@@ -41,6 +41,24 @@ pub(crate) enum Space {
     Im,
     Receipts,
     Segments,
+    Conversations,
+    Dedup,
+    Meta,
+}
+
+/// One row of a store image: column family, key, value.
+pub(crate) type Row = (Space, Vec<u8>, Vec<u8>);
+
+impl Space {
+    /// Every column family, in the order `Store::export` numbers them.
+    pub(crate) const ALL: [Space; 6] = [
+        Space::Segments,
+        Space::Conversations,
+        Space::Dedup,
+        Space::Meta,
+        Space::Im,
+        Space::Receipts,
+    ];
 }
 
 /// The limits apply enforces; the subset of [`Options`] that decides outcomes.
@@ -105,6 +123,8 @@ pub(crate) struct Pending {
     change: Option<u64>,
     /// (user, conversation) memberships opened, for push subscribers.
     joined: Vec<(u64, u64)>,
+    /// A store image replacing everything ([`Command::ReplaceState`]).
+    replace: Option<Vec<Row>>,
 }
 
 /// Pending writes to one key: an optional put (`Some(Some)`) or delete
@@ -157,6 +177,9 @@ impl Pending {
             self.change = scratch.change;
         }
         self.joined.extend(scratch.joined);
+        if scratch.replace.is_some() {
+            self.replace = scratch.replace;
+        }
     }
 }
 
@@ -377,11 +400,24 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         }
         let im = store.cf(CF_IM)?;
         let receipts = store.cf(CF_RECEIPTS)?;
+        let meta = store.cf(CF_META)?;
         let cf_of = |space: Space| match space {
             Space::Im => im,
             Space::Receipts => receipts,
             Space::Segments => segments,
+            Space::Conversations => conversations,
+            Space::Dedup => dedup,
+            Space::Meta => meta,
         };
+        if let Some(records) = &group.replace {
+            // A whole new store: everything goes, then the image's rows.
+            for space in Space::ALL {
+                batch.delete_range_cf(cf_of(space), &[][..], &[0xffu8; 128][..]);
+            }
+            for (space, key, value) in records {
+                batch.put_cf(cf_of(*space), key, value);
+            }
+        }
         for ((space, key), entry) in &group.kv {
             let cf = cf_of(*space);
             match &entry.base {
@@ -437,6 +473,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             cleared: group.cleared,
             change: group.change,
             joined: group.joined,
+            replaced: group.replace.is_some(),
         })
     }
 }
@@ -453,4 +490,6 @@ pub(crate) struct GroupEffects {
     pub inbox_heads: BTreeMap<u64, u64>,
     /// (user, conversation) memberships opened.
     pub joined: Vec<(u64, u64)>,
+    /// The whole store was replaced: every cache must go.
+    pub replaced: bool,
 }

@@ -900,6 +900,7 @@ impl OverlayEntry {
 
 /// Where a device's sync stands: the inbox seq it has, and the store's
 /// change counter it has seen big conversations up to.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
 pub struct SyncCursor {
     /// Inbox entries up to this seq were delivered.

@@ -186,10 +186,19 @@ impl Pipeline {
     }
 
     fn take_group(&self, queue: &mut Queue) -> Group {
-        if queue.waiting.len() <= self.max_group {
+        // A store replacement is committed alone: commands after it must
+        // read the new state, not the old one.
+        let is_replace = |(c, _): &(Command, Completion)| matches!(c, Command::ReplaceState(_));
+        let cut = match queue.waiting.iter().position(is_replace) {
+            Some(0) => 1,
+            Some(at) => at,
+            None => queue.waiting.len(),
+        }
+        .min(self.max_group);
+        if cut == queue.waiting.len() {
             mem::take(&mut queue.waiting)
         } else {
-            queue.waiting.drain(..self.max_group).collect()
+            queue.waiting.drain(..cut).collect()
         }
     }
 
@@ -295,6 +304,9 @@ fn space_cf(space: Space) -> &'static str {
         Space::Im => CF_IM,
         Space::Receipts => CF_RECEIPTS,
         Space::Segments => CF_SEGMENTS,
+        Space::Conversations => crate::store::CF_CONVERSATIONS,
+        Space::Dedup => crate::store::CF_DEDUP,
+        Space::Meta => crate::store::CF_META,
     }
 }
 
@@ -355,6 +367,14 @@ impl Committer {
                 }
                 for (user, head) in effects.inbox_heads {
                     self.inbox_heads.put(user, head);
+                }
+                if effects.replaced {
+                    self.cache.clear();
+                    self.inbox_heads.clear();
+                    self.tail.clear();
+                    if let Err(e) = self.store.reload_counters() {
+                        tracing::error!(error = %e, "reloading counters after a store replacement");
+                    }
                 }
                 for conversation in effects.cleared {
                     self.tail.invalidate(conversation);

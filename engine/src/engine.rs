@@ -149,6 +149,19 @@ impl Engine {
         *slot = Some(Arc::new(listener));
     }
 
+    /// A consistent image of the whole store (for a raft snapshot), to be
+    /// installed elsewhere with `Command::ReplaceState`.
+    #[doc(hidden)]
+    pub fn export_state(&self) -> Result<Vec<u8>> {
+        self.inner.store.export()
+    }
+
+    /// A replication metadata value written with `Command::PutMeta`.
+    #[doc(hidden)]
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.store.get_in(crate::store::CF_META, key)
+    }
+
     /// The store's change counter: bumped by every command that advances a
     /// big conversation (sync cursors and watch positions hold it).
     pub fn change_counter(&self) -> u64 {

@@ -111,6 +111,21 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 device,
                 cursor,
             } => self.save_cursor(scratch, *user, device, *cursor),
+            Command::PutMeta(rows) => {
+                for (key, value) in rows {
+                    if !key.starts_with(crate::store::RAFT_META_PREFIX) {
+                        return Err(Error::InvalidArgument(
+                            "metadata keys must start with raft/".into(),
+                        ));
+                    }
+                    Self::kv_put(scratch, Space::Meta, key.clone(), value.clone());
+                }
+                Ok(Outcome::Done)
+            }
+            Command::ReplaceState(image) => {
+                scratch.replace = Some(decode_image(image)?);
+                Ok(Outcome::Done)
+            }
         }
     }
 
@@ -1096,4 +1111,36 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         );
         Ok(Outcome::Done)
     }
+}
+
+/// Splits an image written by `Store::export` into rows.
+fn decode_image(image: &[u8]) -> Result<Vec<super::Row>> {
+    let bad = |what: &str| Error::InvalidArgument(format!("store image: {what}"));
+    let mut rest = image
+        .strip_prefix(crate::store::EXPORT_MAGIC.as_slice())
+        .ok_or_else(|| bad("not an imstore image"))?;
+    let mut rows = Vec::new();
+    let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>> {
+        if rest.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head.to_vec())
+    };
+    while let Some((&index, tail)) = rest.split_first() {
+        rest = tail;
+        let space = *Space::ALL
+            .get(usize::from(index))
+            .ok_or_else(|| bad("unknown column family"))?;
+        let mut part = || -> Result<Vec<u8>> {
+            let len = take(&mut rest, 4)?;
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            take(&mut rest, len)
+        };
+        let key = part()?;
+        let value = part()?;
+        rows.push((space, key, value));
+    }
+    Ok(rows)
 }

@@ -38,9 +38,16 @@ pub(crate) const META_TIMESTAMP_HIGH_WATER: &[u8] = b"timestamp_high_water";
 /// that advances a big (read-fan-out) conversation; sync cursors hold it.
 pub(crate) const META_CHANGE_COUNTER: &[u8] = b"change_counter";
 
+/// First bytes of an [`Store::export`] image.
+pub(crate) const EXPORT_MAGIC: &[u8; 8] = b"IMSTATE1";
+
+/// Meta keys owned by replication (`Command::PutMeta`).
+pub(crate) const RAFT_META_PREFIX: &[u8] = b"raft/";
+
 /// The column families of format version 1; a directory must have them.
 const V1_CFS: [&str; 4] = [CF_SEGMENTS, CF_CONVERSATIONS, CF_DEDUP, CF_META];
-const ALL_CFS: [&str; 6] = [
+/// Every column family; the order numbers them in [`Store::export`].
+pub(crate) const ALL_CFS: [&str; 6] = [
     CF_SEGMENTS,
     CF_CONVERSATIONS,
     CF_DEDUP,
@@ -113,22 +120,59 @@ impl Store {
             change_counter: AtomicU64::new(0),
         };
         store.check_format(existing, path)?;
-        let high_water = match store
-            .db
-            .get_cf(store.cf(CF_META)?, META_TIMESTAMP_HIGH_WATER)?
-        {
-            Some(v) => decode_u64(&v, "timestamp high water")?,
-            None => 0,
-        };
-        store
-            .timestamp_high_water
-            .store(high_water, Ordering::Relaxed);
-        let change = match store.db.get_cf(store.cf(CF_META)?, META_CHANGE_COUNTER)? {
-            Some(v) => decode_u64(&v, "change counter")?,
-            None => 0,
-        };
-        store.change_counter.store(change, Ordering::Relaxed);
+        store.reload_counters()?;
         Ok(store)
+    }
+
+    /// Reads the timestamp high-water mark and the change counter from
+    /// `meta` (at open, and after the store was replaced).
+    pub(crate) fn reload_counters(&self) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        let read = |key: &[u8], what: &'static str| -> Result<u64> {
+            match self.db.get_cf(meta, key)? {
+                Some(v) => decode_u64(&v, what),
+                None => Ok(0),
+            }
+        };
+        self.timestamp_high_water.store(
+            read(META_TIMESTAMP_HIGH_WATER, "timestamp high water")?,
+            Ordering::Relaxed,
+        );
+        self.change_counter.store(
+            read(META_CHANGE_COUNTER, "change counter")?,
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// A consistent image of every column family (a RocksDB snapshot),
+    /// without `raft/` metadata: `IMSTATE1`, then per row the column
+    /// family's index (u8), key length (u32 BE), key, value length (u32 BE),
+    /// value.
+    pub(crate) fn export(&self) -> Result<Vec<u8>> {
+        let snapshot = self.db.snapshot();
+        let mut out = EXPORT_MAGIC.to_vec();
+        for (index, name) in ALL_CFS.iter().enumerate() {
+            let cf = self.cf(name)?;
+            let mut it = snapshot.raw_iterator_cf(cf);
+            it.seek_to_first();
+            while let (Some(key), Some(value)) = (it.key(), it.value()) {
+                if *name == CF_META && key.starts_with(RAFT_META_PREFIX) {
+                    it.next();
+                    continue;
+                }
+                out.push(index as u8);
+                for part in [key, value] {
+                    let len = u32::try_from(part.len())
+                        .map_err(|_| Error::Storage("row too large to export".into()))?;
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(part);
+                }
+                it.next();
+            }
+            it.status()?;
+        }
+        Ok(out)
     }
 
     /// A new directory gets the current format version, synced; an existing

@@ -230,6 +230,19 @@ impl TailCache {
 
     /// Drops a conversation's entry (used when its stored bytes are
     /// replaced behind the engine's back, by the corruption test hook).
+    /// Drops every entry (the store under the cache was replaced).
+    pub(crate) fn clear(&self) {
+        for shard in &self.shards {
+            let mut shard = match shard.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            shard.version += 1;
+            shard.entries.clear();
+            shard.bytes = 0;
+        }
+    }
+
     pub(crate) fn invalidate(&self, conversation: u64) {
         if let Some(mut shard) = self.shard(conversation) {
             shard.version += 1;

@@ -98,6 +98,7 @@ impl Default for Options {
 }
 
 /// A message to append.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     /// The conversation it goes to.
@@ -116,6 +117,7 @@ pub struct NewMessage {
 }
 
 /// The result of appending one message.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     /// The message's seq in its conversation.
@@ -166,6 +168,7 @@ pub struct SegmentInfo {
 
 /// A write the engine applies atomically: the unit the commit pipeline
 /// gathers, and the unit a raft log entry will carry.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Append these messages to plain timelines, in order, in one atomic
@@ -325,6 +328,16 @@ pub enum Command {
         /// Time-to-live in milliseconds of server time.
         ttl_ms: u64,
     },
+    /// Write replication metadata (keys must start with `raft/`) in the
+    /// same WriteBatch as the commands before it in its group: how the raft
+    /// state machine persists `last_applied` atomically with the data.
+    #[doc(hidden)]
+    PutMeta(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Replace the whole store with an image from
+    /// [`Engine::export_state`](crate::Engine::export_state) (a raft
+    /// snapshot being installed).
+    #[doc(hidden)]
+    ReplaceState(Vec<u8>),
     /// Store a device's sync cursor on the server.
     SaveCursor {
         /// The user.
@@ -337,6 +350,7 @@ pub enum Command {
 }
 
 /// A message sent to a direct or group conversation with [`Command::Send`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendMessage {
     /// The conversation.
@@ -355,6 +369,7 @@ pub struct SendMessage {
 }
 
 /// What applying a [`Command`] produced.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// One entry per message of [`Command::Append`], in the same order.
@@ -380,6 +395,7 @@ pub enum Outcome {
 }
 
 /// What a friend command did.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FriendOutcome {
     /// A new request is pending.

@@ -1,0 +1,49 @@
+//! imstore-raft: replication of the engine with openraft 0.9.
+//!
+//! **Owns:** the raft type configuration (log entries are engine
+//! [`Command`]s, chosen and timestamped by the leader before proposing), the
+//! raft log on RocksDB ([`LogStore`]: appends and votes fsynced before they
+//! are acknowledged), and the engine as a raft state machine
+//! ([`StateMachine`]: committed entries through the deterministic apply
+//! step with `last_applied` and membership in the same WriteBatch;
+//! snapshots as consistent store images installed atomically). openraft's
+//! storage conformance suite runs against them (`tests/conformance.rs`).
+//!
+//! **Is not (yet):** the network transport, the multi-raft shard map, or the
+//! cluster commands; those are the rest of the replication issue.
+//!
+//! **Limits:** one raft group per engine directory; a snapshot is one
+//! in-memory image of the whole store (streaming in bounded chunks is
+//! still to come).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// openraft's traits fix the error type (`StorageError`, ~224 bytes).
+#![allow(clippy::result_large_err)]
+
+mod log_store;
+mod state_machine;
+
+use std::io::Cursor;
+
+pub use imstore_engine::{Command, Outcome};
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+/// What applying one entry produced: the engine's outcome, or its error as
+/// text (the entry is still applied: a rejected command writes nothing).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Response(pub Result<Outcome, String>);
+
+openraft::declare_raft_types!(
+    /// imstore's raft types: entries carry engine commands.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
