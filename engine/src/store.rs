@@ -154,7 +154,11 @@ impl Store {
         let mut out = EXPORT_MAGIC.to_vec();
         for (index, name) in ALL_CFS.iter().enumerate() {
             let cf = self.cf(name)?;
-            let mut it = snapshot.raw_iterator_cf(cf);
+            // The point-lookup column families have prefix extractors and
+            // hash memtables: a whole-range scan must ask for total order.
+            let mut ro = ReadOptions::default();
+            ro.set_total_order_seek(true);
+            let mut it = snapshot.raw_iterator_cf_opt(cf, ro);
             it.seek_to_first();
             while let (Some(key), Some(value)) = (it.key(), it.value()) {
                 if *name == CF_META && key.starts_with(RAFT_META_PREFIX) {

@@ -1,0 +1,77 @@
+//! The hooks the raft state machine builds on: `PutMeta` rides in the same
+//! group commit as the commands before it, and a store image from
+//! `export_state` replaces another store whole (caches included).
+
+mod common;
+
+use common::{msg, TestResult};
+use imstore_engine::{Command, Direction, Engine, Error, Options};
+
+#[test]
+fn an_exported_image_replaces_a_store_whole() -> TestResult {
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let source = Engine::open(a.path(), Options::default())?;
+    let target = Engine::open(b.path(), Options::default())?;
+    for i in 0..10 {
+        source.append(msg(1, 1, &format!("s{i}"), b"from the source", 100 + i))?;
+    }
+    source.execute(Command::CreateGroup {
+        conversation: 9,
+        owner: 1,
+        members: vec![2],
+        timestamp_ms: 1,
+    })?;
+    // The target has other data, some of it in its tail cache.
+    for i in 0..3 {
+        target.append(msg(1, 7, &format!("t{i}"), b"old", i))?;
+    }
+    target.append(msg(2, 7, "gone", b"old", 1))?;
+    assert_eq!(target.latest(1, 10)?.len(), 3);
+
+    let image = source.export_state()?;
+    target.execute(Command::ReplaceState(image))?;
+    let page = target.read(1, 1, 100, Direction::Forward)?;
+    assert_eq!(page.len(), 10);
+    assert!(page.iter().all(|m| m.payload == "from the source"));
+    assert_eq!(target.latest(1, 3)?.last().map(|m| m.seq), Some(10));
+    assert_eq!(target.last_seq(2)?, 0, "rows only the target had are gone");
+    assert_eq!(target.member_count(9)?, 2);
+    // The dedup entries came along: a retry is still a duplicate.
+    let retry = target.append(msg(1, 1, "s3", b"from the source", 103))?;
+    assert!(retry.duplicate && retry.seq == 4);
+    // And a damaged image is refused with nothing written.
+    assert!(matches!(
+        target.execute(Command::ReplaceState(b"not an image".to_vec())),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(target.last_seq(1)?, 10);
+    Ok(())
+}
+
+#[test]
+fn metadata_commits_with_the_commands_before_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(dir.path(), Options::default())?;
+    let before = engine.commit_stats().groups;
+    let results = engine.execute_all(vec![
+        Command::Append(vec![msg(1, 1, "a", b"x", 1)]),
+        Command::Append(vec![msg(1, 1, "b", b"y", 2)]),
+        Command::PutMeta(vec![(b"raft/last_applied".to_vec(), b"42".to_vec())]),
+    ]);
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(engine.commit_stats().groups, before + 1, "one group commit");
+    assert_eq!(engine.meta(b"raft/last_applied")?, Some(b"42".to_vec()));
+    // Only replication's own keys.
+    assert!(matches!(
+        engine.execute(Command::PutMeta(vec![(
+            b"format_version".to_vec(),
+            vec![9]
+        )])),
+        Err(Error::InvalidArgument(_))
+    ));
+    drop(engine);
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(engine.meta(b"raft/last_applied")?, Some(b"42".to_vec()));
+    assert_eq!(engine.last_seq(1)?, 2);
+    Ok(())
+}
