@@ -9,7 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("imstore_descriptor.bin"))
-        .compile_protos(&["imstore/v1/imstore.proto"], &["."])?;
+        .compile_protos(
+            &["imstore/v1/imstore.proto", "imstore/v1/raft.proto"],
+            &["."],
+        )?;
     println!("cargo:rerun-if-changed=imstore/v1/imstore.proto");
+    println!("cargo:rerun-if-changed=imstore/v1/raft.proto");
     Ok(())
 }

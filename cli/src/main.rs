@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod cluster;
 mod demo;
 
 use std::net::SocketAddr;
@@ -40,6 +41,14 @@ struct Cli {
 enum Cmd {
     /// Run the single-node gRPC server on a local data directory.
     Serve(ServeArgs),
+    /// Run a cluster node: a raft replica of the store, serving both the
+    /// client API and the node-to-node transport on one address.
+    Node(cluster::NodeArgs),
+    /// Cluster administration: init, status.
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::ClusterCmd,
+    },
     /// Write and read a few conversations in an embedded data directory.
     Demo {
         /// Data directory (created if missing).
@@ -78,6 +87,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Demo { data_dir } => demo::demo(&data_dir),
         Cmd::Serve(args) => serve(args),
+        Cmd::Node(args) => cluster::node(args),
+        Cmd::Cluster { action } => cluster::admin(action, &cli.server, cli.json),
         Cmd::Client(cmd) => client::run(cmd, &cli.server, cli.json),
     };
     match result {
@@ -119,7 +130,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

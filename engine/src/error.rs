@@ -124,6 +124,57 @@ pub enum Error {
     /// The engine is shutting down or its commit pipeline has stopped.
     #[error("engine is closed")]
     Closed,
+    /// A replicated write reached a node that is not its shard's leader.
+    /// Retryable at the leader, when one is known.
+    #[error("not the leader{}", match (leader, address) {
+        (Some(l), Some(a)) => format!("; the leader is node {l} at {a}"),
+        (Some(l), None) => format!("; the leader is node {l}"),
+        _ => "; no leader is known yet".to_owned(),
+    })]
+    NotLeader {
+        /// The leader's node id, if known.
+        leader: Option<u64>,
+        /// The leader's address, if known.
+        address: Option<String>,
+    },
+    /// An error raised by a replica's state machine, carried back by its
+    /// stable reason code ([`Error::reason`]).
+    #[error("{message}")]
+    Remote {
+        /// The reason code of the original error.
+        reason: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// A stable, machine-readable code for the error's kind: the `reason`
+    /// of the gRPC `ErrorInfo`, and what a replicated error travels as.
+    pub fn reason(&self) -> &str {
+        match self {
+            Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Error::BatchTooLarge { .. } => "BATCH_TOO_LARGE",
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::NotFound { .. } => "NOT_FOUND",
+            Error::AlreadyExists { .. } => "ALREADY_EXISTS",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::FailedPrecondition(_) | Error::UnsupportedFormat { .. } => "FAILED_PRECONDITION",
+            Error::SeqBeyondLast { .. } => "SEQ_BEYOND_LAST",
+            Error::CursorFromFuture(_) => "CURSOR_FROM_FUTURE",
+            Error::SeqExhausted { .. } => "SEQ_EXHAUSTED",
+            Error::DiskFull(_) => "DISK_FULL",
+            Error::Corruption { .. }
+            | Error::CorruptMetadata { .. }
+            | Error::StorageCorruption(_) => "CORRUPTION",
+            Error::Closed => "UNAVAILABLE",
+            Error::NotLeader { .. } => "NOT_LEADER",
+            Error::DirectoryLocked(_) | Error::NotAnImstoreDirectory(_) | Error::Storage(_) => {
+                "STORAGE"
+            }
+            Error::Remote { reason, .. } => reason,
+        }
+    }
 }
 
 /// The engine's result type.

@@ -15,5 +15,10 @@ pub mod v1 {
     tonic::include_proto!("imstore.v1");
 }
 
+/// Node-to-node raft transport and cluster administration (internal).
+pub mod raft {
+    tonic::include_proto!("imstore.raft.v1");
+}
+
 /// The encoded file descriptor set of `imstore.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("imstore_descriptor");

@@ -33,84 +33,67 @@ pub fn invalid(message: impl Into<String>) -> Status {
     )
 }
 
+/// The status code of each reason (engine errors and replicated ones).
+pub fn code_for_reason(reason: &str) -> Code {
+    match reason {
+        "INVALID_ARGUMENT" | "PAYLOAD_TOO_LARGE" | "BATCH_TOO_LARGE" | "SEQ_BEYOND_LAST"
+        | "CURSOR_FROM_FUTURE" => Code::InvalidArgument,
+        "NOT_FOUND" => Code::NotFound,
+        "ALREADY_EXISTS" => Code::AlreadyExists,
+        "PERMISSION_DENIED" => Code::PermissionDenied,
+        "FAILED_PRECONDITION" => Code::FailedPrecondition,
+        "SEQ_EXHAUSTED" | "DISK_FULL" | "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
+        "CORRUPTION" => Code::DataLoss,
+        "UNAVAILABLE" | "NOT_LEADER" => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
 /// Maps every engine error to its status code, reason and metadata.
 pub fn to_status(err: Error) -> Status {
     let message = err.to_string();
-    match err {
-        Error::PayloadTooLarge { len, max } => status(
-            Code::InvalidArgument,
-            "PAYLOAD_TOO_LARGE",
-            message,
-            &[("len", len as u64), ("max", max as u64)],
-        ),
-        Error::BatchTooLarge { len, max } => status(
-            Code::InvalidArgument,
-            "BATCH_TOO_LARGE",
-            message,
-            &[("len", len as u64), ("max", max as u64)],
-        ),
-        Error::InvalidArgument(_) => {
-            status(Code::InvalidArgument, "INVALID_ARGUMENT", message, &[])
+    let reason = err.reason().to_owned();
+    let code = code_for_reason(&reason);
+    let numbers: Vec<(&str, u64)> = match &err {
+        Error::PayloadTooLarge { len, max } | Error::BatchTooLarge { len, max } => {
+            vec![("len", *len as u64), ("max", *max as u64)]
         }
         Error::SeqBeyondLast {
             conversation,
             seq,
             last,
-        } => status(
-            Code::InvalidArgument,
-            "SEQ_BEYOND_LAST",
-            message,
-            &[
-                ("conversation", conversation),
-                ("seq", seq),
-                ("last_seq", last),
-            ],
-        ),
-        Error::CursorFromFuture(_) => {
-            status(Code::InvalidArgument, "CURSOR_FROM_FUTURE", message, &[])
-        }
-        Error::NotFound { id, .. } => status(Code::NotFound, "NOT_FOUND", message, &[("id", id)]),
-        Error::AlreadyExists { id, .. } => status(
-            Code::AlreadyExists,
-            "ALREADY_EXISTS",
-            message,
-            &[("id", id)],
-        ),
-        Error::PermissionDenied(_) => {
-            status(Code::PermissionDenied, "PERMISSION_DENIED", message, &[])
-        }
-        Error::FailedPrecondition(_) | Error::UnsupportedFormat { .. } => status(
-            Code::FailedPrecondition,
-            "FAILED_PRECONDITION",
-            message,
-            &[],
-        ),
-        Error::SeqExhausted { conversation } => status(
-            Code::ResourceExhausted,
-            "SEQ_EXHAUSTED",
-            message,
-            &[("conversation", conversation)],
-        ),
-        Error::DiskFull(_) => status(Code::ResourceExhausted, "DISK_FULL", message, &[]),
+        } => vec![
+            ("conversation", *conversation),
+            ("seq", *seq),
+            ("last_seq", *last),
+        ],
+        Error::NotFound { id, .. } | Error::AlreadyExists { id, .. } => vec![("id", *id)],
+        Error::SeqExhausted { conversation } => vec![("conversation", *conversation)],
         Error::Corruption {
             conversation,
             segment,
             ..
-        } => status(
-            Code::DataLoss,
-            "CORRUPTION",
-            message,
-            &[("conversation", conversation), ("segment", segment)],
-        ),
-        Error::CorruptMetadata { .. } | Error::StorageCorruption(_) => {
-            status(Code::DataLoss, "CORRUPTION", message, &[])
-        }
-        Error::Closed => status(Code::Unavailable, "UNAVAILABLE", message, &[]),
-        Error::DirectoryLocked(_) | Error::NotAnImstoreDirectory(_) | Error::Storage(_) => {
-            status(Code::Internal, "STORAGE", message, &[])
-        }
-        _ => status(Code::Internal, "INTERNAL", message, &[]),
+        } => vec![("conversation", *conversation), ("segment", *segment)],
+        Error::NotLeader {
+            leader: Some(l), ..
+        } => vec![("leader_id", *l)],
+        _ => vec![],
+    };
+    let mut metadata: HashMap<String, String> = numbers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_string()))
+        .collect();
+    if let Error::NotLeader {
+        address: Some(a), ..
+    } = &err
+    {
+        metadata.insert("leader_address".into(), a.clone());
     }
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
 }
 
 #[cfg(test)]
@@ -156,6 +139,20 @@ mod tests {
             ),
             (Error::Closed, Code::Unavailable),
             (Error::Storage("x".into()), Code::Internal),
+            (
+                Error::NotLeader {
+                    leader: Some(2),
+                    address: Some("127.0.0.1:1".into()),
+                },
+                Code::Unavailable,
+            ),
+            (
+                Error::Remote {
+                    reason: "PERMISSION_DENIED".into(),
+                    message: "x".into(),
+                },
+                Code::PermissionDenied,
+            ),
         ];
         for (err, code) in cases {
             let status = to_status(err);

@@ -9,8 +9,9 @@
 //! sweep, graceful shutdown) that `imstore serve` runs.
 //!
 //! **Is not:** the store (that is `imstore-engine`) or replication (that is
-//! `imstore-raft`, later). The service talks to a [`Backend`]: today one
-//! in-process engine ([`EngineBackend`]); later the shard router.
+//! `imstore-raft`). The service talks to a [`Backend`]: one in-process
+//! engine ([`EngineBackend`], `imstore serve`) or a node's replica of a
+//! raft group ([`RaftBackend`], `imstore node`).
 //!
 //! **Limits:** one backend engine per server; Watch follows the watched
 //! users' conversations as of the subscription plus those they join while
@@ -28,7 +29,7 @@ mod metrics;
 mod server;
 mod service;
 
-pub use backend::{Backend, Done, EngineBackend};
+pub use backend::{Backend, Barrier, Done, EngineBackend, RaftBackend};
 pub use error::{to_status, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;

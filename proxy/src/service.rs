@@ -181,11 +181,12 @@ impl<B: Backend> ImstoreService<B> {
         }
     }
 
-    /// A read on the blocking pool.
+    /// A read on the blocking pool, after the backend's read barrier.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Status> {
+        self.backend.read_barrier().await.map_err(to_status)?;
         let engine = self.backend.engine().clone();
         match tokio::task::spawn_blocking(move || f(&engine)).await {
             Ok(result) => result.map_err(to_status),

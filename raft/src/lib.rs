@@ -9,8 +9,12 @@
 //! snapshots as consistent store images installed atomically). openraft's
 //! storage conformance suite runs against them (`tests/conformance.rs`).
 //!
-//! **Is not (yet):** the network transport, the multi-raft shard map, or the
-//! cluster commands; those are the rest of the replication issue.
+//! The gRPC transport ([`GrpcNetwork`], [`TransportService`]: openraft's
+//! messages bincode-encoded, addressed by shard) and [`start`], which opens
+//! a node's replica of a shard.
+//!
+//! **Is not (yet):** the multi-raft shard map, placement, or shard moves;
+//! a cluster today is one shard (id 0) replicated on every node.
 //!
 //! **Limits:** one raft group per engine directory; a snapshot is one
 //! in-memory image of the whole store (streaming in bounded chunks is
@@ -23,18 +27,23 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+mod node;
 mod state_machine;
+mod transport;
 
 use std::io::Cursor;
 
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
+pub use node::{start, ReplicaNode};
 pub use state_machine::StateMachine;
+pub use transport::{GrpcLink, GrpcNetwork, Shards, TransportService};
 
 /// What applying one entry produced: the engine's outcome, or its error as
-/// text (the entry is still applied: a rejected command writes nothing).
+/// (reason code, message) (the entry is still applied: a rejected command
+/// writes nothing).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Response(pub Result<Outcome, String>);
+pub struct Response(pub Result<Outcome, (String, String)>);
 
 openraft::declare_raft_types!(
     /// imstore's raft types: entries carry engine commands.

@@ -159,8 +159,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     responses.push(Response(match slot {
                         Some(at) => match outcomes.get(at) {
                             Some(Ok(o)) => Ok(o.clone()),
-                            Some(Err(e)) => Err(e.to_string()),
-                            None => Err("missing outcome".into()),
+                            Some(Err(e)) => Err((e.reason().to_owned(), e.to_string())),
+                            None => Err(("INTERNAL".into(), "missing outcome".into())),
                         },
                         None => Ok(Outcome::Done),
                     }));

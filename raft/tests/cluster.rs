@@ -196,7 +196,7 @@ async fn write(
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let response = raft.client_write(command).await?;
     let Response(result) = response.data;
-    Ok(result?)
+    result.map_err(|(reason, message)| format!("{reason}: {message}").into())
 }
 
 async fn leader_of(

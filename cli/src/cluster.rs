@@ -1,0 +1,167 @@
+//! `imstore node` (a raft replica serving clients and peers on one
+//! address) and `imstore cluster init|status`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use clap::Subcommand;
+use imstore_engine::Options;
+use imstore_proto::raft as rpb;
+use imstore_proto::raft::raft_transport_client::RaftTransportClient;
+use imstore_proto::raft::raft_transport_server::RaftTransportServer;
+use imstore_proto::v1::imstore_server::ImstoreServer;
+use imstore_proxy::{Hub, ImstoreService, Metrics, RaftBackend, ServiceLimits};
+use imstore_raft::{Shards, TransportService};
+use serde_json::json;
+
+/// The one shard a cluster has today.
+const SHARD: u64 = 0;
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// This node's id (non-zero, unique in the cluster).
+    #[arg(long)]
+    id: u64,
+    /// Address for clients and peers.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Data directory.
+    #[arg(long, default_value = "./imstore-node")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Bootstrap the cluster: `--members 1=127.0.0.1:7101,2=…,3=…`, sent to
+    /// one of them (`--server`).
+    Init {
+        /// id=host:port of every voter.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// Where the node behind `--server` stands: leader, term, log, members.
+    Status,
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+pub fn node(args: NodeArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let replica = imstore_raft::start(args.id, SHARD, &args.data_dir, Options::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let hub = Arc::new(Hub::default());
+        let publish = Arc::clone(&hub);
+        replica
+            .engine
+            .set_commit_listener(move |notice| publish.publish(notice));
+        let shards: Shards = Arc::new(RwLock::new([(SHARD, replica.raft.clone())].into()));
+        let service = ImstoreService::new(
+            Arc::new(RaftBackend::new(replica.clone())),
+            Arc::clone(&hub),
+            Arc::new(Metrics::default()),
+            ServiceLimits::default(),
+            args.data_dir.display().to_string(),
+        );
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        eprintln!("imstore node {} serving on {addr}", args.id);
+        let closing = Arc::clone(&hub);
+        let signal = async move {
+            crate::shutdown_signal().await;
+            closing.close_all("the node is shutting down");
+        };
+        tonic::transport::Server::builder()
+            .add_service(RaftTransportServer::new(TransportService::new(
+                args.id, shards,
+            )))
+            .add_service(ImstoreServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                signal,
+            )
+            .await?;
+        replica.raft.shutdown().await.map_err(|e| e.to_string())?;
+        let engine = replica.engine;
+        tokio::task::spawn_blocking(move || drop(engine)).await?;
+        Ok(())
+    })
+}
+
+fn parse_member(text: &str) -> Result<rpb::Member, Failure> {
+    let (id, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("member {text:?} is not id=host:port"))?;
+    Ok(rpb::Member {
+        id: id.parse()?,
+        address: address.to_owned(),
+    })
+}
+
+pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let mut client = RaftTransportClient::connect(server.to_owned())
+            .await
+            .map_err(|e| format!("cannot reach {server}: {e}"))?;
+        match cmd {
+            ClusterCmd::Init { members } => {
+                let members = members
+                    .iter()
+                    .map(|m| parse_member(m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let ids: HashSet<u64> = members.iter().map(|m| m.id).collect();
+                if ids.len() != members.len() || ids.contains(&0) {
+                    return Err("member ids must be distinct and non-zero".into());
+                }
+                client
+                    .initialize(rpb::InitializeRequest {
+                        shard: SHARD,
+                        members,
+                    })
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                if json_output {
+                    println!("{}", json!({"initialized": true}));
+                } else {
+                    println!("cluster initialized; a leader is being elected");
+                }
+            }
+            ClusterCmd::Status => {
+                let s = client
+                    .status(rpb::NodeStatusRequest { shard: SHARD })
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                if json_output {
+                    println!(
+                        "{}",
+                        json!({"id": s.id, "shard": s.shard, "state": s.state, "leader": s.leader,
+                               "term": s.term, "last_log_index": s.last_log_index,
+                               "last_applied": s.last_applied,
+                               "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
+                    );
+                } else {
+                    let members: Vec<String> =
+                        s.members.iter().map(|m| format!("{}={}", m.id, m.address)).collect();
+                    println!(
+                        "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}",
+                        s.id,
+                        s.shard,
+                        s.state,
+                        s.term,
+                        s.leader,
+                        s.last_log_index,
+                        s.last_applied,
+                        s.last_log_index.saturating_sub(s.last_applied),
+                        members.join(",")
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}

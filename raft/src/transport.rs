@@ -1,0 +1,245 @@
+//! The raft transport over gRPC: every message is openraft's own request
+//! or result, bincode-encoded, addressed by shard (`imstore.raft.v1`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use imstore_proto::raft as pb;
+use imstore_proto::raft::raft_transport_client::RaftTransportClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, ServerState};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::TypeConfig;
+
+/// Connects a node's raft groups to their peers, by the address in each
+/// member's `BasicNode`.
+#[derive(Clone)]
+pub struct GrpcNetwork {
+    shard: u64,
+}
+
+impl GrpcNetwork {
+    /// The transport of one shard's group.
+    pub fn new(shard: u64) -> Self {
+        GrpcNetwork { shard }
+    }
+}
+
+/// A link to one peer.
+pub struct GrpcLink {
+    shard: u64,
+    target: u64,
+    client: Option<RaftTransportClient<Channel>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = GrpcLink;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcLink {
+        let client = Channel::from_shared(format!("http://{}", node.addr))
+            .ok()
+            .map(|endpoint| RaftTransportClient::new(endpoint.connect_lazy()));
+        GrpcLink {
+            shard: self.shard,
+            target,
+            client,
+        }
+    }
+}
+
+fn unreachable<E: std::error::Error + 'static>(e: E) -> Unreachable {
+    Unreachable::new(&e)
+}
+
+impl GrpcLink {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: &Req,
+        kind: u8,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let payload =
+            bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let message = pb::RaftMessage {
+            shard: self.shard,
+            payload,
+        };
+        let client = self.client.as_mut().ok_or_else(|| {
+            RPCError::Unreachable(unreachable(std::io::Error::other("bad peer address")))
+        })?;
+        let reply = match kind {
+            0 => client.append_entries(message).await,
+            1 => client.vote(message).await,
+            _ => client.install_snapshot(message).await,
+        }
+        .map_err(|s| RPCError::Unreachable(unreachable(std::io::Error::other(s.to_string()))))?
+        .into_inner();
+        let result: Result<Resp, RaftError<u64, E>> = bincode::deserialize(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(&rpc, 0).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.call(&rpc, 2).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(&rpc, 1).await
+    }
+}
+
+/// The shards a node hosts, by id.
+pub type Shards = Arc<RwLock<BTreeMap<u64, Raft<TypeConfig>>>>;
+
+/// The server side of the transport: hands each message to its shard.
+pub struct TransportService {
+    node_id: u64,
+    shards: Shards,
+}
+
+impl TransportService {
+    /// Serves the shards of node `node_id`.
+    pub fn new(node_id: u64, shards: Shards) -> Self {
+        TransportService { node_id, shards }
+    }
+
+    fn shard(&self, shard: u64) -> Result<Raft<TypeConfig>, Status> {
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        shards.get(&shard).cloned().ok_or_else(|| {
+            Status::not_found(format!("shard {shard} is not on node {}", self.node_id))
+        })
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(bytes)
+        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+}
+
+fn encode<T: serde::Serialize>(shard: u64, value: &T) -> Result<Response<pb::RaftMessage>, Status> {
+    let payload = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::RaftMessage { shard, payload }))
+}
+
+#[tonic::async_trait]
+impl pb::raft_transport_server::RaftTransport for TransportService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.shard(m.shard)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
+        encode(m.shard, &raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.shard(m.shard)?;
+        let rpc: VoteRequest<u64> = decode(&m.payload)?;
+        encode(m.shard, &raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.shard(m.shard)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&m.payload)?;
+        encode(m.shard, &raft.install_snapshot(rpc).await)
+    }
+
+    async fn initialize(
+        &self,
+        request: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::InitializeResponse>, Status> {
+        let r = request.into_inner();
+        let raft = self.shard(r.shard)?;
+        let members: BTreeMap<u64, BasicNode> = r
+            .members
+            .into_iter()
+            .map(|m| (m.id, BasicNode::new(m.address)))
+            .collect();
+        if !members.contains_key(&self.node_id) {
+            return Err(Status::invalid_argument(format!(
+                "node {} must be one of the members",
+                self.node_id
+            )));
+        }
+        raft.initialize(members)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(pb::InitializeResponse {}))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let shard = request.into_inner().shard;
+        let raft = self.shard(shard)?;
+        let m = raft.metrics().borrow().clone();
+        let state = match m.state {
+            ServerState::Leader => "Leader",
+            ServerState::Follower => "Follower",
+            ServerState::Candidate => "Candidate",
+            ServerState::Learner => "Learner",
+            ServerState::Shutdown => "Shutdown",
+        };
+        Ok(Response::new(pb::NodeStatus {
+            id: self.node_id,
+            shard,
+            leader: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            state: state.into(),
+            members: m
+                .membership_config
+                .nodes()
+                .map(|(id, node)| pb::Member {
+                    id: *id,
+                    address: node.addr.clone(),
+                })
+                .collect(),
+        }))
+    }
+}
