@@ -44,7 +44,10 @@ fn cluster() -> Cluster {
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(RaftTransportServer::new(TransportService::new(id, shards)))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                    .serve_with_incoming(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                    ),
             );
             members.insert(id, BasicNode::new(addr.to_string()));
             nodes.push(node);

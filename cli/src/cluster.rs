@@ -80,7 +80,7 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
             )))
             .add_service(ImstoreServer::new(service))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 signal,
             )
             .await?;

@@ -12,7 +12,6 @@ use imstore_proto::v1::imstore_server::ImstoreServer;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{EngineBackend, Hub, ImstoreService, Metrics, ServiceLimits};
 
@@ -252,7 +251,10 @@ impl Server {
             .add_service(
                 ImstoreServer::new(service).max_decoding_message_size(config.max_request_bytes()),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                signal,
+            )
             .await;
         for task in background {
             task.abort();

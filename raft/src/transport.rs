@@ -47,7 +47,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcLink {
         let client = Channel::from_shared(format!("http://{}", node.addr))
             .ok()
-            .map(|endpoint| RaftTransportClient::new(endpoint.connect_lazy()));
+            .map(|endpoint| RaftTransportClient::new(endpoint.tcp_nodelay(true).connect_lazy()));
         GrpcLink {
             shard: self.shard,
             target,
