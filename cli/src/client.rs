@@ -43,6 +43,10 @@ pub enum ClientCmd {
         /// Read forward from `--from` (the default reads the newest page).
         #[arg(long)]
         forward: bool,
+        /// On a cluster node: accept this replica's applied state (a
+        /// follower may answer; the newest writes may be missing).
+        #[arg(long)]
+        stale_ok: bool,
     },
     /// Sync a user's device: new inbox entries and big groups that advanced.
     Sync {
@@ -305,6 +309,7 @@ async fn call(
             from,
             limit,
             forward,
+            stale_ok,
         } => {
             let direction = if forward {
                 pb::Direction::Forward
@@ -314,6 +319,7 @@ async fn call(
             let from = from.unwrap_or(if forward { 1 } else { u64::MAX });
             let r = client
                 .read_as(pb::ReadAsRequest {
+                    stale_ok,
                     viewer,
                     conversation,
                     from,

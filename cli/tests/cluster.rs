@@ -266,6 +266,31 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // History pulls: a follower serves `stale_ok` reads from its applied
+        // state, and refuses linearizable ones with the leader's address.
+        let leader_now = wait_for_leader(&addrs).await?;
+        let follower = *addrs
+            .iter()
+            .find(|&&a| a != leader_now)
+            .ok_or("a follower")?;
+        let mut reader = ImstoreClient::connect(format!("http://{follower}")).await?;
+        let read = |stale_ok| pb::ReadAsRequest {
+            stale_ok,
+            viewer: 1,
+            conversation: GROUP,
+            from: 1,
+            limit: 10_000,
+            direction: pb::Direction::Forward as i32,
+        };
+        let stale = reader.read_as(read(true)).await?.into_inner();
+        assert_eq!(stale.messages.len() as u64, WRITERS * PER_WRITER);
+        let refused = reader
+            .read_as(read(false))
+            .await
+            .err()
+            .ok_or("a follower served a linearizable read")?;
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(leader_hint(&refused), Some(leader_now.to_string()));
         let acked = acked.lock().map_err(|_| "poisoned")?.clone();
         Ok::<_, Box<dyn std::error::Error>>(acked)
     })?;

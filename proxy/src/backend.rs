@@ -26,6 +26,12 @@ pub trait Backend: Send + Sync + 'static {
     fn read_barrier(&self) -> Barrier<'_> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// The barrier of a read that accepts this replica's applied state
+    /// (`stale_ok`): immediate everywhere.
+    fn stale_read_barrier(&self) -> Barrier<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// One embedded engine: `imstore serve` on a local data directory.

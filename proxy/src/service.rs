@@ -186,7 +186,21 @@ impl<B: Backend> ImstoreService<B> {
         &self,
         f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Status> {
-        self.backend.read_barrier().await.map_err(to_status)?;
+        self.read_with(false, f).await
+    }
+
+    /// A read that may accept this replica's applied state (`stale_ok`).
+    async fn read_with<T: Send + 'static>(
+        &self,
+        stale_ok: bool,
+        f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let barrier = if stale_ok {
+            self.backend.stale_read_barrier()
+        } else {
+            self.backend.read_barrier()
+        };
+        barrier.await.map_err(to_status)?;
         let engine = self.backend.engine().clone();
         match tokio::task::spawn_blocking(move || f(&engine)).await {
             Ok(result) => result.map_err(to_status),
@@ -273,7 +287,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("Read", async {
             let (dir, n) = (direction(r.direction)?, limit(r.limit)?);
             let messages = self
-                .read(move |e| e.read(r.conversation, r.from, n, dir))
+                .read_with(r.stale_ok, move |e| e.read(r.conversation, r.from, n, dir))
                 .await?;
             Ok(pb::ReadResponse {
                 messages: messages.into_iter().map(raw_message).collect(),
@@ -412,7 +426,9 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("ReadAs", async {
             let (dir, n) = (direction(r.direction)?, limit(r.limit)?);
             let views = self
-                .read(move |e| e.read_as(r.viewer, r.conversation, r.from, n, dir))
+                .read_with(r.stale_ok, move |e| {
+                    e.read_as(r.viewer, r.conversation, r.from, n, dir)
+                })
                 .await?;
             Ok(pb::ReadResponse {
                 messages: views.into_iter().map(message).collect(),

@@ -206,6 +206,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
 
     let page = c
         .read_as(pb::ReadAsRequest {
+            stale_ok: false,
             viewer: 2,
             conversation: 10,
             from: u64::MAX,
@@ -237,6 +238,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
     .await?;
     let page = c
         .read_as(pb::ReadAsRequest {
+            stale_ok: false,
             viewer: 2,
             conversation: 10,
             from: 1,
@@ -338,6 +340,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
     assert_eq!(appended.results[0].seq, 1);
     let raw = c
         .read(pb::ReadRequest {
+            stale_ok: false,
             conversation: 500,
             from: 1,
             limit: 5,
@@ -453,6 +456,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
     server.engine.raw_overwrite_segment(500, 1, b"garbage")?;
     let s = expect_code(
         c.read(pb::ReadRequest {
+            stale_ok: false,
             conversation: 500,
             from: 1,
             limit: 5,
@@ -731,6 +735,7 @@ async fn malformed_and_hostile_requests_get_clear_statuses_and_write_nothing() -
     for limit in [0u32, u32::MAX] {
         expect_code(
             c.read_as(pb::ReadAsRequest {
+                stale_ok: false,
                 viewer: 1,
                 conversation: 1,
                 from: 1,
@@ -745,6 +750,7 @@ async fn malformed_and_hostile_requests_get_clear_statuses_and_write_nothing() -
     // Unknown enum values.
     expect_code(
         c.read(pb::ReadRequest {
+            stale_ok: false,
             conversation: 1,
             from: 1,
             limit: 5,
