@@ -43,6 +43,31 @@ pub enum ClusterCmd {
     },
     /// Where the node behind `--server` stands: leader, term, log, members.
     Status,
+    /// Add a running node (learner, caught up, then voter); `--server` is
+    /// the leader.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// Its host:port.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a voter; `--server` is the leader.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Move the shard's replica from one node to another: add `--to` (a
+    /// learner until caught up, then a voter), then remove `--from`.
+    MoveShard {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        /// host:port of `--to`.
+        #[arg(long)]
+        address: String,
+    },
 }
 
 type Failure = Box<dyn std::error::Error>;
@@ -130,38 +155,89 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                     println!("cluster initialized; a leader is being elected");
                 }
             }
+            ClusterCmd::AddNode { id, address } => {
+                let s = add_node(&mut client, id, address).await?;
+                print_status(&s, json_output);
+            }
+            ClusterCmd::RemoveNode { id } => {
+                let s = remove_node(&mut client, id).await?;
+                print_status(&s, json_output);
+            }
+            ClusterCmd::MoveShard { from, to, address } => {
+                add_node(&mut client, to, address).await?;
+                let s = remove_node(&mut client, from).await?;
+                print_status(&s, json_output);
+            }
             ClusterCmd::Status => {
                 let s = client
                     .status(rpb::NodeStatusRequest { shard: SHARD })
                     .await
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
                     .into_inner();
-                if json_output {
-                    println!(
-                        "{}",
-                        json!({"id": s.id, "shard": s.shard, "state": s.state, "leader": s.leader,
-                               "term": s.term, "last_log_index": s.last_log_index,
-                               "last_applied": s.last_applied,
-                               "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
-                    );
-                } else {
-                    let members: Vec<String> =
-                        s.members.iter().map(|m| format!("{}={}", m.id, m.address)).collect();
-                    println!(
-                        "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}",
-                        s.id,
-                        s.shard,
-                        s.state,
-                        s.term,
-                        s.leader,
-                        s.last_log_index,
-                        s.last_applied,
-                        s.last_log_index.saturating_sub(s.last_applied),
-                        members.join(",")
-                    );
-                }
+                print_status(&s, json_output);
             }
         }
         Ok(())
     })
+}
+
+async fn add_node(
+    client: &mut RaftTransportClient<tonic::transport::Channel>,
+    id: u64,
+    address: String,
+) -> Result<rpb::NodeStatus, Failure> {
+    Ok(client
+        .add_node(rpb::MemberChange {
+            shard: SHARD,
+            id,
+            address,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner())
+}
+
+async fn remove_node(
+    client: &mut RaftTransportClient<tonic::transport::Channel>,
+    id: u64,
+) -> Result<rpb::NodeStatus, Failure> {
+    Ok(client
+        .remove_node(rpb::MemberChange {
+            shard: SHARD,
+            id,
+            address: String::new(),
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner())
+}
+
+fn print_status(s: &rpb::NodeStatus, json_output: bool) {
+    if json_output {
+        println!(
+            "{}",
+            json!({"id": s.id, "shard": s.shard, "state": s.state, "leader": s.leader,
+                               "term": s.term, "last_log_index": s.last_log_index,
+                               "last_applied": s.last_applied,
+                               "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
+        );
+    } else {
+        let members: Vec<String> = s
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.address))
+            .collect();
+        println!(
+            "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}",
+            s.id,
+            s.shard,
+            s.state,
+            s.term,
+            s.leader,
+            s.last_log_index,
+            s.last_applied,
+            s.last_log_index.saturating_sub(s.last_applied),
+            members.join(",")
+        );
+    }
 }

@@ -2,7 +2,10 @@
 //! leader is killed with SIGKILL under an append load; a new leader is
 //! elected; clients retry through it with the same client message ids;
 //! every acknowledged send is present exactly once with continuous seqs;
-//! the killed node restarts and catches up to the same bytes.
+//! the killed node restarts and catches up to the same bytes; then, under
+//! load again, the shard's replica moves from that node to a new node 4
+//! (learner, caught up, voter; old one removed) with no acknowledged write
+//! lost.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -24,6 +27,8 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const GROUP: u64 = 9;
 const WRITERS: u64 = 4;
 const PER_WRITER: u64 = 150;
+/// Sends per writer while the shard moves to a new node.
+const MOVE_PER_WRITER: u64 = 50;
 
 mod tonic_types_shim {
     /// The leader address a NOT_LEADER status carries in its message.
@@ -179,7 +184,7 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
         );
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    let acked = runtime.block_on(async {
+    let (acked, moved_away) = runtime.block_on(async {
         let mut admin = RaftTransportClient::connect(format!("http://{}", addrs[0])).await?;
         admin
             .initialize(rpb::InitializeRequest {
@@ -284,6 +289,8 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
         };
         let stale = reader.read_as(read(true)).await?.into_inner();
         assert_eq!(stale.messages.len() as u64, WRITERS * PER_WRITER);
+        let acked_so_far = acked.lock().map(|a| a.len()).unwrap_or(0);
+        assert_eq!(acked_so_far as u64, WRITERS * PER_WRITER);
         let refused = reader
             .read_as(read(false))
             .await
@@ -291,8 +298,68 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
             .ok_or("a follower served a linearizable read")?;
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert_eq!(leader_hint(&refused), Some(leader_now.to_string()));
+        // Move the shard's replica from the restarted node to a new node 4
+        // while writers keep sending.
+        let new_addr = free_port()?;
+        let new_dir = root.path().join("node4");
+        nodes.insert(4, spawn_node(4, new_addr, &new_dir)?);
+        let mut movers = Vec::new();
+        for w in 1..=WRITERS {
+            let (addrs, acked) = (addrs.clone(), Arc::clone(&acked));
+            movers.push(tokio::spawn(async move {
+                for i in 0..MOVE_PER_WRITER {
+                    let id = format!("m{w}-{i}");
+                    let (seq, _) = send_until_acked(&addrs, w, &id).await?;
+                    acked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, seq);
+                }
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            }));
+        }
+        let mut admin = RaftTransportClient::connect(format!("http://{leader_now}")).await?;
+        admin
+            .add_node(rpb::MemberChange {
+                shard: 0,
+                id: 4,
+                address: new_addr.to_string(),
+            })
+            .await?;
+        let moved = admin
+            .remove_node(rpb::MemberChange {
+                shard: 0,
+                id: leader_id,
+                address: String::new(),
+            })
+            .await?
+            .into_inner();
+        let members: Vec<u64> = moved.members.iter().map(|m| m.id).collect();
+        assert!(
+            members.contains(&4) && !members.contains(&leader_id),
+            "{members:?}"
+        );
+        for m in movers {
+            m.await?.map_err(|e| e.to_string())?;
+        }
+        // The new replica applies everything the leader has.
+        let target = status(leader_now)
+            .await
+            .ok_or("leader status")?
+            .last_applied;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let applied = status(new_addr).await.map_or(0, |s| s.last_applied);
+            if applied >= target {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("node 4 stuck at {applied}, leader at {target}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let acked = acked.lock().map_err(|_| "poisoned")?.clone();
-        Ok::<_, Box<dyn std::error::Error>>(acked)
+        Ok::<_, Box<dyn std::error::Error>>((acked, leader_id))
     })?;
     // Stop everything, then compare the three stores.
     for node in nodes.values_mut() {
@@ -301,7 +368,13 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
             .status();
         let _ = node.child.wait();
     }
-    let dirs: Vec<PathBuf> = nodes.values().map(|n| n.dir.clone()).collect();
+    // The node the shard moved away from stopped receiving the log.
+    let dirs: Vec<PathBuf> = nodes
+        .values()
+        .filter(|n| n.id != moved_away)
+        .map(|n| n.dir.clone())
+        .collect();
+    assert_eq!(dirs.len(), 3);
     drop(nodes);
     let reference = timeline(&dirs[0])?;
     for dir in &dirs[1..] {
@@ -313,7 +386,7 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
             reference.len()
         );
     }
-    assert_eq!(acked.len() as u64, WRITERS * PER_WRITER);
+    assert_eq!(acked.len() as u64, WRITERS * (PER_WRITER + MOVE_PER_WRITER));
     assert_eq!(reference.len(), acked.len(), "every send exactly once");
     for (i, (seq, _)) in reference.iter().enumerate() {
         assert_eq!(*seq, i as u64 + 1, "continuous seqs");

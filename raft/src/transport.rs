@@ -7,13 +7,15 @@ use std::sync::{Arc, RwLock};
 use imstore_proto::raft as pb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::ChangeMembers;
 use openraft::{BasicNode, Raft, ServerState};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -145,6 +147,24 @@ impl TransportService {
     }
 }
 
+/// A membership change refused: by a follower (with the leader's address,
+/// as `UNAVAILABLE`) or by raft itself.
+fn change_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Status::unavailable(match f.leader_node {
+                Some(node) => format!(
+                    "not the leader; the leader is node {} at {}",
+                    f.leader_id.unwrap_or(0),
+                    node.addr
+                ),
+                None => "not the leader; no leader is known yet".to_owned(),
+            })
+        }
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     bincode::deserialize(bytes)
         .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
@@ -208,6 +228,42 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::InitializeResponse {}))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::MemberChange>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let r = request.into_inner();
+        let raft = self.shard(r.shard)?;
+        if r.id == 0 || r.address.is_empty() {
+            return Err(Status::invalid_argument(
+                "a node needs a non-zero id and an address",
+            ));
+        }
+        // A learner first, caught up (blocking), then a voter: the quorum
+        // never waits on an empty node.
+        raft.add_learner(r.id, BasicNode::new(r.address.clone()), true)
+            .await
+            .map_err(change_error)?;
+        raft.change_membership(ChangeMembers::AddVoterIds([r.id].into()), false)
+            .await
+            .map_err(change_error)?;
+        self.status(Request::new(pb::NodeStatusRequest { shard: r.shard }))
+            .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::MemberChange>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let r = request.into_inner();
+        let raft = self.shard(r.shard)?;
+        raft.change_membership(ChangeMembers::RemoveVoters([r.id].into()), false)
+            .await
+            .map_err(change_error)?;
+        self.status(Request::new(pb::NodeStatusRequest { shard: r.shard }))
+            .await
     }
 
     async fn status(
