@@ -59,14 +59,71 @@ impl Backend for EngineBackend {
 /// This node's replica of a replicated shard: writes are proposed to raft
 /// (a follower answers `NotLeader` with the leader's address), reads wait
 /// for a read index (`ensure_linearizable`) and are served locally.
+///
+/// Concurrent writes are batched: whatever queued up while the previous
+/// proposal was being formed goes into one raft entry (at most
+/// [`MAX_PROPOSAL`] commands), and several proposals may be in flight.
 pub struct RaftBackend {
     node: ReplicaNode,
+    queue: tokio::sync::mpsc::UnboundedSender<(Command, Done)>,
 }
 
+/// Most commands in one raft entry.
+pub const MAX_PROPOSAL: usize = 256;
+
 impl RaftBackend {
-    /// Serves this replica.
+    /// Serves this replica. Must be called inside a tokio runtime: it
+    /// starts the task that forms proposals.
     pub fn new(node: ReplicaNode) -> Self {
-        RaftBackend { node }
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Command, Done)>();
+        let raft = node.raft.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_PROPOSAL {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let raft = raft.clone();
+                tokio::spawn(propose(raft, batch));
+            }
+        });
+        RaftBackend { node, queue }
+    }
+}
+
+/// Proposes one batch and answers each of its writers.
+async fn propose(raft: openraft::Raft<imstore_raft::TypeConfig>, batch: Vec<(Command, Done)>) {
+    let (commands, done): (Vec<Command>, Vec<Done>) = batch.into_iter().unzip();
+    match raft.client_write(imstore_raft::Proposal(commands)).await {
+        Ok(response) => {
+            let mut responses = response.data.0.into_iter();
+            for d in done {
+                d(match responses.next() {
+                    Some(imstore_raft::Response(result)) => {
+                        result.map_err(|(reason, message)| Error::Remote { reason, message })
+                    }
+                    None => Err(Error::Remote {
+                        reason: "INTERNAL".into(),
+                        message: "no response for a proposed command".into(),
+                    }),
+                });
+            }
+        }
+        Err(e) => {
+            let err = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
+                other => Error::Remote {
+                    reason: "UNAVAILABLE".into(),
+                    message: other.to_string(),
+                },
+            };
+            for d in done {
+                d(Err(err.clone()));
+            }
+        }
     }
 }
 
@@ -79,23 +136,11 @@ fn not_leader(f: ForwardToLeader<u64, openraft::BasicNode>) -> Error {
 
 impl Backend for RaftBackend {
     fn submit(&self, command: Command, done: Done) {
-        let raft = self.node.raft.clone();
-        tokio::spawn(async move {
-            let result = match raft.client_write(command).await {
-                Ok(response) => response
-                    .data
-                    .0
-                    .map_err(|(reason, message)| Error::Remote { reason, message }),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(not_leader(f))
-                }
-                Err(e) => Err(Error::Remote {
-                    reason: "UNAVAILABLE".into(),
-                    message: e.to_string(),
-                }),
-            };
-            done(result);
-        });
+        if let Err(tokio::sync::mpsc::error::SendError((_, done))) =
+            self.queue.send((command, done))
+        {
+            done(Err(Error::Closed));
+        }
     }
 
     fn engine(&self) -> &Engine {

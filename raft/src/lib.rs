@@ -39,17 +39,26 @@ pub use node::{start, ReplicaNode};
 pub use state_machine::StateMachine;
 pub use transport::{GrpcLink, GrpcNetwork, Shards, TransportService};
 
-/// What applying one entry produced: the engine's outcome, or its error as
-/// (reason code, message) (the entry is still applied: a rejected command
-/// writes nothing).
+/// A log entry's payload: commands proposed together (the proxy batches
+/// concurrent client writes into one entry), applied in order, each
+/// atomic on its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Proposal(pub Vec<Command>);
+
+/// What applying one command produced: the engine's outcome, or its error
+/// as (reason code, message) (a rejected command writes nothing).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Response(pub Result<Outcome, (String, String)>);
+
+/// The responses of one entry, one per command of its [`Proposal`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Responses(pub Vec<Response>);
 
 openraft::declare_raft_types!(
     /// imstore's raft types: entries carry engine commands.
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Proposal,
+        R = Responses,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -17,7 +17,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
-use crate::{Response, TypeConfig};
+use crate::{Proposal, Response, Responses, TypeConfig};
 
 const META_LAST_APPLIED: &[u8] = b"raft/last_applied";
 const META_MEMBERSHIP: &[u8] = b"raft/membership";
@@ -121,7 +121,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Self::read_applied(&self.engine)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Responses>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -129,21 +129,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (_, mut membership) = Self::read_applied(&self.engine)?;
         let mut responses = Vec::new();
         let mut chunk: Vec<Command> = Vec::new();
-        // Per entry of the chunk: Some(index into chunk) or None (no command).
-        let mut slots: Vec<Option<usize>> = Vec::new();
+        // Per entry of the chunk: where its commands are in the chunk.
+        let mut slots: Vec<std::ops::Range<usize>> = Vec::new();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let count = entries.len();
         for (i, entry) in entries.into_iter().enumerate() {
             let last = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => slots.push(None),
-                EntryPayload::Normal(command) => {
-                    slots.push(Some(chunk.len()));
-                    chunk.push(command);
+                EntryPayload::Blank => slots.push(0..0),
+                EntryPayload::Normal(Proposal(commands)) => {
+                    let start = chunk.len();
+                    chunk.extend(commands);
+                    slots.push(start..chunk.len());
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
-                    slots.push(None);
+                    slots.push(0..0);
                 }
             }
             if chunk.len() >= APPLY_CHUNK || i + 1 == count {
@@ -155,15 +156,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if let Some(Err(e)) = outcomes.pop() {
                     return Err(sm_err(e));
                 }
-                for slot in slots.drain(..) {
-                    responses.push(Response(match slot {
-                        Some(at) => match outcomes.get(at) {
-                            Some(Ok(o)) => Ok(o.clone()),
-                            Some(Err(e)) => Err((e.reason().to_owned(), e.to_string())),
-                            None => Err(("INTERNAL".into(), "missing outcome".into())),
-                        },
-                        None => Ok(Outcome::Done),
-                    }));
+                for range in slots.drain(..) {
+                    responses.push(Responses(
+                        range
+                            .map(|at| {
+                                Response(match outcomes.get(at) {
+                                    Some(Ok(o)) => Ok(o.clone()),
+                                    Some(Err(e)) => Err((e.reason().to_owned(), e.to_string())),
+                                    None => Err(("INTERNAL".into(), "missing outcome".into())),
+                                })
+                            })
+                            .collect(),
+                    ));
                 }
             }
         }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use imstore_engine::{Bytes, Command, Direction, Engine, Options, Outcome, SendMessage};
-use imstore_raft::{LogStore, Response, StateMachine, TypeConfig};
+use imstore_raft::{LogStore, Proposal, Response, StateMachine, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -194,8 +194,10 @@ async fn write(
     raft: &Raft<TypeConfig>,
     command: Command,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let response = raft.client_write(command).await?;
-    let Response(result) = response.data;
+    let response = raft.client_write(Proposal(vec![command])).await?;
+    let Some(Response(result)) = response.data.0.into_iter().next() else {
+        return Err("no response".into());
+    };
     result.map_err(|(reason, message)| format!("{reason}: {message}").into())
 }
 
@@ -261,7 +263,9 @@ async fn three_nodes_replicate_fail_over_and_catch_up() -> TestResult {
     router.cut(leader);
     let lonely = tokio::time::timeout(
         Duration::from_secs(2),
-        nodes[&leader].raft.client_write(send(1, 1, "lost", 1_000)),
+        nodes[&leader]
+            .raft
+            .client_write(Proposal(vec![send(1, 1, "lost", 1_000)])),
     )
     .await;
     assert!(
