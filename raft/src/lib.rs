@@ -1,7 +1,7 @@
 //! imstore-raft: replication of the engine with openraft 0.9.
 //!
-//! **Owns:** the raft type configuration (log entries are engine
-//! [`Command`]s, chosen and timestamped by the leader before proposing), the
+//! **Owns:** the raft type configuration (log entries are [`Proposal`]s of
+//! engine [`Command`]s, timestamped by the receiving node before proposing), the
 //! raft log on RocksDB ([`LogStore`]: appends and votes fsynced before they
 //! are acknowledged), and the engine as a raft state machine
 //! ([`StateMachine`]: committed entries through the deterministic apply
@@ -13,8 +13,11 @@
 //! messages bincode-encoded, addressed by shard) and [`start`], which opens
 //! a node's replica of a shard.
 //!
-//! **Is not (yet):** the multi-raft shard map, placement, or shard moves;
-//! a cluster today is one shard (id 0) replicated on every node.
+//! Membership changes (add a node as a learner, then a voter; remove one)
+//! are served by the transport's admin RPCs.
+//!
+//! **Is not (yet):** the multi-raft shard map or placement: a cluster today
+//! is one shard (id 0) replicated on the nodes of its membership.
 //!
 //! **Limits:** one raft group per engine directory; a snapshot is one
 //! in-memory image of the whole store (streaming in bounded chunks is
