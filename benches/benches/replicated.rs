@@ -42,7 +42,7 @@ fn cluster() -> Cluster {
             let node = imstore_raft::start(id, 0, dir.path(), Options::default())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            let shards: Shards = Arc::new(RwLock::new([(0, node.raft.clone())].into()));
+            let shards: Shards = Arc::new(RwLock::new([(0, node.clone())].into()));
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(RaftTransportServer::new(TransportService::new(id, shards)))

@@ -83,7 +83,7 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         replica
             .engine
             .set_commit_listener(move |notice| publish.publish(notice));
-        let shards: Shards = Arc::new(RwLock::new([(SHARD, replica.raft.clone())].into()));
+        let shards: Shards = Arc::new(RwLock::new([(SHARD, replica.clone())].into()));
         let service = ImstoreService::new(
             Arc::new(RaftBackend::new(replica.clone())),
             Arc::clone(&hub),
@@ -219,6 +219,10 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             json!({"id": s.id, "shard": s.shard, "state": s.state, "leader": s.leader,
                                "term": s.term, "last_log_index": s.last_log_index,
                                "last_applied": s.last_applied,
+            "snapshot_index": s.snapshot_index, "snapshots_built": s.snapshots_built,
+            "snapshots_installed": s.snapshots_installed, "last_snapshot_bytes": s.last_snapshot_bytes,
+            "last_snapshot_build_ms": s.last_snapshot_build_ms,
+            "last_snapshot_install_ms": s.last_snapshot_install_ms,
                                "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
         );
     } else {
@@ -228,7 +232,7 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             .map(|m| format!("{}={}", m.id, m.address))
             .collect();
         println!(
-            "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}",
+            "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}; snapshot at {} ({} built, {} installed, last {} bytes, build {} ms, install {} ms)",
             s.id,
             s.shard,
             s.state,
@@ -237,7 +241,13 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             s.last_log_index,
             s.last_applied,
             s.last_log_index.saturating_sub(s.last_applied),
-            members.join(",")
+            members.join(","),
+            s.snapshot_index,
+            s.snapshots_built,
+            s.snapshots_installed,
+            s.last_snapshot_bytes,
+            s.last_snapshot_build_ms,
+            s.last_snapshot_install_ms
         );
     }
 }

@@ -39,7 +39,7 @@ use std::io::Cursor;
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{start, ReplicaNode};
-pub use state_machine::StateMachine;
+pub use state_machine::{SnapshotStats, StateMachine};
 pub use transport::{GrpcLink, GrpcNetwork, Shards, TransportService};
 
 /// A log entry's payload: commands proposed together (the proxy batches

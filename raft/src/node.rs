@@ -16,6 +16,8 @@ pub struct ReplicaNode {
     pub raft: Raft<TypeConfig>,
     /// The engine it applies to (reads go here after a read barrier).
     pub engine: Engine,
+    /// The state machine (for its snapshot figures).
+    pub state_machine: StateMachine,
 }
 
 /// Opens (creating if needed) replica `shard` of node `id` under `dir`
@@ -37,13 +39,18 @@ pub async fn start(
         election_timeout_max: 800,
         ..Config::default()
     };
+    let state_machine = StateMachine::new(engine.clone());
     let raft = Raft::new(
         id,
         Arc::new(config.validate()?),
         GrpcNetwork::new(shard),
         log,
-        StateMachine::new(engine.clone()),
+        state_machine.clone(),
     )
     .await?;
-    Ok(ReplicaNode { raft, engine })
+    Ok(ReplicaNode {
+        raft,
+        engine,
+        state_machine,
+    })
 }

@@ -47,11 +47,29 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// Snapshot figures of one replica since it started, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots built here.
+    pub built: u64,
+    /// Size of the last one built, bytes.
+    pub last_built_bytes: u64,
+    /// How long building it took, milliseconds.
+    pub last_build_ms: u64,
+    /// Snapshots installed here (received from a leader).
+    pub installed: u64,
+    /// Size of the last one installed, bytes.
+    pub last_installed_bytes: u64,
+    /// How long installing it took, milliseconds.
+    pub last_install_ms: u64,
+}
+
 /// The state machine of one raft group: an imstore engine.
 #[derive(Clone)]
 pub struct StateMachine {
     engine: Engine,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
+    stats: Arc<Mutex<SnapshotStats>>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -67,7 +85,13 @@ impl StateMachine {
         StateMachine {
             engine,
             current: Arc::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// Snapshot figures since start.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The engine, for reads.
@@ -187,6 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
+        let started = std::time::Instant::now();
         let data = snapshot.into_inner();
         // The image plus where raft stands, replaced in one write.
         let mut image = data.clone();
@@ -200,6 +225,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut outcomes = self.run(vec![Command::ReplaceState(image)]).await?;
         if let Some(Err(e)) = outcomes.pop() {
             return Err(snapshot_err(e));
+        }
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.installed += 1;
+            stats.last_installed_bytes = data.len() as u64;
+            stats.last_install_ms = started.elapsed().as_millis() as u64;
         }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         *current = Some(StoredSnapshot {
@@ -220,6 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         let engine = self.engine.clone();
         // The image and the applied state from the same moment: nothing is
         // applied concurrently (openraft builds snapshots between applies).
@@ -239,6 +271,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id,
         };
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.built += 1;
+            stats.last_built_bytes = data.len() as u64;
+            stats.last_build_ms = started.elapsed().as_millis() as u64;
+        }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         *current = Some(StoredSnapshot {
             meta: meta.clone(),

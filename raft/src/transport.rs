@@ -125,7 +125,7 @@ impl RaftNetwork<TypeConfig> for GrpcLink {
 }
 
 /// The shards a node hosts, by id.
-pub type Shards = Arc<RwLock<BTreeMap<u64, Raft<TypeConfig>>>>;
+pub type Shards = Arc<RwLock<BTreeMap<u64, crate::ReplicaNode>>>;
 
 /// The server side of the transport: hands each message to its shard.
 pub struct TransportService {
@@ -139,11 +139,15 @@ impl TransportService {
         TransportService { node_id, shards }
     }
 
-    fn shard(&self, shard: u64) -> Result<Raft<TypeConfig>, Status> {
+    fn replica(&self, shard: u64) -> Result<crate::ReplicaNode, Status> {
         let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
         shards.get(&shard).cloned().ok_or_else(|| {
             Status::not_found(format!("shard {shard} is not on node {}", self.node_id))
         })
+    }
+
+    fn shard(&self, shard: u64) -> Result<Raft<TypeConfig>, Status> {
+        Ok(self.replica(shard)?.raft)
     }
 }
 
@@ -271,8 +275,9 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let shard = request.into_inner().shard;
-        let raft = self.shard(shard)?;
-        let m = raft.metrics().borrow().clone();
+        let replica = self.replica(shard)?;
+        let m = replica.raft.metrics().borrow().clone();
+        let snapshots = replica.state_machine.snapshot_stats();
         let state = match m.state {
             ServerState::Leader => "Leader",
             ServerState::Follower => "Follower",
@@ -288,6 +293,14 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             last_log_index: m.last_log_index.unwrap_or(0),
             last_applied: m.last_applied.map_or(0, |l| l.index),
             state: state.into(),
+            snapshot_index: m.snapshot.map_or(0, |s| s.index),
+            snapshots_built: snapshots.built,
+            last_snapshot_bytes: snapshots
+                .last_built_bytes
+                .max(snapshots.last_installed_bytes),
+            last_snapshot_build_ms: snapshots.last_build_ms,
+            snapshots_installed: snapshots.installed,
+            last_snapshot_install_ms: snapshots.last_install_ms,
             members: m
                 .membership_config
                 .nodes()

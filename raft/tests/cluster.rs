@@ -140,6 +140,7 @@ impl RaftNetwork<TypeConfig> for Link {
 struct Node {
     raft: Raft<TypeConfig>,
     engine: Engine,
+    state_machine: StateMachine,
 }
 
 fn config() -> Result<Arc<Config>, Box<dyn std::error::Error>> {
@@ -166,6 +167,7 @@ async fn start_node(
     let log = LogStore::open(&dir.join(format!("node{id}-log")))?;
     let engine = Engine::open(dir.join(format!("node{id}-engine")), Options::default())?;
     let sm = StateMachine::new(engine.clone());
+    let state_machine = sm.clone();
     let network = NodeNetwork {
         router: router.clone(),
         from: id,
@@ -176,7 +178,11 @@ async fn start_node(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, raft.clone());
-    Ok(Node { raft, engine })
+    Ok(Node {
+        raft,
+        engine,
+        state_machine,
+    })
 }
 
 fn send(conversation: u64, sender: u64, id: &str, ts: u64) -> Command {
@@ -323,6 +329,16 @@ async fn three_nodes_replicate_fail_over_and_catch_up() -> TestResult {
             .applied_index_at_least(Some(last_index), "every node caught up")
             .await?;
     }
+
+    // The snapshot was built on the leader and installed on the follower
+    // that missed the purged log; both are in the figures.
+    let built = nodes[&new_leader].state_machine.snapshot_stats();
+    assert!(built.built >= 1 && built.last_built_bytes > 0, "{built:?}");
+    let installed = nodes[&follower].state_machine.snapshot_stats();
+    assert!(
+        installed.installed >= 1 && installed.last_installed_bytes > 0,
+        "{installed:?}"
+    );
 
     // Every replica holds the same timeline: every acknowledged send once,
     // at its seq, continuous.
