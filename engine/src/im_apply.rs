@@ -889,19 +889,8 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     ) -> Result<Outcome> {
         let (_, message) = self.existing_message(scratch, conversation, seq)?;
         if !admin {
-            if message.sender != by {
-                return Err(Error::PermissionDenied(format!(
-                    "user {by} did not send message {seq} of conversation {conversation}"
-                )));
-            }
-            let deadline = message
-                .timestamp_ms
-                .saturating_add(self.limits.recall_window_ms);
-            if timestamp_ms > deadline {
-                return Err(Error::FailedPrecondition(format!(
-                    "the recall window of message {seq} closed at {deadline} ms"
-                )));
-            }
+            let window = self.limits.recall_window_ms;
+            sender_within(&message, by, timestamp_ms, window, "recall")?;
         }
         if let Some(OverlayEntry::Recalled { .. }) = self.overlay(scratch, conversation, seq)? {
             return Ok(Outcome::Done);
@@ -935,19 +924,13 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             });
         }
         let (_, message) = self.existing_message(scratch, conversation, seq)?;
-        if message.sender != by {
-            return Err(Error::PermissionDenied(format!(
-                "user {by} did not send message {seq} of conversation {conversation}"
-            )));
-        }
-        let deadline = message
-            .timestamp_ms
-            .saturating_add(self.limits.edit_window_ms);
-        if timestamp_ms > deadline {
-            return Err(Error::FailedPrecondition(format!(
-                "the edit window of message {seq} closed at {deadline} ms"
-            )));
-        }
+        sender_within(
+            &message,
+            by,
+            timestamp_ms,
+            self.limits.edit_window_ms,
+            "edit",
+        )?;
         let edits = match self.overlay(scratch, conversation, seq)? {
             Some(OverlayEntry::Recalled { .. }) => {
                 return Err(Error::FailedPrecondition(format!(
@@ -1143,4 +1126,28 @@ fn decode_image(image: &[u8]) -> Result<Vec<super::Row>> {
         rows.push((space, key, value));
     }
     Ok(rows)
+}
+
+/// Checks that `by` sent `message` and that `now_ms` is within `window_ms`
+/// of its send (the rule of recalls and edits).
+fn sender_within(
+    message: &Message,
+    by: u64,
+    now_ms: u64,
+    window_ms: u64,
+    what: &str,
+) -> Result<()> {
+    let (seq, conversation) = (message.seq, message.conversation);
+    if message.sender != by {
+        return Err(Error::PermissionDenied(format!(
+            "user {by} did not send message {seq} of conversation {conversation}"
+        )));
+    }
+    let deadline = message.timestamp_ms.saturating_add(window_ms);
+    if now_ms > deadline {
+        return Err(Error::FailedPrecondition(format!(
+            "the {what} window of message {seq} closed at {deadline} ms"
+        )));
+    }
+    Ok(())
 }
