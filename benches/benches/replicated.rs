@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imstore_benches::bench_dir;
-use imstore_engine::{Bytes, Command, NewMessage, Options};
+use imstore_engine::{Bytes, Command, NewMessage};
 use imstore_proto::raft::raft_transport_server::RaftTransportServer;
-use imstore_raft::{ReplicaNode, Shards, TransportService};
+use imstore_raft::{ReplicaConfig, ReplicaNode, Shards, TransportService};
 use openraft::BasicNode;
 
 struct Cluster {
@@ -39,7 +39,7 @@ fn cluster() -> Cluster {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             let addr: SocketAddr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-            let node = imstore_raft::start(id, 0, dir.path(), Options::default())
+            let node = imstore_raft::start(id, 0, dir.path(), ReplicaConfig::default())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             let shards: Shards = Arc::new(RwLock::new([(0, node.clone())].into()));

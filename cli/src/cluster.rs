@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use clap::Subcommand;
-use imstore_engine::Options;
 use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::raft::raft_transport_server::RaftTransportServer;
 use imstore_proto::v1::imstore_server::ImstoreServer;
-use imstore_proxy::{Hub, ImstoreService, Metrics, RaftBackend, ServiceLimits};
-use imstore_raft::{Shards, TransportService};
+use imstore_proxy::{
+    serve_metrics, Hub, ImstoreService, Metrics, RaftBackend, RenderMetrics, ServiceLimits,
+};
+use imstore_raft::{Faults, ReplicaConfig, Shards, TransportService};
 use serde_json::json;
 
 /// The one shard a cluster has today.
@@ -30,6 +31,20 @@ pub struct NodeArgs {
     /// Data directory.
     #[arg(long, default_value = "./imstore-node")]
     data_dir: PathBuf,
+    /// Build a snapshot after this many log entries since the last one.
+    #[arg(long, default_value_t = 5_000)]
+    snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slightly lagging followers;
+    /// one further behind is sent the snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    keep_log: u64,
+    /// Prometheus /metrics address (RPC, engine, raft and snapshot
+    /// figures); off unless given.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Testing only: accept `SetFaults` (cut this node off from peers).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
 }
 
 #[derive(Subcommand)]
@@ -75,7 +90,18 @@ type Failure = Box<dyn std::error::Error>;
 pub fn node(args: NodeArgs) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let replica = imstore_raft::start(args.id, SHARD, &args.data_dir, Options::default())
+        let faults = if args.fault_injection {
+            Faults::injectable()
+        } else {
+            Faults::default()
+        };
+        let config = ReplicaConfig {
+            snapshot_every: args.snapshot_every,
+            keep_log: args.keep_log,
+            faults: faults.clone(),
+            ..ReplicaConfig::default()
+        };
+        let replica = imstore_raft::start(args.id, SHARD, &args.data_dir, config)
             .await
             .map_err(|e| e.to_string())?;
         let hub = Arc::new(Hub::default());
@@ -84,13 +110,30 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
             .engine
             .set_commit_listener(move |notice| publish.publish(notice));
         let shards: Shards = Arc::new(RwLock::new([(SHARD, replica.clone())].into()));
+        let metrics = Arc::new(Metrics::default());
         let service = ImstoreService::new(
             Arc::new(RaftBackend::new(replica.clone())),
             Arc::clone(&hub),
-            Arc::new(Metrics::default()),
+            Arc::clone(&metrics),
             ServiceLimits::default(),
             args.data_dir.display().to_string(),
         );
+        let metrics_task = match args.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                eprintln!(
+                    "imstore node {} metrics on {}",
+                    args.id,
+                    listener.local_addr()?
+                );
+                let (replica, hub) = (replica.clone(), Arc::clone(&hub));
+                let render: RenderMetrics = Arc::new(move || {
+                    metrics.render(&replica.engine, hub.len()) + &replica.render_metrics(SHARD)
+                });
+                Some(tokio::spawn(serve_metrics(listener, render)))
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         let addr = listener.local_addr()?;
         eprintln!("imstore node {} serving on {addr}", args.id);
@@ -100,8 +143,8 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
             closing.close_all("the node is shutting down");
         };
         tonic::transport::Server::builder()
-            .add_service(RaftTransportServer::new(TransportService::new(
-                args.id, shards,
+            .add_service(RaftTransportServer::new(TransportService::with_faults(
+                args.id, shards, faults,
             )))
             .add_service(ImstoreServer::new(service))
             .serve_with_incoming_shutdown(
@@ -109,6 +152,9 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
                 signal,
             )
             .await?;
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         replica.raft.shutdown().await.map_err(|e| e.to_string())?;
         let engine = replica.engine;
         tokio::task::spawn_blocking(move || drop(engine)).await?;
@@ -223,6 +269,7 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             "snapshots_installed": s.snapshots_installed, "last_snapshot_bytes": s.last_snapshot_bytes,
             "last_snapshot_build_ms": s.last_snapshot_build_ms,
             "last_snapshot_install_ms": s.last_snapshot_install_ms,
+            "purged_index": s.purged_index,
                                "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
         );
     } else {
@@ -232,7 +279,7 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             .map(|m| format!("{}={}", m.id, m.address))
             .collect();
         println!(
-            "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}; snapshot at {} ({} built, {} installed, last {} bytes, build {} ms, install {} ms)",
+            "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}; log purged to {}, snapshot at {} ({} built, {} installed, last {} bytes, build {} ms, install {} ms)",
             s.id,
             s.shard,
             s.state,
@@ -242,6 +289,7 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             s.last_applied,
             s.last_log_index.saturating_sub(s.last_applied),
             members.join(","),
+            s.purged_index,
             s.snapshot_index,
             s.snapshots_built,
             s.snapshots_installed,

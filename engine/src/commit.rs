@@ -332,7 +332,13 @@ impl Committer {
                 // A group of only duplicates and rejections has nothing to write.
                 let operations = batch.len() as u64;
                 if operations > 0 {
-                    self.store.write(batch)?;
+                    // Replacing the store is always synced, whatever
+                    // `sync_writes` says: raft drops the log the image
+                    // replaces once the install returns.
+                    let replacing = group
+                        .iter()
+                        .any(|(c, _)| matches!(c, Command::ReplaceState(_)));
+                    self.store.write(batch, replacing)?;
                 }
                 Ok((effects, operations))
             });

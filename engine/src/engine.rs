@@ -4,7 +4,7 @@ use std::thread::JoinHandle;
 
 use crate::apply::ApplyLimits;
 use crate::commit::Pipeline;
-use crate::store::{Store, CF_DEDUP, CF_SEGMENTS};
+use crate::store::{StateExport, Store, CF_DEDUP, CF_SEGMENTS};
 use crate::tail::TailCache;
 use crate::{
     read, Appended, Command, CommitNotice, CommitStats, Direction, Error, Message, NewMessage,
@@ -153,7 +153,25 @@ impl Engine {
     /// installed elsewhere with `Command::ReplaceState`.
     #[doc(hidden)]
     pub fn export_state(&self) -> Result<Vec<u8>> {
-        self.inner.store.export()
+        let mut image = Vec::new();
+        self.inner.store.export_to(&mut image)?;
+        Ok(image)
+    }
+
+    /// Streams a consistent image of the whole store to `out` (memory
+    /// bounded by one row), returning its size and the replication
+    /// metadata (`raft/` rows) of the same moment, which the image leaves
+    /// out.
+    #[doc(hidden)]
+    pub fn export_state_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
+        self.inner.store.export_to(out)
+    }
+
+    /// Makes every write committed so far durable (fsyncs the WAL): what a
+    /// store opened with `sync_writes: false` calls before it relies on its
+    /// own state, as a raft replica does before its log is purged.
+    pub fn make_durable(&self) -> Result<()> {
+        self.inner.store.sync_wal()
     }
 
     /// A replication metadata value written with `Command::PutMeta`.

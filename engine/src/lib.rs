@@ -70,6 +70,7 @@ pub mod codec;
 
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
+pub use crate::store::StateExport;
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,

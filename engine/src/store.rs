@@ -41,6 +41,18 @@ pub(crate) const META_CHANGE_COUNTER: &[u8] = b"change_counter";
 /// First bytes of an [`Store::export`] image.
 pub(crate) const EXPORT_MAGIC: &[u8; 8] = b"IMSTATE1";
 
+/// What [`Store::export_to`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateExport {
+    /// Bytes of the image.
+    pub bytes: u64,
+    /// Rows in it.
+    pub rows: u64,
+    /// The `raft/` metadata rows (key, value) of the same snapshot, which
+    /// the image leaves out.
+    pub raft_meta: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Meta keys owned by replication (`Command::PutMeta`).
 pub(crate) const RAFT_META_PREFIX: &[u8] = b"raft/";
 
@@ -145,13 +157,22 @@ impl Store {
         Ok(())
     }
 
-    /// A consistent image of every column family (a RocksDB snapshot),
-    /// without `raft/` metadata: `IMSTATE1`, then per row the column
-    /// family's index (u8), key length (u32 BE), key, value length (u32 BE),
-    /// value.
-    pub(crate) fn export(&self) -> Result<Vec<u8>> {
+    /// Writes a consistent image of every column family (one RocksDB
+    /// snapshot) to `out`, streaming: memory stays bounded by one row.
+    /// The image leaves out `raft/` metadata; those rows, read from the
+    /// same snapshot, are returned instead, so a raft snapshot's applied
+    /// state matches its data exactly. Layout: `IMSTATE1`, then per row
+    /// the column family's index (u8), key length (u32 BE), key, value
+    /// length (u32 BE), value.
+    pub(crate) fn export_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
+        let io = |e: std::io::Error| Error::Storage(format!("writing a store image: {e}"));
         let snapshot = self.db.snapshot();
-        let mut out = EXPORT_MAGIC.to_vec();
+        out.write_all(EXPORT_MAGIC).map_err(io)?;
+        let mut export = StateExport {
+            bytes: EXPORT_MAGIC.len() as u64,
+            rows: 0,
+            raft_meta: Vec::new(),
+        };
         for (index, name) in ALL_CFS.iter().enumerate() {
             let cf = self.cf(name)?;
             // The point-lookup column families have prefix extractors and
@@ -162,21 +183,24 @@ impl Store {
             it.seek_to_first();
             while let (Some(key), Some(value)) = (it.key(), it.value()) {
                 if *name == CF_META && key.starts_with(RAFT_META_PREFIX) {
+                    export.raft_meta.push((key.to_vec(), value.to_vec()));
                     it.next();
                     continue;
                 }
-                out.push(index as u8);
+                out.write_all(&[index as u8]).map_err(io)?;
                 for part in [key, value] {
                     let len = u32::try_from(part.len())
                         .map_err(|_| Error::Storage("row too large to export".into()))?;
-                    out.extend_from_slice(&len.to_be_bytes());
-                    out.extend_from_slice(part);
+                    out.write_all(&len.to_be_bytes()).map_err(io)?;
+                    out.write_all(part).map_err(io)?;
                 }
+                export.bytes += 9 + (key.len() + value.len()) as u64;
+                export.rows += 1;
                 it.next();
             }
             it.status()?;
         }
-        Ok(out)
+        Ok(export)
     }
 
     /// A new directory gets the current format version, synced; an existing
@@ -231,11 +255,18 @@ impl Store {
             .ok_or_else(|| Error::Storage(format!("column family {name} is missing")))
     }
 
-    /// Writes a batch, fsyncing the WAL first unless durability was turned off.
-    pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
+    /// Writes a batch, fsyncing the WAL first unless `sync_writes` is off
+    /// and the batch is not `must_sync`.
+    pub(crate) fn write(&self, batch: WriteBatch, must_sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
+        wo.set_sync(self.sync_writes || must_sync);
         self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (fsyncs the WAL).
+    pub(crate) fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
         Ok(())
     }
 

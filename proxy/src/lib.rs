@@ -33,5 +33,5 @@ pub use backend::{Backend, Barrier, Done, EngineBackend, RaftBackend};
 pub use error::{to_status, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;
-pub use server::{ServeError, Server, ServerConfig};
+pub use server::{serve_metrics, RenderMetrics, ServeError, Server, ServerConfig};
 pub use service::{ImstoreService, ServiceLimits};

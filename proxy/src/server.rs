@@ -207,7 +207,8 @@ impl Server {
         let mut background = Vec::new();
         if let Some(listener) = metrics_listener {
             let (engine, hub, metrics) = (engine.clone(), Arc::clone(&hub), Arc::clone(&metrics));
-            background.push(tokio::spawn(serve_metrics(listener, engine, hub, metrics)));
+            let render = Arc::new(move || metrics.render(&engine, hub.len()));
+            background.push(tokio::spawn(serve_metrics(listener, render)));
         }
         if config.retention_sweep_secs > 0 {
             let engine = engine.clone();
@@ -269,19 +270,18 @@ impl Server {
     }
 }
 
-/// A minimal HTTP/1.1 responder: `GET /metrics` gets the Prometheus text,
-/// anything else a 404.
-async fn serve_metrics(
-    listener: TcpListener,
-    engine: Engine,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-) {
+/// Renders the Prometheus text of a `/metrics` endpoint (run on a
+/// blocking thread: it may read RocksDB properties).
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A minimal HTTP/1.1 responder: `GET /metrics` gets what `render`
+/// produces, anything else a 404. Runs until its task is dropped.
+pub async fn serve_metrics(listener: TcpListener, render: RenderMetrics) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
-        let (engine, hub, metrics) = (engine.clone(), Arc::clone(&hub), Arc::clone(&metrics));
+        let render = Arc::clone(&render);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
@@ -291,7 +291,7 @@ async fn serve_metrics(
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let response = if request.starts_with("GET /metrics") {
-                let body = tokio::task::spawn_blocking(move || metrics.render(&engine, hub.len()))
+                let body = tokio::task::spawn_blocking(move || render())
                     .await
                     .unwrap_or_default();
                 format!(

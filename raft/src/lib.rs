@@ -19,9 +19,10 @@
 //! **Is not (yet):** the multi-raft shard map or placement: a cluster today
 //! is one shard (id 0) replicated on the nodes of its membership.
 //!
-//! **Limits:** one raft group per engine directory; a snapshot is one
-//! in-memory image of the whole store (streaming in bounded chunks is
-//! still to come).
+//! **Limits:** one raft group per engine directory. A snapshot is built
+//! and sent in bounded memory (streamed into a file, sent in chunks of
+//! [`ReplicaConfig::snapshot_chunk_bytes`]), but installed as one atomic
+//! write: the receiver holds one whole image in memory while installing.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -34,13 +35,11 @@ mod node;
 mod state_machine;
 mod transport;
 
-use std::io::Cursor;
-
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
-pub use node::{start, ReplicaNode};
+pub use node::{start, ReplicaConfig, ReplicaNode};
 pub use state_machine::{SnapshotStats, StateMachine};
-pub use transport::{GrpcLink, GrpcNetwork, Shards, TransportService};
+pub use transport::{Faults, GrpcLink, GrpcNetwork, Shards, TransportService};
 
 /// A log entry's payload: commands proposed together (the proxy batches
 /// concurrent client writes into one entry), applied in order, each
@@ -65,6 +64,6 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );

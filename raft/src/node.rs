@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use imstore_engine::{Engine, Options};
-use openraft::{Config, Raft};
+use openraft::{Config, Raft, SnapshotPolicy};
 
-use crate::{GrpcNetwork, LogStore, StateMachine, TypeConfig};
+use crate::{Faults, GrpcNetwork, LogStore, StateMachine, TypeConfig};
 
 /// One shard's replica on this node.
 #[derive(Clone)]
@@ -20,30 +20,167 @@ pub struct ReplicaNode {
     pub state_machine: StateMachine,
 }
 
+impl ReplicaNode {
+    /// This replica's raft and snapshot figures in the Prometheus text
+    /// format, labelled with its shard.
+    pub fn render_metrics(&self, shard: u64) -> String {
+        use std::fmt::Write as _;
+        let m = self.raft.metrics().borrow().clone();
+        let snapshots = self.state_machine.snapshot_stats();
+        let is_leader = u64::from(m.state == openraft::ServerState::Leader);
+        let index = |l: Option<openraft::LogId<u64>>| l.map_or(0, |l| l.index);
+        let figures: [(&str, &str, &str, u64); 12] = [
+            (
+                "imstore_raft_is_leader",
+                "gauge",
+                "1 if this replica leads its shard.",
+                is_leader,
+            ),
+            (
+                "imstore_raft_term",
+                "gauge",
+                "Current raft term.",
+                m.current_term,
+            ),
+            (
+                "imstore_raft_last_log_index",
+                "gauge",
+                "Last log index.",
+                m.last_log_index.unwrap_or(0),
+            ),
+            (
+                "imstore_raft_last_applied_index",
+                "gauge",
+                "Last applied log index.",
+                index(m.last_applied),
+            ),
+            (
+                "imstore_raft_purged_index",
+                "gauge",
+                "Last log index purged from the log.",
+                index(m.purged),
+            ),
+            (
+                "imstore_raft_snapshot_index",
+                "gauge",
+                "Log index the current snapshot covers.",
+                index(m.snapshot),
+            ),
+            (
+                "imstore_raft_snapshots_built_total",
+                "counter",
+                "Snapshots built since start.",
+                snapshots.built,
+            ),
+            (
+                "imstore_raft_snapshots_installed_total",
+                "counter",
+                "Snapshots installed since start.",
+                snapshots.installed,
+            ),
+            (
+                "imstore_raft_snapshot_built_bytes",
+                "gauge",
+                "Size of the last snapshot built.",
+                snapshots.last_built_bytes,
+            ),
+            (
+                "imstore_raft_snapshot_build_milliseconds",
+                "gauge",
+                "Time the last snapshot build took.",
+                snapshots.last_build_ms,
+            ),
+            (
+                "imstore_raft_snapshot_installed_bytes",
+                "gauge",
+                "Size of the last snapshot installed.",
+                snapshots.last_installed_bytes,
+            ),
+            (
+                "imstore_raft_snapshot_install_milliseconds",
+                "gauge",
+                "Time the last snapshot install took.",
+                snapshots.last_install_ms,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in figures {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+        }
+        out
+    }
+}
+
+/// How a replica runs: its engine's options, when it snapshots and purges
+/// its log, and the network faults it obeys.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// The engine's options. By default a replica's engine does not fsync
+    /// its applies (`sync_writes: false`): the raft log is fsynced before
+    /// an entry counts, `last_applied` rides in each apply's WriteBatch,
+    /// and RocksDB recovers a consistent prefix of its WAL, so a replica
+    /// that loses unsynced applies in a power loss re-applies them from its
+    /// log. Snapshot builds fsync the engine before openraft may purge the
+    /// log they cover, and snapshot installs are always fsynced.
+    pub engine: Options,
+    /// Build a snapshot after this many log entries since the last one
+    /// (default 5,000).
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for followers that lag a little
+    /// (default 1,000); a follower further behind gets the snapshot.
+    pub keep_log: u64,
+    /// Snapshot bytes per InstallSnapshot message (default 1 MiB): the
+    /// sender reads, and the wire carries, one such chunk at a time.
+    pub snapshot_chunk_bytes: u64,
+    /// Test-only network faults ([`Faults::default`]: none, not settable).
+    pub faults: Faults,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            engine: Options {
+                sync_writes: false,
+                ..Options::default()
+            },
+            snapshot_every: 5_000,
+            keep_log: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            faults: Faults::default(),
+        }
+    }
+}
+
 /// Opens (creating if needed) replica `shard` of node `id` under `dir`
-/// (`dir/shard-N/raft-log` and `dir/shard-N/engine`).
+/// (`dir/shard-N/raft-log`, `dir/shard-N/engine` and
+/// `dir/shard-N/snapshots`).
 pub async fn start(
     id: u64,
     shard: u64,
     dir: &Path,
-    options: Options,
+    config: ReplicaConfig,
 ) -> Result<ReplicaNode, Box<dyn std::error::Error + Send + Sync>> {
     let base = dir.join(format!("shard-{shard}"));
     std::fs::create_dir_all(&base)?;
     let log = LogStore::open(&base.join("raft-log"))?;
-    let engine = Engine::open(base.join("engine"), options)?;
-    let config = Config {
+    let engine = Engine::open(base.join("engine"), config.engine.clone())?;
+    let raft_config = Config {
         cluster_name: "imstore".into(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: config.keep_log,
+        snapshot_max_chunk_size: config.snapshot_chunk_bytes.max(1),
         ..Config::default()
     };
-    let state_machine = StateMachine::new(engine.clone());
+    let state_machine = StateMachine::open(engine.clone(), &base.join("snapshots"))?;
     let raft = Raft::new(
         id,
-        Arc::new(config.validate()?),
-        GrpcNetwork::new(shard),
+        Arc::new(raft_config.validate()?),
+        GrpcNetwork::new(id, shard, config.faults.clone()),
         log,
         state_machine.clone(),
     )

@@ -3,12 +3,22 @@
 //! and `last_applied` and the membership are written **in the same
 //! WriteBatch** (`Command::PutMeta`), so a restart resumes exactly where
 //! the last durable batch ended: no entry is applied twice or skipped.
-//! Snapshots are consistent images of the whole store (a RocksDB
-//! snapshot), installed atomically (`Command::ReplaceState`) together with
-//! their `last_applied` and membership.
+//! Snapshots are consistent images of the whole store (one RocksDB
+//! snapshot, streamed row by row into a file, with the `last_applied` and
+//! membership read from that same RocksDB snapshot), sent by openraft in
+//! chunks of `Config::snapshot_max_chunk_size` read from the file,
+//! received into a file, and installed atomically
+//! (`Command::ReplaceState`) together with their `last_applied` and
+//! membership. Snapshot files live in the replica's snapshot directory for
+//! as long as the process runs; a restart starts without one (openraft
+//! builds a new one when a follower needs it).
 
-use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use imstore_engine::{Command, Engine, Outcome};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -40,11 +50,37 @@ fn snapshot_err(e: impl std::fmt::Display) -> StorageError<u64> {
     }
 }
 
-/// A built snapshot: its metadata and the store image.
+/// The current snapshot: its metadata and the file holding its image.
 #[derive(Clone)]
 struct StoredSnapshot {
     meta: SnapshotMeta<u64, BasicNode>,
-    data: Vec<u8>,
+    path: PathBuf,
+}
+
+/// Snapshot files of one replica: built, being received, current.
+struct SnapshotFiles {
+    dir: PathBuf,
+    next: AtomicU64,
+    current: Mutex<Option<StoredSnapshot>>,
+    /// The file `begin_receiving_snapshot` handed out last.
+    receiving: Mutex<Option<PathBuf>>,
+}
+
+impl SnapshotFiles {
+    fn new_path(&self, kind: &str) -> PathBuf {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{kind}-{n}"))
+    }
+
+    /// Makes `path` (already in the directory) the current snapshot and
+    /// removes the one it replaces (readers holding it open keep reading:
+    /// an unlinked file lives until its last handle closes).
+    fn make_current(&self, meta: SnapshotMeta<u64, BasicNode>, path: PathBuf) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = current.replace(StoredSnapshot { meta, path }) {
+            let _ = std::fs::remove_file(old.path);
+        }
+    }
 }
 
 /// Snapshot figures of one replica since it started, for metrics.
@@ -68,7 +104,7 @@ pub struct SnapshotStats {
 #[derive(Clone)]
 pub struct StateMachine {
     engine: Engine,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    files: Arc<SnapshotFiles>,
     stats: Arc<Mutex<SnapshotStats>>,
 }
 
@@ -79,14 +115,27 @@ impl std::fmt::Debug for StateMachine {
 }
 
 impl StateMachine {
-    /// The state machine over an open engine. The engine must be written
-    /// only through raft from now on.
-    pub fn new(engine: Engine) -> Self {
-        StateMachine {
-            engine,
-            current: Arc::default(),
-            stats: Arc::default(),
+    /// The state machine over an open engine, keeping snapshot files in
+    /// `snapshot_dir` (created if needed; files left by an earlier run are
+    /// removed). The engine must be written only through raft from now on.
+    pub fn open(engine: Engine, snapshot_dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        for entry in std::fs::read_dir(snapshot_dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+            }
         }
+        Ok(StateMachine {
+            engine,
+            files: Arc::new(SnapshotFiles {
+                dir: snapshot_dir.to_path_buf(),
+                next: AtomicU64::new(1),
+                current: Mutex::default(),
+                receiving: Mutex::default(),
+            }),
+            stats: Arc::default(),
+        })
     }
 
     /// Snapshot figures since start.
@@ -116,11 +165,21 @@ impl StateMachine {
     }
 
     fn read_applied(engine: &Engine) -> StorageResult<Applied> {
-        let last = match engine.meta(META_LAST_APPLIED).map_err(sm_err)? {
+        Self::decode_applied(
+            engine.meta(META_LAST_APPLIED).map_err(sm_err)?,
+            engine.meta(META_MEMBERSHIP).map_err(sm_err)?,
+        )
+    }
+
+    fn decode_applied(
+        last: Option<Vec<u8>>,
+        membership: Option<Vec<u8>>,
+    ) -> StorageResult<Applied> {
+        let last = match last {
             Some(bytes) => bincode::deserialize(&bytes).map_err(sm_err)?,
             None => None,
         };
-        let membership = match engine.meta(META_MEMBERSHIP).map_err(sm_err)? {
+        let membership = match membership {
             Some(bytes) => bincode::deserialize(&bytes).map_err(sm_err)?,
             None => StoredMembership::default(),
         };
@@ -202,19 +261,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<File>> {
+        let path = self.files.new_path("incoming");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(snapshot_err)?;
+        let stale = self
+            .files
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(path);
+        if let Some(stale) = stale {
+            // An earlier transfer was abandoned for this one.
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<File>,
     ) -> StorageResult<()> {
         let started = std::time::Instant::now();
-        let data = snapshot.into_inner();
+        snapshot.flush().await.map_err(snapshot_err)?;
+        snapshot
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(snapshot_err)?;
+        // The install is one atomic write, so the image is read whole: the
+        // receiver needs memory for one image (the sender and the wire only
+        // for one chunk).
+        let mut image = Vec::new();
+        snapshot
+            .read_to_end(&mut image)
+            .await
+            .map_err(snapshot_err)?;
+        let bytes = image.len() as u64;
         // The image plus where raft stands, replaced in one write.
-        let mut image = data.clone();
         for (key, value) in Self::meta_rows(meta.last_log_id, &meta.last_membership)? {
             image.push(3); // the meta column family
             image.extend_from_slice(&(key.len() as u32).to_be_bytes());
@@ -229,23 +319,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
             stats.installed += 1;
-            stats.last_installed_bytes = data.len() as u64;
+            stats.last_installed_bytes = bytes;
             stats.last_install_ms = started.elapsed().as_millis() as u64;
         }
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        *current = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        });
+        // The received file becomes the current snapshot (a follower that
+        // becomes leader can send it on). Without a known file (a caller
+        // that did not receive through `begin_receiving_snapshot`), the
+        // image is copied into a new one.
+        let received = self
+            .files
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let path = match received {
+            Some(path) if path.exists() => path,
+            _ => {
+                let path = self.files.new_path("installed");
+                let mut copy = File::create(&path).await.map_err(snapshot_err)?;
+                snapshot
+                    .seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(snapshot_err)?;
+                tokio::io::copy(&mut snapshot, &mut copy)
+                    .await
+                    .map_err(snapshot_err)?;
+                copy.flush().await.map_err(snapshot_err)?;
+                path
+            }
+        };
+        self.files.make_current(meta.clone(), path);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(current.as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
-        }))
+        let current = self
+            .files
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match current {
+            None => Ok(None),
+            Some(s) => Ok(Some(Snapshot {
+                meta: s.meta,
+                snapshot: Box::new(File::open(&s.path).await.map_err(snapshot_err)?),
+            })),
+        }
     }
 }
 
@@ -253,38 +373,58 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let started = std::time::Instant::now();
         let engine = self.engine.clone();
-        // The image and the applied state from the same moment: nothing is
-        // applied concurrently (openraft builds snapshots between applies).
-        let (data, (last, membership)) = tokio::task::spawn_blocking(move || {
-            let applied = Self::read_applied(&engine)?;
-            let data = engine.export_state().map_err(snapshot_err)?;
-            Ok::<_, StorageError<u64>>((data, applied))
+        let building = self.files.new_path("building");
+        let target = building.clone();
+        // openraft builds while entries go on being applied: the image and
+        // the applied state it carries come from one RocksDB snapshot.
+        let built = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&target).map_err(snapshot_err)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let export = engine.export_state_to(&mut out).map_err(snapshot_err)?;
+            std::io::Write::flush(&mut out).map_err(snapshot_err)?;
+            // Once this snapshot exists openraft may purge the log it
+            // covers, so the engine's state must be durable by then even
+            // when applies are not fsynced (`ReplicaConfig`).
+            engine.make_durable().map_err(snapshot_err)?;
+            let find = |wanted: &[u8]| {
+                export
+                    .raft_meta
+                    .iter()
+                    .find(|(key, _)| key.as_slice() == wanted)
+                    .map(|(_, value)| value.clone())
+            };
+            let applied = Self::decode_applied(find(META_LAST_APPLIED), find(META_MEMBERSHIP))?;
+            Ok::<_, StorageError<u64>>((export, applied))
         })
         .await
-        .map_err(snapshot_err)??;
+        .map_err(snapshot_err)
+        .and_then(|built| built);
+        if built.is_err() {
+            let _ = std::fs::remove_file(&building);
+        }
+        let (export, (last, membership)) = built?;
         let snapshot_id = match last {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, data.len()),
-            None => format!("empty-{}", data.len()),
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, export.bytes),
+            None => format!("empty-{}", export.bytes),
         };
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: membership,
             snapshot_id,
         };
+        let path = self.files.new_path("snapshot");
+        std::fs::rename(&building, &path).map_err(snapshot_err)?;
+        let file = File::open(&path).await.map_err(snapshot_err)?;
         {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
             stats.built += 1;
-            stats.last_built_bytes = data.len() as u64;
+            stats.last_built_bytes = export.bytes;
             stats.last_build_ms = started.elapsed().as_millis() as u64;
         }
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        *current = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        });
+        self.files.make_current(meta.clone(), path);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The raft transport over gRPC: every message is openraft's own request
 //! or result, bincode-encoded, addressed by shard (`imstore.raft.v1`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use imstore_proto::raft as pb;
@@ -22,24 +22,79 @@ use tonic::{Request, Response, Status};
 
 use crate::TypeConfig;
 
+/// Test-only network faults of one node: the peers it is cut off from.
+/// Honoured in both directions by [`GrpcNetwork`] (nothing sent) and
+/// [`TransportService`] (nothing accepted), so cutting a node off on its
+/// own side partitions it. Settable over gRPC only when enabled at start
+/// (`imstore node --fault-injection`).
+#[derive(Clone, Default, Debug)]
+pub struct Faults {
+    enabled: bool,
+    cut_off: Arc<RwLock<BTreeSet<u64>>>,
+}
+
+impl Faults {
+    /// Faults that `SetFaults` may set.
+    pub fn injectable() -> Self {
+        Faults {
+            enabled: true,
+            cut_off: Arc::default(),
+        }
+    }
+
+    /// Whether `SetFaults` is allowed.
+    pub fn is_injectable(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether this node is cut off from `peer`.
+    pub fn is_cut_off(&self, peer: u64) -> bool {
+        self.cut_off
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
+    }
+
+    /// Cuts this node off from exactly `peers`.
+    pub fn cut_off_from(&self, peers: BTreeSet<u64>) {
+        *self.cut_off.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// The peers this node is cut off from.
+    pub fn cut_off(&self) -> BTreeSet<u64> {
+        self.cut_off
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Connects a node's raft groups to their peers, by the address in each
 /// member's `BasicNode`.
 #[derive(Clone)]
 pub struct GrpcNetwork {
+    node_id: u64,
     shard: u64,
+    faults: Faults,
 }
 
 impl GrpcNetwork {
-    /// The transport of one shard's group.
-    pub fn new(shard: u64) -> Self {
-        GrpcNetwork { shard }
+    /// The transport of node `node_id`'s replica of `shard`.
+    pub fn new(node_id: u64, shard: u64, faults: Faults) -> Self {
+        GrpcNetwork {
+            node_id,
+            shard,
+            faults,
+        }
     }
 }
 
 /// A link to one peer.
 pub struct GrpcLink {
+    from: u64,
     shard: u64,
     target: u64,
+    faults: Faults,
     client: Option<RaftTransportClient<Channel>>,
 }
 
@@ -51,8 +106,10 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             .ok()
             .map(|endpoint| RaftTransportClient::new(endpoint.tcp_nodelay(true).connect_lazy()));
         GrpcLink {
+            from: self.node_id,
             shard: self.shard,
             target,
+            faults: self.faults.clone(),
             client,
         }
     }
@@ -73,11 +130,17 @@ impl GrpcLink {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        if self.faults.is_cut_off(self.target) {
+            return Err(RPCError::Unreachable(unreachable(std::io::Error::other(
+                "partitioned (fault injection)",
+            ))));
+        }
         let payload =
             bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let message = pb::RaftMessage {
             shard: self.shard,
             payload,
+            from: self.from,
         };
         let client = self.client.as_mut().ok_or_else(|| {
             RPCError::Unreachable(unreachable(std::io::Error::other("bad peer address")))
@@ -131,12 +194,32 @@ pub type Shards = Arc<RwLock<BTreeMap<u64, crate::ReplicaNode>>>;
 pub struct TransportService {
     node_id: u64,
     shards: Shards,
+    faults: Faults,
 }
 
 impl TransportService {
     /// Serves the shards of node `node_id`.
     pub fn new(node_id: u64, shards: Shards) -> Self {
-        TransportService { node_id, shards }
+        Self::with_faults(node_id, shards, Faults::default())
+    }
+
+    /// Serves the shards of node `node_id`, refusing messages from the
+    /// peers `faults` cuts it off from.
+    pub fn with_faults(node_id: u64, shards: Shards, faults: Faults) -> Self {
+        TransportService {
+            node_id,
+            shards,
+            faults,
+        }
+    }
+
+    /// The raft instance a message from a peer goes to, unless a fault
+    /// cuts that peer off.
+    fn receiving(&self, message: &pb::RaftMessage) -> Result<Raft<TypeConfig>, Status> {
+        if self.faults.is_cut_off(message.from) {
+            return Err(Status::unavailable("partitioned (fault injection)"));
+        }
+        self.shard(message.shard)
     }
 
     fn replica(&self, shard: u64) -> Result<crate::ReplicaNode, Status> {
@@ -176,7 +259,11 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 
 fn encode<T: serde::Serialize>(shard: u64, value: &T) -> Result<Response<pb::RaftMessage>, Status> {
     let payload = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(pb::RaftMessage { shard, payload }))
+    Ok(Response::new(pb::RaftMessage {
+        shard,
+        payload,
+        from: 0,
+    }))
 }
 
 #[tonic::async_trait]
@@ -186,7 +273,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.shard(m.shard)?;
+        let raft = self.receiving(&m)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
         encode(m.shard, &raft.append_entries(rpc).await)
     }
@@ -196,7 +283,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.shard(m.shard)?;
+        let raft = self.receiving(&m)?;
         let rpc: VoteRequest<u64> = decode(&m.payload)?;
         encode(m.shard, &raft.vote(rpc).await)
     }
@@ -206,7 +293,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.shard(m.shard)?;
+        let raft = self.receiving(&m)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&m.payload)?;
         encode(m.shard, &raft.install_snapshot(rpc).await)
     }
@@ -270,6 +357,22 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             .await
     }
 
+    async fn set_faults(
+        &self,
+        request: Request<pb::Faults>,
+    ) -> Result<Response<pb::Faults>, Status> {
+        if !self.faults.is_injectable() {
+            return Err(Status::failed_precondition(
+                "fault injection is off (start the node with --fault-injection)",
+            ));
+        }
+        let peers: BTreeSet<u64> = request.into_inner().cut_off.into_iter().collect();
+        self.faults.cut_off_from(peers);
+        Ok(Response::new(pb::Faults {
+            cut_off: self.faults.cut_off().into_iter().collect(),
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<pb::NodeStatusRequest>,
@@ -300,6 +403,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                 .max(snapshots.last_installed_bytes),
             last_snapshot_build_ms: snapshots.last_build_ms,
             snapshots_installed: snapshots.installed,
+            purged_index: m.purged.map_or(0, |p| p.index),
             last_snapshot_install_ms: snapshots.last_install_ms,
             members: m
                 .membership_config

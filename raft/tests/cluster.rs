@@ -24,11 +24,16 @@ use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Snapshot bytes per InstallSnapshot message.
+const SNAPSHOT_CHUNK: usize = 1_024;
+
 /// Every node's raft handle, and which nodes are cut off.
 #[derive(Clone, Default)]
 struct Router {
     nodes: Arc<Mutex<BTreeMap<u64, Raft<TypeConfig>>>>,
     isolated: Arc<Mutex<BTreeSet<u64>>>,
+    /// Data bytes of every InstallSnapshot message delivered.
+    snapshot_chunks: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Router {
@@ -117,6 +122,11 @@ impl RaftNetwork<TypeConfig> for Link {
             .router
             .target(self.from, self.to)
             .map_err(RPCError::Unreachable)?;
+        self.router
+            .snapshot_chunks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rpc.data.len());
         raft.install_snapshot(rpc)
             .await
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
@@ -154,6 +164,8 @@ fn config() -> Result<Arc<Config>, Box<dyn std::error::Error>> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,
+        // Small chunks, so a snapshot travels as many messages.
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK as u64,
         ..Config::default()
     };
     Ok(Arc::new(config.validate()?))
@@ -166,7 +178,7 @@ async fn start_node(
 ) -> Result<Node, Box<dyn std::error::Error>> {
     let log = LogStore::open(&dir.join(format!("node{id}-log")))?;
     let engine = Engine::open(dir.join(format!("node{id}-engine")), Options::default())?;
-    let sm = StateMachine::new(engine.clone());
+    let sm = StateMachine::open(engine.clone(), &dir.join(format!("node{id}-snapshots")))?;
     let state_machine = sm.clone();
     let network = NodeNetwork {
         router: router.clone(),
@@ -349,6 +361,20 @@ async fn three_nodes_replicate_fail_over_and_catch_up() -> TestResult {
         installed.installed >= 1 && installed.last_installed_bytes > 0,
         "{installed:?}"
     );
+    // It travelled in bounded chunks: several messages, none above the
+    // configured size.
+    let chunks = router
+        .snapshot_chunks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert!(
+        installed.last_installed_bytes > SNAPSHOT_CHUNK as u64,
+        "a snapshot of {} bytes fits one chunk",
+        installed.last_installed_bytes
+    );
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    assert!(chunks.iter().all(|&c| c <= SNAPSHOT_CHUNK), "{chunks:?}");
 
     // Every replica holds the same timeline: every acknowledged send once,
     // at its seq, continuous.

@@ -24,7 +24,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
                 source: openraft::StorageIOError::write(openraft::AnyError::new(&e)),
             }
         })?;
-        Ok((dir, log, StateMachine::new(engine)))
+        let sm = StateMachine::open(engine, &dir.path().join("snapshots")).map_err(|e| {
+            StorageError::IO {
+                source: openraft::StorageIOError::write(openraft::AnyError::new(&e)),
+            }
+        })?;
+        Ok((dir, log, sm))
     }
 }
 

@@ -1,0 +1,314 @@
+//! Real `imstore node` processes on 127.0.0.1 for the cluster tests, and
+//! the client-side helpers they share: finding the leader, sending with
+//! retries that follow leader hints, reading a replica's timeline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imstore_engine::{Direction, Engine, Options};
+use imstore_proto::raft as rpb;
+use imstore_proto::raft::raft_transport_client::RaftTransportClient;
+use imstore_proto::v1 as pb;
+use imstore_proto::v1::imstore_client::ImstoreClient;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub type TaskResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A running `imstore node`; killed when dropped.
+pub struct NodeProcess {
+    pub id: u64,
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl NodeProcess {
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> Result<SocketAddr, std::io::Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Starts node `id` on `addr` with `dir` as data directory (extra flags
+/// passed through) and waits for its "serving on" line.
+pub fn spawn_node(
+    id: u64,
+    addr: SocketAddr,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<NodeProcess, Box<dyn std::error::Error>> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore"))
+        .args([
+            "node",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().ok_or("node exited before serving")??;
+        if line.contains("serving on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(NodeProcess {
+        id,
+        child,
+        addr,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Bootstraps shard 0 on `addrs` (node ids 1, 2, … in order) through the
+/// first of them.
+pub async fn initialize(addrs: &[SocketAddr]) -> TestResult {
+    let mut admin = RaftTransportClient::connect(format!("http://{}", addrs[0])).await?;
+    admin
+        .initialize(rpb::InitializeRequest {
+            shard: 0,
+            members: addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| rpb::Member {
+                    id: i as u64 + 1,
+                    address: a.to_string(),
+                })
+                .collect(),
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn status(addr: SocketAddr) -> Option<rpb::NodeStatus> {
+    let mut client = RaftTransportClient::connect(format!("http://{addr}"))
+        .await
+        .ok()?;
+    client
+        .status(rpb::NodeStatusRequest { shard: 0 })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Polls `addrs` until one reports itself leader (bounded).
+pub async fn wait_for_leader(
+    addrs: &[SocketAddr],
+) -> Result<SocketAddr, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        for &addr in addrs {
+            if let Some(s) = status(addr).await {
+                if s.state == "Leader" {
+                    return Ok(addr);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("no leader elected within 30 s".into())
+}
+
+/// Polls `addr` until `done` holds for its status (bounded), returning
+/// that status.
+pub async fn wait_for_status(
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&rpb::NodeStatus) -> bool,
+) -> Result<rpb::NodeStatus, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(s) = status(addr).await {
+            if done(&s) {
+                return Ok(s);
+            }
+            last = Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{addr}: {what} not reached within 60 s; last status {last:?}").into())
+}
+
+/// Waits until every node in `addrs` has applied at least `index`.
+pub async fn wait_all_applied(addrs: &[SocketAddr], index: u64) -> TestResult {
+    for &addr in addrs {
+        wait_for_status(addr, &format!("applied {index}"), |s| {
+            s.last_applied >= index
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The highest applied index any of `addrs` reports.
+pub async fn highest_applied(addrs: &[SocketAddr]) -> u64 {
+    let mut highest = 0;
+    for &addr in addrs {
+        highest = highest.max(status(addr).await.map_or(0, |s| s.last_applied));
+    }
+    highest
+}
+
+/// The leader address a NOT_LEADER status carries in its message.
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    let message = status.message();
+    let at = message.find(" at ")?;
+    Some(message[at + 4..].trim().to_owned())
+}
+
+/// Sends to `conversation` until acknowledged, following leader hints and
+/// moving on from dead nodes; the same client id every time, so retries
+/// never duplicate. Returns (seq, duplicate).
+pub async fn send_until_acked(
+    addrs: &[SocketAddr],
+    conversation: u64,
+    sender: u64,
+    id: &str,
+) -> TaskResult<(u64, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut target = 0usize;
+    let mut hint: Option<String> = None;
+    while Instant::now() < deadline {
+        let url = match hint.take() {
+            Some(h) => format!("http://{h}"),
+            None => format!("http://{}", addrs[target % addrs.len()]),
+        };
+        if let Ok(mut client) = ImstoreClient::connect(url).await {
+            let mut request = tonic::Request::new(pb::SendRequest {
+                conversation,
+                sender,
+                client_msg_id: id.as_bytes().to_vec(),
+                payload: format!("payload {id}").into_bytes(),
+                receipt: false,
+            });
+            // A leader cut off from its quorum never answers: give up on
+            // it and try the next node.
+            request.set_timeout(Duration::from_secs(3));
+            match client.send(request).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok((r.seq, r.duplicate));
+                }
+                Err(status) => hint = leader_hint(&status),
+            }
+        }
+        target += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{id} was never acknowledged").into())
+}
+
+/// Creates group `conversation` owned by node-independent user 1 with
+/// `members`, through whichever node leads.
+pub async fn create_group(
+    addrs: &[SocketAddr],
+    conversation: u64,
+    members: Vec<u64>,
+) -> TestResult {
+    let leader = wait_for_leader(addrs).await?;
+    let mut client = ImstoreClient::connect(format!("http://{leader}")).await?;
+    client
+        .create_group(pb::CreateGroupRequest {
+            conversation,
+            owner: 1,
+            members,
+        })
+        .await?;
+    Ok(())
+}
+
+/// (seq, client message id) of every message of a conversation.
+pub type Timeline = Vec<(u64, Vec<u8>)>;
+
+/// The timeline of `conversation` in a stopped node's data directory.
+pub fn timeline(dir: &Path, conversation: u64) -> Result<Timeline, Box<dyn std::error::Error>> {
+    let engine = Engine::open(dir.join("shard-0/engine"), Options::default())?;
+    Ok(engine
+        .read(conversation, 1, 10_000, Direction::Forward)?
+        .into_iter()
+        .map(|m| (m.seq, m.client_msg_id.to_vec()))
+        .collect())
+}
+
+/// Every replica in `dirs` holds the same timeline of `conversation`, which
+/// is exactly the acknowledged sends (client id → seq), each once, at
+/// continuous seqs.
+pub fn check_replicas(
+    dirs: &[PathBuf],
+    conversation: u64,
+    acked: &std::collections::BTreeMap<String, u64>,
+) -> TestResult {
+    let reference = timeline(&dirs[0], conversation)?;
+    for dir in &dirs[1..] {
+        let other = timeline(dir, conversation)?;
+        assert!(
+            other == reference,
+            "replicas differ: {} vs {} messages",
+            other.len(),
+            reference.len()
+        );
+    }
+    assert_eq!(reference.len(), acked.len(), "every send exactly once");
+    for (i, (seq, _)) in reference.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1, "continuous seqs");
+    }
+    for (id, seq) in acked {
+        assert_eq!(
+            reference.get(*seq as usize - 1).map(|(_, c)| c.as_slice()),
+            Some(id.as_bytes()),
+            "{id} at #{seq}"
+        );
+    }
+    Ok(())
+}
+
+/// The body of `GET /metrics` at `addr`.
+pub fn fetch_metrics(addr: SocketAddr) -> Result<String, Box<dyn std::error::Error>> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: imstore\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .ok_or("no HTTP body")?;
+    Ok(body)
+}
+
+/// The value of the sample `name{shard="0"}` in a Prometheus text body.
+pub fn sample(body: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{name}{{shard=\"0\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
