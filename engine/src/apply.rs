@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rocksdb::WriteBatch;
 
 use crate::codec::{self, ConversationState, DedupEntry, RecordRef};
-use crate::store::{Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
-use crate::store::{CF_IM, CF_RECEIPTS, META_CHANGE_COUNTER, META_TIMESTAMP_HIGH_WATER};
+use crate::store::{shard_key, ShardId, Store, CF_CONVERSATIONS, CF_DEDUP, CF_META, CF_SEGMENTS};
+use crate::store::{CF_IM, CF_RECEIPTS, META_CHANGE_COUNTER};
 use crate::{Appended, Command, Error, Message, NewMessage, Options, Outcome, Result};
 
 /// Granularity at which the timestamp high-water mark is persisted.
@@ -378,25 +378,31 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
     pub(crate) fn finish(
         self,
         store: &Store,
+        shard: ShardId,
         high_water: u64,
         batch: &mut WriteBatch,
     ) -> Result<GroupEffects> {
         let group = self.group;
+        let key = |k: &[u8]| shard_key(shard, k);
         let segments = store.cf(CF_SEGMENTS)?;
         let conversations = store.cf(CF_CONVERSATIONS)?;
         let dedup = store.cf(CF_DEDUP)?;
         for ((conversation, base), bytes) in &group.segments {
-            batch.merge_cf(segments, codec::segment_key(*conversation, *base), bytes);
+            batch.merge_cf(
+                segments,
+                key(&codec::segment_key(*conversation, *base)),
+                bytes,
+            );
         }
         for (conversation, state) in &group.conversations {
             batch.put_cf(
                 conversations,
-                codec::conversation_key(*conversation),
+                key(&codec::conversation_key(*conversation)),
                 state.encode(),
             );
         }
-        for (key, entry) in &group.dedup {
-            batch.put_cf(dedup, key, entry.encode());
+        for (k, entry) in &group.dedup {
+            batch.put_cf(dedup, key(k), entry.encode());
         }
         let im = store.cf(CF_IM)?;
         let receipts = store.cf(CF_RECEIPTS)?;
@@ -410,34 +416,33 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             Space::Meta => meta,
         };
         if let Some(records) = &group.replace {
-            // A whole new store: everything goes, then the image's rows.
-            for space in Space::ALL {
-                batch.delete_range_cf(cf_of(space), &[][..], &[0xffu8; 128][..]);
-            }
-            for (space, key, value) in records {
-                batch.put_cf(cf_of(*space), key, value);
+            // A whole new shard: everything of it goes, then the image's rows.
+            store.delete_shard(shard, batch)?;
+            for (space, k, value) in records {
+                batch.put_cf(cf_of(*space), key(k), value);
             }
         }
-        for ((space, key), entry) in &group.kv {
+        for ((space, k), entry) in &group.kv {
             let cf = cf_of(*space);
+            let k = key(k);
             match &entry.base {
-                Some(Some(value)) => batch.put_cf(cf, key, value),
-                Some(None) => batch.delete_cf(cf, key),
+                Some(Some(value)) => batch.put_cf(cf, &k, value),
+                Some(None) => batch.delete_cf(cf, &k),
                 None => {}
             }
             for operand in &entry.merges {
-                batch.merge_cf(cf, key, operand);
+                batch.merge_cf(cf, &k, operand);
             }
         }
         // Last, so that they also remove what earlier commands of this
         // group wrote below the cut (later commands never write below it).
         for (space, from, to) in &group.range_deletes {
-            batch.delete_range_cf(cf_of(*space), from, to);
+            batch.delete_range_cf(cf_of(*space), key(from), key(to));
         }
         if let Some(change) = group.change {
             batch.put_cf(
                 store.cf(CF_META)?,
-                META_CHANGE_COUNTER,
+                key(META_CHANGE_COUNTER),
                 change.to_be_bytes(),
             );
         }
@@ -448,7 +453,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         if new_high_water / HIGH_WATER_STEP_MS > high_water / HIGH_WATER_STEP_MS {
             batch.put_cf(
                 store.cf(CF_META)?,
-                META_TIMESTAMP_HIGH_WATER,
+                Store::high_water_key(),
                 new_high_water.to_be_bytes(),
             );
         }

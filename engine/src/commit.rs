@@ -10,6 +10,7 @@
 //! other writers' load. Exactly one committer is active at a time
 //! (`Queue::committing`), so the committer state needs no real locking.
 
+use std::collections::BTreeMap;
 use std::mem;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +20,9 @@ use std::thread::JoinHandle;
 use lru::LruCache;
 use rocksdb::WriteBatch;
 
-use crate::apply::{ApplyLimits, CommittedState, GroupApplier, Space};
+use crate::apply::{ApplyLimits, CommittedState, GroupApplier, GroupEffects, Space};
 use crate::codec::{ConversationState, DedupEntry};
-use crate::store::{Store, CF_IM, CF_RECEIPTS, CF_SEGMENTS};
+use crate::store::{ShardId, ShardView, Store, CF_IM, CF_RECEIPTS, CF_SEGMENTS};
 use crate::tail::TailCache;
 use crate::{read, Command, CommitNotice, CommitStats, Error, Message, Outcome, Result};
 
@@ -31,7 +32,7 @@ pub(crate) type Completion = Box<dyn FnOnce(Result<Outcome>) + Send>;
 /// Told what each durable group changed, on the commit thread.
 pub(crate) type Listener = Arc<dyn Fn(&CommitNotice) + Send + Sync>;
 
-type Group = Vec<(Command, Completion)>;
+type Group = Vec<(ShardId, Command, Completion)>;
 
 struct Queue {
     waiting: Group,
@@ -121,14 +122,14 @@ impl Pipeline {
     /// Queues a command and returns at once; `done` runs on whichever
     /// thread commits the command's group, once it is durable (or failed).
     /// After [`Pipeline::close`], `done` gets [`Error::Closed`] at once.
-    pub(crate) fn submit(&self, command: Command, done: Completion) {
+    pub(crate) fn submit(&self, shard: ShardId, command: Command, done: Completion) {
         let mut queue = lock(&self.queue);
         if queue.closed {
             drop(queue);
             done(Err(Error::Closed));
             return;
         }
-        queue.waiting.push((command, done));
+        queue.waiting.push((shard, command, done));
         let wake = !queue.committing;
         drop(queue);
         if wake {
@@ -138,15 +139,19 @@ impl Pipeline {
 
     /// Queues a command and waits until it is durable, leading the group
     /// commit itself when no commit is in progress.
-    pub(crate) fn execute(&self, command: Command) -> Result<Outcome> {
-        self.execute_all(vec![command])
+    pub(crate) fn execute(&self, shard: ShardId, command: Command) -> Result<Outcome> {
+        self.execute_all(shard, vec![command])
             .pop()
             .unwrap_or(Err(Error::Closed))
     }
 
     /// Queues commands together (so they are committed in one group when
     /// they fit) and waits until all are durable.
-    pub(crate) fn execute_all(&self, commands: Vec<Command>) -> Vec<Result<Outcome>> {
+    pub(crate) fn execute_all(
+        &self,
+        shard: ShardId,
+        commands: Vec<Command>,
+    ) -> Vec<Result<Outcome>> {
         let count = commands.len();
         let (tx, rx) = mpsc::sync_channel(count);
         let mut queue = lock(&self.queue);
@@ -159,7 +164,7 @@ impl Pipeline {
                 // The receiver is on this caller's stack; it is still there.
                 let _ = tx.send((index, result));
             });
-            queue.waiting.push((command, done));
+            queue.waiting.push((shard, command, done));
         }
         drop(tx);
         if !queue.committing {
@@ -188,7 +193,8 @@ impl Pipeline {
     fn take_group(&self, queue: &mut Queue) -> Group {
         // A store replacement is committed alone: commands after it must
         // read the new state, not the old one.
-        let is_replace = |(c, _): &(Command, Completion)| matches!(c, Command::ReplaceState(_));
+        let is_replace =
+            |(_, c, _): &(ShardId, Command, Completion)| matches!(c, Command::ReplaceState(_));
         let cut = match queue.waiting.iter().position(is_replace) {
             Some(0) => 1,
             Some(at) => at,
@@ -245,26 +251,29 @@ struct Committer {
     /// Extended after every durable write, before any waiter is completed.
     tail: Arc<TailCache>,
     limits: ApplyLimits,
-    /// Committed conversation states; only ever updated after a durable write.
-    cache: LruCache<u64, ConversationState>,
-    /// Committed inbox heads of users; only ever updated after a durable write.
-    inbox_heads: LruCache<u64, u64>,
+    /// Committed conversation states by (shard, conversation); only ever
+    /// updated after a durable write.
+    cache: LruCache<(ShardId, u64), ConversationState>,
+    /// Committed inbox heads by (shard, user); only ever updated after a
+    /// durable write.
+    inbox_heads: LruCache<(ShardId, u64), u64>,
     listener: Arc<RwLock<Option<Listener>>>,
 }
 
 struct CachedState<'a> {
-    store: &'a Store,
-    cache: &'a mut LruCache<u64, ConversationState>,
-    inbox_heads: &'a mut LruCache<u64, u64>,
+    store: ShardView<'a>,
+    cache: &'a mut LruCache<(ShardId, u64), ConversationState>,
+    inbox_heads: &'a mut LruCache<(ShardId, u64), u64>,
 }
 
 impl CommittedState for CachedState<'_> {
     fn conversation(&mut self, conversation: u64) -> Result<ConversationState> {
-        if let Some(s) = self.cache.get(&conversation) {
+        let key = (self.store.id(), conversation);
+        if let Some(s) = self.cache.get(&key) {
             return Ok(*s);
         }
         let s = self.store.conversation_state(conversation)?;
-        self.cache.put(conversation, s);
+        self.cache.put(key, s);
         Ok(s)
     }
 
@@ -281,7 +290,7 @@ impl CommittedState for CachedState<'_> {
     }
 
     fn message(&mut self, conversation: u64, seq: u64) -> Result<Option<Message>> {
-        let (messages, _) = read::forward(self.store, conversation, seq, 1)?;
+        let (messages, _) = read::forward(&self.store, conversation, seq, 1)?;
         Ok(messages.into_iter().find(|m| m.seq == seq))
     }
 
@@ -290,11 +299,12 @@ impl CommittedState for CachedState<'_> {
     }
 
     fn inbox_last(&mut self, user: u64) -> Result<u64> {
-        if let Some(head) = self.inbox_heads.get(&user) {
+        let key = (self.store.id(), user);
+        if let Some(head) = self.inbox_heads.get(&key) {
             return Ok(*head);
         }
         let head = self.store.inbox_last(user)?;
-        self.inbox_heads.put(user, head);
+        self.inbox_heads.put(key, head);
         Ok(head)
     }
 }
@@ -311,97 +321,78 @@ fn space_cf(space: Space) -> &'static str {
 }
 
 impl Committer {
-    fn commit_group(&mut self, group: &mut Vec<(Command, Completion)>, counters: &Counters) {
-        let mut state = CachedState {
-            store: &self.store,
-            cache: &mut self.cache,
-            inbox_heads: &mut self.inbox_heads,
-        };
-        let change_base = self.store.change_counter.load(Ordering::Relaxed);
-        let mut applier = GroupApplier::new(&mut state, self.limits, change_base);
-        let outcomes: Vec<Result<Outcome>> = group
-            .iter()
-            .map(|(command, _)| applier.apply(command))
-            .collect();
-
-        let high_water = self.store.timestamp_high_water.load(Ordering::Relaxed);
+    /// Applies a group (commands of any shards: each shard's in order,
+    /// each over its own overlay), writes it with one fsync, publishes
+    /// what changed, and completes every command.
+    fn commit_group(&mut self, group: &mut Group, counters: &Counters) {
+        let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+        for (index, (shard, _, _)) in group.iter().enumerate() {
+            by_shard.entry(*shard).or_default().push(index);
+        }
+        let mut outcomes: Vec<Result<Outcome>> =
+            (0..group.len()).map(|_| Err(Error::Closed)).collect();
+        let mut high_water = self.store.timestamp_high_water.load(Ordering::Relaxed);
         let mut batch = WriteBatch::default();
-        let written = applier
-            .finish(&self.store, high_water, &mut batch)
-            .and_then(|effects| {
-                // A group of only duplicates and rejections has nothing to write.
-                let operations = batch.len() as u64;
-                if operations > 0 {
-                    // Replacing the store is always synced, whatever
-                    // `sync_writes` says: raft drops the log the image
-                    // replaces once the install returns.
-                    let replacing = group
-                        .iter()
-                        .any(|(c, _)| matches!(c, Command::ReplaceState(_)));
-                    self.store.write(batch, replacing)?;
+        let mut applied = Vec::with_capacity(by_shard.len());
+        let mut written: Result<()> = Ok(());
+        for (shard, indexes) in by_shard {
+            let mut state = CachedState {
+                store: self.store.shard(shard),
+                cache: &mut self.cache,
+                inbox_heads: &mut self.inbox_heads,
+            };
+            let change_base = self.store.change_counter(shard);
+            let mut applier = GroupApplier::new(&mut state, self.limits, change_base);
+            for index in indexes {
+                outcomes[index] = applier.apply(&group[index].1);
+            }
+            match applier.finish(&self.store, shard, high_water, &mut batch) {
+                Ok(effects) => {
+                    high_water = effects.timestamp_high_water;
+                    applied.push((shard, change_base, effects));
                 }
-                Ok((effects, operations))
-            });
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
+            }
+        }
+        // A group of only duplicates and rejections has nothing to write.
+        let operations = batch.len() as u64;
+        if written.is_ok() && operations > 0 {
+            // Replacing a shard is always synced, whatever `sync_writes`
+            // says: raft drops the log the image replaces once the install
+            // returns.
+            let replacing = group
+                .iter()
+                .any(|(_, c, _)| matches!(c, Command::ReplaceState(_)));
+            written = self.store.write(batch, replacing);
+        }
 
         let commands = group.len() as u64;
         match written {
-            Ok((effects, operations)) => {
+            Ok(()) => {
                 let listener = match self.listener.read() {
                     Ok(l) => l.clone(),
                     Err(poisoned) => poisoned.into_inner().clone(),
                 };
-                if let Some(listener) = listener {
-                    let notice = CommitNotice {
-                        inbox_heads: effects.inbox_heads.iter().map(|(u, h)| (*u, *h)).collect(),
-                        conversations: effects
-                            .conversations
-                            .iter()
-                            .filter(|(_, s)| s.big_changed_at > change_base)
-                            .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
-                            .collect(),
-                        joined: effects.joined.clone(),
-                    };
-                    if !notice.is_empty() {
-                        listener(&notice);
-                    }
-                }
-                for (conversation, state) in effects.conversations {
-                    self.cache.put(conversation, state);
-                }
-                for (conversation, appended) in effects.appended {
-                    self.tail.extend(conversation, appended);
-                }
-                for (user, head) in effects.inbox_heads {
-                    self.inbox_heads.put(user, head);
-                }
-                if effects.replaced {
-                    self.cache.clear();
-                    self.inbox_heads.clear();
-                    self.tail.clear();
-                    if let Err(e) = self.store.reload_counters() {
-                        tracing::error!(error = %e, "reloading counters after a store replacement");
-                    }
-                }
-                for conversation in effects.cleared {
-                    self.tail.invalidate(conversation);
-                }
-                if let Some(change) = effects.change {
-                    self.store.change_counter.store(change, Ordering::Release);
+                let mut new_messages = 0;
+                for (shard, change_base, effects) in applied {
+                    new_messages += effects.new_messages;
+                    self.publish(shard, change_base, effects, listener.as_ref());
                 }
                 counters
                     .batch_operations
                     .fetch_add(operations, Ordering::Relaxed);
                 self.store
                     .timestamp_high_water
-                    .store(effects.timestamp_high_water, Ordering::Relaxed);
+                    .store(high_water, Ordering::Relaxed);
                 counters
                     .groups
                     .fetch_add(u64::from(operations > 0), Ordering::Relaxed);
                 counters.commands.fetch_add(commands, Ordering::Relaxed);
-                counters
-                    .messages
-                    .fetch_add(effects.new_messages, Ordering::Relaxed);
-                for ((_, done), outcome) in group.drain(..).zip(outcomes) {
+                counters.messages.fetch_add(new_messages, Ordering::Relaxed);
+                for ((_, _, done), outcome) in group.drain(..).zip(outcomes) {
                     done(outcome);
                 }
             }
@@ -409,10 +400,62 @@ impl Committer {
                 tracing::error!(error = %err, commands, "group commit failed");
                 // Nothing of the group is durable: every command that had
                 // applied cleanly fails with the write's error.
-                for ((_, done), outcome) in group.drain(..).zip(outcomes) {
+                for ((_, _, done), outcome) in group.drain(..).zip(outcomes) {
                     done(outcome.and(Err(err.clone())));
                 }
             }
+        }
+    }
+
+    /// After a durable write: tells the listener what `shard`'s part of it
+    /// changed and brings the caches and counters up to date.
+    fn publish(
+        &mut self,
+        shard: ShardId,
+        change_base: u64,
+        effects: GroupEffects,
+        listener: Option<&Listener>,
+    ) {
+        if let Some(listener) = listener {
+            let notice = CommitNotice {
+                shard,
+                inbox_heads: effects.inbox_heads.iter().map(|(u, h)| (*u, *h)).collect(),
+                conversations: effects
+                    .conversations
+                    .iter()
+                    .filter(|(_, s)| s.big_changed_at > change_base)
+                    .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
+                    .collect(),
+                joined: effects.joined.clone(),
+            };
+            if !notice.is_empty() {
+                listener(&notice);
+            }
+        }
+        for (conversation, state) in effects.conversations {
+            self.cache.put((shard, conversation), state);
+        }
+        for (conversation, appended) in effects.appended {
+            self.tail.extend((shard, conversation), appended);
+        }
+        for (user, head) in effects.inbox_heads {
+            self.inbox_heads.put((shard, user), head);
+        }
+        if effects.replaced {
+            // Rare (a raft snapshot install): every cache goes, not only
+            // this shard's.
+            self.cache.clear();
+            self.inbox_heads.clear();
+            self.tail.clear();
+            if let Err(e) = self.store.reload_counters() {
+                tracing::error!(error = %e, "reloading counters after a shard replacement");
+            }
+        }
+        for conversation in effects.cleared {
+            self.tail.invalidate((shard, conversation));
+        }
+        if let Some(change) = effects.change {
+            self.store.set_change_counter(shard, change);
         }
     }
 }

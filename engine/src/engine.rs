@@ -4,7 +4,7 @@ use std::thread::JoinHandle;
 
 use crate::apply::ApplyLimits;
 use crate::commit::Pipeline;
-use crate::store::{StateExport, Store, CF_DEDUP, CF_SEGMENTS};
+use crate::store::{ShardId, ShardView, StateExport, Store, CF_DEDUP, CF_SEGMENTS, MAX_SHARD};
 use crate::tail::TailCache;
 use crate::{
     read, Appended, Command, CommitNotice, CommitStats, Direction, Error, Message, NewMessage,
@@ -14,12 +14,17 @@ use crate::{
 #[path = "im_read.rs"]
 mod im_read;
 
-/// An open imstore data directory. Cheap to clone; every clone is the same
-/// store. The store closes when the last clone is dropped, after the
-/// commit pipeline has finished every queued write.
+/// An open imstore data directory, seen through one of its shards. Cheap
+/// to clone; every clone is the same store. [`Engine::open`] gives shard 0,
+/// [`Engine::with_shard`] any other: a store holds many shards (each a
+/// separate set of conversations, users and counters, as one raft group
+/// replicates), all written by one commit pipeline with shared fsyncs. The
+/// store closes when the last clone is dropped, after the commit pipeline
+/// has finished every queued write.
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    shard: ShardId,
 }
 
 struct Inner {
@@ -80,7 +85,31 @@ impl Engine {
                 committer: Mutex::new(Some(handle)),
                 max_page_messages: options.max_page_messages,
             }),
+            shard: 0,
         })
+    }
+
+    /// The same store seen through `shard` (0 to [`MAX_SHARD`]): every read
+    /// and command of the returned handle touches only that shard's data.
+    pub fn with_shard(&self, shard: ShardId) -> Result<Engine> {
+        if shard > MAX_SHARD {
+            return Err(Error::InvalidArgument(format!(
+                "shard {shard} is over the highest shard id {MAX_SHARD}"
+            )));
+        }
+        Ok(Engine {
+            inner: Arc::clone(&self.inner),
+            shard,
+        })
+    }
+
+    /// The shard this handle reads and writes.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    fn view(&self) -> ShardView<'_> {
+        self.inner.store.shard(self.shard)
     }
 
     /// Appends one message and returns its seq once it is durable. A retry
@@ -126,7 +155,7 @@ impl Engine {
     /// Runs a command through the commit pipeline and waits until it is
     /// durable.
     pub fn execute(&self, command: Command) -> Result<Outcome> {
-        self.inner.pipeline.execute(command)
+        self.inner.pipeline.execute(self.shard, command)
     }
 
     /// Runs commands in order through the commit pipeline, queued together
@@ -134,7 +163,7 @@ impl Engine {
     /// a batch of committed entries), and waits until all are durable. Each
     /// command is still atomic on its own: one failing leaves the others.
     pub fn execute_all(&self, commands: Vec<Command>) -> Vec<Result<Outcome>> {
-        self.inner.pipeline.execute_all(commands)
+        self.inner.pipeline.execute_all(self.shard, commands)
     }
 
     /// Sets the function told, on the commit thread, what each durable
@@ -154,7 +183,7 @@ impl Engine {
     #[doc(hidden)]
     pub fn export_state(&self) -> Result<Vec<u8>> {
         let mut image = Vec::new();
-        self.inner.store.export_to(&mut image)?;
+        self.view().export_to(&mut image)?;
         Ok(image)
     }
 
@@ -164,7 +193,7 @@ impl Engine {
     /// out.
     #[doc(hidden)]
     pub fn export_state_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
-        self.inner.store.export_to(out)
+        self.view().export_to(out)
     }
 
     /// Makes every write committed so far durable (fsyncs the WAL): what a
@@ -177,28 +206,27 @@ impl Engine {
     /// A replication metadata value written with `Command::PutMeta`.
     #[doc(hidden)]
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.store.get_in(crate::store::CF_META, key)
+        self.view().get_in(crate::store::CF_META, key)
     }
 
-    /// The store's change counter: bumped by every command that advances a
+    /// The shard's change counter: bumped by every command that advances a
     /// big conversation (sync cursors and watch positions hold it).
     pub fn change_counter(&self) -> u64 {
-        self.inner
-            .store
-            .change_counter
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.inner.store.change_counter(self.shard)
     }
 
     /// `user`'s newest inbox seq (0 for an empty inbox).
     pub fn inbox_head(&self, user: u64) -> Result<u64> {
-        self.inner.store.inbox_last(user)
+        self.view().inbox_last(user)
     }
 
     /// Queues a command and returns at once; `done` is called on the commit
     /// thread with the result once the command is durable or has failed.
     /// `done` must not block: it delays every later write.
     pub fn submit(&self, command: Command, done: impl FnOnce(Result<Outcome>) + Send + 'static) {
-        self.inner.pipeline.submit(command, Box::new(done));
+        self.inner
+            .pipeline
+            .submit(self.shard, command, Box::new(done));
     }
 
     /// Up to `limit` messages of `conversation`, in ascending seq order.
@@ -216,16 +244,17 @@ impl Engine {
         // The tail cache first; on a miss RocksDB, and a page that reaches
         // the end of the timeline is offered back to the cache.
         let tail = &self.inner.tail;
-        let version = match tail.read(conversation, from, limit, direction) {
+        let key = (self.shard, conversation);
+        let version = match tail.read(key, from, limit, direction) {
             Ok(cached) => return Ok(cached),
             Err(version) => version,
         };
-        let store = &self.inner.store;
+        let store = self.view();
         let (messages, last_seq) = match direction {
-            Direction::Forward => read::forward(store, conversation, from, limit)?,
-            Direction::Backward => read::backward(store, conversation, from, limit)?,
+            Direction::Forward => read::forward(&store, conversation, from, limit)?,
+            Direction::Backward => read::backward(&store, conversation, from, limit)?,
         };
-        tail.fill(conversation, version, &messages, last_seq);
+        tail.fill(key, version, &messages, last_seq);
         Ok(messages)
     }
 
@@ -246,12 +275,12 @@ impl Engine {
 
     /// The highest seq of `conversation`, 0 when it has no message.
     pub fn last_seq(&self, conversation: u64) -> Result<u64> {
-        Ok(self.inner.store.conversation_state(conversation)?.last_seq)
+        Ok(self.view().conversation_state(conversation)?.last_seq)
     }
 
     /// The segments `conversation` is stored in, oldest first.
     pub fn segments(&self, conversation: u64) -> Result<Vec<SegmentInfo>> {
-        read::segments(&self.inner.store, conversation)
+        read::segments(&self.view(), conversation)
     }
 
     /// Counters of the commit pipeline since open: groups written, commands
@@ -298,7 +327,7 @@ impl Engine {
         let store = &self.inner.store;
         Ok(store.db().get_cf(
             store.cf(CF_SEGMENTS)?,
-            crate::codec::segment_key(conversation, base_seq),
+            self.view().segment_key(conversation, base_seq),
         )?)
     }
 
@@ -314,10 +343,10 @@ impl Engine {
         let store = &self.inner.store;
         store.db().put_cf(
             store.cf(CF_SEGMENTS)?,
-            crate::codec::segment_key(conversation, base_seq),
+            self.view().segment_key(conversation, base_seq),
             bytes,
         )?;
-        self.inner.tail.invalidate(conversation);
+        self.inner.tail.invalidate((self.shard, conversation));
         Ok(())
     }
 
@@ -328,9 +357,9 @@ impl Engine {
         let store = &self.inner.store;
         store.db().delete_cf(
             store.cf(CF_SEGMENTS)?,
-            crate::codec::segment_key(conversation, base_seq),
+            self.view().segment_key(conversation, base_seq),
         )?;
-        self.inner.tail.invalidate(conversation);
+        self.inner.tail.invalidate((self.shard, conversation));
         Ok(())
     }
 

@@ -3,7 +3,6 @@
 //! through the commit pipeline; they see committed state.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
@@ -12,7 +11,7 @@ use crate::codec::{
     self, im_key, tag, ConversationState, FriendEntry, InboxEntry, MemberEntry, OverlayEntry,
     SyncCursor, UserConversation,
 };
-use crate::store::{Store, CF_IM, CF_RECEIPTS};
+use crate::store::{ShardView, CF_IM, CF_RECEIPTS};
 use crate::{
     Advanced, Command, ConversationSummary, Direction, Error, Friend, FriendStatus, ListCursor,
     Member, Message, MessageView, Receipts, Result, SyncPage,
@@ -23,7 +22,11 @@ fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
 }
 
 /// Every entry under a key prefix of the `im` column family.
-fn scan_prefix(store: &Store, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn scan_prefix(
+    store: ShardView<'_>,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut hi = prefix.to_vec();
     // The prefixes used here end in a u64 id or a tag, never in 0xff…ff.
     while let Some(last) = hi.pop() {
@@ -40,8 +43,8 @@ fn key_id(key: &[u8], index: usize) -> Result<u64> {
 }
 
 impl Engine {
-    fn store(&self) -> &Store {
-        &self.inner.store
+    fn store(&self) -> ShardView<'_> {
+        self.view()
     }
 
     fn managed_state(&self, conversation: u64) -> Result<ConversationState> {
@@ -331,7 +334,7 @@ impl Engine {
         self.check_limit(limit)?;
         // The change counter first: every state with a change at or below it
         // is already visible to the reads below.
-        let change_now = self.store().change_counter.load(Ordering::Acquire);
+        let change_now = self.change_counter();
         let inbox_last = self.store().inbox_last(user)?;
         if cursor.inbox_seq > inbox_last || cursor.change > change_now {
             return Err(Error::CursorFromFuture(format!(

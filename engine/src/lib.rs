@@ -12,6 +12,11 @@
 //! counts, the conversation list, recall/edit/delete-for-me overlays and
 //! retention, all as [`Command`]s through the same apply step.
 //!
+//! A store holds many **shards** ([`Engine::with_shard`]; [`Engine::open`]
+//! gives shard 0): independent sets of conversations, users and counters
+//! under a key prefix, each what one raft group replicates, all committed
+//! by one pipeline with shared fsyncs.
+//!
 //! **Is not:** a network server (that is `imstore-proxy`), a replicated log
 //! (that is `imstore-raft`, which feeds committed commands through the same
 //! apply step), or a cache of hot reads (the proxy's single-flight cache).
@@ -70,7 +75,7 @@ pub mod codec;
 
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
-pub use crate::store::StateExport;
+pub use crate::store::{ShardId, StateExport, MAX_SHARD};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,

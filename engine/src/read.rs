@@ -6,19 +6,14 @@
 //! are checksummed and copied out.
 
 use bytes::Bytes;
-use rocksdb::{DBRawIterator, ReadOptions};
+use rocksdb::DBRawIterator;
 
 use crate::codec::{self, CodecError, Frame, Frames};
-use crate::store::{Store, CF_SEGMENTS};
+use crate::store::{ShardView, SHARD_PREFIX_LEN};
 use crate::{Error, Message, Result, SegmentInfo};
 
-fn segment_iterator<'a>(store: &'a Store, conversation: u64) -> Result<DBRawIterator<'a>> {
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_lower_bound(codec::segment_key(conversation, 0).to_vec());
-    if let Some(next) = conversation.checked_add(1) {
-        ro.set_iterate_upper_bound(codec::segment_key(next, 0).to_vec());
-    }
-    Ok(store.db().raw_iterator_cf_opt(store.cf(CF_SEGMENTS)?, ro))
+fn segment_iterator<'a>(store: &ShardView<'a>, conversation: u64) -> Result<DBRawIterator<'a>> {
+    store.segment_iterator(conversation)
 }
 
 /// The (conversation, base) of the iterator's current segment, if it is
@@ -28,6 +23,7 @@ fn current_segment(it: &DBRawIterator<'_>, conversation: u64) -> Result<Option<u
         it.status()?;
         return Ok(None);
     };
+    let key = key.get(SHARD_PREFIX_LEN..).unwrap_or_default();
     let (c, base) = codec::parse_segment_key(key).map_err(|reason| Error::CorruptMetadata {
         what: "segment key",
         reason,
@@ -91,7 +87,7 @@ fn slice_of(shared: &Bytes, start: usize, value: &[u8], sub: &[u8]) -> Bytes {
 /// The highest seq committed in `conversation` and the first one retained.
 /// Read before the segments, so the segments seen hold at least this much;
 /// reads stop there, which also lets them notice records missing at the end.
-fn bounds(store: &Store, conversation: u64) -> Result<(u64, u64)> {
+fn bounds(store: &ShardView<'_>, conversation: u64) -> Result<(u64, u64)> {
     let state = store.conversation_state(conversation)?;
     Ok((state.last_seq, state.first_retained()))
 }
@@ -99,7 +95,7 @@ fn bounds(store: &Store, conversation: u64) -> Result<(u64, u64)> {
 /// Up to `limit` messages with seq ≥ `from`, ascending, and the
 /// conversation's last seq when the read began.
 pub(crate) fn forward(
-    store: &Store,
+    store: &ShardView<'_>,
     conversation: u64,
     from: u64,
     limit: usize,
@@ -112,9 +108,9 @@ pub(crate) fn forward(
     let want_end = last.min(from.saturating_add(limit as u64 - 1));
     let mut out = Vec::with_capacity(limit.min(1024));
     let mut it = segment_iterator(store, conversation)?;
-    it.seek_for_prev(codec::segment_key(conversation, from));
+    it.seek_for_prev(store.segment_key(conversation, from));
     if current_segment(&it, conversation)?.is_none() {
-        it.seek(codec::segment_key(conversation, 0));
+        it.seek(store.segment_key(conversation, 0));
     }
     let mut next_base: Option<u64> = None;
     let mut visited = from;
@@ -164,7 +160,7 @@ pub(crate) fn forward(
 /// Up to `limit` messages with seq ≤ `to`, the highest ones, ascending, and
 /// the conversation's last seq when the read began.
 pub(crate) fn backward(
-    store: &Store,
+    store: &ShardView<'_>,
     conversation: u64,
     to: u64,
     limit: usize,
@@ -178,7 +174,7 @@ pub(crate) fn backward(
     let mut pieces: Vec<Vec<Message>> = Vec::new();
     let mut collected = 0usize;
     let mut it = segment_iterator(store, conversation)?;
-    it.seek_for_prev(codec::segment_key(conversation, to));
+    it.seek_for_prev(store.segment_key(conversation, to));
     let mut expected_end: Option<u64> = None;
     while collected < limit {
         let Some(base) = current_segment(&it, conversation)? else {
@@ -250,10 +246,10 @@ pub(crate) fn backward(
 }
 
 /// Every segment of a conversation, oldest first.
-pub(crate) fn segments(store: &Store, conversation: u64) -> Result<Vec<SegmentInfo>> {
+pub(crate) fn segments(store: &ShardView<'_>, conversation: u64) -> Result<Vec<SegmentInfo>> {
     let mut out = Vec::new();
     let mut it = segment_iterator(store, conversation)?;
-    it.seek(codec::segment_key(conversation, 0));
+    it.seek(store.segment_key(conversation, 0));
     while let Some(base) = current_segment(&it, conversation)? {
         let value = it.value().unwrap_or_default();
         let mut records = 0u32;

@@ -1,47 +1,71 @@
 //! The RocksDB instance: column families, their options, the format check
-//! at open, and the raw reads the engine builds on.
+//! (and upgrade) at open, and the raw reads the engine builds on.
+//!
+//! Every key of every column family starts with a 2-byte shard prefix
+//! (u16 BE), so one store holds many shards and each shard is a
+//! contiguous range in each column family; [`ShardView`] reads one shard,
+//! and the apply step writes through [`shard_key`]. The prefix `0xFFFF`
+//! holds store-wide values (the format version, the timestamp
+//! high-water mark).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    CompactOptions, DBCompressionType, MemtableFactory, ReadOptions, SliceTransform, WriteBatch,
-    WriteOptions, DB,
+    CompactOptions, DBCompressionType, DBRawIterator, MemtableFactory, ReadOptions, SliceTransform,
+    WriteBatch, WriteOptions, DB,
 };
 
 use crate::codec::{self, ConversationState, DedupEntry, FORMAT_VERSION};
 use crate::{Error, Options, Result};
 
+/// A shard of a store: its keys in every column family start with its id
+/// (u16 BE). One-shard users never see it: [`Engine::open`](crate::Engine::open)
+/// hands out shard 0.
+pub type ShardId = u16;
+
+/// The highest shard id; the prefix above it holds store-wide values.
+pub const MAX_SHARD: ShardId = 0xFFFE;
+
+/// Bytes of the shard prefix of every key.
+pub(crate) const SHARD_PREFIX_LEN: usize = 2;
+
+/// The key prefix of store-wide values.
+const STORE_WIDE: [u8; SHARD_PREFIX_LEN] = [0xFF, 0xFF];
+
 /// Column family of segments: (conversation, base seq) → framed records.
-pub(crate) const CF_SEGMENTS: &str = "segments";
+pub(crate) const CF_SEGMENTS: &str = "s.segments";
 /// Column family of conversation states: conversation → [`ConversationState`].
-pub(crate) const CF_CONVERSATIONS: &str = "conversations";
+pub(crate) const CF_CONVERSATIONS: &str = "s.conversations";
 /// Column family of idempotency entries: (conversation, sender, client id) → [`DedupEntry`].
-pub(crate) const CF_DEDUP: &str = "dedup";
-/// Column family of store-wide values: the format version and the like.
-pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_DEDUP: &str = "s.dedup";
+/// Column family of per-shard and store-wide values: the format version,
+/// counters, replication metadata.
+pub(crate) const CF_META: &str = "s.meta";
 /// Column family of IM state: members, inboxes, friends, overlays, cursors;
-/// the first key byte is a [`codec::tag`].
-pub(crate) const CF_IM: &str = "im";
+/// the first key byte after the shard is a [`codec::tag`].
+pub(crate) const CF_IM: &str = "s.im";
 /// Column family of read-receipt sets: (conversation, seq) → user set,
 /// merged by set union.
-pub(crate) const CF_RECEIPTS: &str = "receipts";
+pub(crate) const CF_RECEIPTS: &str = "s.receipts";
 
-/// Meta key holding [`FORMAT_VERSION`] as u32 BE.
+/// Meta key (store-wide) holding [`FORMAT_VERSION`] as u32 BE.
 pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";
-/// Meta key holding the highest server timestamp applied, u64 BE. Dedup GC
-/// measures age against it, never against the wall clock.
+/// Meta key (store-wide) holding the highest server timestamp applied, u64
+/// BE. Dedup GC measures age against it, never against the wall clock.
 pub(crate) const META_TIMESTAMP_HIGH_WATER: &[u8] = b"timestamp_high_water";
-/// Meta key holding the change counter, u64 BE: bumped by every command
-/// that advances a big (read-fan-out) conversation; sync cursors hold it.
+/// Meta key (per shard) holding the shard's change counter, u64 BE: bumped
+/// by every command that advances a big (read-fan-out) conversation; sync
+/// cursors hold it.
 pub(crate) const META_CHANGE_COUNTER: &[u8] = b"change_counter";
 
-/// First bytes of an [`Store::export`] image.
+/// First bytes of an [`ShardView::export_to`] image.
 pub(crate) const EXPORT_MAGIC: &[u8; 8] = b"IMSTATE1";
 
-/// What [`Store::export_to`] wrote.
+/// What [`ShardView::export_to`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateExport {
     /// Bytes of the image.
@@ -56,9 +80,7 @@ pub struct StateExport {
 /// Meta keys owned by replication (`Command::PutMeta`).
 pub(crate) const RAFT_META_PREFIX: &[u8] = b"raft/";
 
-/// The column families of format version 1; a directory must have them.
-const V1_CFS: [&str; 4] = [CF_SEGMENTS, CF_CONVERSATIONS, CF_DEDUP, CF_META];
-/// Every column family; the order numbers them in [`Store::export`].
+/// Every column family; the order numbers them in a store image.
 pub(crate) const ALL_CFS: [&str; 6] = [
     CF_SEGMENTS,
     CF_CONVERSATIONS,
@@ -68,24 +90,58 @@ pub(crate) const ALL_CFS: [&str; 6] = [
     CF_RECEIPTS,
 ];
 
-/// Format versions this build opens; older ones are upgraded in place.
-const READABLE_FORMATS: [u32; 2] = [1, FORMAT_VERSION];
+/// The column families of format versions 1 and 2 (keys without a shard
+/// prefix), in [`ALL_CFS`] order; version 1 had the first four.
+const LEGACY_CFS: [&str; 6] = [
+    "segments",
+    "conversations",
+    "dedup",
+    "meta",
+    "im",
+    "receipts",
+];
+
+/// Rows per write while upgrading a legacy directory.
+const UPGRADE_BATCH_ROWS: usize = 10_000;
+
+/// `key` under `shard`'s prefix.
+pub(crate) fn shard_key(shard: ShardId, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SHARD_PREFIX_LEN + key.len());
+    out.extend_from_slice(&shard.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+fn store_wide_key(key: &[u8]) -> Vec<u8> {
+    let mut out = STORE_WIDE.to_vec();
+    out.extend_from_slice(key);
+    out
+}
+
+/// First key after every key of `shard`.
+fn shard_end(shard: ShardId) -> Vec<u8> {
+    (u32::from(shard) + 1).to_be_bytes()[2..].to_vec()
+}
 
 pub(crate) struct Store {
     db: DB,
     sync_writes: bool,
     /// Highest server timestamp written; read by the dedup compaction filter.
     pub(crate) timestamp_high_water: Arc<AtomicU64>,
-    /// The committed change counter (see [`META_CHANGE_COUNTER`]).
-    pub(crate) change_counter: AtomicU64,
+    /// The committed change counter of each shard that has one (see
+    /// [`META_CHANGE_COUNTER`]).
+    change_counters: RwLock<HashMap<ShardId, u64>>,
 }
 
 impl Store {
     pub(crate) fn open(path: &Path, options: &Options) -> Result<Store> {
         let existing = path.join("CURRENT").exists();
+        let mut legacy = false;
         if existing {
             let cfs = DB::list_cf(&rocksdb::Options::default(), path)?;
-            if !V1_CFS.iter().all(|cf| cfs.iter().any(|c| c == cf)) {
+            let has = |name: &str| cfs.iter().any(|c| c == name);
+            legacy = LEGACY_CFS[..4].iter().all(|cf| has(cf));
+            if !legacy && !ALL_CFS.iter().all(|cf| has(cf)) {
                 return Err(Error::NotAnImstoreDirectory(path.display().to_string()));
             }
         }
@@ -105,17 +161,33 @@ impl Store {
         // Required by the hash memtables below; harmless with one writer.
         db_opts.set_allow_concurrent_memtable_write(false);
 
-        let descriptors = vec![
+        let p = SHARD_PREFIX_LEN;
+        let mut descriptors = vec![
             ColumnFamilyDescriptor::new(CF_SEGMENTS, segments_options(&cache)),
-            ColumnFamilyDescriptor::new(CF_CONVERSATIONS, point_lookup_options(&cache, 8)),
+            ColumnFamilyDescriptor::new(CF_CONVERSATIONS, point_lookup_options(&cache, p + 8)),
             ColumnFamilyDescriptor::new(
                 CF_DEDUP,
-                dedup_options(&cache, options, Arc::clone(&high_water)),
+                dedup_options(&cache, options, Arc::clone(&high_water), p),
             ),
             ColumnFamilyDescriptor::new(CF_META, rocksdb::Options::default()),
             ColumnFamilyDescriptor::new(CF_IM, im_options(&cache)),
             ColumnFamilyDescriptor::new(CF_RECEIPTS, receipts_options(&cache)),
         ];
+        if legacy {
+            // Opened with the options they were written with (merge
+            // operators, prefix extractors), to be read once and dropped.
+            descriptors.extend([
+                ColumnFamilyDescriptor::new(LEGACY_CFS[0], segments_options(&cache)),
+                ColumnFamilyDescriptor::new(LEGACY_CFS[1], point_lookup_options(&cache, 8)),
+                ColumnFamilyDescriptor::new(
+                    LEGACY_CFS[2],
+                    dedup_options(&cache, options, Arc::new(AtomicU64::new(0)), 0),
+                ),
+                ColumnFamilyDescriptor::new(LEGACY_CFS[3], rocksdb::Options::default()),
+                ColumnFamilyDescriptor::new(LEGACY_CFS[4], im_options(&cache)),
+                ColumnFamilyDescriptor::new(LEGACY_CFS[5], receipts_options(&cache)),
+            ]);
+        }
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
             let text = e.clone().into_string();
             // RocksDB's LOCK file: another handle owns the directory.
@@ -125,124 +197,182 @@ impl Store {
                 Error::from(e)
             }
         })?;
-        let store = Store {
+        let mut store = Store {
             db,
             sync_writes: options.sync_writes,
             timestamp_high_water: high_water,
-            change_counter: AtomicU64::new(0),
+            change_counters: RwLock::default(),
         };
+        if legacy {
+            store.upgrade_legacy(path)?;
+        }
         store.check_format(existing, path)?;
         store.reload_counters()?;
         Ok(store)
     }
 
-    /// Reads the timestamp high-water mark and the change counter from
-    /// `meta` (at open, and after the store was replaced).
-    pub(crate) fn reload_counters(&self) -> Result<()> {
-        let meta = self.cf(CF_META)?;
-        let read = |key: &[u8], what: &'static str| -> Result<u64> {
-            match self.db.get_cf(meta, key)? {
-                Some(v) => decode_u64(&v, what),
-                None => Ok(0),
+    /// Moves a format version 1 or 2 directory (keys without a shard
+    /// prefix) into shard 0 of the current layout: every row is copied
+    /// into the new column families in batches, then the format version is
+    /// written (synced), then the old column families are dropped. A crash
+    /// before the version is written leaves the old data intact and the
+    /// next open copies again (the copy is idempotent); a crash after it
+    /// leaves only old column families to drop.
+    fn upgrade_legacy(&mut self, path: &Path) -> Result<()> {
+        let legacy_meta = self.cf(LEGACY_CFS[3])?;
+        let upgraded = self
+            .db
+            .get_cf(self.cf(CF_META)?, store_wide_key(META_FORMAT_VERSION))?
+            .is_some();
+        if !upgraded {
+            let found = match self.db.get_cf(legacy_meta, META_FORMAT_VERSION)? {
+                Some(v) => decode_u32(&v, "format version")?,
+                None => return Err(Error::NotAnImstoreDirectory(path.display().to_string())),
+            };
+            if !(1..FORMAT_VERSION).contains(&found) {
+                return Err(Error::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
             }
-        };
-        self.timestamp_high_water.store(
-            read(META_TIMESTAMP_HIGH_WATER, "timestamp high water")?,
-            Ordering::Relaxed,
-        );
-        self.change_counter.store(
-            read(META_CHANGE_COUNTER, "change counter")?,
-            Ordering::Release,
-        );
+            tracing::info!(path = %path.display(), from = found, to = FORMAT_VERSION, "upgrading the data directory");
+            let mut rows = 0u64;
+            for (old, new) in LEGACY_CFS.iter().zip(ALL_CFS) {
+                let Some(old_cf) = self.db.cf_handle(old) else {
+                    continue;
+                };
+                let new_cf = self.cf(new)?;
+                let mut ro = ReadOptions::default();
+                ro.set_total_order_seek(true);
+                let mut it = self.db.raw_iterator_cf_opt(old_cf, ro);
+                it.seek_to_first();
+                let mut batch = WriteBatch::default();
+                while let (Some(key), Some(value)) = (it.key(), it.value()) {
+                    let moved = if new == CF_META
+                        && (key == META_FORMAT_VERSION || key == META_TIMESTAMP_HIGH_WATER)
+                    {
+                        store_wide_key(key)
+                    } else {
+                        shard_key(0, key)
+                    };
+                    if key != META_FORMAT_VERSION || new != CF_META {
+                        batch.put_cf(new_cf, moved, value);
+                    }
+                    rows += 1;
+                    if batch.len() >= UPGRADE_BATCH_ROWS {
+                        self.db.write(std::mem::take(&mut batch))?;
+                        tracing::info!(rows, "upgrade: rows copied");
+                    }
+                    it.next();
+                }
+                it.status()?;
+                self.db.write(batch)?;
+            }
+            let mut done = WriteBatch::default();
+            done.put_cf(
+                self.cf(CF_META)?,
+                store_wide_key(META_FORMAT_VERSION),
+                FORMAT_VERSION.to_be_bytes(),
+            );
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(done, &wo)?;
+            tracing::info!(rows, "upgrade: done");
+        }
+        for old in LEGACY_CFS {
+            if self.db.cf_handle(old).is_some() {
+                self.db.drop_cf(old)?;
+            }
+        }
         Ok(())
     }
 
-    /// Writes a consistent image of every column family (one RocksDB
-    /// snapshot) to `out`, streaming: memory stays bounded by one row.
-    /// The image leaves out `raft/` metadata; those rows, read from the
-    /// same snapshot, are returned instead, so a raft snapshot's applied
-    /// state matches its data exactly. Layout: `IMSTATE1`, then per row
-    /// the column family's index (u8), key length (u32 BE), key, value
-    /// length (u32 BE), value.
-    pub(crate) fn export_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
-        let io = |e: std::io::Error| Error::Storage(format!("writing a store image: {e}"));
-        let snapshot = self.db.snapshot();
-        out.write_all(EXPORT_MAGIC).map_err(io)?;
-        let mut export = StateExport {
-            bytes: EXPORT_MAGIC.len() as u64,
-            rows: 0,
-            raft_meta: Vec::new(),
+    /// Reads the timestamp high-water mark and every shard's change counter
+    /// from `meta` (at open, and after a shard was replaced).
+    pub(crate) fn reload_counters(&self) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        let high_water = match self
+            .db
+            .get_cf(meta, store_wide_key(META_TIMESTAMP_HIGH_WATER))?
+        {
+            Some(v) => decode_u64(&v, "timestamp high water")?,
+            None => 0,
         };
-        for (index, name) in ALL_CFS.iter().enumerate() {
-            let cf = self.cf(name)?;
-            // The point-lookup column families have prefix extractors and
-            // hash memtables: a whole-range scan must ask for total order.
-            let mut ro = ReadOptions::default();
-            ro.set_total_order_seek(true);
-            let mut it = snapshot.raw_iterator_cf_opt(cf, ro);
-            it.seek_to_first();
-            while let (Some(key), Some(value)) = (it.key(), it.value()) {
-                if *name == CF_META && key.starts_with(RAFT_META_PREFIX) {
-                    export.raft_meta.push((key.to_vec(), value.to_vec()));
-                    it.next();
-                    continue;
-                }
-                out.write_all(&[index as u8]).map_err(io)?;
-                for part in [key, value] {
-                    let len = u32::try_from(part.len())
-                        .map_err(|_| Error::Storage("row too large to export".into()))?;
-                    out.write_all(&len.to_be_bytes()).map_err(io)?;
-                    out.write_all(part).map_err(io)?;
-                }
-                export.bytes += 9 + (key.len() + value.len()) as u64;
-                export.rows += 1;
-                it.next();
+        self.timestamp_high_water
+            .store(high_water, Ordering::Relaxed);
+        let mut counters = HashMap::new();
+        let mut it = self.db.raw_iterator_cf(meta);
+        it.seek_to_first();
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key.len() == SHARD_PREFIX_LEN + META_CHANGE_COUNTER.len()
+                && key.ends_with(META_CHANGE_COUNTER)
+                && key[..SHARD_PREFIX_LEN] != STORE_WIDE
+            {
+                let shard = ShardId::from_be_bytes([key[0], key[1]]);
+                counters.insert(shard, decode_u64(value, "change counter")?);
             }
-            it.status()?;
+            it.next();
         }
-        Ok(export)
+        it.status()?;
+        *self
+            .change_counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = counters;
+        Ok(())
+    }
+
+    /// `shard`'s committed change counter.
+    pub(crate) fn change_counter(&self, shard: ShardId) -> u64 {
+        self.change_counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records `shard`'s change counter after a durable write.
+    pub(crate) fn set_change_counter(&self, shard: ShardId, value: u64) {
+        self.change_counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard, value);
+    }
+
+    /// Reads of one shard.
+    pub(crate) fn shard(&self, shard: ShardId) -> ShardView<'_> {
+        ShardView { store: self, shard }
     }
 
     /// A new directory gets the current format version, synced; an existing
-    /// one must carry a version this build knows. Version 1 (timelines
-    /// only) is upgraded in place: its data is valid version 2 data, and
-    /// the new column families were created empty at open.
+    /// one must carry it (older ones were upgraded by [`Store::open`]).
     fn check_format(&self, existing: bool, path: &Path) -> Result<()> {
         let meta = self.cf(CF_META)?;
-        match self.db.get_cf(meta, META_FORMAT_VERSION)? {
+        match self.db.get_cf(meta, store_wide_key(META_FORMAT_VERSION))? {
             Some(v) => {
-                let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
-                    Error::CorruptMetadata {
-                        what: "format version",
-                        reason: codec::CodecError::BadLength {
-                            what: "format version",
-                            len: v.len(),
-                        },
-                    }
-                })?);
-                if !READABLE_FORMATS.contains(&found) {
+                let found = decode_u32(&v, "format version")?;
+                if found != FORMAT_VERSION {
                     return Err(Error::UnsupportedFormat {
                         found,
                         supported: FORMAT_VERSION,
                     });
                 }
-                if found == FORMAT_VERSION {
-                    return Ok(());
-                }
-                self.write_format_version(meta)
+                Ok(())
             }
             None if existing => Err(Error::NotAnImstoreDirectory(path.display().to_string())),
-            None => self.write_format_version(meta),
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(
+                    meta,
+                    store_wide_key(META_FORMAT_VERSION),
+                    FORMAT_VERSION.to_be_bytes(),
+                );
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db.write_opt(batch, &wo)?;
+                Ok(())
+            }
         }
-    }
-
-    fn write_format_version(&self, meta: &ColumnFamily) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(batch, &wo)?;
-        Ok(())
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -270,135 +400,18 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn conversation_state(&self, conversation: u64) -> Result<ConversationState> {
-        let cf = self.cf(CF_CONVERSATIONS)?;
-        match self
-            .db
-            .get_pinned_cf(cf, codec::conversation_key(conversation))?
-        {
-            Some(v) => ConversationState::decode(&v).map_err(|reason| Error::CorruptMetadata {
-                what: "conversation state",
-                reason,
-            }),
-            None => Ok(ConversationState::default()),
+    /// The store-wide key of the timestamp high-water mark.
+    pub(crate) fn high_water_key() -> Vec<u8> {
+        store_wide_key(META_TIMESTAMP_HIGH_WATER)
+    }
+
+    /// Deletes every key of `shard` in every column family (into `batch`).
+    pub(crate) fn delete_shard(&self, shard: ShardId, batch: &mut WriteBatch) -> Result<()> {
+        let (from, to) = (shard_key(shard, &[]), shard_end(shard));
+        for name in ALL_CFS {
+            batch.delete_range_cf(self.cf(name)?, &from, &to);
         }
-    }
-
-    /// A value of the `im` or `receipts` column family.
-    pub(crate) fn get_in(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(cf)?, key)?)
-    }
-
-    /// Values of many keys of one column family, in the keys' order,
-    /// each passed to `decode` straight from RocksDB's pinned buffer.
-    /// `sorted` says the keys are in ascending order (RocksDB skips a sort).
-    pub(crate) fn multi_get_in<T>(
-        &self,
-        cf: &'static str,
-        keys: &[Vec<u8>],
-        sorted: bool,
-        mut decode: impl FnMut(Option<&[u8]>) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        self.db
-            .batched_multi_get_cf(self.cf(cf)?, keys.iter(), sorted)
-            .into_iter()
-            .map(|r| decode(r?.as_deref()))
-            .collect()
-    }
-
-    /// States of many conversations, in the given order (ascending if
-    /// `sorted`).
-    pub(crate) fn conversation_states(
-        &self,
-        conversations: &[u64],
-        sorted: bool,
-    ) -> Result<Vec<ConversationState>> {
-        let keys: Vec<Vec<u8>> = conversations
-            .iter()
-            .map(|c| codec::conversation_key(*c).to_vec())
-            .collect();
-        self.multi_get_in(CF_CONVERSATIONS, &keys, sorted, |v| match v {
-            Some(v) => ConversationState::decode(v).map_err(|reason| Error::CorruptMetadata {
-                what: "conversation state",
-                reason,
-            }),
-            None => Ok(ConversationState::default()),
-        })
-    }
-
-    /// Entries with `lo <= key < hi`, ascending, at most `limit`.
-    pub(crate) fn scan_in(
-        &self,
-        cf: &'static str,
-        lo: &[u8],
-        hi: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(hi.to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf)?, ro);
-        it.seek(lo);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            out.push((k.to_vec(), v.to_vec()));
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
-    }
-
-    /// The newest inbox seq of `user`: the id in their last inbox key.
-    pub(crate) fn inbox_last(&self, user: u64) -> Result<u64> {
-        let lower = codec::im_key(codec::tag::INBOX, &[user], &[]);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(lower.clone());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_IM)?, ro);
-        it.seek_for_prev(codec::im_key(codec::tag::INBOX, &[user, u64::MAX], &[]));
-        match it.key() {
-            Some(key) if key.starts_with(&lower) => {
-                codec::im_key_id(key, 1).map_err(|reason| Error::CorruptMetadata {
-                    what: "inbox key",
-                    reason,
-                })
-            }
-            _ => {
-                it.status()?;
-                Ok(0)
-            }
-        }
-    }
-
-    /// Base of the stored segment holding `seq` of `conversation`.
-    pub(crate) fn segment_base(&self, conversation: u64, seq: u64) -> Result<Option<u64>> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(codec::segment_key(conversation, 0).to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_SEGMENTS)?, ro);
-        it.seek_for_prev(codec::segment_key(conversation, seq));
-        let Some(key) = it.key() else {
-            it.status()?;
-            return Ok(None);
-        };
-        let (c, base) = codec::parse_segment_key(key).map_err(|reason| Error::CorruptMetadata {
-            what: "segment key",
-            reason,
-        })?;
-        Ok((c == conversation).then_some(base))
-    }
-
-    pub(crate) fn dedup_entry(&self, key: &[u8]) -> Result<Option<DedupEntry>> {
-        let cf = self.cf(CF_DEDUP)?;
-        match self.db.get_pinned_cf(cf, key)? {
-            Some(v) => DedupEntry::decode(&v)
-                .map(Some)
-                .map_err(|reason| Error::CorruptMetadata {
-                    what: "dedup entry",
-                    reason,
-                }),
-            None => Ok(None),
-        }
+        Ok(())
     }
 
     /// Forces memtables to SST files and compacts every column family down
@@ -440,6 +453,236 @@ impl Store {
             .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
             .unwrap_or(0))
     }
+}
+
+/// Reads of one shard of a store: every key is given and returned without
+/// the shard prefix.
+#[derive(Clone, Copy)]
+pub(crate) struct ShardView<'a> {
+    store: &'a Store,
+    shard: ShardId,
+}
+
+impl<'a> ShardView<'a> {
+    pub(crate) fn id(&self) -> ShardId {
+        self.shard
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        shard_key(self.shard, key)
+    }
+
+    pub(crate) fn conversation_state(&self, conversation: u64) -> Result<ConversationState> {
+        let store = self.store;
+        let cf = store.cf(CF_CONVERSATIONS)?;
+        match store
+            .db
+            .get_pinned_cf(cf, self.key(&codec::conversation_key(conversation)))?
+        {
+            Some(v) => ConversationState::decode(&v).map_err(|reason| Error::CorruptMetadata {
+                what: "conversation state",
+                reason,
+            }),
+            None => Ok(ConversationState::default()),
+        }
+    }
+
+    /// A value of one column family.
+    pub(crate) fn get_in(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.db.get_cf(self.store.cf(cf)?, self.key(key))?)
+    }
+
+    /// Values of many keys of one column family, in the keys' order,
+    /// each passed to `decode` straight from RocksDB's pinned buffer.
+    /// `sorted` says the keys are in ascending order (RocksDB skips a sort).
+    pub(crate) fn multi_get_in<T>(
+        &self,
+        cf: &'static str,
+        keys: &[Vec<u8>],
+        sorted: bool,
+        mut decode: impl FnMut(Option<&[u8]>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k)).collect();
+        self.store
+            .db
+            .batched_multi_get_cf(self.store.cf(cf)?, keys.iter(), sorted)
+            .into_iter()
+            .map(|r| decode(r?.as_deref()))
+            .collect()
+    }
+
+    /// States of many conversations, in the given order (ascending if
+    /// `sorted`).
+    pub(crate) fn conversation_states(
+        &self,
+        conversations: &[u64],
+        sorted: bool,
+    ) -> Result<Vec<ConversationState>> {
+        let keys: Vec<Vec<u8>> = conversations
+            .iter()
+            .map(|c| codec::conversation_key(*c).to_vec())
+            .collect();
+        self.multi_get_in(CF_CONVERSATIONS, &keys, sorted, |v| match v {
+            Some(v) => ConversationState::decode(v).map_err(|reason| Error::CorruptMetadata {
+                what: "conversation state",
+                reason,
+            }),
+            None => Ok(ConversationState::default()),
+        })
+    }
+
+    /// Entries with `lo <= key < hi`, ascending, at most `limit`.
+    pub(crate) fn scan_in(
+        &self,
+        cf: &'static str,
+        lo: &[u8],
+        hi: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(self.key(hi));
+        let mut it = self.store.db.raw_iterator_cf_opt(self.store.cf(cf)?, ro);
+        it.seek(self.key(lo));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            out.push((k[SHARD_PREFIX_LEN..].to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The newest inbox seq of `user`: the id in their last inbox key.
+    pub(crate) fn inbox_last(&self, user: u64) -> Result<u64> {
+        let lower = self.key(&codec::im_key(codec::tag::INBOX, &[user], &[]));
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.clone());
+        let mut it = self.store.db.raw_iterator_cf_opt(self.store.cf(CF_IM)?, ro);
+        it.seek_for_prev(self.key(&codec::im_key(codec::tag::INBOX, &[user, u64::MAX], &[])));
+        match it.key() {
+            Some(key) if key.starts_with(&lower) => codec::im_key_id(&key[SHARD_PREFIX_LEN..], 1)
+                .map_err(|reason| Error::CorruptMetadata {
+                    what: "inbox key",
+                    reason,
+                }),
+            _ => {
+                it.status()?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// An iterator over `conversation`'s segments (keys with the shard
+    /// prefix: strip [`SHARD_PREFIX_LEN`] bytes).
+    pub(crate) fn segment_iterator(&self, conversation: u64) -> Result<DBRawIterator<'a>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(self.key(&codec::segment_key(conversation, 0)));
+        ro.set_iterate_upper_bound(match conversation.checked_add(1) {
+            Some(next) => self.key(&codec::segment_key(next, 0)),
+            None => shard_end(self.shard),
+        });
+        Ok(self
+            .store
+            .db
+            .raw_iterator_cf_opt(self.store.cf(CF_SEGMENTS)?, ro))
+    }
+
+    /// The segment key `conversation`, `seq` under this shard's prefix.
+    pub(crate) fn segment_key(&self, conversation: u64, seq: u64) -> Vec<u8> {
+        self.key(&codec::segment_key(conversation, seq))
+    }
+
+    /// Base of the stored segment holding `seq` of `conversation`.
+    pub(crate) fn segment_base(&self, conversation: u64, seq: u64) -> Result<Option<u64>> {
+        let mut it = self.segment_iterator(conversation)?;
+        it.seek_for_prev(self.segment_key(conversation, seq));
+        let Some(key) = it.key() else {
+            it.status()?;
+            return Ok(None);
+        };
+        let (c, base) = codec::parse_segment_key(&key[SHARD_PREFIX_LEN..]).map_err(|reason| {
+            Error::CorruptMetadata {
+                what: "segment key",
+                reason,
+            }
+        })?;
+        Ok((c == conversation).then_some(base))
+    }
+
+    pub(crate) fn dedup_entry(&self, key: &[u8]) -> Result<Option<DedupEntry>> {
+        let cf = self.store.cf(CF_DEDUP)?;
+        match self.store.db.get_pinned_cf(cf, self.key(key))? {
+            Some(v) => DedupEntry::decode(&v)
+                .map(Some)
+                .map_err(|reason| Error::CorruptMetadata {
+                    what: "dedup entry",
+                    reason,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a consistent image of this shard (one RocksDB snapshot, keys
+    /// without the shard prefix) to `out`, streaming: memory stays bounded
+    /// by one row. The image leaves out `raft/` metadata; those rows, read
+    /// from the same snapshot, are returned instead, so a raft snapshot's
+    /// applied state matches its data exactly. Layout: `IMSTATE1`, then
+    /// per row the column family's index (u8), key length (u32 BE), key,
+    /// value length (u32 BE), value.
+    pub(crate) fn export_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
+        let io = |e: std::io::Error| Error::Storage(format!("writing a store image: {e}"));
+        let snapshot = self.store.db.snapshot();
+        out.write_all(EXPORT_MAGIC).map_err(io)?;
+        let mut export = StateExport {
+            bytes: EXPORT_MAGIC.len() as u64,
+            rows: 0,
+            raft_meta: Vec::new(),
+        };
+        for (index, name) in ALL_CFS.iter().enumerate() {
+            let cf = self.store.cf(name)?;
+            // The point-lookup column families have prefix extractors and
+            // hash memtables: a whole-range scan must ask for total order.
+            let mut ro = ReadOptions::default();
+            ro.set_total_order_seek(true);
+            ro.set_iterate_upper_bound(shard_end(self.shard));
+            let mut it = snapshot.raw_iterator_cf_opt(cf, ro);
+            it.seek(self.key(&[]));
+            while let (Some(key), Some(value)) = (it.key(), it.value()) {
+                let key = &key[SHARD_PREFIX_LEN..];
+                if *name == CF_META && key.starts_with(RAFT_META_PREFIX) {
+                    export.raft_meta.push((key.to_vec(), value.to_vec()));
+                    it.next();
+                    continue;
+                }
+                out.write_all(&[index as u8]).map_err(io)?;
+                for part in [key, value] {
+                    let len = u32::try_from(part.len())
+                        .map_err(|_| Error::Storage("row too large to export".into()))?;
+                    out.write_all(&len.to_be_bytes()).map_err(io)?;
+                    out.write_all(part).map_err(io)?;
+                }
+                export.bytes += 9 + (key.len() + value.len()) as u64;
+                export.rows += 1;
+                it.next();
+            }
+            it.status()?;
+        }
+        Ok(export)
+    }
+}
+
+fn decode_u32(bytes: &[u8], what: &'static str) -> Result<u32> {
+    let arr: [u8; 4] = bytes.try_into().map_err(|_| Error::CorruptMetadata {
+        what,
+        reason: codec::CodecError::BadLength {
+            what,
+            len: bytes.len(),
+        },
+    })?;
+    Ok(u32::from_be_bytes(arr))
 }
 
 pub(crate) fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64> {
@@ -537,8 +780,13 @@ fn receipts_options(cache: &Cache) -> rocksdb::Options {
     opts
 }
 
-fn dedup_options(cache: &Cache, options: &Options, high_water: Arc<AtomicU64>) -> rocksdb::Options {
-    let mut opts = point_lookup_options(cache, codec::DEDUP_PREFIX_LEN);
+fn dedup_options(
+    cache: &Cache,
+    options: &Options,
+    high_water: Arc<AtomicU64>,
+    shard_prefix_len: usize,
+) -> rocksdb::Options {
+    let mut opts = point_lookup_options(cache, shard_prefix_len + codec::DEDUP_PREFIX_LEN);
     let horizon = options
         .dedup_window_ms
         .saturating_add(options.dedup_gc_grace_ms);

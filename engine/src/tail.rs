@@ -20,6 +20,9 @@ use lru::LruCache;
 use crate::{Direction, Message};
 
 const SHARDS: usize = 64;
+
+/// A cached conversation: (data shard, conversation).
+pub(crate) type TailKey = (crate::store::ShardId, u64);
 /// Bookkeeping bytes charged per cached message on top of its payload.
 const MESSAGE_OVERHEAD: usize = 96;
 
@@ -74,7 +77,7 @@ impl Tail {
 }
 
 struct Shard {
-    entries: LruCache<u64, Tail>,
+    entries: LruCache<TailKey, Tail>,
     /// Bumped by every commit that touches a conversation of this shard.
     version: u64,
     bytes: usize,
@@ -111,12 +114,14 @@ impl TailCache {
         }
     }
 
-    fn shard(&self, conversation: u64) -> Option<MutexGuard<'_, Shard>> {
+    fn shard(&self, key: TailKey) -> Option<MutexGuard<'_, Shard>> {
         if self.shards.is_empty() {
             return None;
         }
         // Fibonacci hashing spreads sequential conversation ids.
-        let index = (conversation.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS;
+        let (shard, conversation) = key;
+        let mixed = conversation ^ (u64::from(shard) << 48);
+        let index = (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS;
         Some(match self.shards[index].lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -128,16 +133,16 @@ impl TailCache {
     /// result to [`TailCache::fill`] with that version.
     pub(crate) fn read(
         &self,
-        conversation: u64,
+        key: TailKey,
         from: u64,
         limit: usize,
         direction: Direction,
     ) -> Result<Vec<Message>, u64> {
-        let Some(mut shard) = self.shard(conversation) else {
+        let Some(mut shard) = self.shard(key) else {
             return Err(0);
         };
         let version = shard.version;
-        let Some(tail) = shard.entries.get(&conversation) else {
+        let Some(tail) = shard.entries.get(&key) else {
             return Err(version);
         };
         let (first, last) = (tail.first_seq(), tail.last_seq());
@@ -167,18 +172,18 @@ impl TailCache {
 
     /// Installs what a reader read, if it ends at the conversation's last
     /// seq and no commit touched the shard since `version`.
-    pub(crate) fn fill(&self, conversation: u64, version: u64, read: &[Message], last_seq: u64) {
+    pub(crate) fn fill(&self, key: TailKey, version: u64, read: &[Message], last_seq: u64) {
         if read.last().map(|m| m.seq) != Some(last_seq) {
             return;
         }
-        let Some(mut shard) = self.shard(conversation) else {
+        let Some(mut shard) = self.shard(key) else {
             return;
         };
         if shard.version != version {
             return;
         }
         let keep = &read[read.len().saturating_sub(self.max_records)..];
-        if let Some(existing) = shard.entries.peek(&conversation) {
+        if let Some(existing) = shard.entries.peek(&key) {
             if existing.messages.len() >= keep.len() {
                 return;
             }
@@ -189,20 +194,20 @@ impl TailCache {
             messages: keep.iter().cloned().collect(),
             arena: BytesMut::new(),
         };
-        self.install(&mut shard, conversation, tail);
+        self.install(&mut shard, key, tail);
     }
 
     /// After a durable write: `appended` are the new messages of one
     /// conversation, in seq order, ending at its new last seq.
-    pub(crate) fn extend(&self, conversation: u64, appended: Vec<Message>) {
-        let Some(mut shard) = self.shard(conversation) else {
+    pub(crate) fn extend(&self, key: TailKey, appended: Vec<Message>) {
+        let Some(mut shard) = self.shard(key) else {
             return;
         };
         shard.version += 1;
         let Some(first_new) = appended.first().map(|m| m.seq) else {
             return;
         };
-        let mut tail = match shard.entries.pop(&conversation) {
+        let mut tail = match shard.entries.pop(&key) {
             Some(tail) if tail.last_seq() + 1 == first_new => {
                 shard.bytes -= tail.bytes;
                 tail
@@ -225,7 +230,7 @@ impl TailCache {
                 tail.bytes -= charge(&old);
             }
         }
-        self.install(&mut shard, conversation, tail);
+        self.install(&mut shard, key, tail);
     }
 
     /// Drops a conversation's entry (used when its stored bytes are
@@ -243,18 +248,18 @@ impl TailCache {
         }
     }
 
-    pub(crate) fn invalidate(&self, conversation: u64) {
-        if let Some(mut shard) = self.shard(conversation) {
+    pub(crate) fn invalidate(&self, key: TailKey) {
+        if let Some(mut shard) = self.shard(key) {
             shard.version += 1;
-            if let Some(old) = shard.entries.pop(&conversation) {
+            if let Some(old) = shard.entries.pop(&key) {
                 shard.bytes -= old.bytes;
             }
         }
     }
 
-    fn install(&self, shard: &mut Shard, conversation: u64, tail: Tail) {
+    fn install(&self, shard: &mut Shard, key: TailKey, tail: Tail) {
         shard.bytes += tail.bytes;
-        if let Some(old) = shard.entries.put(conversation, tail) {
+        if let Some(old) = shard.entries.put(key, tail) {
             shard.bytes -= old.bytes;
         }
         while shard.bytes > self.max_shard_bytes {

@@ -549,6 +549,8 @@ pub struct CommitStats {
 /// [`Engine::set_commit_listener`](crate::Engine::set_commit_listener).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitNotice {
+    /// The shard the changes are in (one notice per shard a group wrote).
+    pub shard: crate::ShardId,
     /// (user, new inbox head) for every user who got inbox entries.
     pub inbox_heads: Vec<(u64, u64)>,
     /// Big conversations that advanced: (conversation, seq, change counter).

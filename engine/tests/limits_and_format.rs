@@ -202,26 +202,74 @@ fn reads_cross_segments_both_ways() -> TestResult {
 fn a_newer_format_version_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
     drop(Engine::open(dir.path(), Options::default())?);
-    // Rewrite the format marker as a future version, with plain RocksDB.
+    // Rewrite the format marker (a store-wide key: prefix 0xFFFF) as a
+    // future version, with plain RocksDB.
     {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(false);
         let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
         let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs)?;
-        let meta = db.cf_handle("meta").ok_or("meta cf")?;
-        db.put_cf(meta, b"format_version", 99u32.to_be_bytes())?;
+        let meta = db.cf_handle("s.meta").ok_or("meta cf")?;
+        db.put_cf(meta, b"\xff\xffformat_version", 99u32.to_be_bytes())?;
     }
     match Engine::open(dir.path(), Options::default()) {
         Err(Error::UnsupportedFormat {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => Ok(()),
         other => Err(format!("expected UnsupportedFormat, got {other:?}").into()),
     }
 }
 
+/// Rewrites a compacted current-format directory into what format
+/// `version` (1 or 2) wrote: column families without the `s.` prefix and
+/// keys without the shard prefix; version 1 had no `im`/`receipts`.
+fn write_legacy(dir: &std::path::Path, version: u32) -> TestResult {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(false);
+    let cfs = rocksdb::DB::list_cf(&opts, dir)?;
+    let mut db = rocksdb::DB::open_cf(&opts, dir, &cfs)?;
+    let names: &[&str] = if version == 1 {
+        &["segments", "conversations", "dedup", "meta"]
+    } else {
+        &[
+            "segments",
+            "conversations",
+            "dedup",
+            "meta",
+            "im",
+            "receipts",
+        ]
+    };
+    for name in names {
+        db.create_cf(name, &rocksdb::Options::default())?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = {
+            let from = db.cf_handle(&format!("s.{name}")).ok_or("new cf")?;
+            db.iterator_cf(from, rocksdb::IteratorMode::Start)
+                .map(|row| row.map(|(k, v)| (k[2..].to_vec(), v.to_vec())))
+                .collect::<Result<_, _>>()?
+        };
+        let to = db.cf_handle(name).ok_or("old cf")?;
+        for (key, value) in rows {
+            db.put_cf(to, key, value)?;
+        }
+    }
+    let meta = db.cf_handle("meta").ok_or("meta cf")?;
+    db.put_cf(meta, b"format_version", version.to_be_bytes())?;
+    db.flush_cf(meta)?;
+    for name in cfs.iter().filter(|c| c.starts_with("s.")) {
+        db.drop_cf(name)?;
+    }
+    Ok(())
+}
+
+fn new_cfs_only(dir: &std::path::Path) -> Result<bool, Box<dyn std::error::Error>> {
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir)?;
+    Ok(cfs.iter().all(|c| c == "default" || c.starts_with("s.")))
+}
+
 /// A version 1 directory (plain timelines, no IM column families) opens,
-/// keeps its messages, and is upgraded to version 2 in place.
+/// keeps its messages, and is upgraded to the current format (shard 0).
 #[test]
 fn a_version_1_directory_is_upgraded() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -229,34 +277,65 @@ fn a_version_1_directory_is_upgraded() -> TestResult {
         let engine = Engine::open(dir.path(), Options::default())?;
         engine.append(msg(5, 1, "a", b"old", 10))?;
         // To SST files, so the plain RocksDB below (without the engine's
-        // merge operator and memtables) does not replay the WAL.
+        // merge operator and memtables) reads final values.
         engine.compact()?;
     }
-    // Turn it into what version 1 wrote: no `im`/`receipts`, marker 1.
-    {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(false);
-        let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
-        let mut db = rocksdb::DB::open_cf(&opts, dir.path(), cfs)?;
-        db.drop_cf("im")?;
-        db.drop_cf("receipts")?;
-        let meta = db.cf_handle("meta").ok_or("meta cf")?;
-        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())?;
-    }
+    write_legacy(dir.path(), 1)?;
     let engine = Engine::open(dir.path(), Options::default())?;
     assert_eq!(engine.last_seq(5)?, 1, "state kept");
     assert_eq!(engine.segments(5)?.len(), 1, "segment kept");
     assert_eq!(engine.latest(5, 10)?[0].payload, "old");
+    // A retry of the old message is still recognised.
+    assert!(engine.append(msg(5, 1, "a", b"old", 11))?.duplicate);
     assert_eq!(engine.append(msg(5, 1, "b", b"new", 11))?.seq, 2);
     drop(engine);
-    let opts = rocksdb::Options::default();
-    let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
-    let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs)?;
-    let meta = db.cf_handle("meta").ok_or("meta cf")?;
-    assert_eq!(
-        db.get_cf(meta, b"format_version")?,
-        Some(2u32.to_be_bytes().to_vec())
+    assert!(new_cfs_only(dir.path())?, "old column families dropped");
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(engine.last_seq(5)?, 2);
+    Ok(())
+}
+
+/// A version 2 directory with IM state (a group, inboxes, read positions,
+/// receipts) is upgraded with all of it.
+#[test]
+fn a_version_2_directory_is_upgraded_with_its_im_state() -> TestResult {
+    use imstore_engine::SendMessage;
+    let dir = tempfile::tempdir()?;
+    let send = |sender: u64, id: &str| SendMessage {
+        conversation: 7,
+        sender,
+        client_msg_id: id.to_owned().into(),
+        payload: "hi".into(),
+        timestamp_ms: 1_000,
+        receipt: true,
+    };
+    {
+        let engine = Engine::open(dir.path(), Options::default())?;
+        engine.execute(imstore_engine::Command::CreateGroup {
+            conversation: 7,
+            owner: 1,
+            members: vec![1, 2, 3],
+            timestamp_ms: 1_000,
+        })?;
+        engine.send(send(1, "m1"))?;
+        engine.send(send(2, "m2"))?;
+        engine.mark_read(3, 7, 2)?;
+        engine.compact()?;
+    }
+    write_legacy(dir.path(), 2)?;
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(engine.last_seq(7)?, 2);
+    assert_eq!(engine.unread(3, 7)?, 0);
+    assert_eq!(engine.unread(1, 7)?, 1);
+    assert_eq!(engine.inbox_head(3)?, 2);
+    let receipts = engine.receipts(7, 1)?;
+    assert!(
+        receipts.read.contains(&3) && receipts.read.contains(&2),
+        "{receipts:?}"
     );
+    assert!(engine.send(send(2, "m2"))?.duplicate);
+    drop(engine);
+    assert!(new_cfs_only(dir.path())?);
     Ok(())
 }
 

@@ -248,6 +248,7 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let (_sub, mut stream) = hub.subscribe([1].into(), [9].into(), 8);
         hub.publish(&CommitNotice {
+            shard: 0,
             inbox_heads: vec![(2, 5), (1, 3)],
             conversations: vec![(8, 1, 1), (9, 4, 2)],
             joined: vec![],
@@ -259,6 +260,7 @@ mod tests {
         );
         // User 1 joins conversation 8: followed from then on.
         hub.publish(&CommitNotice {
+            shard: 0,
             joined: vec![(1, 8)],
             conversations: vec![(8, 2, 3)],
             ..CommitNotice::default()

@@ -1,13 +1,20 @@
-//! The raft log on RocksDB: entries keyed by index, the vote, the
-//! committed log id and the last purged log id. **Every append and every
-//! vote is fsynced before it is acknowledged** (openraft's own RocksDB
-//! example does not sync the log; a replica that acknowledged an entry it
-//! then lost in a power cut would break the quorum's promise).
+//! The raft logs of a node's shards on one RocksDB: entries keyed by
+//! (shard, index), and per shard the vote, the committed log id and the
+//! last purged log id. **Every append and every vote is durable before it
+//! is acknowledged** (openraft's own RocksDB example does not sync the
+//! log; a replica that acknowledged an entry it then lost in a power cut
+//! would break the quorum's promise).
+//!
+//! Appends of every shard are written at once (visible to readers
+//! immediately) and made durable by a syncer thread: it takes every append
+//! waiting, fsyncs the WAL once, then acknowledges them all. So appends of
+//! many raft groups, and consecutive appends of one, share fsyncs, and no
+//! runtime thread ever waits on a disk flush for an append.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -38,25 +45,89 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
     }
 }
 
-/// The raft log of one group, in its own RocksDB directory. Cheap to clone.
+/// Appends written but not yet durable, for the syncer thread.
+#[derive(Default)]
+struct Pending {
+    callbacks: Vec<LogFlushed<TypeConfig>>,
+    closed: bool,
+}
+
+/// The RocksDB shared by every shard's log on a node, and its syncer.
+struct LogDb {
+    db: DB,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+impl LogDb {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The syncer: one WAL fsync for everything appended meanwhile.
+    fn run_syncer(&self) {
+        loop {
+            let callbacks = {
+                let mut pending = self.lock();
+                while pending.callbacks.is_empty() && !pending.closed {
+                    pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
+                }
+                if pending.callbacks.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut pending.callbacks)
+            };
+            let synced = self.db.flush_wal(true);
+            for callback in callbacks {
+                callback.log_io_completed(
+                    synced
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.to_string())),
+                );
+            }
+        }
+    }
+}
+
+/// Stops the syncer when the last log of the database is dropped.
+struct SyncerHandle {
+    db: Arc<LogDb>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SyncerHandle {
+    fn drop(&mut self) {
+        self.db.lock().closed = true;
+        self.db.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The raft log of one shard (a prefix of a node's log database). Cheap
+/// to clone; [`LogStore::for_shard`] gives the log of another shard in the
+/// same database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    db: Arc<LogDb>,
+    _syncer: Arc<SyncerHandle>,
+    prefix: [u8; 8],
 }
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").finish_non_exhaustive()
+        f.debug_struct("LogStore")
+            .field("shard", &u64::from_be_bytes(self.prefix))
+            .finish_non_exhaustive()
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
 impl LogStore {
-    /// Opens (creating if needed) the log directory.
-    pub fn open(path: &Path) -> Result<LogStore, rocksdb::Error> {
+    /// Opens (creating if needed) the log database at `path`, returning the
+    /// log of shard 0.
+    pub fn open(path: &Path) -> std::io::Result<LogStore> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -67,12 +138,57 @@ impl LogStore {
                 ColumnFamilyDescriptor::new(CF_LOGS, Options::default()),
                 ColumnFamilyDescriptor::new(CF_STATE, Options::default()),
             ],
-        )?;
-        Ok(LogStore { db: Arc::new(db) })
+        )
+        .map_err(std::io::Error::other)?;
+        let db = Arc::new(LogDb {
+            db,
+            pending: Mutex::default(),
+            wake: Condvar::new(),
+        });
+        let syncing = Arc::clone(&db);
+        let thread = std::thread::Builder::new()
+            .name("imstore-log-sync".into())
+            .spawn(move || syncing.run_syncer())?;
+        Ok(LogStore {
+            _syncer: Arc::new(SyncerHandle {
+                db: Arc::clone(&db),
+                thread: Some(thread),
+            }),
+            db,
+            prefix: 0u64.to_be_bytes(),
+        })
+    }
+
+    /// The log of `shard` in the same database.
+    pub fn for_shard(&self, shard: u64) -> LogStore {
+        LogStore {
+            db: Arc::clone(&self.db),
+            _syncer: Arc::clone(&self._syncer),
+            prefix: shard.to_be_bytes(),
+        }
+    }
+
+    fn key(&self, suffix: &[u8]) -> Vec<u8> {
+        let mut key = self.prefix.to_vec();
+        key.extend_from_slice(suffix);
+        key
+    }
+
+    fn index_key(&self, index: u64) -> Vec<u8> {
+        self.key(&index.to_be_bytes())
+    }
+
+    /// First key after every key of this shard.
+    fn end_key(&self) -> Vec<u8> {
+        match u64::from_be_bytes(self.prefix).checked_add(1) {
+            Some(next) => next.to_be_bytes().to_vec(),
+            None => vec![0xff; 17],
+        }
     }
 
     fn cf(&self, name: &str) -> StorageResult<&rocksdb::ColumnFamily> {
         self.db
+            .db
             .cf_handle(name)
             .ok_or_else(|| read_err(std::io::Error::other(format!("no column family {name}"))))
     }
@@ -80,11 +196,16 @@ impl LogStore {
     fn write_synced(&self, batch: WriteBatch) -> StorageResult<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(batch, &wo).map_err(write_err)
+        self.db.db.write_opt(batch, &wo).map_err(write_err)
     }
 
     fn get_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
-        match self.db.get_cf(self.cf(CF_STATE)?, key).map_err(read_err)? {
+        match self
+            .db
+            .db
+            .get_cf(self.cf(CF_STATE)?, self.key(key))
+            .map_err(read_err)?
+        {
             Some(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(read_err)?)),
             None => Ok(None),
         }
@@ -93,12 +214,15 @@ impl LogStore {
     fn put_state<T: serde::Serialize>(&self, key: &[u8], value: &T) -> StorageResult<()> {
         let bytes = bincode::serialize(value).map_err(write_err)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_STATE)?, key, bytes);
+        batch.put_cf(self.cf(CF_STATE)?, self.key(key), bytes);
         self.write_synced(batch)
     }
 
     fn last_entry_id(&self) -> StorageResult<Option<LogId<u64>>> {
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_LOGS)?);
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_lower_bound(self.key(&[]));
+        ro.set_iterate_upper_bound(self.end_key());
+        let mut it = self.db.db.raw_iterator_cf_opt(self.cf(CF_LOGS)?, ro);
         it.seek_to_last();
         match it.value() {
             Some(bytes) => {
@@ -123,14 +247,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_LOGS)?);
-        it.seek(index_key(start));
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(self.end_key());
+        let mut it = self.db.db.raw_iterator_cf_opt(self.cf(CF_LOGS)?, ro);
+        it.seek(self.index_key(start));
         let mut out = Vec::new();
         while let (Some(key), Some(value)) = (it.key(), it.value()) {
-            let index = u64::from_be_bytes(
-                key.try_into()
-                    .map_err(|_| read_err(std::io::Error::other("bad log key")))?,
-            );
+            let index = key
+                .get(8..)
+                .and_then(|k| <[u8; 8]>::try_from(k).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| read_err(std::io::Error::other("bad log key")))?;
             if !range.contains(&index) {
                 break;
             }
@@ -185,38 +312,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         for entry in entries {
             let bytes = bincode::serialize(&entry).map_err(write_err)?;
-            batch.put_cf(cf, index_key(entry.get_log_id().index), bytes);
+            batch.put_cf(cf, self.index_key(entry.get_log_id().index), bytes);
         }
-        // Synced before the callback: acknowledged means on disk.
-        let result = self.write_synced(batch);
-        callback.log_io_completed(
-            result
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        );
-        result
+        // Written now (readable at once), acknowledged once the syncer's
+        // fsync covers it: acknowledged means on disk.
+        if let Err(e) = self.db.db.write(batch) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(write_err(e));
+        }
+        let mut pending = self.db.lock();
+        if pending.closed {
+            drop(pending);
+            callback.log_io_completed(Err(std::io::Error::other("the log is closed")));
+            return Err(write_err(std::io::Error::other("the log is closed")));
+        }
+        pending.callbacks.push(callback);
+        drop(pending);
+        self.db.wake.notify_one();
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.cf(CF_LOGS)?,
-            index_key(log_id.index),
-            index_key(u64::MAX),
+            self.index_key(log_id.index),
+            self.end_key(),
         );
-        batch.delete_cf(self.cf(CF_LOGS)?, index_key(u64::MAX));
         self.write_synced(batch)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         let bytes = bincode::serialize(&log_id).map_err(write_err)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_STATE)?, KEY_LAST_PURGED, bytes);
+        batch.put_cf(self.cf(CF_STATE)?, self.key(KEY_LAST_PURGED), bytes);
         batch.delete_range_cf(
             self.cf(CF_LOGS)?,
-            index_key(0),
-            index_key(log_id.index.saturating_add(1)),
+            self.index_key(0),
+            self.index_key(log_id.index.saturating_add(1)),
         );
         self.write_synced(batch)
     }

@@ -212,11 +212,22 @@ async fn write(
     raft: &Raft<TypeConfig>,
     command: Command,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
+    Ok(write_indexed(raft, command).await?.0)
+}
+
+/// Writes through raft; returns the outcome and the entry's log index
+/// (the leader's metrics may not show it applied yet when this returns).
+async fn write_indexed(
+    raft: &Raft<TypeConfig>,
+    command: Command,
+) -> Result<(Outcome, u64), Box<dyn std::error::Error>> {
     let response = raft.client_write(Proposal(vec![command])).await?;
+    let index = response.log_id.index;
     let Some(Response(result)) = response.data.0.into_iter().next() else {
         return Err("no response".into());
     };
-    result.map_err(|(reason, message)| format!("{reason}: {message}").into())
+    let outcome = result.map_err(|(reason, message)| format!("{reason}: {message}"))?;
+    Ok((outcome, index))
 }
 
 async fn leader_of(
@@ -306,6 +317,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up() -> TestResult {
         .find(|&&id| id != new_leader)
         .ok_or("no follower")?;
     let mut cut_at = 0;
+    let mut last_index = 0;
     for i in 0..80u64 {
         let id = format!("b{i}");
         if i == 40 {
@@ -319,19 +331,13 @@ async fn three_nodes_replicate_fail_over_and_catch_up() -> TestResult {
                 .last_log_index
                 .unwrap_or(0);
         }
-        if let Outcome::Sent(a) =
-            write(&nodes[&new_leader].raft, send(1, 2, &id, 3_000 + i)).await?
-        {
+        let (outcome, index) =
+            write_indexed(&nodes[&new_leader].raft, send(1, 2, &id, 3_000 + i)).await?;
+        last_index = index;
+        if let Outcome::Sent(a) = outcome {
             acked.push((a.seq, id));
         }
     }
-    let last_index = nodes[&new_leader]
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .ok_or("nothing applied")?
-        .index;
     // The leader snapshots every 40 entries and keeps no log behind a
     // snapshot: once it has purged past where the follower was cut off,
     // that follower can only catch up by snapshot.
@@ -406,14 +412,8 @@ async fn three_nodes_replicate_fail_over_and_catch_up() -> TestResult {
     let node = start_node(restarted, dir.path(), &router).await?;
     let before = timeline(&node.engine)?;
     assert_eq!(before, reference, "state after restart");
-    write(&nodes[&new_leader].raft, send(1, 3, "after-restart", 9_000)).await?;
-    let applied = nodes[&new_leader]
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .ok_or("nothing applied")?
-        .index;
+    let (_, applied) =
+        write_indexed(&nodes[&new_leader].raft, send(1, 3, "after-restart", 9_000)).await?;
     node.raft
         .wait(Some(Duration::from_secs(20)))
         .applied_index_at_least(Some(applied), "restarted node caught up")

@@ -37,3 +37,45 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
 fn openraft_storage_suite_passes() -> Result<(), StorageError<u64>> {
     Suite::test_all(Builder)
 }
+
+/// The suite again, every test on a fresh shard of one shared log
+/// database (and one shared engine store) whose neighbouring shards, lower
+/// and higher, hold what earlier tests left: a shard's log and state
+/// machine must never see or touch another's keys.
+struct SharedBuilder {
+    dir: tempfile::TempDir,
+    log: LogStore,
+    engine: Engine,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for SharedBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<u64>> {
+        let io = |e: &dyn std::fmt::Display| StorageError::IO {
+            source: openraft::StorageIOError::write(openraft::AnyError::error(e.to_string())),
+        };
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Scattered ids, so a test's neighbours sit on both sides of it.
+        let shard = (n * 7_919) % 10_007;
+        let engine = self.engine.with_shard(shard as u16).map_err(|e| io(&e))?;
+        let sm = StateMachine::open(engine, &self.dir.path().join(format!("snapshots-{shard}")))
+            .map_err(|e| io(&e))?;
+        Ok(((), self.log.for_shard(shard), sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_shards_of_shared_stores() -> Result<(), StorageError<u64>> {
+    let io = |e: &dyn std::fmt::Display| StorageError::IO {
+        source: openraft::StorageIOError::write(openraft::AnyError::error(e.to_string())),
+    };
+    let dir = tempfile::tempdir().map_err(|e| io(&e))?;
+    let log = LogStore::open(&dir.path().join("raft-log")).map_err(|e| io(&e))?;
+    let engine = Engine::open(dir.path().join("engine"), Options::default()).map_err(|e| io(&e))?;
+    Suite::test_all(SharedBuilder {
+        dir,
+        log,
+        engine,
+        next: std::sync::atomic::AtomicU64::new(1),
+    })
+}
