@@ -12,13 +12,13 @@ use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::raft::raft_transport_server::RaftTransportServer;
 use imstore_proto::v1::imstore_server::ImstoreServer;
 use imstore_proxy::{
-    serve_metrics, Hub, ImstoreService, Metrics, RaftBackend, RenderMetrics, ServiceLimits,
+    serve_metrics, Hub, ImstoreService, Metrics, RenderMetrics, ServiceLimits, ShardedBackend,
 };
-use imstore_raft::{Faults, ReplicaConfig, Shards, TransportService};
+use imstore_raft::{start_shard, Faults, NodeStorage, ReplicaConfig, Shards, TransportService};
 use serde_json::json;
 
-/// The one shard a cluster has today.
-const SHARD: u64 = 0;
+/// The file in a node's data directory holding its shard count.
+const SHARD_COUNT_FILE: &str = "shard-count";
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
@@ -31,6 +31,11 @@ pub struct NodeArgs {
     /// Data directory.
     #[arg(long, default_value = "./imstore-node")]
     data_dir: PathBuf,
+    /// How many shards the cluster has (every node hosts a replica of
+    /// each). Fixed when the node's data directory is created: a restart
+    /// with another count is refused.
+    #[arg(long, default_value_t = 1)]
+    shards: u64,
     /// Build a snapshot after this many log entries since the last one.
     #[arg(long, default_value_t = 5_000)]
     snapshot_every: u64,
@@ -56,24 +61,33 @@ pub enum ClusterCmd {
         #[arg(long, value_delimiter = ',', required = true)]
         members: Vec<String>,
     },
-    /// Where the node behind `--server` stands: leader, term, log, members.
+    /// Where the node behind `--server` stands in every shard: leader,
+    /// term, log, applied lag, members, snapshots.
     Status,
-    /// Add a running node (learner, caught up, then voter); `--server` is
-    /// the leader.
+    /// Add a running node (learner, caught up, then voter) to a shard's
+    /// group, or to every shard's; each request goes to that shard's
+    /// leader (found from `--server`).
     AddNode {
         #[arg(long)]
         id: u64,
         /// Its host:port.
         #[arg(long)]
         address: String,
+        /// Only this shard (default: every shard).
+        #[arg(long)]
+        shard: Option<u64>,
     },
-    /// Remove a voter; `--server` is the leader.
+    /// Remove a voter from a shard's group, or from every shard's.
     RemoveNode {
         #[arg(long)]
         id: u64,
+        /// Only this shard (default: every shard).
+        #[arg(long)]
+        shard: Option<u64>,
     },
-    /// Move the shard's replica from one node to another: add `--to` (a
-    /// learner until caught up, then a voter), then remove `--from`.
+    /// Move a shard's replica (or every shard's) from one node to another:
+    /// add `--to` (a learner until caught up, then a voter), then remove
+    /// `--from`.
     MoveShard {
         #[arg(long)]
         from: u64,
@@ -82,12 +96,55 @@ pub enum ClusterCmd {
         /// host:port of `--to`.
         #[arg(long)]
         address: String,
+        /// Only this shard (default: every shard).
+        #[arg(long)]
+        shard: Option<u64>,
     },
 }
 
 type Failure = Box<dyn std::error::Error>;
 
+/// The node's shard count: written when its data directory is new, and
+/// required to match on every later start.
+fn shard_count(dir: &std::path::Path, asked: u64) -> Result<u64, Failure> {
+    if asked == 0 || asked > u64::from(imstore_engine::MAX_SHARD) + 1 {
+        return Err(format!(
+            "--shards must be 1 to {}",
+            u64::from(imstore_engine::MAX_SHARD) + 1
+        )
+        .into());
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(SHARD_COUNT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: u64 = text
+                .trim()
+                .parse()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if stored != asked {
+                return Err(format!(
+                    "{} was created with --shards {stored}; the shard count never changes",
+                    dir.display()
+                )
+                .into());
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let temp = dir.join(format!("{SHARD_COUNT_FILE}.tmp"));
+            let mut file = std::fs::File::create(&temp)?;
+            std::io::Write::write_all(&mut file, format!("{asked}\n").as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            Ok(asked)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn node(args: NodeArgs) -> Result<(), Failure> {
+    let count = shard_count(&args.data_dir, args.shards)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let faults = if args.fault_injection {
@@ -98,21 +155,37 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         let config = ReplicaConfig {
             snapshot_every: args.snapshot_every,
             keep_log: args.keep_log,
+            // Heartbeats are per raft group, not yet per peer.
+            heartbeat_ms: if count > 16 { 500 } else { 100 },
             faults: faults.clone(),
             ..ReplicaConfig::default()
         };
-        let replica = imstore_raft::start(args.id, SHARD, &args.data_dir, config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let storage =
+            NodeStorage::open(&args.data_dir, config.engine.clone()).map_err(|e| e.to_string())?;
+        let mut replicas = Vec::new();
+        for shard in 0..count {
+            replicas.push(
+                start_shard(&storage, args.id, shard, &config)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
         let hub = Arc::new(Hub::default());
         let publish = Arc::clone(&hub);
-        replica
-            .engine
+        // One commit pipeline for every shard: one listener sees them all.
+        storage
+            .engine()
             .set_commit_listener(move |notice| publish.publish(notice));
-        let shards: Shards = Arc::new(RwLock::new([(SHARD, replica.clone())].into()));
+        let shards: Shards = Arc::new(RwLock::new(
+            replicas
+                .iter()
+                .enumerate()
+                .map(|(shard, r)| (shard as u64, r.clone()))
+                .collect(),
+        ));
         let metrics = Arc::new(Metrics::default());
         let service = ImstoreService::new(
-            Arc::new(RaftBackend::new(replica.clone())),
+            Arc::new(ShardedBackend::new(replicas.clone())),
             Arc::clone(&hub),
             Arc::clone(&metrics),
             ServiceLimits::default(),
@@ -126,9 +199,14 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
                     args.id,
                     listener.local_addr()?
                 );
-                let (replica, hub) = (replica.clone(), Arc::clone(&hub));
+                let (replicas, hub, engine) =
+                    (replicas.clone(), Arc::clone(&hub), storage.engine().clone());
                 let render: RenderMetrics = Arc::new(move || {
-                    metrics.render(&replica.engine, hub.len()) + &replica.render_metrics(SHARD)
+                    let mut text = metrics.render(&engine, hub.len());
+                    for (shard, replica) in replicas.iter().enumerate() {
+                        text += &replica.render_metrics(shard as u64);
+                    }
+                    text
                 });
                 Some(tokio::spawn(serve_metrics(listener, render)))
             }
@@ -136,7 +214,11 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         };
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         let addr = listener.local_addr()?;
-        eprintln!("imstore node {} serving on {addr}", args.id);
+        eprintln!(
+            "imstore node {} serving on {addr} ({count} shard{})",
+            args.id,
+            if count == 1 { "" } else { "s" }
+        );
         let closing = Arc::clone(&hub);
         let signal = async move {
             crate::shutdown_signal().await;
@@ -155,9 +237,11 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         if let Some(task) = metrics_task {
             task.abort();
         }
-        replica.raft.shutdown().await.map_err(|e| e.to_string())?;
-        let engine = replica.engine;
-        tokio::task::spawn_blocking(move || drop(engine)).await?;
+        for replica in &replicas {
+            replica.raft.shutdown().await.map_err(|e| e.to_string())?;
+        }
+        drop(replicas);
+        tokio::task::spawn_blocking(move || drop(storage)).await?;
         Ok(())
     })
 }
@@ -172,10 +256,68 @@ fn parse_member(text: &str) -> Result<rpb::Member, Failure> {
     })
 }
 
+type Client = RaftTransportClient<tonic::transport::Channel>;
+
+fn failure(s: tonic::Status) -> Failure {
+    format!("{:?}: {}", s.code(), s.message()).into()
+}
+
+/// The shards of the node behind `client`, or just `only`.
+async fn shards_of(client: &mut Client, only: Option<u64>) -> Result<Vec<u64>, Failure> {
+    let count = client
+        .status(rpb::NodeStatusRequest { shard: 0 })
+        .await
+        .map_err(failure)?
+        .into_inner()
+        .shard_count
+        .max(1);
+    match only {
+        Some(shard) if shard < count => Ok(vec![shard]),
+        Some(shard) => Err(format!("shard {shard}: the cluster has {count} shards").into()),
+        None => Ok((0..count).collect()),
+    }
+}
+
+/// A membership change on `shard`'s leader: sent to `server`, then to the
+/// leader a refusal names (a shard's leader may be any node).
+async fn on_leader(
+    server: &str,
+    shard: u64,
+    change: rpb::MemberChange,
+    add: bool,
+) -> Result<rpb::NodeStatus, Failure> {
+    let mut target = server.to_owned();
+    for _ in 0..5 {
+        let mut client = Client::connect(target.clone())
+            .await
+            .map_err(|e| format!("cannot reach {target}: {e}"))?;
+        let request = rpb::MemberChange {
+            shard,
+            ..change.clone()
+        };
+        let result = if add {
+            client.add_node(request).await
+        } else {
+            client.remove_node(request).await
+        };
+        match result {
+            Ok(status) => return Ok(status.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                match s.message().rsplit_once(" at ") {
+                    Some((_, leader)) => target = format!("http://{}", leader.trim()),
+                    None => return Err(failure(s)),
+                }
+            }
+            Err(s) => return Err(failure(s)),
+        }
+    }
+    Err(format!("shard {shard}: no leader answered").into())
+}
+
 pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let mut client = RaftTransportClient::connect(server.to_owned())
+        let mut client = Client::connect(server.to_owned())
             .await
             .map_err(|e| format!("cannot reach {server}: {e}"))?;
         match cmd {
@@ -188,74 +330,79 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 if ids.len() != members.len() || ids.contains(&0) {
                     return Err("member ids must be distinct and non-zero".into());
                 }
-                client
-                    .initialize(rpb::InitializeRequest {
-                        shard: SHARD,
-                        members,
-                    })
-                    .await
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                let shards = shards_of(&mut client, None).await?;
+                for &shard in &shards {
+                    client
+                        .initialize(rpb::InitializeRequest {
+                            shard,
+                            members: members.clone(),
+                        })
+                        .await
+                        .map_err(failure)?;
+                }
                 if json_output {
-                    println!("{}", json!({"initialized": true}));
+                    println!("{}", json!({"initialized": true, "shards": shards.len()}));
                 } else {
-                    println!("cluster initialized; a leader is being elected");
+                    println!(
+                        "cluster initialized with {} shard(s); leaders are being elected",
+                        shards.len()
+                    );
                 }
             }
-            ClusterCmd::AddNode { id, address } => {
-                let s = add_node(&mut client, id, address).await?;
-                print_status(&s, json_output);
+            ClusterCmd::AddNode { id, address, shard } => {
+                for shard in shards_of(&mut client, shard).await? {
+                    let change = rpb::MemberChange {
+                        shard,
+                        id,
+                        address: address.clone(),
+                    };
+                    print_status(&on_leader(server, shard, change, true).await?, json_output);
+                }
             }
-            ClusterCmd::RemoveNode { id } => {
-                let s = remove_node(&mut client, id).await?;
-                print_status(&s, json_output);
+            ClusterCmd::RemoveNode { id, shard } => {
+                for shard in shards_of(&mut client, shard).await? {
+                    let change = rpb::MemberChange {
+                        shard,
+                        id,
+                        address: String::new(),
+                    };
+                    print_status(&on_leader(server, shard, change, false).await?, json_output);
+                }
             }
-            ClusterCmd::MoveShard { from, to, address } => {
-                add_node(&mut client, to, address).await?;
-                let s = remove_node(&mut client, from).await?;
-                print_status(&s, json_output);
+            ClusterCmd::MoveShard {
+                from,
+                to,
+                address,
+                shard,
+            } => {
+                for shard in shards_of(&mut client, shard).await? {
+                    let add = rpb::MemberChange {
+                        shard,
+                        id: to,
+                        address: address.clone(),
+                    };
+                    on_leader(server, shard, add, true).await?;
+                    let remove = rpb::MemberChange {
+                        shard,
+                        id: from,
+                        address: String::new(),
+                    };
+                    print_status(&on_leader(server, shard, remove, false).await?, json_output);
+                }
             }
             ClusterCmd::Status => {
-                let s = client
-                    .status(rpb::NodeStatusRequest { shard: SHARD })
-                    .await
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-                    .into_inner();
-                print_status(&s, json_output);
+                for shard in shards_of(&mut client, None).await? {
+                    let s = client
+                        .status(rpb::NodeStatusRequest { shard })
+                        .await
+                        .map_err(failure)?
+                        .into_inner();
+                    print_status(&s, json_output);
+                }
             }
         }
         Ok(())
     })
-}
-
-async fn add_node(
-    client: &mut RaftTransportClient<tonic::transport::Channel>,
-    id: u64,
-    address: String,
-) -> Result<rpb::NodeStatus, Failure> {
-    Ok(client
-        .add_node(rpb::MemberChange {
-            shard: SHARD,
-            id,
-            address,
-        })
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner())
-}
-
-async fn remove_node(
-    client: &mut RaftTransportClient<tonic::transport::Channel>,
-    id: u64,
-) -> Result<rpb::NodeStatus, Failure> {
-    Ok(client
-        .remove_node(rpb::MemberChange {
-            shard: SHARD,
-            id,
-            address: String::new(),
-        })
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner())
 }
 
 fn print_status(s: &rpb::NodeStatus, json_output: bool) {

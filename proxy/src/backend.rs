@@ -1,5 +1,6 @@
-//! What the service runs on: the in-process engine ([`EngineBackend`]), or
-//! a node's replica of a raft-replicated shard ([`RaftBackend`]).
+//! What the service runs on: the in-process engine ([`EngineBackend`]), a
+//! node's replica of a raft-replicated shard ([`RaftBackend`]), or a node's
+//! replicas of every shard of a cluster ([`ShardedBackend`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,22 +15,36 @@ pub type Barrier<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '
 /// Called once with a write's result, after it is durable. Must not block.
 pub type Done = Box<dyn FnOnce(Result<Outcome, Error>) + Send>;
 
+/// What a read is about, which decides the shard that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// One conversation's data: its shard.
+    Conversation(u64),
+    /// A user's data across their conversations (inbox, lists, friends,
+    /// totals): every shard holding one of them.
+    User(u64),
+    /// Store-wide figures (any shard's engine: they share one store).
+    Any,
+}
+
 /// The store behind the service.
 pub trait Backend: Send + Sync + 'static {
     /// Queues a write; `done` runs once it is durable or has failed.
     fn submit(&self, command: Command, done: Done);
-    /// The engine that serves reads.
-    fn engine(&self) -> &Engine;
-    /// Completes when a read of [`Backend::engine`] would see every write
-    /// acknowledged before it began (linearizable). Immediate for one
-    /// embedded engine.
-    fn read_barrier(&self) -> Barrier<'_> {
+    /// The engine that serves a read about `route`.
+    fn engine(&self, route: Route) -> Result<&Engine, Error>;
+    /// Completes when a read of [`Backend::engine`] for `route` would see
+    /// every write acknowledged before it began (linearizable). Immediate
+    /// for one embedded engine.
+    fn read_barrier(&self, route: Route) -> Barrier<'_> {
+        let _ = route;
         Box::pin(std::future::ready(Ok(())))
     }
 
     /// The barrier of a read that accepts this replica's applied state
     /// (`stale_ok`): immediate everywhere.
-    fn stale_read_barrier(&self) -> Barrier<'_> {
+    fn stale_read_barrier(&self, route: Route) -> Barrier<'_> {
+        let _ = route;
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -51,8 +66,8 @@ impl Backend for EngineBackend {
         self.engine.submit(command, done);
     }
 
-    fn engine(&self) -> &Engine {
-        &self.engine
+    fn engine(&self, _route: Route) -> Result<&Engine, Error> {
+        Ok(&self.engine)
     }
 }
 
@@ -143,11 +158,11 @@ impl Backend for RaftBackend {
         }
     }
 
-    fn engine(&self) -> &Engine {
-        &self.node.engine
+    fn engine(&self, _route: Route) -> Result<&Engine, Error> {
+        Ok(&self.node.engine)
     }
 
-    fn read_barrier(&self) -> Barrier<'_> {
+    fn read_barrier(&self, _route: Route) -> Barrier<'_> {
         Box::pin(async move {
             match self.node.raft.ensure_linearizable().await {
                 Ok(_) => Ok(()),
@@ -160,5 +175,130 @@ impl Backend for RaftBackend {
                 }),
             }
         })
+    }
+}
+
+/// A node's replicas of every shard of a cluster (`imstore node --shards
+/// N`): each write goes to the raft group of its shard, each read to the
+/// replica of its shard, by the stable placement of
+/// [`imstore_raft::shard_for`]: a conversation's data lives in the shard of
+/// its id. A follower of a shard answers `NOT_LEADER` with that shard's
+/// leader, so a client retries there.
+///
+/// Limits (more than one shard): a batch of appends must stay within one
+/// shard; what needs a user's data from every shard (sync, the
+/// conversation list, the total unread count, friends and direct
+/// conversations, device cursors, watch) is refused with
+/// `FailedPrecondition` until reads fan out over shards
+/// (`docs/replication.md`).
+pub struct ShardedBackend {
+    shards: Vec<RaftBackend>,
+}
+
+impl ShardedBackend {
+    /// Serves `replicas`, the replica of shard `i` at index `i`. Must be
+    /// called inside a tokio runtime.
+    pub fn new(replicas: Vec<ReplicaNode>) -> Self {
+        ShardedBackend {
+            shards: replicas.into_iter().map(RaftBackend::new).collect(),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.shards.len() as u64
+    }
+
+    fn backend(&self, route: Route) -> Result<&RaftBackend, Error> {
+        let at =
+            match route {
+                _ if self.shards.len() <= 1 => 0,
+                Route::Conversation(c) => imstore_raft::shard_for(c, self.count()),
+                Route::Any => 0,
+                Route::User(_) => return Err(Error::FailedPrecondition(
+                    "reading a user's data from every shard is not built yet: this cluster has \
+                     more than one shard"
+                        .into(),
+                )),
+            };
+        self.shards
+            .get(at as usize)
+            .ok_or_else(|| Error::Storage(format!("shard {at} is not on this node")))
+    }
+
+    /// The shard a command belongs to.
+    fn placement(&self, command: &Command) -> Result<u64, Error> {
+        let shards = self.count();
+        if shards <= 1 {
+            return Ok(0);
+        }
+        let of = |conversation: u64| Ok(imstore_raft::shard_for(conversation, shards));
+        match command {
+            Command::Append(messages) => {
+                let mut placed = messages
+                    .iter()
+                    .map(|m| imstore_raft::shard_for(m.conversation, shards));
+                let first = placed.next().unwrap_or(0);
+                if placed.all(|s| s == first) {
+                    Ok(first)
+                } else {
+                    Err(Error::InvalidArgument(
+                        "a batch of appends must stay within one shard: its conversations map \
+                         to different shards"
+                            .into(),
+                    ))
+                }
+            }
+            Command::Send(m) => of(m.conversation),
+            Command::CreateGroup { conversation, .. }
+            | Command::AddMembers { conversation, .. }
+            | Command::RemoveMembers { conversation, .. }
+            | Command::MarkRead { conversation, .. }
+            | Command::Recall { conversation, .. }
+            | Command::Edit { conversation, .. }
+            | Command::DeleteForMe { conversation, .. }
+            | Command::ClearHistory { conversation, .. }
+            | Command::SetRetention { conversation, .. } => of(*conversation),
+            Command::OpenDirect { .. }
+            | Command::FriendRequest { .. }
+            | Command::FriendAccept { .. }
+            | Command::FriendDecline { .. }
+            | Command::FriendRemove { .. }
+            | Command::SaveCursor { .. } => Err(Error::FailedPrecondition(
+                "friends, direct conversations and device cursors are not built yet on a \
+                 cluster with more than one shard"
+                    .into(),
+            )),
+            Command::PutMeta(_) | Command::ReplaceState(_) => Err(Error::InvalidArgument(
+                "replication commands are not client writes".into(),
+            )),
+        }
+    }
+}
+
+impl Backend for ShardedBackend {
+    fn submit(&self, command: Command, done: Done) {
+        match self
+            .placement(&command)
+            .and_then(|shard| self.backend(Route::Any).map(|_| shard))
+        {
+            Ok(shard) => match self.shards.get(shard as usize) {
+                Some(backend) => backend.submit(command, done),
+                None => done(Err(Error::Storage(format!(
+                    "shard {shard} is not on this node"
+                )))),
+            },
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    fn engine(&self, route: Route) -> Result<&Engine, Error> {
+        self.backend(route)?.engine(route)
+    }
+
+    fn read_barrier(&self, route: Route) -> Barrier<'_> {
+        match self.backend(route) {
+            Ok(backend) => backend.read_barrier(route),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }

@@ -19,7 +19,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::error::{invalid, status, to_status};
 use crate::hub::{conversation_advanced, inbox_advanced, Hub, WatchStream};
-use crate::{Backend, Metrics};
+use crate::{Backend, Metrics, Route};
 
 /// Limits the service enforces before the engine sees a request.
 #[derive(Debug, Clone)]
@@ -184,24 +184,28 @@ impl<B: Backend> ImstoreService<B> {
     /// A read on the blocking pool, after the backend's read barrier.
     async fn read<T: Send + 'static>(
         &self,
+        route: Route,
         f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Status> {
-        self.read_with(false, f).await
+        self.read_with(route, false, f).await
     }
 
     /// A read that may accept this replica's applied state (`stale_ok`).
     async fn read_with<T: Send + 'static>(
         &self,
+        route: Route,
         stale_ok: bool,
         f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Status> {
+        // The shard first: a read the backend cannot route fails before
+        // waiting on any barrier.
+        let engine = self.backend.engine(route).map_err(to_status)?.clone();
         let barrier = if stale_ok {
-            self.backend.stale_read_barrier()
+            self.backend.stale_read_barrier(route)
         } else {
-            self.backend.read_barrier()
+            self.backend.read_barrier(route)
         };
         barrier.await.map_err(to_status)?;
-        let engine = self.backend.engine().clone();
         match tokio::task::spawn_blocking(move || f(&engine)).await {
             Ok(result) => result.map_err(to_status),
             Err(e) => Err(status(Code::Internal, "INTERNAL", e.to_string(), &[])),
@@ -287,7 +291,9 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("Read", async {
             let (dir, n) = (direction(r.direction)?, limit(r.limit)?);
             let messages = self
-                .read_with(r.stale_ok, move |e| e.read(r.conversation, r.from, n, dir))
+                .read_with(Route::Conversation(r.conversation), r.stale_ok, move |e| {
+                    e.read(r.conversation, r.from, n, dir)
+                })
                 .await?;
             Ok(pb::ReadResponse {
                 messages: messages.into_iter().map(raw_message).collect(),
@@ -371,7 +377,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("ListMembers", async {
             let n = limit(r.limit)?;
             let (members, count) = self
-                .read(move |e| {
+                .read(Route::Conversation(r.conversation), move |e| {
                     Ok((
                         e.members(r.conversation, r.after_user, n)?,
                         e.member_count(r.conversation)?,
@@ -426,7 +432,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("ReadAs", async {
             let (dir, n) = (direction(r.direction)?, limit(r.limit)?);
             let views = self
-                .read_with(r.stale_ok, move |e| {
+                .read_with(Route::Conversation(r.conversation), r.stale_ok, move |e| {
                     e.read_as(r.viewer, r.conversation, r.from, n, dir)
                 })
                 .await?;
@@ -562,7 +568,9 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 _ => return Err(invalid(format!("friend status {} is not a list", r.status))),
             };
             let friends = self
-                .read(move |e| e.friends(r.user, status, r.after_user, n))
+                .read(Route::User(r.user), move |e| {
+                    e.friends(r.user, status, r.after_user, n)
+                })
                 .await?;
             Ok(pb::ListFriendsResponse {
                 friends: friends
@@ -589,18 +597,22 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             let user = r.user;
             let page = match r.from {
                 Some(pb::sync_request::From::Device(device)) => {
-                    self.read(move |e| e.sync_device(user, &device, n)).await?
+                    self.read(Route::User(user), move |e| e.sync_device(user, &device, n))
+                        .await?
                 }
                 Some(pb::sync_request::From::Cursor(c)) => {
                     let cursor = SyncCursor {
                         inbox_seq: c.inbox_seq,
                         change: c.change,
                     };
-                    self.read(move |e| e.sync(user, cursor, n)).await?
+                    self.read(Route::User(user), move |e| e.sync(user, cursor, n))
+                        .await?
                 }
                 None => {
-                    self.read(move |e| e.sync(user, SyncCursor::default(), n))
-                        .await?
+                    self.read(Route::User(user), move |e| {
+                        e.sync(user, SyncCursor::default(), n)
+                    })
+                    .await?
                 }
             };
             Ok(pb::SyncResponse {
@@ -683,8 +695,9 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             let change = r.change;
             // The big conversations of the watched users, and where every
             // watched thing stands now.
+            let route = Route::User(users.first().copied().unwrap_or(0));
             let (conversations, heads, advanced) = self
-                .read(move |e| {
+                .read(route, move |e| {
                     let mut conversations: HashSet<u64> = listed.into_iter().collect();
                     let mut advanced = Vec::new();
                     let mut heads = Vec::new();
@@ -756,7 +769,9 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         let r = request.into_inner();
         self.observe("GetReceipts", async {
             let receipts = self
-                .read(move |e| e.receipts(r.conversation, r.seq))
+                .read(Route::Conversation(r.conversation), move |e| {
+                    e.receipts(r.conversation, r.seq)
+                })
                 .await?;
             Ok(pb::GetReceiptsResponse {
                 read_count: u32::try_from(receipts.read.len()).unwrap_or(u32::MAX),
@@ -776,10 +791,16 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         let r = request.into_inner();
         self.observe("GetUnread", async {
             let unread = self
-                .read(move |e| match r.conversation {
-                    0 => e.unread_total(r.user),
-                    c => e.unread(r.user, c),
-                })
+                .read(
+                    match r.conversation {
+                        0 => Route::User(r.user),
+                        c => Route::Conversation(c),
+                    },
+                    move |e| match r.conversation {
+                        0 => e.unread_total(r.user),
+                        c => e.unread(r.user, c),
+                    },
+                )
                 .await?;
             Ok(pb::GetUnreadResponse { unread })
         })
@@ -798,7 +819,9 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 conversation: a.conversation,
             });
             let list = self
-                .read(move |e| e.conversation_list(r.user, after, n))
+                .read(Route::User(r.user), move |e| {
+                    e.conversation_list(r.user, after, n)
+                })
                 .await?;
             Ok(pb::ListConversationsResponse {
                 conversations: list
@@ -858,7 +881,11 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.observe("Status", async {
-            let stats = self.backend.engine().commit_stats();
+            let stats = self
+                .backend
+                .engine(Route::Any)
+                .map_err(to_status)?
+                .commit_stats();
             Ok(pb::StatusResponse {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 data_dir: self.data_dir.clone(),

@@ -806,8 +806,8 @@ impl imstore_proxy::Backend for ClosedBackend {
     fn submit(&self, _command: imstore_engine::Command, done: imstore_proxy::Done) {
         done(Err(imstore_engine::Error::Closed));
     }
-    fn engine(&self) -> &Engine {
-        &self.0
+    fn engine(&self, _route: imstore_proxy::Route) -> Result<&Engine, imstore_engine::Error> {
+        Ok(&self.0)
     }
 }
 

@@ -37,7 +37,7 @@ mod transport;
 
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
-pub use node::{start, ReplicaConfig, ReplicaNode};
+pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode};
 pub use state_machine::{SnapshotStats, StateMachine};
 pub use transport::{Faults, GrpcLink, GrpcNetwork, Shards, TransportService};
 

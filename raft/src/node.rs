@@ -134,6 +134,11 @@ pub struct ReplicaConfig {
     /// Snapshot bytes per InstallSnapshot message (default 1 MiB): the
     /// sender reads, and the wire carries, one such chunk at a time.
     pub snapshot_chunk_bytes: u64,
+    /// Leader heartbeat interval, milliseconds (default 100); elections
+    /// time out after 4 to 8 intervals. Heartbeats are per raft group (not
+    /// yet coalesced per peer), so nodes with hundreds of shards want a
+    /// longer one.
+    pub heartbeat_ms: u64,
     /// Test-only network faults ([`Faults::default`]: none, not settable).
     pub faults: Faults,
 }
@@ -148,40 +153,96 @@ impl Default for ReplicaConfig {
             snapshot_every: 5_000,
             keep_log: 1_000,
             snapshot_chunk_bytes: 1 << 20,
+            heartbeat_ms: 100,
             faults: Faults::default(),
         }
     }
 }
 
-/// Opens (creating if needed) replica `shard` of node `id` under `dir`
-/// (`dir/shard-N/raft-log`, `dir/shard-N/engine` and
-/// `dir/shard-N/snapshots`).
+/// What a node keeps on disk for all its shards: one engine store (each
+/// shard a key range of it) and one raft log database (each shard's log a
+/// key range of it), both under the node's data directory
+/// (`engine/`, `raft-log/`, and `snapshots/shard-N/` for snapshot files).
+#[derive(Clone)]
+pub struct NodeStorage {
+    dir: std::path::PathBuf,
+    engine: Engine,
+    log: LogStore,
+}
+
+impl NodeStorage {
+    /// Opens (creating if needed) the stores under `dir`.
+    pub fn open(
+        dir: &Path,
+        engine: Options,
+    ) -> Result<NodeStorage, Box<dyn std::error::Error + Send + Sync>> {
+        std::fs::create_dir_all(dir)?;
+        Ok(NodeStorage {
+            dir: dir.to_path_buf(),
+            engine: Engine::open(dir.join("engine"), engine)?,
+            log: LogStore::open(&dir.join("raft-log"))?,
+        })
+    }
+
+    /// The engine store (shard 0's handle; `with_shard` for others).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// The shard a key (a conversation id, or a user id for user-scoped data)
+/// belongs to among `shards`: `SplitMix64(key) % shards`. Stable: the same
+/// on every node and in every release, since data is placed by it.
+pub fn shard_for(key: u64, shards: u64) -> u64 {
+    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % shards.max(1)
+}
+
+/// Opens (creating if needed) a node's stores under `dir` and starts its
+/// replica of `shard`: a one-shard node.
 pub async fn start(
     id: u64,
     shard: u64,
     dir: &Path,
     config: ReplicaConfig,
 ) -> Result<ReplicaNode, Box<dyn std::error::Error + Send + Sync>> {
-    let base = dir.join(format!("shard-{shard}"));
-    std::fs::create_dir_all(&base)?;
-    let log = LogStore::open(&base.join("raft-log"))?;
-    let engine = Engine::open(base.join("engine"), config.engine.clone())?;
+    let storage = NodeStorage::open(dir, config.engine.clone())?;
+    start_shard(&storage, id, shard, &config).await
+}
+
+/// Starts node `id`'s replica of `shard` over the node's shared stores.
+pub async fn start_shard(
+    storage: &NodeStorage,
+    id: u64,
+    shard: u64,
+    config: &ReplicaConfig,
+) -> Result<ReplicaNode, Box<dyn std::error::Error + Send + Sync>> {
+    let engine_shard = u16::try_from(shard)
+        .ok()
+        .filter(|s| *s <= imstore_engine::MAX_SHARD)
+        .ok_or_else(|| format!("shard {shard} is over the highest shard id"))?;
+    let engine = storage.engine.with_shard(engine_shard)?;
     let raft_config = Config {
         cluster_name: "imstore".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        heartbeat_interval: config.heartbeat_ms.max(1),
+        election_timeout_min: 4 * config.heartbeat_ms.max(1),
+        election_timeout_max: 8 * config.heartbeat_ms.max(1),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: config.keep_log,
         snapshot_max_chunk_size: config.snapshot_chunk_bytes.max(1),
         ..Config::default()
     };
-    let state_machine = StateMachine::open(engine.clone(), &base.join("snapshots"))?;
+    let state_machine = StateMachine::open(
+        engine.clone(),
+        &storage.dir.join("snapshots").join(format!("shard-{shard}")),
+    )?;
     let raft = Raft::new(
         id,
         Arc::new(raft_config.validate()?),
         GrpcNetwork::new(id, shard, config.faults.clone()),
-        log,
+        storage.log.for_shard(shard),
         state_machine.clone(),
     )
     .await?;

@@ -404,6 +404,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             last_snapshot_build_ms: snapshots.last_build_ms,
             snapshots_installed: snapshots.installed,
             purged_index: m.purged.map_or(0, |p| p.index),
+            shard_count: self.shards.read().unwrap_or_else(|p| p.into_inner()).len() as u64,
             last_snapshot_install_ms: snapshots.last_install_ms,
             members: m
                 .membership_config

@@ -250,7 +250,7 @@ pub type Timeline = Vec<(u64, Vec<u8>)>;
 
 /// The timeline of `conversation` in a stopped node's data directory.
 pub fn timeline(dir: &Path, conversation: u64) -> Result<Timeline, Box<dyn std::error::Error>> {
-    let engine = Engine::open(dir.join("shard-0/engine"), Options::default())?;
+    let engine = Engine::open(dir.join("engine"), Options::default())?;
     Ok(engine
         .read(conversation, 1, 10_000, Direction::Forward)?
         .into_iter()

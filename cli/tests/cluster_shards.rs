@@ -1,0 +1,276 @@
+//! A 3-node cluster with 4 shards, as 3 real `imstore node --shards 4`
+//! processes bootstrapped by one `imstore cluster init`: every shard elects
+//! a leader, `imstore cluster status` shows each shard, appends and group
+//! sends to conversations spread over the shards are acknowledged (clients
+//! follow each shard's leader hint), and on every node each conversation's
+//! messages are stored in exactly the shard `shard_for` names and no other.
+//! What needs every shard (sync) is refused with a typed error, and a node
+//! cannot be restarted with another shard count.
+
+mod nodes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use imstore_engine::{Direction, Engine, Options};
+use imstore_proto::v1 as pb;
+use imstore_proto::v1::imstore_client::ImstoreClient;
+use nodes::{free_port, leader_hint, spawn_node, NodeProcess, TestResult};
+
+const SHARDS: u64 = 4;
+const CONVERSATIONS: u64 = 12;
+const GROUP: u64 = 1_000;
+
+fn imstore(server: SocketAddr, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_imstore"))
+        .arg("--server")
+        .arg(format!("http://{server}"))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "imstore {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Appends one message to `conversation` until acknowledged, following
+/// leader hints (each shard has its own leader).
+async fn append_until_acked(
+    addrs: &[SocketAddr],
+    conversation: u64,
+    id: &str,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut target = 0usize;
+    let mut hint: Option<String> = None;
+    while Instant::now() < deadline {
+        let url = match hint.take() {
+            Some(h) => format!("http://{h}"),
+            None => format!("http://{}", addrs[target % addrs.len()]),
+        };
+        if let Ok(mut client) = ImstoreClient::connect(url).await {
+            let appended = client
+                .append(pb::AppendRequest {
+                    messages: vec![pb::NewMessage {
+                        conversation,
+                        sender: 1,
+                        client_msg_id: id.as_bytes().to_vec(),
+                        payload: format!("in {conversation}").into_bytes(),
+                    }],
+                })
+                .await;
+            match appended {
+                Ok(r) => {
+                    let seq = r.into_inner().results.first().map(|a| a.seq);
+                    return seq.ok_or_else(|| "no result".into());
+                }
+                Err(status) => hint = leader_hint(&status),
+            }
+        }
+        target += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{id} was never acknowledged").into())
+}
+
+#[test]
+fn four_shards_on_three_processes() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let mut nodes: BTreeMap<u64, NodeProcess> = BTreeMap::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = root.path().join(format!("node{id}"));
+        nodes.insert(id, spawn_node(id, addr, &dir, &["--shards", "4"])?);
+    }
+    let members: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let init = imstore(
+        addrs[0],
+        &["cluster", "init", "--members", &members.join(",")],
+    )?;
+    assert!(init.contains("4 shard"), "{init}");
+
+    // Every shard elects a leader (bounded polling of the status command).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status = imstore(addrs[1], &["--json", "cluster", "status"])?;
+        let led = status
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["leader"].as_u64().unwrap_or(0) != 0)
+            .count();
+        if led == SHARDS as usize {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not every shard has a leader: {status}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for shard in 0..SHARDS {
+        assert!(status.contains(&format!("\"shard\":{shard}")), "{status}");
+    }
+    let human = imstore(addrs[2], &["cluster", "status"])?;
+    assert_eq!(human.lines().count(), SHARDS as usize, "{human}");
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let acked = runtime.block_on(async {
+        let mut acked: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for round in 0..3 {
+            for conversation in 1..=CONVERSATIONS {
+                let id = format!("c{conversation}-{round}");
+                let seq = append_until_acked(&addrs, conversation, &id).await?;
+                acked.entry(conversation).or_default().push(seq);
+            }
+        }
+        // A group lives in its conversation's shard like any timeline.
+        let group_shard = imstore_raft::shard_for(GROUP, SHARDS);
+        let mut created = false;
+        for &addr in &addrs {
+            let mut client = ImstoreClient::connect(format!("http://{addr}")).await?;
+            if client
+                .create_group(pb::CreateGroupRequest {
+                    conversation: GROUP,
+                    owner: 1,
+                    members: vec![1, 2],
+                })
+                .await
+                .is_ok()
+            {
+                let sent = client
+                    .send(pb::SendRequest {
+                        conversation: GROUP,
+                        sender: 2,
+                        client_msg_id: b"hello".to_vec(),
+                        payload: b"hello".to_vec(),
+                        receipt: false,
+                    })
+                    .await?
+                    .into_inner();
+                assert_eq!(sent.seq, 1);
+                created = true;
+                break;
+            }
+        }
+        assert!(created, "no node led shard {group_shard}");
+        // Sync needs every shard: refused, typed.
+        let mut client = ImstoreClient::connect(format!("http://{}", addrs[0])).await?;
+        let refused = client
+            .sync(pb::SyncRequest {
+                user: 1,
+                from: None,
+                limit: 10,
+            })
+            .await
+            .err()
+            .ok_or("a multi-shard sync was answered")?;
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        // Let every replica apply everything before the stores are read.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for &addr in &addrs {
+            for shard in 0..SHARDS {
+                loop {
+                    let s = nodes_status(addr, shard).await;
+                    let leader_applied = leader_applied(&addrs, shard).await;
+                    if s.is_some_and(|s| s.last_applied >= leader_applied) {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("{addr} shard {shard} behind").into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error>>(acked)
+    })?;
+    for node in nodes.values_mut() {
+        node.stop();
+    }
+    let dirs: Vec<PathBuf> = nodes.values().map(|n| n.dir.clone()).collect();
+    drop(nodes);
+
+    // Each conversation is in its shard, on every node, and nowhere else.
+    for dir in &dirs {
+        let engine = Engine::open(dir.join("engine"), Options::default())?;
+        for conversation in 1..=CONVERSATIONS {
+            let home = imstore_raft::shard_for(conversation, SHARDS);
+            for shard in 0..SHARDS {
+                let stored = engine.with_shard(shard as u16)?.read(
+                    conversation,
+                    1,
+                    100,
+                    Direction::Forward,
+                )?;
+                if shard == home {
+                    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+                    assert_eq!(seqs, acked[&conversation], "conversation {conversation}");
+                } else {
+                    assert!(
+                        stored.is_empty(),
+                        "{conversation} leaked into shard {shard}"
+                    );
+                }
+            }
+        }
+        let group = engine.with_shard(imstore_raft::shard_for(GROUP, SHARDS) as u16)?;
+        assert_eq!(group.last_seq(GROUP)?, 1);
+    }
+    // More conversations than shards landed in more than one shard.
+    let used: std::collections::BTreeSet<u64> = (1..=CONVERSATIONS)
+        .map(|c| imstore_raft::shard_for(c, SHARDS))
+        .collect();
+    assert!(used.len() > 1);
+
+    // The shard count is fixed at creation.
+    let out = Command::new(env!("CARGO_BIN_EXE_imstore"))
+        .args(["node", "--id", "1", "--listen", &free_port()?.to_string()])
+        .arg("--data-dir")
+        .arg(&dirs[0])
+        .args(["--shards", "2"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the shard count never changes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+async fn nodes_status(addr: SocketAddr, shard: u64) -> Option<imstore_proto::raft::NodeStatus> {
+    let mut client = imstore_proto::raft::raft_transport_client::RaftTransportClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .ok()?;
+    client
+        .status(imstore_proto::raft::NodeStatusRequest { shard })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// The applied index of `shard` on whichever node leads it.
+async fn leader_applied(addrs: &[SocketAddr], shard: u64) -> u64 {
+    let mut best = 0;
+    for &addr in addrs {
+        if let Some(s) = nodes_status(addr, shard).await {
+            if s.state == "Leader" {
+                best = best.max(s.last_applied);
+            }
+        }
+    }
+    best
+}
