@@ -4,8 +4,10 @@
 //! sends to conversations spread over the shards are acknowledged (clients
 //! follow each shard's leader hint), and on every node each conversation's
 //! messages are stored in exactly the shard `shard_for` names and no other.
-//! What needs every shard (sync) is refused with a typed error, and a node
-//! cannot be restarted with another shard count.
+//! Node 1 (which bootstrapped every shard) is then SIGKILLed: each shard
+//! re-elects among the other two and appends go on; node 1 restarts and
+//! catches up. What needs every shard (sync) is refused with a typed
+//! error, and a node cannot be restarted with another shard count.
 
 mod nodes;
 
@@ -134,6 +136,20 @@ fn four_shards_on_three_processes() -> TestResult {
                 acked.entry(conversation).or_default().push(seq);
             }
         }
+        // Node 1 dies; every shard it led elects another leader.
+        let mut killed = nodes.remove(&1).ok_or("node 1")?;
+        killed.child.kill()?;
+        killed.child.wait()?;
+        let dir = killed.dir.clone();
+        drop(killed);
+        for round in 3..5 {
+            for conversation in 1..=CONVERSATIONS {
+                let id = format!("c{conversation}-{round}");
+                let seq = append_until_acked(&addrs[1..], conversation, &id).await?;
+                acked.entry(conversation).or_default().push(seq);
+            }
+        }
+        nodes.insert(1, spawn_node(1, addrs[0], &dir, &["--shards", "4"])?);
         // A group lives in its conversation's shard like any timeline.
         let group_shard = imstore_raft::shard_for(GROUP, SHARDS);
         let mut created = false;
