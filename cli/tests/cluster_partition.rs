@@ -10,7 +10,6 @@ mod nodes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use imstore_proto::raft as rpb;
@@ -18,8 +17,8 @@ use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
 use nodes::{
-    check_replicas, create_group, free_port, highest_applied, initialize, send_until_acked,
-    spawn_node, status, timeline, wait_all_applied, wait_for_leader, NodeProcess, TestResult,
+    check_replicas, create_group, highest_applied, initialize, send_until_acked, start_three,
+    status, stop_all, timeline, wait_all_applied, wait_for_leader, TestResult,
 };
 
 const GROUP: u64 = 11;
@@ -41,13 +40,7 @@ async fn cut_off(addr: SocketAddr, peers: Vec<u64>) -> TestResult {
 #[test]
 fn a_cut_off_leader_cannot_acknowledge_and_the_majority_goes_on() -> TestResult {
     let root = tempfile::tempdir()?;
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let mut nodes: BTreeMap<u64, NodeProcess> = BTreeMap::new();
-    for (i, &addr) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let dir = root.path().join(format!("node{id}"));
-        nodes.insert(id, spawn_node(id, addr, &dir, &["--fault-injection"])?);
-    }
+    let (addrs, nodes) = start_three(root.path(), &["--fault-injection"])?;
     let id_of = |addr: SocketAddr| addrs.iter().position(|&a| a == addr).map(|i| i as u64 + 1);
     let runtime = tokio::runtime::Runtime::new()?;
     let acked = runtime.block_on(async {
@@ -120,11 +113,7 @@ fn a_cut_off_leader_cannot_acknowledge_and_the_majority_goes_on() -> TestResult 
         wait_all_applied(&addrs, highest_applied(&addrs).await).await?;
         Ok::<_, Box<dyn std::error::Error>>(acked)
     })?;
-    for node in nodes.values_mut() {
-        node.stop();
-    }
-    let dirs: Vec<PathBuf> = nodes.values().map(|n| n.dir.clone()).collect();
-    drop(nodes);
+    let dirs = stop_all(nodes);
     assert_eq!(acked.len() as u64, 2 * PER_PHASE + 1);
     check_replicas(&dirs, GROUP, &acked)?;
     let any = timeline(&dirs[0], GROUP)?;

@@ -13,14 +13,13 @@ mod nodes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use imstore_engine::{Direction, Engine, Options};
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
-use nodes::{free_port, leader_hint, spawn_node, NodeProcess, TestResult};
+use nodes::{free_port, spawn_node, start_three, stop_all, until_acked, TestResult};
 
 const SHARDS: u64 = 4;
 const CONVERSATIONS: u64 = 12;
@@ -49,49 +48,30 @@ async fn append_until_acked(
     conversation: u64,
     id: &str,
 ) -> Result<u64, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut target = 0usize;
-    let mut hint: Option<String> = None;
-    while Instant::now() < deadline {
-        let url = match hint.take() {
-            Some(h) => format!("http://{h}"),
-            None => format!("http://{}", addrs[target % addrs.len()]),
-        };
-        if let Ok(mut client) = ImstoreClient::connect(url).await {
-            let appended = client
-                .append(pb::AppendRequest {
-                    messages: vec![pb::NewMessage {
-                        conversation,
-                        sender: 1,
-                        client_msg_id: id.as_bytes().to_vec(),
-                        payload: format!("in {conversation}").into_bytes(),
-                    }],
-                })
-                .await;
-            match appended {
-                Ok(r) => {
-                    let seq = r.into_inner().results.first().map(|a| a.seq);
-                    return seq.ok_or_else(|| "no result".into());
-                }
-                Err(status) => hint = leader_hint(&status),
-            }
+    let request = pb::AppendRequest {
+        messages: vec![pb::NewMessage {
+            conversation,
+            sender: 1,
+            client_msg_id: id.as_bytes().to_vec(),
+            payload: format!("in {conversation}").into_bytes(),
+        }],
+    };
+    let seq = until_acked(addrs, id, |mut client| {
+        let request = request.clone();
+        async move {
+            let results = client.append(request).await?.into_inner().results;
+            Ok(results.first().map(|a| a.seq))
         }
-        target += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!("{id} was never acknowledged").into())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    seq.ok_or_else(|| "no result".into())
 }
 
 #[test]
 fn four_shards_on_three_processes() -> TestResult {
     let root = tempfile::tempdir()?;
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let mut nodes: BTreeMap<u64, NodeProcess> = BTreeMap::new();
-    for (i, &addr) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let dir = root.path().join(format!("node{id}"));
-        nodes.insert(id, spawn_node(id, addr, &dir, &["--shards", "4"])?);
-    }
+    let (addrs, mut nodes) = start_three(root.path(), &["--shards", "4"])?;
     let members: Vec<String> = addrs
         .iter()
         .enumerate()
@@ -211,11 +191,7 @@ fn four_shards_on_three_processes() -> TestResult {
         }
         Ok::<_, Box<dyn std::error::Error>>(acked)
     })?;
-    for node in nodes.values_mut() {
-        node.stop();
-    }
-    let dirs: Vec<PathBuf> = nodes.values().map(|n| n.dir.clone()).collect();
-    drop(nodes);
+    let dirs = stop_all(nodes);
 
     // Each conversation is in its shard, on every node, and nowhere else.
     for dir in &dirs {

@@ -8,12 +8,11 @@ mod nodes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use nodes::{
     check_replicas, create_group, fetch_metrics, free_port, highest_applied, initialize, sample,
-    send_until_acked, spawn_node, status, wait_all_applied, wait_for_leader, wait_for_status,
-    NodeProcess, TestResult,
+    send_until_acked, spawn_node, start_three, status, stop_all, wait_all_applied, wait_for_leader,
+    wait_for_status, TestResult,
 };
 
 const GROUP: u64 = 12;
@@ -24,13 +23,7 @@ const SNAPSHOT_FLAGS: [&str; 4] = ["--snapshot-every", "50", "--keep-log", "0"];
 #[test]
 fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> TestResult {
     let root = tempfile::tempdir()?;
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let mut nodes: BTreeMap<u64, NodeProcess> = BTreeMap::new();
-    for (i, &addr) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let dir = root.path().join(format!("node{id}"));
-        nodes.insert(id, spawn_node(id, addr, &dir, &SNAPSHOT_FLAGS)?);
-    }
+    let (addrs, mut nodes) = start_three(root.path(), &SNAPSHOT_FLAGS)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let acked = runtime.block_on(async {
         initialize(&addrs).await?;
@@ -113,11 +106,7 @@ fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> TestResult {
         wait_all_applied(&addrs, highest_applied(&addrs).await).await?;
         Ok::<_, Box<dyn std::error::Error>>(acked)
     })?;
-    for node in nodes.values_mut() {
-        node.stop();
-    }
-    let dirs: Vec<PathBuf> = nodes.values().map(|n| n.dir.clone()).collect();
-    drop(nodes);
+    let dirs = stop_all(nodes);
     assert_eq!(acked.len() as u64, 10 + WHILE_DOWN + 1);
     check_replicas(&dirs, GROUP, &acked)
 }

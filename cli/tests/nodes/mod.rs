@@ -3,6 +3,7 @@
 //! retries that follow leader hints, reading a replica's timeline.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,30 @@ pub async fn status(addr: SocketAddr) -> Option<rpb::NodeStatus> {
         .map(|r| r.into_inner())
 }
 
+/// Starts nodes 1, 2, 3 on free ports under `root` (`node1`, …) with the
+/// extra flags.
+pub fn start_three(
+    root: &Path,
+    extra: &[&str],
+) -> Result<(Vec<SocketAddr>, BTreeMap<u64, NodeProcess>), Box<dyn std::error::Error>> {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let mut nodes = BTreeMap::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = root.join(format!("node{id}"));
+        nodes.insert(id, spawn_node(id, addr, &dir, extra)?);
+    }
+    Ok((addrs, nodes))
+}
+
+/// Stops every node (SIGTERM) and returns their data directories.
+pub fn stop_all(mut nodes: BTreeMap<u64, NodeProcess>) -> Vec<PathBuf> {
+    for node in nodes.values_mut() {
+        node.stop();
+    }
+    nodes.values().map(|n| n.dir.clone()).collect()
+}
+
 /// Polls `addrs` until one reports itself leader (bounded).
 pub async fn wait_for_leader(
     addrs: &[SocketAddr],
@@ -184,15 +209,15 @@ pub fn leader_hint(status: &tonic::Status) -> Option<String> {
     Some(message[at + 4..].trim().to_owned())
 }
 
-/// Sends to `conversation` until acknowledged, following leader hints and
-/// moving on from dead nodes; the same client id every time, so retries
-/// never duplicate. Returns (seq, duplicate).
-pub async fn send_until_acked(
-    addrs: &[SocketAddr],
-    conversation: u64,
-    sender: u64,
-    id: &str,
-) -> TaskResult<(u64, bool)> {
+/// Runs `call` against the nodes until it succeeds, following leader
+/// hints and moving on from dead or cut-off nodes (each attempt has a 3 s
+/// deadline: a leader cut off from its quorum never answers). The caller
+/// makes the call idempotent (the same client message id every time).
+pub async fn until_acked<T, F, Fut>(addrs: &[SocketAddr], what: &str, mut call: F) -> TaskResult<T>
+where
+    F: FnMut(ImstoreClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut target = 0usize;
     let mut hint: Option<String> = None;
@@ -201,29 +226,43 @@ pub async fn send_until_acked(
             Some(h) => format!("http://{h}"),
             None => format!("http://{}", addrs[target % addrs.len()]),
         };
-        if let Ok(mut client) = ImstoreClient::connect(url).await {
-            let mut request = tonic::Request::new(pb::SendRequest {
-                conversation,
-                sender,
-                client_msg_id: id.as_bytes().to_vec(),
-                payload: format!("payload {id}").into_bytes(),
-                receipt: false,
-            });
-            // A leader cut off from its quorum never answers: give up on
-            // it and try the next node.
-            request.set_timeout(Duration::from_secs(3));
-            match client.send(request).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    return Ok((r.seq, r.duplicate));
+        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) {
+            if let Ok(channel) = endpoint.timeout(Duration::from_secs(3)).connect().await {
+                match call(ImstoreClient::new(channel)).await {
+                    Ok(done) => return Ok(done),
+                    Err(status) => hint = leader_hint(&status),
                 }
-                Err(status) => hint = leader_hint(&status),
             }
         }
         target += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(format!("{id} was never acknowledged").into())
+    Err(format!("{what} was never acknowledged").into())
+}
+
+/// Sends to `conversation` until acknowledged (see [`until_acked`]).
+/// Returns (seq, duplicate).
+pub async fn send_until_acked(
+    addrs: &[SocketAddr],
+    conversation: u64,
+    sender: u64,
+    id: &str,
+) -> TaskResult<(u64, bool)> {
+    let request = pb::SendRequest {
+        conversation,
+        sender,
+        client_msg_id: id.as_bytes().to_vec(),
+        payload: format!("payload {id}").into_bytes(),
+        receipt: false,
+    };
+    until_acked(addrs, id, |mut client| {
+        let request = request.clone();
+        async move {
+            let r = client.send(request).await?.into_inner();
+            Ok((r.seq, r.duplicate))
+        }
+    })
+    .await
 }
 
 /// Creates group `conversation` owned by node-independent user 1 with
