@@ -119,12 +119,15 @@ pub async fn status(addr: SocketAddr) -> Option<rpb::NodeStatus> {
         .map(|r| r.into_inner())
 }
 
+/// Running nodes by id.
+pub type Nodes = BTreeMap<u64, NodeProcess>;
+
 /// Starts nodes 1, 2, 3 on free ports under `root` (`node1`, …) with the
 /// extra flags.
 pub fn start_three(
     root: &Path,
     extra: &[&str],
-) -> Result<(Vec<SocketAddr>, BTreeMap<u64, NodeProcess>), Box<dyn std::error::Error>> {
+) -> Result<(Vec<SocketAddr>, Nodes), Box<dyn std::error::Error>> {
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
     let mut nodes = BTreeMap::new();
     for (i, &addr) in addrs.iter().enumerate() {
@@ -136,7 +139,7 @@ pub fn start_three(
 }
 
 /// Stops every node (SIGTERM) and returns their data directories.
-pub fn stop_all(mut nodes: BTreeMap<u64, NodeProcess>) -> Vec<PathBuf> {
+pub fn stop_all(mut nodes: Nodes) -> Vec<PathBuf> {
     for node in nodes.values_mut() {
         node.stop();
     }
