@@ -294,7 +294,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.put_state(KEY_COMMITTED, &committed)
+        // Not fsynced: `committed` is a hint (raft recovers it from the
+        // leader, and the state machine keeps its own `last_applied`); the
+        // next append's fsync carries it along. A synced write here blocked
+        // a runtime thread on every commit.
+        let bytes = bincode::serialize(&committed).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_STATE)?, self.key(KEY_COMMITTED), bytes);
+        self.db.db.write(batch).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
