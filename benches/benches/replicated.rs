@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imstore_benches::bench_dir;
 use imstore_engine::{Bytes, Command, NewMessage};
-use imstore_proto::raft::raft_transport_server::RaftTransportServer;
 use imstore_raft::{
     shard_for, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Shards, TransportService,
 };
@@ -75,7 +74,7 @@ fn cluster(shards: u64) -> Cluster {
             ));
             tokio::spawn(
                 tonic::transport::Server::builder()
-                    .add_service(RaftTransportServer::new(TransportService::new(id, map)))
+                    .add_service(TransportService::new(id, map).into_server())
                     .serve_with_incoming(
                         tonic::transport::server::TcpIncoming::from(listener)
                             .with_nodelay(Some(true)),

@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use clap::Subcommand;
 use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
-use imstore_proto::raft::raft_transport_server::RaftTransportServer;
 use imstore_proto::v1::imstore_server::ImstoreServer;
 use imstore_proxy::{
     serve_metrics, Hub, ImstoreService, Metrics, RenderMetrics, ServiceLimits, ShardedBackend,
@@ -225,9 +224,7 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
             closing.close_all("the node is shutting down");
         };
         tonic::transport::Server::builder()
-            .add_service(RaftTransportServer::new(TransportService::with_faults(
-                args.id, shards, faults,
-            )))
+            .add_service(TransportService::with_faults(args.id, shards, faults).into_server())
             .add_service(ImstoreServer::new(service))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

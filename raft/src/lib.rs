@@ -39,7 +39,9 @@ pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode};
 pub use state_machine::{SnapshotStats, StateMachine};
-pub use transport::{Faults, GrpcLink, GrpcNetwork, Shards, TransportService};
+pub use transport::{
+    Faults, GrpcLink, GrpcNetwork, Peers, Shards, TransportService, MAX_MESSAGE_BYTES,
+};
 
 /// A log entry's payload: commands proposed together (the proxy batches
 /// concurrent client writes into one entry), applied in order, each

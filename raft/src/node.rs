@@ -7,7 +7,7 @@ use std::sync::Arc;
 use imstore_engine::{Engine, Options};
 use openraft::{Config, Raft, SnapshotPolicy};
 
-use crate::{Faults, GrpcNetwork, LogStore, StateMachine, TypeConfig};
+use crate::{Faults, GrpcNetwork, LogStore, Peers, StateMachine, TypeConfig};
 
 /// One shard's replica on this node.
 #[derive(Clone)]
@@ -168,6 +168,8 @@ pub struct NodeStorage {
     dir: std::path::PathBuf,
     engine: Engine,
     log: LogStore,
+    /// The node's transport clients, shared by its shards.
+    peers: Peers,
 }
 
 impl NodeStorage {
@@ -181,6 +183,7 @@ impl NodeStorage {
             dir: dir.to_path_buf(),
             engine: Engine::open(dir.join("engine"), engine)?,
             log: LogStore::open(&dir.join("raft-log"))?,
+            peers: Peers::default(),
         })
     }
 
@@ -241,7 +244,7 @@ pub async fn start_shard(
     let raft = Raft::new(
         id,
         Arc::new(raft_config.validate()?),
-        GrpcNetwork::new(id, shard, config.faults.clone()),
+        GrpcNetwork::new(id, shard, config.faults.clone(), storage.peers.clone()),
         storage.log.for_shard(shard),
         state_machine.clone(),
     )

@@ -69,6 +69,121 @@ impl Faults {
     }
 }
 
+/// Most bytes of raft messages a node accepts in one call (a batch, or an
+/// AppendEntries of up to 300 entries of proposals of up to 256 commands).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Most AppendEntries in one batch.
+const MAX_BATCH_MESSAGES: usize = 512;
+/// A batch is closed once its payloads reach this many bytes.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Batches in flight to one peer at a time; more messages wait and travel
+/// together in the next.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// The answer to one message of a batch.
+type BatchReply = tokio::sync::oneshot::Sender<Result<pb::RaftMessage, String>>;
+
+/// A node's transport client to each peer, by address, shared by all its
+/// shards' groups: AppendEntries of every group bound for one peer go
+/// through that peer's batcher.
+#[derive(Clone, Default)]
+pub struct Peers {
+    batchers: Arc<std::sync::Mutex<BTreeMap<String, PeerBatcher>>>,
+}
+
+impl Peers {
+    fn batcher(&self, addr: &str) -> Option<PeerBatcher> {
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = batchers.get(addr) {
+            if !b.queue.is_closed() {
+                return Some(b.clone());
+            }
+        }
+        let client = client_for(addr)?;
+        let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_batcher(rx, client));
+        let batcher = PeerBatcher { queue };
+        batchers.insert(addr.to_owned(), batcher.clone());
+        Some(batcher)
+    }
+}
+
+/// The queue of one peer's batcher task.
+#[derive(Clone)]
+struct PeerBatcher {
+    queue: tokio::sync::mpsc::UnboundedSender<(pb::RaftMessage, BatchReply)>,
+}
+
+fn client_for(addr: &str) -> Option<RaftTransportClient<Channel>> {
+    Channel::from_shared(format!("http://{addr}"))
+        .ok()
+        .map(|endpoint| {
+            RaftTransportClient::new(endpoint.tcp_nodelay(true).connect_lazy())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        })
+}
+
+/// Sends whatever queued up for one peer as one `AppendEntriesBatch`, with
+/// at most [`BATCHES_IN_FLIGHT`] batches outstanding: under load messages
+/// accumulate while earlier batches travel, when idle one goes at once.
+async fn run_batcher(
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(pb::RaftMessage, BatchReply)>,
+    client: RaftTransportClient<Channel>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        // Taken after the permit: what queued meanwhile joins this batch.
+        let mut bytes = first.0.payload.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.0.payload.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let (messages, replies): (Vec<pb::RaftMessage>, Vec<BatchReply>) =
+                batch.into_iter().unzip();
+            let count = messages.len();
+            match client
+                .append_entries_batch(pb::RaftBatch { messages })
+                .await
+            {
+                Ok(answer) => {
+                    let answers = answer.into_inner().messages;
+                    if answers.len() == count {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(if answer.error.is_empty() {
+                                Ok(answer)
+                            } else {
+                                Err(answer.error)
+                            });
+                        }
+                    } else {
+                        for reply in replies {
+                            let _ = reply.send(Err("a batch answer of the wrong size".into()));
+                        }
+                    }
+                }
+                Err(status) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(status.to_string()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
 /// Connects a node's raft groups to their peers, by the address in each
 /// member's `BasicNode`.
 #[derive(Clone)]
@@ -76,15 +191,18 @@ pub struct GrpcNetwork {
     node_id: u64,
     shard: u64,
     faults: Faults,
+    peers: Peers,
 }
 
 impl GrpcNetwork {
-    /// The transport of node `node_id`'s replica of `shard`.
-    pub fn new(node_id: u64, shard: u64, faults: Faults) -> Self {
+    /// The transport of node `node_id`'s replica of `shard`, sending
+    /// AppendEntries through the node's shared per-peer batchers.
+    pub fn new(node_id: u64, shard: u64, faults: Faults, peers: Peers) -> Self {
         GrpcNetwork {
             node_id,
             shard,
             faults,
+            peers,
         }
     }
 }
@@ -96,21 +214,20 @@ pub struct GrpcLink {
     target: u64,
     faults: Faults,
     client: Option<RaftTransportClient<Channel>>,
+    batcher: Option<PeerBatcher>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcLink;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcLink {
-        let client = Channel::from_shared(format!("http://{}", node.addr))
-            .ok()
-            .map(|endpoint| RaftTransportClient::new(endpoint.tcp_nodelay(true).connect_lazy()));
         GrpcLink {
             from: self.node_id,
             shard: self.shard,
             target,
             faults: self.faults.clone(),
-            client,
+            client: client_for(&node.addr),
+            batcher: self.peers.batcher(&node.addr),
         }
     }
 }
@@ -141,17 +258,39 @@ impl GrpcLink {
             shard: self.shard,
             payload,
             from: self.from,
+            error: String::new(),
         };
         let client = self.client.as_mut().ok_or_else(|| {
             RPCError::Unreachable(unreachable(std::io::Error::other("bad peer address")))
         })?;
-        let reply = match kind {
-            0 => client.append_entries(message).await,
-            1 => client.vote(message).await,
-            _ => client.install_snapshot(message).await,
-        }
-        .map_err(|s| RPCError::Unreachable(unreachable(std::io::Error::other(s.to_string()))))?
-        .into_inner();
+        let down = |e: String| RPCError::Unreachable(unreachable(std::io::Error::other(e)));
+        let reply = match (kind, &self.batcher) {
+            (0, Some(batcher)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                batcher
+                    .queue
+                    .send((message, tx))
+                    .map_err(|_| down("the peer's batcher stopped".into()))?;
+                rx.await
+                    .map_err(|_| down("the peer's batcher dropped a message".into()))?
+                    .map_err(down)?
+            }
+            (0, None) => client
+                .append_entries(message)
+                .await
+                .map_err(|s| down(s.to_string()))?
+                .into_inner(),
+            (1, _) => client
+                .vote(message)
+                .await
+                .map_err(|s| down(s.to_string()))?
+                .into_inner(),
+            _ => client
+                .install_snapshot(message)
+                .await
+                .map_err(|s| down(s.to_string()))?
+                .into_inner(),
+        };
         let result: Result<Resp, RaftError<u64, E>> = bincode::deserialize(&reply.payload)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -213,6 +352,15 @@ impl TransportService {
         }
     }
 
+    /// The gRPC service, accepting messages up to [`MAX_MESSAGE_BYTES`].
+    pub fn into_server(
+        self,
+    ) -> imstore_proto::raft::raft_transport_server::RaftTransportServer<Self> {
+        imstore_proto::raft::raft_transport_server::RaftTransportServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
     /// The raft instance a message from a peer goes to, unless a fault
     /// cuts that peer off.
     fn receiving(&self, message: &pb::RaftMessage) -> Result<Raft<TypeConfig>, Status> {
@@ -263,6 +411,7 @@ fn encode<T: serde::Serialize>(shard: u64, value: &T) -> Result<Response<pb::Raf
         shard,
         payload,
         from: 0,
+        error: String::new(),
     }))
 }
 
@@ -276,6 +425,37 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         let raft = self.receiving(&m)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
         encode(m.shard, &raft.append_entries(rpc).await)
+    }
+
+    async fn append_entries_batch(
+        &self,
+        request: Request<pb::RaftBatch>,
+    ) -> Result<Response<pb::RaftBatch>, Status> {
+        // Every shard's message at once, answers in order.
+        let answers = request
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(|m| async move {
+                let shard = m.shard;
+                let delivered = async {
+                    let raft = self.receiving(&m)?;
+                    let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
+                    encode(shard, &raft.append_entries(rpc).await)
+                }
+                .await;
+                match delivered {
+                    Ok(answer) => answer.into_inner(),
+                    Err(status) => pb::RaftMessage {
+                        shard,
+                        payload: Vec::new(),
+                        from: 0,
+                        error: status.message().to_owned(),
+                    },
+                }
+            });
+        let messages = futures_join_all(answers).await;
+        Ok(Response::new(pb::RaftBatch { messages }))
     }
 
     async fn vote(
@@ -416,4 +596,31 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                 .collect(),
         }))
     }
+}
+
+/// Runs futures concurrently (on this task) and collects their outputs in
+/// order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
