@@ -32,9 +32,10 @@ struct Cluster {
     _nodes: Vec<ReplicaNode>,
 }
 
-/// A node's replica settings: with many shards, heartbeats are per group
-/// (not yet coalesced per peer), so their interval grows with the shard
-/// count to keep them from eating the two cores.
+/// A node's replica settings: with many shards, every group heartbeats
+/// (coalesced per peer, but each still costs openraft work), so the
+/// interval grows with the shard count to keep them from eating the two
+/// cores.
 fn replica_config(shards: u64) -> ReplicaConfig {
     ReplicaConfig {
         heartbeat_ms: if shards > 16 { 500 } else { 100 },

@@ -154,7 +154,7 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         let config = ReplicaConfig {
             snapshot_every: args.snapshot_every,
             keep_log: args.keep_log,
-            // Heartbeats are per raft group, not yet per peer.
+            // Every group heartbeats (coalesced per peer, still work each).
             heartbeat_ms: if count > 16 { 500 } else { 100 },
             faults: faults.clone(),
             ..ReplicaConfig::default()

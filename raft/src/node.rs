@@ -135,9 +135,9 @@ pub struct ReplicaConfig {
     /// sender reads, and the wire carries, one such chunk at a time.
     pub snapshot_chunk_bytes: u64,
     /// Leader heartbeat interval, milliseconds (default 100); elections
-    /// time out after 4 to 8 intervals. Heartbeats are per raft group (not
-    /// yet coalesced per peer), so nodes with hundreds of shards want a
-    /// longer one.
+    /// time out after 4 to 8 intervals. Every group sends its own (the
+    /// transport coalesces them per peer, but each still costs openraft
+    /// work), so nodes with hundreds of shards want a longer one.
     pub heartbeat_ms: u64,
     /// Test-only network faults ([`Faults::default`]: none, not settable).
     pub faults: Faults,
