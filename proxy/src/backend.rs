@@ -277,10 +277,7 @@ impl ShardedBackend {
 
 impl Backend for ShardedBackend {
     fn submit(&self, command: Command, done: Done) {
-        match self
-            .placement(&command)
-            .and_then(|shard| self.backend(Route::Any).map(|_| shard))
-        {
+        match self.placement(&command) {
             Ok(shard) => match self.shards.get(shard as usize) {
                 Some(backend) => backend.submit(command, done),
                 None => done(Err(Error::Storage(format!(
