@@ -1,27 +1,33 @@
-//! imstore-raft: replication of the engine with openraft 0.9.
+//! imstore-raft: replication of the engine with openraft 0.9, one raft
+//! group per shard, many shards per node.
 //!
 //! **Owns:** the raft type configuration (log entries are [`Proposal`]s of
 //! engine [`Command`]s, timestamped by the receiving node before proposing), the
-//! raft log on RocksDB ([`LogStore`]: appends and votes fsynced before they
-//! are acknowledged), and the engine as a raft state machine
-//! ([`StateMachine`]: committed entries through the deterministic apply
-//! step with `last_applied` and membership in the same WriteBatch;
-//! snapshots as consistent store images installed atomically). openraft's
-//! storage conformance suite runs against them (`tests/conformance.rs`).
+//! raft logs on RocksDB ([`LogStore`]: every shard's log in one database
+//! per node; appends acknowledged after a WAL fsync shared by every shard's
+//! appends, votes fsynced), and the engine as a raft state machine
+//! ([`StateMachine`]: a shard's view of the node's engine store; committed
+//! entries through the deterministic apply step with `last_applied` and
+//! membership in the same WriteBatch; snapshots as consistent images of the
+//! shard's key range, streamed, installed atomically). openraft's storage
+//! conformance suite runs against them (`tests/conformance.rs`).
 //!
 //! The gRPC transport ([`GrpcNetwork`], [`TransportService`]: openraft's
-//! messages bincode-encoded, addressed by shard) and [`start`], which opens
-//! a node's replica of a shard.
+//! messages bincode-encoded, addressed by shard, AppendEntries of all
+//! shards to a peer coalesced by [`Peers`]), [`NodeStorage`] and
+//! [`start_shard`], which start a node's replica of a shard, and
+//! [`shard_for`], the stable placement of a conversation among the shards.
 //!
 //! Membership changes (add a node as a learner, then a voter; remove one)
-//! are served by the transport's admin RPCs.
+//! are served per shard by the transport's admin RPCs.
 //!
-//! **Is not (yet):** the multi-raft shard map or placement: a cluster today
-//! is one shard (id 0) replicated on the nodes of its membership.
+//! **Is not (yet):** a metadata group for placement: every node hosts a
+//! replica of every shard, and the shard map is the groups' own
+//! memberships.
 //!
-//! **Limits:** one raft group per engine directory. A snapshot is built
-//! and sent in bounded memory (streamed into a file, sent in chunks of
-//! [`ReplicaConfig::snapshot_chunk_bytes`]), but installed as one atomic
+//! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot is
+//! built and sent in bounded memory (streamed into a file, sent in chunks
+//! of [`ReplicaConfig::snapshot_chunk_bytes`]), but installed as one atomic
 //! write: the receiver holds one whole image in memory while installing.
 
 #![forbid(unsafe_code)]
