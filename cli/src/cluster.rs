@@ -151,7 +151,7 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         } else {
             Faults::default()
         };
-        let config = ReplicaConfig {
+        let mut config = ReplicaConfig {
             snapshot_every: args.snapshot_every,
             keep_log: args.keep_log,
             // Every group heartbeats (coalesced per peer, still work each).
@@ -159,6 +159,8 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
             faults: faults.clone(),
             ..ReplicaConfig::default()
         };
+        // Direct conversations get ids in their pair's shard.
+        config.engine.placement_shards = count;
         let storage =
             NodeStorage::open(&args.data_dir, config.engine.clone()).map_err(|e| e.to_string())?;
         let mut replicas = Vec::new();

@@ -107,6 +107,7 @@ fn four_shards_on_three_processes() -> TestResult {
     assert_eq!(human.lines().count(), SHARDS as usize, "{human}");
 
     let runtime = tokio::runtime::Runtime::new()?;
+    let mut direct_id = 0;
     let acked = runtime.block_on(async {
         let mut acked: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for round in 0..3 {
@@ -160,6 +161,45 @@ fn four_shards_on_three_processes() -> TestResult {
             }
         }
         assert!(created, "no node led shard {group_shard}");
+        // Friends and their direct conversation live in the pair's shard:
+        // request, accept, then a send to the direct conversation.
+        let request = |user: u64, other: u64| pb::FriendPairRequest { user, other };
+        until_acked(&addrs, "friend request", |mut client| async move {
+            client.request_friend(request(3, 4)).await?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let direct = until_acked(&addrs, "friend accept", |mut client| async move {
+            Ok(client
+                .accept_friend(request(4, 3))
+                .await?
+                .into_inner()
+                .conversation)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        assert_eq!(
+            imstore_raft::shard_for(direct, SHARDS),
+            imstore_raft::shard_for(imstore_engine::pair_key(3, 4), SHARDS)
+        );
+        let sent = until_acked(&addrs, "direct send", |mut client| async move {
+            Ok(client
+                .send(pb::SendRequest {
+                    conversation: direct,
+                    sender: 3,
+                    client_msg_id: b"hi".to_vec(),
+                    payload: b"hi, friend".to_vec(),
+                    receipt: false,
+                })
+                .await?
+                .into_inner()
+                .seq)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        assert_eq!(sent, 1);
+        direct_id = direct;
         // Sync needs every shard: refused, typed.
         let mut client = ImstoreClient::connect(format!("http://{}", addrs[0])).await?;
         let refused = client
@@ -218,6 +258,13 @@ fn four_shards_on_three_processes() -> TestResult {
         }
         let group = engine.with_shard(imstore_raft::shard_for(GROUP, SHARDS) as u16)?;
         assert_eq!(group.last_seq(GROUP)?, 1);
+        let pair = engine.with_shard(imstore_raft::shard_for(direct_id, SHARDS) as u16)?;
+        assert_eq!(pair.last_seq(direct_id)?, 1);
+        assert_eq!(
+            pair.friends(3, imstore_engine::FriendStatus::Friends, 0, 10)?
+                .len(),
+            1
+        );
     }
     // More conversations than shards landed in more than one shard.
     let used: std::collections::BTreeSet<u64> = (1..=CONVERSATIONS)

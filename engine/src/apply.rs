@@ -77,6 +77,7 @@ pub(crate) struct ApplyLimits {
     pub max_group_members: u32,
     pub max_users_per_command: usize,
     pub max_device_id_bytes: usize,
+    pub placement_shards: u64,
 }
 
 impl From<&Options> for ApplyLimits {
@@ -95,6 +96,7 @@ impl From<&Options> for ApplyLimits {
             max_group_members: o.max_group_members,
             max_users_per_command: o.max_users_per_command,
             max_device_id_bytes: o.max_device_id_bytes,
+            placement_shards: o.placement_shards.max(1),
         }
     }
 }

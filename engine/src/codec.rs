@@ -565,6 +565,31 @@ pub fn direct_conversation_id(a: u64, b: u64, attempt: u32) -> u64 {
 /// The bit that marks direct conversation ids.
 pub const DIRECT_ID_BIT: u64 = 1 << 63;
 
+/// The shard a key belongs to among `shards`: `SplitMix64(key) % shards`.
+/// A conversation's key is its id; a user pair's (friend rows, their
+/// direct conversation) is [`pair_key`]. Stable forever: data is placed by
+/// it.
+pub fn shard_for(key: u64, shards: u64) -> u64 {
+    splitmix(key) % shards.max(1)
+}
+
+/// The placement key of a user pair: its direct conversation's first
+/// candidate id.
+pub fn pair_key(a: u64, b: u64) -> u64 {
+    direct_conversation_id(a, b, 0)
+}
+
+/// The candidate ids of a pair's direct conversation among `shards`, in
+/// probe order: only those in the pair's shard, so the conversation lives
+/// where the pair's friend rows do. The first is always attempt 0 (the
+/// pair key itself); later ones are used only on a collision.
+pub fn direct_candidates(a: u64, b: u64, shards: u64) -> impl Iterator<Item = u64> {
+    let home = shard_for(pair_key(a, b), shards);
+    (0..u32::MAX)
+        .map(move |attempt| direct_conversation_id(a, b, attempt))
+        .filter(move |&id| shard_for(id, shards) == home)
+}
+
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

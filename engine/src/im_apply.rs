@@ -555,8 +555,8 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             let id = crate::store::decode_u64(&v, "direct conversation id")?;
             return Ok((id, false));
         }
-        for attempt in 0..DIRECT_ID_ATTEMPTS {
-            let id = codec::direct_conversation_id(user, peer, attempt);
+        let candidates = codec::direct_candidates(user, peer, self.limits.placement_shards);
+        for id in candidates.take(DIRECT_ID_ATTEMPTS as usize) {
             if self.conversation(scratch, id)?.exists() {
                 continue;
             }

@@ -73,6 +73,7 @@ mod types;
 #[doc(hidden)]
 pub mod codec;
 
+pub use crate::codec::{pair_key, shard_for};
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
 pub use crate::store::{ShardId, StateExport, MAX_SHARD};

@@ -67,6 +67,11 @@ pub struct Options {
     pub max_users_per_command: usize,
     /// Longest device id accepted, in bytes. Default 64.
     pub max_device_id_bytes: usize,
+    /// The cluster's shard count, for placement: a pair's direct
+    /// conversation gets an id in the pair's shard
+    /// ([`shard_for`](crate::shard_for)). Default 1 (one store); it must
+    /// never change for a store, like the shard count itself.
+    pub placement_shards: u64,
 }
 
 impl Default for Options {
@@ -93,6 +98,7 @@ impl Default for Options {
             max_group_members: 100_000,
             max_users_per_command: 10_000,
             max_device_id_bytes: 64,
+            placement_shards: 1,
         }
     }
 }

@@ -233,3 +233,45 @@ fn shard_ids_above_the_highest_are_refused() -> TestResult {
     ));
     Ok(())
 }
+
+/// A pair's direct conversation id lies in the pair's shard, whatever the
+/// shard count: the first candidate is the pair key itself, later ones
+/// (used only on a collision) are filtered to the same shard.
+#[test]
+fn direct_conversation_ids_stay_in_the_pair_shard() -> TestResult {
+    use imstore_engine::codec::{direct_candidates, direct_conversation_id};
+    use imstore_engine::{pair_key, shard_for};
+    for shards in [1u64, 4, 16, 256] {
+        for (a, b) in [(1u64, 2u64), (2, 1), (7, 1_000_000), (u64::MAX >> 1, 3)] {
+            let home = shard_for(pair_key(a, b), shards);
+            let first: Vec<u64> = direct_candidates(a, b, shards).take(4).collect();
+            assert_eq!(first[0], pair_key(a, b));
+            assert!(first.iter().all(|&id| shard_for(id, shards) == home));
+            assert!(first.windows(2).all(|w| w[0] != w[1]));
+            if shards == 1 {
+                let attempts: Vec<u64> = (0..4).map(|i| direct_conversation_id(a, b, i)).collect();
+                assert_eq!(first, attempts, "one shard probes every attempt, as before");
+            }
+        }
+    }
+    // The engine uses them: a pair opened with 16 placement shards gets the
+    // pair key as its direct id.
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(
+        dir.path(),
+        Options {
+            placement_shards: 16,
+            ..Options::default()
+        },
+    )?
+    .with_shard(shard_for(pair_key(5, 6), 16) as ShardId)?;
+    match engine.execute(Command::OpenDirect {
+        user: 5,
+        peer: 6,
+        timestamp_ms: 1,
+    })? {
+        Outcome::Conversation { conversation, .. } => assert_eq!(conversation, pair_key(5, 6)),
+        other => return Err(format!("unexpected {other:?}").into()),
+    }
+    Ok(())
+}

@@ -185,12 +185,16 @@ impl Backend for RaftBackend {
 /// its id. A follower of a shard answers `NOT_LEADER` with that shard's
 /// leader, so a client retries there.
 ///
+/// A user pair's friend rows and direct conversation live in the pair's
+/// shard (`shard_for(pair_key(a, b))`; the engine, told the shard count,
+/// picks the direct conversation's id in that shard), so friend requests,
+/// acceptances and sends to direct conversations work on any shard count.
+///
 /// Limits (more than one shard): a batch of appends must stay within one
 /// shard; what needs a user's data from every shard (sync, the
-/// conversation list, the total unread count, friends and direct
-/// conversations, device cursors, watch) is refused with
-/// `FailedPrecondition` until reads fan out over shards
-/// (`docs/replication.md`).
+/// conversation list, the total unread count, the friend list, device
+/// cursors, watch) is refused with `FailedPrecondition` until reads fan out
+/// over shards (`docs/replication.md`).
 pub struct ShardedBackend {
     shards: Vec<RaftBackend>,
 }
@@ -258,15 +262,19 @@ impl ShardedBackend {
             | Command::DeleteForMe { conversation, .. }
             | Command::ClearHistory { conversation, .. }
             | Command::SetRetention { conversation, .. } => of(*conversation),
-            Command::OpenDirect { .. }
-            | Command::FriendRequest { .. }
-            | Command::FriendAccept { .. }
-            | Command::FriendDecline { .. }
-            | Command::FriendRemove { .. }
-            | Command::SaveCursor { .. } => Err(Error::FailedPrecondition(
-                "friends, direct conversations and device cursors are not built yet on a \
-                 cluster with more than one shard"
-                    .into(),
+            // A pair's friend rows and direct conversation live in the
+            // pair's shard (the engine picks the direct id there).
+            Command::OpenDirect { user, peer, .. } => of(imstore_engine::pair_key(*user, *peer)),
+            Command::FriendRequest { from, to, .. } => of(imstore_engine::pair_key(*from, *to)),
+            Command::FriendAccept {
+                user, requester, ..
+            }
+            | Command::FriendDecline { user, requester } => {
+                of(imstore_engine::pair_key(*user, *requester))
+            }
+            Command::FriendRemove { user, friend } => of(imstore_engine::pair_key(*user, *friend)),
+            Command::SaveCursor { .. } => Err(Error::FailedPrecondition(
+                "device cursors are not built yet on a cluster with more than one shard".into(),
             )),
             Command::PutMeta(_) | Command::ReplaceState(_) => Err(Error::InvalidArgument(
                 "replication commands are not client writes".into(),

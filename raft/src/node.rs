@@ -193,14 +193,12 @@ impl NodeStorage {
     }
 }
 
-/// The shard a key (a conversation id, or a user id for user-scoped data)
-/// belongs to among `shards`: `SplitMix64(key) % shards`. Stable: the same
-/// on every node and in every release, since data is placed by it.
+/// The shard a key belongs to among `shards`: `SplitMix64(key) % shards`
+/// (a conversation's key is its id, a user pair's is
+/// [`imstore_engine::pair_key`]). Stable: the same on every node and in
+/// every release, since data is placed by it.
 pub fn shard_for(key: u64, shards: u64) -> u64 {
-    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) % shards.max(1)
+    imstore_engine::shard_for(key, shards)
 }
 
 /// Opens (creating if needed) a node's stores under `dir` and starts its
