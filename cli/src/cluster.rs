@@ -404,11 +404,34 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
     })
 }
 
+/// Apply lag (entries in the log not yet applied) above which a replica
+/// is reported as lagging.
+const LAGGING_ENTRIES: u64 = 1_000;
+
+/// One word on a shard's replica, as this node sees it: `healthy`,
+/// `no-leader` (an election is due or under way), `not-a-member` (the
+/// replica was removed or never added), `uninitialized` (no `cluster
+/// init` yet), or `lagging` (more than [`LAGGING_ENTRIES`] entries logged
+/// but not applied).
+fn health(s: &rpb::NodeStatus) -> &'static str {
+    if s.members.is_empty() {
+        "uninitialized"
+    } else if !s.members.iter().any(|m| m.id == s.id) {
+        "not-a-member"
+    } else if s.leader == 0 {
+        "no-leader"
+    } else if s.last_log_index.saturating_sub(s.last_applied) > LAGGING_ENTRIES {
+        "lagging"
+    } else {
+        "healthy"
+    }
+}
+
 fn print_status(s: &rpb::NodeStatus, json_output: bool) {
     if json_output {
         println!(
             "{}",
-            json!({"id": s.id, "shard": s.shard, "state": s.state, "leader": s.leader,
+            json!({"id": s.id, "shard": s.shard, "health": health(s), "state": s.state, "leader": s.leader,
                                "term": s.term, "last_log_index": s.last_log_index,
                                "last_applied": s.last_applied,
             "snapshot_index": s.snapshot_index, "snapshots_built": s.snapshots_built,
@@ -425,9 +448,10 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             .map(|m| format!("{}={}", m.id, m.address))
             .collect();
         println!(
-            "node {} shard {}: {} in term {}, leader {}, log {} applied {} (lag {}), members {}; log purged to {}, snapshot at {} ({} built, {} installed, last {} bytes, build {} ms, install {} ms)",
+            "node {} shard {} [{}]: {} in term {}, leader {}, log {} applied {} (lag {}), members {}; log purged to {}, snapshot at {} ({} built, {} installed, last {} bytes, build {} ms, install {} ms)",
             s.id,
             s.shard,
+            health(s),
             s.state,
             s.term,
             s.leader,

@@ -103,8 +103,20 @@ fn four_shards_on_three_processes() -> TestResult {
     for shard in 0..SHARDS {
         assert!(status.contains(&format!("\"shard\":{shard}")), "{status}");
     }
-    let human = imstore(addrs[2], &["cluster", "status"])?;
-    assert_eq!(human.lines().count(), SHARDS as usize, "{human}");
+    // Every shard healthy as node 3 sees it too (it may learn the leaders
+    // a moment later: bounded polling).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let human = imstore(addrs[2], &["cluster", "status"])?;
+        assert_eq!(human.lines().count(), SHARDS as usize, "{human}");
+        if human.lines().all(|l| l.contains("[healthy]")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not every shard healthy: {human}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let runtime = tokio::runtime::Runtime::new()?;
     let mut direct_id = 0;
