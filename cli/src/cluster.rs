@@ -60,7 +60,7 @@ pub enum ClusterCmd {
         #[arg(long, value_delimiter = ',', required = true)]
         members: Vec<String>,
     },
-    /// Where the node behind `--server` stands in every shard: leader,
+    /// Where the node behind `--server` stands in every shard: health, leader,
     /// term, log, applied lag, members, snapshots.
     Status,
     /// Add a running node (learner, caught up, then voter) to a shard's
