@@ -178,6 +178,18 @@ impl NodeStorage {
         dir: &Path,
         engine: Options,
     ) -> Result<NodeStorage, Box<dyn std::error::Error + Send + Sync>> {
+        // Nodes of the one-shard builds kept `shard-0/engine` and
+        // `shard-0/raft-log` (a log without shard prefixes); starting over
+        // them would look like an empty node and silently drop their data.
+        if dir.join("shard-0").join("raft-log").exists() && !dir.join("raft-log").exists() {
+            return Err(format!(
+                "{} holds a node of an earlier one-shard layout (shard-0/), which this build \
+                 cannot open: remove the node from the cluster, empty the directory and add \
+                 it back (it catches up by snapshot)",
+                dir.display()
+            )
+            .into());
+        }
         std::fs::create_dir_all(dir)?;
         Ok(NodeStorage {
             dir: dir.to_path_buf(),

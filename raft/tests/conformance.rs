@@ -1,5 +1,6 @@
 //! openraft's own storage conformance suite against the RocksDB log store
-//! and the engine state machine.
+//! and the engine state machine (and the node storage's refusal of a
+//! directory of the earlier layout).
 #![allow(clippy::result_large_err)]
 
 use imstore_engine::{Engine, Options};
@@ -78,4 +79,21 @@ fn openraft_storage_suite_passes_on_shards_of_shared_stores() -> Result<(), Stor
         engine,
         next: std::sync::atomic::AtomicU64::new(1),
     })
+}
+
+/// A node directory of the earlier one-shard layout is refused, not
+/// mistaken for an empty node.
+#[test]
+fn a_node_of_the_earlier_layout_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("shard-0").join("raft-log"))?;
+    let refused = imstore_raft::NodeStorage::open(dir.path(), Options::default())
+        .err()
+        .ok_or("an old node directory was opened")?;
+    assert!(
+        refused.to_string().contains("earlier one-shard layout"),
+        "{refused}"
+    );
+    assert!(!dir.path().join("engine").exists(), "nothing was created");
+    Ok(())
 }
