@@ -377,9 +377,13 @@ async fn call(
             let cursor = r.cursor.unwrap_or_default();
             (
                 json!({
-                    "entries": r.entries.iter().map(|e| json!({"inbox_seq": e.inbox_seq, "message": e.message.as_ref().map(message_json)})).collect::<Vec<_>>(),
+                    "entries": r.entries.iter().map(|e| json!({"shard": e.shard, "inbox_seq": e.inbox_seq, "message": e.message.as_ref().map(message_json)})).collect::<Vec<_>>(),
                     "advanced": r.advanced.iter().map(|a| json!({"conversation": a.conversation, "last_seq": a.last_seq})).collect::<Vec<_>>(),
-                    "cursor": {"inbox_seq": cursor.inbox_seq, "change": cursor.change},
+                    "cursor": {
+                        "inbox_seq": cursor.inbox_seq,
+                        "change": cursor.change,
+                        "shards": cursor.shards.iter().map(|c| json!({"shard": c.shard, "inbox_seq": c.inbox_seq, "change": c.change})).collect::<Vec<_>>(),
+                    },
                     "more": r.more,
                 }),
                 lines.join("\n"),
@@ -512,10 +516,15 @@ async fn call(
             let request = pb::WatchRequest {
                 users: users
                     .iter()
-                    .map(|&user| pb::UserPosition { user, inbox_seq: 0 })
+                    .map(|&user| pb::UserPosition {
+                        user,
+                        inbox_seq: 0,
+                        shards: Vec::new(),
+                    })
                     .collect(),
                 conversations: Vec::new(),
                 change: 0,
+                shards: Vec::new(),
             };
             let mut stream = client.watch(request).await?.into_inner();
             let deadline = for_secs.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));

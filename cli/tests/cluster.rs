@@ -19,8 +19,8 @@ use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
 use nodes::{
-    check_replicas, create_group, free_port, highest_applied, initialize, leader_hint, spawn_node,
-    status, wait_all_applied, wait_for_leader, NodeProcess, TestResult,
+    check_replicas, create_group, free_port, highest_applied, initialize, spawn_node, status,
+    wait_all_applied, wait_for_leader, NodeProcess, TestResult,
 };
 
 const GROUP: u64 = 9;
@@ -102,8 +102,10 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
         // Every replica, the restarted one included, applies up to the
         // leader's last applied entry.
         wait_all_applied(&addrs, target).await?;
-        // History pulls: a follower serves `stale_ok` reads from its applied
-        // state, and refuses linearizable ones with the leader's address.
+        // History pulls on a follower: `stale_ok` from its applied state,
+        // and linearizable ones too (the follower asks the leader for its
+        // read index and waits until it has applied it): a send the leader
+        // acknowledged just before is in the follower's read at once.
         let leader_now = wait_for_leader(&addrs).await?;
         let follower = *addrs
             .iter()
@@ -122,13 +124,19 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
         assert_eq!(stale.messages.len() as u64, WRITERS * PER_WRITER);
         let acked_so_far = acked.lock().map(|a| a.len()).unwrap_or(0);
         assert_eq!(acked_so_far as u64, WRITERS * PER_WRITER);
-        let refused = reader
-            .read_as(read(false))
+        let (fresh_seq, _) = send_until_acked(&[leader_now], 1, "fresh")
             .await
-            .err()
-            .ok_or("a follower served a linearizable read")?;
-        assert_eq!(refused.code(), tonic::Code::Unavailable);
-        assert_eq!(leader_hint(&refused), Some(leader_now.to_string()));
+            .map_err(|e| e.to_string())?;
+        acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert("fresh".into(), fresh_seq);
+        let linearizable = reader.read_as(read(false)).await?.into_inner();
+        assert_eq!(
+            linearizable.messages.last().map(|m| m.seq),
+            Some(fresh_seq),
+            "a linearizable read on a follower misses an acknowledged send"
+        );
         // Move the shard's replica from the restarted node to a new node 4
         // while writers keep sending.
         let new_addr = free_port()?;
@@ -194,6 +202,9 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
         .collect();
     assert_eq!(dirs.len(), 3);
     drop(nodes);
-    assert_eq!(acked.len() as u64, WRITERS * (PER_WRITER + MOVE_PER_WRITER));
+    assert_eq!(
+        acked.len() as u64,
+        WRITERS * (PER_WRITER + MOVE_PER_WRITER) + 1
+    );
     check_replicas(&dirs, GROUP, &acked)
 }

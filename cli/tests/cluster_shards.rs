@@ -6,8 +6,11 @@
 //! messages are stored in exactly the shard `shard_for` names and no other.
 //! Node 1 (which bootstrapped every shard) is then SIGKILLed: each shard
 //! re-elects among the other two and appends go on; node 1 restarts and
-//! catches up. What needs every shard (sync) is refused with a typed
-//! error, and a node cannot be restarted with another shard count.
+//! catches up. User-wide reads (sync, the conversation list, the unread
+//! total, friends) of a user with data in two shards are answered by every
+//! node, each a follower of some shards (reads wait for each shard's read
+//! index), and a device's sync cursors are replicated per shard. A node
+//! cannot be restarted with another shard count.
 
 mod nodes;
 
@@ -212,18 +215,128 @@ fn four_shards_on_three_processes() -> TestResult {
         .map_err(|e| e.to_string())?;
         assert_eq!(sent, 1);
         direct_id = direct;
-        // Sync needs every shard: refused, typed.
-        let mut client = ImstoreClient::connect(format!("http://{}", addrs[0])).await?;
-        let refused = client
-            .sync(pb::SyncRequest {
-                user: 1,
-                from: None,
-                limit: 10,
+        // User 1 now has inbox entries in two shards: a second group in
+        // another shard than the first, and a send to it.
+        let second = (GROUP + 1..GROUP + 100)
+            .find(|&c| imstore_raft::shard_for(c, SHARDS) != group_shard)
+            .ok_or("no conversation in another shard")?;
+        until_acked(&addrs, "second group", |mut client| async move {
+            match client
+                .create_group(pb::CreateGroupRequest {
+                    conversation: second,
+                    owner: 2,
+                    members: vec![1],
+                })
+                .await
+            {
+                Err(s) if s.code() != tonic::Code::AlreadyExists => Err(s),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        until_acked(
+            &addrs,
+            "send to the second group",
+            |mut client| async move {
+                client
+                    .send(pb::SendRequest {
+                        conversation: second,
+                        sender: 2,
+                        client_msg_id: b"second".to_vec(),
+                        payload: b"in another shard".to_vec(),
+                        receipt: false,
+                    })
+                    .await?;
+                Ok(())
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        // Every node (each follows some shards) answers user-wide reads
+        // over all shards, linearizably: what was acknowledged is there.
+        for &addr in &addrs {
+            let mut client = ImstoreClient::connect(format!("http://{addr}")).await?;
+            let page = retry_unavailable(|| {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .sync(pb::SyncRequest {
+                            user: 1,
+                            from: None,
+                            limit: 10,
+                        })
+                        .await
+                }
             })
-            .await
-            .err()
-            .ok_or("a multi-shard sync was answered")?;
-        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+            .await?
+            .into_inner();
+            let mut got: Vec<(u32, u64)> = page
+                .entries
+                .iter()
+                .map(|e| (e.shard, e.message.as_ref().map_or(0, |m| m.conversation)))
+                .collect();
+            got.sort();
+            let mut expected = vec![
+                (group_shard as u32, GROUP),
+                (imstore_raft::shard_for(second, SHARDS) as u32, second),
+            ];
+            expected.sort();
+            assert_eq!(got, expected, "sync of user 1 on {addr}");
+            assert_eq!(
+                page.cursor.unwrap_or_default().shards.len(),
+                SHARDS as usize
+            );
+            let list = client
+                .list_conversations(pb::ListConversationsRequest {
+                    user: 1,
+                    after: None,
+                    limit: 10,
+                })
+                .await?
+                .into_inner()
+                .conversations;
+            assert_eq!(list.len(), 2, "conversation list of user 1 on {addr}");
+            let unread = client
+                .get_unread(pb::GetUnreadRequest {
+                    user: 1,
+                    conversation: 0,
+                })
+                .await?
+                .into_inner()
+                .unread;
+            assert_eq!(unread, 2, "unread total of user 1 on {addr}");
+            let friends = client
+                .list_friends(pb::ListFriendsRequest {
+                    user: 3,
+                    status: pb::FriendStatus::Friends as i32,
+                    after_user: 0,
+                    limit: 10,
+                })
+                .await?
+                .into_inner()
+                .friends;
+            assert_eq!(friends.len(), 1, "friends of user 3 on {addr}");
+            assert_eq!((friends[0].user, friends[0].conversation), (4, direct));
+        }
+        // A device's cursors are kept per shard, replicated: the first
+        // sync delivers both entries, the next (on another node) none.
+        let device = |addr: SocketAddr| async move {
+            let mut client = ImstoreClient::connect(format!("http://{addr}")).await?;
+            let entries = client
+                .sync(pb::SyncRequest {
+                    user: 1,
+                    from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
+                    limit: 10,
+                })
+                .await?
+                .into_inner()
+                .entries
+                .len();
+            Ok::<_, Box<dyn std::error::Error>>(entries)
+        };
+        assert_eq!(device(addrs[1]).await?, 2);
+        assert_eq!(device(addrs[2]).await?, 0);
         // Let every replica apply everything before the stores are read.
         let deadline = Instant::now() + Duration::from_secs(60);
         for &addr in &addrs {
@@ -298,6 +411,24 @@ fn four_shards_on_three_processes() -> TestResult {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// Runs `call` until it answers other than UNAVAILABLE (a restarted node
+/// still electing or catching up), for at most 60 s.
+async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn nodes_status(addr: SocketAddr, shard: u64) -> Option<imstore_proto::raft::NodeStatus> {

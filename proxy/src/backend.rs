@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use imstore_engine::{Command, Engine, Error, Outcome};
 use imstore_raft::ReplicaNode;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 
 /// A future the service awaits before a read.
 pub type Barrier<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
@@ -20,9 +20,10 @@ pub type Done = Box<dyn FnOnce(Result<Outcome, Error>) + Send>;
 pub enum Route {
     /// One conversation's data: its shard.
     Conversation(u64),
-    /// A user's data across their conversations (inbox, lists, friends,
-    /// totals): every shard holding one of them.
-    User(u64),
+    /// One shard's part of a user's data (inbox, conversation list,
+    /// friends, totals, device cursors): a user-wide read visits every
+    /// shard of [`Backend::shard_count`] and merges.
+    Shard(u64),
     /// Store-wide figures (any shard's engine: they share one store).
     Any,
 }
@@ -46,6 +47,18 @@ pub trait Backend: Send + Sync + 'static {
     fn stale_read_barrier(&self, route: Route) -> Barrier<'_> {
         let _ = route;
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The shards a user's data is spread over (1 for one engine).
+    fn shard_count(&self) -> u64 {
+        1
+    }
+
+    /// Queues a write of one shard's part of a user's data (a device's
+    /// cursor in that shard).
+    fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {
+        let _ = shard;
+        self.submit(command, done);
     }
 }
 
@@ -73,7 +86,9 @@ impl Backend for EngineBackend {
 
 /// This node's replica of a replicated shard: writes are proposed to raft
 /// (a follower answers `NotLeader` with the leader's address), reads wait
-/// for a read index (`ensure_linearizable`) and are served locally.
+/// for the shard's read index ([`ReplicaNode::read_barrier`]: on the
+/// leader, or asked of it by a follower) and are served locally, so every
+/// replica serves linearizable reads.
 ///
 /// Concurrent writes are batched: whatever queued up while the previous
 /// proposal was being formed goes into one raft entry (at most
@@ -163,67 +178,61 @@ impl Backend for RaftBackend {
     }
 
     fn read_barrier(&self, _route: Route) -> Barrier<'_> {
-        Box::pin(async move {
-            match self.node.raft.ensure_linearizable().await {
-                Ok(_) => Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(not_leader(f))
-                }
-                Err(e) => Err(Error::Remote {
-                    reason: "UNAVAILABLE".into(),
-                    message: e.to_string(),
-                }),
-            }
-        })
+        Box::pin(self.node.read_barrier())
     }
 }
 
 /// A node's replicas of every shard of a cluster (`imstore node --shards
-/// N`): each write goes to the raft group of its shard, each read to the
+/// N`), or any other per-shard backends ([`ShardedBackend::over`]): each
+/// write goes to the backend of its shard, each conversation read to the
 /// replica of its shard, by the stable placement of
 /// [`imstore_raft::shard_for`]: a conversation's data lives in the shard of
-/// its id. A follower of a shard answers `NOT_LEADER` with that shard's
-/// leader, so a client retries there.
+/// its id. A follower of a shard answers writes with `NOT_LEADER` and that
+/// shard's leader, so a client retries there; reads are served by any
+/// replica after that shard's read barrier.
 ///
 /// A user pair's friend rows and direct conversation live in the pair's
 /// shard (`shard_for(pair_key(a, b))`; the engine, told the shard count,
 /// picks the direct conversation's id in that shard), so friend requests,
 /// acceptances and sends to direct conversations work on any shard count.
+/// A user's inbox entries, conversation list rows and unread counts live
+/// with the conversations they are about; user-wide reads visit every
+/// shard ([`Route::Shard`]) and merge.
 ///
 /// Limits (more than one shard): a batch of appends must stay within one
-/// shard; what needs a user's data from every shard (sync, the
-/// conversation list, the total unread count, the friend list, device
-/// cursors, watch) is refused with `FailedPrecondition` until reads fan out
-/// over shards (`docs/replication.md`).
-pub struct ShardedBackend {
-    shards: Vec<RaftBackend>,
+/// shard.
+pub struct ShardedBackend<B: Backend = RaftBackend> {
+    shards: Vec<B>,
 }
 
-impl ShardedBackend {
+impl ShardedBackend<RaftBackend> {
     /// Serves `replicas`, the replica of shard `i` at index `i`. Must be
     /// called inside a tokio runtime.
     pub fn new(replicas: Vec<ReplicaNode>) -> Self {
-        ShardedBackend {
-            shards: replicas.into_iter().map(RaftBackend::new).collect(),
-        }
+        Self::over(replicas.into_iter().map(RaftBackend::new).collect())
+    }
+}
+
+impl<B: Backend> ShardedBackend<B> {
+    /// Serves `shards`, the backend of shard `i` at index `i` (for one
+    /// engine store split into shards: [`EngineBackend`]s over
+    /// [`Engine::with_shard`], with `Options::placement_shards` set to
+    /// their count).
+    pub fn over(shards: Vec<B>) -> Self {
+        ShardedBackend { shards }
     }
 
     fn count(&self) -> u64 {
         self.shards.len() as u64
     }
 
-    fn backend(&self, route: Route) -> Result<&RaftBackend, Error> {
-        let at =
-            match route {
-                _ if self.shards.len() <= 1 => 0,
-                Route::Conversation(c) => imstore_raft::shard_for(c, self.count()),
-                Route::Any => 0,
-                Route::User(_) => return Err(Error::FailedPrecondition(
-                    "reading a user's data from every shard is not built yet: this cluster has \
-                     more than one shard"
-                        .into(),
-                )),
-            };
+    fn backend(&self, route: Route) -> Result<&B, Error> {
+        let at = match route {
+            _ if self.shards.len() <= 1 => 0,
+            Route::Conversation(c) => imstore_raft::shard_for(c, self.count()),
+            Route::Shard(s) => s,
+            Route::Any => 0,
+        };
         self.shards
             .get(at as usize)
             .ok_or_else(|| Error::Storage(format!("shard {at} is not on this node")))
@@ -273,8 +282,9 @@ impl ShardedBackend {
                 of(imstore_engine::pair_key(*user, *requester))
             }
             Command::FriendRemove { user, friend } => of(imstore_engine::pair_key(*user, *friend)),
-            Command::SaveCursor { .. } => Err(Error::FailedPrecondition(
-                "device cursors are not built yet on a cluster with more than one shard".into(),
+            // Each shard keeps a device's cursor of that shard.
+            Command::SaveCursor { .. } => Err(Error::InvalidArgument(
+                "a device cursor is saved per shard (submit_to_shard)".into(),
             )),
             Command::PutMeta(_) | Command::ReplaceState(_) => Err(Error::InvalidArgument(
                 "replication commands are not client writes".into(),
@@ -283,15 +293,10 @@ impl ShardedBackend {
     }
 }
 
-impl Backend for ShardedBackend {
+impl<B: Backend> Backend for ShardedBackend<B> {
     fn submit(&self, command: Command, done: Done) {
         match self.placement(&command) {
-            Ok(shard) => match self.shards.get(shard as usize) {
-                Some(backend) => backend.submit(command, done),
-                None => done(Err(Error::Storage(format!(
-                    "shard {shard} is not on this node"
-                )))),
-            },
+            Ok(shard) => self.submit_to_shard(shard, command, done),
             Err(e) => done(Err(e)),
         }
     }
@@ -304,6 +309,26 @@ impl Backend for ShardedBackend {
         match self.backend(route) {
             Ok(backend) => backend.read_barrier(route),
             Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn stale_read_barrier(&self, route: Route) -> Barrier<'_> {
+        match self.backend(route) {
+            Ok(backend) => backend.stale_read_barrier(route),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn shard_count(&self) -> u64 {
+        self.count().max(1)
+    }
+
+    fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {
+        match self.shards.get(shard as usize) {
+            Some(backend) => backend.submit(command, done),
+            None => done(Err(Error::Storage(format!(
+                "shard {shard} is not on this node"
+            )))),
         }
     }
 }

@@ -120,13 +120,20 @@ impl Hub {
                 }
             }
             for &(user, head) in &notice.inbox_heads {
-                if sub.users.contains(&user) && !sub.offer(inbox_advanced(user, head)) {
+                if sub.users.contains(&user)
+                    && !sub.offer(inbox_advanced(user, head, notice.shard.into()))
+                {
                     return false;
                 }
             }
             for &(conversation, seq, change) in &notice.conversations {
                 if conversations.contains(&conversation)
-                    && !sub.offer(conversation_advanced(conversation, seq, change))
+                    && !sub.offer(conversation_advanced(
+                        conversation,
+                        seq,
+                        change,
+                        notice.shard.into(),
+                    ))
                 {
                     return false;
                 }
@@ -136,23 +143,25 @@ impl Hub {
     }
 }
 
-/// "User U's inbox advanced to N."
-pub fn inbox_advanced(user: u64, inbox_seq: u64) -> Notification {
+/// "User U's inbox in shard S advanced to N."
+pub fn inbox_advanced(user: u64, inbox_seq: u64, shard: u32) -> Notification {
     Notification {
         event: Some(notification::Event::Inbox(InboxAdvanced {
             user,
             inbox_seq,
+            shard,
         })),
     }
 }
 
-/// "Big conversation C advanced to seq S."
-pub fn conversation_advanced(conversation: u64, seq: u64, change: u64) -> Notification {
+/// "Big conversation C (of shard S) advanced to seq N."
+pub fn conversation_advanced(conversation: u64, seq: u64, change: u64, shard: u32) -> Notification {
     Notification {
         event: Some(notification::Event::Conversation(ConversationAdvanced {
             conversation,
             seq,
             change,
+            shard,
         })),
     }
 }
@@ -236,8 +245,8 @@ mod tests {
             hub.publish(&notice(7, head));
         }
         assert_eq!(hub.len(), 0, "the overflowed subscriber left the hub");
-        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 1)));
-        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 2)));
+        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 1, 0)));
+        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 2, 0)));
         let resync = next(&mut stream).await.expect("a resync");
         assert!(matches!(resync.event, Some(notification::Event::Resync(_))));
         assert_eq!(next(&mut stream).await, None);
@@ -253,21 +262,22 @@ mod tests {
             conversations: vec![(8, 1, 1), (9, 4, 2)],
             joined: vec![],
         });
-        assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 3)));
+        assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 3, 0)));
         assert_eq!(
             next(&mut stream).await,
-            Some(conversation_advanced(9, 4, 2))
+            Some(conversation_advanced(9, 4, 2, 0))
         );
-        // User 1 joins conversation 8: followed from then on.
+        // User 1 joins conversation 8 (in shard 3): followed from then on,
+        // notified with its shard.
         hub.publish(&CommitNotice {
-            shard: 0,
+            shard: 3,
             joined: vec![(1, 8)],
             conversations: vec![(8, 2, 3)],
             ..CommitNotice::default()
         });
         assert_eq!(
             next(&mut stream).await,
-            Some(conversation_advanced(8, 2, 3))
+            Some(conversation_advanced(8, 2, 3, 3))
         );
         hub.close_all("bye");
         let end = next(&mut stream).await.expect("a resync");

@@ -10,8 +10,12 @@
 //!
 //! **Is not:** the store (that is `imstore-engine`) or replication (that is
 //! `imstore-raft`). The service talks to a [`Backend`]: one in-process
-//! engine ([`EngineBackend`], `imstore serve`) or a node's replica of a
-//! raft group ([`RaftBackend`], `imstore node`).
+//! engine ([`EngineBackend`], `imstore serve`), a node's replica of a
+//! raft group ([`RaftBackend`]), or per-shard backends ([`ShardedBackend`],
+//! `imstore node --shards N`): a conversation's reads and writes go to its
+//! shard; user-wide reads (sync, the conversation list, the unread total,
+//! friends, watch) visit every shard and merge, with per-shard sync
+//! cursors.
 //!
 //! **Limits:** one backend engine per server; Watch follows the watched
 //! users' conversations as of the subscription plus those they join while
@@ -24,6 +28,7 @@
 
 mod backend;
 mod error;
+mod fanout;
 mod hub;
 mod metrics;
 mod server;

@@ -18,6 +18,7 @@ use imstore_proto::v1::imstore_server::Imstore;
 use tonic::{Code, Request, Response, Status};
 
 use crate::error::{invalid, status, to_status};
+use crate::fanout::{merge_friends, merge_lists, merge_sync, ShardPage};
 use crate::hub::{conversation_advanced, inbox_advanced, Hub, WatchStream};
 use crate::{Backend, Metrics, Route};
 
@@ -94,6 +95,75 @@ fn raw_message(m: imstore_engine::Message) -> pb::Message {
         edited: false,
         deleted_for_me: false,
     })
+}
+
+/// One cursor per shard from a request's cursor: the top-level fields on a
+/// one-shard store, `shards` on a store of more (unlisted shards start
+/// from the beginning).
+fn shard_cursors(count: u64, c: &pb::Cursor) -> Result<Vec<SyncCursor>, Status> {
+    let top = SyncCursor {
+        inbox_seq: c.inbox_seq,
+        change: c.change,
+    };
+    let mut cursors = vec![SyncCursor::default(); count as usize];
+    if count == 1 {
+        cursors[0] = top;
+    } else if top != SyncCursor::default() {
+        return Err(invalid(format!(
+            "a one-shard cursor (inbox_seq, change) on a store of {count} shards: pass the \
+             per-shard cursors (`shards`) of the last sync"
+        )));
+    }
+    let mut seen = HashSet::new();
+    for sc in &c.shards {
+        if u64::from(sc.shard) >= count {
+            return Err(invalid(format!(
+                "the cursor names shard {} of a store of {count}",
+                sc.shard
+            )));
+        }
+        if !seen.insert(sc.shard) {
+            return Err(invalid(format!(
+                "the cursor names shard {} twice",
+                sc.shard
+            )));
+        }
+        if count == 1 && top != SyncCursor::default() {
+            return Err(invalid(
+                "the cursor has both top-level fields and per-shard cursors",
+            ));
+        }
+        cursors[sc.shard as usize] = SyncCursor {
+            inbox_seq: sc.inbox_seq,
+            change: sc.change,
+        };
+    }
+    Ok(cursors)
+}
+
+/// The wire form of per-shard cursors: top-level fields for one shard,
+/// `shards` for more.
+fn cursor_message(cursors: &[SyncCursor]) -> pb::Cursor {
+    match cursors {
+        [one] => pb::Cursor {
+            inbox_seq: one.inbox_seq,
+            change: one.change,
+            shards: Vec::new(),
+        },
+        many => pb::Cursor {
+            inbox_seq: 0,
+            change: 0,
+            shards: many
+                .iter()
+                .zip(0u32..)
+                .map(|(c, shard)| pb::ShardCursor {
+                    shard,
+                    inbox_seq: c.inbox_seq,
+                    change: c.change,
+                })
+                .collect(),
+        },
+    }
 }
 
 fn friend_outcome(o: FriendOutcome) -> pb::FriendResponse {
@@ -178,6 +248,65 @@ impl<B: Backend> ImstoreService<B> {
         match rx.await {
             Ok(result) => result.map_err(to_status),
             Err(_) => Err(to_status(Error::Closed)),
+        }
+    }
+
+    /// Durable writes of one command per shard (a device's cursor in each
+    /// shard), all queued at once; the first error, once all are done.
+    async fn write_shards(&self, commands: Vec<(u64, Command)>) -> Result<(), Status> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for (shard, command) in commands {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.backend.submit_to_shard(
+                shard,
+                command,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            pending.push(rx);
+        }
+        let mut first_error = None;
+        for rx in pending {
+            let result = match rx.await {
+                Ok(result) => result.map(|_| ()),
+                Err(_) => Err(Error::Closed),
+            };
+            if let (Err(e), None) = (result, &first_error) {
+                first_error = Some(to_status(e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// A user-wide read: `f` runs on every shard's engine (shard id, engine)
+    /// after that shard's read barrier (the barriers awaited together),
+    /// results in shard order. One shard for an embedded engine.
+    async fn read_every_shard<T: Send + 'static>(
+        &self,
+        f: impl Fn(u64, &Engine) -> Result<T, Error> + Send + 'static,
+    ) -> Result<Vec<T>, Status> {
+        let count = self.backend.shard_count();
+        let engines = (0..count)
+            .map(|s| self.backend.engine(Route::Shard(s)).cloned())
+            .collect::<Result<Vec<Engine>, Error>>()
+            .map_err(to_status)?;
+        futures_util::future::try_join_all(
+            (0..count).map(|s| self.backend.read_barrier(Route::Shard(s))),
+        )
+        .await
+        .map_err(to_status)?;
+        match tokio::task::spawn_blocking(move || {
+            engines
+                .iter()
+                .zip(0u64..)
+                .map(|(engine, shard)| f(shard, engine))
+                .collect::<Result<Vec<T>, Error>>()
+        })
+        .await
+        {
+            Ok(result) => result.map_err(to_status),
+            Err(e) => Err(status(Code::Internal, "INTERNAL", e.to_string(), &[])),
         }
     }
 
@@ -567,11 +696,10 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 Ok(pb::FriendStatus::Incoming) => FriendStatus::Incoming,
                 _ => return Err(invalid(format!("friend status {} is not a list", r.status))),
             };
-            let friends = self
-                .read(Route::User(r.user), move |e| {
-                    e.friends(r.user, status, r.after_user, n)
-                })
+            let pages = self
+                .read_every_shard(move |_, e| e.friends(r.user, status, r.after_user, n))
                 .await?;
+            let friends = merge_friends(pages, n);
             Ok(pb::ListFriendsResponse {
                 friends: friends
                     .into_iter()
@@ -595,36 +723,64 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("Sync", async {
             let n = limit(r.limit)?;
             let user = r.user;
-            let page = match r.from {
-                Some(pb::sync_request::From::Device(device)) => {
-                    self.read(Route::User(user), move |e| e.sync_device(user, &device, n))
-                        .await?
-                }
-                Some(pb::sync_request::From::Cursor(c)) => {
-                    let cursor = SyncCursor {
-                        inbox_seq: c.inbox_seq,
-                        change: c.change,
-                    };
-                    self.read(Route::User(user), move |e| e.sync(user, cursor, n))
-                        .await?
-                }
-                None => {
-                    self.read(Route::User(user), move |e| {
-                        e.sync(user, SyncCursor::default(), n)
-                    })
-                    .await?
-                }
+            let count = self.backend.shard_count();
+            // A client's cursor (one per shard), or a device whose saved
+            // cursors each shard keeps.
+            let (given, device) = match r.from {
+                Some(pb::sync_request::From::Device(device)) => (None, Some(Bytes::from(device))),
+                Some(pb::sync_request::From::Cursor(c)) => (Some(shard_cursors(count, &c)?), None),
+                None => (Some(vec![SyncCursor::default(); count as usize]), None),
             };
+            let saved_for = device.clone();
+            let pages = self
+                .read_every_shard(move |shard, e| {
+                    let from = match (&given, &saved_for) {
+                        (Some(cursors), _) => cursors[shard as usize],
+                        (None, Some(device)) => e.device_cursor(user, device)?,
+                        (None, None) => SyncCursor::default(),
+                    };
+                    Ok(ShardPage {
+                        shard,
+                        from,
+                        page: e.sync(user, from, n)?,
+                    })
+                })
+                .await?;
+            let started: Vec<SyncCursor> = pages.iter().map(|p| p.from).collect();
+            let merged = merge_sync(pages, n);
+            if let Some(device) = device {
+                // Saved (durably, in every shard that moved) before the
+                // page is answered: a device gets each page at most once.
+                let moved = merged
+                    .cursors
+                    .iter()
+                    .zip(&started)
+                    .zip(0u64..)
+                    .filter(|((now, was), _)| now != was)
+                    .map(|((now, _), shard)| {
+                        (
+                            shard,
+                            Command::SaveCursor {
+                                user,
+                                device: device.clone(),
+                                cursor: *now,
+                            },
+                        )
+                    })
+                    .collect();
+                self.write_shards(moved).await?;
+            }
             Ok(pb::SyncResponse {
-                entries: page
-                    .messages
+                entries: merged
+                    .entries
                     .into_iter()
-                    .map(|(inbox_seq, v)| pb::InboxEntry {
+                    .map(|(shard, inbox_seq, v)| pb::InboxEntry {
                         inbox_seq,
                         message: Some(message(v)),
+                        shard: u32::try_from(shard).unwrap_or(u32::MAX),
                     })
                     .collect(),
-                advanced: page
+                advanced: merged
                     .advanced
                     .into_iter()
                     .map(|a| pb::Advanced {
@@ -632,11 +788,8 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                         last_seq: a.last_seq,
                     })
                     .collect(),
-                cursor: Some(pb::Cursor {
-                    inbox_seq: page.cursor.inbox_seq,
-                    change: page.cursor.change,
-                }),
-                more: page.more,
+                cursor: Some(cursor_message(&merged.cursors)),
+                more: merged.more,
             })
         })
         .await
@@ -649,15 +802,26 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         let r = request.into_inner();
         self.observe("SaveCursor", async {
             let c = r.cursor.ok_or_else(|| invalid("cursor is required"))?;
-            self.done(Command::SaveCursor {
-                user: r.user,
-                device: Bytes::from(r.device),
-                cursor: SyncCursor {
-                    inbox_seq: c.inbox_seq,
-                    change: c.change,
-                },
-            })
-            .await
+            let cursors = shard_cursors(self.backend.shard_count(), &c)?;
+            let device = Bytes::from(r.device);
+            self.write_shards(
+                cursors
+                    .into_iter()
+                    .zip(0u64..)
+                    .map(|(cursor, shard)| {
+                        (
+                            shard,
+                            Command::SaveCursor {
+                                user: r.user,
+                                device: device.clone(),
+                                cursor,
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+            .await?;
+            Ok(pb::Empty {})
         })
         .await
     }
@@ -688,30 +852,57 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                     &[("max_watchers", self.limits.max_watchers as u64)],
                 ));
             }
-            let positions: Vec<(u64, u64)> =
-                r.users.iter().map(|p| (p.user, p.inbox_seq)).collect();
-            let users: Vec<u64> = positions.iter().map(|p| p.0).collect();
+            let count = self.backend.shard_count();
+            // What the subscriber knows: each user's inbox seq and the
+            // change counter, per shard.
+            let mut known_inbox: Vec<(u64, Vec<u64>)> = Vec::with_capacity(r.users.len());
+            for p in &r.users {
+                let cursors = shard_cursors(
+                    count,
+                    &pb::Cursor {
+                        inbox_seq: p.inbox_seq,
+                        change: 0,
+                        shards: p.shards.clone(),
+                    },
+                )?;
+                known_inbox.push((p.user, cursors.iter().map(|c| c.inbox_seq).collect()));
+            }
+            let known_change: Vec<u64> = shard_cursors(
+                count,
+                &pb::Cursor {
+                    inbox_seq: 0,
+                    change: r.change,
+                    shards: r.shards.clone(),
+                },
+            )?
+            .iter()
+            .map(|c| c.change)
+            .collect();
+            let users: Vec<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
             let listed = r.conversations.clone();
-            let change = r.change;
             // The big conversations of the watched users, and where every
-            // watched thing stands now.
-            let route = Route::User(users.first().copied().unwrap_or(0));
-            let (conversations, heads, advanced) = self
-                .read(route, move |e| {
-                    let mut conversations: HashSet<u64> = listed.into_iter().collect();
-                    let mut advanced = Vec::new();
+            // watched thing stands now, in each shard.
+            let per_shard = self
+                .read_every_shard(move |shard, e| {
+                    let mut conversations: HashSet<u64> = listed
+                        .iter()
+                        .copied()
+                        .filter(|&c| imstore_engine::shard_for(c, count) == shard)
+                        .collect();
                     let mut heads = Vec::new();
                     for &user in &users {
-                        heads.push((user, e.inbox_head(user)?));
+                        heads.push(e.inbox_head(user)?);
                         // All of them: a small group may grow past the threshold.
                         conversations.extend(e.conversations_of(user)?);
                     }
                     let now = e.change_counter();
+                    let change = known_change[shard as usize];
                     if change > now {
                         return Err(Error::CursorFromFuture(format!(
-                            "change {change} is past the store's {now}"
+                            "change {change} is past the store's {now} (shard {shard})"
                         )));
                     }
+                    let mut advanced = Vec::new();
                     for &c in &conversations {
                         if let Some(a) = e.big_advance(c)? {
                             if a.2 > change {
@@ -724,17 +915,24 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 .await?;
             // Subscribe first, then send the catch-up: an event in between
             // is delivered twice at worst, never lost.
-            let user_set: HashSet<u64> = positions.iter().map(|p| p.0).collect();
+            let user_set: HashSet<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
+            let conversations: HashSet<u64> = per_shard
+                .iter()
+                .flat_map(|(c, _, _)| c.iter().copied())
+                .chain(r.conversations.iter().copied())
+                .collect();
             let (subscriber, stream) =
                 self.hub
                     .subscribe(user_set, conversations, self.limits.watch_buffer);
-            for ((user, known), (_, head)) in positions.iter().zip(heads) {
-                if head > *known {
-                    subscriber.offer(inbox_advanced(*user, head));
+            for ((_, heads, advanced), shard) in per_shard.iter().zip(0u32..) {
+                for ((user, known), head) in known_inbox.iter().zip(heads) {
+                    if *head > known[shard as usize] {
+                        subscriber.offer(inbox_advanced(*user, *head, shard));
+                    }
                 }
-            }
-            for (c, seq, ch) in advanced {
-                subscriber.offer(conversation_advanced(c, seq, ch));
+                for &(c, seq, ch) in advanced {
+                    subscriber.offer(conversation_advanced(c, seq, ch, shard));
+                }
             }
             Ok(stream)
         })
@@ -790,18 +988,17 @@ impl<B: Backend> Imstore for ImstoreService<B> {
     ) -> Result<Response<pb::GetUnreadResponse>, Status> {
         let r = request.into_inner();
         self.observe("GetUnread", async {
-            let unread = self
-                .read(
-                    match r.conversation {
-                        0 => Route::User(r.user),
-                        c => Route::Conversation(c),
-                    },
-                    move |e| match r.conversation {
-                        0 => e.unread_total(r.user),
-                        c => e.unread(r.user, c),
-                    },
-                )
-                .await?;
+            let unread = match r.conversation {
+                0 => self
+                    .read_every_shard(move |_, e| e.unread_total(r.user))
+                    .await?
+                    .into_iter()
+                    .sum(),
+                c => {
+                    self.read(Route::Conversation(c), move |e| e.unread(r.user, c))
+                        .await?
+                }
+            };
             Ok(pb::GetUnreadResponse { unread })
         })
         .await
@@ -818,11 +1015,10 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 last_activity_ms: a.last_activity_ms,
                 conversation: a.conversation,
             });
-            let list = self
-                .read(Route::User(r.user), move |e| {
-                    e.conversation_list(r.user, after, n)
-                })
+            let pages = self
+                .read_every_shard(move |_, e| e.conversation_list(r.user, after, n))
                 .await?;
+            let list = merge_lists(pages, n);
             Ok(pb::ListConversationsResponse {
                 conversations: list
                     .into_iter()

@@ -427,6 +427,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
             from: Some(pb::sync_request::From::Cursor(pb::Cursor {
                 inbox_seq: 1_000,
                 change: 0,
+                shards: Vec::new(),
             })),
             limit: 10,
         })
@@ -440,9 +441,11 @@ async fn every_rpc_and_every_error_code() -> TestResult {
         users: vec![pb::UserPosition {
             user: 2,
             inbox_seq: 0,
+            shards: Vec::new(),
         }],
         conversations: vec![],
         change: 0,
+        shards: Vec::new(),
     };
     let w1 = c.watch(watch()).await?;
     let w2 = c.watch(watch()).await?;
@@ -492,9 +495,11 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
             users: vec![pb::UserPosition {
                 user: 2,
                 inbox_seq: 0,
+                shards: Vec::new(),
             }],
             conversations: vec![],
             change: 0,
+            shards: Vec::new(),
         })
         .await?
         .into_inner();
@@ -510,7 +515,8 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
     assert!(
         got.contains(&pb::notification::Event::Inbox(pb::InboxAdvanced {
             user: 2,
-            inbox_seq: 1
+            inbox_seq: 1,
+            shard: 0,
         }))
     );
     assert!(got.iter().any(|e| matches!(
@@ -529,9 +535,11 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
             users: vec![pb::UserPosition {
                 user: 2,
                 inbox_seq: 1,
+                shards: Vec::new(),
             }],
             conversations: vec![],
             change: 1,
+            shards: Vec::new(),
         })
         .await?
         .into_inner();
@@ -542,7 +550,8 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
         n.event,
         Some(pb::notification::Event::Inbox(pb::InboxAdvanced {
             user: 2,
-            inbox_seq: 2
+            inbox_seq: 2,
+            shard: 0,
         }))
     );
     // Shutdown ends the stream with a resync instead of hanging.

@@ -4,10 +4,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use imstore_engine::{Engine, Options};
+use std::time::Duration;
+
+use imstore_engine::{Engine, Error, Options};
+use imstore_proto::raft as pb;
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, Raft, SnapshotPolicy};
 
 use crate::{Faults, GrpcNetwork, LogStore, Peers, StateMachine, TypeConfig};
+
+/// Longest a read barrier waits (for the leader's read index, then for
+/// this replica to apply up to it) before answering `UNAVAILABLE`.
+const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One shard's replica on this node.
 #[derive(Clone)]
@@ -18,9 +26,90 @@ pub struct ReplicaNode {
     pub engine: Engine,
     /// The state machine (for its snapshot figures).
     pub state_machine: StateMachine,
+    node_id: u64,
+    shard: u64,
+    peers: Peers,
+    faults: Faults,
+}
+
+fn unavailable(message: impl std::fmt::Display) -> Error {
+    Error::Remote {
+        reason: "UNAVAILABLE".into(),
+        message: message.to_string(),
+    }
 }
 
 impl ReplicaNode {
+    /// The shard this replica belongs to.
+    pub fn shard(&self) -> u64 {
+        self.shard
+    }
+
+    /// Completes once a read of [`ReplicaNode::engine`] would see every
+    /// write of the shard acknowledged before the call (linearizable), on
+    /// the leader and on followers alike. The leader confirms its
+    /// leadership with a quorum and waits until it has applied its commit
+    /// index (raft's read index, `ensure_linearizable`); a follower asks
+    /// the leader for that index (`ReadIndex`) and waits until it has
+    /// applied it itself, so any replica serves linearizable reads.
+    ///
+    /// Errors: `NotLeader` with no leader known (an election is under way)
+    /// and `UNAVAILABLE` when the leader cannot be reached or the wait
+    /// passes 5 s; both are retryable.
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.wait_for_read_index()).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(format!(
+                "shard {}: no read index within {READ_BARRIER_TIMEOUT:?}",
+                self.shard
+            ))),
+        }
+    }
+
+    async fn wait_for_read_index(&self) -> Result<(), Error> {
+        let forward = match self.raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) else {
+            return Err(Error::NotLeader {
+                leader: None,
+                address: None,
+            });
+        };
+        if self.faults.is_cut_off(leader) {
+            return Err(unavailable("partitioned from the leader (fault injection)"));
+        }
+        let mut client = self
+            .peers
+            .client(&node.addr)
+            .ok_or_else(|| unavailable(format!("bad leader address {:?}", node.addr)))?;
+        let index = client
+            .read_index(pb::ReadIndexRequest {
+                shard: self.shard,
+                from: self.node_id,
+            })
+            .await
+            .map_err(|status| {
+                unavailable(format!(
+                    "shard {}: read index from node {leader}: {}",
+                    self.shard,
+                    status.message()
+                ))
+            })?
+            .into_inner()
+            .index;
+        if index > 0 {
+            self.raft
+                .wait(None)
+                .applied_index_at_least(Some(index), "read index")
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     /// This replica's raft and snapshot figures in the Prometheus text
     /// format, labelled with its shard.
     pub fn render_metrics(&self, shard: u64) -> String {
@@ -263,5 +352,9 @@ pub async fn start_shard(
         raft,
         engine,
         state_machine,
+        node_id: id,
+        shard,
+        peers: storage.peers.clone(),
+        faults: config.faults.clone(),
     })
 }

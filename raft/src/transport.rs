@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use imstore_proto::raft as pb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    Unreachable,
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError,
+    RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -92,6 +92,11 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// The node's client to the peer at `addr` (one connection per peer).
+    pub(crate) fn client(&self, addr: &str) -> Option<RaftTransportClient<Channel>> {
+        self.batcher(addr).map(|b| b.client)
+    }
+
     fn batcher(&self, addr: &str) -> Option<PeerBatcher> {
         let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = batchers.get(addr) {
@@ -101,17 +106,19 @@ impl Peers {
         }
         let client = client_for(addr)?;
         let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run_batcher(rx, client));
-        let batcher = PeerBatcher { queue };
+        tokio::spawn(run_batcher(rx, client.clone()));
+        let batcher = PeerBatcher { queue, client };
         batchers.insert(addr.to_owned(), batcher.clone());
         Some(batcher)
     }
 }
 
-/// The queue of one peer's batcher task.
+/// The queue of one peer's batcher task, and the client it sends with
+/// (shared by the node's other calls to that peer).
 #[derive(Clone)]
 struct PeerBatcher {
     queue: tokio::sync::mpsc::UnboundedSender<(pb::RaftMessage, BatchReply)>,
+    client: RaftTransportClient<Channel>,
 }
 
 fn client_for(addr: &str) -> Option<RaftTransportClient<Channel>> {
@@ -551,6 +558,34 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         Ok(Response::new(pb::Faults {
             cut_off: self.faults.cut_off().into_iter().collect(),
         }))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let r = request.into_inner();
+        if self.faults.is_cut_off(r.from) {
+            return Err(Status::unavailable("partitioned (fault injection)"));
+        }
+        let raft = self.shard(r.shard)?;
+        match raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(Response::new(pb::ReadIndexResponse {
+                index: read_log_id.map_or(0, |l| l.index),
+            })),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Status::failed_precondition(match f.leader_node {
+                    Some(node) => format!(
+                        "not the leader of shard {}; the leader is node {} at {}",
+                        r.shard,
+                        f.leader_id.unwrap_or(0),
+                        node.addr
+                    ),
+                    None => format!("not the leader of shard {}; none is known yet", r.shard),
+                }))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn status(

@@ -1,0 +1,718 @@
+//! User-wide reads over shards: the service over one engine store split
+//! into 4 shards ([`ShardedBackend`] over [`EngineBackend`]s, as a node of
+//! `imstore node --shards 4` splits its store) must answer like the same
+//! service over one unsharded engine. A property test runs random IM
+//! operations against both, then pages every user's sync (by cursor and by
+//! device), conversation list, unread total and friends out of both and
+//! compares; a direct conversation gets another id on the sharded store
+//! (one in its pair's shard), so ids are translated. Watch notifications
+//! carry the shard whose inbox advanced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use imstore_engine::{Engine, Options};
+use imstore_proto::v1 as pb;
+use imstore_proto::v1::imstore_client::ImstoreClient;
+use imstore_proto::v1::imstore_server::ImstoreServer;
+use imstore_proxy::{
+    Backend, EngineBackend, Hub, ImstoreService, Metrics, ServiceLimits, ShardedBackend,
+};
+use proptest::prelude::*;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+const SHARDS: u64 = 4;
+const USERS: u64 = 5;
+
+/// A service on a free port of 127.0.0.1, stopped when dropped.
+struct Store {
+    client: ImstoreClient<Channel>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(shards: u64) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(
+        dir.path().join("engine"),
+        Options {
+            placement_shards: shards,
+            ..Options::default()
+        },
+    )?;
+    let hub = Arc::new(Hub::default());
+    let publish = Arc::clone(&hub);
+    engine.set_commit_listener(move |notice| publish.publish(notice));
+    let addr = if shards == 1 {
+        start(EngineBackend::new(engine), hub, dir.path()).await?
+    } else {
+        let backends = (0..shards)
+            .map(|s| Ok(EngineBackend::new(engine.with_shard(u16::try_from(s)?)?)))
+            .collect::<Result<Vec<_>, Box<dyn std::error::Error + Send + Sync>>>()?;
+        start(ShardedBackend::over(backends), hub, dir.path()).await?
+    };
+    Ok(Store {
+        client: ImstoreClient::connect(format!("http://{}", addr.0)).await?,
+        _stop: addr.1,
+        _dir: dir,
+    })
+}
+
+async fn start<B: Backend>(
+    backend: B,
+    hub: Arc<Hub>,
+    dir: &std::path::Path,
+) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>), Box<dyn std::error::Error + Send + Sync>>
+{
+    let service = ImstoreService::new(
+        Arc::new(backend),
+        hub,
+        Arc::new(Metrics::default()),
+        ServiceLimits::default(),
+        dir.display().to_string(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ImstoreServer::new(service))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    Ok((addr, stop))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Group {
+        conversation: u64,
+        owner: u64,
+        members: Vec<u64>,
+    },
+    Send {
+        target: usize,
+        sender: u64,
+    },
+    Direct {
+        user: u64,
+        peer: u64,
+    },
+    Befriend {
+        user: u64,
+        other: u64,
+        accept: bool,
+    },
+    MarkRead {
+        user: u64,
+        target: usize,
+        up_to: u64,
+    },
+    SyncDevice {
+        user: u64,
+        limit: u32,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let user = 1..=USERS;
+    prop_oneof![
+        1 => (1u64..=24, user.clone(), prop::collection::vec(1..=USERS, 0..4)).prop_map(
+            |(conversation, owner, members)| Op::Group {
+                conversation,
+                owner,
+                members
+            }
+        ),
+        4 => (any::<usize>(), user.clone()).prop_map(|(target, sender)| Op::Send { target, sender }),
+        1 => (user.clone(), user.clone()).prop_map(|(user, peer)| Op::Direct { user, peer }),
+        1 => (user.clone(), user.clone(), any::<bool>())
+            .prop_map(|(user, other, accept)| Op::Befriend { user, other, accept }),
+        1 => (user.clone(), any::<usize>(), 0u64..6)
+            .prop_map(|(user, target, up_to)| Op::MarkRead { user, target, up_to }),
+        1 => (user, 1u32..4).prop_map(|(user, limit)| Op::SyncDevice { user, limit }),
+    ]
+}
+
+/// The two stores, the conversations both know (unsharded id, sharded id),
+/// and what device syncs delivered on each.
+struct Pair {
+    one: Store,
+    sharded: Store,
+    conversations: Vec<(u64, u64)>,
+    /// Sharded id to unsharded id.
+    translate: BTreeMap<u64, u64>,
+    delivered_one: BTreeSet<(u64, u64, u64)>,
+    delivered_sharded: BTreeSet<(u64, u64, u64)>,
+    sends: u64,
+}
+
+fn code<T>(r: &Result<T, tonic::Status>) -> Option<Code> {
+    r.as_ref().err().map(|s| s.code())
+}
+
+impl Pair {
+    fn learn(&mut self, one: u64, sharded: u64) {
+        if one != 0 && !self.translate.contains_key(&sharded) {
+            self.translate.insert(sharded, one);
+            self.conversations.push((one, sharded));
+        }
+    }
+
+    fn original(&self, sharded: u64) -> u64 {
+        self.translate.get(&sharded).copied().unwrap_or(sharded)
+    }
+
+    async fn apply(&mut self, op: &Op) -> TestResult {
+        match op.clone() {
+            Op::Group {
+                conversation,
+                owner,
+                members,
+            } => {
+                let request = pb::CreateGroupRequest {
+                    conversation,
+                    owner,
+                    members,
+                };
+                let a = self.one.client.create_group(request.clone()).await;
+                let b = self.sharded.client.create_group(request).await;
+                assert_eq!(code(&a), code(&b), "create group {op:?}");
+                if a.is_ok() {
+                    self.learn(conversation, conversation);
+                }
+            }
+            Op::Send { target, sender } => {
+                let Some(&(one, sharded)) = self
+                    .conversations
+                    .get(target % self.conversations.len().max(1))
+                else {
+                    return Ok(());
+                };
+                self.sends += 1;
+                let request = |conversation| pb::SendRequest {
+                    conversation,
+                    sender,
+                    client_msg_id: format!("m{}", self.sends).into_bytes(),
+                    payload: format!("hello {}", self.sends).into_bytes(),
+                    receipt: false,
+                };
+                let a = self.one.client.send(request(one)).await;
+                let b = self.sharded.client.send(request(sharded)).await;
+                assert_eq!(code(&a), code(&b), "send {op:?}");
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    assert_eq!(a.into_inner().seq, b.into_inner().seq, "seq of {op:?}");
+                }
+            }
+            Op::Direct { user, peer } => {
+                let request = pb::OpenDirectRequest { user, peer };
+                let a = self.one.client.open_direct(request).await;
+                let b = self.sharded.client.open_direct(request).await;
+                assert_eq!(code(&a), code(&b), "open direct {op:?}");
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    let (a, b) = (a.into_inner(), b.into_inner());
+                    assert_eq!(a.created, b.created);
+                    self.learn(a.conversation, b.conversation);
+                }
+            }
+            Op::Befriend {
+                user,
+                other,
+                accept,
+            } => {
+                let request = pb::FriendPairRequest { user, other };
+                let a = self.one.client.request_friend(request).await;
+                let b = self.sharded.client.request_friend(request).await;
+                assert_eq!(code(&a), code(&b), "friend request {op:?}");
+                if accept {
+                    let request = pb::FriendPairRequest {
+                        user: other,
+                        other: user,
+                    };
+                    let a = self.one.client.accept_friend(request).await;
+                    let b = self.sharded.client.accept_friend(request).await;
+                    assert_eq!(code(&a), code(&b), "friend accept {op:?}");
+                    if let (Ok(a), Ok(b)) = (a, b) {
+                        let (a, b) = (a.into_inner(), b.into_inner());
+                        assert_eq!(a.outcome, b.outcome);
+                        self.learn(a.conversation, b.conversation);
+                    }
+                }
+            }
+            Op::MarkRead {
+                user,
+                target,
+                up_to,
+            } => {
+                let Some(&(one, sharded)) = self
+                    .conversations
+                    .get(target % self.conversations.len().max(1))
+                else {
+                    return Ok(());
+                };
+                let request = |conversation| pb::MarkReadRequest {
+                    user,
+                    conversation,
+                    up_to,
+                };
+                let a = self.one.client.mark_read(request(one)).await;
+                let b = self.sharded.client.mark_read(request(sharded)).await;
+                assert_eq!(code(&a), code(&b), "mark read {op:?}");
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    assert_eq!(a.into_inner().read_seq, b.into_inner().read_seq);
+                }
+            }
+            Op::SyncDevice { user, limit } => {
+                self.device_sync(user, limit).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One device sync page on each store; returns whether either has more.
+    async fn device_sync(&mut self, user: u64, limit: u32) -> Result<bool, tonic::Status> {
+        let request = pb::SyncRequest {
+            user,
+            from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
+            limit,
+        };
+        let a = self.one.client.sync(request.clone()).await?.into_inner();
+        let b = self.sharded.client.sync(request).await?.into_inner();
+        for e in &a.entries {
+            let m = e.message.clone().unwrap_or_default();
+            assert!(
+                self.delivered_one.insert((user, m.conversation, m.seq)),
+                "a device got an entry twice"
+            );
+        }
+        for e in &b.entries {
+            let m = e.message.clone().unwrap_or_default();
+            let original = self.original(m.conversation);
+            assert!(
+                self.delivered_sharded.insert((user, original, m.seq)),
+                "a device got an entry twice (sharded)"
+            );
+        }
+        Ok(a.more || b.more)
+    }
+}
+
+/// Every entry of `user`'s inbox, paged by cursor with `limit`:
+/// (conversation, seq) in delivery order, and the final cursor.
+async fn sync_all(
+    client: &mut ImstoreClient<Channel>,
+    user: u64,
+    limit: u32,
+) -> Result<(Vec<(u64, u64)>, pb::Cursor), tonic::Status> {
+    let mut cursor = pb::Cursor::default();
+    let mut all = Vec::new();
+    let mut last_in_shard: BTreeMap<u32, u64> = BTreeMap::new();
+    for _ in 0..1_000 {
+        let page = client
+            .sync(pb::SyncRequest {
+                user,
+                from: Some(pb::sync_request::From::Cursor(cursor.clone())),
+                limit,
+            })
+            .await?
+            .into_inner();
+        assert!(page.entries.len() <= limit as usize);
+        for e in &page.entries {
+            let previous = last_in_shard.insert(e.shard, e.inbox_seq).unwrap_or(0);
+            assert!(e.inbox_seq > previous, "a shard's inbox seqs ascend");
+            let m = e.message.clone().unwrap_or_default();
+            all.push((m.conversation, m.seq));
+        }
+        cursor = page.cursor.unwrap_or_default();
+        if !page.more {
+            return Ok((all, cursor));
+        }
+        assert!(!page.entries.is_empty(), "more, but an empty page");
+    }
+    panic!("sync never ended");
+}
+
+type Summary = (u64, u64, u64, u64, bool);
+
+/// `user`'s whole conversation list, paged by 2.
+async fn list_all(
+    client: &mut ImstoreClient<Channel>,
+    user: u64,
+) -> Result<Vec<pb::ConversationSummary>, tonic::Status> {
+    let mut after = None;
+    let mut all: Vec<pb::ConversationSummary> = Vec::new();
+    loop {
+        let page = client
+            .list_conversations(pb::ListConversationsRequest {
+                user,
+                after,
+                limit: 2,
+            })
+            .await?
+            .into_inner()
+            .conversations;
+        let full = page.len() == 2;
+        all.extend(page);
+        match all.last() {
+            Some(last) if full => {
+                after = Some(pb::ListCursor {
+                    last_activity_ms: last.last_activity_ms,
+                    conversation: last.conversation,
+                })
+            }
+            _ => return Ok(all),
+        }
+    }
+}
+
+async fn friends_all(
+    client: &mut ImstoreClient<Channel>,
+    user: u64,
+    status: pb::FriendStatus,
+) -> Result<Vec<pb::Friend>, tonic::Status> {
+    let mut after_user = 0;
+    let mut all: Vec<pb::Friend> = Vec::new();
+    loop {
+        let page = client
+            .list_friends(pb::ListFriendsRequest {
+                user,
+                status: status as i32,
+                after_user,
+                limit: 2,
+            })
+            .await?
+            .into_inner()
+            .friends;
+        let full = page.len() == 2;
+        all.extend(page);
+        match all.last() {
+            Some(last) if full => after_user = last.user,
+            _ => return Ok(all),
+        }
+    }
+}
+
+async fn compare(pair: &mut Pair, limit: u32) -> TestResult {
+    for user in 1..=USERS {
+        // Sync by cursor: the same entries, each once.
+        let (a, a_cursor) = sync_all(&mut pair.one.client, user, limit).await?;
+        let (b, b_cursor) = sync_all(&mut pair.sharded.client, user, limit).await?;
+        let a_set: BTreeSet<(u64, u64)> = a.iter().copied().collect();
+        let b_set: BTreeSet<(u64, u64)> = b.iter().map(|&(c, s)| (pair.original(c), s)).collect();
+        assert_eq!(a.len(), a_set.len(), "user {user}: an entry twice");
+        assert_eq!(
+            b.len(),
+            b_set.len(),
+            "user {user}: an entry twice (sharded)"
+        );
+        assert_eq!(a_set, b_set, "user {user}: sync");
+        assert!(a_cursor.shards.is_empty());
+        assert_eq!(b_cursor.shards.len(), SHARDS as usize);
+        // Nothing after the final cursor.
+        for (client, cursor) in [
+            (&mut pair.one.client, a_cursor),
+            (&mut pair.sharded.client, b_cursor),
+        ] {
+            let rest = client
+                .sync(pb::SyncRequest {
+                    user,
+                    from: Some(pb::sync_request::From::Cursor(cursor)),
+                    limit,
+                })
+                .await?
+                .into_inner();
+            assert!(rest.entries.is_empty() && !rest.more);
+        }
+        // The device's syncs delivered everything, once.
+        while pair.device_sync(user, limit).await? {}
+        let mine = |set: &BTreeSet<(u64, u64, u64)>| -> BTreeSet<(u64, u64)> {
+            set.iter()
+                .filter(|e| e.0 == user)
+                .map(|e| (e.1, e.2))
+                .collect()
+        };
+        assert_eq!(mine(&pair.delivered_one), a_set, "user {user}: device");
+        assert_eq!(
+            mine(&pair.delivered_sharded),
+            a_set,
+            "user {user}: device (sharded)"
+        );
+
+        // The conversation list: the same rows; the sharded one in list order.
+        let a = list_all(&mut pair.one.client, user).await?;
+        let b = list_all(&mut pair.sharded.client, user).await?;
+        let row = |s: &pb::ConversationSummary, id: u64| -> Summary {
+            (id, s.last_seq, s.read_seq, s.unread, s.member)
+        };
+        let a_rows: BTreeSet<Summary> = a.iter().map(|s| row(s, s.conversation)).collect();
+        let b_rows: BTreeSet<Summary> = b
+            .iter()
+            .map(|s| row(s, pair.original(s.conversation)))
+            .collect();
+        assert_eq!(a.len(), a_rows.len());
+        assert_eq!(b.len(), b_rows.len(), "user {user}: a list row twice");
+        assert_eq!(a_rows, b_rows, "user {user}: conversation list");
+        let order = |s: &pb::ConversationSummary| {
+            (
+                std::cmp::Reverse(s.last_activity_ms),
+                std::cmp::Reverse(s.conversation),
+            )
+        };
+        assert!(
+            b.windows(2).all(|w| order(&w[0]) < order(&w[1])),
+            "user {user}: the merged list is in list order"
+        );
+
+        // The unread total.
+        let request = pb::GetUnreadRequest {
+            user,
+            conversation: 0,
+        };
+        let a = pair.one.client.get_unread(request).await?.into_inner();
+        let b = pair.sharded.client.get_unread(request).await?.into_inner();
+        assert_eq!(a.unread, b.unread, "user {user}: unread total");
+
+        // Friends, requests out and in: the same, ascending.
+        for status in [
+            pb::FriendStatus::Friends,
+            pb::FriendStatus::Outgoing,
+            pb::FriendStatus::Incoming,
+        ] {
+            let a: Vec<(u64, i32, u64)> = friends_all(&mut pair.one.client, user, status)
+                .await?
+                .iter()
+                .map(|f| (f.user, f.status, f.conversation))
+                .collect();
+            let b: Vec<(u64, i32, u64)> = friends_all(&mut pair.sharded.client, user, status)
+                .await?
+                .iter()
+                .map(|f| (f.user, f.status, pair.original(f.conversation)))
+                .collect();
+            assert_eq!(a, b, "user {user}: friends {status:?}");
+        }
+    }
+    Ok(())
+}
+
+fn run(ops: Vec<Op>, limit: u32) -> TestResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut pair = Pair {
+            one: serve(1).await?,
+            sharded: serve(SHARDS).await?,
+            conversations: Vec::new(),
+            translate: BTreeMap::new(),
+            delivered_one: BTreeSet::new(),
+            delivered_sharded: BTreeSet::new(),
+            sends: 0,
+        };
+        for op in &ops {
+            pair.apply(op).await?;
+        }
+        compare(&mut pair, limit).await
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn user_wide_reads_over_four_shards_match_one_store(
+        ops in prop::collection::vec(op(), 1..60),
+        limit in 1u32..5,
+    ) {
+        if let Err(e) = run(ops, limit) {
+            return Err(TestCaseError::fail(e.to_string()));
+        }
+    }
+}
+
+/// Groups whose ids land in two different shards.
+fn groups_in_two_shards() -> (u64, u64) {
+    let first = 1;
+    let other = (2..100)
+        .find(|&c| imstore_engine::shard_for(c, SHARDS) != imstore_engine::shard_for(first, SHARDS))
+        .unwrap_or(2);
+    (first, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestResult {
+    let mut store = serve(SHARDS).await?;
+    let (g1, g2) = groups_in_two_shards();
+    for g in [g1, g2] {
+        store
+            .client
+            .create_group(pb::CreateGroupRequest {
+                conversation: g,
+                owner: 2,
+                members: vec![1],
+            })
+            .await?;
+    }
+    let send = |conversation: u64, id: &str| pb::SendRequest {
+        conversation,
+        sender: 2,
+        client_msg_id: id.as_bytes().to_vec(),
+        payload: b"hi".to_vec(),
+        receipt: false,
+    };
+    store.client.send(send(g1, "a")).await?;
+    // Knowing nothing: the shard with an entry is notified at once.
+    let mut stream = store
+        .client
+        .watch(pb::WatchRequest {
+            users: vec![pb::UserPosition {
+                user: 1,
+                inbox_seq: 0,
+                shards: Vec::new(),
+            }],
+            conversations: Vec::new(),
+            change: 0,
+            shards: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    let first = stream.next().await.ok_or("stream ended")??;
+    let shard1 = imstore_engine::shard_for(g1, SHARDS) as u32;
+    assert_eq!(
+        first.event,
+        Some(pb::notification::Event::Inbox(pb::InboxAdvanced {
+            user: 1,
+            inbox_seq: 1,
+            shard: shard1,
+        }))
+    );
+    drop(stream);
+
+    // Knowing the sync cursor's positions: nothing at once; the next send
+    // (to the other shard) is the first notification.
+    let page = store
+        .client
+        .sync(pb::SyncRequest {
+            user: 1,
+            from: None,
+            limit: 10,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].shard, shard1);
+    let cursor = page.cursor.ok_or("no cursor")?;
+    let mut stream = store
+        .client
+        .watch(pb::WatchRequest {
+            users: vec![pb::UserPosition {
+                user: 1,
+                inbox_seq: 0,
+                shards: cursor.shards.clone(),
+            }],
+            conversations: Vec::new(),
+            change: 0,
+            shards: cursor.shards.clone(),
+        })
+        .await?
+        .into_inner();
+    store.client.send(send(g2, "b")).await?;
+    let next = stream.next().await.ok_or("stream ended")??;
+    assert_eq!(
+        next.event,
+        Some(pb::notification::Event::Inbox(pb::InboxAdvanced {
+            user: 1,
+            inbox_seq: 1,
+            shard: imstore_engine::shard_for(g2, SHARDS) as u32,
+        }))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_that_do_not_fit_the_shard_count_are_refused() -> TestResult {
+    let mut sharded = serve(SHARDS).await?;
+    let mut one = serve(1).await?;
+    let sync = |cursor: pb::Cursor| pb::SyncRequest {
+        user: 1,
+        from: Some(pb::sync_request::From::Cursor(cursor)),
+        limit: 10,
+    };
+    let shard = |shard: u32| pb::ShardCursor {
+        shard,
+        inbox_seq: 0,
+        change: 0,
+    };
+    let cases = [
+        (
+            "a one-shard cursor on four shards",
+            pb::Cursor {
+                inbox_seq: 3,
+                change: 0,
+                shards: Vec::new(),
+            },
+        ),
+        (
+            "a shard past the count",
+            pb::Cursor {
+                shards: vec![shard(4)],
+                ..pb::Cursor::default()
+            },
+        ),
+        (
+            "a shard twice",
+            pb::Cursor {
+                shards: vec![shard(1), shard(1)],
+                ..pb::Cursor::default()
+            },
+        ),
+    ];
+    for (why, cursor) in cases {
+        let status = sharded.client.sync(sync(cursor)).await.err().ok_or(why)?;
+        assert_eq!(status.code(), Code::InvalidArgument, "{why}");
+    }
+    // A cursor ahead of a shard is from the future, as on one store.
+    let status = sharded
+        .client
+        .sync(sync(pb::Cursor {
+            shards: vec![pb::ShardCursor {
+                shard: 2,
+                inbox_seq: 5,
+                change: 0,
+            }],
+            ..pb::Cursor::default()
+        }))
+        .await
+        .err()
+        .ok_or("a cursor from the future")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("past the store"), "{status:?}");
+    // One store takes its shard 0 in either form, but not both.
+    one.client
+        .sync(sync(pb::Cursor {
+            shards: vec![shard(0)],
+            ..pb::Cursor::default()
+        }))
+        .await?;
+    let status = one
+        .client
+        .sync(sync(pb::Cursor {
+            inbox_seq: 1,
+            change: 0,
+            shards: vec![shard(0)],
+        }))
+        .await
+        .err()
+        .ok_or("both forms")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    Ok(())
+}
