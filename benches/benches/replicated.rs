@@ -5,11 +5,12 @@
 //! in this process and on the machine's 2 cores. Appends go to
 //! conversations spread over the shards, each through the proxy's
 //! `RaftBackend` on its shard's leader (which batches concurrent writes into
-//! one raft entry), as the server's do. Throughput for 1, 64 and 256
+//! one raft entry), as the server's do. Throughput for 1, 32, 64 and 256
 //! concurrent writers, and per-write latency percentiles printed at the
 //! end of each run.
 //!
-//! `cargo bench -p imstore-benches --bench replicated`.
+//! `cargo bench -p imstore-benches --bench replicated`
+//! (`IMSTORE_BENCH_SHARDS=1,16` runs only those shard counts).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,9 +141,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn replicated(c: &mut Criterion) {
     let mut group = c.benchmark_group("replicated_append");
     group.throughput(Throughput::Elements(1));
-    for shards in [1u64, 16, 256] {
+    let counts: Vec<u64> = std::env::var("IMSTORE_BENCH_SHARDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 256]);
+    for shards in counts {
         let cluster = cluster(shards);
-        for writers in [1u64, 64, 256] {
+        for writers in [1u64, 32, 64, 256] {
             let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
             group.bench_function(
                 BenchmarkId::new(format!("{shards}_shards"), format!("{writers}_writers")),

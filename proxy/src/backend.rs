@@ -90,9 +90,9 @@ impl Backend for EngineBackend {
 /// leader, or asked of it by a follower) and are served locally, so every
 /// replica serves linearizable reads.
 ///
-/// Concurrent writes are batched: whatever queued up while the previous
-/// proposal was being formed goes into one raft entry (at most
-/// [`MAX_PROPOSAL`] commands), and several proposals may be in flight.
+/// Concurrent writes are batched: whatever queued up while earlier
+/// proposals were in flight goes into one raft entry (at most
+/// [`MAX_PROPOSAL`] commands, [`PROPOSALS_IN_FLIGHT`] entries in flight).
 pub struct RaftBackend {
     node: ReplicaNode,
     queue: tokio::sync::mpsc::UnboundedSender<(Command, Done)>,
@@ -101,6 +101,11 @@ pub struct RaftBackend {
 /// Most commands in one raft entry.
 pub const MAX_PROPOSAL: usize = 256;
 
+/// Proposals of one shard in flight at a time: under load, writes queue up
+/// behind them and travel together in the next, so an entry carries many
+/// commands instead of each writer paying raft's per-entry cost alone.
+pub const PROPOSALS_IN_FLIGHT: usize = 2;
+
 impl RaftBackend {
     /// Serves this replica. Must be called inside a tokio runtime: it
     /// starts the task that forms proposals.
@@ -108,7 +113,12 @@ impl RaftBackend {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Command, Done)>();
         let raft = node.raft.clone();
         tokio::spawn(async move {
+            let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
             while let Some(first) = rx.recv().await {
+                let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
+                    return;
+                };
+                // Taken after the permit: what queued meanwhile joins.
                 let mut batch = vec![first];
                 while batch.len() < MAX_PROPOSAL {
                     match rx.try_recv() {
@@ -117,7 +127,10 @@ impl RaftBackend {
                     }
                 }
                 let raft = raft.clone();
-                tokio::spawn(propose(raft, batch));
+                tokio::spawn(async move {
+                    propose(raft, batch).await;
+                    drop(permit);
+                });
             }
         });
         RaftBackend { node, queue }
