@@ -13,7 +13,10 @@ use imstore_proto::v1::imstore_server::ImstoreServer;
 use imstore_proxy::{
     serve_metrics, Hub, ImstoreService, Metrics, RenderMetrics, ServiceLimits, ShardedBackend,
 };
-use imstore_raft::{start_shard, Faults, NodeStorage, ReplicaConfig, Shards, TransportService};
+use imstore_raft::{
+    spawn_publisher, start_shard, Faults, NodeStorage, ReplicaConfig, Shards, TransportService,
+    META_SHARD,
+};
 use serde_json::json;
 
 /// The file in a node's data directory holding its shard count.
@@ -106,12 +109,9 @@ type Failure = Box<dyn std::error::Error>;
 /// The node's shard count: written when its data directory is new, and
 /// required to match on every later start.
 fn shard_count(dir: &std::path::Path, asked: u64) -> Result<u64, Failure> {
-    if asked == 0 || asked > u64::from(imstore_engine::MAX_SHARD) + 1 {
-        return Err(format!(
-            "--shards must be 1 to {}",
-            u64::from(imstore_engine::MAX_SHARD) + 1
-        )
-        .into());
+    // Data shards are 0..N; the metadata group takes the id after them.
+    if asked == 0 || asked > META_SHARD {
+        return Err(format!("--shards must be 1 to {META_SHARD}").into());
     }
     std::fs::create_dir_all(dir)?;
     let path = dir.join(SHARD_COUNT_FILE);
@@ -177,11 +177,20 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         storage
             .engine()
             .set_commit_listener(move |notice| publish.publish(notice));
+        // The metadata group (the shard map), on every node like the data
+        // shards; each data shard's leader keeps its entry current.
+        let meta = start_shard(&storage, args.id, META_SHARD, &config)
+            .await
+            .map_err(|e| e.to_string())?;
+        for replica in &replicas {
+            spawn_publisher(args.id, replica.clone(), meta.clone());
+        }
         let shards: Shards = Arc::new(RwLock::new(
             replicas
                 .iter()
                 .enumerate()
                 .map(|(shard, r)| (shard as u64, r.clone()))
+                .chain([(META_SHARD, meta.clone())])
                 .collect(),
         ));
         let metrics = Arc::new(Metrics::default());
@@ -236,7 +245,7 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         if let Some(task) = metrics_task {
             task.abort();
         }
-        for replica in &replicas {
+        for replica in replicas.iter().chain([&meta]) {
             replica.raft.shutdown().await.map_err(|e| e.to_string())?;
         }
         drop(replicas);
@@ -261,7 +270,21 @@ fn failure(s: tonic::Status) -> Failure {
     format!("{:?}: {}", s.code(), s.message()).into()
 }
 
-/// The shards of the node behind `client`, or just `only`.
+/// The data shards of the node behind `client` and its metadata group
+/// (which spans the same nodes), or just `only`.
+async fn groups_of(client: &mut Client, only: Option<u64>) -> Result<Vec<u64>, Failure> {
+    Ok(match only {
+        Some(META_SHARD) => vec![META_SHARD],
+        Some(_) => shards_of(client, only).await?,
+        None => {
+            let mut all = shards_of(client, None).await?;
+            all.push(META_SHARD);
+            all
+        }
+    })
+}
+
+/// The data shards of the node behind `client`, or just `only`.
 async fn shards_of(client: &mut Client, only: Option<u64>) -> Result<Vec<u64>, Failure> {
     let count = client
         .status(rpb::NodeStatusRequest { shard: 0 })
@@ -330,7 +353,7 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                     return Err("member ids must be distinct and non-zero".into());
                 }
                 let shards = shards_of(&mut client, None).await?;
-                for &shard in &shards {
+                for &shard in shards.iter().chain([&META_SHARD]) {
                     client
                         .initialize(rpb::InitializeRequest {
                             shard,
@@ -349,7 +372,7 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 }
             }
             ClusterCmd::AddNode { id, address, shard } => {
-                for shard in shards_of(&mut client, shard).await? {
+                for shard in groups_of(&mut client, shard).await? {
                     let change = rpb::MemberChange {
                         shard,
                         id,
@@ -359,7 +382,7 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 }
             }
             ClusterCmd::RemoveNode { id, shard } => {
-                for shard in shards_of(&mut client, shard).await? {
+                for shard in groups_of(&mut client, shard).await? {
                     let change = rpb::MemberChange {
                         shard,
                         id,
@@ -374,7 +397,7 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 address,
                 shard,
             } => {
-                for shard in shards_of(&mut client, shard).await? {
+                for shard in groups_of(&mut client, shard).await? {
                     let add = rpb::MemberChange {
                         shard,
                         id: to,
@@ -390,13 +413,25 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 }
             }
             ClusterCmd::Status => {
-                for shard in shards_of(&mut client, None).await? {
+                for shard in groups_of(&mut client, None).await? {
                     let s = client
                         .status(rpb::NodeStatusRequest { shard })
                         .await
                         .map_err(failure)?
                         .into_inner();
                     print_status(&s, json_output);
+                }
+                // The replicated shard map, if the metadata group answers.
+                match client.shard_map(rpb::ShardMapRequest {}).await {
+                    Ok(map) => {
+                        for e in map.into_inner().entries {
+                            print_map_entry(&e, json_output);
+                        }
+                    }
+                    Err(s) if json_output => {
+                        println!("{}", json!({"shard_map_error": s.message()}))
+                    }
+                    Err(s) => println!("shard map: unavailable ({})", s.message()),
                 }
             }
         }
@@ -427,6 +462,37 @@ fn health(s: &rpb::NodeStatus) -> &'static str {
     }
 }
 
+/// A shard's id as printed: the metadata group is `meta`.
+fn shard_label(shard: u64) -> String {
+    if shard == META_SHARD {
+        "meta".into()
+    } else {
+        shard.to_string()
+    }
+}
+
+fn print_map_entry(e: &rpb::ShardMapEntry, json_output: bool) {
+    let members: Vec<String> = e
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.address))
+        .collect();
+    if json_output {
+        println!(
+            "{}",
+            json!({"map_shard": e.shard, "replicas": members, "leader_hint": e.leader, "term": e.term})
+        );
+    } else {
+        println!(
+            "map: shard {} replicas {} leader hint {} (term {})",
+            e.shard,
+            members.join(","),
+            e.leader,
+            e.term
+        );
+    }
+}
+
 fn print_status(s: &rpb::NodeStatus, json_output: bool) {
     if json_output {
         println!(
@@ -450,7 +516,7 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
         println!(
             "node {} shard {} [{}]: {} in term {}, leader {}, log {} applied {} (lag {}), members {}; log purged to {}, snapshot at {} ({} built, {} installed, last {} bytes, build {} ms, install {} ms)",
             s.id,
-            s.shard,
+            shard_label(s.shard),
             health(s),
             s.state,
             s.term,

@@ -5,7 +5,8 @@
 //! the killed node restarts and catches up to the same bytes; then, under
 //! load again, the shard's replica moves from that node to a new node 4
 //! (learner, caught up, voter; old one removed) with no acknowledged write
-//! lost.
+//! lost. A follower serves linearizable reads (read index from the leader)
+//! and forwards writes to the leader.
 
 mod nodes;
 
@@ -137,6 +138,23 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
             Some(fresh_seq),
             "a linearizable read on a follower misses an acknowledged send"
         );
+        // A write sent to the follower is forwarded to the leader (one
+        // hop) and acknowledged there: no leader hint to follow.
+        let forwarded = reader
+            .send(pb::SendRequest {
+                conversation: GROUP,
+                sender: 2,
+                client_msg_id: b"via-follower".to_vec(),
+                payload: b"forwarded".to_vec(),
+                receipt: false,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(forwarded.seq, fresh_seq + 1);
+        acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert("via-follower".into(), forwarded.seq);
         // Move the shard's replica from the restarted node to a new node 4
         // while writers keep sending.
         let new_addr = free_port()?;
@@ -204,7 +222,7 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
     drop(nodes);
     assert_eq!(
         acked.len() as u64,
-        WRITERS * (PER_WRITER + MOVE_PER_WRITER) + 1
+        WRITERS * (PER_WRITER + MOVE_PER_WRITER) + 2
     );
     check_replicas(&dirs, GROUP, &acked)
 }

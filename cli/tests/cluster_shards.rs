@@ -9,8 +9,10 @@
 //! catches up. User-wide reads (sync, the conversation list, the unread
 //! total, friends) of a user with data in two shards are answered by every
 //! node, each a follower of some shards (reads wait for each shard's read
-//! index), and a device's sync cursors are replicated per shard. A node
-//! cannot be restarted with another shard count.
+//! index), and a device's sync cursors are replicated per shard. The
+//! shard map, a raft group of its own, names each shard's replicas and
+//! leader, and follows the leaders after node 1's death. A node cannot be
+//! restarted with another shard count.
 
 mod nodes;
 
@@ -95,7 +97,8 @@ fn four_shards_on_three_processes() -> TestResult {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["leader"].as_u64().unwrap_or(0) != 0)
             .count();
-        if led == SHARDS as usize {
+        // The data shards and the metadata group.
+        if led == SHARDS as usize + 1 {
             break status;
         }
         if Instant::now() > deadline {
@@ -111,8 +114,10 @@ fn four_shards_on_three_processes() -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let human = imstore(addrs[2], &["cluster", "status"])?;
-        assert_eq!(human.lines().count(), SHARDS as usize, "{human}");
-        if human.lines().all(|l| l.contains("[healthy]")) {
+        let replicas: Vec<&str> = human.lines().filter(|l| l.starts_with("node ")).collect();
+        assert_eq!(replicas.len(), SHARDS as usize + 1, "{human}");
+        assert!(human.contains("shard meta ["), "{human}");
+        if replicas.iter().all(|l| l.contains("[healthy]")) {
             break;
         }
         if Instant::now() > deadline {
@@ -120,6 +125,10 @@ fn four_shards_on_three_processes() -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The replicated shard map names every shard's three replicas and,
+    // once each leader has published, that leader.
+    wait_for_map_of_leaders(addrs[1])?;
 
     let runtime = tokio::runtime::Runtime::new()?;
     let mut direct_id = 0;
@@ -356,6 +365,8 @@ fn four_shards_on_three_processes() -> TestResult {
         }
         Ok::<_, Box<dyn std::error::Error>>(acked)
     })?;
+    // Leaders moved when node 1 died: the map followed them.
+    wait_for_map_of_leaders(addrs[2])?;
     let dirs = stop_all(nodes);
 
     // Each conversation is in its shard, on every node, and nowhere else.
@@ -411,6 +422,45 @@ fn four_shards_on_three_processes() -> TestResult {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// Polls `imstore cluster status` on `addr` (at most 60 s) until the shard
+/// map has an entry for every shard with three replicas and, as leader
+/// hint, the leader that shard's replica on `addr` follows.
+fn wait_for_map_of_leaders(addr: SocketAddr) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = imstore(addr, &["--json", "cluster", "status"])?;
+        let lines: Vec<serde_json::Value> = status
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let leaders: BTreeMap<u64, u64> = lines
+            .iter()
+            .filter_map(|v| Some((v["shard"].as_u64()?, v["leader"].as_u64()?)))
+            .collect();
+        let map: BTreeMap<u64, (u64, usize)> = lines
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v["map_shard"].as_u64()?,
+                    (v["leader_hint"].as_u64()?, v["replicas"].as_array()?.len()),
+                ))
+            })
+            .collect();
+        let matches = (0..SHARDS).all(|shard| {
+            map.get(&shard).is_some_and(|&(hint, replicas)| {
+                replicas == 3 && hint != 0 && leaders.get(&shard) == Some(&hint)
+            })
+        });
+        if matches {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the shard map does not name the leaders: {status}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Runs `call` until it answers other than UNAVAILABLE (a restarted node

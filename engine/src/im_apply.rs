@@ -113,9 +113,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             } => self.save_cursor(scratch, *user, device, *cursor),
             Command::PutMeta(rows) => {
                 for (key, value) in rows {
-                    if !key.starts_with(crate::store::RAFT_META_PREFIX) {
+                    if !key.starts_with(crate::store::RAFT_META_PREFIX)
+                        && !key.starts_with(crate::store::SHARD_MAP_PREFIX)
+                    {
                         return Err(Error::InvalidArgument(
-                            "metadata keys must start with raft/".into(),
+                            "metadata keys must start with raft/ or shardmap/".into(),
                         ));
                     }
                     Self::kv_put(scratch, Space::Meta, key.clone(), value.clone());

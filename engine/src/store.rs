@@ -79,6 +79,9 @@ pub struct StateExport {
 
 /// Meta keys owned by replication (`Command::PutMeta`).
 pub(crate) const RAFT_META_PREFIX: &[u8] = b"raft/";
+/// Meta keys of the cluster's shard map (`Command::PutMeta` in the
+/// metadata group's shard); unlike `raft/` rows, part of a snapshot's data.
+pub(crate) const SHARD_MAP_PREFIX: &[u8] = b"shardmap/";
 
 /// Every column family; the order numbers them in a store image.
 pub(crate) const ALL_CFS: [&str; 6] = [

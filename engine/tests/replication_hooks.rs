@@ -75,3 +75,23 @@ fn metadata_commits_with_the_commands_before_it() -> TestResult {
     assert_eq!(engine.last_seq(1)?, 2);
     Ok(())
 }
+
+#[test]
+fn shard_map_rows_travel_in_a_snapshot_image_and_raft_rows_do_not() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(dir.path().join("a"), Options::default())?;
+    engine.execute(Command::PutMeta(vec![
+        (b"shardmap/\0\0\0\0\0\0\0\x03".to_vec(), b"entry".to_vec()),
+        (b"raft/last_applied".to_vec(), b"7".to_vec()),
+    ]))?;
+    let image = engine.export_state()?;
+    let other = Engine::open(dir.path().join("b"), Options::default())?;
+    other.execute(Command::ReplaceState(image))?;
+    assert_eq!(
+        other.meta(b"shardmap/\0\0\0\0\0\0\0\x03")?,
+        Some(b"entry".to_vec()),
+        "the shard map is data of the metadata group"
+    );
+    assert_eq!(other.meta(b"raft/last_applied")?, None);
+    Ok(())
+}

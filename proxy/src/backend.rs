@@ -7,7 +7,6 @@ use std::pin::Pin;
 
 use imstore_engine::{Command, Engine, Error, Outcome};
 use imstore_raft::ReplicaNode;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 
 /// A future the service awaits before a read.
 pub type Barrier<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
@@ -85,7 +84,8 @@ impl Backend for EngineBackend {
 }
 
 /// This node's replica of a replicated shard: writes are proposed to raft
-/// (a follower answers `NotLeader` with the leader's address), reads wait
+/// (by a follower, forwarded to the shard's leader; `NotLeader` with the
+/// leader's address only when that fails), reads wait
 /// for the shard's read index ([`ReplicaNode::read_barrier`]: on the
 /// leader, or asked of it by a follower) and are served locally, so every
 /// replica serves linearizable reads.
@@ -111,7 +111,7 @@ impl RaftBackend {
     /// starts the task that forms proposals.
     pub fn new(node: ReplicaNode) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Command, Done)>();
-        let raft = node.raft.clone();
+        let replica = node.clone();
         tokio::spawn(async move {
             let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
             while let Some(first) = rx.recv().await {
@@ -126,9 +126,9 @@ impl RaftBackend {
                         Err(_) => break,
                     }
                 }
-                let raft = raft.clone();
+                let replica = replica.clone();
                 tokio::spawn(async move {
-                    propose(raft, batch).await;
+                    propose(replica, batch).await;
                     drop(permit);
                 });
             }
@@ -137,12 +137,13 @@ impl RaftBackend {
     }
 }
 
-/// Proposes one batch and answers each of its writers.
-async fn propose(raft: openraft::Raft<imstore_raft::TypeConfig>, batch: Vec<(Command, Done)>) {
+/// Proposes one batch (forwarded to the shard's leader when this replica
+/// follows) and answers each of its writers.
+async fn propose(node: ReplicaNode, batch: Vec<(Command, Done)>) {
     let (commands, done): (Vec<Command>, Vec<Done>) = batch.into_iter().unzip();
-    match raft.client_write(imstore_raft::Proposal(commands)).await {
-        Ok(response) => {
-            let mut responses = response.data.0.into_iter();
+    match node.propose(imstore_raft::Proposal(commands)).await {
+        Ok(responses) => {
+            let mut responses = responses.0.into_iter();
             for d in done {
                 d(match responses.next() {
                     Some(imstore_raft::Response(result)) => {
@@ -155,25 +156,11 @@ async fn propose(raft: openraft::Raft<imstore_raft::TypeConfig>, batch: Vec<(Com
                 });
             }
         }
-        Err(e) => {
-            let err = match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
-                other => Error::Remote {
-                    reason: "UNAVAILABLE".into(),
-                    message: other.to_string(),
-                },
-            };
+        Err(err) => {
             for d in done {
                 d(Err(err.clone()));
             }
         }
-    }
-}
-
-fn not_leader(f: ForwardToLeader<u64, openraft::BasicNode>) -> Error {
-    Error::NotLeader {
-        leader: f.leader_id,
-        address: f.leader_node.map(|n| n.addr),
     }
 }
 
@@ -200,9 +187,9 @@ impl Backend for RaftBackend {
 /// write goes to the backend of its shard, each conversation read to the
 /// replica of its shard, by the stable placement of
 /// [`imstore_raft::shard_for`]: a conversation's data lives in the shard of
-/// its id. A follower of a shard answers writes with `NOT_LEADER` and that
-/// shard's leader, so a client retries there; reads are served by any
-/// replica after that shard's read barrier.
+/// its id. A follower of a shard forwards writes to that shard's leader
+/// (`NOT_LEADER` with the leader only when it cannot); reads are served by
+/// any replica after that shard's read barrier.
 ///
 /// A user pair's friend rows and direct conversation live in the pair's
 /// shard (`shard_for(pair_key(a, b))`; the engine, told the shard count,

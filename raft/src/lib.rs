@@ -19,11 +19,14 @@
 //! [`shard_for`], the stable placement of a conversation among the shards.
 //!
 //! Membership changes (add a node as a learner, then a voter; remove one)
-//! are served per shard by the transport's admin RPCs.
+//! are served per shard by the transport's admin RPCs. The shard map
+//! (every data shard's replicas and leader hint) lives in a metadata raft
+//! group of its own ([`META_SHARD`]), kept current by the data shards'
+//! leaders ([`spawn_publisher`]).
 //!
-//! **Is not (yet):** a metadata group for placement: every node hosts a
-//! replica of every shard, and the shard map is the groups' own
-//! memberships.
+//! **Is not (yet):** a placer: every node hosts a replica of every shard
+//! (and of the metadata group); the map records where they are, nothing
+//! moves shards by itself.
 //!
 //! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot is
 //! built and sent in bounded memory (streamed into a file, sent in chunks
@@ -38,12 +41,14 @@
 
 mod log_store;
 mod node;
+mod shard_map;
 mod state_machine;
 mod transport;
 
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode};
+pub use shard_map::{publish, read_entry, spawn_publisher, ShardMapEntry, META_SHARD};
 pub use state_machine::{SnapshotStats, StateMachine};
 pub use transport::{
     Faults, GrpcLink, GrpcNetwork, Peers, Shards, TransportService, MAX_MESSAGE_BYTES,

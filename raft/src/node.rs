@@ -45,6 +45,95 @@ impl ReplicaNode {
         self.shard
     }
 
+    /// This node's transport client to the peer at `addr`.
+    pub(crate) fn peer_client(
+        &self,
+        addr: &str,
+    ) -> Result<
+        imstore_proto::raft::raft_transport_client::RaftTransportClient<tonic::transport::Channel>,
+        Error,
+    > {
+        self.peers
+            .client(addr)
+            .ok_or_else(|| unavailable(format!("bad peer address {addr:?}")))
+    }
+
+    /// Proposes `proposal` to the shard's group and returns its commands'
+    /// results once applied: on this replica if it leads the shard (or
+    /// knows no other leader), else forwarded to the leader it follows
+    /// (`RaftTransport/Propose`, one hop), so a client may write through
+    /// any node.
+    ///
+    /// Errors: `NotLeader` (with the leader when one is known) if the
+    /// shard has no reachable leader or the forward was refused;
+    /// `UNAVAILABLE` when raft itself fails. A forwarded proposal whose
+    /// answer is lost may still have been applied; clients retry with the
+    /// same client message ids, which the engine deduplicates.
+    pub async fn propose(&self, proposal: crate::Proposal) -> Result<crate::Responses, Error> {
+        use openraft::error::ClientWriteError;
+        // Forward only what this replica refuses up front (it follows a
+        // known leader). A proposal this replica accepted as leader and
+        // then lost with its leadership is not re-proposed elsewhere: its
+        // client may have given up on it (a cut-off leader's write must
+        // not reappear after healing); the client retries if it wants.
+        let (leader, address) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let address = m.current_leader.and_then(|l| {
+                m.membership_config
+                    .nodes()
+                    .find(|(id, _)| **id == l)
+                    .map(|(_, n)| n.addr.clone())
+            });
+            (m.current_leader, address)
+        };
+        let not_leader = Error::NotLeader {
+            leader,
+            address: address.clone(),
+        };
+        let (Some(leader), Some(address)) = (leader.filter(|l| *l != self.node_id), address) else {
+            return match self.raft.client_write(proposal).await {
+                Ok(response) => Ok(response.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(Error::NotLeader {
+                        leader: f.leader_id,
+                        address: f.leader_node.map(|n| n.addr),
+                    })
+                }
+                Err(e) => Err(unavailable(e)),
+            };
+        };
+        if self.faults.is_cut_off(leader) {
+            return Err(not_leader);
+        }
+        let payload = bincode::serialize(&proposal).map_err(unavailable)?;
+        let mut client = self.peer_client(&address)?;
+        let answer = match client
+            .propose(pb::RaftMessage {
+                shard: self.shard,
+                payload,
+                from: self.node_id,
+                error: String::new(),
+            })
+            .await
+        {
+            Ok(answer) => answer.into_inner(),
+            // The leader moved on, or cannot be reached: the client
+            // retries where the hint points.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                return Err(not_leader)
+            }
+            Err(status) => {
+                return Err(unavailable(format!(
+                    "shard {}: forwarding to node {leader}: {}",
+                    self.shard,
+                    status.message()
+                )))
+            }
+        };
+        bincode::deserialize(&answer.payload).map_err(unavailable)
+    }
+
     /// Completes once a read of [`ReplicaNode::engine`] would see every
     /// write of the shard acknowledged before the call (linearizable), on
     /// the leader and on followers alike. The leader confirms its
@@ -81,10 +170,7 @@ impl ReplicaNode {
         if self.faults.is_cut_off(leader) {
             return Err(unavailable("partitioned from the leader (fault injection)"));
         }
-        let mut client = self
-            .peers
-            .client(&node.addr)
-            .ok_or_else(|| unavailable(format!("bad leader address {:?}", node.addr)))?;
+        let mut client = self.peer_client(&node.addr)?;
         let index = client
             .read_index(pb::ReadIndexRequest {
                 shard: self.shard,

@@ -387,6 +387,12 @@ impl TransportService {
     fn shard(&self, shard: u64) -> Result<Raft<TypeConfig>, Status> {
         Ok(self.replica(shard)?.raft)
     }
+
+    /// The data shards this node hosts (the metadata group not counted).
+    fn data_shard_count(&self) -> u64 {
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        shards.range(..crate::META_SHARD).count() as u64
+    }
 }
 
 /// A membership change refused: by a follower (with the leader's address,
@@ -588,6 +594,70 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         }
     }
 
+    async fn propose(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.receiving(&m)?;
+        let proposal: crate::Proposal = decode(&m.payload)?;
+        match raft.client_write(proposal).await {
+            Ok(response) => encode(m.shard, &response.data),
+            // No second hop: the forwarder answers its client NOT_LEADER.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+                Status::failed_precondition(format!("not the leader of shard {}", m.shard)),
+            ),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn shard_map(
+        &self,
+        _request: Request<pb::ShardMapRequest>,
+    ) -> Result<Response<pb::ShardMapResponse>, Status> {
+        let meta = self.replica(crate::META_SHARD)?;
+        meta.read_barrier()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut entries = Vec::new();
+        for shard in 0..self.data_shard_count() {
+            if let Some(entry) =
+                crate::read_entry(&meta, shard).map_err(|e| Status::internal(e.to_string()))?
+            {
+                entries.push(entry.to_message());
+            }
+        }
+        Ok(Response::new(pb::ShardMapResponse { entries }))
+    }
+
+    async fn publish_shard(
+        &self,
+        request: Request<pb::ShardMapEntry>,
+    ) -> Result<Response<pb::ShardMapEntry>, Status> {
+        let entry = request.into_inner();
+        if entry.shard >= crate::META_SHARD || entry.members.is_empty() {
+            return Err(Status::invalid_argument(
+                "a shard-map entry names a data shard and its members",
+            ));
+        }
+        let meta = self.shard(crate::META_SHARD)?;
+        let command = imstore_engine::Command::PutMeta(vec![(
+            crate::shard_map::entry_key(entry.shard),
+            crate::ShardMapEntry::from_message(&entry).encode(),
+        )]);
+        match meta.client_write(crate::Proposal(vec![command])).await {
+            Ok(response) => match response.data.0.into_iter().next() {
+                Some(crate::Response(Ok(_))) => Ok(Response::new(entry)),
+                Some(crate::Response(Err((_, message)))) => Err(Status::internal(message)),
+                None => Err(Status::internal("no response to a shard-map write")),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+                Status::failed_precondition("not the leader of the metadata group"),
+            ),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
     async fn status(
         &self,
         request: Request<pb::NodeStatusRequest>,
@@ -619,7 +689,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             last_snapshot_build_ms: snapshots.last_build_ms,
             snapshots_installed: snapshots.installed,
             purged_index: m.purged.map_or(0, |p| p.index),
-            shard_count: self.shards.read().unwrap_or_else(|p| p.into_inner()).len() as u64,
+            shard_count: self.data_shard_count(),
             last_snapshot_install_ms: snapshots.last_install_ms,
             members: m
                 .membership_config

@@ -92,19 +92,22 @@ pub fn spawn_node(
 /// first of them.
 pub async fn initialize(addrs: &[SocketAddr]) -> TestResult {
     let mut admin = RaftTransportClient::connect(format!("http://{}", addrs[0])).await?;
-    admin
-        .initialize(rpb::InitializeRequest {
-            shard: 0,
-            members: addrs
-                .iter()
-                .enumerate()
-                .map(|(i, a)| rpb::Member {
-                    id: i as u64 + 1,
-                    address: a.to_string(),
-                })
-                .collect(),
-        })
-        .await?;
+    // Shard 0 and the metadata group, as `imstore cluster init` does.
+    for shard in [0, imstore_raft::META_SHARD] {
+        admin
+            .initialize(rpb::InitializeRequest {
+                shard,
+                members: addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| rpb::Member {
+                        id: i as u64 + 1,
+                        address: a.to_string(),
+                    })
+                    .collect(),
+            })
+            .await?;
+    }
     Ok(())
 }
 
