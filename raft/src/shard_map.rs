@@ -162,25 +162,51 @@ pub fn read_entry(meta: &ReplicaNode, shard: u64) -> Result<Option<ShardMapEntry
         .transpose()
 }
 
+/// What proposing an entry on this node's metadata replica came to.
+pub(crate) enum WriteHere {
+    /// Applied.
+    Written,
+    /// This node does not lead the metadata group (the leader's address,
+    /// if known).
+    Elsewhere(Option<String>),
+    /// Raft or the apply failed.
+    Failed(Error),
+}
+
+/// Proposes `entry` on this node's replica of the metadata group.
+pub(crate) async fn write_here(meta: &ReplicaNode, entry: &ShardMapEntry) -> WriteHere {
+    let command = Command::PutMeta(vec![(entry_key(entry.shard), entry.encode())]);
+    match meta.raft.client_write(Proposal(vec![command])).await {
+        Ok(response) => match response.data.0.into_iter().next() {
+            Some(Response(Ok(_))) => WriteHere::Written,
+            Some(Response(Err((reason, message)))) => {
+                WriteHere::Failed(Error::Remote { reason, message })
+            }
+            None => WriteHere::Failed(Error::Storage("no response to a shard-map write".into())),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            WriteHere::Elsewhere(f.leader_node.map(|n| n.addr))
+        }
+        Err(e) => WriteHere::Failed(Error::Remote {
+            reason: "UNAVAILABLE".into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Writes `entry` through the metadata group: proposed on this node's
 /// replica if it leads the group, else sent to the group's leader
 /// (`PublishShard`).
 pub async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Error> {
-    let command = Command::PutMeta(vec![(entry_key(entry.shard), entry.encode())]);
-    match meta.raft.client_write(Proposal(vec![command])).await {
-        Ok(response) => match response.data.0.into_iter().next() {
-            Some(Response(Ok(_))) => Ok(()),
-            Some(Response(Err((reason, message)))) => Err(Error::Remote { reason, message }),
-            None => Err(Error::Storage("no response to a shard-map write".into())),
-        },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            let Some(node) = f.leader_node else {
-                return Err(Error::NotLeader {
-                    leader: None,
-                    address: None,
-                });
-            };
-            let mut client = meta.peer_client(&node.addr)?;
+    match write_here(meta, entry).await {
+        WriteHere::Written => Ok(()),
+        WriteHere::Failed(e) => Err(e),
+        WriteHere::Elsewhere(None) => Err(Error::NotLeader {
+            leader: None,
+            address: None,
+        }),
+        WriteHere::Elsewhere(Some(address)) => {
+            let mut client = meta.peer_client(&address)?;
             client
                 .publish_shard(entry.to_message())
                 .await
@@ -190,10 +216,6 @@ pub async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Er
                 })?;
             Ok(())
         }
-        Err(e) => Err(Error::Remote {
-            reason: "UNAVAILABLE".into(),
-            message: e.to_string(),
-        }),
     }
 }
 

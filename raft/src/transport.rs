@@ -640,21 +640,14 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                 "a shard-map entry names a data shard and its members",
             ));
         }
-        let meta = self.shard(crate::META_SHARD)?;
-        let command = imstore_engine::Command::PutMeta(vec![(
-            crate::shard_map::entry_key(entry.shard),
-            crate::ShardMapEntry::from_message(&entry).encode(),
-        )]);
-        match meta.client_write(crate::Proposal(vec![command])).await {
-            Ok(response) => match response.data.0.into_iter().next() {
-                Some(crate::Response(Ok(_))) => Ok(Response::new(entry)),
-                Some(crate::Response(Err((_, message)))) => Err(Status::internal(message)),
-                None => Err(Status::internal("no response to a shard-map write")),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
-                Status::failed_precondition("not the leader of the metadata group"),
-            ),
-            Err(e) => Err(Status::unavailable(e.to_string())),
+        let meta = self.replica(crate::META_SHARD)?;
+        match crate::shard_map::write_here(&meta, &crate::ShardMapEntry::from_message(&entry)).await
+        {
+            crate::shard_map::WriteHere::Written => Ok(Response::new(entry)),
+            crate::shard_map::WriteHere::Elsewhere(_) => Err(Status::failed_precondition(
+                "not the leader of the metadata group",
+            )),
+            crate::shard_map::WriteHere::Failed(e) => Err(Status::unavailable(e.to_string())),
         }
     }
 
