@@ -16,6 +16,9 @@ use crate::{Faults, GrpcNetwork, LogStore, Peers, StateMachine, TypeConfig};
 /// Longest a read barrier waits (for the leader's read index, then for
 /// this replica to apply up to it) before answering `UNAVAILABLE`.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a write forwarded to the shard's leader waits for its answer
+/// (an unreachable leader must not hold a client's call indefinitely).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One shard's replica on this node.
 #[derive(Clone)]
@@ -108,15 +111,20 @@ impl ReplicaNode {
         }
         let payload = bincode::serialize(&proposal).map_err(unavailable)?;
         let mut client = self.peer_client(&address)?;
-        let answer = match client
-            .propose(pb::RaftMessage {
-                shard: self.shard,
-                payload,
-                from: self.node_id,
-                error: String::new(),
-            })
-            .await
-        {
+        let forwarded = client.propose(pb::RaftMessage {
+            shard: self.shard,
+            payload,
+            from: self.node_id,
+            error: String::new(),
+        });
+        let Ok(answer) = tokio::time::timeout(FORWARD_TIMEOUT, forwarded).await else {
+            return Err(unavailable(format!(
+                "shard {}: node {leader} did not answer a forwarded write within \
+                 {FORWARD_TIMEOUT:?} (it may still apply it)",
+                self.shard
+            )));
+        };
+        let answer = match answer {
             Ok(answer) => answer.into_inner(),
             // The leader moved on, or cannot be reached: the client
             // retries where the hint points.

@@ -207,14 +207,18 @@ pub async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Er
         }),
         WriteHere::Elsewhere(Some(address)) => {
             let mut client = meta.peer_client(&address)?;
-            client
-                .publish_shard(entry.to_message())
-                .await
-                .map_err(|s| Error::Remote {
+            let sent = client.publish_shard(entry.to_message());
+            match tokio::time::timeout(RECHECK * 5, sent).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(s)) => Err(Error::Remote {
                     reason: "UNAVAILABLE".into(),
                     message: s.message().to_owned(),
-                })?;
-            Ok(())
+                }),
+                Err(_) => Err(Error::Remote {
+                    reason: "UNAVAILABLE".into(),
+                    message: "the metadata group's leader did not answer".into(),
+                }),
+            }
         }
     }
 }
