@@ -916,10 +916,10 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             // Subscribe first, then send the catch-up: an event in between
             // is delivered twice at worst, never lost.
             let user_set: HashSet<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
+            // Listed conversations are among their own shard's.
             let conversations: HashSet<u64> = per_shard
                 .iter()
                 .flat_map(|(c, _, _)| c.iter().copied())
-                .chain(r.conversations.iter().copied())
                 .collect();
             let (subscriber, stream) =
                 self.hub

@@ -48,7 +48,7 @@ mod transport;
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode};
-pub use shard_map::{publish, read_entry, spawn_publisher, ShardMapEntry, META_SHARD};
+pub use shard_map::{spawn_publisher, META_SHARD};
 pub use state_machine::{SnapshotStats, StateMachine};
 pub use transport::{
     Faults, GrpcLink, GrpcNetwork, Peers, Shards, TransportService, MAX_MESSAGE_BYTES,

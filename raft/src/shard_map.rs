@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
+use bincode::Options as _;
 use imstore_engine::{Command, Error};
 use imstore_proto::raft as pb;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 
 use crate::{Proposal, ReplicaNode, Response};
@@ -34,8 +34,8 @@ const ENTRY_VERSION: u8 = 1;
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// One shard's entry.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ShardMapEntry {
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ShardMapEntry {
     /// The data shard.
     pub shard: u64,
     /// Its replicas: (node id, address), ascending ids.
@@ -47,78 +47,41 @@ pub struct ShardMapEntry {
 }
 
 /// The meta-row key of `shard`'s entry.
-pub(crate) fn entry_key(shard: u64) -> Vec<u8> {
+fn entry_key(shard: u64) -> Vec<u8> {
     let mut key = KEY_PREFIX.to_vec();
     key.extend_from_slice(&shard.to_be_bytes());
     key
 }
 
+/// bincode as the other `raft/` meta rows use it (fixed-width integers),
+/// but refusing trailing bytes.
+fn codec() -> impl bincode::Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+}
+
 impl ShardMapEntry {
-    /// Encodes: version, shard, term, leader (u64 BE each after the
-    /// version byte), member count (u32 BE), then per member its id (u64
-    /// BE), address length (u16 BE) and address bytes.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Encodes: the version byte, then bincode of the entry.
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
         let mut out = vec![ENTRY_VERSION];
-        for n in [self.shard, self.term, self.leader] {
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-        let count = u32::try_from(self.members.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&count.to_be_bytes());
-        for (id, address) in self.members.iter().take(count as usize) {
-            out.extend_from_slice(&id.to_be_bytes());
-            let bytes = address.as_bytes();
-            let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&bytes[..len as usize]);
-        }
-        out
+        codec()
+            .serialize_into(&mut out, self)
+            .map_err(|e| Error::Storage(format!("shard-map entry: {e}")))?;
+        Ok(out)
     }
 
     /// Decodes [`ShardMapEntry::encode`]'s bytes; anything else is an error,
     /// never a panic.
     pub fn decode(bytes: &[u8]) -> Result<ShardMapEntry, Error> {
-        let bad = |why: &str| Error::Storage(format!("bad shard-map entry: {why}"));
-        let mut rest = bytes;
-        let mut take = |n: usize| -> Result<&[u8], Error> {
-            if rest.len() < n {
-                return Err(bad("too short"));
+        let bad = |why: String| Error::Storage(format!("bad shard-map entry: {why}"));
+        match bytes.split_first() {
+            Some((&ENTRY_VERSION, rest)) => {
+                codec().deserialize(rest).map_err(|e| bad(e.to_string()))
             }
-            let (head, tail) = rest.split_at(n);
-            rest = tail;
-            Ok(head)
-        };
-        let u64_of = |b: &[u8]| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_be_bytes(a)
-        };
-        if take(1)?[0] != ENTRY_VERSION {
-            return Err(bad("unknown version"));
+            Some(_) => Err(bad("unknown version".into())),
+            None => Err(bad("empty".into())),
         }
-        let shard = u64_of(take(8)?);
-        let term = u64_of(take(8)?);
-        let leader = u64_of(take(8)?);
-        let mut count = [0u8; 4];
-        count.copy_from_slice(take(4)?);
-        let mut members = Vec::new();
-        for _ in 0..u32::from_be_bytes(count) {
-            let id = u64_of(take(8)?);
-            let mut len = [0u8; 2];
-            len.copy_from_slice(take(2)?);
-            let address = std::str::from_utf8(take(u16::from_be_bytes(len) as usize)?)
-                .map_err(|_| bad("address is not UTF-8"))?
-                .to_owned();
-            members.push((id, address));
-        }
-        if !rest.is_empty() {
-            return Err(bad("trailing bytes"));
-        }
-        Ok(ShardMapEntry {
-            shard,
-            members,
-            leader,
-            term,
-        })
     }
 
     /// The wire form.
@@ -137,89 +100,32 @@ impl ShardMapEntry {
             term: self.term,
         }
     }
-
-    /// From the wire form.
-    pub fn from_message(m: &pb::ShardMapEntry) -> ShardMapEntry {
-        ShardMapEntry {
-            shard: m.shard,
-            members: m
-                .members
-                .iter()
-                .map(|m| (m.id, m.address.clone()))
-                .collect(),
-            leader: m.leader,
-            term: m.term,
-        }
-    }
 }
 
 /// `shard`'s entry as this node's replica of the metadata group holds it
 /// (no read barrier: callers that need the latest take one first).
-pub fn read_entry(meta: &ReplicaNode, shard: u64) -> Result<Option<ShardMapEntry>, Error> {
+pub(crate) fn read_entry(meta: &ReplicaNode, shard: u64) -> Result<Option<ShardMapEntry>, Error> {
     meta.engine
         .meta(&entry_key(shard))?
         .map(|bytes| ShardMapEntry::decode(&bytes))
         .transpose()
 }
 
-/// What proposing an entry on this node's metadata replica came to.
-pub(crate) enum WriteHere {
-    /// Applied.
-    Written,
-    /// This node does not lead the metadata group (the leader's address,
-    /// if known).
-    Elsewhere(Option<String>),
-    /// Raft or the apply failed.
-    Failed(Error),
-}
-
-/// Proposes `entry` on this node's replica of the metadata group.
-pub(crate) async fn write_here(meta: &ReplicaNode, entry: &ShardMapEntry) -> WriteHere {
-    let command = Command::PutMeta(vec![(entry_key(entry.shard), entry.encode())]);
-    match meta.raft.client_write(Proposal(vec![command])).await {
-        Ok(response) => match response.data.0.into_iter().next() {
-            Some(Response(Ok(_))) => WriteHere::Written,
-            Some(Response(Err((reason, message)))) => {
-                WriteHere::Failed(Error::Remote { reason, message })
-            }
-            None => WriteHere::Failed(Error::Storage("no response to a shard-map write".into())),
-        },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            WriteHere::Elsewhere(f.leader_node.map(|n| n.addr))
-        }
-        Err(e) => WriteHere::Failed(Error::Remote {
-            reason: "UNAVAILABLE".into(),
-            message: e.to_string(),
-        }),
-    }
-}
-
-/// Writes `entry` through the metadata group: proposed on this node's
-/// replica if it leads the group, else sent to the group's leader
-/// (`PublishShard`).
-pub async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Error> {
-    match write_here(meta, entry).await {
-        WriteHere::Written => Ok(()),
-        WriteHere::Failed(e) => Err(e),
-        WriteHere::Elsewhere(None) => Err(Error::NotLeader {
-            leader: None,
-            address: None,
-        }),
-        WriteHere::Elsewhere(Some(address)) => {
-            let mut client = meta.peer_client(&address)?;
-            let sent = client.publish_shard(entry.to_message());
-            match tokio::time::timeout(RECHECK * 5, sent).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(s)) => Err(Error::Remote {
-                    reason: "UNAVAILABLE".into(),
-                    message: s.message().to_owned(),
-                }),
-                Err(_) => Err(Error::Remote {
-                    reason: "UNAVAILABLE".into(),
-                    message: "the metadata group's leader did not answer".into(),
-                }),
-            }
-        }
+/// Writes `entry` through the metadata group, like any proposal: on this
+/// node's replica if it leads the group, else forwarded to the leader
+/// ([`ReplicaNode::propose`]).
+async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Error> {
+    let command = Command::PutMeta(vec![(entry_key(entry.shard), entry.encode()?)]);
+    match meta
+        .propose(Proposal(vec![command]))
+        .await?
+        .0
+        .into_iter()
+        .next()
+    {
+        Some(Response(Ok(_))) => Ok(()),
+        Some(Response(Err((reason, message)))) => Err(Error::Remote { reason, message }),
+        None => Err(Error::Storage("no response to a shard-map write".into())),
     }
 }
 
@@ -263,14 +169,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_round_trip_and_garbage_is_an_error() {
+    fn entries_round_trip_and_garbage_is_an_error() -> Result<(), Error> {
         let entry = ShardMapEntry {
             shard: 7,
             members: vec![(1, "127.0.0.1:7101".into()), (3, "h:1".into())],
             leader: 3,
             term: 12,
         };
-        let bytes = entry.encode();
+        let bytes = entry.encode()?;
         assert_eq!(ShardMapEntry::decode(&bytes).ok(), Some(entry.clone()));
         for cut in 0..bytes.len() {
             assert!(
@@ -284,10 +190,12 @@ mod tests {
         let mut version = bytes;
         version[0] = 9;
         assert!(ShardMapEntry::decode(&version).is_err());
+        let wire = entry.to_message();
         assert_eq!(
-            ShardMapEntry::from_message(&entry.to_message()),
-            entry,
+            (wire.shard, wire.leader, wire.term, wire.members.len()),
+            (7, 3, 12, 2),
             "wire form"
         );
+        Ok(())
     }
 }

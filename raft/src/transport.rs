@@ -621,34 +621,13 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut entries = Vec::new();
         for shard in 0..self.data_shard_count() {
-            if let Some(entry) =
-                crate::read_entry(&meta, shard).map_err(|e| Status::internal(e.to_string()))?
+            if let Some(entry) = crate::shard_map::read_entry(&meta, shard)
+                .map_err(|e| Status::internal(e.to_string()))?
             {
                 entries.push(entry.to_message());
             }
         }
         Ok(Response::new(pb::ShardMapResponse { entries }))
-    }
-
-    async fn publish_shard(
-        &self,
-        request: Request<pb::ShardMapEntry>,
-    ) -> Result<Response<pb::ShardMapEntry>, Status> {
-        let entry = request.into_inner();
-        if entry.shard >= crate::META_SHARD || entry.members.is_empty() {
-            return Err(Status::invalid_argument(
-                "a shard-map entry names a data shard and its members",
-            ));
-        }
-        let meta = self.replica(crate::META_SHARD)?;
-        match crate::shard_map::write_here(&meta, &crate::ShardMapEntry::from_message(&entry)).await
-        {
-            crate::shard_map::WriteHere::Written => Ok(Response::new(entry)),
-            crate::shard_map::WriteHere::Elsewhere(_) => Err(Status::failed_precondition(
-                "not the leader of the metadata group",
-            )),
-            crate::shard_map::WriteHere::Failed(e) => Err(Status::unavailable(e.to_string())),
-        }
     }
 
     async fn status(
