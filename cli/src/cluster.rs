@@ -1,7 +1,7 @@
 //! `imstore node` (a raft replica serving clients and peers on one
 //! address) and `imstore cluster init|status`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -33,9 +33,10 @@ pub struct NodeArgs {
     /// Data directory.
     #[arg(long, default_value = "./imstore-node")]
     data_dir: PathBuf,
-    /// How many shards the cluster has (every node hosts a replica of
-    /// each). Fixed when the node's data directory is created: a restart
-    /// with another count is refused.
+    /// How many shards the cluster has (the same on every node; `cluster
+    /// init` places each on some of the nodes, and a node serves the
+    /// others through the shard map). Fixed when the node's data
+    /// directory is created: a restart with another count is refused.
     #[arg(long, default_value_t = 1)]
     shards: u64,
     /// Build a snapshot after this many log entries since the last one.
@@ -56,12 +57,17 @@ pub struct NodeArgs {
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Bootstrap the cluster: `--members 1=127.0.0.1:7101,2=…,3=…`, sent to
-    /// one of them (`--server`).
+    /// Bootstrap the cluster: `--members 1=127.0.0.1:7101,2=…,3=…`, every
+    /// node started with `imstore node`. Each data shard is placed on
+    /// `--replicas` of them (see `placement`), the metadata group on all.
     Init {
-        /// id=host:port of every voter.
+        /// id=host:port of every node.
         #[arg(long, value_delimiter = ',', required = true)]
         members: Vec<String>,
+        /// Replicas of each data shard (the replication factor); all
+        /// members when there are fewer.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
     },
     /// Where the node behind `--server` stands in every shard: health, leader,
     /// term, log, applied lag, members, snapshots.
@@ -177,12 +183,16 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         storage
             .engine()
             .set_commit_listener(move |notice| publish.publish(notice));
-        // The metadata group (the shard map), on every node like the data
-        // shards; each data shard's leader keeps its entry current.
+        // The metadata group (the shard map), on every node: each data
+        // shard's leader keeps its entry current, and every node finds
+        // the shards it does not host in it.
         let meta = start_shard(&storage, args.id, META_SHARD, &config)
             .await
             .map_err(|e| e.to_string())?;
         for replica in &replicas {
+            // A shard this node does not host is read and written where
+            // the map says it is.
+            replica.find_others_through(&meta);
             spawn_publisher(args.id, replica.clone(), meta.clone());
         }
         let shards: Shards = Arc::new(RwLock::new(
@@ -252,6 +262,22 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
         tokio::task::spawn_blocking(move || drop(storage)).await?;
         Ok(())
     })
+}
+
+/// Where a data shard's replicas go at `cluster init`: `replicas` of the
+/// members (all when there are fewer), taken in id order starting at the
+/// one at `shard mod members`, so consecutive shards start on
+/// consecutive nodes and every node hosts about as many shards.
+/// `members` are sorted by id.
+fn placement(shard: u64, members: &[rpb::Member], replicas: usize) -> Vec<rpb::Member> {
+    let n = members.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let start = (shard % n as u64) as usize;
+    (0..replicas.min(n))
+        .map(|i| members[(start + i) % n].clone())
+        .collect()
 }
 
 fn parse_member(text: &str) -> Result<rpb::Member, Failure> {
@@ -343,31 +369,55 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
             .await
             .map_err(|e| format!("cannot reach {server}: {e}"))?;
         match cmd {
-            ClusterCmd::Init { members } => {
-                let members = members
+            ClusterCmd::Init { members, replicas } => {
+                let mut members = members
                     .iter()
                     .map(|m| parse_member(m))
                     .collect::<Result<Vec<_>, _>>()?;
+                members.sort_by_key(|m| m.id);
                 let ids: HashSet<u64> = members.iter().map(|m| m.id).collect();
                 if ids.len() != members.len() || ids.contains(&0) {
                     return Err("member ids must be distinct and non-zero".into());
                 }
-                let shards = shards_of(&mut client, None).await?;
-                for &shard in shards.iter().chain([&META_SHARD]) {
-                    client
-                        .initialize(rpb::InitializeRequest {
-                            shard,
-                            members: members.clone(),
-                        })
-                        .await
-                        .map_err(failure)?;
+                if replicas == 0 {
+                    return Err("--replicas must be at least 1".into());
                 }
+                let shards = shards_of(&mut client, None).await?;
+                let mut groups: Vec<(u64, Vec<rpb::Member>)> = shards
+                    .iter()
+                    .map(|&shard| (shard, placement(shard, &members, replicas)))
+                    .collect();
+                groups.push((META_SHARD, members.clone()));
+                for (shard, group) in groups {
+                    // Sent to a member of the group (raft initializes
+                    // only a node that is one).
+                    let first = group
+                        .first()
+                        .ok_or("a shard with no replicas")?
+                        .address
+                        .clone();
+                    let mut at = Client::connect(format!("http://{first}"))
+                        .await
+                        .map_err(|e| format!("cannot reach {first}: {e}"))?;
+                    at.initialize(rpb::InitializeRequest {
+                        shard,
+                        members: group,
+                    })
+                    .await
+                    .map_err(failure)?;
+                }
+                let replicas = replicas.min(members.len());
                 if json_output {
-                    println!("{}", json!({"initialized": true, "shards": shards.len()}));
+                    println!(
+                        "{}",
+                        json!({"initialized": true, "shards": shards.len(), "replicas": replicas})
+                    );
                 } else {
                     println!(
-                        "cluster initialized with {} shard(s); leaders are being elected",
-                        shards.len()
+                        "cluster initialized with {} shard(s) of {replicas} replica(s) on {} \
+                         node(s); leaders are being elected",
+                        shards.len(),
+                        members.len()
                     );
                 }
             }
@@ -378,7 +428,11 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                         id,
                         address: address.clone(),
                     };
-                    print_status(&on_leader(server, shard, change, true).await?, json_output);
+                    print_status(
+                        &on_leader(server, shard, change, true).await?,
+                        false,
+                        json_output,
+                    );
                 }
             }
             ClusterCmd::RemoveNode { id, shard } => {
@@ -388,7 +442,11 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                         id,
                         address: String::new(),
                     };
-                    print_status(&on_leader(server, shard, change, false).await?, json_output);
+                    print_status(
+                        &on_leader(server, shard, change, false).await?,
+                        false,
+                        json_output,
+                    );
                 }
             }
             ClusterCmd::MoveShard {
@@ -409,20 +467,39 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                         id: from,
                         address: String::new(),
                     };
-                    print_status(&on_leader(server, shard, remove, false).await?, json_output);
+                    print_status(
+                        &on_leader(server, shard, remove, false).await?,
+                        false,
+                        json_output,
+                    );
                 }
             }
             ClusterCmd::Status => {
+                // The replicated shard map, if the metadata group answers:
+                // it says where the shards this node does not host are.
+                let map = client.shard_map(rpb::ShardMapRequest {}).await;
+                let placed: HashMap<u64, HashSet<u64>> = match &map {
+                    Ok(map) => map
+                        .get_ref()
+                        .entries
+                        .iter()
+                        .map(|e| (e.shard, e.members.iter().map(|m| m.id).collect()))
+                        .collect(),
+                    Err(_) => HashMap::new(),
+                };
                 for shard in groups_of(&mut client, None).await? {
                     let s = client
                         .status(rpb::NodeStatusRequest { shard })
                         .await
                         .map_err(failure)?
                         .into_inner();
-                    print_status(&s, json_output);
+                    let hosted_elsewhere = placed
+                        .get(&shard)
+                        .is_some_and(|ids| !ids.is_empty() && !ids.contains(&s.id))
+                        && !s.members.iter().any(|m| m.id == s.id);
+                    print_status(&s, hosted_elsewhere, json_output);
                 }
-                // The replicated shard map, if the metadata group answers.
-                match client.shard_map(rpb::ShardMapRequest {}).await {
+                match map {
                     Ok(map) => {
                         for e in map.into_inner().entries {
                             print_map_entry(&e, json_output);
@@ -444,12 +521,15 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
 const LAGGING_ENTRIES: u64 = 1_000;
 
 /// One word on a shard's replica, as this node sees it: `healthy`,
-/// `no-leader` (an election is due or under way), `not-a-member` (the
-/// replica was removed or never added), `uninitialized` (no `cluster
-/// init` yet), or `lagging` (more than [`LAGGING_ENTRIES`] entries logged
-/// but not applied).
-fn health(s: &rpb::NodeStatus) -> &'static str {
-    if s.members.is_empty() {
+/// `no-leader` (an election is due or under way), `elsewhere` (the shard
+/// map places the shard on other nodes; this one serves it through them),
+/// `not-a-member` (the replica was removed or never added),
+/// `uninitialized` (no `cluster init` yet), or `lagging` (more than
+/// [`LAGGING_ENTRIES`] entries logged but not applied).
+fn health(s: &rpb::NodeStatus, hosted_elsewhere: bool) -> &'static str {
+    if hosted_elsewhere {
+        "elsewhere"
+    } else if s.members.is_empty() {
         "uninitialized"
     } else if !s.members.iter().any(|m| m.id == s.id) {
         "not-a-member"
@@ -493,11 +573,11 @@ fn print_map_entry(e: &rpb::ShardMapEntry, json_output: bool) {
     }
 }
 
-fn print_status(s: &rpb::NodeStatus, json_output: bool) {
+fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_output: bool) {
     if json_output {
         println!(
             "{}",
-            json!({"id": s.id, "shard": s.shard, "health": health(s), "state": s.state, "leader": s.leader,
+            json!({"id": s.id, "shard": s.shard, "health": health(s, hosted_elsewhere), "state": s.state, "leader": s.leader,
                                "term": s.term, "last_log_index": s.last_log_index,
                                "last_applied": s.last_applied,
             "snapshot_index": s.snapshot_index, "snapshots_built": s.snapshots_built,
@@ -517,7 +597,7 @@ fn print_status(s: &rpb::NodeStatus, json_output: bool) {
             "node {} shard {} [{}]: {} in term {}, leader {}, log {} applied {} (lag {}), members {}; log purged to {}, snapshot at {} ({} built, {} installed, last {} bytes, build {} ms, install {} ms)",
             s.id,
             shard_label(s.shard),
-            health(s),
+            health(s, hosted_elsewhere),
             s.state,
             s.term,
             s.leader,

@@ -308,6 +308,7 @@ pub const CONVERSATION_STATE_LEN: usize = 1 + 8 + 8 + 4 + 4 + 8;
 pub const CONVERSATION_STATE_IM_LEN: usize = CONVERSATION_STATE_LEN + 1 + 4 + 8 + 8 + 8 + 8 + 8;
 
 /// What kind of conversation a state belongs to.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
 pub enum ConversationKind {
     /// A plain timeline written with `Command::Append`: no members, no
@@ -801,6 +802,7 @@ impl InboxEntry {
 }
 
 /// Where a friendship stands, seen from one side.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FriendStatus {
     /// Both sides accepted.

@@ -62,6 +62,7 @@ mod apply;
 mod commit;
 mod engine;
 mod error;
+mod query;
 mod read;
 mod store;
 mod tail;
@@ -76,6 +77,7 @@ pub mod codec;
 pub use crate::codec::{pair_key, shard_for};
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
+pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
 pub use crate::store::{ShardId, StateExport, MAX_SHARD};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,

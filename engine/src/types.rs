@@ -134,6 +134,7 @@ pub struct Appended {
 }
 
 /// A stored message as read back.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// The conversation.
@@ -151,6 +152,7 @@ pub struct Message {
 }
 
 /// Which end of a range a read starts from.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// From `from` upwards: `from, from + 1, …`.
@@ -429,6 +431,7 @@ pub use crate::codec::{ConversationKind, FriendStatus, SyncCursor};
 /// A message as one user sees it: overlays (recall, edit, delete-for-me)
 /// applied. A recalled or deleted message keeps its seq and loses its
 /// payload, so pages stay continuous.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageView {
     /// The message; `payload` is the edited content, or empty when the
@@ -443,6 +446,7 @@ pub struct MessageView {
 }
 
 /// A big (read-fan-out) conversation that advanced since a sync cursor.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advanced {
     /// The conversation.
@@ -453,6 +457,7 @@ pub struct Advanced {
 }
 
 /// One page of a sync.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncPage {
     /// New inbox entries, oldest first, each with the message as the user
@@ -467,6 +472,7 @@ pub struct SyncPage {
 }
 
 /// One conversation in a user's conversation list.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
     /// The conversation.
@@ -489,6 +495,7 @@ pub struct ConversationSummary {
 }
 
 /// Where a conversation-list page starts: after this entry of the previous one.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListCursor {
     /// `last_activity_ms` of the last entry returned.
@@ -498,6 +505,7 @@ pub struct ListCursor {
 }
 
 /// A friend or a pending request, seen from one user.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Friend {
     /// The other user.
@@ -511,6 +519,7 @@ pub struct Friend {
 }
 
 /// One member of a conversation, current or former.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// The user.
@@ -523,6 +532,7 @@ pub struct Member {
 }
 
 /// Who has and has not read one message.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipts {
     /// Members at send time, other than the sender, who read it (ascending).

@@ -5,11 +5,14 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use imstore_engine::{Command, Engine, Error, Outcome};
+use imstore_engine::{Command, Engine, Error, Outcome, ShardAnswer, ShardQuery};
 use imstore_raft::ReplicaNode;
 
 /// A future the service awaits before a read.
 pub type Barrier<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+/// A read's answer, once the backend has it.
+pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<ShardAnswer, Error>> + Send + 'a>>;
 
 /// Called once with a write's result, after it is durable. Must not block.
 pub type Done = Box<dyn FnOnce(Result<Outcome, Error>) + Send>;
@@ -46,6 +49,45 @@ pub trait Backend: Send + Sync + 'static {
     fn stale_read_barrier(&self, route: Route) -> Barrier<'_> {
         let _ = route;
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Answers one read about `route`: by default on [`Backend::engine`]
+    /// (on tokio's blocking pool) after [`Backend::read_barrier`], or
+    /// [`Backend::stale_read_barrier`] when `stale_ok`. A replica of a
+    /// shard this node does not host reads it at one that does.
+    fn query(&self, route: Route, stale_ok: bool, query: ShardQuery) -> Answer<'_> {
+        Box::pin(async move {
+            // The shard first: a read the backend cannot route fails
+            // before waiting on any barrier.
+            let engine = self.engine(route)?.clone();
+            if stale_ok {
+                self.stale_read_barrier(route).await?;
+            } else {
+                self.read_barrier(route).await?;
+            }
+            match tokio::task::spawn_blocking(move || engine.query(query)).await {
+                Ok(answer) => answer,
+                Err(e) => Err(Error::Remote {
+                    reason: "INTERNAL".into(),
+                    message: e.to_string(),
+                }),
+            }
+        })
+    }
+
+    /// Whether this node holds `shard`'s data, so that its commits reach
+    /// this node's engine (and `Watch` hub). Always, for one engine.
+    fn hosts(&self, shard: u64) -> bool {
+        let _ = shard;
+        true
+    }
+
+    /// Addresses (host:port) of nodes that hold `shard`'s data, the
+    /// likely leader first: where to follow what this node cannot see.
+    fn replicas_of(&self, shard: u64) -> Result<Vec<String>, Error> {
+        Err(Error::Storage(format!(
+            "shard {shard} has no other replica"
+        )))
     }
 
     /// The shards a user's data is spread over (1 for one engine).
@@ -179,6 +221,18 @@ impl Backend for RaftBackend {
 
     fn read_barrier(&self, _route: Route) -> Barrier<'_> {
         Box::pin(self.node.read_barrier())
+    }
+
+    fn query(&self, _route: Route, stale_ok: bool, query: ShardQuery) -> Answer<'_> {
+        Box::pin(self.node.read(stale_ok, query))
+    }
+
+    fn hosts(&self, _shard: u64) -> bool {
+        !self.node.routes_elsewhere()
+    }
+
+    fn replicas_of(&self, _shard: u64) -> Result<Vec<String>, Error> {
+        self.node.replicas_elsewhere()
     }
 }
 
@@ -317,6 +371,22 @@ impl<B: Backend> Backend for ShardedBackend<B> {
             Ok(backend) => backend.stale_read_barrier(route),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
+    }
+
+    fn query(&self, route: Route, stale_ok: bool, query: ShardQuery) -> Answer<'_> {
+        match self.backend(route) {
+            Ok(backend) => backend.query(route, stale_ok, query),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn hosts(&self, shard: u64) -> bool {
+        self.backend(Route::Shard(shard))
+            .is_ok_and(|backend| backend.hosts(shard))
+    }
+
+    fn replicas_of(&self, shard: u64) -> Result<Vec<String>, Error> {
+        self.backend(Route::Shard(shard))?.replicas_of(shard)
     }
 
     fn shard_count(&self) -> u64 {

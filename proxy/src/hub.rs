@@ -41,6 +41,11 @@ impl Subscriber {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
+
+    /// Completes once the subscriber's stream is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 /// All current subscribers.
@@ -140,6 +145,13 @@ impl Hub {
             }
             true
         });
+    }
+}
+
+/// "Sync and watch again": ends the stream it is delivered on.
+pub fn resync(reason: String) -> Notification {
+    Notification {
+        event: Some(notification::Event::Resync(Resync { reason })),
     }
 }
 

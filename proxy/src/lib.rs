@@ -34,7 +34,9 @@ mod metrics;
 mod server;
 mod service;
 
-pub use backend::{Backend, Barrier, Done, EngineBackend, RaftBackend, Route, ShardedBackend};
+pub use backend::{
+    Answer, Backend, Barrier, Done, EngineBackend, RaftBackend, Route, ShardedBackend,
+};
 pub use error::{to_status, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;

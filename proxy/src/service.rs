@@ -10,16 +10,18 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use imstore_engine::{
-    Command, ConversationKind, Direction, Engine, Error, FriendOutcome, FriendStatus, ListCursor,
-    MessageView, NewMessage, Outcome, SendMessage, SyncCursor,
+    Command, ConversationKind, Direction, FriendOutcome, FriendStatus, ListCursor, MessageView,
+    NewMessage, Outcome, SendMessage, ShardAnswer, ShardQuery, SyncCursor, SyncFrom,
 };
 use imstore_proto::v1 as pb;
+use imstore_proto::v1::imstore_client::ImstoreClient;
 use imstore_proto::v1::imstore_server::Imstore;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 
 use crate::error::{invalid, status, to_status};
 use crate::fanout::{merge_friends, merge_lists, merge_sync, ShardPage};
-use crate::hub::{conversation_advanced, inbox_advanced, Hub, WatchStream};
+use crate::hub::{conversation_advanced, inbox_advanced, resync, Hub, Subscriber, WatchStream};
 use crate::{Backend, Metrics, Route};
 
 /// Limits the service enforces before the engine sees a request.
@@ -66,11 +68,11 @@ fn direction(value: i32) -> Result<Direction, Status> {
     }
 }
 
-fn limit(value: u32) -> Result<usize, Status> {
+fn limit(value: u32) -> Result<u32, Status> {
     if value == 0 {
         return Err(invalid("limit must be at least 1"));
     }
-    Ok(value as usize)
+    Ok(value)
 }
 
 fn message(v: MessageView) -> pb::Message {
@@ -193,6 +195,54 @@ fn friend_status(s: FriendStatus) -> pb::FriendStatus {
     }
 }
 
+/// Request metadata that scopes a `Watch` to one shard, which the node must
+/// host: how a node follows, for its own watcher, a shard it does not.
+pub const WATCH_SHARD_HEADER: &str = "imstore-watch-shard";
+
+/// Relays `remote`'s notifications about `shard` to `subscriber` until
+/// either ends; a remote end becomes a resync.
+async fn relay(
+    shard: u64,
+    mut remote: tonic::Streaming<pb::Notification>,
+    subscriber: Arc<Subscriber>,
+) {
+    let about_shard = |n: &pb::Notification| match &n.event {
+        Some(pb::notification::Event::Inbox(a)) => u64::from(a.shard) == shard,
+        Some(pb::notification::Event::Conversation(a)) => u64::from(a.shard) == shard,
+        _ => false,
+    };
+    let why = loop {
+        tokio::select! {
+            _ = subscriber.closed() => return,
+            next = remote.message() => match next {
+                Ok(Some(n)) => {
+                    if let Some(pb::notification::Event::Resync(r)) = &n.event {
+                        break r.reason.clone();
+                    }
+                    if about_shard(&n) && !subscriber.offer(n) {
+                        return;
+                    }
+                }
+                Ok(None) => break "its stream ended".to_owned(),
+                Err(s) => break s.message().to_owned(),
+            }
+        }
+    };
+    subscriber.offer(resync(format!(
+        "shard {shard} is watched at another node, which stopped ({why}); sync and watch again"
+    )));
+}
+
+/// A backend answered a read with another query's answer.
+fn mismatched() -> Status {
+    status(
+        Code::Internal,
+        "INTERNAL",
+        "a read was answered with another query's answer".into(),
+        &[],
+    )
+}
+
 fn unexpected(outcome: Outcome) -> Status {
     status(
         Code::Internal,
@@ -247,7 +297,7 @@ impl<B: Backend> ImstoreService<B> {
         );
         match rx.await {
             Ok(result) => result.map_err(to_status),
-            Err(_) => Err(to_status(Error::Closed)),
+            Err(_) => Err(to_status(imstore_engine::Error::Closed)),
         }
     }
 
@@ -270,7 +320,7 @@ impl<B: Backend> ImstoreService<B> {
         for rx in pending {
             let result = match rx.await {
                 Ok(result) => result.map(|_| ()),
-                Err(_) => Err(Error::Closed),
+                Err(_) => Err(imstore_engine::Error::Closed),
             };
             if let (Err(e), None) = (result, &first_error) {
                 first_error = Some(to_status(e));
@@ -279,66 +329,92 @@ impl<B: Backend> ImstoreService<B> {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// A user-wide read: `f` runs on every shard's engine (shard id, engine)
-    /// after that shard's read barrier (the barriers awaited together),
-    /// results in shard order. One shard for an embedded engine.
-    async fn read_every_shard<T: Send + 'static>(
-        &self,
-        f: impl Fn(u64, &Engine) -> Result<T, Error> + Send + 'static,
-    ) -> Result<Vec<T>, Status> {
-        let count = self.backend.shard_count();
-        let engines = (0..count)
-            .map(|s| self.backend.engine(Route::Shard(s)).cloned())
-            .collect::<Result<Vec<Engine>, Error>>()
-            .map_err(to_status)?;
-        futures_util::future::try_join_all(
-            (0..count).map(|s| self.backend.read_barrier(Route::Shard(s))),
-        )
-        .await
-        .map_err(to_status)?;
-        match tokio::task::spawn_blocking(move || {
-            engines
-                .iter()
-                .zip(0u64..)
-                .map(|(engine, shard)| f(shard, engine))
-                .collect::<Result<Vec<T>, Error>>()
-        })
-        .await
-        {
-            Ok(result) => result.map_err(to_status),
-            Err(e) => Err(status(Code::Internal, "INTERNAL", e.to_string(), &[])),
-        }
-    }
-
-    /// A read on the blocking pool, after the backend's read barrier.
-    async fn read<T: Send + 'static>(
-        &self,
-        route: Route,
-        f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Status> {
-        self.read_with(route, false, f).await
-    }
-
-    /// A read that may accept this replica's applied state (`stale_ok`).
-    async fn read_with<T: Send + 'static>(
+    /// One read about `route` ([`Backend::query`]): linearizable unless
+    /// `stale_ok`.
+    async fn ask(
         &self,
         route: Route,
         stale_ok: bool,
-        f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Status> {
-        // The shard first: a read the backend cannot route fails before
-        // waiting on any barrier.
-        let engine = self.backend.engine(route).map_err(to_status)?.clone();
-        let barrier = if stale_ok {
-            self.backend.stale_read_barrier(route)
-        } else {
-            self.backend.read_barrier(route)
-        };
-        barrier.await.map_err(to_status)?;
-        match tokio::task::spawn_blocking(move || f(&engine)).await {
-            Ok(result) => result.map_err(to_status),
-            Err(e) => Err(status(Code::Internal, "INTERNAL", e.to_string(), &[])),
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, Status> {
+        self.backend
+            .query(route, stale_ok, query)
+            .await
+            .map_err(to_status)
+    }
+
+    /// A user-wide read: `query(shard)` asked of every shard at once
+    /// (each after its own read barrier), answers in shard order. One
+    /// shard for an embedded engine.
+    async fn ask_every_shard(
+        &self,
+        query: impl Fn(u64) -> ShardQuery,
+    ) -> Result<Vec<ShardAnswer>, Status> {
+        let every: Vec<u64> = (0..self.backend.shard_count()).collect();
+        self.ask_shards(&every, query).await
+    }
+
+    /// `query(shard)` asked of each of `shards` at once, answers in order.
+    async fn ask_shards(
+        &self,
+        shards: &[u64],
+        query: impl Fn(u64) -> ShardQuery,
+    ) -> Result<Vec<ShardAnswer>, Status> {
+        futures_util::future::try_join_all(
+            shards
+                .iter()
+                .map(|&s| self.backend.query(Route::Shard(s), false, query(s))),
+        )
+        .await
+        .map_err(to_status)
+    }
+
+    /// Follows `shard`, which this node does not host, for a watch: the
+    /// same request, scoped to that shard ([`WATCH_SHARD_HEADER`]), at a
+    /// node that hosts it (the likely leader first), and that stream's
+    /// notifications about the shard relayed to `subscriber`. The remote
+    /// node sends the shard's catch-up itself. Once the remote stream
+    /// ends, the subscriber is told to resync.
+    async fn watch_elsewhere(
+        &self,
+        shard: u64,
+        request: &pb::WatchRequest,
+        subscriber: Arc<Subscriber>,
+    ) -> Result<(), Status> {
+        let mut failures = Vec::new();
+        for address in self.backend.replicas_of(shard).map_err(to_status)? {
+            let mut client = match ImstoreClient::connect(format!("http://{address}")).await {
+                Ok(client) => client,
+                Err(e) => {
+                    failures.push(format!("{address}: {e}"));
+                    continue;
+                }
+            };
+            let mut scoped = Request::new(request.clone());
+            scoped
+                .metadata_mut()
+                .insert(WATCH_SHARD_HEADER, MetadataValue::from(shard));
+            match client.watch(scoped).await {
+                Ok(remote) => {
+                    tokio::spawn(relay(shard, remote.into_inner(), subscriber));
+                    return Ok(());
+                }
+                // Not (or no longer) hosted there, or down: the next one.
+                Err(s) if matches!(s.code(), Code::Unavailable | Code::FailedPrecondition) => {
+                    failures.push(format!("{address}: {}", s.message()))
+                }
+                Err(s) => return Err(s),
+            }
         }
+        Err(status(
+            Code::Unavailable,
+            "UNAVAILABLE",
+            format!(
+                "shard {shard}: no replica took the watch ({})",
+                failures.join("; ")
+            ),
+            &[],
+        ))
     }
 
     async fn conversation(&self, command: Command) -> Result<pb::ConversationResponse, Status> {
@@ -419,11 +495,18 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         let r = request.into_inner();
         self.observe("Read", async {
             let (dir, n) = (direction(r.direction)?, limit(r.limit)?);
-            let messages = self
-                .read_with(Route::Conversation(r.conversation), r.stale_ok, move |e| {
-                    e.read(r.conversation, r.from, n, dir)
-                })
-                .await?;
+            let query = ShardQuery::Read {
+                conversation: r.conversation,
+                from: r.from,
+                limit: n,
+                direction: dir,
+            };
+            let ShardAnswer::Messages(messages) = self
+                .ask(Route::Conversation(r.conversation), r.stale_ok, query)
+                .await?
+            else {
+                return Err(mismatched());
+            };
             Ok(pb::ReadResponse {
                 messages: messages.into_iter().map(raw_message).collect(),
             })
@@ -505,14 +588,17 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         let r = request.into_inner();
         self.observe("ListMembers", async {
             let n = limit(r.limit)?;
-            let (members, count) = self
-                .read(Route::Conversation(r.conversation), move |e| {
-                    Ok((
-                        e.members(r.conversation, r.after_user, n)?,
-                        e.member_count(r.conversation)?,
-                    ))
-                })
-                .await?;
+            let query = ShardQuery::Members {
+                conversation: r.conversation,
+                after: r.after_user,
+                limit: n,
+            };
+            let ShardAnswer::Members { members, count } = self
+                .ask(Route::Conversation(r.conversation), false, query)
+                .await?
+            else {
+                return Err(mismatched());
+            };
             Ok(pb::ListMembersResponse {
                 members: members
                     .into_iter()
@@ -560,11 +646,19 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         let r = request.into_inner();
         self.observe("ReadAs", async {
             let (dir, n) = (direction(r.direction)?, limit(r.limit)?);
-            let views = self
-                .read_with(Route::Conversation(r.conversation), r.stale_ok, move |e| {
-                    e.read_as(r.viewer, r.conversation, r.from, n, dir)
-                })
-                .await?;
+            let query = ShardQuery::ReadAs {
+                viewer: r.viewer,
+                conversation: r.conversation,
+                from: r.from,
+                limit: n,
+                direction: dir,
+            };
+            let ShardAnswer::Views(views) = self
+                .ask(Route::Conversation(r.conversation), r.stale_ok, query)
+                .await?
+            else {
+                return Err(mismatched());
+            };
             Ok(pb::ReadResponse {
                 messages: views.into_iter().map(message).collect(),
             })
@@ -697,9 +791,20 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 _ => return Err(invalid(format!("friend status {} is not a list", r.status))),
             };
             let pages = self
-                .read_every_shard(move |_, e| e.friends(r.user, status, r.after_user, n))
-                .await?;
-            let friends = merge_friends(pages, n);
+                .ask_every_shard(|_| ShardQuery::Friends {
+                    user: r.user,
+                    status,
+                    after: r.after_user,
+                    limit: n,
+                })
+                .await?
+                .into_iter()
+                .map(|answer| match answer {
+                    ShardAnswer::Friends(page) => Ok(page),
+                    _ => Err(mismatched()),
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            let friends = merge_friends(pages, n as usize);
             Ok(pb::ListFriendsResponse {
                 friends: friends
                     .into_iter()
@@ -731,23 +836,26 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 Some(pb::sync_request::From::Cursor(c)) => (Some(shard_cursors(count, &c)?), None),
                 None => (Some(vec![SyncCursor::default(); count as usize]), None),
             };
-            let saved_for = device.clone();
             let pages = self
-                .read_every_shard(move |shard, e| {
-                    let from = match (&given, &saved_for) {
-                        (Some(cursors), _) => cursors[shard as usize],
-                        (None, Some(device)) => e.device_cursor(user, device)?,
-                        (None, None) => SyncCursor::default(),
-                    };
-                    Ok(ShardPage {
-                        shard,
-                        from,
-                        page: e.sync(user, from, n)?,
-                    })
+                .ask_every_shard(|shard| ShardQuery::Sync {
+                    user,
+                    from: match (&given, &device) {
+                        (Some(cursors), _) => SyncFrom::Cursor(cursors[shard as usize]),
+                        (None, Some(device)) => SyncFrom::Device(device.clone()),
+                        (None, None) => SyncFrom::Cursor(SyncCursor::default()),
+                    },
+                    limit: n,
                 })
-                .await?;
+                .await?
+                .into_iter()
+                .zip(0u64..)
+                .map(|(answer, shard)| match answer {
+                    ShardAnswer::Sync { from, page } => Ok(ShardPage { shard, from, page }),
+                    _ => Err(mismatched()),
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
             let started: Vec<SyncCursor> = pages.iter().map(|p| p.from).collect();
-            let merged = merge_sync(pages, n);
+            let merged = merge_sync(pages, n as usize);
             if let Some(device) = device {
                 // Saved (durably, in every shard that moved) before the
                 // page is answered: a device gets each page at most once.
@@ -832,6 +940,16 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let scope = match request.metadata().get(WATCH_SHARD_HEADER) {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| invalid(format!("{WATCH_SHARD_HEADER} is not a shard id")))?,
+            ),
+            None => None,
+        };
         let r = request.into_inner();
         self.observe("Watch", async {
             if r.users.len() > self.limits.max_watch_users {
@@ -879,40 +997,48 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             .map(|c| c.change)
             .collect();
             let users: Vec<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
-            let listed = r.conversations.clone();
+            // The shards whose commits reach this node's hub are watched
+            // here; each other one at a node hosting it, whose stream is
+            // relayed (a relayed watch is one shard's, never relayed on).
+            let (here, elsewhere): (Vec<u64>, Vec<u64>) = match scope {
+                Some(shard) if shard >= count => {
+                    return Err(invalid(format!("shard {shard} of {count}")))
+                }
+                Some(shard) if !self.backend.hosts(shard) => {
+                    return Err(status(
+                        Code::FailedPrecondition,
+                        "NOT_HOSTED",
+                        format!("this node does not host shard {shard}"),
+                        &[],
+                    ))
+                }
+                Some(shard) => (vec![shard], Vec::new()),
+                None => (0..count).partition(|&shard| self.backend.hosts(shard)),
+            };
             // The big conversations of the watched users, and where every
-            // watched thing stands now, in each shard.
+            // watched thing stands now, in each shard watched here.
             let per_shard = self
-                .read_every_shard(move |shard, e| {
-                    let mut conversations: HashSet<u64> = listed
+                .ask_shards(&here, |shard| ShardQuery::WatchState {
+                    users: users.clone(),
+                    listed: r
+                        .conversations
                         .iter()
                         .copied()
                         .filter(|&c| imstore_engine::shard_for(c, count) == shard)
-                        .collect();
-                    let mut heads = Vec::new();
-                    for &user in &users {
-                        heads.push(e.inbox_head(user)?);
-                        // All of them: a small group may grow past the threshold.
-                        conversations.extend(e.conversations_of(user)?);
-                    }
-                    let now = e.change_counter();
-                    let change = known_change[shard as usize];
-                    if change > now {
-                        return Err(Error::CursorFromFuture(format!(
-                            "change {change} is past the store's {now} (shard {shard})"
-                        )));
-                    }
-                    let mut advanced = Vec::new();
-                    for &c in &conversations {
-                        if let Some(a) = e.big_advance(c)? {
-                            if a.2 > change {
-                                advanced.push(a);
-                            }
-                        }
-                    }
-                    Ok((conversations, heads, advanced))
+                        .collect(),
+                    known_change: known_change[shard as usize],
                 })
-                .await?;
+                .await?
+                .into_iter()
+                .map(|answer| match answer {
+                    ShardAnswer::WatchState {
+                        conversations,
+                        heads,
+                        advanced,
+                    } => Ok((conversations, heads, advanced)),
+                    _ => Err(mismatched()),
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
             // Subscribe first, then send the catch-up: an event in between
             // is delivered twice at worst, never lost.
             let user_set: HashSet<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
@@ -924,15 +1050,20 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             let (subscriber, stream) =
                 self.hub
                     .subscribe(user_set, conversations, self.limits.watch_buffer);
-            for ((_, heads, advanced), shard) in per_shard.iter().zip(0u32..) {
+            for ((_, heads, advanced), &shard) in per_shard.iter().zip(&here) {
+                let label = u32::try_from(shard).unwrap_or(u32::MAX);
                 for ((user, known), head) in known_inbox.iter().zip(heads) {
                     if *head > known[shard as usize] {
-                        subscriber.offer(inbox_advanced(*user, *head, shard));
+                        subscriber.offer(inbox_advanced(*user, *head, label));
                     }
                 }
                 for &(c, seq, ch) in advanced {
-                    subscriber.offer(conversation_advanced(c, seq, ch, shard));
+                    subscriber.offer(conversation_advanced(c, seq, ch, label));
                 }
+            }
+            for shard in elsewhere {
+                self.watch_elsewhere(shard, &r, Arc::clone(&subscriber))
+                    .await?;
             }
             Ok(stream)
         })
@@ -966,11 +1097,16 @@ impl<B: Backend> Imstore for ImstoreService<B> {
     ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
         let r = request.into_inner();
         self.observe("GetReceipts", async {
-            let receipts = self
-                .read(Route::Conversation(r.conversation), move |e| {
-                    e.receipts(r.conversation, r.seq)
-                })
-                .await?;
+            let query = ShardQuery::Receipts {
+                conversation: r.conversation,
+                seq: r.seq,
+            };
+            let ShardAnswer::Receipts(receipts) = self
+                .ask(Route::Conversation(r.conversation), false, query)
+                .await?
+            else {
+                return Err(mismatched());
+            };
             Ok(pb::GetReceiptsResponse {
                 read_count: u32::try_from(receipts.read.len()).unwrap_or(u32::MAX),
                 unread_count: u32::try_from(receipts.unread.len()).unwrap_or(u32::MAX),
@@ -990,13 +1126,23 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("GetUnread", async {
             let unread = match r.conversation {
                 0 => self
-                    .read_every_shard(move |_, e| e.unread_total(r.user))
+                    .ask_every_shard(|_| ShardQuery::UnreadTotal { user: r.user })
                     .await?
                     .into_iter()
-                    .sum(),
+                    .map(|answer| match answer {
+                        ShardAnswer::Count(n) => Ok(n),
+                        _ => Err(mismatched()),
+                    })
+                    .sum::<Result<u64, Status>>()?,
                 c => {
-                    self.read(Route::Conversation(c), move |e| e.unread(r.user, c))
-                        .await?
+                    let query = ShardQuery::Unread {
+                        user: r.user,
+                        conversation: c,
+                    };
+                    match self.ask(Route::Conversation(c), false, query).await? {
+                        ShardAnswer::Count(n) => n,
+                        _ => return Err(mismatched()),
+                    }
                 }
             };
             Ok(pb::GetUnreadResponse { unread })
@@ -1016,9 +1162,19 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 conversation: a.conversation,
             });
             let pages = self
-                .read_every_shard(move |_, e| e.conversation_list(r.user, after, n))
-                .await?;
-            let list = merge_lists(pages, n);
+                .ask_every_shard(|_| ShardQuery::ConversationList {
+                    user: r.user,
+                    after,
+                    limit: n,
+                })
+                .await?
+                .into_iter()
+                .map(|answer| match answer {
+                    ShardAnswer::List(page) => Ok(page),
+                    _ => Err(mismatched()),
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            let list = merge_lists(pages, n as usize);
             Ok(pb::ListConversationsResponse {
                 conversations: list
                     .into_iter()

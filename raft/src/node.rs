@@ -2,11 +2,11 @@
 //! raft instance over the gRPC transport.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
-use imstore_engine::{Engine, Error, Options};
+use imstore_engine::{Engine, Error, Options, ShardAnswer, ShardQuery};
 use imstore_proto::raft as pb;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, Raft, SnapshotPolicy};
@@ -33,6 +33,9 @@ pub struct ReplicaNode {
     shard: u64,
     peers: Peers,
     faults: Faults,
+    /// This node's replica of the metadata group, once set: where a
+    /// shard this node does not host is found.
+    directory: Arc<OnceLock<ReplicaNode>>,
 }
 
 fn unavailable(message: impl std::fmt::Display) -> Error {
@@ -46,6 +49,181 @@ impl ReplicaNode {
     /// The shard this replica belongs to.
     pub fn shard(&self) -> u64 {
         self.shard
+    }
+
+    /// Finds the shards this node does not host in the shard map of
+    /// `meta`, this node's replica of the metadata group: from then on
+    /// [`ReplicaNode::propose`] and [`ReplicaNode::read`] on such a shard
+    /// go to a node that hosts it. Set once; later calls change nothing.
+    pub fn find_others_through(&self, meta: &ReplicaNode) {
+        let _ = self.directory.set(meta.clone());
+    }
+
+    /// Whether this node holds a replica of the shard's data: it is a
+    /// voter or a learner of the shard's group (as far as it knows; a
+    /// node removed while unreachable may not know it yet).
+    pub fn hosts(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .any(|(id, _)| *id == self.node_id)
+    }
+
+    /// The metadata replica to route through, when this node does not
+    /// host the shard and has one.
+    fn directory_if_not_hosted(&self) -> Option<&ReplicaNode> {
+        self.directory.get().filter(|_| !self.hosts())
+    }
+
+    /// Whether requests for this shard go to other nodes: this node does
+    /// not host it and finds it through a shard map.
+    pub fn routes_elsewhere(&self) -> bool {
+        self.directory_if_not_hosted().is_some()
+    }
+
+    /// Addresses of the shard's replicas on other nodes, as this node's
+    /// shard map has them, the leader hint first.
+    pub fn replicas_elsewhere(&self) -> Result<Vec<String>, Error> {
+        let meta = self
+            .directory
+            .get()
+            .ok_or_else(|| unavailable("this node has no shard map"))?;
+        Ok(self
+            .replicas_from_map(meta)?
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect())
+    }
+
+    /// The shard's replicas as this node's copy of the map has them, the
+    /// leader hint first, this node left out.
+    fn replicas_from_map(&self, meta: &ReplicaNode) -> Result<Vec<(u64, String)>, Error> {
+        let entry = crate::shard_map::read_entry(meta, self.shard)?.ok_or_else(|| {
+            unavailable(format!(
+                "shard {} is not hosted by node {} and not in its shard map yet",
+                self.shard, self.node_id
+            ))
+        })?;
+        let mut replicas: Vec<(u64, String)> = entry
+            .members
+            .into_iter()
+            .filter(|(id, _)| *id != self.node_id && !self.faults.is_cut_off(*id))
+            .collect();
+        replicas.sort_by_key(|(id, _)| *id != entry.leader);
+        if replicas.is_empty() {
+            return Err(unavailable(format!(
+                "shard {}: no replica to reach from node {}",
+                self.shard, self.node_id
+            )));
+        }
+        Ok(replicas)
+    }
+
+    /// [`ReplicaNode::propose`] on a node that does not host the shard: to
+    /// the map's leader hint, then to the other replicas while they refuse
+    /// up front (not the leader). Anything else ends the attempt: the
+    /// proposal may have been accepted, so it is not sent twice.
+    async fn propose_elsewhere(
+        &self,
+        meta: &ReplicaNode,
+        proposal: crate::Proposal,
+    ) -> Result<crate::Responses, Error> {
+        let payload = bincode::serialize(&proposal).map_err(unavailable)?;
+        for (id, address) in self.replicas_from_map(meta)? {
+            let mut client = self.peer_client(&address)?;
+            let forwarded = client.propose(pb::RaftMessage {
+                shard: self.shard,
+                payload: payload.clone(),
+                from: self.node_id,
+                error: String::new(),
+            });
+            let Ok(answer) = tokio::time::timeout(FORWARD_TIMEOUT, forwarded).await else {
+                return Err(unavailable(format!(
+                    "shard {}: node {id} did not answer a forwarded write within \
+                     {FORWARD_TIMEOUT:?} (it may still apply it)",
+                    self.shard
+                )));
+            };
+            match answer {
+                Ok(answer) => {
+                    return bincode::deserialize(&answer.into_inner().payload).map_err(unavailable)
+                }
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => continue,
+                Err(status) => {
+                    return Err(unavailable(format!(
+                        "shard {}: forwarding to node {id}: {}",
+                        self.shard,
+                        status.message()
+                    )))
+                }
+            }
+        }
+        Err(Error::NotLeader {
+            leader: None,
+            address: None,
+        })
+    }
+
+    /// Answers one read of the shard: here, after the read barrier (none
+    /// when `stale_ok`: this replica's applied state), if this node hosts
+    /// the shard; else at a node the shard map names, which does the same
+    /// (`RaftTransport/ShardRead`), the leader hint first, the others if
+    /// it fails. Errors: the engine's, or `NotLeader`/`UNAVAILABLE`
+    /// (retryable) when no replica answers.
+    pub async fn read(&self, stale_ok: bool, query: ShardQuery) -> Result<ShardAnswer, Error> {
+        match self.directory_if_not_hosted() {
+            Some(meta) => self.read_elsewhere(meta, stale_ok, query).await,
+            None => {
+                if !stale_ok {
+                    self.read_barrier().await?;
+                }
+                self.query_here(query).await
+            }
+        }
+    }
+
+    /// Runs `query` on this replica's engine (on the blocking pool), with
+    /// no barrier.
+    pub(crate) async fn query_here(&self, query: ShardQuery) -> Result<ShardAnswer, Error> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.query(query))
+            .await
+            .map_err(unavailable)?
+    }
+
+    async fn read_elsewhere(
+        &self,
+        meta: &ReplicaNode,
+        stale_ok: bool,
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, Error> {
+        let encoded = bincode::serialize(&query).map_err(unavailable)?;
+        let mut failures = Vec::new();
+        for (id, address) in self.replicas_from_map(meta)? {
+            let mut client = self.peer_client(&address)?;
+            let asked = client.shard_read(pb::ShardReadRequest {
+                shard: self.shard,
+                from: self.node_id,
+                stale_ok,
+                query: encoded.clone(),
+            });
+            match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
+                Ok(Ok(answer)) => {
+                    let answer: Result<ShardAnswer, (String, String)> =
+                        bincode::deserialize(&answer.into_inner().payload).map_err(unavailable)?;
+                    return answer.map_err(|(reason, message)| Error::Remote { reason, message });
+                }
+                Ok(Err(status)) => failures.push(format!("node {id}: {}", status.message())),
+                Err(_) => failures.push(format!("node {id}: no answer in {FORWARD_TIMEOUT:?}")),
+            }
+        }
+        Err(unavailable(format!(
+            "shard {}: no replica answered a read ({})",
+            self.shard,
+            failures.join("; ")
+        )))
     }
 
     /// This node's transport client to the peer at `addr`.
@@ -74,6 +252,9 @@ impl ReplicaNode {
     /// same client message ids, which the engine deduplicates.
     pub async fn propose(&self, proposal: crate::Proposal) -> Result<crate::Responses, Error> {
         use openraft::error::ClientWriteError;
+        if let Some(meta) = self.directory_if_not_hosted() {
+            return self.propose_elsewhere(meta, proposal).await;
+        }
         // Forward only what this replica refuses up front (it follows a
         // known leader). A proposal this replica accepted as leader and
         // then lost with its leadership is not re-proposed elsewhere: its
@@ -450,5 +631,6 @@ pub async fn start_shard(
         shard,
         peers: storage.peers.clone(),
         faults: config.faults.clone(),
+        directory: Arc::default(),
     })
 }

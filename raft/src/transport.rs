@@ -611,6 +611,37 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         }
     }
 
+    async fn shard_read(
+        &self,
+        request: Request<pb::ShardReadRequest>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let r = request.into_inner();
+        if self.faults.is_cut_off(r.from) {
+            return Err(Status::unavailable("partitioned (fault injection)"));
+        }
+        let replica = self.replica(r.shard)?;
+        // Never routed on from here: one hop, or the asker tries another.
+        if !replica.hosts() {
+            return Err(Status::failed_precondition(format!(
+                "node {} does not host shard {}",
+                self.node_id, r.shard
+            )));
+        }
+        let query: imstore_engine::ShardQuery = decode(&r.query)?;
+        if !r.stale_ok {
+            replica
+                .read_barrier()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        // The engine's own errors travel in the answer, as write results do.
+        let answer = replica
+            .query_here(query)
+            .await
+            .map_err(|e| (e.reason().to_owned(), e.to_string()));
+        encode(r.shard, &answer)
+    }
+
     async fn shard_map(
         &self,
         _request: Request<pb::ShardMapRequest>,

@@ -1,0 +1,426 @@
+//! Placement: 4 real `imstore node --shards 4` processes and one
+//! `imstore cluster init` with the default replication factor of 3. Each
+//! shard is placed on 3 of the 4 nodes (shard s on the nodes from the one
+//! at s mod 4 on, in id order), so every node hosts 3 shards and not the
+//! fourth. Every node still serves everything: writes to the shard it
+//! does not host are proposed at a node the shard map names, reads of it
+//! are answered there, user-wide reads (sync, the conversation list, the
+//! unread total, friends) merge the shards it hosts with the one it does
+//! not, and a `Watch` relays the notifications of that shard from a node
+//! that hosts it. On disk, each node holds exactly the shards placed on it.
+
+mod nodes;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use imstore_engine::{Direction, Engine, Options};
+use imstore_proto::v1 as pb;
+use imstore_proto::v1::imstore_client::ImstoreClient;
+use nodes::{free_port, spawn_node, stop_all, Nodes, TestResult};
+
+const SHARDS: u64 = 4;
+const NODES: u64 = 4;
+
+fn imstore(server: SocketAddr, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_imstore"))
+        .arg("--server")
+        .arg(format!("http://{server}"))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "imstore {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The nodes `cluster init` places shard `shard` on (ids 1..=4).
+fn placed(shard: u64) -> BTreeSet<u64> {
+    (0..3).map(|i| (shard + i) % NODES + 1).collect()
+}
+
+/// Polls the shard map (at most 60 s) until every shard has an entry with
+/// its placed replicas and a leader hint; returns the hints.
+fn wait_for_map(addr: SocketAddr) -> Result<BTreeMap<u64, u64>, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = imstore(addr, &["--json", "cluster", "status"])?;
+        let map: BTreeMap<u64, (u64, BTreeSet<u64>)> = status
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                let replicas = v["replicas"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|r| r.as_str()?.split_once('=')?.0.parse().ok())
+                    .collect();
+                Some((
+                    v["map_shard"].as_u64()?,
+                    (v["leader_hint"].as_u64()?, replicas),
+                ))
+            })
+            .collect();
+        let complete = (0..SHARDS).all(|shard| {
+            map.get(&shard)
+                .is_some_and(|(hint, replicas)| *hint != 0 && *replicas == placed(shard))
+        });
+        if complete {
+            return Ok(map.into_iter().map(|(s, (hint, _))| (s, hint)).collect());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the shard map is not complete: {status}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `call` against one node until it answers other than UNAVAILABLE
+/// (a leader hint a moment stale, an election), for at most 60 s: the
+/// node itself must serve the request.
+async fn on_node<T, F, Fut>(addr: SocketAddr, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut(ImstoreClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let client = ImstoreClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call(client.clone()).await {
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A conversation id in `shard`, the `nth` one.
+fn in_shard(shard: u64, nth: usize) -> Result<u64, String> {
+    (1_000..100_000)
+        .filter(|&c| imstore_raft::shard_for(c, SHARDS) == shard)
+        .nth(nth)
+        .ok_or_else(|| format!("no conversation in shard {shard}"))
+}
+
+#[test]
+fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let addrs: Vec<SocketAddr> = (0..NODES).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let mut nodes = Nodes::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = root.path().join(format!("node{id}"));
+        nodes.insert(id, spawn_node(id, addr, &dir, &["--shards", "4"])?);
+    }
+    let members: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let init = imstore(
+        addrs[0],
+        &["cluster", "init", "--members", &members.join(",")],
+    )?;
+    assert!(
+        init.contains("4 shard(s) of 3 replica(s) on 4 node(s)"),
+        "{init}"
+    );
+    wait_for_map(addrs[0])?;
+    let not_hosted = |node: u64| (0..SHARDS).find(|&s| !placed(s).contains(&node));
+    for node in 1..=NODES {
+        let shard = not_hosted(node).ok_or("every node misses one shard")?;
+        let human = imstore(addrs[node as usize - 1], &["cluster", "status"])?;
+        assert!(
+            human.contains(&format!("node {node} shard {shard} [elsewhere]")),
+            "{human}"
+        );
+        assert_eq!(human.matches("[healthy]").count(), 4, "{human}");
+    }
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        // Through each node, a group in the shard it does not host: user
+        // 1 and 2 in it, a send by 2; then the same node reads it back.
+        let mut groups = Vec::new();
+        for node in 1..=NODES {
+            let addr = addrs[node as usize - 1];
+            let shard = not_hosted(node).ok_or("a shard")?;
+            let group = in_shard(shard, node as usize)?;
+            on_node(addr, |mut c| async move {
+                match c
+                    .create_group(pb::CreateGroupRequest {
+                        conversation: group,
+                        owner: 1,
+                        members: vec![1, 2],
+                    })
+                    .await
+                {
+                    // A retry of a create whose answer was lost.
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            })
+            .await?;
+            let sent = on_node(addr, |mut c| async move {
+                c.send(pb::SendRequest {
+                    conversation: group,
+                    sender: 2,
+                    client_msg_id: format!("m{group}").into_bytes(),
+                    payload: b"from elsewhere".to_vec(),
+                    receipt: true,
+                })
+                .await
+            })
+            .await?
+            .into_inner();
+            assert_eq!(
+                (sent.seq, sent.duplicate),
+                (1, false),
+                "send via node {node}"
+            );
+            let read = on_node(addr, |mut c| async move {
+                c.read(pb::ReadRequest {
+                    conversation: group,
+                    from: 1,
+                    limit: 10,
+                    direction: pb::Direction::Forward as i32,
+                    stale_ok: false,
+                })
+                .await
+            })
+            .await?
+            .into_inner();
+            assert_eq!(read.messages.len(), 1, "read via node {node}");
+            assert_eq!(read.messages[0].payload, b"from elsewhere");
+            let members = on_node(addr, |mut c| async move {
+                c.list_members(pb::ListMembersRequest {
+                    conversation: group,
+                    after_user: 0,
+                    limit: 10,
+                })
+                .await
+            })
+            .await?
+            .into_inner();
+            assert_eq!(members.member_count, 2);
+            let receipts = on_node(addr, |mut c| async move {
+                c.get_receipts(pb::GetReceiptsRequest {
+                    conversation: group,
+                    seq: 1,
+                })
+                .await
+            })
+            .await?
+            .into_inner();
+            assert_eq!(receipts.unread, vec![1]);
+            groups.push(group);
+        }
+        // Friends 3 and 4: their pair's shard, through a node missing it.
+        let pair_shard = imstore_raft::shard_for(imstore_engine::pair_key(3, 4), SHARDS);
+        let via = (1..=NODES)
+            .find(|&n| !placed(pair_shard).contains(&n))
+            .ok_or("a node")?;
+        let via = addrs[via as usize - 1];
+        let pair = |user, other| pb::FriendPairRequest { user, other };
+        on_node(
+            via,
+            |mut c| async move { c.request_friend(pair(3, 4)).await },
+        )
+        .await?;
+        on_node(
+            via,
+            |mut c| async move { c.accept_friend(pair(4, 3)).await },
+        )
+        .await?;
+
+        // Every node answers user-wide reads over all four shards.
+        let mut expected: Vec<u64> = groups.clone();
+        expected.sort();
+        for &addr in &addrs {
+            let page = on_node(addr, |mut c| async move {
+                c.sync(pb::SyncRequest {
+                    user: 1,
+                    from: None,
+                    limit: 10,
+                })
+                .await
+            })
+            .await?
+            .into_inner();
+            let mut got: Vec<u64> = page
+                .entries
+                .iter()
+                .filter_map(|e| e.message.as_ref().map(|m| m.conversation))
+                .collect();
+            got.sort();
+            assert_eq!(got, expected, "sync of user 1 on {addr}");
+            let list = on_node(addr, |mut c| async move {
+                c.list_conversations(pb::ListConversationsRequest {
+                    user: 1,
+                    after: None,
+                    limit: 10,
+                })
+                .await
+            })
+            .await?
+            .into_inner()
+            .conversations;
+            assert_eq!(list.len(), 4, "conversation list on {addr}");
+            let unread = on_node(addr, |mut c| async move {
+                c.get_unread(pb::GetUnreadRequest {
+                    user: 1,
+                    conversation: 0,
+                })
+                .await
+            })
+            .await?
+            .into_inner()
+            .unread;
+            assert_eq!(unread, 4, "unread total on {addr}");
+            let friends = on_node(addr, |mut c| async move {
+                c.list_friends(pb::ListFriendsRequest {
+                    user: 3,
+                    status: pb::FriendStatus::Friends as i32,
+                    after_user: 0,
+                    limit: 10,
+                })
+                .await
+            })
+            .await?
+            .into_inner()
+            .friends;
+            assert_eq!(friends.len(), 1, "friends of 3 on {addr}");
+        }
+
+        // A device syncs on node 1, then on node 2: each entry once.
+        let device = |addr: SocketAddr| async move {
+            on_node(addr, |mut c| async move {
+                c.sync(pb::SyncRequest {
+                    user: 1,
+                    from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
+                    limit: 10,
+                })
+                .await
+            })
+            .await
+            .map(|r| r.into_inner().entries.len())
+        };
+        assert_eq!(device(addrs[0]).await?, 4);
+        assert_eq!(device(addrs[1]).await?, 0);
+
+        // A watch on node 1 hears about a send in the shard node 1 does
+        // not host (made through another node): relayed from a host.
+        let cursor = on_node(addrs[0], |mut c| async move {
+            c.sync(pb::SyncRequest {
+                user: 1,
+                from: None,
+                limit: 10,
+            })
+            .await
+        })
+        .await?
+        .into_inner()
+        .cursor
+        .unwrap_or_default();
+        let mut watcher = ImstoreClient::connect(format!("http://{}", addrs[0])).await?;
+        let mut stream = watcher
+            .watch(pb::WatchRequest {
+                users: vec![pb::UserPosition {
+                    user: 1,
+                    inbox_seq: 0,
+                    shards: cursor.shards.clone(),
+                }],
+                conversations: Vec::new(),
+                change: 0,
+                shards: cursor.shards.clone(),
+            })
+            .await?
+            .into_inner();
+        let missing = not_hosted(1).ok_or("a shard")?;
+        let group = groups[0];
+        assert_eq!(imstore_raft::shard_for(group, SHARDS), missing);
+        on_node(addrs[2], |mut c| async move {
+            c.send(pb::SendRequest {
+                conversation: group,
+                sender: 2,
+                client_msg_id: b"watched".to_vec(),
+                payload: b"news".to_vec(),
+                receipt: false,
+            })
+            .await
+        })
+        .await?;
+        // Late applies of earlier writes may notify the hosted shards
+        // first; the relayed one must come (bounded wait).
+        let heard = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.message().await?.map(|n| n.event) {
+                    Some(Some(pb::notification::Event::Inbox(a)))
+                        if u64::from(a.shard) == missing =>
+                    {
+                        return Ok::<_, tonic::Status>(Some(a));
+                    }
+                    Some(Some(pb::notification::Event::Resync(r))) => {
+                        return Err(tonic::Status::aborted(r.reason))
+                    }
+                    Some(_) => continue,
+                    None => return Ok(None),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no notification of the relayed shard within 30 s")??
+        .ok_or("the watch ended")?;
+        assert_eq!(heard.user, 1);
+        assert!(heard.inbox_seq > cursor_seq(&cursor, missing), "{heard:?}");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+
+    // Each node holds the shards placed on it and no other.
+    let groups: Vec<u64> = (1..=NODES)
+        .map(|n| in_shard(not_hosted(n).unwrap_or(0), n as usize))
+        .collect::<Result<_, _>>()?;
+    let dirs = stop_all(nodes);
+    let mut holders: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for (dir, node) in dirs.iter().zip(1u64..) {
+        let engine = Engine::open(dir.join("engine"), Options::default())?;
+        for &group in &groups {
+            let shard = imstore_raft::shard_for(group, SHARDS);
+            let stored = engine
+                .with_shard(shard as u16)?
+                .read(group, 1, 10, Direction::Forward)?;
+            if !stored.is_empty() {
+                holders.entry(group).or_default().insert(node);
+            }
+        }
+    }
+    for &group in &groups {
+        // At least the leader applied it (followers may not have yet);
+        // nobody outside the placement has it.
+        let shard = imstore_raft::shard_for(group, SHARDS);
+        let held = holders.get(&group).cloned().unwrap_or_default();
+        assert!(!held.is_empty(), "nobody holds {group}");
+        assert!(
+            held.is_subset(&placed(shard)),
+            "{group} of shard {shard} on {held:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The inbox seq a sync cursor holds for `shard`.
+fn cursor_seq(cursor: &pb::Cursor, shard: u64) -> u64 {
+    cursor
+        .shards
+        .iter()
+        .find(|c| u64::from(c.shard) == shard)
+        .map_or(0, |c| c.inbox_seq)
+}

@@ -1,0 +1,274 @@
+//! Reads as values: every read the gRPC service makes of one shard, named
+//! by a [`ShardQuery`] and answered by a [`ShardAnswer`]. A node that does
+//! not host a shard sends the query to one that does (serialized, with
+//! the `serde` feature); a node that does answers it with
+//! [`Engine::query`]. Same code path either way, so a remote read returns
+//! exactly what a local one would.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use crate::{
+    ConversationSummary, Direction, Engine, Error, Friend, FriendStatus, ListCursor, Member,
+    Message, MessageView, Receipts, Result, SyncCursor, SyncPage,
+};
+
+/// Where a shard's part of a sync starts.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncFrom {
+    /// The client's cursor for this shard.
+    Cursor(SyncCursor),
+    /// The cursor this shard keeps for the device.
+    Device(Bytes),
+}
+
+/// One read of one shard.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardQuery {
+    /// [`Engine::read`].
+    Read {
+        /// The conversation.
+        conversation: u64,
+        /// Where the page starts (or ends, backward).
+        from: u64,
+        /// Most messages.
+        limit: u32,
+        /// Which way from `from`.
+        direction: Direction,
+    },
+    /// [`Engine::read_as`].
+    ReadAs {
+        /// Who reads.
+        viewer: u64,
+        /// The conversation.
+        conversation: u64,
+        /// Where the page starts (or ends, backward).
+        from: u64,
+        /// Most messages.
+        limit: u32,
+        /// Which way from `from`.
+        direction: Direction,
+    },
+    /// [`Engine::members`] and [`Engine::member_count`].
+    Members {
+        /// The conversation.
+        conversation: u64,
+        /// Members with ids above this one.
+        after: u64,
+        /// Most members.
+        limit: u32,
+    },
+    /// [`Engine::receipts`].
+    Receipts {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+    },
+    /// [`Engine::unread`].
+    Unread {
+        /// The reader.
+        user: u64,
+        /// The conversation.
+        conversation: u64,
+    },
+    /// [`Engine::unread_total`] over this shard's conversations.
+    UnreadTotal {
+        /// The reader.
+        user: u64,
+    },
+    /// [`Engine::friends`] kept in this shard.
+    Friends {
+        /// Whose.
+        user: u64,
+        /// Which list.
+        status: FriendStatus,
+        /// Users with ids above this one.
+        after: u64,
+        /// Most entries.
+        limit: u32,
+    },
+    /// This shard's part of a sync: [`Engine::sync`] from a cursor or a
+    /// device's saved one.
+    Sync {
+        /// Whose inbox.
+        user: u64,
+        /// Where it starts.
+        from: SyncFrom,
+        /// Most entries.
+        limit: u32,
+    },
+    /// [`Engine::conversation_list`] over this shard's conversations.
+    ConversationList {
+        /// Whose list.
+        user: u64,
+        /// After this entry of the previous page.
+        after: Option<ListCursor>,
+        /// Most entries.
+        limit: u32,
+    },
+    /// Where a watch's subjects stand in this shard: the users' inbox
+    /// heads, the conversations to follow, and the big conversations that
+    /// advanced past `known_change`.
+    WatchState {
+        /// The watched users.
+        users: Vec<u64>,
+        /// Conversations named by the watcher that live in this shard.
+        listed: Vec<u64>,
+        /// The change counter the watcher has seen in this shard.
+        known_change: u64,
+    },
+}
+
+/// The answer to a [`ShardQuery`], the variant named after it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardAnswer {
+    /// Raw messages, ascending.
+    Messages(Vec<Message>),
+    /// Messages as one user sees them, ascending.
+    Views(Vec<MessageView>),
+    /// A page of members and the conversation's member count.
+    Members {
+        /// The page.
+        members: Vec<Member>,
+        /// Current members in all.
+        count: u32,
+    },
+    /// A message's receipts.
+    Receipts(Receipts),
+    /// A count (unread messages).
+    Count(u64),
+    /// A page of friends.
+    Friends(Vec<Friend>),
+    /// A shard's sync page and the cursor it started from.
+    Sync {
+        /// The cursor the page started from (the device's saved one).
+        from: SyncCursor,
+        /// The page.
+        page: SyncPage,
+    },
+    /// A page of the conversation list.
+    List(Vec<ConversationSummary>),
+    /// See [`ShardQuery::WatchState`].
+    WatchState {
+        /// Conversations to follow (listed ones and the users' own).
+        conversations: BTreeSet<u64>,
+        /// Each watched user's inbox head, in the order asked.
+        heads: Vec<u64>,
+        /// Big conversations past the known change: (conversation, seq,
+        /// change counter).
+        advanced: Vec<(u64, u64, u64)>,
+    },
+}
+
+fn limit(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl Engine {
+    /// Answers one read of this shard (see [`ShardQuery`]). Errors are
+    /// those of the engine call the query names.
+    pub fn query(&self, query: ShardQuery) -> Result<ShardAnswer> {
+        Ok(match query {
+            ShardQuery::Read {
+                conversation,
+                from,
+                limit: n,
+                direction,
+            } => ShardAnswer::Messages(self.read(conversation, from, limit(n), direction)?),
+            ShardQuery::ReadAs {
+                viewer,
+                conversation,
+                from,
+                limit: n,
+                direction,
+            } => {
+                ShardAnswer::Views(self.read_as(viewer, conversation, from, limit(n), direction)?)
+            }
+            ShardQuery::Members {
+                conversation,
+                after,
+                limit: n,
+            } => ShardAnswer::Members {
+                members: self.members(conversation, after, limit(n))?,
+                count: self.member_count(conversation)?,
+            },
+            ShardQuery::Receipts { conversation, seq } => {
+                ShardAnswer::Receipts(self.receipts(conversation, seq)?)
+            }
+            ShardQuery::Unread { user, conversation } => {
+                ShardAnswer::Count(self.unread(user, conversation)?)
+            }
+            ShardQuery::UnreadTotal { user } => ShardAnswer::Count(self.unread_total(user)?),
+            ShardQuery::Friends {
+                user,
+                status,
+                after,
+                limit: n,
+            } => ShardAnswer::Friends(self.friends(user, status, after, limit(n))?),
+            ShardQuery::Sync {
+                user,
+                from,
+                limit: n,
+            } => {
+                let from = match from {
+                    SyncFrom::Cursor(cursor) => cursor,
+                    SyncFrom::Device(device) => self.device_cursor(user, &device)?,
+                };
+                ShardAnswer::Sync {
+                    from,
+                    page: self.sync(user, from, limit(n))?,
+                }
+            }
+            ShardQuery::ConversationList {
+                user,
+                after,
+                limit: n,
+            } => ShardAnswer::List(self.conversation_list(user, after, limit(n))?),
+            ShardQuery::WatchState {
+                users,
+                listed,
+                known_change,
+            } => self.watch_state(&users, listed, known_change)?,
+        })
+    }
+
+    fn watch_state(
+        &self,
+        users: &[u64],
+        listed: Vec<u64>,
+        known_change: u64,
+    ) -> Result<ShardAnswer> {
+        let mut conversations: BTreeSet<u64> = listed.into_iter().collect();
+        let mut heads = Vec::with_capacity(users.len());
+        for &user in users {
+            heads.push(self.inbox_head(user)?);
+            // All of them: a small group may grow past the threshold.
+            conversations.extend(self.conversations_of(user)?);
+        }
+        let now = self.change_counter();
+        if known_change > now {
+            return Err(Error::CursorFromFuture(format!(
+                "change {known_change} is past the store's {now} (shard {})",
+                self.shard()
+            )));
+        }
+        let mut advanced = Vec::new();
+        for &c in &conversations {
+            if let Some(a) = self.big_advance(c)? {
+                if a.2 > known_change {
+                    advanced.push(a);
+                }
+            }
+        }
+        Ok(ShardAnswer::WatchState {
+            conversations,
+            heads,
+            advanced,
+        })
+    }
+}
