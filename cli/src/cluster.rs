@@ -1,7 +1,7 @@
 //! `imstore node` (a raft replica serving clients and peers on one
 //! address) and `imstore cluster init|status`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -72,30 +72,38 @@ pub enum ClusterCmd {
     /// Where the node behind `--server` stands in every shard: health, leader,
     /// term, log, applied lag, members, snapshots.
     Status,
-    /// Add a running node (learner, caught up, then voter) to a shard's
-    /// group, or to every shard's; each request goes to that shard's
-    /// leader (found from `--server`).
+    /// Add a running node to the cluster: to the metadata group, then
+    /// shards are moved onto it until every node hosts about as many
+    /// (`rebalance`). With `--shard S`, instead add it to that shard's
+    /// group only (one more replica). Each change is a learner, caught
+    /// up, then a voter, sent to that group's leader (found from
+    /// `--server`).
     AddNode {
         #[arg(long)]
         id: u64,
         /// Its host:port.
         #[arg(long)]
         address: String,
-        /// Only this shard (default: every shard).
+        /// Only this shard's group (adds a replica; moves nothing).
         #[arg(long)]
         shard: Option<u64>,
     },
-    /// Remove a voter from a shard's group, or from every shard's.
+    /// Move replicas between the nodes of the metadata group until each
+    /// hosts as many as the others or one fewer (every shard keeps its
+    /// replica count); one `move-shard` at a time, a progress line each.
+    Rebalance,
+    /// Remove a voter from a shard's group, or from every group it is in
+    /// (its shards each lose a replica: `move-shard` keeps the count).
     RemoveNode {
         #[arg(long)]
         id: u64,
-        /// Only this shard (default: every shard).
+        /// Only this shard (default: every group the node is in).
         #[arg(long)]
         shard: Option<u64>,
     },
-    /// Move a shard's replica (or every shard's) from one node to another:
-    /// add `--to` (a learner until caught up, then a voter), then remove
-    /// `--from`.
+    /// Move a shard's replica (or every replica `--from` holds, the
+    /// metadata group's included) from one node to another: add `--to` (a
+    /// learner until caught up, then a voter), then remove `--from`.
     MoveShard {
         #[arg(long)]
         from: u64,
@@ -104,7 +112,7 @@ pub enum ClusterCmd {
         /// host:port of `--to`.
         #[arg(long)]
         address: String,
-        /// Only this shard (default: every shard).
+        /// Only this shard (default: every group `--from` is in).
         #[arg(long)]
         shard: Option<u64>,
     },
@@ -362,6 +370,152 @@ async fn on_leader(
     Err(format!("shard {shard}: no leader answered").into())
 }
 
+/// Where the shards are: each data shard's replicas (from the shard map,
+/// read linearizably) and the cluster's nodes with their addresses (the
+/// metadata group's members, which every node joins).
+async fn cluster_view(
+    client: &mut Client,
+) -> Result<(BTreeMap<u64, BTreeSet<u64>>, BTreeMap<u64, String>), Failure> {
+    let count = shards_of(client, None).await?.len();
+    let entries = client
+        .shard_map(rpb::ShardMapRequest {})
+        .await
+        .map_err(failure)?
+        .into_inner()
+        .entries;
+    if entries.len() != count {
+        return Err(format!(
+            "the shard map has {} of {count} shards yet (leaders publish within a second of \
+             election); try again",
+            entries.len()
+        )
+        .into());
+    }
+    let placement = entries
+        .iter()
+        .map(|e| (e.shard, e.members.iter().map(|m| m.id).collect()))
+        .collect();
+    let nodes = client
+        .status(rpb::NodeStatusRequest { shard: META_SHARD })
+        .await
+        .map_err(failure)?
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| (m.id, m.address))
+        .collect();
+    Ok((placement, nodes))
+}
+
+/// Every group `node` is a member of (shards are placed on some nodes
+/// only), the metadata group last.
+async fn groups_holding(client: &mut Client, node: u64) -> Result<Vec<u64>, Failure> {
+    let (placement, nodes) = cluster_view(client).await?;
+    let mut groups: Vec<u64> = placement
+        .iter()
+        .filter(|(_, replicas)| replicas.contains(&node))
+        .map(|(&shard, _)| shard)
+        .collect();
+    if nodes.contains_key(&node) {
+        groups.push(META_SHARD);
+    }
+    Ok(groups)
+}
+
+/// The moves (shard, from, to) that even out how many replicas each of
+/// `nodes` hosts, every shard keeping its replica count: while the most
+/// loaded node hosts at least two more than the least loaded, one shard
+/// of the former that the latter lacks moves (lowest shard id first; ties
+/// between nodes go to the lowest id). Replicas on nodes outside `nodes`
+/// stay where they are and are not counted.
+fn rebalance_moves(
+    placement: &BTreeMap<u64, BTreeSet<u64>>,
+    nodes: &BTreeSet<u64>,
+) -> Vec<(u64, u64, u64)> {
+    let mut placement = placement.clone();
+    let mut moves = Vec::new();
+    loop {
+        let load = |node: u64, placement: &BTreeMap<u64, BTreeSet<u64>>| {
+            placement.values().filter(|r| r.contains(&node)).count()
+        };
+        let mut by_load: Vec<(usize, u64)> =
+            nodes.iter().map(|&n| (load(n, &placement), n)).collect();
+        by_load.sort();
+        let found = by_load.iter().rev().find_map(|&(high, from)| {
+            by_load
+                .iter()
+                .take_while(|&&(low, _)| low + 2 <= high)
+                .find_map(|&(_, to)| {
+                    placement
+                        .iter()
+                        .find(|(_, r)| r.contains(&from) && !r.contains(&to))
+                        .map(|(&shard, _)| (shard, from, to))
+                })
+        });
+        let Some((shard, from, to)) = found else {
+            return moves;
+        };
+        if let Some(replicas) = placement.get_mut(&shard) {
+            replicas.remove(&from);
+            replicas.insert(to);
+        }
+        moves.push((shard, from, to));
+    }
+}
+
+/// Runs [`rebalance_moves`] on the cluster behind `client`: each move is
+/// an add (learner, caught up, voter) then a remove, at the shard's
+/// leader.
+async fn rebalance(client: &mut Client, server: &str, json_output: bool) -> Result<(), Failure> {
+    let (placement, nodes) = cluster_view(client).await?;
+    let ids: BTreeSet<u64> = nodes.keys().copied().collect();
+    let moves = rebalance_moves(&placement, &ids);
+    for (done, &(shard, from, to)) in moves.iter().enumerate() {
+        let address = nodes.get(&to).cloned().unwrap_or_default();
+        if !json_output {
+            println!(
+                "moving shard {shard} from node {from} to node {to} ({}/{})",
+                done + 1,
+                moves.len()
+            );
+        }
+        let add = rpb::MemberChange {
+            shard,
+            id: to,
+            address,
+        };
+        on_leader(server, shard, add, true).await?;
+        let remove = rpb::MemberChange {
+            shard,
+            id: from,
+            address: String::new(),
+        };
+        on_leader(server, shard, remove, false).await?;
+        if json_output {
+            println!("{}", json!({"moved_shard": shard, "from": from, "to": to}));
+        }
+    }
+    if !json_output {
+        let mut after = placement;
+        for &(shard, from, to) in &moves {
+            if let Some(replicas) = after.get_mut(&shard) {
+                replicas.remove(&from);
+                replicas.insert(to);
+            }
+        }
+        let per_node: Vec<String> = ids
+            .iter()
+            .map(|&n| format!("{n}={}", after.values().filter(|r| r.contains(&n)).count()))
+            .collect();
+        println!(
+            "balanced: {} move(s); replicas per node: {}",
+            moves.len(),
+            per_node.join(",")
+        );
+    }
+    Ok(())
+}
+
 pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -421,22 +575,43 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                     );
                 }
             }
-            ClusterCmd::AddNode { id, address, shard } => {
-                for shard in groups_of(&mut client, shard).await? {
-                    let change = rpb::MemberChange {
-                        shard,
-                        id,
-                        address: address.clone(),
-                    };
-                    print_status(
-                        &on_leader(server, shard, change, true).await?,
-                        false,
-                        json_output,
-                    );
-                }
+            ClusterCmd::AddNode {
+                id,
+                address,
+                shard: Some(shard),
+            } => {
+                let shard = shards_of(&mut client, Some(shard)).await?[0];
+                let change = rpb::MemberChange { shard, id, address };
+                print_status(
+                    &on_leader(server, shard, change, true).await?,
+                    false,
+                    json_output,
+                );
             }
+            ClusterCmd::AddNode {
+                id,
+                address,
+                shard: None,
+            } => {
+                let change = rpb::MemberChange {
+                    shard: META_SHARD,
+                    id,
+                    address,
+                };
+                print_status(
+                    &on_leader(server, META_SHARD, change, true).await?,
+                    false,
+                    json_output,
+                );
+                rebalance(&mut client, server, json_output).await?;
+            }
+            ClusterCmd::Rebalance => rebalance(&mut client, server, json_output).await?,
             ClusterCmd::RemoveNode { id, shard } => {
-                for shard in groups_of(&mut client, shard).await? {
+                let groups = match shard {
+                    Some(_) => groups_of(&mut client, shard).await?,
+                    None => groups_holding(&mut client, id).await?,
+                };
+                for shard in groups {
                     let change = rpb::MemberChange {
                         shard,
                         id,
@@ -455,7 +630,11 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 address,
                 shard,
             } => {
-                for shard in groups_of(&mut client, shard).await? {
+                let groups = match shard {
+                    Some(_) => groups_of(&mut client, shard).await?,
+                    None => groups_holding(&mut client, from).await?,
+                };
+                for shard in groups {
                     let add = rpb::MemberChange {
                         shard,
                         id: to,
@@ -613,5 +792,93 @@ fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_output: bool) 
             s.last_snapshot_build_ms,
             s.last_snapshot_install_ms
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loads(placement: &BTreeMap<u64, BTreeSet<u64>>, nodes: &BTreeSet<u64>) -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| placement.values().filter(|r| r.contains(n)).count())
+            .collect()
+    }
+
+    fn apply(
+        placement: &BTreeMap<u64, BTreeSet<u64>>,
+        moves: &[(u64, u64, u64)],
+    ) -> BTreeMap<u64, BTreeSet<u64>> {
+        let mut after = placement.clone();
+        for &(shard, from, to) in moves {
+            let replicas = after.get_mut(&shard).expect("a moved shard exists");
+            assert!(replicas.remove(&from), "{from} held shard {shard}");
+            assert!(replicas.insert(to), "{to} did not hold shard {shard}");
+        }
+        after
+    }
+
+    #[test]
+    fn init_placement_spreads_shards_evenly() {
+        let members: Vec<rpb::Member> = (1..=4)
+            .map(|id| rpb::Member {
+                id,
+                address: format!("h:{id}"),
+            })
+            .collect();
+        let placement: BTreeMap<u64, BTreeSet<u64>> = (0..8)
+            .map(|s| (s, placement(s, &members, 3).iter().map(|m| m.id).collect()))
+            .collect();
+        assert!(placement.values().all(|r| r.len() == 3));
+        let nodes: BTreeSet<u64> = (1..=4).collect();
+        assert_eq!(loads(&placement, &nodes), vec![6, 6, 6, 6]);
+        assert_eq!(placement[&1], BTreeSet::from([2, 3, 4]));
+        // Fewer members than replicas: all of them.
+        assert_eq!(super::placement(5, &members[..2], 3).len(), 2);
+        assert!(rebalance_moves(&placement, &nodes).is_empty());
+    }
+
+    #[test]
+    fn rebalance_fills_a_new_node_and_keeps_replica_counts() {
+        // 8 shards on nodes 1-4 (3 each), then node 5 joins empty.
+        let members: Vec<rpb::Member> = (1..=4)
+            .map(|id| rpb::Member {
+                id,
+                address: String::new(),
+            })
+            .collect();
+        let placement: BTreeMap<u64, BTreeSet<u64>> = (0..8)
+            .map(|s| (s, placement(s, &members, 3).iter().map(|m| m.id).collect()))
+            .collect();
+        let nodes: BTreeSet<u64> = (1..=5).collect();
+        let moves = rebalance_moves(&placement, &nodes);
+        let after = apply(&placement, &moves);
+        assert!(after.values().all(|r| r.len() == 3), "{after:?}");
+        let load = loads(&after, &nodes);
+        let (low, high) = (load.iter().min(), load.iter().max());
+        assert!(high.zip(low).is_some_and(|(h, l)| h - l <= 1), "{load:?}");
+        // 24 replicas over 5 nodes: node 5 gets 4 or 5, by 4 or 5 moves.
+        assert!(load[4] >= 4, "{load:?}");
+        assert_eq!(moves.len(), load[4]);
+        // Balanced already: nothing to do.
+        assert!(rebalance_moves(&after, &nodes).is_empty());
+    }
+
+    #[test]
+    fn rebalance_never_puts_two_replicas_of_a_shard_on_one_node() {
+        // Node 3 holds every shard, nodes 1, 2 and 4 hold one each: the
+        // only moves possible are of shards their target lacks.
+        let placement: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::from([
+            (0, BTreeSet::from([1, 3])),
+            (1, BTreeSet::from([2, 3])),
+            (2, BTreeSet::from([3, 4])),
+            (3, BTreeSet::from([1, 3])),
+        ]);
+        let nodes: BTreeSet<u64> = (1..=4).collect();
+        let moves = rebalance_moves(&placement, &nodes);
+        let after = apply(&placement, &moves);
+        assert!(after.values().all(|r| r.len() == 2));
+        assert_eq!(loads(&after, &nodes), vec![2, 2, 2, 2], "{moves:?}");
     }
 }

@@ -145,8 +145,15 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         assert_eq!(human.matches("[healthy]").count(), 4, "{human}");
     }
 
+    // Node 5, started now, joins later.
+    let fifth = free_port()?;
+    nodes.insert(
+        5,
+        spawn_node(5, fifth, &root.path().join("node5"), &["--shards", "4"])?,
+    );
+
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let moved = runtime.block_on(async {
         // Through each node, a group in the shard it does not host: user
         // 1 and 2 in it, a send by 2; then the same node reads it back.
         let mut groups = Vec::new();
@@ -381,7 +388,118 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         .ok_or("the watch ended")?;
         assert_eq!(heard.user, 1);
         assert!(heard.inbox_seq > cursor_seq(&cursor, missing), "{heard:?}");
-        Ok::<_, Box<dyn std::error::Error>>(())
+        drop(stream);
+
+        // Node 5 joins under load: four writers send to a group in each
+        // shard (through any node, retrying with the same ids) while
+        // `imstore cluster add-node` adds node 5 to the metadata group and
+        // moves shards onto it.
+        let mut load = Vec::new();
+        for shard in 0..SHARDS {
+            let group = in_shard(shard, 10)?;
+            on_node(addrs[0], |mut c| async move {
+                match c
+                    .create_group(pb::CreateGroupRequest {
+                        conversation: group,
+                        owner: 1,
+                        members: vec![1, 2],
+                    })
+                    .await
+                {
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            })
+            .await?;
+            load.push(group);
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = load
+            .iter()
+            .map(|&group| {
+                let (addrs, stop) = (addrs.clone(), std::sync::Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    // Bounded: stops when told, or after 2,000 sends.
+                    for i in 0..2_000 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) && i >= 20 {
+                            break;
+                        }
+                        let id = format!("load-{group}-{i}");
+                        acked.push(nodes::send_until_acked(&addrs, group, 2, &id).await?.0);
+                    }
+                    nodes::TaskResult::Ok(acked)
+                })
+            })
+            .collect();
+        let joined = imstore(
+            addrs[1],
+            &[
+                "cluster",
+                "add-node",
+                "--id",
+                "5",
+                "--address",
+                &fifth.to_string(),
+            ],
+        )?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(joined.contains("moving shard"), "{joined}");
+        eprintln!("{joined}");
+        assert!(joined.contains("5=2"), "12 replicas over 5 nodes: {joined}");
+        let mut all = addrs.clone();
+        all.push(fifth);
+        for (writer, &group) in writers.into_iter().zip(&load) {
+            let acked = writer.await?.map_err(|e| e.to_string())?;
+            eprintln!("group {group}: {} sends acknowledged", acked.len());
+            // Every acknowledged send once, seqs continuous, read through
+            // every node, node 5 included (which hosts some shards now).
+            let expected: Vec<u64> = (1..=acked.len() as u64).collect();
+            let mut sorted = acked.clone();
+            sorted.sort();
+            assert_eq!(sorted, expected, "acks of group {group}");
+            for &addr in &all {
+                let mut seqs = Vec::new();
+                while seqs.len() < acked.len() {
+                    let from = seqs.len() as u64 + 1;
+                    let page = on_node(addr, |mut c| async move {
+                        c.read(pb::ReadRequest {
+                            conversation: group,
+                            from,
+                            limit: 500,
+                            direction: pb::Direction::Forward as i32,
+                            stale_ok: false,
+                        })
+                        .await
+                    })
+                    .await?
+                    .into_inner()
+                    .messages;
+                    if page.is_empty() {
+                        break;
+                    }
+                    seqs.extend(page.iter().map(|m| m.seq));
+                }
+                assert_eq!(seqs, expected, "group {group} read on {addr}");
+            }
+        }
+        // The map follows the moves: 3 replicas a shard, 2 on node 5.
+        let placement = wait_for_placement(fifth, |placement| {
+            placement.values().all(|r| r.len() == 3)
+                && placement.values().filter(|r| r.contains(&5)).count() == 2
+        })?;
+        let sync = on_node(fifth, |mut c| async move {
+            c.sync(pb::SyncRequest {
+                user: 1,
+                from: None,
+                limit: 100,
+            })
+            .await
+        })
+        .await?
+        .into_inner();
+        assert!(sync.entries.len() >= 8, "user-wide read on node 5");
+        Ok::<_, Box<dyn std::error::Error>>(placement)
     })?;
 
     // Each node holds the shards placed on it and no other.
@@ -404,16 +522,50 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
     }
     for &group in &groups {
         // At least the leader applied it (followers may not have yet);
-        // nobody outside the placement has it.
+        // nobody outside the placement (at init, or after the moves) has
+        // it. A replica moved away keeps its data on disk.
         let shard = imstore_raft::shard_for(group, SHARDS);
         let held = holders.get(&group).cloned().unwrap_or_default();
+        let mut allowed = placed(shard);
+        allowed.extend(moved.get(&shard).into_iter().flatten());
         assert!(!held.is_empty(), "nobody holds {group}");
         assert!(
-            held.is_subset(&placed(shard)),
+            held.is_subset(&allowed),
             "{group} of shard {shard} on {held:?}"
         );
     }
     Ok(())
+}
+
+/// Polls the shard map on `addr` (at most 60 s) until `done` holds for
+/// it (shard → replica ids); returns it.
+fn wait_for_placement(
+    addr: SocketAddr,
+    done: impl Fn(&BTreeMap<u64, BTreeSet<u64>>) -> bool,
+) -> Result<BTreeMap<u64, BTreeSet<u64>>, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = imstore(addr, &["--json", "cluster", "status"])?;
+        let placement: BTreeMap<u64, BTreeSet<u64>> = status
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                let replicas = v["replicas"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|r| r.as_str()?.split_once('=')?.0.parse().ok())
+                    .collect();
+                Some((v["map_shard"].as_u64()?, replicas))
+            })
+            .collect();
+        if placement.len() == SHARDS as usize && done(&placement) {
+            return Ok(placement);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the shard map never got there: {status}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The inbox seq a sync cursor holds for `shard`.

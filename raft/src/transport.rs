@@ -80,6 +80,10 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// together in the next.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// Most attempts of one membership change refused because the previous
+/// one is still in progress.
+const MEMBERSHIP_ATTEMPTS: u32 = 100;
+
 /// The answer to one message of a batch.
 type BatchReply = tokio::sync::oneshot::Sender<Result<pb::RaftMessage, String>>;
 
@@ -413,6 +417,45 @@ fn change_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
     }
 }
 
+/// Runs a membership change, trying again (bounded) while raft refuses it
+/// because the previous change is not committed yet: openraft 0.9 answers
+/// a change once applied, and its core may see the next request before it
+/// has recorded that commit (a `change_membership` right after an
+/// `add_learner`, or the uniform step right after the joint one, then
+/// fails with `InProgress`; seen in the 5-node placement test).
+async fn settled<F, Fut>(raft: &Raft<TypeConfig>, change: F) -> Result<(), Status>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<u64, ClientWriteError<u64, BasicNode>>,
+        >,
+    >,
+{
+    use openraft::error::ChangeMembershipError;
+    for _ in 0..MEMBERSHIP_ATTEMPTS {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(p),
+            ))) => {
+                if let Some(log) = p.membership_log_id {
+                    raft.wait(Some(std::time::Duration::from_secs(30)))
+                        .applied_index_at_least(Some(log.index), "membership change committed")
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                }
+                // Applied there; give the core a moment to record it.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other.map(|_| ()).map_err(change_error),
+        }
+    }
+    Err(Status::unavailable(
+        "a membership change is still in progress; try again",
+    ))
+}
+
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     bincode::deserialize(bytes)
         .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
@@ -527,12 +570,12 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         }
         // A learner first, caught up (blocking), then a voter: the quorum
         // never waits on an empty node.
-        raft.add_learner(r.id, BasicNode::new(r.address.clone()), true)
-            .await
-            .map_err(change_error)?;
-        raft.change_membership(ChangeMembers::AddVoterIds([r.id].into()), false)
-            .await
-            .map_err(change_error)?;
+        let node = BasicNode::new(r.address.clone());
+        settled(&raft, || raft.add_learner(r.id, node.clone(), true)).await?;
+        settled(&raft, || {
+            raft.change_membership(ChangeMembers::AddVoterIds([r.id].into()), false)
+        })
+        .await?;
         self.status(Request::new(pb::NodeStatusRequest { shard: r.shard }))
             .await
     }
@@ -543,9 +586,10 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let r = request.into_inner();
         let raft = self.shard(r.shard)?;
-        raft.change_membership(ChangeMembers::RemoveVoters([r.id].into()), false)
-            .await
-            .map_err(change_error)?;
+        settled(&raft, || {
+            raft.change_membership(ChangeMembers::RemoveVoters([r.id].into()), false)
+        })
+        .await?;
         self.status(Request::new(pb::NodeStatusRequest { shard: r.shard }))
             .await
     }
