@@ -24,9 +24,13 @@
 //! group of its own ([`META_SHARD`]), kept current by the data shards'
 //! leaders ([`spawn_publisher`]).
 //!
-//! **Is not (yet):** a placer: every node hosts a replica of every shard
-//! (and of the metadata group); the map records where they are, nothing
-//! moves shards by itself.
+//! Placement (which nodes host a shard) is decided by `imstore cluster
+//! init`/`add-node`/`rebalance`; a node serves the shards it does not host
+//! through the shard map ([`ReplicaNode::propose`], [`ReplicaNode::read`]:
+//! at a host, over `RaftTransport/Propose` and `RaftTransport/ShardRead`).
+//!
+//! **Is not:** a placer that acts on its own (no rebalancing on a timer or
+//! on load), and it does not delete the data of a replica moved away.
 //!
 //! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot is
 //! built and sent in bounded memory (streamed into a file, sent in chunks
