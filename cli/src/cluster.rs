@@ -865,6 +865,41 @@ mod tests {
         assert!(rebalance_moves(&after, &nodes).is_empty());
     }
 
+    proptest::proptest! {
+        /// Against any placement: every shard keeps its replica count with
+        /// no node twice, only nodes of the cluster move, and afterwards
+        /// node loads differ by at most one and nothing is left to move.
+        #[test]
+        fn rebalance_keeps_counts_and_evens_loads(
+            nodes in 2u64..8,
+            shards in proptest::collection::vec(
+                proptest::collection::btree_set(1u64..8, 1..4),
+                1..24,
+            ),
+        ) {
+            let ids: BTreeSet<u64> = (1..=nodes).collect();
+            // Replicas on ids past `nodes` stand for nodes that left the
+            // metadata group: never counted, never moved.
+            let placement: BTreeMap<u64, BTreeSet<u64>> =
+                (0u64..).zip(shards).collect();
+            let moves = rebalance_moves(&placement, &ids);
+            for &(_, from, to) in &moves {
+                proptest::prop_assert!(ids.contains(&from) && ids.contains(&to));
+            }
+            let after = apply(&placement, &moves);
+            for (shard, replicas) in &after {
+                proptest::prop_assert_eq!(replicas.len(), placement[shard].len());
+                let outside: BTreeSet<u64> = replicas.difference(&ids).copied().collect();
+                let before: BTreeSet<u64> = placement[shard].difference(&ids).copied().collect();
+                proptest::prop_assert_eq!(outside, before);
+            }
+            let load = loads(&after, &ids);
+            let spread = load.iter().max().zip(load.iter().min()).map_or(0, |(h, l)| h - l);
+            proptest::prop_assert!(spread <= 1, "{:?} after {:?}", load, moves);
+            proptest::prop_assert!(rebalance_moves(&after, &ids).is_empty());
+        }
+    }
+
     #[test]
     fn rebalance_never_puts_two_replicas_of_a_shard_on_one_node() {
         // Node 3 holds every shard, nodes 1, 2 and 4 hold one each: the

@@ -3,7 +3,7 @@
 //! [`Backend::submit`] (no thread blocks on an fsync); reads run on tokio's
 //! blocking pool. Every call is timed into [`Metrics`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
 use imstore_proto::v1::imstore_server::Imstore;
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::error::{invalid, status, to_status};
@@ -52,6 +53,10 @@ pub struct ImstoreService<B: Backend> {
     metrics: Arc<Metrics>,
     limits: ServiceLimits,
     data_dir: String,
+    /// Channels to the other nodes a watch is relayed from, one per
+    /// address, shared by every watch (a channel multiplexes its calls
+    /// and reconnects by itself).
+    relay_channels: std::sync::Mutex<HashMap<String, Channel>>,
 }
 
 fn now_ms() -> u64 {
@@ -267,7 +272,25 @@ impl<B: Backend> ImstoreService<B> {
             metrics,
             limits,
             data_dir,
+            relay_channels: std::sync::Mutex::default(),
         }
+    }
+
+    /// The shared channel to the node at `address`.
+    fn relay_channel(&self, address: &str) -> Result<Channel, String> {
+        let mut channels = self
+            .relay_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
     }
 
     /// Times a call and counts its outcome.
@@ -383,8 +406,8 @@ impl<B: Backend> ImstoreService<B> {
     ) -> Result<(), Status> {
         let mut failures = Vec::new();
         for address in self.backend.replicas_of(shard).map_err(to_status)? {
-            let mut client = match ImstoreClient::connect(format!("http://{address}")).await {
-                Ok(client) => client,
+            let mut client = match self.relay_channel(&address) {
+                Ok(channel) => ImstoreClient::new(channel),
                 Err(e) => {
                     failures.push(format!("{address}: {e}"));
                     continue;
