@@ -9,8 +9,14 @@
 //! concurrent writers, and per-write latency percentiles printed at the
 //! end of each run.
 //!
+//! Then `routed`: what serving a shard from a node that does not host it
+//! costs (4 nodes, the shard on 3): a linearizable read and an append on
+//! the leader, on a follower, and on the fourth node, which sends them to
+//! a host through the shard map.
+//!
 //! `cargo bench -p imstore-benches --bench replicated`
-//! (`IMSTORE_BENCH_SHARDS=1,16` runs only those shard counts).
+//! (`IMSTORE_BENCH_SHARDS=1,16` runs only those shard counts;
+//! `-- routed` only the second part).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imstore_benches::bench_dir;
-use imstore_engine::{Bytes, Command, NewMessage};
+use imstore_engine::{Bytes, Command, Direction, NewMessage, ShardAnswer, ShardQuery};
 use imstore_raft::{
-    shard_for, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Shards, TransportService,
+    shard_for, spawn_publisher, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Shards,
+    TransportService, META_SHARD,
 };
 use openraft::BasicNode;
 
@@ -44,71 +51,98 @@ fn replica_config(shards: u64) -> ReplicaConfig {
     }
 }
 
+/// One in-process node: its replicas of `groups`, served over gRPC on
+/// 127.0.0.1 (a free port).
+struct Node {
+    addr: SocketAddr,
+    replicas: BTreeMap<u64, ReplicaNode>,
+    dir: tempfile::TempDir,
+}
+
+async fn start_node(name: &str, id: u64, groups: &[u64], config: &ReplicaConfig) -> Node {
+    let dir = bench_dir(name);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr: SocketAddr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let storage =
+        NodeStorage::open(dir.path(), config.engine.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let mut replicas = BTreeMap::new();
+    for &group in groups {
+        let replica = start_shard(&storage, id, group, config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        replicas.insert(group, replica);
+    }
+    let map: Shards = Arc::new(RwLock::new(replicas.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TransportService::new(id, map).into_server())
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    Node {
+        addr,
+        replicas,
+        dir,
+    }
+}
+
+/// The replica of `group` on `node`.
+fn replica(node: &Node, group: u64) -> ReplicaNode {
+    node.replicas
+        .get(&group)
+        .cloned()
+        .unwrap_or_else(|| panic!("no replica of {group}"))
+}
+
 fn cluster(shards: u64) -> Cluster {
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     let (leaders, nodes, dirs) = runtime.block_on(async {
-        let mut dirs = Vec::new();
-        let mut nodes: Vec<Vec<ReplicaNode>> = Vec::new();
-        let mut members = BTreeMap::new();
         let config = replica_config(shards);
+        let groups: Vec<u64> = (0..shards).collect();
+        let mut nodes = Vec::new();
         for id in 1..=3u64 {
-            let dir = bench_dir(&format!("replicated-{shards}-{id}"));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let addr: SocketAddr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-            let storage = NodeStorage::open(dir.path(), config.engine.clone())
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut replicas = Vec::new();
-            for shard in 0..shards {
-                replicas.push(
-                    start_shard(&storage, id, shard, &config)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}")),
-                );
-            }
-            let map: Shards = Arc::new(RwLock::new(
-                replicas
-                    .iter()
-                    .enumerate()
-                    .map(|(shard, r)| (shard as u64, r.clone()))
-                    .collect(),
-            ));
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(TransportService::new(id, map).into_server())
-                    .serve_with_incoming(
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
-                    ),
-            );
-            members.insert(id, BasicNode::new(addr.to_string()));
-            nodes.push(replicas);
-            dirs.push(dir);
+            nodes
+                .push(start_node(&format!("replicated-{shards}-{id}"), id, &groups, &config).await);
         }
+        let members: BTreeMap<u64, BasicNode> = (1u64..)
+            .zip(&nodes)
+            .map(|(id, n)| (id, BasicNode::new(n.addr.to_string())))
+            .collect();
         // Spread the first elections: shard s is bootstrapped by node
         // s % 3 + 1, which then usually leads it.
-        for (shard, first) in (0..shards as usize).map(|s| (s, s % 3)) {
-            nodes[first][shard]
+        for shard in 0..shards {
+            replica(&nodes[(shard % 3) as usize], shard)
                 .raft
                 .initialize(members.clone())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let mut leaders = Vec::new();
-        for (shard, replica) in nodes[0].iter().enumerate() {
-            let metrics = replica
+        for shard in 0..shards {
+            let metrics = replica(&nodes[0], shard)
                 .raft
                 .wait(Some(Duration::from_secs(60)))
                 .metrics(|m| m.current_leader.is_some(), "leader")
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             let leader_id = metrics.current_leader.unwrap_or(1);
-            leaders.push(Arc::new(imstore_proxy::RaftBackend::new(
-                nodes[(leader_id - 1) as usize][shard].clone(),
-            )));
+            leaders.push(Arc::new(imstore_proxy::RaftBackend::new(replica(
+                &nodes[(leader_id - 1) as usize],
+                shard,
+            ))));
         }
-        (leaders, nodes.into_iter().flatten().collect(), dirs)
+        let replicas = nodes
+            .iter()
+            .flat_map(|n| n.replicas.values().cloned())
+            .collect();
+        (
+            leaders,
+            replicas,
+            nodes.into_iter().map(|n| n.dir).collect(),
+        )
     });
     Cluster {
         runtime,
@@ -116,6 +150,132 @@ fn cluster(shards: u64) -> Cluster {
         _dirs: dirs,
         _nodes: nodes,
     }
+}
+
+/// Four nodes; one data shard placed on nodes 1-3, the metadata group on
+/// all four, so node 4 serves the shard through the shard map.
+struct Routed {
+    runtime: tokio::runtime::Runtime,
+    /// The shard's replicas by node id (node 4: the non-host).
+    by_node: BTreeMap<u64, ReplicaNode>,
+    leader: u64,
+    _nodes: Vec<Node>,
+}
+
+fn routed_cluster() -> Routed {
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let (by_node, leader, nodes) = runtime.block_on(async {
+        let config = replica_config(1);
+        let mut nodes = Vec::new();
+        for id in 1..=4u64 {
+            let name = format!("routed-{id}");
+            nodes.push(start_node(&name, id, &[0, META_SHARD], &config).await);
+        }
+        let members = |count: usize| -> BTreeMap<u64, BasicNode> {
+            (1u64..)
+                .zip(&nodes)
+                .take(count)
+                .map(|(id, n)| (id, BasicNode::new(n.addr.to_string())))
+                .collect()
+        };
+        let first = &nodes[0];
+        for (group, count) in [(0, 3), (META_SHARD, 4)] {
+            replica(first, group)
+                .raft
+                .initialize(members(count))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut by_node = BTreeMap::new();
+        for (id, node) in (1u64..).zip(&nodes) {
+            let (data, meta) = (replica(node, 0), replica(node, META_SHARD));
+            data.find_others_through(&meta);
+            spawn_publisher(id, data.clone(), meta);
+            by_node.insert(id, data);
+        }
+        let leader = replica(first, 0)
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(|m| m.current_leader.is_some(), "leader")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .current_leader
+            .unwrap_or(1);
+        // Node 4 can route once the shard's leader has published it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while by_node[&4].replicas_elsewhere().is_err() {
+            assert!(Instant::now() < deadline, "the shard never reached the map");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (by_node, leader, nodes)
+    });
+    Routed {
+        runtime,
+        by_node,
+        leader,
+        _nodes: nodes,
+    }
+}
+
+/// The cost of serving a shard from a node that does not host it: one
+/// linearizable read of 10 messages and one append, on the shard's leader,
+/// on a follower, and on node 4 (which asks a host), one at a time.
+fn routed(c: &mut Criterion) {
+    let cluster = routed_cluster();
+    let follower = (1..=3).find(|&n| n != cluster.leader).unwrap_or(2);
+    let places = [
+        ("leader", cluster.leader),
+        ("follower", follower),
+        ("non_host", 4),
+    ];
+    let backends: BTreeMap<u64, imstore_proxy::RaftBackend> = cluster.runtime.block_on(async {
+        cluster
+            .by_node
+            .iter()
+            .map(|(&id, r)| (id, imstore_proxy::RaftBackend::new(r.clone())))
+            .collect()
+    });
+    let submit = |node: u64| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        imstore_proxy::Backend::submit(
+            &backends[&node],
+            append(7),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        async move {
+            rx.await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    cluster.runtime.block_on(async {
+        for _ in 0..10 {
+            submit(cluster.leader).await;
+        }
+    });
+    let mut group = c.benchmark_group("routed");
+    group.throughput(Throughput::Elements(1));
+    for (place, node) in places {
+        let replica = &cluster.by_node[&node];
+        group.bench_function(BenchmarkId::new("read", place), |b| {
+            b.iter(|| {
+                let query = ShardQuery::Read {
+                    conversation: 7,
+                    from: 1,
+                    limit: 10,
+                    direction: Direction::Forward,
+                };
+                let answer = cluster.runtime.block_on(replica.read(false, query));
+                assert!(matches!(answer, Ok(ShardAnswer::Messages(m)) if m.len() == 10));
+            })
+        });
+        group.bench_function(BenchmarkId::new("append", place), |b| {
+            b.iter(|| cluster.runtime.block_on(submit(node)))
+        });
+    }
+    group.finish();
 }
 
 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -220,6 +380,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = replicated
+    targets = replicated, routed
 }
 criterion_main!(benches);
