@@ -13,71 +13,95 @@ mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use imstore_engine::{Direction, Engine, Options};
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
-use nodes::{free_port, spawn_node, stop_all, Nodes, TestResult};
+use nodes::{cluster_init, free_port, imstore, spawn_node, start_nodes, stop_all, TestResult};
 
 const SHARDS: u64 = 4;
 const NODES: u64 = 4;
-
-fn imstore(server: SocketAddr, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_imstore"))
-        .arg("--server")
-        .arg(format!("http://{server}"))
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "imstore {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 /// The nodes `cluster init` places shard `shard` on (ids 1..=4).
 fn placed(shard: u64) -> BTreeSet<u64> {
     (0..3).map(|i| (shard + i) % NODES + 1).collect()
 }
 
-/// Polls the shard map (at most 60 s) until every shard has an entry with
-/// its placed replicas and a leader hint; returns the hints.
-fn wait_for_map(addr: SocketAddr) -> Result<BTreeMap<u64, u64>, Box<dyn std::error::Error>> {
+/// The shard map as `imstore cluster status` prints it: shard → (leader
+/// hint, replica ids).
+type Map = BTreeMap<u64, (u64, BTreeSet<u64>)>;
+
+/// The shard map as `imstore cluster status` on `addr` prints it.
+fn map_of(addr: SocketAddr) -> Result<Map, Box<dyn std::error::Error>> {
+    let status = imstore(addr, &["--json", "cluster", "status"])?;
+    Ok(status
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let replicas = v["replicas"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| r.as_str()?.split_once('=')?.0.parse().ok())
+                .collect();
+            Some((
+                v["map_shard"].as_u64()?,
+                (v["leader_hint"].as_u64()?, replicas),
+            ))
+        })
+        .collect())
+}
+
+/// Polls the shard map on `addr` (at most 60 s) until it has every shard
+/// and `done` holds for it; returns it.
+fn wait_for_map(
+    addr: SocketAddr,
+    done: impl Fn(&Map) -> bool,
+) -> Result<Map, Box<dyn std::error::Error>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status = imstore(addr, &["--json", "cluster", "status"])?;
-        let map: BTreeMap<u64, (u64, BTreeSet<u64>)> = status
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                let replicas = v["replicas"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|r| r.as_str()?.split_once('=')?.0.parse().ok())
-                    .collect();
-                Some((
-                    v["map_shard"].as_u64()?,
-                    (v["leader_hint"].as_u64()?, replicas),
-                ))
-            })
-            .collect();
-        let complete = (0..SHARDS).all(|shard| {
-            map.get(&shard)
-                .is_some_and(|(hint, replicas)| *hint != 0 && *replicas == placed(shard))
-        });
-        if complete {
-            return Ok(map.into_iter().map(|(s, (hint, _))| (s, hint)).collect());
+        let map = map_of(addr)?;
+        if map.len() == SHARDS as usize && done(&map) {
+            return Ok(map);
         }
         if Instant::now() > deadline {
-            return Err(format!("the shard map is not complete: {status}").into());
+            return Err(format!("the shard map never got there: {map:?}").into());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Creates group `group` (owner 1, members 1 and 2) through `addr`; a
+/// retry of a create whose answer was lost finds it made.
+async fn create_group(addr: SocketAddr, group: u64) -> Result<(), tonic::Status> {
+    on_node(addr, |mut c| async move {
+        match c
+            .create_group(pb::CreateGroupRequest {
+                conversation: group,
+                owner: 1,
+                members: vec![1, 2],
+            })
+            .await
+        {
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+            other => other.map(|_| ()),
+        }
+    })
+    .await
+}
+
+/// User 1's first sync page (at most `limit` entries) through `addr`.
+async fn sync_of(addr: SocketAddr, limit: u32) -> Result<pb::SyncResponse, tonic::Status> {
+    on_node(addr, |mut c| async move {
+        c.sync(pb::SyncRequest {
+            user: 1,
+            from: None,
+            limit,
+        })
+        .await
+    })
+    .await
+    .map(|r| r.into_inner())
 }
 
 /// Runs `call` against one node until it answers other than UNAVAILABLE
@@ -113,27 +137,16 @@ fn in_shard(shard: u64, nth: usize) -> Result<u64, String> {
 #[test]
 fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
     let root = tempfile::tempdir()?;
-    let addrs: Vec<SocketAddr> = (0..NODES).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let mut nodes = Nodes::new();
-    for (i, &addr) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let dir = root.path().join(format!("node{id}"));
-        nodes.insert(id, spawn_node(id, addr, &dir, &["--shards", "4"])?);
-    }
-    let members: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
-    let init = imstore(
-        addrs[0],
-        &["cluster", "init", "--members", &members.join(",")],
-    )?;
+    let (addrs, mut nodes) = start_nodes(root.path(), NODES, &["--shards", "4"])?;
+    let init = cluster_init(&addrs, &[])?;
     assert!(
         init.contains("4 shard(s) of 3 replica(s) on 4 node(s)"),
         "{init}"
     );
-    wait_for_map(addrs[0])?;
+    wait_for_map(addrs[0], |map| {
+        map.iter()
+            .all(|(&shard, (hint, replicas))| *hint != 0 && *replicas == placed(shard))
+    })?;
     let not_hosted = |node: u64| (0..SHARDS).find(|&s| !placed(s).contains(&node));
     for node in 1..=NODES {
         let shard = not_hosted(node).ok_or("every node misses one shard")?;
@@ -161,21 +174,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             let addr = addrs[node as usize - 1];
             let shard = not_hosted(node).ok_or("a shard")?;
             let group = in_shard(shard, node as usize)?;
-            on_node(addr, |mut c| async move {
-                match c
-                    .create_group(pb::CreateGroupRequest {
-                        conversation: group,
-                        owner: 1,
-                        members: vec![1, 2],
-                    })
-                    .await
-                {
-                    // A retry of a create whose answer was lost.
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                    other => other.map(|_| ()),
-                }
-            })
-            .await?;
+            create_group(addr, group).await?;
             let sent = on_node(addr, |mut c| async move {
                 c.send(pb::SendRequest {
                     conversation: group,
@@ -252,16 +251,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         let mut expected: Vec<u64> = groups.clone();
         expected.sort();
         for &addr in &addrs {
-            let page = on_node(addr, |mut c| async move {
-                c.sync(pb::SyncRequest {
-                    user: 1,
-                    from: None,
-                    limit: 10,
-                })
-                .await
-            })
-            .await?
-            .into_inner();
+            let page = sync_of(addr, 10).await?;
             let mut got: Vec<u64> = page
                 .entries
                 .iter()
@@ -325,18 +315,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
 
         // A watch on node 1 hears about a send in the shard node 1 does
         // not host (made through another node): relayed from a host.
-        let cursor = on_node(addrs[0], |mut c| async move {
-            c.sync(pb::SyncRequest {
-                user: 1,
-                from: None,
-                limit: 10,
-            })
-            .await
-        })
-        .await?
-        .into_inner()
-        .cursor
-        .unwrap_or_default();
+        let cursor = sync_of(addrs[0], 10).await?.cursor.unwrap_or_default();
         let mut watcher = ImstoreClient::connect(format!("http://{}", addrs[0])).await?;
         let mut stream = watcher
             .watch(pb::WatchRequest {
@@ -397,20 +376,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         let mut load = Vec::new();
         for shard in 0..SHARDS {
             let group = in_shard(shard, 10)?;
-            on_node(addrs[0], |mut c| async move {
-                match c
-                    .create_group(pb::CreateGroupRequest {
-                        conversation: group,
-                        owner: 1,
-                        members: vec![1, 2],
-                    })
-                    .await
-                {
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                    other => other.map(|_| ()),
-                }
-            })
-            .await?;
+            create_group(addrs[0], group).await?;
             load.push(group);
         }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -484,20 +450,14 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             }
         }
         // The map follows the moves: 3 replicas a shard, 2 on node 5.
-        let placement = wait_for_placement(fifth, |placement| {
-            placement.values().all(|r| r.len() == 3)
-                && placement.values().filter(|r| r.contains(&5)).count() == 2
-        })?;
-        let sync = on_node(fifth, |mut c| async move {
-            c.sync(pb::SyncRequest {
-                user: 1,
-                from: None,
-                limit: 100,
-            })
-            .await
-        })
-        .await?
-        .into_inner();
+        let placement: BTreeMap<u64, BTreeSet<u64>> = wait_for_map(fifth, |map| {
+            map.values().all(|(_, r)| r.len() == 3)
+                && map.values().filter(|(_, r)| r.contains(&5)).count() == 2
+        })?
+        .into_iter()
+        .map(|(shard, (_, replicas))| (shard, replicas))
+        .collect();
+        let sync = sync_of(fifth, 100).await?;
         assert!(sync.entries.len() >= 8, "user-wide read on node 5");
         Ok::<_, Box<dyn std::error::Error>>(placement)
     })?;
@@ -535,37 +495,6 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         );
     }
     Ok(())
-}
-
-/// Polls the shard map on `addr` (at most 60 s) until `done` holds for
-/// it (shard → replica ids); returns it.
-fn wait_for_placement(
-    addr: SocketAddr,
-    done: impl Fn(&BTreeMap<u64, BTreeSet<u64>>) -> bool,
-) -> Result<BTreeMap<u64, BTreeSet<u64>>, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = imstore(addr, &["--json", "cluster", "status"])?;
-        let placement: BTreeMap<u64, BTreeSet<u64>> = status
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                let replicas = v["replicas"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|r| r.as_str()?.split_once('=')?.0.parse().ok())
-                    .collect();
-                Some((v["map_shard"].as_u64()?, replicas))
-            })
-            .collect();
-        if placement.len() == SHARDS as usize && done(&placement) {
-            return Ok(placement);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the shard map never got there: {status}").into());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The inbox seq a sync cursor holds for `shard`.

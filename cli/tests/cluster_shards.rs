@@ -24,27 +24,13 @@ use std::time::{Duration, Instant};
 use imstore_engine::{Direction, Engine, Options};
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
-use nodes::{free_port, spawn_node, start_three, stop_all, until_acked, TestResult};
+use nodes::{
+    cluster_init, free_port, imstore, spawn_node, start_three, stop_all, until_acked, TestResult,
+};
 
 const SHARDS: u64 = 4;
 const CONVERSATIONS: u64 = 12;
 const GROUP: u64 = 1_000;
-
-fn imstore(server: SocketAddr, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_imstore"))
-        .arg("--server")
-        .arg(format!("http://{server}"))
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "imstore {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 /// Appends one message to `conversation` until acknowledged, following
 /// leader hints (each shard has its own leader).
@@ -77,15 +63,7 @@ async fn append_until_acked(
 fn four_shards_on_three_processes() -> TestResult {
     let root = tempfile::tempdir()?;
     let (addrs, mut nodes) = start_three(root.path(), &["--shards", "4"])?;
-    let members: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
-    let init = imstore(
-        addrs[0],
-        &["cluster", "init", "--members", &members.join(",")],
-    )?;
+    let init = cluster_init(&addrs, &[])?;
     assert!(init.contains("4 shard"), "{init}");
 
     // Every shard elects a leader (bounded polling of the status command).

@@ -38,6 +38,15 @@ pub struct ReplicaNode {
     directory: Arc<OnceLock<ReplicaNode>>,
 }
 
+/// What a proposal sent to another node came back as.
+enum Forwarded {
+    /// Proposed and applied there: the commands' results.
+    Applied(crate::Responses),
+    /// Refused up front (that node does not lead the shard): nothing was
+    /// proposed, so another node may be tried.
+    Refused,
+}
+
 fn unavailable(message: impl std::fmt::Display) -> Error {
     Error::Remote {
         reason: "UNAVAILABLE".into(),
@@ -144,32 +153,9 @@ impl ReplicaNode {
     ) -> Result<crate::Responses, Error> {
         let payload = bincode::serialize(&proposal).map_err(unavailable)?;
         for (id, address) in self.replicas_from_map(meta)? {
-            let mut client = self.peer_client(&address)?;
-            let forwarded = client.propose(pb::RaftMessage {
-                shard: self.shard,
-                payload: payload.clone(),
-                from: self.node_id,
-                error: String::new(),
-            });
-            let Ok(answer) = tokio::time::timeout(FORWARD_TIMEOUT, forwarded).await else {
-                return Err(unavailable(format!(
-                    "shard {}: node {id} did not answer a forwarded write within \
-                     {FORWARD_TIMEOUT:?} (it may still apply it)",
-                    self.shard
-                )));
-            };
-            match answer {
-                Ok(answer) => {
-                    return bincode::deserialize(&answer.into_inner().payload).map_err(unavailable)
-                }
-                Err(status) if status.code() == tonic::Code::FailedPrecondition => continue,
-                Err(status) => {
-                    return Err(unavailable(format!(
-                        "shard {}: forwarding to node {id}: {}",
-                        self.shard,
-                        status.message()
-                    )))
-                }
+            match self.forward(id, &address, payload.clone()).await? {
+                Forwarded::Applied(responses) => return Ok(responses),
+                Forwarded::Refused => continue,
             }
         }
         Err(Error::NotLeader {
@@ -303,7 +289,19 @@ impl ReplicaNode {
             return Err(not_leader);
         }
         let payload = bincode::serialize(&proposal).map_err(unavailable)?;
-        let mut client = self.peer_client(&address)?;
+        match self.forward(leader, &address, payload).await? {
+            Forwarded::Applied(responses) => Ok(responses),
+            // The leader moved on: the client retries where the hint points.
+            Forwarded::Refused => Err(not_leader),
+        }
+    }
+
+    /// Sends an encoded proposal to node `to` at `address`
+    /// (`RaftTransport/Propose`), which proposes it only if it leads the
+    /// shard. Errors: `UNAVAILABLE` when the answer is lost or late (the
+    /// proposal may still be applied).
+    async fn forward(&self, to: u64, address: &str, payload: Vec<u8>) -> Result<Forwarded, Error> {
+        let mut client = self.peer_client(address)?;
         let forwarded = client.propose(pb::RaftMessage {
             shard: self.shard,
             payload,
@@ -312,27 +310,24 @@ impl ReplicaNode {
         });
         let Ok(answer) = tokio::time::timeout(FORWARD_TIMEOUT, forwarded).await else {
             return Err(unavailable(format!(
-                "shard {}: node {leader} did not answer a forwarded write within \
+                "shard {}: node {to} did not answer a forwarded write within \
                  {FORWARD_TIMEOUT:?} (it may still apply it)",
                 self.shard
             )));
         };
-        let answer = match answer {
-            Ok(answer) => answer.into_inner(),
-            // The leader moved on, or cannot be reached: the client
-            // retries where the hint points.
+        match answer {
+            Ok(answer) => bincode::deserialize(&answer.into_inner().payload)
+                .map(Forwarded::Applied)
+                .map_err(unavailable),
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                return Err(not_leader)
+                Ok(Forwarded::Refused)
             }
-            Err(status) => {
-                return Err(unavailable(format!(
-                    "shard {}: forwarding to node {leader}: {}",
-                    self.shard,
-                    status.message()
-                )))
-            }
-        };
-        bincode::deserialize(&answer.payload).map_err(unavailable)
+            Err(status) => Err(unavailable(format!(
+                "shard {}: forwarding to node {to}: {}",
+                self.shard,
+                status.message()
+            ))),
+        }
     }
 
     /// Completes once a read of [`ReplicaNode::engine`] would see every

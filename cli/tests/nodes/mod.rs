@@ -44,6 +44,40 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Runs the `imstore` command against `server`; its stdout, or an error
+/// with its stderr.
+pub fn imstore(server: SocketAddr, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_imstore"))
+        .arg("--server")
+        .arg(format!("http://{server}"))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "imstore {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `imstore cluster init` of nodes 1, 2, … at `addrs` (in order), sent to
+/// the first, with the extra flags; its output.
+pub fn cluster_init(
+    addrs: &[SocketAddr],
+    extra: &[&str],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let members: Vec<String> = (1..)
+        .zip(addrs)
+        .map(|(id, a)| format!("{id}={a}"))
+        .collect();
+    let members = members.join(",");
+    let mut args = vec!["cluster", "init", "--members", &members];
+    args.extend_from_slice(extra);
+    imstore(addrs[0], &args)
+}
+
 pub fn free_port() -> Result<SocketAddr, std::io::Error> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
@@ -131,7 +165,17 @@ pub fn start_three(
     root: &Path,
     extra: &[&str],
 ) -> Result<(Vec<SocketAddr>, Nodes), Box<dyn std::error::Error>> {
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+    start_nodes(root, 3, extra)
+}
+
+/// Starts nodes 1 to `count` on free ports under `root` (`node1`, …) with
+/// the extra flags.
+pub fn start_nodes(
+    root: &Path,
+    count: u64,
+    extra: &[&str],
+) -> Result<(Vec<SocketAddr>, Nodes), Box<dyn std::error::Error>> {
+    let addrs: Vec<SocketAddr> = (0..count).map(|_| free_port()).collect::<Result<_, _>>()?;
     let mut nodes = BTreeMap::new();
     for (i, &addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
