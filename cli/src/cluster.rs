@@ -657,42 +657,113 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 // The replicated shard map, if the metadata group answers:
                 // it says where the shards this node does not host are.
                 let map = client.shard_map(rpb::ShardMapRequest {}).await;
-                let placed: HashMap<u64, HashSet<u64>> = match &map {
-                    Ok(map) => map
-                        .get_ref()
-                        .entries
-                        .iter()
-                        .map(|e| (e.shard, e.members.iter().map(|m| m.id).collect()))
-                        .collect(),
-                    Err(_) => HashMap::new(),
+                let entries = match &map {
+                    Ok(map) => map.get_ref().entries.clone(),
+                    Err(_) => Vec::new(),
                 };
+                let placed: HashMap<u64, &rpb::ShardMapEntry> =
+                    entries.iter().map(|e| (e.shard, e)).collect();
+                // Groups led by another node: (shard, its leader's address).
+                let mut led_elsewhere = Vec::new();
                 for shard in groups_of(&mut client, None).await? {
                     let s = client
                         .status(rpb::NodeStatusRequest { shard })
                         .await
                         .map_err(failure)?
                         .into_inner();
-                    let hosted_elsewhere = placed
-                        .get(&shard)
-                        .is_some_and(|ids| !ids.is_empty() && !ids.contains(&s.id))
-                        && !s.members.iter().any(|m| m.id == s.id);
+                    let entry = placed.get(&shard);
+                    let hosted_elsewhere = entry.is_some_and(|e| {
+                        !e.members.is_empty() && !e.members.iter().any(|m| m.id == s.id)
+                    }) && !s.members.iter().any(|m| m.id == s.id);
                     print_status(&s, hosted_elsewhere, json_output);
-                }
-                match map {
-                    Ok(map) => {
-                        for e in map.into_inner().entries {
-                            print_map_entry(&e, json_output);
+                    let leader = match (hosted_elsewhere, entry) {
+                        (true, Some(e)) => Some((e.leader, &e.members)),
+                        _ => Some((s.leader, &s.members)),
+                    };
+                    if let Some((leader, members)) = leader.filter(|(l, _)| *l != 0 && *l != s.id) {
+                        if let Some(m) = members.iter().find(|m| m.id == leader) {
+                            led_elsewhere.push((shard, m.address.clone()));
                         }
                     }
+                }
+                for e in &entries {
+                    print_map_entry(e, json_output);
+                }
+                match map {
                     Err(s) if json_output => {
                         println!("{}", json!({"shard_map_error": s.message()}))
                     }
                     Err(s) => println!("shard map: unavailable ({})", s.message()),
+                    Ok(_) => {}
+                }
+                // Replication lag is known to leaders: ask each.
+                for (shard, address) in led_elsewhere {
+                    let answer = match Client::connect(format!("http://{address}")).await {
+                        Ok(mut leader) => leader
+                            .status(rpb::NodeStatusRequest { shard })
+                            .await
+                            .map(|s| s.into_inner())
+                            .map_err(|s| s.message().to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    print_leader_view(shard, &address, answer, json_output);
                 }
             }
         }
         Ok(())
     })
+}
+
+/// A shard's replication lag as its leader at `address` reports it.
+fn print_leader_view(
+    shard: u64,
+    address: &str,
+    answer: Result<rpb::NodeStatus, String>,
+    json_output: bool,
+) {
+    match answer {
+        Ok(s) if json_output => println!(
+            "{}",
+            json!({"lag_shard": s.shard, "leader": s.id, "state": s.state,
+                   "replicas_behind": replicas_behind_json(&s)})
+        ),
+        Ok(s) => println!(
+            "lag: shard {} at its leader node {} ({}): {}",
+            shard_label(shard),
+            s.id,
+            s.state,
+            replicas_behind_text(&s)
+        ),
+        Err(e) if json_output => {
+            println!(
+                "{}",
+                json!({"lag_shard": shard, "error": e, "address": address})
+            )
+        }
+        Err(e) => println!(
+            "lag: shard {} at {address}: unavailable ({e})",
+            shard_label(shard)
+        ),
+    }
+}
+
+fn replicas_behind_json(s: &rpb::NodeStatus) -> Vec<serde_json::Value> {
+    s.replicas_behind
+        .iter()
+        .map(|r| json!({"id": r.id, "matched_index": r.matched_index, "lag": r.lag}))
+        .collect()
+}
+
+/// "node 2 by 0, node 3 by 12 entries", or what stands in for it.
+fn replicas_behind_text(s: &rpb::NodeStatus) -> String {
+    if s.replicas_behind.is_empty() {
+        return "no replica lag known (not the leader)".into();
+    }
+    s.replicas_behind
+        .iter()
+        .map(|r| format!("node {} by {}", r.id, r.lag))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Apply lag (entries in the log not yet applied) above which a replica
@@ -764,6 +835,7 @@ fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_output: bool) 
             "last_snapshot_build_ms": s.last_snapshot_build_ms,
             "last_snapshot_install_ms": s.last_snapshot_install_ms,
             "purged_index": s.purged_index,
+            "replicas_behind": replicas_behind_json(s),
                                "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
         );
     } else {
@@ -792,6 +864,9 @@ fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_output: bool) 
             s.last_snapshot_build_ms,
             s.last_snapshot_install_ms
         );
+        if !s.replicas_behind.is_empty() {
+            println!("  replicas behind the leader: {}", replicas_behind_text(s));
+        }
     }
 }
 

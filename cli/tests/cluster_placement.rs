@@ -156,6 +156,13 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             "{human}"
         );
         assert_eq!(human.matches("[healthy]").count(), 4, "{human}");
+        // Replication lag comes from each shard's leader: for the shard
+        // this node misses, from a leader elsewhere, two replicas behind it.
+        let lag = human
+            .lines()
+            .find(|l| l.starts_with(&format!("lag: shard {shard} at its leader node")))
+            .ok_or_else(|| format!("no lag line for shard {shard}: {human}"))?;
+        assert_eq!(lag.matches(" by ").count(), 2, "{lag}");
     }
 
     // Node 5, started now, joins later.

@@ -746,6 +746,20 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                     address: node.addr.clone(),
                 })
                 .collect(),
+            replicas_behind: m
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, _)| **id != self.node_id)
+                .map(|(id, matched)| {
+                    let matched_index = matched.map_or(0, |l| l.index);
+                    pb::ReplicaLag {
+                        id: *id,
+                        matched_index,
+                        lag: m.last_log_index.unwrap_or(0).saturating_sub(matched_index),
+                    }
+                })
+                .collect(),
         }))
     }
 }
