@@ -724,7 +724,7 @@ fn print_leader_view(
     match answer {
         Ok(s) if json_output => println!(
             "{}",
-            json!({"lag_shard": s.shard, "leader": s.id, "state": s.state,
+            json!({"lag_shard": s.shard, "at_leader": s.id, "state": s.state,
                    "replicas_behind": replicas_behind_json(&s)})
         ),
         Ok(s) => println!(
