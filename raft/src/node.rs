@@ -68,28 +68,34 @@ impl ReplicaNode {
         let _ = self.directory.set(meta.clone());
     }
 
-    /// Whether this node holds a live replica of the shard's data: it is
-    /// a voter or a learner of the shard's group as far as it knows, and
-    /// the shard map (when it has one and an entry for the shard) agrees.
+    /// Whether this node holds a live replica of the shard's data: it
+    /// leads the shard, or it is a voter or a learner of the shard's group
+    /// as far as it knows and the shard map (when it has one and an entry
+    /// for the shard) agrees.
     /// The map is the tie-breaker because a replica removed from its group
     /// may never hear of it (the leader stops replicating to it), and
     /// would otherwise wait forever for a leader.
     pub fn hosts(&self) -> bool {
-        let member = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .any(|(id, _)| *id == self.node_id);
-        member
-            && match self.directory.get() {
-                Some(meta) => match crate::shard_map::read_entry(meta, self.shard) {
-                    Ok(Some(entry)) => entry.members.iter().any(|(id, _)| *id == self.node_id),
-                    Ok(None) | Err(_) => true,
-                },
-                None => true,
-            }
+        let (member, leads) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let member = m
+                .membership_config
+                .nodes()
+                .any(|(id, _)| *id == self.node_id);
+            (member, m.state == openraft::ServerState::Leader)
+        };
+        // A leader hosts whatever the map says (it may not have published
+        // itself yet).
+        leads
+            || member
+                && match self.directory.get() {
+                    Some(meta) => match crate::shard_map::read_entry(meta, self.shard) {
+                        Ok(Some(entry)) => entry.members.iter().any(|(id, _)| *id == self.node_id),
+                        Ok(None) | Err(_) => true,
+                    },
+                    None => true,
+                }
     }
 
     /// The metadata replica to route through, when this node does not
