@@ -421,13 +421,15 @@ fn paced_at_half(cluster: &Cluster, shards: u64) {
         let max_rate = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / 3.0;
         let rate = max_rate / 2.0;
         let total = (rate * 5.0) as u64;
-        let start = Instant::now() + Duration::from_millis(10);
+        // One driver starts each send at its time (tasks made up front
+        // would be late by the time it takes to make them all).
+        let start = Instant::now();
         let mut sends = Vec::with_capacity(total as usize);
         for n in 0..total {
-            let leaders = leaders.clone();
             let at = start + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(at.into()).await;
+            let leaders = leaders.clone();
             sends.push(tokio::spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
                 append_acked(&leaders, shards, n % 1_000).await;
                 at.elapsed()
             }));
