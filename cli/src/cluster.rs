@@ -59,7 +59,8 @@ pub struct NodeArgs {
 pub enum ClusterCmd {
     /// Bootstrap the cluster: `--members 1=127.0.0.1:7101,2=…,3=…`, every
     /// node started with `imstore node`. Each data shard is placed on
-    /// `--replicas` of them (see `placement`), the metadata group on all.
+    /// `--replicas` of them (shard s on consecutive members in id order,
+    /// from the one at s mod their count), the metadata group on all.
     Init {
         /// id=host:port of every node.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -70,7 +71,8 @@ pub enum ClusterCmd {
         replicas: usize,
     },
     /// Where the node behind `--server` stands in every shard: health, leader,
-    /// term, log, applied lag, members, snapshots.
+    /// term, log, applied lag, members, snapshots; then the shard map and
+    /// each group's replication lag as its leader reports it.
     Status,
     /// Add a running node to the cluster: to the metadata group, then
     /// shards are moved onto it until every node hosts about as many

@@ -44,7 +44,7 @@ enum Cmd {
     /// Run a cluster node: a raft replica of the store, serving both the
     /// client API and the node-to-node transport on one address.
     Node(cluster::NodeArgs),
-    /// Cluster administration: init, status, add-node, remove-node, move-shard.
+    /// Cluster administration: init, status, add-node, rebalance, remove-node, move-shard.
     Cluster {
         #[command(subcommand)]
         action: cluster::ClusterCmd,
