@@ -327,19 +327,8 @@ fn replicated(c: &mut Criterion) {
                                     for i in 0..per_writer {
                                         // Conversations spread over the shards.
                                         let conversation = (w * 7 + i) % 1_000;
-                                        let shard = shard_for(conversation, shards) as usize;
                                         let t = Instant::now();
-                                        let (tx, rx) = tokio::sync::oneshot::channel();
-                                        imstore_proxy::Backend::submit(
-                                            leaders[shard].as_ref(),
-                                            append(conversation),
-                                            Box::new(move |r| {
-                                                let _ = tx.send(r);
-                                            }),
-                                        );
-                                        rx.await
-                                            .unwrap_or_else(|e| panic!("{e}"))
-                                            .unwrap_or_else(|e| panic!("{e}"));
+                                        append_acked(&leaders, shards, conversation).await;
                                         mine.push(t.elapsed());
                                     }
                                     latencies
