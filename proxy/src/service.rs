@@ -367,29 +367,39 @@ impl<B: Backend> ImstoreService<B> {
     }
 
     /// A user-wide read: `query(shard)` asked of every shard at once
-    /// (each after its own read barrier), answers in shard order. One
-    /// shard for an embedded engine.
-    async fn ask_every_shard(
+    /// (each after its own read barrier), `pick(shard, answer)` taking the
+    /// expected answer out of each, in shard order. One shard for an
+    /// embedded engine.
+    async fn ask_every_shard<T>(
         &self,
         query: impl Fn(u64) -> ShardQuery,
-    ) -> Result<Vec<ShardAnswer>, Status> {
+        pick: impl Fn(u64, ShardAnswer) -> Option<T>,
+    ) -> Result<Vec<T>, Status> {
         let every: Vec<u64> = (0..self.backend.shard_count()).collect();
-        self.ask_shards(&every, query).await
+        self.ask_shards(&every, query, pick).await
     }
 
-    /// `query(shard)` asked of each of `shards` at once, answers in order.
-    async fn ask_shards(
+    /// `query(shard)` asked of each of `shards` at once; each answer
+    /// through `pick` (`None`: another query's answer, `INTERNAL`), in
+    /// order.
+    async fn ask_shards<T>(
         &self,
         shards: &[u64],
         query: impl Fn(u64) -> ShardQuery,
-    ) -> Result<Vec<ShardAnswer>, Status> {
-        futures_util::future::try_join_all(
+        pick: impl Fn(u64, ShardAnswer) -> Option<T>,
+    ) -> Result<Vec<T>, Status> {
+        let answers = futures_util::future::try_join_all(
             shards
                 .iter()
                 .map(|&s| self.backend.query(Route::Shard(s), false, query(s))),
         )
         .await
-        .map_err(to_status)
+        .map_err(to_status)?;
+        shards
+            .iter()
+            .zip(answers)
+            .map(|(&shard, answer)| pick(shard, answer).ok_or_else(mismatched))
+            .collect()
     }
 
     /// Follows `shard`, which this node does not host, for a watch: the
@@ -814,19 +824,19 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 _ => return Err(invalid(format!("friend status {} is not a list", r.status))),
             };
             let pages = self
-                .ask_every_shard(|_| ShardQuery::Friends {
-                    user: r.user,
-                    status,
-                    after: r.after_user,
-                    limit: n,
-                })
-                .await?
-                .into_iter()
-                .map(|answer| match answer {
-                    ShardAnswer::Friends(page) => Ok(page),
-                    _ => Err(mismatched()),
-                })
-                .collect::<Result<Vec<_>, Status>>()?;
+                .ask_every_shard(
+                    |_| ShardQuery::Friends {
+                        user: r.user,
+                        status,
+                        after: r.after_user,
+                        limit: n,
+                    },
+                    |_, answer| match answer {
+                        ShardAnswer::Friends(page) => Some(page),
+                        _ => None,
+                    },
+                )
+                .await?;
             let friends = merge_friends(pages, n as usize);
             Ok(pb::ListFriendsResponse {
                 friends: friends
@@ -860,23 +870,22 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 None => (Some(vec![SyncCursor::default(); count as usize]), None),
             };
             let pages = self
-                .ask_every_shard(|shard| ShardQuery::Sync {
-                    user,
-                    from: match (&given, &device) {
-                        (Some(cursors), _) => SyncFrom::Cursor(cursors[shard as usize]),
-                        (None, Some(device)) => SyncFrom::Device(device.clone()),
-                        (None, None) => SyncFrom::Cursor(SyncCursor::default()),
+                .ask_every_shard(
+                    |shard| ShardQuery::Sync {
+                        user,
+                        from: match (&given, &device) {
+                            (Some(cursors), _) => SyncFrom::Cursor(cursors[shard as usize]),
+                            (None, Some(device)) => SyncFrom::Device(device.clone()),
+                            (None, None) => SyncFrom::Cursor(SyncCursor::default()),
+                        },
+                        limit: n,
                     },
-                    limit: n,
-                })
-                .await?
-                .into_iter()
-                .zip(0u64..)
-                .map(|(answer, shard)| match answer {
-                    ShardAnswer::Sync { from, page } => Ok(ShardPage { shard, from, page }),
-                    _ => Err(mismatched()),
-                })
-                .collect::<Result<Vec<_>, Status>>()?;
+                    |shard, answer| match answer {
+                        ShardAnswer::Sync { from, page } => Some(ShardPage { shard, from, page }),
+                        _ => None,
+                    },
+                )
+                .await?;
             let started: Vec<SyncCursor> = pages.iter().map(|p| p.from).collect();
             let merged = merge_sync(pages, n as usize);
             if let Some(device) = device {
@@ -1041,27 +1050,28 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             // The big conversations of the watched users, and where every
             // watched thing stands now, in each shard watched here.
             let per_shard = self
-                .ask_shards(&here, |shard| ShardQuery::WatchState {
-                    users: users.clone(),
-                    listed: r
-                        .conversations
-                        .iter()
-                        .copied()
-                        .filter(|&c| imstore_engine::shard_for(c, count) == shard)
-                        .collect(),
-                    known_change: known_change[shard as usize],
-                })
-                .await?
-                .into_iter()
-                .map(|answer| match answer {
-                    ShardAnswer::WatchState {
-                        conversations,
-                        heads,
-                        advanced,
-                    } => Ok((conversations, heads, advanced)),
-                    _ => Err(mismatched()),
-                })
-                .collect::<Result<Vec<_>, Status>>()?;
+                .ask_shards(
+                    &here,
+                    |shard| ShardQuery::WatchState {
+                        users: users.clone(),
+                        listed: r
+                            .conversations
+                            .iter()
+                            .copied()
+                            .filter(|&c| imstore_engine::shard_for(c, count) == shard)
+                            .collect(),
+                        known_change: known_change[shard as usize],
+                    },
+                    |_, answer| match answer {
+                        ShardAnswer::WatchState {
+                            conversations,
+                            heads,
+                            advanced,
+                        } => Some((conversations, heads, advanced)),
+                        _ => None,
+                    },
+                )
+                .await?;
             // Subscribe first, then send the catch-up: an event in between
             // is delivered twice at worst, never lost.
             let user_set: HashSet<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
@@ -1149,14 +1159,16 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("GetUnread", async {
             let unread = match r.conversation {
                 0 => self
-                    .ask_every_shard(|_| ShardQuery::UnreadTotal { user: r.user })
+                    .ask_every_shard(
+                        |_| ShardQuery::UnreadTotal { user: r.user },
+                        |_, answer| match answer {
+                            ShardAnswer::Count(n) => Some(n),
+                            _ => None,
+                        },
+                    )
                     .await?
                     .into_iter()
-                    .map(|answer| match answer {
-                        ShardAnswer::Count(n) => Ok(n),
-                        _ => Err(mismatched()),
-                    })
-                    .sum::<Result<u64, Status>>()?,
+                    .sum(),
                 c => {
                     let query = ShardQuery::Unread {
                         user: r.user,
@@ -1185,18 +1197,18 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 conversation: a.conversation,
             });
             let pages = self
-                .ask_every_shard(|_| ShardQuery::ConversationList {
-                    user: r.user,
-                    after,
-                    limit: n,
-                })
-                .await?
-                .into_iter()
-                .map(|answer| match answer {
-                    ShardAnswer::List(page) => Ok(page),
-                    _ => Err(mismatched()),
-                })
-                .collect::<Result<Vec<_>, Status>>()?;
+                .ask_every_shard(
+                    |_| ShardQuery::ConversationList {
+                        user: r.user,
+                        after,
+                        limit: n,
+                    },
+                    |_, answer| match answer {
+                        ShardAnswer::List(page) => Some(page),
+                        _ => None,
+                    },
+                )
+                .await?;
             let list = merge_lists(pages, n as usize);
             Ok(pb::ListConversationsResponse {
                 conversations: list

@@ -375,10 +375,16 @@ impl TransportService {
     /// The raft instance a message from a peer goes to, unless a fault
     /// cuts that peer off.
     fn receiving(&self, message: &pb::RaftMessage) -> Result<Raft<TypeConfig>, Status> {
-        if self.faults.is_cut_off(message.from) {
+        self.accepting_from(message.from)?;
+        self.shard(message.shard)
+    }
+
+    /// Refuses a call from `peer` when a fault cuts this node off from it.
+    fn accepting_from(&self, peer: u64) -> Result<(), Status> {
+        if self.faults.is_cut_off(peer) {
             return Err(Status::unavailable("partitioned (fault injection)"));
         }
-        self.shard(message.shard)
+        Ok(())
     }
 
     fn replica(&self, shard: u64) -> Result<crate::ReplicaNode, Status> {
@@ -615,9 +621,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let r = request.into_inner();
-        if self.faults.is_cut_off(r.from) {
-            return Err(Status::unavailable("partitioned (fault injection)"));
-        }
+        self.accepting_from(r.from)?;
         let raft = self.shard(r.shard)?;
         match raft.get_read_log_id().await {
             Ok((read_log_id, _applied)) => Ok(Response::new(pb::ReadIndexResponse {
@@ -660,9 +664,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::ShardReadRequest>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let r = request.into_inner();
-        if self.faults.is_cut_off(r.from) {
-            return Err(Status::unavailable("partitioned (fault injection)"));
-        }
+        self.accepting_from(r.from)?;
         let replica = self.replica(r.shard)?;
         // Never routed on from here: one hop, or the asker tries another.
         if !replica.hosts() {
