@@ -386,10 +386,13 @@ async fn append_acked(leaders: &[Arc<imstore_proxy::RaftBackend>], shards: u64, 
 /// closed-loop writers for 3 s), then an open-loop load at half of it for
 /// 5 s — sends start on a fixed schedule whatever the answers do, and
 /// each latency counts from its scheduled start (no coordinated
-/// omission) — with its p50 and p99.
+/// omission) — with its p50 and p99. The schedule is kept by a plain
+/// thread (`thread::sleep` wakes within tens of microseconds; tokio's
+/// timer has millisecond ticks, which would add up to a tick to every
+/// latency) that submits each send to its shard's leader directly.
 fn paced_at_half(cluster: &Cluster, shards: u64) {
     let leaders = cluster.leaders.clone();
-    let (max_rate, paced) = cluster.runtime.block_on(async move {
+    let max_rate = cluster.runtime.block_on(async move {
         let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let until = Instant::now() + Duration::from_secs(3);
         let mut tasks = Vec::new();
@@ -407,31 +410,37 @@ fn paced_at_half(cluster: &Cluster, shards: u64) {
         for t in tasks {
             t.await.unwrap_or_else(|e| panic!("{e}"));
         }
-        let max_rate = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / 3.0;
-        let rate = max_rate / 2.0;
-        let total = (rate * 5.0) as u64;
-        // One driver starts each send at its time (tasks made up front
-        // would be late by the time it takes to make them all).
-        let start = Instant::now();
-        let mut sends = Vec::with_capacity(total as usize);
-        for n in 0..total {
-            let at = start + Duration::from_secs_f64(n as f64 / rate);
-            tokio::time::sleep_until(at.into()).await;
-            let leaders = leaders.clone();
-            sends.push(tokio::spawn(async move {
-                append_acked(&leaders, shards, n % 1_000).await;
-                at.elapsed()
-            }));
-        }
-        let mut latencies = Vec::with_capacity(sends.len());
-        for s in sends {
-            latencies.push(s.await.unwrap_or_else(|e| panic!("{e}")));
-        }
-        let achieved = latencies.len() as f64 / start.elapsed().as_secs_f64();
-        latencies.sort();
-        (max_rate, (rate, achieved, latencies))
+        done.load(std::sync::atomic::Ordering::Relaxed) as f64 / 3.0
     });
-    let (rate, achieved, latencies) = paced;
+    let rate = max_rate / 2.0;
+    let total = (rate * 5.0) as u64;
+    let (answered, answers) = std::sync::mpsc::channel::<Result<Duration, String>>();
+    let start = Instant::now();
+    for n in 0..total {
+        let at = start + Duration::from_secs_f64(n as f64 / rate);
+        if let Some(early) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(early);
+        }
+        let conversation = n % 1_000;
+        let answered = answered.clone();
+        imstore_proxy::Backend::submit(
+            cluster.leaders[shard_for(conversation, shards) as usize].as_ref(),
+            append(conversation),
+            Box::new(move |r| {
+                let _ = answered.send(r.map(|_| at.elapsed()).map_err(|e| e.to_string()));
+            }),
+        );
+    }
+    let mut latencies: Vec<Duration> = (0..total)
+        .map(|_| {
+            answers
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("a paced send was not answered: {e}"))
+                .unwrap_or_else(|e| panic!("a paced send failed: {e}"))
+        })
+        .collect();
+    let achieved = latencies.len() as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
     eprintln!(
         "replicated_append {shards} shards, paced at half the maximum ({max_rate:.0}/s): \
          target {rate:.0}/s, achieved {achieved:.0}/s, p50 {:?}, p99 {:?}",

@@ -4,7 +4,9 @@ use std::thread::JoinHandle;
 
 use crate::apply::ApplyLimits;
 use crate::commit::Pipeline;
-use crate::store::{ShardId, ShardView, StateExport, Store, CF_DEDUP, CF_SEGMENTS, MAX_SHARD};
+use crate::store::{
+    MetaRow, ShardId, ShardView, StateExport, Store, CF_DEDUP, CF_SEGMENTS, MAX_SHARD,
+};
 use crate::tail::TailCache;
 use crate::{
     read, Appended, Command, CommitNotice, CommitStats, Direction, Error, Message, NewMessage,
@@ -194,6 +196,19 @@ impl Engine {
     #[doc(hidden)]
     pub fn export_state_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
         self.view().export_to(out)
+    }
+
+    /// [`Engine::export_state_to`] in two steps over one RocksDB snapshot:
+    /// `proceed` first sees the replication metadata (`raft/` rows) of
+    /// that moment; the image is streamed only if it answers `true`
+    /// (otherwise `None`, nothing written).
+    #[doc(hidden)]
+    pub fn export_state_if(
+        &self,
+        out: &mut dyn std::io::Write,
+        proceed: &mut dyn FnMut(&[MetaRow]) -> bool,
+    ) -> Result<Option<StateExport>> {
+        self.view().export_if(out, proceed)
     }
 
     /// Makes every write committed so far durable (fsyncs the WAL): what a

@@ -78,7 +78,7 @@ pub use crate::codec::{pair_key, shard_for};
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
 pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
-pub use crate::store::{ShardId, StateExport, MAX_SHARD};
+pub use crate::store::{MetaRow, ShardId, StateExport, MAX_SHARD};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,

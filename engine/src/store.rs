@@ -74,8 +74,11 @@ pub struct StateExport {
     pub rows: u64,
     /// The `raft/` metadata rows (key, value) of the same snapshot, which
     /// the image leaves out.
-    pub raft_meta: Vec<(Vec<u8>, Vec<u8>)>,
+    pub raft_meta: Vec<MetaRow>,
 }
+
+/// One metadata row: key, value.
+pub type MetaRow = (Vec<u8>, Vec<u8>);
 
 /// Meta keys owned by replication (`Command::PutMeta`).
 pub(crate) const RAFT_META_PREFIX: &[u8] = b"raft/";
@@ -636,14 +639,47 @@ impl<'a> ShardView<'a> {
     /// per row the column family's index (u8), key length (u32 BE), key,
     /// value length (u32 BE), value.
     pub(crate) fn export_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
+        let export = self.export_if(out, &mut |_| true)?;
+        export.ok_or_else(|| Error::Storage("an unconditional export was declined".into()))
+    }
+
+    /// [`ShardView::export_to`], but first shows `proceed` the `raft/`
+    /// rows of the RocksDB snapshot the image will come from, and writes
+    /// nothing (returning `None`) unless it answers `true`: a raft replica
+    /// learns what a snapshot covers at once and streams the image only if
+    /// a follower still wants it.
+    pub(crate) fn export_if(
+        &self,
+        out: &mut dyn std::io::Write,
+        proceed: &mut dyn FnMut(&[MetaRow]) -> bool,
+    ) -> Result<Option<StateExport>> {
         let io = |e: std::io::Error| Error::Storage(format!("writing a store image: {e}"));
         let snapshot = self.store.db.snapshot();
-        out.write_all(EXPORT_MAGIC).map_err(io)?;
         let mut export = StateExport {
             bytes: EXPORT_MAGIC.len() as u64,
             rows: 0,
             raft_meta: Vec::new(),
         };
+        {
+            let mut ro = ReadOptions::default();
+            ro.set_total_order_seek(true);
+            ro.set_iterate_upper_bound(shard_end(self.shard));
+            let mut it = snapshot.raw_iterator_cf_opt(self.store.cf(CF_META)?, ro);
+            it.seek(self.key(RAFT_META_PREFIX));
+            while let (Some(key), Some(value)) = (it.key(), it.value()) {
+                let key = &key[SHARD_PREFIX_LEN..];
+                if !key.starts_with(RAFT_META_PREFIX) {
+                    break;
+                }
+                export.raft_meta.push((key.to_vec(), value.to_vec()));
+                it.next();
+            }
+            it.status()?;
+        }
+        if !proceed(&export.raft_meta) {
+            return Ok(None);
+        }
+        out.write_all(EXPORT_MAGIC).map_err(io)?;
         for (index, name) in ALL_CFS.iter().enumerate() {
             let cf = self.store.cf(name)?;
             // The point-lookup column families have prefix extractors and
@@ -656,7 +692,7 @@ impl<'a> ShardView<'a> {
             while let (Some(key), Some(value)) = (it.key(), it.value()) {
                 let key = &key[SHARD_PREFIX_LEN..];
                 if *name == CF_META && key.starts_with(RAFT_META_PREFIX) {
-                    export.raft_meta.push((key.to_vec(), value.to_vec()));
+                    // Read above, from this same snapshot.
                     it.next();
                     continue;
                 }
@@ -673,7 +709,7 @@ impl<'a> ShardView<'a> {
             }
             it.status()?;
         }
-        Ok(export)
+        Ok(Some(export))
     }
 }
 

@@ -8,8 +8,10 @@
 //! appends, votes fsynced), and the engine as a raft state machine
 //! ([`StateMachine`]: a shard's view of the node's engine store; committed
 //! entries through the deterministic apply step with `last_applied` and
-//! membership in the same WriteBatch; snapshots as consistent images of the
-//! shard's key range, streamed, installed atomically). openraft's storage
+//! membership in the same WriteBatch; a snapshot built for a log purge only
+//! fsyncs the engine, and its image, a consistent export of the shard's key
+//! range, is streamed only when read to be sent ([`SnapshotImage`]) and
+//! installed atomically). openraft's storage
 //! conformance suite runs against them (`tests/conformance.rs`).
 //!
 //! The gRPC transport ([`GrpcNetwork`], [`TransportService`]: openraft's
@@ -32,10 +34,12 @@
 //! **Is not:** a placer that acts on its own (no rebalancing on a timer or
 //! on load), and it does not delete the data of a replica moved away.
 //!
-//! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot is
-//! built and sent in bounded memory (streamed into a file, sent in chunks
+//! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot image is
+//! exported and sent in bounded memory (streamed into a file, sent in chunks
 //! of [`ReplicaConfig::snapshot_chunk_bytes`]), but installed as one atomic
 //! write: the receiver holds one whole image in memory while installing.
+//! Each send exports anew (two followers needing one at once cost two
+//! exports).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -46,6 +50,7 @@
 mod log_store;
 mod node;
 mod shard_map;
+mod snapshot_image;
 mod state_machine;
 mod transport;
 
@@ -53,6 +58,7 @@ pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode};
 pub use shard_map::{spawn_publisher, META_SHARD};
+pub use snapshot_image::SnapshotImage;
 pub use state_machine::{SnapshotStats, StateMachine};
 pub use transport::{
     Faults, GrpcLink, GrpcNetwork, Peers, Shards, TransportService, MAX_MESSAGE_BYTES,
@@ -81,6 +87,6 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = crate::SnapshotImage,
         AsyncRuntime = openraft::TokioRuntime,
 );

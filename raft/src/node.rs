@@ -502,7 +502,8 @@ pub struct ReplicaConfig {
     /// log. Snapshot builds fsync the engine before openraft may purge the
     /// log they cover, and snapshot installs are always fsynced.
     pub engine: Options,
-    /// Build a snapshot after this many log entries since the last one
+    /// Record a snapshot (fsync the engine; no export: images are exported
+    /// only to be sent) after this many log entries since the last one
     /// (default 5,000).
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot for followers that lag a little

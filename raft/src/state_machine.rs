@@ -3,22 +3,26 @@
 //! and `last_applied` and the membership are written **in the same
 //! WriteBatch** (`Command::PutMeta`), so a restart resumes exactly where
 //! the last durable batch ended: no entry is applied twice or skipped.
-//! Snapshots are consistent images of the whole store (one RocksDB
-//! snapshot, streamed row by row into a file, with the `last_applied` and
-//! membership read from that same RocksDB snapshot), sent by openraft in
-//! chunks of `Config::snapshot_max_chunk_size` read from the file,
-//! received into a file, and installed atomically
-//! (`Command::ReplaceState`) together with their `last_applied` and
-//! membership. Snapshot files live in the replica's snapshot directory for
-//! as long as the process runs; a restart starts without one (openraft
-//! builds a new one when a follower needs it).
+//! Snapshots are consistent images of the shard, exported on demand (see
+//! `snapshot_image`): building one (openraft's policy, every
+//! `snapshot_every` entries) only fsyncs the engine and records what it
+//! covers, which is all a log purge needs; reading one, to send it to a
+//! follower behind the purged log, exports the shard from one RocksDB
+//! snapshot (the `last_applied` and membership read from that same
+//! snapshot) into a file in a background thread, sent by openraft in
+//! chunks of `Config::snapshot_max_chunk_size`. A received image lands
+//! in a file and is installed atomically (`Command::ReplaceState`)
+//! together with its `last_applied` and membership. Export files are
+//! unlinked as soon as they are open, so nothing is left behind; a restart
+//! starts without a snapshot (openraft asks for a new one when its log
+//! was purged).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use imstore_engine::{Command, Engine, Outcome};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -27,7 +31,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
-use crate::{Proposal, Response, Responses, TypeConfig};
+use crate::{Proposal, Response, Responses, SnapshotImage, TypeConfig};
 
 const META_LAST_APPLIED: &[u8] = b"raft/last_applied";
 const META_MEMBERSHIP: &[u8] = b"raft/membership";
@@ -50,18 +54,15 @@ fn snapshot_err(e: impl std::fmt::Display) -> StorageError<u64> {
     }
 }
 
-/// The current snapshot: its metadata and the file holding its image.
-#[derive(Clone)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, BasicNode>,
-    path: PathBuf,
-}
-
-/// Snapshot files of one replica: built, being received, current.
+/// Snapshot bookkeeping of one replica: what the current snapshot covers,
+/// and the files of images being received.
 struct SnapshotFiles {
     dir: PathBuf,
     next: AtomicU64,
-    current: Mutex<Option<StoredSnapshot>>,
+    /// The metadata of the last snapshot built or installed: that one
+    /// exists (reading it exports the shard as it is then, which covers at
+    /// least as much).
+    current: Mutex<Option<SnapshotMeta<u64, BasicNode>>>,
     /// The file `begin_receiving_snapshot` handed out last.
     receiving: Mutex<Option<PathBuf>>,
 }
@@ -72,25 +73,20 @@ impl SnapshotFiles {
         self.dir.join(format!("{kind}-{n}"))
     }
 
-    /// Makes `path` (already in the directory) the current snapshot and
-    /// removes the one it replaces (readers holding it open keep reading:
-    /// an unlinked file lives until its last handle closes).
-    fn make_current(&self, meta: SnapshotMeta<u64, BasicNode>, path: PathBuf) {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = current.replace(StoredSnapshot { meta, path }) {
-            let _ = std::fs::remove_file(old.path);
-        }
+    fn make_current(&self, meta: SnapshotMeta<u64, BasicNode>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta);
     }
 }
 
 /// Snapshot figures of one replica since it started, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SnapshotStats {
-    /// Snapshots built here.
+    /// Snapshot images built (exported) here: one per snapshot sent to a
+    /// follower (openraft's periodic snapshots only record a purge point).
     pub built: u64,
     /// Size of the last one built, bytes.
     pub last_built_bytes: u64,
-    /// How long building it took, milliseconds.
+    /// How long exporting it took, milliseconds.
     pub last_build_ms: u64,
     /// Snapshots installed here (received from a leader).
     pub installed: u64,
@@ -195,6 +191,138 @@ impl StateMachine {
             .await
             .map_err(sm_err)
     }
+
+    /// A snapshot of the shard as it is now: its metadata at once, its
+    /// image exported on first read by a background thread from the same
+    /// RocksDB snapshot (and not at all if it is dropped unread).
+    async fn snapshot_now(&self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (meta_tx, meta_rx) = oneshot::channel::<StorageResult<Applied>>();
+        let (go_tx, go_rx) = oneshot::channel::<()>();
+        let (file_tx, file_rx) = oneshot::channel::<std::io::Result<std::fs::File>>();
+        let engine = self.engine.clone();
+        let stats = Arc::clone(&self.stats);
+        let path = self.files.new_path("export");
+        std::thread::Builder::new()
+            .name("imstore-snapshot".into())
+            .spawn(move || {
+                let exported = export(&engine, &path, meta_tx, go_rx);
+                // The open handle keeps the file for its reader (and a
+                // failed or unread export leaves nothing).
+                let _ = std::fs::remove_file(&path);
+                if let Ok(Some((file, export, took))) = exported {
+                    {
+                        let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
+                        stats.built += 1;
+                        stats.last_built_bytes = export.bytes;
+                        stats.last_build_ms = took.as_millis() as u64;
+                    }
+                    let _ = file_tx.send(Ok(file));
+                } else if let Err(e) = exported {
+                    let _ = file_tx.send(Err(e));
+                }
+            })
+            .map_err(snapshot_err)?;
+        let (last, membership) = meta_rx
+            .await
+            .map_err(|_| snapshot_err("the snapshot export thread ended early"))??;
+        let snapshot_id = match last {
+            Some(id) => format!("{}-{}", id.leader_id, id.index),
+            None => "empty".to_owned(),
+        };
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: last,
+                last_membership: membership,
+                snapshot_id,
+            },
+            snapshot: Box::new(SnapshotImage::deferred(go_tx, file_rx)),
+        })
+    }
+}
+
+/// The export thread's work: tells `meta` what the RocksDB snapshot holds,
+/// waits for `go`, streams the image into a file at `path` (created only
+/// then) and returns it open at its start with the export's figures, or
+/// `None` when the image was dropped unread.
+fn export(
+    engine: &Engine,
+    path: &Path,
+    meta: oneshot::Sender<StorageResult<Applied>>,
+    go: oneshot::Receiver<()>,
+) -> std::io::Result<
+    Option<(
+        std::fs::File,
+        imstore_engine::StateExport,
+        std::time::Duration,
+    )>,
+> {
+    use std::io::{Seek, Write};
+    let mut meta = Some(meta);
+    let mut go = Some(go);
+    let mut started = None;
+    let mut out = ImageFile { path, file: None };
+    let exported = engine.export_state_if(&mut out, &mut |raft_meta| {
+        let find = |wanted: &[u8]| {
+            raft_meta
+                .iter()
+                .find(|(key, _)| key.as_slice() == wanted)
+                .map(|(_, value)| value.clone())
+        };
+        let applied = StateMachine::decode_applied(find(META_LAST_APPLIED), find(META_MEMBERSHIP));
+        let decoded = applied.is_ok();
+        if let Some(meta) = meta.take() {
+            let _ = meta.send(applied);
+        }
+        let wanted = decoded && go.take().is_some_and(|go| go.blocking_recv().is_ok());
+        started = Some(std::time::Instant::now());
+        wanted
+    });
+    let exported = match exported {
+        Ok(exported) => exported,
+        Err(e) => {
+            if let Some(meta) = meta.take() {
+                let _ = meta.send(Err(snapshot_err(&e)));
+            }
+            return Err(std::io::Error::other(e.to_string()));
+        }
+    };
+    let (Some(export), Some(file)) = (exported, out.file.take()) else {
+        return Ok(None);
+    };
+    let mut file = file.into_inner().map_err(|e| e.into_error())?;
+    file.flush()?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let took = started.map(|s| s.elapsed()).unwrap_or_default();
+    Ok(Some((file, export, took)))
+}
+
+/// The export's output: a file created at its first write.
+struct ImageFile<'a> {
+    path: &'a Path,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl std::io::Write for ImageFile<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(self.path)?;
+                self.file
+                    .insert(std::io::BufWriter::with_capacity(1 << 20, file))
+            }
+        };
+        file.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |file| file.flush())
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -261,7 +389,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<File>> {
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotImage>> {
         let path = self.files.new_path("incoming");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -281,13 +409,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // An earlier transfer was abandoned for this one.
             let _ = std::fs::remove_file(stale);
         }
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotImage::from_file(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        mut snapshot: Box<File>,
+        mut snapshot: Box<SnapshotImage>,
     ) -> StorageResult<()> {
         let started = std::time::Instant::now();
         snapshot.flush().await.map_err(snapshot_err)?;
@@ -303,6 +431,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .read_to_end(&mut image)
             .await
             .map_err(snapshot_err)?;
+        drop(snapshot);
         let bytes = image.len() as u64;
         // The image plus where raft stands, replaced in one write.
         for (key, value) in Self::meta_rows(meta.last_log_id, &meta.last_membership)? {
@@ -322,109 +451,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             stats.last_installed_bytes = bytes;
             stats.last_install_ms = started.elapsed().as_millis() as u64;
         }
-        // The received file becomes the current snapshot (a follower that
-        // becomes leader can send it on). Without a known file (a caller
-        // that did not receive through `begin_receiving_snapshot`), the
-        // image is copied into a new one.
+        // The engine now holds the image: the received file is done with,
+        // and this replica, should it lead, exports its own on demand.
         let received = self
             .files
             .receiving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let path = match received {
-            Some(path) if path.exists() => path,
-            _ => {
-                let path = self.files.new_path("installed");
-                let mut copy = File::create(&path).await.map_err(snapshot_err)?;
-                snapshot
-                    .seek(std::io::SeekFrom::Start(0))
-                    .await
-                    .map_err(snapshot_err)?;
-                tokio::io::copy(&mut snapshot, &mut copy)
-                    .await
-                    .map_err(snapshot_err)?;
-                copy.flush().await.map_err(snapshot_err)?;
-                path
-            }
-        };
-        self.files.make_current(meta.clone(), path);
+        if let Some(path) = received {
+            let _ = std::fs::remove_file(path);
+        }
+        self.files.make_current(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let current = self
+        let exists = self
             .files
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match current {
-            None => Ok(None),
-            Some(s) => Ok(Some(Snapshot {
-                meta: s.meta,
-                snapshot: Box::new(File::open(&s.path).await.map_err(snapshot_err)?),
-            })),
+            .is_some();
+        // The shard as it is now covers at least the recorded snapshot
+        // (applies only move forward); openraft accepts a fresher one.
+        if exists {
+            Ok(Some(self.snapshot_now().await?))
+        } else {
+            Ok(None)
         }
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Records a snapshot of the shard as it is now, for openraft to purge
+    /// the log behind: the engine is fsynced up to it (its applies are not
+    /// fsynced one by one, `ReplicaConfig`), and no image is exported
+    /// unless the returned one is read.
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let started = std::time::Instant::now();
+        let snapshot = self.snapshot_now().await?;
+        // Everything the snapshot covers was written before it was taken,
+        // so this sync makes it durable.
         let engine = self.engine.clone();
-        let building = self.files.new_path("building");
-        let target = building.clone();
-        // openraft builds while entries go on being applied: the image and
-        // the applied state it carries come from one RocksDB snapshot.
-        let built = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::create(&target).map_err(snapshot_err)?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            let export = engine.export_state_to(&mut out).map_err(snapshot_err)?;
-            std::io::Write::flush(&mut out).map_err(snapshot_err)?;
-            // Once this snapshot exists openraft may purge the log it
-            // covers, so the engine's state must be durable by then even
-            // when applies are not fsynced (`ReplicaConfig`).
-            engine.make_durable().map_err(snapshot_err)?;
-            let find = |wanted: &[u8]| {
-                export
-                    .raft_meta
-                    .iter()
-                    .find(|(key, _)| key.as_slice() == wanted)
-                    .map(|(_, value)| value.clone())
-            };
-            let applied = Self::decode_applied(find(META_LAST_APPLIED), find(META_MEMBERSHIP))?;
-            Ok::<_, StorageError<u64>>((export, applied))
-        })
-        .await
-        .map_err(snapshot_err)
-        .and_then(|built| built);
-        if built.is_err() {
-            let _ = std::fs::remove_file(&building);
-        }
-        let (export, (last, membership)) = built?;
-        let snapshot_id = match last {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, export.bytes),
-            None => format!("empty-{}", export.bytes),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let path = self.files.new_path("snapshot");
-        std::fs::rename(&building, &path).map_err(snapshot_err)?;
-        let file = File::open(&path).await.map_err(snapshot_err)?;
-        {
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            stats.built += 1;
-            stats.last_built_bytes = export.bytes;
-            stats.last_build_ms = started.elapsed().as_millis() as u64;
-        }
-        self.files.make_current(meta.clone(), path);
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+        tokio::task::spawn_blocking(move || engine.make_durable())
+            .await
+            .map_err(snapshot_err)?
+            .map_err(snapshot_err)?;
+        self.files.make_current(snapshot.meta.clone());
+        Ok(snapshot)
     }
 }
