@@ -190,18 +190,10 @@ impl Engine {
     }
 
     /// Streams a consistent image of the whole store to `out` (memory
-    /// bounded by one row), returning its size and the replication
-    /// metadata (`raft/` rows) of the same moment, which the image leaves
-    /// out.
-    #[doc(hidden)]
-    pub fn export_state_to(&self, out: &mut dyn std::io::Write) -> Result<StateExport> {
-        self.view().export_to(out)
-    }
-
-    /// [`Engine::export_state_to`] in two steps over one RocksDB snapshot:
+    /// bounded by one row) in two steps over one RocksDB snapshot:
     /// `proceed` first sees the replication metadata (`raft/` rows) of
-    /// that moment; the image is streamed only if it answers `true`
-    /// (otherwise `None`, nothing written).
+    /// that moment, which the image leaves out; the image is streamed only
+    /// if it answers `true` (otherwise `None`, nothing written).
     #[doc(hidden)]
     pub fn export_state_if(
         &self,
