@@ -18,6 +18,7 @@
 //!
 //! `cargo bench -p imstore-benches --bench replicated`
 //! (`IMSTORE_BENCH_SHARDS=1,16` runs only those shard counts;
+//! `IMSTORE_BENCH_PACE=3000` paces the open-loop phase at that rate;
 //! `-- routed` only the second part).
 
 use std::collections::BTreeMap;
@@ -100,7 +101,17 @@ fn replica(node: &Node, group: u64) -> ReplicaNode {
 }
 
 fn cluster(shards: u64) -> Cluster {
-    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let runtime = match std::env::var("IMSTORE_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
     let (leaders, nodes, dirs) = runtime.block_on(async {
         let config = replica_config(shards);
         let groups: Vec<u64> = (0..shards).collect();
@@ -412,7 +423,13 @@ fn paced_at_half(cluster: &Cluster, shards: u64) {
         }
         done.load(std::sync::atomic::Ordering::Relaxed) as f64 / 3.0
     });
-    let rate = max_rate / 2.0;
+    // `IMSTORE_BENCH_PACE=<writes/s>` paces at that rate instead, to see
+    // how latency grows with load.
+    let rate = std::env::var("IMSTORE_BENCH_PACE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|r| *r > 0.0)
+        .unwrap_or(max_rate / 2.0);
     let total = (rate * 5.0) as u64;
     let (answered, answers) = std::sync::mpsc::channel::<Result<Duration, String>>();
     let start = Instant::now();

@@ -103,6 +103,7 @@ impl From<&Options> for ApplyLimits {
 
 #[path = "im_apply.rs"]
 mod im;
+pub use im::{image_rows_prefix, push_image_meta_row};
 
 /// Changes made by the commands applied so far in one group, not yet written.
 #[derive(Default)]
@@ -127,6 +128,10 @@ pub(crate) struct Pending {
     joined: Vec<(u64, u64)>,
     /// A store image replacing everything ([`Command::ReplaceState`]).
     replace: Option<Vec<Row>>,
+    /// Image rows added to the shard ([`Command::AddImageRows`]).
+    loaded: Vec<Row>,
+    /// The last part of an image was added: every cache must go.
+    reload: bool,
 }
 
 /// Pending writes to one key: an optional put (`Some(Some)`) or delete
@@ -182,6 +187,8 @@ impl Pending {
         if scratch.replace.is_some() {
             self.replace = scratch.replace;
         }
+        self.loaded.extend(scratch.loaded);
+        self.reload |= scratch.reload;
     }
 }
 
@@ -424,6 +431,9 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
                 batch.put_cf(cf_of(*space), key(k), value);
             }
         }
+        for (space, k, value) in &group.loaded {
+            batch.put_cf(cf_of(*space), key(k), value);
+        }
         for ((space, k), entry) in &group.kv {
             let cf = cf_of(*space);
             let k = key(k);
@@ -480,7 +490,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             cleared: group.cleared,
             change: group.change,
             joined: group.joined,
-            replaced: group.replace.is_some(),
+            replaced: group.replace.is_some() || group.reload,
         })
     }
 }

@@ -193,8 +193,9 @@ impl Pipeline {
     fn take_group(&self, queue: &mut Queue) -> Group {
         // A store replacement is committed alone: commands after it must
         // read the new state, not the old one.
-        let is_replace =
-            |(_, c, _): &(ShardId, Command, Completion)| matches!(c, Command::ReplaceState(_));
+        let is_replace = |(_, c, _): &(ShardId, Command, Completion)| {
+            matches!(c, Command::ReplaceState(_) | Command::AddImageRows { .. })
+        };
         let cut = match queue.waiting.iter().position(is_replace) {
             Some(0) => 1,
             Some(at) => at,
@@ -362,10 +363,14 @@ impl Committer {
         if written.is_ok() && operations > 0 {
             // Replacing a shard is always synced, whatever `sync_writes`
             // says: raft drops the log the image replaces once the install
-            // returns.
-            let replacing = group
-                .iter()
-                .any(|(_, c, _)| matches!(c, Command::ReplaceState(_)));
+            // returns. (The parts of a streamed image before its last need
+            // no sync of their own: the last one's covers the WAL before it.)
+            let replacing = group.iter().any(|(_, c, _)| {
+                matches!(
+                    c,
+                    Command::ReplaceState(_) | Command::AddImageRows { complete: true, .. }
+                )
+            });
             written = self.store.write(batch, replacing);
         }
 

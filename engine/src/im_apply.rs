@@ -128,6 +128,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 scratch.replace = Some(decode_image(image)?);
                 Ok(Outcome::Done)
             }
+            Command::AddImageRows { rows, complete } => {
+                scratch.loaded.extend(decode_rows(rows)?);
+                scratch.reload |= *complete;
+                Ok(Outcome::Done)
+            }
         }
     }
 
@@ -1098,12 +1103,55 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     }
 }
 
+fn bad_image(what: &str) -> Error {
+    Error::InvalidArgument(format!("store image: {what}"))
+}
+
 /// Splits an image written by `Store::export` into rows.
 fn decode_image(image: &[u8]) -> Result<Vec<super::Row>> {
-    let bad = |what: &str| Error::InvalidArgument(format!("store image: {what}"));
-    let mut rest = image
+    let rows = image
         .strip_prefix(crate::store::EXPORT_MAGIC.as_slice())
-        .ok_or_else(|| bad("not an imstore image"))?;
+        .ok_or_else(|| bad_image("not an imstore image"))?;
+    decode_rows(rows)
+}
+
+/// The length of the longest prefix of `rows` (a store image's rows, after
+/// its magic) that holds whole rows only: where a streamed image can be
+/// cut into [`Command::AddImageRows`] parts. Reads only the row headers.
+pub fn image_rows_prefix(rows: &[u8]) -> usize {
+    let mut at = 0usize;
+    loop {
+        let mut end = at + 1;
+        for _ in 0..2 {
+            let Some(len) = rows.get(end..end + 4) else {
+                return at;
+            };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            end = end + 4 + len;
+        }
+        if end > rows.len() {
+            return at;
+        }
+        at = end;
+    }
+}
+
+/// Appends one row of the `meta` column family (key, value) to image rows.
+pub fn push_image_meta_row(rows: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let meta = Space::ALL
+        .iter()
+        .position(|s| *s == Space::Meta)
+        .unwrap_or_default() as u8;
+    rows.push(meta);
+    for part in [key, value] {
+        rows.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        rows.extend_from_slice(part);
+    }
+}
+
+/// Splits image rows (without the magic) into rows.
+fn decode_rows(mut rest: &[u8]) -> Result<Vec<super::Row>> {
+    let bad = bad_image;
     let mut rows = Vec::new();
     let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>> {
         if rest.len() < n {

@@ -74,11 +74,12 @@ mod types;
 #[doc(hidden)]
 pub mod codec;
 
+pub use crate::apply::{image_rows_prefix, push_image_meta_row};
 pub use crate::codec::{pair_key, shard_for};
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
 pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
-pub use crate::store::{MetaRow, ShardId, StateExport, MAX_SHARD};
+pub use crate::store::{MetaRow, ShardId, StateExport, EXPORT_MAGIC as IMAGE_MAGIC, MAX_SHARD};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,

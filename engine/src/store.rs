@@ -62,8 +62,8 @@ pub(crate) const META_TIMESTAMP_HIGH_WATER: &[u8] = b"timestamp_high_water";
 /// cursors hold it.
 pub(crate) const META_CHANGE_COUNTER: &[u8] = b"change_counter";
 
-/// First bytes of an [`ShardView::export_to`] image.
-pub(crate) const EXPORT_MAGIC: &[u8; 8] = b"IMSTATE1";
+/// First bytes of a store image ([`Engine::export_state`](crate::Engine::export_state)).
+pub const EXPORT_MAGIC: &[u8; 8] = b"IMSTATE1";
 
 /// What [`ShardView::export_to`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -355,6 +355,20 @@ pub enum Command {
         /// Where its sync stands.
         cursor: SyncCursor,
     },
+    /// Add rows of a store image to the shard, removing nothing: the parts
+    /// after the first of an image too large to install in one write (a
+    /// raft snapshot install streams it: [`Command::ReplaceState`] with
+    /// the first part, then these). `rows` are image rows without the
+    /// image's leading [`IMAGE_MAGIC`](crate::IMAGE_MAGIC). Until one with
+    /// `complete` is written the shard is incomplete and the caller keeps
+    /// reads away from it; that one is synced and drops every cache.
+    #[doc(hidden)]
+    AddImageRows {
+        /// Whole rows, as [`image_rows_prefix`](crate::image_rows_prefix) cuts them.
+        rows: Vec<u8>,
+        /// The last part: the shard is whole again.
+        complete: bool,
+    },
 }
 
 /// A message sent to a direct or group conversation with [`Command::Send`].

@@ -1,11 +1,12 @@
 //! The hooks the raft state machine builds on: `PutMeta` rides in the same
 //! group commit as the commands before it, and a store image from
-//! `export_state` replaces another store whole (caches included).
+//! `export_state` replaces another store whole (caches included), in one
+//! write or streamed in parts (`AddImageRows`).
 
 mod common;
 
 use common::{msg, TestResult};
-use imstore_engine::{Command, Direction, Engine, Error, Options};
+use imstore_engine::{image_rows_prefix, Command, Direction, Engine, Error, Options, IMAGE_MAGIC};
 
 #[test]
 fn an_exported_image_replaces_a_store_whole() -> TestResult {
@@ -45,6 +46,72 @@ fn an_exported_image_replaces_a_store_whole() -> TestResult {
         Err(Error::InvalidArgument(_))
     ));
     assert_eq!(target.last_seq(1)?, 10);
+    Ok(())
+}
+
+#[test]
+fn an_image_streamed_in_parts_replaces_a_store_whole() -> TestResult {
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let source = Engine::open(a.path(), Options::default())?;
+    let target = Engine::open(b.path(), Options::default())?;
+    for i in 0..200 {
+        source.append(msg(1, 1, &format!("s{i}"), b"from the source", 100 + i))?;
+    }
+    for i in 0..3 {
+        target.append(msg(1, 7, &format!("t{i}"), b"old", i))?;
+    }
+    assert_eq!(target.latest(1, 10)?.len(), 3, "cached in the tail");
+    let image = source.export_state()?;
+    let rows = image
+        .strip_prefix(IMAGE_MAGIC.as_slice())
+        .ok_or("an image starts with the magic")?;
+
+    // Cuts fall on row boundaries only: a prefix cut mid-row is cut back.
+    assert_eq!(image_rows_prefix(rows), rows.len());
+    assert!(image_rows_prefix(&rows[..rows.len() - 1]) < rows.len() - 1);
+    assert_eq!(image_rows_prefix(&[]), 0);
+    assert_eq!(image_rows_prefix(&rows[..3]), 0, "a header alone is no row");
+
+    // The first write empties the shard; parts of about 1 KiB follow.
+    target.execute(Command::ReplaceState(IMAGE_MAGIC.to_vec()))?;
+    assert_eq!(target.last_seq(7)?, 0);
+    let mut rest = rows;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        // About 1 KiB of whole rows, or the one row longer than that.
+        let mut window = 1024;
+        let cut = loop {
+            match image_rows_prefix(&rest[..rest.len().min(window)]) {
+                0 => window *= 2,
+                cut => break cut,
+            }
+        };
+        let (part, tail) = rest.split_at(cut);
+        rest = tail;
+        parts += 1;
+        target.execute(Command::AddImageRows {
+            rows: part.to_vec(),
+            complete: rest.is_empty(),
+        })?;
+    }
+    assert!(parts > 5, "{parts} parts");
+    assert_eq!(target.export_state()?, image);
+    let page = target.read(1, 1, 1000, Direction::Forward)?;
+    assert_eq!(page.len(), 200);
+    assert_eq!(target.latest(1, 1)?.last().map(|m| m.seq), Some(200));
+    assert_eq!(target.last_seq(7)?, 0, "the tail cache was dropped");
+    let retry = target.append(msg(1, 1, "s3", b"from the source", 103))?;
+    assert!(retry.duplicate && retry.seq == 4);
+
+    // A damaged part is refused with nothing written.
+    assert!(matches!(
+        target.execute(Command::AddImageRows {
+            rows: vec![3, 0, 0, 0, 9, 1],
+            complete: true,
+        }),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(target.export_state()?, image);
     Ok(())
 }
 

@@ -340,9 +340,9 @@ impl<B: Backend> ShardedBackend<B> {
             Command::SaveCursor { .. } => Err(Error::InvalidArgument(
                 "a device cursor is saved per shard (submit_to_shard)".into(),
             )),
-            Command::PutMeta(_) | Command::ReplaceState(_) => Err(Error::InvalidArgument(
-                "replication commands are not client writes".into(),
-            )),
+            Command::PutMeta(_) | Command::ReplaceState(_) | Command::AddImageRows { .. } => Err(
+                Error::InvalidArgument("replication commands are not client writes".into()),
+            ),
         }
     }
 }

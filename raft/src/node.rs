@@ -191,6 +191,13 @@ impl ReplicaNode {
     /// Runs `query` on this replica's engine (on the blocking pool), with
     /// no barrier.
     pub(crate) async fn query_here(&self, query: ShardQuery) -> Result<ShardAnswer, Error> {
+        if self.state_machine.is_installing() {
+            // Its rows are half replaced: nothing read now would be true.
+            return Err(unavailable(format!(
+                "shard {} is installing a snapshot on node {}; retry",
+                self.shard, self.node_id
+            )));
+        }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.query(query))
             .await

@@ -11,17 +11,23 @@
 //! snapshot (the `last_applied` and membership read from that same
 //! snapshot) into a file in a background thread, sent by openraft in
 //! chunks of `Config::snapshot_max_chunk_size`. A received image lands
-//! in a file and is installed atomically (`Command::ReplaceState`)
-//! together with its `last_applied` and membership. Export files are
-//! unlinked as soon as they are open, so nothing is left behind; a restart
-//! starts without a snapshot (openraft asks for a new one when its log
-//! was purged).
+//! in a file and is installed from it in parts of [`INSTALL_PART_BYTES`]
+//! (memory stays bounded whatever the shard's size): the first write
+//! replaces the shard with a marker (`raft/install_pending`, the
+//! snapshot's metadata), the middle ones add rows, the last adds the
+//! rest with the snapshot's `last_applied` and membership and clears the
+//! marker. Reads of the replica are refused meanwhile (`is_installing`);
+//! a crash in between leaves the marker and the file, and the next start
+//! installs the file again before raft sees the state machine, so the
+//! install is all or nothing. Export files are unlinked as soon as they
+//! are open, so nothing is left behind; a restart starts without a
+//! snapshot (openraft asks for a new one when its log was purged).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use imstore_engine::{Command, Engine, Outcome};
@@ -35,6 +41,15 @@ use crate::{Proposal, Response, Responses, SnapshotImage, TypeConfig};
 
 const META_LAST_APPLIED: &[u8] = b"raft/last_applied";
 const META_MEMBERSHIP: &[u8] = b"raft/membership";
+/// Present and not empty while a snapshot install is incomplete: the
+/// snapshot's metadata (bincode).
+const META_INSTALL_PENDING: &[u8] = b"raft/install_pending";
+/// The image of the install in progress, in the snapshot directory; kept
+/// until the install is complete, so that a crash can redo it.
+const INSTALLING_FILE: &str = "installing";
+/// Image rows per write while installing a snapshot (more for one row
+/// larger than this).
+pub const INSTALL_PART_BYTES: usize = 4 << 20;
 /// Most commands applied in one group commit (below the engine's group cap).
 const APPLY_CHUNK: usize = 1_024;
 
@@ -102,6 +117,8 @@ pub struct StateMachine {
     engine: Engine,
     files: Arc<SnapshotFiles>,
     stats: Arc<Mutex<SnapshotStats>>,
+    /// A snapshot install is under way: the shard is incomplete.
+    installing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -113,16 +130,21 @@ impl std::fmt::Debug for StateMachine {
 impl StateMachine {
     /// The state machine over an open engine, keeping snapshot files in
     /// `snapshot_dir` (created if needed; files left by an earlier run are
-    /// removed). The engine must be written only through raft from now on.
+    /// removed). A snapshot install a crash interrupted is completed first,
+    /// from its file (blocking: it writes the whole image). The engine
+    /// must be written only through raft from now on.
     pub fn open(engine: Engine, snapshot_dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(snapshot_dir)?;
+        let installing = snapshot_dir.join(INSTALLING_FILE);
+        let interrupted = Self::pending_install(&engine).map_err(std::io::Error::other)?;
         for entry in std::fs::read_dir(snapshot_dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
+            let keep = interrupted.is_some() && entry.path() == installing;
+            if entry.file_type()?.is_file() && !keep {
                 std::fs::remove_file(entry.path())?;
             }
         }
-        Ok(StateMachine {
+        let machine = StateMachine {
             engine,
             files: Arc::new(SnapshotFiles {
                 dir: snapshot_dir.to_path_buf(),
@@ -131,7 +153,58 @@ impl StateMachine {
                 receiving: Mutex::default(),
             }),
             stats: Arc::default(),
-        })
+            installing: Arc::default(),
+        };
+        if let Some(meta) = interrupted {
+            if !installing.is_file() {
+                return Err(std::io::Error::other(format!(
+                    "an interrupted snapshot install left the shard incomplete and its image \
+                     {} is gone: remove this replica from its group, delete the node's data \
+                     directory and add it again",
+                    installing.display()
+                )));
+            }
+            tracing::warn!(snapshot = %meta.snapshot_id, "completing an interrupted snapshot install");
+            machine.installing.store(true, Ordering::SeqCst);
+            let bytes = install_file(&machine.engine, &installing, &meta, INSTALL_PART_BYTES)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            machine.installed(meta, bytes, std::time::Instant::now());
+            std::fs::remove_file(&installing)?;
+        }
+        Ok(machine)
+    }
+
+    /// The metadata of a snapshot whose install is incomplete, if any.
+    fn pending_install(engine: &Engine) -> StorageResult<Option<SnapshotMeta<u64, BasicNode>>> {
+        match engine.meta(META_INSTALL_PENDING).map_err(sm_err)? {
+            Some(bytes) if !bytes.is_empty() => {
+                Ok(Some(bincode::deserialize(&bytes).map_err(sm_err)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A snapshot install is under way (or failed half-way): the shard is
+    /// incomplete, and reads of it must be refused.
+    pub fn is_installing(&self) -> bool {
+        self.installing.load(Ordering::SeqCst)
+    }
+
+    /// Records a finished install.
+    fn installed(
+        &self,
+        meta: SnapshotMeta<u64, BasicNode>,
+        bytes: u64,
+        started: std::time::Instant,
+    ) {
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.installed += 1;
+            stats.last_installed_bytes = bytes;
+            stats.last_install_ms = started.elapsed().as_millis() as u64;
+        }
+        self.installing.store(false, Ordering::SeqCst);
+        self.files.make_current(meta);
     }
 
     /// Snapshot figures since start.
@@ -418,51 +491,60 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut snapshot: Box<SnapshotImage>,
     ) -> StorageResult<()> {
         let started = std::time::Instant::now();
-        snapshot.flush().await.map_err(snapshot_err)?;
-        snapshot
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(snapshot_err)?;
-        // The install is one atomic write, so the image is read whole: the
-        // receiver needs memory for one image (the sender and the wire only
-        // for one chunk).
-        let mut image = Vec::new();
-        snapshot
-            .read_to_end(&mut image)
-            .await
-            .map_err(snapshot_err)?;
-        drop(snapshot);
-        let bytes = image.len() as u64;
-        // The image plus where raft stands, replaced in one write.
-        for (key, value) in Self::meta_rows(meta.last_log_id, &meta.last_membership)? {
-            image.push(3); // the meta column family
-            image.extend_from_slice(&(key.len() as u32).to_be_bytes());
-            image.extend_from_slice(&key);
-            image.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            image.extend_from_slice(&value);
-        }
-        let mut outcomes = self.run(vec![Command::ReplaceState(image)]).await?;
-        if let Some(Err(e)) = outcomes.pop() {
-            return Err(snapshot_err(e));
-        }
-        {
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            stats.installed += 1;
-            stats.last_installed_bytes = bytes;
-            stats.last_install_ms = started.elapsed().as_millis() as u64;
-        }
-        // The engine now holds the image: the received file is done with,
-        // and this replica, should it lead, exports its own on demand.
-        let received = self
+        let receiving = self
             .files
             .receiving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(path) = received {
-            let _ = std::fs::remove_file(path);
-        }
-        self.files.make_current(meta.clone());
+        let received = match receiving {
+            // Openraft hands back the file `begin_receiving_snapshot` gave.
+            Some(path) => {
+                snapshot.flush().await.map_err(snapshot_err)?;
+                path
+            }
+            // An image from elsewhere (another replica's, in tests): copied
+            // into a file first, so that every install can be redone.
+            None => {
+                let path = self.files.new_path("incoming");
+                let mut file = tokio::fs::File::create(&path).await.map_err(snapshot_err)?;
+                snapshot
+                    .seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(snapshot_err)?;
+                tokio::io::copy(&mut *snapshot, &mut file)
+                    .await
+                    .map_err(snapshot_err)?;
+                file.flush().await.map_err(snapshot_err)?;
+                path
+            }
+        };
+        drop(snapshot);
+        // The file must survive a crash mid-install (the next start
+        // installs it again), so it is durable, under its fixed name,
+        // before the shard is touched.
+        let installing = self.files.dir.join(INSTALLING_FILE);
+        let dir = self.files.dir.clone();
+        let path = installing.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&received)?.sync_all()?;
+            std::fs::rename(&received, &path)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(snapshot_err)?
+        .map_err(snapshot_err)?;
+        self.installing.store(true, Ordering::SeqCst);
+        let (engine, path, owned) = (self.engine.clone(), installing.clone(), meta.clone());
+        let bytes = tokio::task::spawn_blocking(move || {
+            install_file(&engine, &path, &owned, INSTALL_PART_BYTES)
+        })
+        .await
+        .map_err(snapshot_err)??;
+        self.installed(meta.clone(), bytes, started);
+        // The engine now holds the image: the file is done with, and this
+        // replica, should it lead, exports its own on demand.
+        let _ = std::fs::remove_file(installing);
         Ok(())
     }
 
@@ -499,5 +581,214 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .map_err(snapshot_err)?;
         self.files.make_current(snapshot.meta.clone());
         Ok(snapshot)
+    }
+}
+
+/// Installs the image in `path` into `engine`'s shard with `meta`'s
+/// `last_applied` and membership, streaming its rows in parts of about
+/// `part_bytes`; returns the image's size. Safe to run again
+/// after a crash part-way: the first write starts over (it replaces the
+/// shard), and only the last clears the marker it sets.
+fn install_file(
+    engine: &Engine,
+    path: &Path,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    part_bytes: usize,
+) -> StorageResult<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(snapshot_err)?;
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic)
+        .map_err(|e| snapshot_err(format!("reading the snapshot image: {e}")))?;
+    if &magic != imstore_engine::IMAGE_MAGIC {
+        return Err(snapshot_err(
+            "the received snapshot is not an imstore image",
+        ));
+    }
+    let write = |command: Command| -> StorageResult<()> {
+        engine.execute(command).map(|_| ()).map_err(snapshot_err)
+    };
+    let marker = bincode::serialize(meta).map_err(snapshot_err)?;
+    let mut first = imstore_engine::IMAGE_MAGIC.to_vec();
+    imstore_engine::push_image_meta_row(&mut first, META_INSTALL_PENDING, &marker);
+    write(Command::ReplaceState(first))?;
+
+    let mut bytes = magic.len() as u64;
+    let mut rows: Vec<u8> = Vec::with_capacity(part_bytes + (64 << 10));
+    let mut chunk = vec![0u8; (256 << 10).min(part_bytes.max(1))];
+    loop {
+        let n = file
+            .read(&mut chunk)
+            .map_err(|e| snapshot_err(format!("reading the snapshot image: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        rows.extend_from_slice(&chunk[..n]);
+        if rows.len() >= part_bytes {
+            let whole = imstore_engine::image_rows_prefix(&rows);
+            if whole > 0 {
+                let rest = rows.split_off(whole);
+                write(Command::AddImageRows {
+                    rows: std::mem::replace(&mut rows, rest),
+                    complete: false,
+                })?;
+            }
+        }
+    }
+    if imstore_engine::image_rows_prefix(&rows) != rows.len() {
+        return Err(snapshot_err("the snapshot image is truncated"));
+    }
+    for (key, value) in StateMachine::meta_rows(meta.last_log_id, &meta.last_membership)? {
+        imstore_engine::push_image_meta_row(&mut rows, &key, &value);
+    }
+    imstore_engine::push_image_meta_row(&mut rows, META_INSTALL_PENDING, &[]);
+    write(Command::AddImageRows {
+        rows,
+        complete: true,
+    })?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imstore_engine::{Bytes, NewMessage, Options};
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn open(dir: &Path) -> Result<StateMachine, Box<dyn std::error::Error>> {
+        let engine = Engine::open(dir.join("engine"), Options::default())?;
+        Ok(StateMachine::open(engine, &dir.join("snapshots"))?)
+    }
+
+    /// A replica with `n` messages in conversation 7 (log index 1), its
+    /// snapshot's metadata and image.
+    async fn source(
+        dir: &Path,
+        n: u64,
+    ) -> Result<(StateMachine, SnapshotMeta<u64, BasicNode>, Vec<u8>), Box<dyn std::error::Error>>
+    {
+        let mut leader = open(dir)?;
+        let commands = (0..n)
+            .map(|i| {
+                Command::Append(vec![NewMessage {
+                    conversation: 7,
+                    sender: 1,
+                    client_msg_id: Bytes::from(format!("m{i}")),
+                    payload: Bytes::from(vec![b'x'; 200]),
+                    timestamp_ms: 1_700_000_000_000 + i,
+                }])
+            })
+            .collect();
+        leader
+            .apply([Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(Proposal(commands)),
+            }])
+            .await?;
+        let meta = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await?
+            .meta;
+        let image = leader.engine().export_state()?;
+        Ok((leader, meta, image))
+    }
+
+    fn leftover_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        Ok(std::fs::read_dir(dir.join("snapshots"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn an_image_installs_in_parts_of_bounded_size() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (leader, meta, image) = source(&dir.path().join("leader"), 300).await?;
+        let mut follower = open(&dir.path().join("follower"))?;
+        let path = dir.path().join("image");
+        std::fs::write(&path, &image)?;
+        let parts_before = follower.engine().commit_stats().groups;
+        let bytes = install_file(follower.engine(), &path, &meta, 4 << 10)?;
+        assert_eq!(bytes, image.len() as u64);
+        // 300 messages of 200 bytes (segment rows of ~13 KiB each, and
+        // small rows) in parts of ~4 KiB: a write per segment row at least.
+        let writes = follower.engine().commit_stats().groups - parts_before;
+        assert!(writes >= 6, "{writes} writes for {bytes} bytes");
+        assert_eq!(
+            follower.engine().export_state()?,
+            leader.engine().export_state()?
+        );
+        assert_eq!(follower.applied_state().await?.0, meta.last_log_id);
+        assert_eq!(StateMachine::pending_install(follower.engine())?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_install_is_completed_at_the_next_start() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (leader, meta, image) = source(&dir.path().join("leader"), 300).await?;
+        let follower_dir = dir.path().join("follower");
+        {
+            let mut follower = open(&follower_dir)?;
+            // The install stops part-way (the image ends mid-row, as after
+            // a crash while it was written): rows were replaced, the
+            // marker stays, reads stay refused.
+            let mut receiving = follower.begin_receiving_snapshot().await?;
+            receiving.write_all(&image[..image.len() / 2]).await?;
+            let failed = follower.install_snapshot(&meta, receiving).await;
+            assert!(failed.is_err());
+            assert!(follower.is_installing());
+            assert_eq!(
+                StateMachine::pending_install(follower.engine())?,
+                Some(meta.clone())
+            );
+            assert_eq!(follower.applied_state().await?.0, None);
+            assert!(follower.engine().last_seq(7)? < 300);
+        }
+        // The next start finds the marker and the file (here the whole
+        // image, as it was received) and installs it again.
+        std::fs::write(follower_dir.join("snapshots").join(INSTALLING_FILE), &image)?;
+        let mut follower = open(&follower_dir)?;
+        assert!(!follower.is_installing());
+        assert_eq!(
+            follower.engine().export_state()?,
+            leader.engine().export_state()?
+        );
+        assert_eq!(follower.applied_state().await?.0, meta.last_log_id);
+        assert_eq!(follower.engine().last_seq(7)?, 300);
+        assert_eq!(follower.snapshot_stats().installed, 1);
+        assert_eq!(
+            follower.get_current_snapshot().await?.map(|s| s.meta),
+            Some(meta)
+        );
+        assert!(leftover_files(&follower_dir)?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_install_without_its_image_refuses_to_start() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_leader, meta, image) = source(&dir.path().join("leader"), 10).await?;
+        let follower_dir = dir.path().join("follower");
+        {
+            let mut follower = open(&follower_dir)?;
+            let mut receiving = follower.begin_receiving_snapshot().await?;
+            receiving.write_all(&image[..image.len() - 1]).await?;
+            assert!(follower.install_snapshot(&meta, receiving).await.is_err());
+        }
+        std::fs::remove_file(follower_dir.join("snapshots").join(INSTALLING_FILE))?;
+        let err = open(&follower_dir)
+            .err()
+            .ok_or("opened an incomplete shard")?;
+        assert!(
+            err.to_string().contains("interrupted snapshot install"),
+            "{err}"
+        );
+        Ok(())
     }
 }
