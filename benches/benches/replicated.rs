@@ -101,17 +101,7 @@ fn replica(node: &Node, group: u64) -> ReplicaNode {
 }
 
 fn cluster(shards: u64) -> Cluster {
-    let runtime = match std::env::var("IMSTORE_BENCH_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Runtime::new(),
-    }
-    .unwrap_or_else(|e| panic!("{e}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     let (leaders, nodes, dirs) = runtime.block_on(async {
         let config = replica_config(shards);
         let groups: Vec<u64> = (0..shards).collect();

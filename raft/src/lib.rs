@@ -11,7 +11,7 @@
 //! membership in the same WriteBatch; a snapshot built for a log purge only
 //! fsyncs the engine, and its image, a consistent export of the shard's key
 //! range, is streamed only when read to be sent ([`SnapshotImage`]) and
-//! installed atomically). openraft's storage
+//! installed in parts, all or nothing). openraft's storage
 //! conformance suite runs against them (`tests/conformance.rs`).
 //!
 //! The gRPC transport ([`GrpcNetwork`], [`TransportService`]: openraft's
@@ -35,11 +35,10 @@
 //! on load), and it does not delete the data of a replica moved away.
 //!
 //! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot image is
-//! exported and sent in bounded memory (streamed into a file, sent in chunks
-//! of [`ReplicaConfig::snapshot_chunk_bytes`]), but installed as one atomic
-//! write: the receiver holds one whole image in memory while installing.
-//! Each send exports anew (two followers needing one at once cost two
-//! exports).
+//! exported, sent and installed in bounded memory (streamed into a file,
+//! sent in chunks of [`ReplicaConfig::snapshot_chunk_bytes`], installed in
+//! parts of 4 MiB); the receiver needs disk for one image. Each send
+//! exports anew (two followers needing one at once cost two exports).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -27,6 +27,8 @@ pub struct SnapshotImage {
     state: State,
     /// A seek asked for before the file existed, made once it does.
     pending_seek: Option<SeekFrom>,
+    /// The file's path, for an image being received.
+    received: Option<std::path::PathBuf>,
 }
 
 enum State {
@@ -40,12 +42,18 @@ enum State {
 }
 
 impl SnapshotImage {
-    /// An image that is already a file (one being received).
-    pub(crate) fn from_file(file: tokio::fs::File) -> Self {
+    /// An image being received into the file at `path`.
+    pub(crate) fn receiving(file: tokio::fs::File, path: std::path::PathBuf) -> Self {
         SnapshotImage {
             state: State::Ready(file),
             pending_seek: None,
+            received: Some(path),
         }
+    }
+
+    /// Where the image is being received, if it is (and not exported).
+    pub(crate) fn received_path(&self) -> Option<&std::path::Path> {
+        self.received.as_deref()
     }
 
     /// An image exported on first use: the exporter waits for `go` (or
@@ -58,6 +66,7 @@ impl SnapshotImage {
         SnapshotImage {
             state: State::Deferred { go: Some(go), file },
             pending_seek: None,
+            received: None,
         }
     }
 

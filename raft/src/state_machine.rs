@@ -477,12 +477,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .receiving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .replace(path);
+            .replace(path.clone());
         if let Some(stale) = stale {
             // An earlier transfer was abandoned for this one.
             let _ = std::fs::remove_file(stale);
         }
-        Ok(Box::new(SnapshotImage::from_file(file)))
+        Ok(Box::new(SnapshotImage::receiving(file, path)))
     }
 
     async fn install_snapshot(
@@ -497,15 +497,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let handed_back = receiving
+            .as_deref()
+            .is_some_and(|path| snapshot.received_path() == Some(path));
+        if !handed_back {
+            if let Some(unused) = &receiving {
+                let _ = std::fs::remove_file(unused);
+            }
+        }
         let received = match receiving {
             // Openraft hands back the file `begin_receiving_snapshot` gave.
-            Some(path) => {
+            Some(path) if handed_back => {
                 snapshot.flush().await.map_err(snapshot_err)?;
                 path
             }
-            // An image from elsewhere (another replica's, in tests): copied
-            // into a file first, so that every install can be redone.
-            None => {
+            // An image from elsewhere (another replica's, as openraft's
+            // conformance suite hands over): copied into a file first, so
+            // that every install can be redone.
+            _ => {
                 let path = self.files.new_path("incoming");
                 let mut file = tokio::fs::File::create(&path).await.map_err(snapshot_err)?;
                 snapshot
