@@ -97,6 +97,7 @@ fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> TestResult {
             "{body}"
         );
         assert!(sample(&body, "imstore_raft_snapshot_installed_bytes").is_some_and(|b| b > 0));
+        assert_eq!(sample(&body, "imstore_raft_snapshot_installing"), Some(0));
         assert!(sample(&body, "imstore_raft_last_applied_index").is_some_and(|i| i > had));
         // And it follows the log again from there.
         let (seq, _) = send_until_acked(&addrs, GROUP, 1, "after")

@@ -413,7 +413,7 @@ impl ReplicaNode {
         let snapshots = self.state_machine.snapshot_stats();
         let is_leader = u64::from(m.state == openraft::ServerState::Leader);
         let index = |l: Option<openraft::LogId<u64>>| l.map_or(0, |l| l.index);
-        let figures: [(&str, &str, &str, u64); 12] = [
+        let figures: [(&str, &str, &str, u64); 13] = [
             (
                 "imstore_raft_is_leader",
                 "gauge",
@@ -485,6 +485,12 @@ impl ReplicaNode {
                 "gauge",
                 "Time the last snapshot install took.",
                 snapshots.last_install_ms,
+            ),
+            (
+                "imstore_raft_snapshot_installing",
+                "gauge",
+                "1 while a snapshot install is under way (or stopped half-way): reads of the replica are refused.",
+                u64::from(self.state_machine.is_installing()),
             ),
         ];
         let mut out = String::new();

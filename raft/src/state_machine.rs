@@ -606,6 +606,11 @@ fn install_file(
 ) -> StorageResult<u64> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(snapshot_err)?;
+    let total = file.metadata().map_err(snapshot_err)?.len();
+    let (shard, snapshot) = (engine.shard(), &meta.snapshot_id);
+    let started = std::time::Instant::now();
+    tracing::info!(shard, %snapshot, bytes = total, "installing a snapshot");
+    let mut reported = started;
     let mut magic = [0u8; 8];
     file.read_exact(&mut magic)
         .map_err(|e| snapshot_err(format!("reading the snapshot image: {e}")))?;
@@ -643,6 +648,16 @@ fn install_file(
                     complete: false,
                 })?;
             }
+            if reported.elapsed() >= std::time::Duration::from_secs(5) {
+                reported = std::time::Instant::now();
+                tracing::info!(
+                    shard,
+                    %snapshot,
+                    "installing a snapshot: {} of {} MB",
+                    bytes / 1_000_000,
+                    total / 1_000_000
+                );
+            }
         }
     }
     if imstore_engine::image_rows_prefix(&rows) != rows.len() {
@@ -656,6 +671,13 @@ fn install_file(
         rows,
         complete: true,
     })?;
+    tracing::info!(
+        shard,
+        %snapshot,
+        bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot installed"
+    );
     Ok(bytes)
 }
 
