@@ -177,7 +177,14 @@ impl ReplicaNode {
     /// it fails. Errors: the engine's, or `NotLeader`/`UNAVAILABLE`
     /// (retryable) when no replica answers.
     pub async fn read(&self, stale_ok: bool, query: ShardQuery) -> Result<ShardAnswer, Error> {
-        match self.directory_if_not_hosted() {
+        // A replica installing a snapshot is half replaced: its reads go
+        // where a non-host's would.
+        let elsewhere = self.directory_if_not_hosted().or_else(|| {
+            self.directory
+                .get()
+                .filter(|_| self.state_machine.is_installing())
+        });
+        match elsewhere {
             Some(meta) => self.read_elsewhere(meta, stale_ok, query).await,
             None => {
                 if !stale_ok {
