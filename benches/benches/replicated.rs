@@ -132,10 +132,13 @@ fn cluster(shards: u64) -> Cluster {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             let leader_id = metrics.current_leader.unwrap_or(1);
-            leaders.push(Arc::new(imstore_proxy::RaftBackend::new(replica(
-                &nodes[(leader_id - 1) as usize],
-                shard,
-            ))));
+            // As a node's server sets them up (`ShardedBackend::new`).
+            leaders.push(Arc::new(
+                imstore_proxy::RaftBackend::with_proposals_in_flight(
+                    replica(&nodes[(leader_id - 1) as usize], shard),
+                    imstore_proxy::proposals_in_flight_for(shards as usize),
+                ),
+            ));
         }
         let replicas = nodes
             .iter()

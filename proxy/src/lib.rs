@@ -35,7 +35,8 @@ mod server;
 mod service;
 
 pub use backend::{
-    Answer, Backend, Barrier, Done, EngineBackend, RaftBackend, Route, ShardedBackend,
+    proposals_in_flight_for, Answer, Backend, Barrier, Done, EngineBackend, RaftBackend, Route,
+    ShardedBackend, MAX_PROPOSAL, PROPOSALS_IN_FLIGHT,
 };
 pub use error::{to_status, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
