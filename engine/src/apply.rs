@@ -103,7 +103,7 @@ impl From<&Options> for ApplyLimits {
 
 #[path = "im_apply.rs"]
 mod im;
-pub use im::{image_rows_prefix, push_image_meta_row};
+pub use im::push_image_meta_row;
 
 /// Changes made by the commands applied so far in one group, not yet written.
 #[derive(Default)]

@@ -1115,67 +1115,27 @@ fn decode_image(image: &[u8]) -> Result<Vec<super::Row>> {
     decode_rows(rows)
 }
 
-/// The length of the longest prefix of `rows` (a store image's rows, after
-/// its magic) that holds whole rows only: where a streamed image can be
-/// cut into [`Command::AddImageRows`] parts. Reads only the row headers.
-pub fn image_rows_prefix(rows: &[u8]) -> usize {
-    let mut at = 0usize;
-    loop {
-        let mut end = at + 1;
-        for _ in 0..2 {
-            let Some(len) = rows.get(end..end + 4) else {
-                return at;
-            };
-            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            end = end + 4 + len;
-        }
-        if end > rows.len() {
-            return at;
-        }
-        at = end;
-    }
-}
-
 /// Appends one row of the `meta` column family (key, value) to image rows.
 pub fn push_image_meta_row(rows: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let meta = Space::ALL
         .iter()
         .position(|s| *s == Space::Meta)
         .unwrap_or_default() as u8;
-    rows.push(meta);
-    for part in [key, value] {
-        rows.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        rows.extend_from_slice(part);
-    }
+    crate::codec::push_image_row(rows, meta, key, value);
 }
 
 /// Splits image rows (without the magic) into rows.
-fn decode_rows(mut rest: &[u8]) -> Result<Vec<super::Row>> {
-    let bad = bad_image;
-    let mut rows = Vec::new();
-    let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>> {
-        if rest.len() < n {
-            return Err(bad("truncated"));
-        }
-        let (head, tail) = rest.split_at(n);
-        *rest = tail;
-        Ok(head.to_vec())
-    };
-    while let Some((&index, tail)) = rest.split_first() {
-        rest = tail;
-        let space = *Space::ALL
-            .get(usize::from(index))
-            .ok_or_else(|| bad("unknown column family"))?;
-        let mut part = || -> Result<Vec<u8>> {
-            let len = take(&mut rest, 4)?;
-            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            take(&mut rest, len)
-        };
-        let key = part()?;
-        let value = part()?;
-        rows.push((space, key, value));
-    }
-    Ok(rows)
+fn decode_rows(rows: &[u8]) -> Result<Vec<super::Row>> {
+    crate::codec::decode_image_rows(rows)
+        .map_err(|e| bad_image(&format!("{e}")))?
+        .into_iter()
+        .map(|(index, key, value)| {
+            let space = *Space::ALL
+                .get(usize::from(index))
+                .ok_or_else(|| bad_image("unknown column family"))?;
+            Ok((space, key.to_vec(), value.to_vec()))
+        })
+        .collect()
 }
 
 /// Checks that `by` sent `message` and that `now_ms` is within `window_ms`

@@ -74,7 +74,8 @@ mod types;
 #[doc(hidden)]
 pub mod codec;
 
-pub use crate::apply::{image_rows_prefix, push_image_meta_row};
+pub use crate::apply::push_image_meta_row;
+pub use crate::codec::image_rows_prefix;
 pub use crate::codec::{pair_key, shard_for};
 pub use crate::engine::Engine;
 pub use crate::error::{Error, Result};
