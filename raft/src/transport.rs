@@ -673,6 +673,13 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                 self.node_id, r.shard
             )));
         }
+        // A status, not an answer: the asker tries the next replica.
+        if replica.state_machine.is_installing() {
+            return Err(Status::unavailable(format!(
+                "node {} is installing a snapshot of shard {}",
+                self.node_id, r.shard
+            )));
+        }
         let query: imstore_engine::ShardQuery = decode(&r.query)?;
         if !r.stale_ok {
             replica
