@@ -1116,12 +1116,14 @@ fn decode_image(image: &[u8]) -> Result<Vec<super::Row>> {
 }
 
 /// Appends one row of the `meta` column family (key, value) to image rows.
-pub fn push_image_meta_row(rows: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+pub fn push_image_meta_row(rows: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<()> {
     let meta = Space::ALL
         .iter()
         .position(|s| *s == Space::Meta)
         .unwrap_or_default() as u8;
-    crate::codec::push_image_row(rows, meta, key, value);
+    crate::codec::write_image_row(rows, meta, key, value)
+        .map(|_| ())
+        .map_err(|e| bad_image(&e.to_string()))
 }
 
 /// Splits image rows (without the magic) into rows.

@@ -696,14 +696,7 @@ impl<'a> ShardView<'a> {
                     it.next();
                     continue;
                 }
-                out.write_all(&[index as u8]).map_err(io)?;
-                for part in [key, value] {
-                    let len = u32::try_from(part.len())
-                        .map_err(|_| Error::Storage("row too large to export".into()))?;
-                    out.write_all(&len.to_be_bytes()).map_err(io)?;
-                    out.write_all(part).map_err(io)?;
-                }
-                export.bytes += 9 + (key.len() + value.len()) as u64;
+                export.bytes += codec::write_image_row(out, index as u8, key, value).map_err(io)?;
                 export.rows += 1;
                 it.next();
             }

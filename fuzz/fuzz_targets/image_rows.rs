@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let rows = codec::decode_image_rows(&data[..whole]).expect("a whole-row prefix decodes");
     let mut again = Vec::with_capacity(whole);
     for (cf, key, value) in &rows {
-        codec::push_image_row(&mut again, *cf, key, value);
+        codec::write_image_row(&mut again, *cf, key, value).expect("a row read back fits");
     }
     assert_eq!(again, &data[..whole], "rows re-encode to the same bytes");
 

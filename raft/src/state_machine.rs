@@ -166,9 +166,10 @@ impl StateMachine {
             }
             tracing::warn!(snapshot = %meta.snapshot_id, "completing an interrupted snapshot install");
             machine.installing.store(true, Ordering::SeqCst);
+            let started = std::time::Instant::now();
             let bytes = install_file(&machine.engine, &installing, &meta, INSTALL_PART_BYTES)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            machine.installed(meta, bytes, std::time::Instant::now());
+            machine.installed(meta, bytes, started);
             std::fs::remove_file(&installing)?;
         }
         Ok(machine)
@@ -534,18 +535,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // before the shard is touched.
         let installing = self.files.dir.join(INSTALLING_FILE);
         let dir = self.files.dir.clone();
-        let path = installing.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&received)?.sync_all()?;
-            std::fs::rename(&received, &path)?;
-            std::fs::File::open(&dir)?.sync_all()
-        })
-        .await
-        .map_err(snapshot_err)?
-        .map_err(snapshot_err)?;
-        self.installing.store(true, Ordering::SeqCst);
         let (engine, path, owned) = (self.engine.clone(), installing.clone(), meta.clone());
-        let bytes = tokio::task::spawn_blocking(move || {
+        let flag = Arc::clone(&self.installing);
+        let bytes = tokio::task::spawn_blocking(move || -> StorageResult<u64> {
+            let keep = || -> std::io::Result<()> {
+                std::fs::File::open(&received)?.sync_all()?;
+                std::fs::rename(&received, &path)?;
+                std::fs::File::open(&dir)?.sync_all()
+            };
+            keep().map_err(snapshot_err)?;
+            flag.store(true, Ordering::SeqCst);
             install_file(&engine, &path, &owned, INSTALL_PART_BYTES)
         })
         .await
@@ -624,7 +623,8 @@ fn install_file(
     };
     let marker = bincode::serialize(meta).map_err(snapshot_err)?;
     let mut first = imstore_engine::IMAGE_MAGIC.to_vec();
-    imstore_engine::push_image_meta_row(&mut first, META_INSTALL_PENDING, &marker);
+    imstore_engine::push_image_meta_row(&mut first, META_INSTALL_PENDING, &marker)
+        .map_err(snapshot_err)?;
     write(Command::ReplaceState(first))?;
 
     let mut bytes = magic.len() as u64;
@@ -664,9 +664,10 @@ fn install_file(
         return Err(snapshot_err("the snapshot image is truncated"));
     }
     for (key, value) in StateMachine::meta_rows(meta.last_log_id, &meta.last_membership)? {
-        imstore_engine::push_image_meta_row(&mut rows, &key, &value);
+        imstore_engine::push_image_meta_row(&mut rows, &key, &value).map_err(snapshot_err)?;
     }
-    imstore_engine::push_image_meta_row(&mut rows, META_INSTALL_PENDING, &[]);
+    imstore_engine::push_image_meta_row(&mut rows, META_INSTALL_PENDING, &[])
+        .map_err(snapshot_err)?;
     write(Command::AddImageRows {
         rows,
         complete: true,
