@@ -56,6 +56,8 @@ impl Counters {
             commands: self.commands.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
             batch_operations: self.batch_operations.load(Ordering::Relaxed),
+            // Filled in by the engine, which owns the syncer.
+            background_wal_syncs: 0,
         }
     }
 }

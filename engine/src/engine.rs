@@ -8,6 +8,7 @@ use crate::store::{
     MetaRow, ShardId, ShardView, StateExport, Store, CF_DEDUP, CF_SEGMENTS, MAX_SHARD,
 };
 use crate::tail::TailCache;
+use crate::wal_sync::WalSyncer;
 use crate::{
     read, Appended, Command, CommitNotice, CommitStats, Direction, Error, Message, NewMessage,
     Options, Outcome, Result, SegmentInfo, SendMessage,
@@ -34,6 +35,7 @@ struct Inner {
     tail: Arc<TailCache>,
     pipeline: Arc<Pipeline>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    wal_syncer: Option<WalSyncer>,
     max_page_messages: usize,
 }
 
@@ -79,12 +81,21 @@ impl Engine {
             options.max_group_commands,
             options.conversation_cache_entries,
         )?;
+        let wal_syncer = if options.sync_writes || options.wal_sync_interval_ms == 0 {
+            None
+        } else {
+            Some(WalSyncer::start(
+                Arc::clone(&store),
+                std::time::Duration::from_millis(options.wal_sync_interval_ms),
+            )?)
+        };
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
                 tail,
                 pipeline,
                 committer: Mutex::new(Some(handle)),
+                wal_syncer,
                 max_page_messages: options.max_page_messages,
             }),
             shard: 0,
@@ -293,7 +304,10 @@ impl Engine {
     /// Counters of the commit pipeline since open: groups written, commands
     /// and messages they carried. `messages / groups` is the mean group size.
     pub fn commit_stats(&self) -> CommitStats {
-        self.inner.pipeline.counters.snapshot()
+        CommitStats {
+            background_wal_syncs: self.inner.wal_syncer.as_ref().map_or(0, WalSyncer::syncs),
+            ..self.inner.pipeline.counters.snapshot()
+        }
     }
 
     /// A few RocksDB figures for monitoring: live data size, memtable and

@@ -22,7 +22,8 @@
 //! apply step), or a cache of hot reads (the proxy's single-flight cache).
 //! Only this crate and the raft log store touch RocksDB.
 //!
-//! **Limits:** one writer thread per open directory (the committer); a
+//! **Limits:** one writer thread per open directory (the committer; a store
+//! opened with `sync_writes` off also runs a WAL sync thread); a
 //! payload is at most [`Options::max_payload_bytes`], a batch at most
 //! [`Options::max_batch_messages`], a page at most
 //! [`Options::max_page_messages`]. A retry is recognised as a duplicate for
@@ -67,6 +68,7 @@ mod read;
 mod store;
 mod tail;
 mod types;
+mod wal_sync;
 
 /// The record and segment codec. Public so the fuzz targets and the
 /// benchmarks can exercise the decoder and the merge operator directly;

@@ -31,6 +31,15 @@ pub struct Options {
     /// it off makes an acknowledged write survive a process crash but not a
     /// power loss or kernel crash.
     pub sync_writes: bool,
+    /// With `sync_writes` off: a background thread fsyncs the WAL this
+    /// often (in milliseconds) when something was written since its last
+    /// sync, so a power loss takes at most about this much, and an explicit
+    /// [`Engine::make_durable`](crate::Engine::make_durable) finds little
+    /// left to write (a raft replica calls it at every snapshot point,
+    /// where one fsync of everything since the last point stalled appends;
+    /// see `docs/benchmarks.md`). Default 50; 0 turns the thread off.
+    /// Unused when `sync_writes` is on.
+    pub wal_sync_interval_ms: u64,
     /// Most commands the commit pipeline gathers into one write. Default 4,096.
     pub max_group_commands: usize,
     /// Conversation states the committer keeps in memory. Default 100,000.
@@ -86,6 +95,7 @@ impl Default for Options {
             dedup_window_ms: 24 * 3600 * 1000,
             dedup_gc_grace_ms: 24 * 3600 * 1000,
             sync_writes: true,
+            wal_sync_interval_ms: 50,
             max_group_commands: 4_096,
             conversation_cache_entries: 100_000,
             block_cache_bytes: 256 << 20,
@@ -572,6 +582,9 @@ pub struct CommitStats {
     /// Operations (puts, merges, deletes) in the written batches: what a
     /// command costs in writes, independent of timing.
     pub batch_operations: u64,
+    /// WAL fsyncs the background syncer made (`sync_writes` off; see
+    /// [`Options::wal_sync_interval_ms`]).
+    pub background_wal_syncs: u64,
 }
 
 /// What one durable group commit changed that push subscribers care about,

@@ -162,3 +162,47 @@ fn shard_map_rows_travel_in_a_snapshot_image_and_raft_rows_do_not() -> TestResul
     assert_eq!(other.meta(b"raft/last_applied")?, None);
     Ok(())
 }
+
+/// A store whose writes are not fsynced one by one (a raft replica's)
+/// syncs its WAL in the background once something was written, and only
+/// then: `make_durable` at a snapshot point then has little left to do.
+#[test]
+fn an_unsynced_store_syncs_its_wal_in_the_background() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let unsynced = Options {
+        sync_writes: false,
+        wal_sync_interval_ms: 1,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), unsynced.clone())?;
+    engine.append(msg(1, 1, "a", b"x", 1))?;
+    // Waits on the counter (bounded), not for a fixed time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.commit_stats().background_wal_syncs == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background sync in 30 s"
+        );
+        std::thread::yield_now();
+    }
+    engine.make_durable()?;
+    drop(engine);
+
+    // Off: with `sync_writes` on (every write is synced), or at 0.
+    for (before, options) in [
+        Options::default(),
+        Options {
+            wal_sync_interval_ms: 0,
+            ..unsynced
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let engine = Engine::open(dir.path(), options)?;
+        assert_eq!(engine.read(1, 1, 10, Direction::Forward)?.len(), before + 1);
+        engine.append(msg(1, 1, &format!("b{before}"), b"x", 2))?;
+        assert_eq!(engine.commit_stats().background_wal_syncs, 0);
+    }
+    Ok(())
+}
