@@ -118,7 +118,7 @@ fn cluster(shards: u64) -> Cluster {
         // s % 3 + 1, which then usually leads it.
         for shard in 0..shards {
             replica(&nodes[(shard % 3) as usize], shard)
-                .raft
+                .raft()
                 .initialize(members.clone())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -126,7 +126,7 @@ fn cluster(shards: u64) -> Cluster {
         let mut leaders = Vec::new();
         for shard in 0..shards {
             let metrics = replica(&nodes[0], shard)
-                .raft
+                .raft()
                 .wait(Some(Duration::from_secs(60)))
                 .metrics(|m| m.current_leader.is_some(), "leader")
                 .await
@@ -187,7 +187,7 @@ fn routed_cluster() -> Routed {
         let first = &nodes[0];
         for (group, count) in [(0, 3), (META_SHARD, 4)] {
             replica(first, group)
-                .raft
+                .raft()
                 .initialize(members(count))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -200,7 +200,7 @@ fn routed_cluster() -> Routed {
             by_node.insert(id, data);
         }
         let leader = replica(first, 0)
-            .raft
+            .raft()
             .wait(Some(Duration::from_secs(60)))
             .metrics(|m| m.current_leader.is_some(), "leader")
             .await

@@ -266,7 +266,7 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
             task.abort();
         }
         for replica in replicas.iter().chain([&meta]) {
-            replica.raft.shutdown().await.map_err(|e| e.to_string())?;
+            replica.raft().shutdown().await.map_err(|e| e.to_string())?;
         }
         drop(replicas);
         tokio::task::spawn_blocking(move || drop(storage)).await?;
@@ -492,9 +492,17 @@ async fn rebalance(client: &mut Client, server: &str, json_output: bool) -> Resu
             id: from,
             address: String::new(),
         };
-        on_leader(server, shard, remove, false).await?;
+        let removed = on_leader(server, shard, remove, false).await?;
         if json_output {
-            println!("{}", json!({"moved_shard": shard, "from": from, "to": to}));
+            println!(
+                "{}",
+                json!({"moved_shard": shard, "from": from, "to": to, "retired": removed.retired})
+            );
+        } else {
+            println!(
+                "  node {from}'s replica of shard {shard}: {}",
+                removed.retired
+            );
         }
     }
     if !json_output {
@@ -838,6 +846,7 @@ fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_output: bool) 
             "last_snapshot_install_ms": s.last_snapshot_install_ms,
             "purged_index": s.purged_index,
             "replicas_behind": replicas_behind_json(s),
+            "retired": s.retired,
                                "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
         );
     } else {
@@ -868,6 +877,9 @@ fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_output: bool) 
         );
         if !s.replicas_behind.is_empty() {
             println!("  replicas behind the leader: {}", replicas_behind_text(s));
+        }
+        if !s.retired.is_empty() {
+            println!("  the removed node's replica: {}", s.retired);
         }
     }
 }

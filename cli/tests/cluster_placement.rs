@@ -420,10 +420,20 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         assert!(joined.contains("moving shard"), "{joined}");
         eprintln!("{joined}");
         assert!(joined.contains("5=2"), "12 replicas over 5 nodes: {joined}");
+        // Each node moved away deleted its replica (RetireReplica).
+        let moves = joined.matches("moving shard").count();
+        let retired: Vec<&str> = joined
+            .lines()
+            .filter(|l| l.contains("'s replica of shard"))
+            .collect();
+        assert_eq!(retired.len(), moves, "{joined}");
+        assert!(retired.iter().all(|l| l.ends_with(": deleted")), "{joined}");
         let mut all = addrs.clone();
         all.push(fifth);
+        let mut sends = BTreeMap::new();
         for (writer, &group) in writers.into_iter().zip(&load) {
             let acked = writer.await?.map_err(|e| e.to_string())?;
+            sends.insert(group, acked.len() as u64);
             eprintln!("group {group}: {} sends acknowledged", acked.len());
             // Every acknowledged send once, seqs continuous, read through
             // every node, node 5 included (which hosts some shards now).
@@ -457,13 +467,76 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             }
         }
         // The map follows the moves: 3 replicas a shard, 2 on node 5.
-        let placement: BTreeMap<u64, BTreeSet<u64>> = wait_for_map(fifth, |map| {
+        wait_for_map(fifth, |map| {
             map.values().all(|(_, r)| r.len() == 3)
                 && map.values().filter(|(_, r)| r.contains(&5)).count() == 2
+        })?;
+
+        // A node that retired its replica can host the shard again: the
+        // first move goes back (`move-shard`), the node catches up from
+        // nothing, and node 5 retires its replica in turn.
+        let first = joined
+            .lines()
+            .find_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                match words.as_slice() {
+                    ["moving", "shard", s, "from", "node", from, ..] => {
+                        Some((s.parse::<u64>().ok()?, from.parse::<u64>().ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .ok_or("no move in the add-node output")?;
+        let (shard, back_to) = first;
+        let back = imstore(
+            fifth,
+            &[
+                "cluster",
+                "move-shard",
+                "--from",
+                "5",
+                "--to",
+                &back_to.to_string(),
+                "--address",
+                &addrs[back_to as usize - 1].to_string(),
+                "--shard",
+                &shard.to_string(),
+            ],
+        )?;
+        assert!(
+            back.contains("the removed node's replica: deleted"),
+            "{back}"
+        );
+        let placement = wait_for_map(fifth, |map| {
+            map.values().all(|(_, r)| r.len() == 3)
+                && map
+                    .get(&shard)
+                    .is_some_and(|(_, r)| r.contains(&back_to) && !r.contains(&5))
         })?
         .into_iter()
         .map(|(shard, (_, replicas))| (shard, replicas))
-        .collect();
+        .collect::<BTreeMap<u64, BTreeSet<u64>>>();
+        let group = load[shard as usize];
+        let expected: Vec<u64> = (1..=sends[&group]).collect();
+        let addr = addrs[back_to as usize - 1];
+        let page = on_node(addr, |mut c| async move {
+            c.read(pb::ReadRequest {
+                conversation: group,
+                from: 1,
+                limit: 5_000,
+                direction: pb::Direction::Forward as i32,
+                stale_ok: false,
+            })
+            .await
+        })
+        .await?
+        .into_inner()
+        .messages;
+        let seqs: Vec<u64> = page.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs, expected,
+            "group {group} read on node {back_to}, hosting it again"
+        );
         let sync = sync_of(fifth, 100).await?;
         assert!(sync.entries.len() >= 8, "user-wide read on node 5");
         Ok::<_, Box<dyn std::error::Error>>(placement)
@@ -489,12 +562,11 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
     }
     for &group in &groups {
         // At least the leader applied it (followers may not have yet);
-        // nobody outside the placement (at init, or after the moves) has
-        // it. A replica moved away keeps its data on disk.
+        // nobody outside the placement after the moves has it: a replica
+        // moved away deleted its data.
         let shard = imstore_raft::shard_for(group, SHARDS);
         let held = holders.get(&group).cloned().unwrap_or_default();
-        let mut allowed = placed(shard);
-        allowed.extend(moved.get(&shard).into_iter().flatten());
+        let allowed = moved.get(&shard).cloned().unwrap_or_else(|| placed(shard));
         assert!(!held.is_empty(), "nobody holds {group}");
         assert!(
             held.is_subset(&allowed),

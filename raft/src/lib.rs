@@ -30,9 +30,12 @@
 //! init`/`add-node`/`rebalance`; a node serves the shards it does not host
 //! through the shard map ([`ReplicaNode::propose`], [`ReplicaNode::read`]:
 //! at a host, over `RaftTransport/Propose` and `RaftTransport/ShardRead`).
+//! A replica its group removed deletes its data when the leader asks
+//! ([`ReplicaNode::retire`], after the removal commits).
 //!
 //! **Is not:** a placer that acts on its own (no rebalancing on a timer or
-//! on load), and it does not delete the data of a replica moved away.
+//! on load). A node that is down when it is removed keeps that replica's
+//! data (the retire request is not retried).
 //!
 //! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot image is
 //! exported, sent and installed in bounded memory (streamed into a file,
@@ -55,7 +58,7 @@ mod transport;
 
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
-pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode};
+pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Retired};
 pub use shard_map::{spawn_publisher, META_SHARD};
 pub use snapshot_image::SnapshotImage;
 pub use state_machine::{SnapshotStats, StateMachine};

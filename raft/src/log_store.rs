@@ -178,6 +178,19 @@ impl LogStore {
         self.key(&index.to_be_bytes())
     }
 
+    /// Deletes this shard's log (its entries, the committed and purged
+    /// marks) in one synced write, keeping only its vote: what a replica
+    /// retired from its group leaves (`ReplicaNode::retire`). Not while
+    /// the shard's raft instance runs.
+    pub(crate) fn clear_keeping_vote(&self) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_LOGS)?, self.index_key(0), self.end_key());
+        for key in [KEY_COMMITTED, KEY_LAST_PURGED] {
+            batch.delete_cf(self.cf(CF_STATE)?, self.key(key));
+        }
+        self.write_synced(batch)
+    }
+
     /// First key after every key of this shard.
     fn end_key(&self) -> Vec<u8> {
         match u64::from_be_bytes(self.prefix).checked_add(1) {
@@ -359,5 +372,57 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.index_key(log_id.index.saturating_add(1)),
         );
         self.write_synced(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(3, 1), index)
+    }
+
+    /// Entries 1..=5, vote, committed 5, purged through 2.
+    async fn fill(log: &mut LogStore) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        for index in 1..=5 {
+            let entry = Entry::<TypeConfig> {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            };
+            let bytes = bincode::serialize(&entry).map_err(write_err)?;
+            batch.put_cf(log.cf(CF_LOGS)?, log.index_key(index), bytes);
+        }
+        log.write_synced(batch)?;
+        log.save_vote(&Vote::new(3, 1)).await?;
+        log.save_committed(Some(log_id(5))).await?;
+        log.purge(log_id(2)).await
+    }
+
+    #[tokio::test]
+    async fn clearing_a_shard_keeps_its_vote_and_leaves_other_shards_alone(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let log = LogStore::open(dir.path())?;
+        let (mut retired, mut other) = (log.for_shard(1), log.for_shard(2));
+        fill(&mut retired).await?;
+        fill(&mut other).await?;
+
+        retired.clear_keeping_vote()?;
+        let state = retired.get_log_state().await?;
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, None);
+        assert!(retired.try_get_log_entries(0..100).await?.is_empty());
+        assert_eq!(retired.read_committed().await?, None);
+        assert_eq!(retired.read_vote().await?, Some(Vote::new(3, 1)));
+
+        let state = other.get_log_state().await?;
+        assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+        assert_eq!(state.last_log_id, Some(log_id(5)));
+        assert_eq!(other.try_get_log_entries(0..100).await?.len(), 3);
+        assert_eq!(other.read_committed().await?, Some(log_id(5)));
+        Ok(())
     }
 }

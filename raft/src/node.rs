@@ -23,12 +23,14 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// One shard's replica on this node.
 #[derive(Clone)]
 pub struct ReplicaNode {
-    /// The raft instance.
-    pub raft: Raft<TypeConfig>,
+    /// The running raft instance and its state machine: replaced by an
+    /// empty one when the replica is retired ([`ReplicaNode::retire`]),
+    /// for every clone at once.
+    instance: Arc<std::sync::RwLock<Instance>>,
+    /// What starting an instance takes, and the lock retiring holds.
+    lifecycle: Arc<Lifecycle>,
     /// The engine it applies to (reads go here after a read barrier).
     pub engine: Engine,
-    /// The state machine (for its snapshot figures).
-    pub state_machine: StateMachine,
     node_id: u64,
     shard: u64,
     peers: Peers,
@@ -36,6 +38,34 @@ pub struct ReplicaNode {
     /// This node's replica of the metadata group, once set: where a
     /// shard this node does not host is found.
     directory: Arc<OnceLock<ReplicaNode>>,
+}
+
+#[derive(Clone)]
+struct Instance {
+    raft: Raft<TypeConfig>,
+    state_machine: StateMachine,
+}
+
+struct Lifecycle {
+    storage: NodeStorage,
+    config: ReplicaConfig,
+    /// Held while the replica is retired (one at a time).
+    retiring: tokio::sync::Mutex<()>,
+    /// Set from the old instance's shutdown until the new one runs: a
+    /// watcher that finds the raft shut down then is not to end.
+    replacing: std::sync::atomic::AtomicBool,
+}
+
+/// What [`ReplicaNode::retire`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retired {
+    /// The replica's data (engine rows, raft log, snapshot files) is
+    /// deleted and an empty replica runs in its place.
+    Deleted,
+    /// Nothing was deleted, for the reason given: this replica's log holds
+    /// a membership newer than the removal, or it leads the shard as a
+    /// member.
+    Kept(String),
 }
 
 /// What a proposal sent to another node came back as.
@@ -55,6 +85,139 @@ fn unavailable(message: impl std::fmt::Display) -> Error {
 }
 
 impl ReplicaNode {
+    /// The running raft instance (cheap to clone; after a retire, the
+    /// empty replica's).
+    pub fn raft(&self) -> Raft<TypeConfig> {
+        self.current().raft
+    }
+
+    /// The running state machine (for its snapshot figures).
+    pub fn state_machine(&self) -> StateMachine {
+        self.current().state_machine
+    }
+
+    fn current(&self) -> Instance {
+        self.instance
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the replica is between two raft instances (being retired):
+    /// its raft reads as shut down, but the replica goes on.
+    pub fn is_being_replaced(&self) -> bool {
+        self.lifecycle
+            .replacing
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Deletes this replica's data after its group removed this node, and
+    /// runs an empty replica in its place, which can be added back like a
+    /// new node's (it catches up by snapshot). `removed_at` is the log id
+    /// of the committed membership without this node, as the shard's
+    /// leader reports it once `RemoveNode` returns.
+    ///
+    /// Safe because of that commit: no later leader counts this node, so
+    /// neither its log nor its applied state is needed for any quorum.
+    /// Refused ([`Retired::Kept`]) when this replica's own log holds a
+    /// membership newer than `removed_at` (the node was added back
+    /// meanwhile) or it leads the shard as a member. (A leader that has
+    /// just committed its own removal is retired like any other.) The vote is kept: a node may be
+    /// asked for votes even by a group it is not in, and must not vote
+    /// twice in one term.
+    pub async fn retire(&self, removed_at: openraft::LogId<u64>) -> Result<Retired, Error> {
+        let _one_at_a_time = self.lifecycle.retiring.lock().await;
+        let old = self.current();
+        if let Some(kept) = self.reason_to_keep(&old.raft, removed_at) {
+            return Ok(Retired::Kept(kept));
+        }
+        self.lifecycle
+            .replacing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let result = self.replace(old, removed_at).await;
+        self.lifecycle
+            .replacing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+
+    fn reason_to_keep(
+        &self,
+        raft: &Raft<TypeConfig>,
+        removed_at: openraft::LogId<u64>,
+    ) -> Option<String> {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        // A leader removed by the change it just committed may not have
+        // stepped down yet; one still in its own membership leads on.
+        let listed = m
+            .membership_config
+            .nodes()
+            .any(|(id, _)| *id == self.node_id);
+        if m.state == openraft::ServerState::Leader && listed {
+            return Some(format!("node {} leads shard {}", self.node_id, self.shard));
+        }
+        match m.membership_config.log_id() {
+            Some(own) if *own > removed_at => Some(format!(
+                "node {}'s log holds a membership of shard {} at {own}, newer than the removal at                  {removed_at}: it was added back",
+                self.node_id, self.shard
+            )),
+            _ => None,
+        }
+    }
+
+    /// Stops `old`, checks again what it ended with, deletes the data and
+    /// starts the empty instance; on a refusal after the stop, restarts
+    /// over the data as it was.
+    async fn replace(
+        &self,
+        old: Instance,
+        removed_at: openraft::LogId<u64>,
+    ) -> Result<Retired, Error> {
+        old.raft.shutdown().await.map_err(unavailable)?;
+        let kept = self.reason_to_keep(&old.raft, removed_at);
+        drop(old);
+        if kept.is_none() {
+            let (engine, log) = (
+                self.engine.clone(),
+                self.lifecycle.storage.log.for_shard(self.shard),
+            );
+            tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                // The log first: a crash between the two leaves the
+                // applied state with an empty log, which openraft treats
+                // as a log purged up to it (a replica as it stood, to be
+                // retired again). The other way round, a state machine
+                // with nothing applied over a purged log would not start.
+                log.clear_keeping_vote().map_err(unavailable)?;
+                engine.execute(imstore_engine::Command::ReplaceState(
+                    imstore_engine::IMAGE_MAGIC.to_vec(),
+                ))?;
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)??;
+            tracing::info!(
+                shard = self.shard,
+                node = self.node_id,
+                %removed_at,
+                "retired a removed replica: its data is deleted"
+            );
+        }
+        let fresh = open_instance(
+            &self.lifecycle.storage,
+            self.node_id,
+            self.shard,
+            &self.lifecycle.config,
+        )
+        .await
+        .map_err(unavailable)?;
+        *self.instance.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(match kept {
+            None => Retired::Deleted,
+            Some(reason) => Retired::Kept(reason),
+        })
+    }
+
     /// The shard this replica belongs to.
     pub fn shard(&self) -> u64 {
         self.shard
@@ -77,7 +240,7 @@ impl ReplicaNode {
     /// would otherwise wait forever for a leader.
     pub fn hosts(&self) -> bool {
         let (member, leads) = {
-            let metrics = self.raft.metrics();
+            let metrics = self.raft().metrics();
             let m = metrics.borrow();
             let member = m
                 .membership_config
@@ -182,7 +345,7 @@ impl ReplicaNode {
         let elsewhere = self.directory_if_not_hosted().or_else(|| {
             self.directory
                 .get()
-                .filter(|_| self.state_machine.is_installing())
+                .filter(|_| self.state_machine().is_installing())
         });
         match elsewhere {
             Some(meta) => self.read_elsewhere(meta, stale_ok, query).await,
@@ -198,7 +361,7 @@ impl ReplicaNode {
     /// Runs `query` on this replica's engine (on the blocking pool), with
     /// no barrier.
     pub(crate) async fn query_here(&self, query: ShardQuery) -> Result<ShardAnswer, Error> {
-        if self.state_machine.is_installing() {
+        if self.state_machine().is_installing() {
             // Its rows are half replaced: nothing read now would be true.
             return Err(unavailable(format!(
                 "shard {} is installing a snapshot on node {}; retry",
@@ -279,7 +442,7 @@ impl ReplicaNode {
         // client may have given up on it (a cut-off leader's write must
         // not reappear after healing); the client retries if it wants.
         let (leader, address) = {
-            let metrics = self.raft.metrics();
+            let metrics = self.raft().metrics();
             let m = metrics.borrow();
             let address = m.current_leader.and_then(|l| {
                 m.membership_config
@@ -294,7 +457,7 @@ impl ReplicaNode {
             address: address.clone(),
         };
         let (Some(leader), Some(address)) = (leader.filter(|l| *l != self.node_id), address) else {
-            return match self.raft.client_write(proposal).await {
+            return match self.raft().client_write(proposal).await {
                 Ok(response) => Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     Err(Error::NotLeader {
@@ -372,7 +535,7 @@ impl ReplicaNode {
     }
 
     async fn wait_for_read_index(&self) -> Result<(), Error> {
-        let forward = match self.raft.ensure_linearizable().await {
+        let forward = match self.raft().ensure_linearizable().await {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f,
             Err(e) => return Err(unavailable(e)),
@@ -403,7 +566,7 @@ impl ReplicaNode {
             .into_inner()
             .index;
         if index > 0 {
-            self.raft
+            self.raft()
                 .wait(None)
                 .applied_index_at_least(Some(index), "read index")
                 .await
@@ -416,8 +579,8 @@ impl ReplicaNode {
     /// format, labelled with its shard.
     pub fn render_metrics(&self, shard: u64) -> String {
         use std::fmt::Write as _;
-        let m = self.raft.metrics().borrow().clone();
-        let snapshots = self.state_machine.snapshot_stats();
+        let m = self.raft().metrics().borrow().clone();
+        let snapshots = self.state_machine().snapshot_stats();
         let is_leader = u64::from(m.state == openraft::ServerState::Leader);
         let index = |l: Option<openraft::LogId<u64>>| l.map_or(0, |l| l.index);
         let figures: [(&str, &str, &str, u64); 13] = [
@@ -497,7 +660,7 @@ impl ReplicaNode {
                 "imstore_raft_snapshot_installing",
                 "gauge",
                 "1 while a snapshot install is under way (or stopped half-way): reads of the replica are refused.",
-                u64::from(self.state_machine.is_installing()),
+                u64::from(self.state_machine().is_installing()),
             ),
         ];
         let mut out = String::new();
@@ -630,11 +793,41 @@ pub async fn start_shard(
     shard: u64,
     config: &ReplicaConfig,
 ) -> Result<ReplicaNode, Box<dyn std::error::Error + Send + Sync>> {
-    let engine_shard = u16::try_from(shard)
+    let engine = storage.engine.with_shard(engine_shard(shard)?)?;
+    let instance = open_instance(storage, id, shard, config).await?;
+    Ok(ReplicaNode {
+        instance: Arc::new(std::sync::RwLock::new(instance)),
+        lifecycle: Arc::new(Lifecycle {
+            storage: storage.clone(),
+            config: config.clone(),
+            retiring: tokio::sync::Mutex::new(()),
+            replacing: std::sync::atomic::AtomicBool::new(false),
+        }),
+        engine,
+        node_id: id,
+        shard,
+        peers: storage.peers.clone(),
+        faults: config.faults.clone(),
+        directory: Arc::default(),
+    })
+}
+
+fn engine_shard(shard: u64) -> Result<u16, String> {
+    u16::try_from(shard)
         .ok()
         .filter(|s| *s <= imstore_engine::MAX_SHARD)
-        .ok_or_else(|| format!("shard {shard} is over the highest shard id"))?;
-    let engine = storage.engine.with_shard(engine_shard)?;
+        .ok_or_else(|| format!("shard {shard} is over the highest shard id"))
+}
+
+/// Opens the state machine of node `id`'s replica of `shard` and starts
+/// its raft instance.
+async fn open_instance(
+    storage: &NodeStorage,
+    id: u64,
+    shard: u64,
+    config: &ReplicaConfig,
+) -> Result<Instance, Box<dyn std::error::Error + Send + Sync>> {
+    let engine_shard = engine_shard(shard)?;
     let raft_config = Config {
         cluster_name: "imstore".into(),
         heartbeat_interval: config.heartbeat_ms.max(1),
@@ -646,7 +839,7 @@ pub async fn start_shard(
         ..Config::default()
     };
     let state_machine = StateMachine::open(
-        engine.clone(),
+        storage.engine.with_shard(engine_shard)?,
         &storage.dir.join("snapshots").join(format!("shard-{shard}")),
     )?;
     let raft = Raft::new(
@@ -657,14 +850,8 @@ pub async fn start_shard(
         state_machine.clone(),
     )
     .await?;
-    Ok(ReplicaNode {
+    Ok(Instance {
         raft,
-        engine,
         state_machine,
-        node_id: id,
-        shard,
-        peers: storage.peers.clone(),
-        faults: config.faults.clone(),
-        directory: Arc::default(),
     })
 }

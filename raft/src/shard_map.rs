@@ -140,8 +140,11 @@ pub fn spawn_publisher(node_id: u64, data: ReplicaNode, meta: ReplicaNode) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let current = data.raft.metrics().borrow().clone();
+            let current = data.raft().metrics().borrow().clone();
             match current.state {
+                // A retired replica is between two instances; one shut
+                // down for good ends the publisher.
+                ServerState::Shutdown if data.is_being_replaced() => continue,
                 ServerState::Shutdown => return,
                 ServerState::Leader => {}
                 _ => continue,

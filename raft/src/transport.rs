@@ -395,7 +395,7 @@ impl TransportService {
     }
 
     fn shard(&self, shard: u64) -> Result<Raft<TypeConfig>, Status> {
-        Ok(self.replica(shard)?.raft)
+        Ok(self.replica(shard)?.raft())
     }
 
     /// The data shards this node hosts (the metadata group not counted).
@@ -429,7 +429,10 @@ fn change_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
 /// has recorded that commit (a `change_membership` right after an
 /// `add_learner`, or the uniform step right after the joint one, then
 /// fails with `InProgress`; seen in the 5-node placement test).
-async fn settled<F, Fut>(raft: &Raft<TypeConfig>, change: F) -> Result<(), Status>
+async fn settled<F, Fut>(
+    raft: &Raft<TypeConfig>,
+    change: F,
+) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, Status>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<
@@ -454,12 +457,64 @@ where
                 // Applied there; give the core a moment to record it.
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            other => return other.map(|_| ()).map_err(change_error),
+            other => return other.map_err(change_error),
         }
     }
     Err(Status::unavailable(
         "a membership change is still in progress; try again",
     ))
+}
+
+/// Longest the leader waits for a removed node to retire its replica.
+const RETIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl TransportService {
+    /// After `changed` (a committed membership) removed node `removed`
+    /// (at `address`) from `replica`'s group: asks that node to delete its
+    /// replica (`RetireReplica`), and says how it went. A node that does
+    /// not answer keeps its data (the answer says so; it is not retried).
+    async fn retire_removed(
+        &self,
+        replica: &crate::ReplicaNode,
+        removed: u64,
+        address: Option<String>,
+        changed: &openraft::raft::ClientWriteResponse<TypeConfig>,
+    ) -> String {
+        let still_member = changed
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.get_node(&removed).is_some());
+        let address = match address {
+            None => return format!("node {removed} was not a member"),
+            Some(_) if still_member => return format!("node {removed} is still a member"),
+            Some(address) => address,
+        };
+        let removed_at = match bincode::serialize(&changed.log_id) {
+            Ok(bytes) => bytes,
+            Err(e) => return format!("not retired: {e}"),
+        };
+        let mut client = match replica.peer_client(&address) {
+            Ok(client) => client,
+            Err(e) => return format!("not retired: {e}"),
+        };
+        let asked = client.retire_replica(pb::RetireRequest {
+            shard: replica.shard(),
+            from: self.node_id,
+            removed_at,
+        });
+        match tokio::time::timeout(RETIRE_TIMEOUT, asked).await {
+            Ok(Ok(answer)) => {
+                let answer = answer.into_inner();
+                if answer.deleted {
+                    "deleted".into()
+                } else {
+                    format!("kept: {}", answer.kept_because)
+                }
+            }
+            Ok(Err(status)) => format!("not retired: node {removed} answered {}", status.message()),
+            Err(_) => format!("not retired: node {removed} did not answer in {RETIRE_TIMEOUT:?}"),
+        }
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
@@ -591,13 +646,49 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::MemberChange>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let r = request.into_inner();
-        let raft = self.shard(r.shard)?;
-        settled(&raft, || {
+        let replica = self.replica(r.shard)?;
+        let raft = replica.raft();
+        // Its address, before the change takes it out of the membership.
+        let address = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == r.id)
+            .map(|(_, node)| node.addr.clone());
+        let changed = settled(&raft, || {
             raft.change_membership(ChangeMembers::RemoveVoters([r.id].into()), false)
         })
         .await?;
-        self.status(Request::new(pb::NodeStatusRequest { shard: r.shard }))
-            .await
+        let retired = self.retire_removed(&replica, r.id, address, &changed).await;
+        tracing::info!(shard = r.shard, node = r.id, %retired, "removed a replica");
+        let mut status = self
+            .status(Request::new(pb::NodeStatusRequest { shard: r.shard }))
+            .await?
+            .into_inner();
+        status.retired = retired;
+        Ok(Response::new(status))
+    }
+
+    async fn retire_replica(
+        &self,
+        request: Request<pb::RetireRequest>,
+    ) -> Result<Response<pb::RetireResponse>, Status> {
+        let r = request.into_inner();
+        self.accepting_from(r.from)?;
+        let replica = self.replica(r.shard)?;
+        let removed_at: openraft::LogId<u64> = decode(&r.removed_at)?;
+        match replica.retire(removed_at).await {
+            Ok(crate::Retired::Deleted) => Ok(Response::new(pb::RetireResponse {
+                deleted: true,
+                kept_because: String::new(),
+            })),
+            Ok(crate::Retired::Kept(reason)) => Ok(Response::new(pb::RetireResponse {
+                deleted: false,
+                kept_because: reason,
+            })),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn set_faults(
@@ -674,7 +765,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             )));
         }
         // A status, not an answer: the asker tries the next replica.
-        if replica.state_machine.is_installing() {
+        if replica.state_machine().is_installing() {
             return Err(Status::unavailable(format!(
                 "node {} is installing a snapshot of shard {}",
                 self.node_id, r.shard
@@ -720,8 +811,8 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let shard = request.into_inner().shard;
         let replica = self.replica(shard)?;
-        let m = replica.raft.metrics().borrow().clone();
-        let snapshots = replica.state_machine.snapshot_stats();
+        let m = replica.raft().metrics().borrow().clone();
+        let snapshots = replica.state_machine().snapshot_stats();
         let state = match m.state {
             ServerState::Leader => "Leader",
             ServerState::Follower => "Follower",
@@ -769,6 +860,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                     }
                 })
                 .collect(),
+            retired: String::new(),
         }))
     }
 }
