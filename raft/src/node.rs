@@ -148,6 +148,15 @@ impl ReplicaNode {
     ) -> Option<String> {
         let metrics = raft.metrics();
         let m = metrics.borrow();
+        if let Some(own) = m.membership_config.log_id() {
+            if *own > removed_at {
+                return Some(format!(
+                    "node {}'s log holds a membership of shard {} at {own}, newer than the \
+                     removal at {removed_at}: it was added back",
+                    self.node_id, self.shard
+                ));
+            }
+        }
         // A leader removed by the change it just committed may not have
         // stepped down yet; one still in its own membership leads on.
         let listed = m
@@ -155,15 +164,12 @@ impl ReplicaNode {
             .nodes()
             .any(|(id, _)| *id == self.node_id);
         if m.state == openraft::ServerState::Leader && listed {
-            return Some(format!("node {} leads shard {}", self.node_id, self.shard));
-        }
-        match m.membership_config.log_id() {
-            Some(own) if *own > removed_at => Some(format!(
-                "node {}'s log holds a membership of shard {} at {own}, newer than the removal at                  {removed_at}: it was added back",
+            return Some(format!(
+                "node {} leads shard {} as a member",
                 self.node_id, self.shard
-            )),
-            _ => None,
+            ));
         }
+        None
     }
 
     /// Stops `old`, checks again what it ended with, deletes the data and
