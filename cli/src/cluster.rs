@@ -337,7 +337,11 @@ async fn shards_of(client: &mut Client, only: Option<u64>) -> Result<Vec<u64>, F
 }
 
 /// A membership change on `shard`'s leader: sent to `server`, then to the
-/// leader a refusal names (a shard's leader may be any node).
+/// leader a refusal names (a shard's leader may be any node). When the
+/// node asked knows no leader (it does not host the shard, or an election
+/// is under way after the leader stopped) or cannot be reached, it asks
+/// the shard's replicas the shard map names in turn, every 200 ms, for up
+/// to about 10 s.
 async fn on_leader(
     server: &str,
     shard: u64,
@@ -345,31 +349,81 @@ async fn on_leader(
     add: bool,
 ) -> Result<rpb::NodeStatus, Failure> {
     let mut target = server.to_owned();
-    for _ in 0..5 {
-        let mut client = Client::connect(target.clone())
-            .await
-            .map_err(|e| format!("cannot reach {target}: {e}"))?;
-        let request = rpb::MemberChange {
-            shard,
-            ..change.clone()
-        };
-        let result = if add {
-            client.add_node(request).await
-        } else {
-            client.remove_node(request).await
-        };
-        match result {
-            Ok(status) => return Ok(status.into_inner()),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                match s.message().rsplit_once(" at ") {
-                    Some((_, leader)) => target = format!("http://{}", leader.trim()),
-                    None => return Err(failure(s)),
+    // The map's replicas of the shard, leader hint first, once needed.
+    let mut replicas: Vec<String> = Vec::new();
+    let mut next_replica = 0;
+    let mut last_error = String::from("no leader answered");
+    for _ in 0..55 {
+        let answer = match Client::connect(target.clone()).await {
+            Ok(mut client) => {
+                let request = rpb::MemberChange {
+                    shard,
+                    ..change.clone()
+                };
+                let result = if add {
+                    client.add_node(request).await
+                } else {
+                    client.remove_node(request).await
+                };
+                match result {
+                    Ok(status) => return Ok(status.into_inner()),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        if let Some((_, leader)) = s.message().rsplit_once(" at ") {
+                            target = format!("http://{}", leader.trim());
+                            continue;
+                        }
+                        // Anything else unavailable (a change still in
+                        // progress, a timeout) may have been applied:
+                        // not sent again.
+                        if !s.message().contains("no leader is known yet") {
+                            return Err(failure(s));
+                        }
+                        s.message().to_owned()
+                    }
+                    Err(s) => return Err(failure(s)),
                 }
             }
-            Err(s) => return Err(failure(s)),
+            Err(e) => format!("cannot reach {target}: {e}"),
+        };
+        last_error = answer;
+        if replicas.is_empty() {
+            replicas = map_replicas(server, shard).await;
+        }
+        if replicas.is_empty() {
+            return Err(format!("shard {shard}: {last_error}").into());
+        }
+        target = replicas[next_replica % replicas.len()].clone();
+        next_replica += 1;
+        if next_replica % replicas.len() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
-    Err(format!("shard {shard}: no leader answered").into())
+    Err(format!("shard {shard}: no leader answered ({last_error})").into())
+}
+
+/// The addresses (as URLs) of `shard`'s replicas in the shard map that
+/// `server` reads, its leader hint first; empty if it cannot tell.
+async fn map_replicas(server: &str, shard: u64) -> Vec<String> {
+    let Ok(mut client) = Client::connect(server.to_owned()).await else {
+        return Vec::new();
+    };
+    let Ok(map) = client.shard_map(rpb::ShardMapRequest {}).await else {
+        return Vec::new();
+    };
+    let Some(entry) = map
+        .into_inner()
+        .entries
+        .into_iter()
+        .find(|e| e.shard == shard)
+    else {
+        return Vec::new();
+    };
+    let mut members = entry.members;
+    members.sort_by_key(|m| m.id != entry.leader);
+    members
+        .into_iter()
+        .map(|m| format!("http://{}", m.address))
+        .collect()
 }
 
 /// Where the shards are: each data shard's replicas (from the shard map,

@@ -537,6 +537,68 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             seqs, expected,
             "group {group} read on node {back_to}, hosting it again"
         );
+
+        // A node that is down when it is removed retires its replica once
+        // it is back: the map has moved it away, and a host's applied
+        // membership leaves it out.
+        let down = *placement[&shard]
+            .iter()
+            .find(|&&n| n != back_to && n != 5)
+            .ok_or("a third replica")?;
+        let down_addr = addrs[down as usize - 1];
+        nodes.get_mut(&down).ok_or("the node to stop")?.stop();
+        let moved_off = imstore(
+            fifth,
+            &[
+                "cluster",
+                "move-shard",
+                "--from",
+                &down.to_string(),
+                "--to",
+                "5",
+                "--address",
+                &fifth.to_string(),
+                "--shard",
+                &shard.to_string(),
+            ],
+        )?;
+        assert!(
+            moved_off.contains("the removed node's replica: not retired"),
+            "{moved_off}"
+        );
+        nodes.insert(
+            down,
+            spawn_node(
+                down,
+                down_addr,
+                &root.path().join(format!("node{down}")),
+                &["--shards", "4"],
+            )?,
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = replica_status(down_addr, shard).await;
+            if status
+                .as_ref()
+                .is_some_and(|s| s.members.is_empty() && s.last_applied == 0)
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {down} kept its replica of shard {shard}: {status:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let placement = wait_for_map(fifth, |map| {
+            map.values().all(|(_, r)| r.len() == 3)
+                && map
+                    .get(&shard)
+                    .is_some_and(|(_, r)| r.contains(&5) && !r.contains(&down))
+        })?
+        .into_iter()
+        .map(|(shard, (_, replicas))| (shard, replicas))
+        .collect::<BTreeMap<u64, BTreeSet<u64>>>();
         let sync = sync_of(fifth, 100).await?;
         assert!(sync.entries.len() >= 8, "user-wide read on node 5");
         Ok::<_, Box<dyn std::error::Error>>(placement)
@@ -574,6 +636,21 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         );
     }
     Ok(())
+}
+
+/// Where node `addr`'s replica of `shard` stands (`None` if it does not
+/// answer).
+async fn replica_status(addr: SocketAddr, shard: u64) -> Option<imstore_proto::raft::NodeStatus> {
+    let mut client = imstore_proto::raft::raft_transport_client::RaftTransportClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .ok()?;
+    client
+        .status(imstore_proto::raft::NodeStatusRequest { shard })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 /// The inbox seq a sync cursor holds for `shard`.

@@ -31,11 +31,12 @@
 //! through the shard map ([`ReplicaNode::propose`], [`ReplicaNode::read`]:
 //! at a host, over `RaftTransport/Propose` and `RaftTransport/ShardRead`).
 //! A replica its group removed deletes its data when the leader asks
-//! ([`ReplicaNode::retire`], after the removal commits).
+//! ([`ReplicaNode::retire`], after the removal commits), or, if its node
+//! was down then, once it is back and finds the shard map moved it away
+//! ([`ReplicaNode::retire_if_moved_away`]).
 //!
 //! **Is not:** a placer that acts on its own (no rebalancing on a timer or
-//! on load). A node that is down when it is removed keeps that replica's
-//! data (the retire request is not retried).
+//! on load).
 //!
 //! **Limits:** shard ids fit the engine's (0 to 65,534). A snapshot image is
 //! exported, sent and installed in bounded memory (streamed into a file,

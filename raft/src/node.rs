@@ -141,6 +141,51 @@ impl ReplicaNode {
         result
     }
 
+    /// Retires this replica if its node missed the leader's request (it
+    /// was down when it was removed): when the shard map no longer lists
+    /// the node, while the replica still believes itself a member, it asks
+    /// the hosts the map names for the membership they have applied (so
+    /// committed), and retires against the first that leaves the node out.
+    /// `None` when there is nothing to do or no host answered (the next
+    /// call tries again); the retire's own refusals apply
+    /// ([`ReplicaNode::retire`]).
+    pub async fn retire_if_moved_away(&self) -> Result<Option<Retired>, Error> {
+        let Some(meta) = self.directory_if_not_hosted() else {
+            return Ok(None);
+        };
+        let believes_member = {
+            let metrics = self.raft().metrics();
+            let m = metrics.borrow();
+            let listed = m
+                .membership_config
+                .nodes()
+                .any(|(id, _)| *id == self.node_id);
+            listed
+        };
+        if !believes_member {
+            return Ok(None);
+        }
+        for (_, address) in self.replicas_from_map(meta)? {
+            let mut client = self.peer_client(&address)?;
+            let asked = client.applied_membership(pb::AppliedMembershipRequest {
+                shard: self.shard,
+                from: self.node_id,
+            });
+            let Ok(Ok(answer)) = tokio::time::timeout(FORWARD_TIMEOUT, asked).await else {
+                continue;
+            };
+            let applied: openraft::StoredMembership<u64, openraft::BasicNode> =
+                bincode::deserialize(&answer.into_inner().payload).map_err(unavailable)?;
+            return match applied.log_id() {
+                Some(at) if applied.membership().get_node(&self.node_id).is_none() => {
+                    self.retire(*at).await.map(Some)
+                }
+                _ => Ok(None),
+            };
+        }
+        Ok(None)
+    }
+
     fn reason_to_keep(
         &self,
         raft: &Raft<TypeConfig>,

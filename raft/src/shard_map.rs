@@ -32,6 +32,9 @@ const KEY_PREFIX: &[u8] = b"shardmap/";
 const ENTRY_VERSION: u8 = 1;
 /// How often a leader re-checks its shard's entry.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How often (in publisher ticks of a second) a non-leader checks whether
+/// its replica was moved away while its node was down.
+const RETIRE_RECHECK_TICKS: u64 = 5;
 
 /// One shard's entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -132,14 +135,18 @@ async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Error>
 /// Keeps `data`'s entry in the map while this node leads it: every
 /// second, if this node is the shard's leader and the map (as this node's
 /// metadata replica holds it) says otherwise, publishes. A tick rather
-/// than a watch of the raft metrics, which change at every append. Ends
-/// when the shard's raft shuts down.
+/// than a watch of the raft metrics, which change at every append. On a
+/// node that does not lead the shard, every 5 ticks, retires the replica if the map has moved it away while the node
+/// was down ([`ReplicaNode::retire_if_moved_away`]). Ends when the shard's
+/// raft shuts down.
 pub fn spawn_publisher(node_id: u64, data: ReplicaNode, meta: ReplicaNode) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
+            ticks += 1;
             let current = data.raft().metrics().borrow().clone();
             match current.state {
                 // A retired replica is between two instances; one shut
@@ -147,7 +154,28 @@ pub fn spawn_publisher(node_id: u64, data: ReplicaNode, meta: ReplicaNode) {
                 ServerState::Shutdown if data.is_being_replaced() => continue,
                 ServerState::Shutdown => return,
                 ServerState::Leader => {}
-                _ => continue,
+                _ => {
+                    if ticks % RETIRE_RECHECK_TICKS == 1 {
+                        match data.retire_if_moved_away().await {
+                            Ok(Some(crate::Retired::Deleted)) => tracing::info!(
+                                shard = data.shard(),
+                                "retired a replica moved away while this node was down"
+                            ),
+                            Ok(Some(crate::Retired::Kept(reason))) => tracing::info!(
+                                shard = data.shard(),
+                                %reason,
+                                "kept a replica the shard map no longer lists"
+                            ),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(
+                                shard = data.shard(),
+                                error = %e,
+                                "could not check whether to retire a replica"
+                            ),
+                        }
+                    }
+                    continue;
+                }
             }
             let entry = ShardMapEntry {
                 shard: data.shard(),

@@ -234,6 +234,12 @@ impl StateMachine {
         ])
     }
 
+    /// The membership this replica has applied: committed, unlike the
+    /// one openraft's metrics show (the newest in the log).
+    pub fn applied_membership(&self) -> StorageResult<StoredMembership<u64, BasicNode>> {
+        Ok(Self::read_applied(&self.engine)?.1)
+    }
+
     fn read_applied(engine: &Engine) -> StorageResult<Applied> {
         Self::decode_applied(
             engine.meta(META_LAST_APPLIED).map_err(sm_err)?,

@@ -670,6 +670,20 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         Ok(Response::new(status))
     }
 
+    async fn applied_membership(
+        &self,
+        request: Request<pb::AppliedMembershipRequest>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let r = request.into_inner();
+        self.accepting_from(r.from)?;
+        let replica = self.replica(r.shard)?;
+        let applied = replica
+            .state_machine()
+            .applied_membership()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        encode(r.shard, &applied)
+    }
+
     async fn retire_replica(
         &self,
         request: Request<pb::RetireRequest>,
