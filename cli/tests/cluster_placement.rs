@@ -577,7 +577,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let status = replica_status(down_addr, shard).await;
+            let status = nodes::shard_status(down_addr, shard).await;
             if status
                 .as_ref()
                 .is_some_and(|s| s.members.is_empty() && s.last_applied == 0)
@@ -636,21 +636,6 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         );
     }
     Ok(())
-}
-
-/// Where node `addr`'s replica of `shard` stands (`None` if it does not
-/// answer).
-async fn replica_status(addr: SocketAddr, shard: u64) -> Option<imstore_proto::raft::NodeStatus> {
-    let mut client = imstore_proto::raft::raft_transport_client::RaftTransportClient::connect(
-        format!("http://{addr}"),
-    )
-    .await
-    .ok()?;
-    client
-        .status(imstore_proto::raft::NodeStatusRequest { shard })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
 }
 
 /// The inbox seq a sync cursor holds for `shard`.

@@ -329,7 +329,7 @@ fn four_shards_on_three_processes() -> TestResult {
         for &addr in &addrs {
             for shard in 0..SHARDS {
                 loop {
-                    let s = nodes_status(addr, shard).await;
+                    let s = nodes::shard_status(addr, shard).await;
                     let leader_applied = leader_applied(&addrs, shard).await;
                     if s.is_some_and(|s| s.last_applied >= leader_applied) {
                         break;
@@ -459,24 +459,11 @@ where
     }
 }
 
-async fn nodes_status(addr: SocketAddr, shard: u64) -> Option<imstore_proto::raft::NodeStatus> {
-    let mut client = imstore_proto::raft::raft_transport_client::RaftTransportClient::connect(
-        format!("http://{addr}"),
-    )
-    .await
-    .ok()?;
-    client
-        .status(imstore_proto::raft::NodeStatusRequest { shard })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
-}
-
 /// The applied index of `shard` on whichever node leads it.
 async fn leader_applied(addrs: &[SocketAddr], shard: u64) -> u64 {
     let mut best = 0;
     for &addr in addrs {
-        if let Some(s) = nodes_status(addr, shard).await {
+        if let Some(s) = nodes::shard_status(addr, shard).await {
             if s.state == "Leader" {
                 best = best.max(s.last_applied);
             }

@@ -88,19 +88,26 @@ impl ReplicaNode {
     /// The running raft instance (cheap to clone; after a retire, the
     /// empty replica's).
     pub fn raft(&self) -> Raft<TypeConfig> {
-        self.current().raft
+        self.current().raft.clone()
     }
 
     /// The running state machine (for its snapshot figures).
     pub fn state_machine(&self) -> StateMachine {
-        self.current().state_machine
+        self.current().state_machine.clone()
     }
 
-    fn current(&self) -> Instance {
-        self.instance
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The running instance, under the read lock (held only to clone out
+    /// what a caller needs: every request reads it).
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Instance> {
+        self.instance.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this node is a voter or learner of the membership `m` shows
+    /// (the newest in its log, not necessarily committed).
+    fn listed_in(&self, m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> bool {
+        m.membership_config
+            .nodes()
+            .any(|(id, _)| *id == self.node_id)
     }
 
     /// Whether the replica is between two raft instances (being retired):
@@ -122,12 +129,12 @@ impl ReplicaNode {
     /// Refused ([`Retired::Kept`]) when this replica's own log holds a
     /// membership newer than `removed_at` (the node was added back
     /// meanwhile) or it leads the shard as a member. (A leader that has
-    /// just committed its own removal is retired like any other.) The vote is kept: a node may be
-    /// asked for votes even by a group it is not in, and must not vote
-    /// twice in one term.
+    /// just committed its own removal is retired like any other.) The vote
+    /// is kept: a node may be asked for votes even by a group it is not
+    /// in, and must not vote twice in one term.
     pub async fn retire(&self, removed_at: openraft::LogId<u64>) -> Result<Retired, Error> {
         let _one_at_a_time = self.lifecycle.retiring.lock().await;
-        let old = self.current();
+        let old = self.current().clone();
         if let Some(kept) = self.reason_to_keep(&old.raft, removed_at) {
             return Ok(Retired::Kept(kept));
         }
@@ -153,15 +160,7 @@ impl ReplicaNode {
         let Some(meta) = self.directory_if_not_hosted() else {
             return Ok(None);
         };
-        let believes_member = {
-            let metrics = self.raft().metrics();
-            let m = metrics.borrow();
-            let listed = m
-                .membership_config
-                .nodes()
-                .any(|(id, _)| *id == self.node_id);
-            listed
-        };
+        let believes_member = self.listed_in(&self.raft().metrics().borrow());
         if !believes_member {
             return Ok(None);
         }
@@ -204,11 +203,7 @@ impl ReplicaNode {
         }
         // A leader removed by the change it just committed may not have
         // stepped down yet; one still in its own membership leads on.
-        let listed = m
-            .membership_config
-            .nodes()
-            .any(|(id, _)| *id == self.node_id);
-        if m.state == openraft::ServerState::Leader && listed {
+        if m.state == openraft::ServerState::Leader && self.listed_in(&m) {
             return Some(format!(
                 "node {} leads shard {} as a member",
                 self.node_id, self.shard
@@ -293,11 +288,7 @@ impl ReplicaNode {
         let (member, leads) = {
             let metrics = self.raft().metrics();
             let m = metrics.borrow();
-            let member = m
-                .membership_config
-                .nodes()
-                .any(|(id, _)| *id == self.node_id);
-            (member, m.state == openraft::ServerState::Leader)
+            (self.listed_in(&m), m.state == openraft::ServerState::Leader)
         };
         // A leader hosts whatever the map says (it may not have published
         // itself yet).

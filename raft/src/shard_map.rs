@@ -136,9 +136,10 @@ async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Error>
 /// second, if this node is the shard's leader and the map (as this node's
 /// metadata replica holds it) says otherwise, publishes. A tick rather
 /// than a watch of the raft metrics, which change at every append. On a
-/// node that does not lead the shard, every 5 ticks, retires the replica if the map has moved it away while the node
-/// was down ([`ReplicaNode::retire_if_moved_away`]). Ends when the shard's
-/// raft shuts down.
+/// node that does not lead the shard, every 5 ticks, retires the replica
+/// if the map has moved it away while the node was down
+/// ([`ReplicaNode::retire_if_moved_away`]). Ends when the shard's raft
+/// shuts down (not while a retire replaces it).
 pub fn spawn_publisher(node_id: u64, data: ReplicaNode, meta: ReplicaNode) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RECHECK);

@@ -692,17 +692,15 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         self.accepting_from(r.from)?;
         let replica = self.replica(r.shard)?;
         let removed_at: openraft::LogId<u64> = decode(&r.removed_at)?;
-        match replica.retire(removed_at).await {
-            Ok(crate::Retired::Deleted) => Ok(Response::new(pb::RetireResponse {
-                deleted: true,
-                kept_because: String::new(),
-            })),
-            Ok(crate::Retired::Kept(reason)) => Ok(Response::new(pb::RetireResponse {
-                deleted: false,
-                kept_because: reason,
-            })),
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        }
+        let (deleted, kept_because) = match replica.retire(removed_at).await {
+            Ok(crate::Retired::Deleted) => (true, String::new()),
+            Ok(crate::Retired::Kept(reason)) => (false, reason),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        Ok(Response::new(pb::RetireResponse {
+            deleted,
+            kept_because,
+        }))
     }
 
     async fn set_faults(

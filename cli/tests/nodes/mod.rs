@@ -146,11 +146,17 @@ pub async fn initialize(addrs: &[SocketAddr]) -> TestResult {
 }
 
 pub async fn status(addr: SocketAddr) -> Option<rpb::NodeStatus> {
+    shard_status(addr, 0).await
+}
+
+/// Where node `addr`'s replica of `shard` stands (`None` if it does not
+/// answer).
+pub async fn shard_status(addr: SocketAddr, shard: u64) -> Option<rpb::NodeStatus> {
     let mut client = RaftTransportClient::connect(format!("http://{addr}"))
         .await
         .ok()?;
     client
-        .status(rpb::NodeStatusRequest { shard: 0 })
+        .status(rpb::NodeStatusRequest { shard })
         .await
         .ok()
         .map(|r| r.into_inner())
