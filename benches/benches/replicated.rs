@@ -19,7 +19,9 @@
 //! `cargo bench -p imstore-benches --bench replicated`
 //! (`IMSTORE_BENCH_SHARDS=1,16` runs only those shard counts;
 //! `IMSTORE_BENCH_PACE=3000` paces the open-loop phase at that rate;
-//! `-- routed` only the second part).
+//! `-- routed` only the second part). The open-loop phase prints a line as
+//! its closed-loop measurement and its paced part start, so a profiler can
+//! attach to just that part: `dev/cpu-per-write` does, with `perf stat`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -396,6 +398,7 @@ async fn append_acked(leaders: &[Arc<imstore_proxy::RaftBackend>], shards: u64, 
 /// latency) that submits each send to its shard's leader directly.
 fn paced_at_half(cluster: &Cluster, shards: u64) {
     let leaders = cluster.leaders.clone();
+    eprintln!("replicated_append {shards} shards: 256 closed-loop writers for 3 s");
     let max_rate = cluster.runtime.block_on(async move {
         let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let until = Instant::now() + Duration::from_secs(3);
@@ -424,6 +427,7 @@ fn paced_at_half(cluster: &Cluster, shards: u64) {
         .filter(|r| *r > 0.0)
         .unwrap_or(max_rate / 2.0);
     let total = (rate * 5.0) as u64;
+    eprintln!("replicated_append {shards} shards: pacing {rate:.0}/s for 5 s");
     let (answered, answers) = std::sync::mpsc::channel::<Result<Duration, String>>();
     let start = Instant::now();
     for n in 0..total {
