@@ -221,6 +221,13 @@ impl Engine {
         self.inner.store.sync_wal()
     }
 
+    /// Whether every commit fsyncs before it returns (`Options::sync_writes`):
+    /// when it does not, a small `execute_all` costs memtable inserts only,
+    /// cheap enough to run on an async runtime's thread.
+    pub fn syncs_writes(&self) -> bool {
+        self.inner.store.syncs_writes()
+    }
+
     /// A replication metadata value written with `Command::PutMeta`.
     #[doc(hidden)]
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {

