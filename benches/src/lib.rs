@@ -389,6 +389,28 @@ impl Timelines for Sqlite {
     }
 }
 
+impl Sqlite {
+    /// `PRAGMA integrity_check` over the whole database (what an SQLite
+    /// user runs to scrub it); panics unless it answers `ok`.
+    pub fn integrity_check(&self) {
+        let conn = self.take();
+        let answer: String = conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap_or_else(|e| bench_error("integrity_check", e));
+        self.give_back(conn);
+        assert_eq!(answer, "ok", "SQLite integrity_check");
+    }
+
+    /// An online, consistent copy of the database into the new file `to`
+    /// (`VACUUM INTO`, SQLite's own backup of a live database).
+    pub fn backup_to(&self, to: &Path) {
+        let conn = self.take();
+        conn.execute("VACUUM INTO ?1", [to.display().to_string()])
+            .unwrap_or_else(|e| bench_error("VACUUM INTO", e));
+        self.give_back(conn);
+    }
+}
+
 /// Where bench data goes: `IMSTORE_BENCH_DIR`, else a directory next to
 /// the cargo target dir, on a real disk (never tmpfs, where fsync is free).
 pub fn bench_dir(name: &str) -> tempfile::TempDir {

@@ -53,6 +53,17 @@ pub struct NodeArgs {
     /// Testing only: accept `SetFaults` (cut this node off from peers).
     #[arg(long, hide = true)]
     fault_injection: bool,
+    /// Rebuild this node from its peers: it leaves every group it is in,
+    /// moves its data directory aside (`DIR.damaged-<time>`), starts
+    /// empty, and rejoins each group as a learner caught up by snapshot,
+    /// then a voter (docs/server.md, "Rebuilding a cluster node").
+    #[arg(long, requires = "join")]
+    rebuild: bool,
+    /// With `--rebuild`: the client address of a healthy node of the
+    /// cluster (`http://host:port`), through which the groups' leaders
+    /// are found.
+    #[arg(long)]
+    join: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -159,8 +170,13 @@ fn shard_count(dir: &std::path::Path, asked: u64) -> Result<u64, Failure> {
 }
 
 pub fn node(args: NodeArgs) -> Result<(), Failure> {
-    let count = shard_count(&args.data_dir, args.shards)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    if args.rebuild {
+        let join = args.join.as_deref().ok_or("--rebuild needs --join")?;
+        runtime.block_on(crate::rebuild::prepare(&args.data_dir, args.id, join))?;
+    }
+    let count = shard_count(&args.data_dir, args.shards)?;
+    let pending_rebuild = crate::rebuild::pending(&args.data_dir)?;
     runtime.block_on(async move {
         let faults = if args.fault_injection {
             Faults::injectable()
@@ -249,6 +265,14 @@ pub fn node(args: NodeArgs) -> Result<(), Failure> {
             args.id,
             if count == 1 { "" } else { "s" }
         );
+        if let Some(pending) = pending_rebuild {
+            tokio::spawn(crate::rebuild::rejoin(
+                args.data_dir.clone(),
+                args.id,
+                addr.to_string(),
+                pending,
+            ));
+        }
         let closing = Arc::clone(&hub);
         let signal = async move {
             crate::shutdown_signal().await;
@@ -300,7 +324,7 @@ fn parse_member(text: &str) -> Result<rpb::Member, Failure> {
     })
 }
 
-type Client = RaftTransportClient<tonic::transport::Channel>;
+pub(crate) type Client = RaftTransportClient<tonic::transport::Channel>;
 
 fn failure(s: tonic::Status) -> Failure {
     format!("{:?}: {}", s.code(), s.message()).into()
@@ -342,7 +366,7 @@ async fn shards_of(client: &mut Client, only: Option<u64>) -> Result<Vec<u64>, F
 /// is under way after the leader stopped) or cannot be reached, it asks
 /// the shard's replicas the shard map names in turn, every 200 ms, for up
 /// to about 10 s.
-async fn on_leader(
+pub(crate) async fn on_leader(
     server: &str,
     shard: u64,
     change: rpb::MemberChange,
@@ -465,7 +489,7 @@ async fn cluster_view(
 
 /// Every group `node` is a member of (shards are placed on some nodes
 /// only), the metadata group last.
-async fn groups_holding(client: &mut Client, node: u64) -> Result<Vec<u64>, Failure> {
+pub(crate) async fn groups_holding(client: &mut Client, node: u64) -> Result<Vec<u64>, Failure> {
     let (placement, nodes) = cluster_view(client).await?;
     let mut groups: Vec<u64> = placement
         .iter()

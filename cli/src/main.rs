@@ -12,6 +12,8 @@
 mod client;
 mod cluster;
 mod demo;
+mod ops;
+mod rebuild;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +50,40 @@ enum Cmd {
     Cluster {
         #[command(subcommand)]
         action: cluster::ClusterCmd,
+    },
+    /// Check every stored byte: offline on a data directory (`--data-dir`,
+    /// the server stopped, or a copy), or online through a server
+    /// (`--server`). Exits non-zero when anything is damaged.
+    Verify {
+        /// The data directory to check offline (a server's or a node's);
+        /// without it, the server named by `--server` checks its store.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write a consistent backup of a running single-node server's store
+    /// into a new directory on the server's machine (`--server`).
+    Backup {
+        /// The new backup directory (on the server's machine).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into a new data directory (no server running on
+    /// it), after checking every file; `--check` only checks the backup.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new (or empty) data directory to restore into.
+        #[arg(long, required_unless_present = "check")]
+        data_dir: Option<PathBuf>,
+        /// Only check the backup against its manifest.
+        #[arg(long, conflicts_with = "data_dir")]
+        check: bool,
+    },
+    /// The emergency ballast file of a data directory.
+    Ballast {
+        #[command(subcommand)]
+        action: ops::BallastCmd,
     },
     /// Write and read a few conversations in an embedded data directory.
     Demo {
@@ -89,15 +125,51 @@ fn main() -> ExitCode {
         Cmd::Serve(args) => serve(args),
         Cmd::Node(args) => cluster::node(args),
         Cmd::Cluster { action } => cluster::admin(action, &cli.server, cli.json),
+        Cmd::Verify {
+            data_dir: Some(dir),
+        } => ops::verify_offline(&dir, cli.json),
+        Cmd::Verify { data_dir: None } => ops::verify_online(&cli.server, cli.json),
+        Cmd::Backup { to } => ops::backup(&cli.server, &to, cli.json),
+        Cmd::Restore { from, data_dir, .. } => ops::restore(&from, data_dir.as_deref(), cli.json),
+        Cmd::Ballast { action } => ops::ballast(action, cli.json),
         Cmd::Client(cmd) => client::run(cmd, &cli.server, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("imstore: {err}");
+            if refused_as_damaged(err.as_ref()) {
+                eprintln!(
+                    "imstore: the data directory is damaged and was not opened; every file is left \
+                     as it was. See docs/server.md, \"Damaged files\": check it with `imstore verify \
+                     --data-dir`, restore a backup, or rebuild a cluster node from its peers."
+                );
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `err` (or what it wraps) is a store that refused to open
+/// because its files are damaged.
+fn refused_as_damaged(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(imstore_engine::Error::StorageCorruption { .. }) =
+            e.downcast_ref::<imstore_engine::Error>()
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if refused_as_damaged(inner) {
+                    return true;
+                }
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {

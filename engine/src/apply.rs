@@ -214,6 +214,14 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
     /// Applies one command. On error nothing of this command is kept, and
     /// the commands applied before it in the group are unaffected.
     pub(crate) fn apply(&mut self, command: &Command) -> Result<Outcome> {
+        self.apply_unlabelled(command)
+            .map_err(|e| match command.the_conversation() {
+                Some(c) => e.in_conversation(c, None),
+                None => e,
+            })
+    }
+
+    fn apply_unlabelled(&mut self, command: &Command) -> Result<Outcome> {
         if let Command::Append(messages) = command {
             return self.append(messages).map(Outcome::Appended);
         }

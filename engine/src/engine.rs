@@ -121,6 +121,11 @@ impl Engine {
         self.shard
     }
 
+    /// The store under every shard's handle.
+    pub(crate) fn whole_store(&self) -> &Store {
+        &self.inner.store
+    }
+
     fn view(&self) -> ShardView<'_> {
         self.inner.store.shard(self.shard)
     }
@@ -315,6 +320,12 @@ impl Engine {
             background_wal_syncs: self.inner.wal_syncer.as_ref().map_or(0, WalSyncer::syncs),
             ..self.inner.pipeline.counters.snapshot()
         }
+    }
+
+    /// Free space on the data directory's volume and the ballast's size,
+    /// for monitoring (the server's `/metrics`).
+    pub fn disk_space(&self) -> Result<crate::DiskSpace> {
+        crate::disk::disk_space(self.inner.store.path())
     }
 
     /// A few RocksDB figures for monitoring: live data size, memtable and

@@ -111,13 +111,53 @@ pub enum Error {
     /// The directory holds a RocksDB database that imstore did not create.
     #[error("{0} is not an imstore data directory")]
     NotAnImstoreDirectory(String),
-    /// RocksDB reported corruption of its own files (block checksum, bad
-    /// SST or WAL); the message names the file.
-    #[error("storage corruption: {0}")]
-    StorageCorruption(String),
-    /// The disk is full; the write was not acknowledged.
-    #[error("disk full: {0}")]
-    DiskFull(String),
+    /// RocksDB reported corruption of its own files: a block checksum in a
+    /// table file (SST), a damaged write-ahead log record, a bad MANIFEST,
+    /// a missing or truncated file. At open, the store refuses to start and
+    /// leaves every file in place; on a read, only the conversations whose
+    /// data sits in the damaged block fail. `docs/format.md` lists what
+    /// each kind of damage gives.
+    #[error("storage corruption{}{}: {message}",
+        file.as_ref().map(|f| format!(" in {f}")).unwrap_or_default(),
+        conversation.map(|c| format!(" (conversation {c}{})",
+            segment.map(|s| format!(", segment {s}")).unwrap_or_default())).unwrap_or_default())]
+    StorageCorruption {
+        /// The damaged file, when known (RocksDB names table files; a
+        /// refused open names the write-ahead logs or MANIFEST it read).
+        file: Option<String>,
+        /// The conversation whose read met the damage, when known.
+        conversation: Option<u64>,
+        /// The segment (its base seq) being read, when known.
+        segment: Option<u64>,
+        /// RocksDB's description.
+        message: String,
+    },
+    /// The disk is full; the write was not acknowledged. Writes resume by
+    /// themselves once enough space is free (RocksDB checks every few
+    /// seconds); releasing the ballast file gives that room at once.
+    #[error("disk full: {message}{}", match (free_bytes, needed_bytes) {
+        (Some(f), Some(n)) => format!(" ({f} bytes free on the data volume; writes resume once {n} are free)"),
+        (Some(f), None) => format!(" ({f} bytes free on the data volume)"),
+        _ => String::new(),
+    })]
+    DiskFull {
+        /// What failed.
+        message: String,
+        /// Free bytes on the data volume when the error was raised, when known.
+        free_bytes: Option<u64>,
+        /// Free bytes RocksDB waits for before it resumes writes, when known.
+        needed_bytes: Option<u64>,
+    },
+    /// A backup is damaged or incomplete: its manifest is missing or fails
+    /// its checksum, or a file it lists is missing, of another size, or
+    /// fails its CRC32. Nothing was restored.
+    #[error("backup {path} cannot be used: {reason}")]
+    DamagedBackup {
+        /// The backup directory.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Any other RocksDB or IO failure. The write was not acknowledged.
     #[error("storage error: {0}")]
     Storage(String),
@@ -163,10 +203,11 @@ impl Error {
             Error::SeqBeyondLast { .. } => "SEQ_BEYOND_LAST",
             Error::CursorFromFuture(_) => "CURSOR_FROM_FUTURE",
             Error::SeqExhausted { .. } => "SEQ_EXHAUSTED",
-            Error::DiskFull(_) => "DISK_FULL",
+            Error::DiskFull { .. } => "DISK_FULL",
             Error::Corruption { .. }
             | Error::CorruptMetadata { .. }
-            | Error::StorageCorruption(_) => "CORRUPTION",
+            | Error::StorageCorruption { .. }
+            | Error::DamagedBackup { .. } => "CORRUPTION",
             Error::Closed => "UNAVAILABLE",
             Error::NotLeader { .. } => "NOT_LEADER",
             Error::DirectoryLocked(_) | Error::NotAnImstoreDirectory(_) | Error::Storage(_) => {
@@ -175,30 +216,178 @@ impl Error {
             Error::Remote { reason, .. } => reason,
         }
     }
+
+    /// A storage error met while reading `conversation` (at `segment`,
+    /// when known): corruption reported by RocksDB gains that context so
+    /// that callers learn which conversation is damaged. Other errors pass
+    /// through unchanged.
+    pub(crate) fn in_conversation(self, conversation: u64, segment: Option<u64>) -> Error {
+        match self {
+            Error::StorageCorruption {
+                file,
+                conversation: None,
+                segment: old_segment,
+                message,
+            } => Error::StorageCorruption {
+                file,
+                conversation: Some(conversation),
+                segment: old_segment.or(segment),
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// A storage error of a RocksDB that failed to open at `path`: a
+    /// corruption gets the files it most likely concerns (those RocksDB
+    /// named, else the write-ahead logs and MANIFEST it replays). Public
+    /// for the raft log store, which opens a RocksDB of its own.
+    pub fn at_open(self, path: &std::path::Path) -> Error {
+        match self {
+            Error::StorageCorruption {
+                file: None,
+                conversation,
+                segment,
+                message,
+            } => Error::StorageCorruption {
+                file: recovery_files(path),
+                conversation,
+                segment,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The write-ahead logs and MANIFEST of a RocksDB directory, which an open
+/// replays: the files a corruption found at open concerns when RocksDB
+/// names none.
+fn recovery_files(path: &std::path::Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log") || n.starts_with("MANIFEST-"))
+        .collect();
+    names.sort();
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|n| path.join(n).display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
 }
 
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The file a RocksDB message names, if any: a table file, a log, a MANIFEST.
+fn named_file(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == ',' || c == ':' || c == '\'' || c == '"')
+        .find(|word| {
+            let name = word.rsplit('/').next().unwrap_or(word);
+            name.ends_with(".sst")
+                || name.ends_with(".log")
+                || name.ends_with(".blob")
+                || name.starts_with("MANIFEST-")
+        })
+        .map(str::to_owned)
+}
+
+/// Refuses a directory that holds a RocksDB database's files but no
+/// `CURRENT` file: opening it with `create_if_missing` would start an empty
+/// database over the old files (and RocksDB would then delete them as
+/// obsolete). Public for the raft log store.
+pub fn refuse_orphaned_files(path: &std::path::Path) -> Result<()> {
+    if path.join("CURRENT").exists() {
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return Ok(());
+    };
+    let found: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.ends_with(".sst")
+                || n.ends_with(".log")
+                || n.starts_with("MANIFEST-")
+                || n.starts_with("OPTIONS-")
+        })
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::StorageCorruption {
+        file: Some(path.join("CURRENT").display().to_string()),
+        conversation: None,
+        segment: None,
+        message: format!(
+            "CURRENT is missing, though the directory holds {} database files ({}, …)",
+            found.len(),
+            found[0]
+        ),
+    })
+}
+
 impl From<rocksdb::Error> for Error {
     fn from(err: rocksdb::Error) -> Self {
         let text = err.into_string();
-        match () {
-            _ if text.starts_with("Corruption") => Error::StorageCorruption(text),
-            _ if text.contains("No space left") || text.contains("NoSpace") => {
-                Error::DiskFull(text)
-            }
-            _ => Error::Storage(text),
+        // A file the database's MANIFEST lists is gone: as much damage as
+        // a bad checksum, and RocksDB reports it as an IO error.
+        let missing = text.starts_with("IO error: No such file") && named_file(&text).is_some();
+        if text.starts_with("Corruption") || missing {
+            return Error::StorageCorruption {
+                file: named_file(&text),
+                conversation: None,
+                segment: None,
+                message: text,
+            };
         }
+        if text.contains("No space left") || text.contains("NoSpace") {
+            return Error::DiskFull {
+                message: text,
+                free_bytes: None,
+                needed_bytes: None,
+            };
+        }
+        Error::Storage(text)
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(err: std::io::Error) -> Self {
         if err.raw_os_error() == Some(28) {
-            Error::DiskFull(err.to_string())
+            Error::DiskFull {
+                message: err.to_string(),
+                free_bytes: None,
+                needed_bytes: None,
+            }
         } else {
             Error::Storage(err.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_file;
+
+    #[test]
+    fn the_file_rocksdb_names_is_found() {
+        assert_eq!(
+            named_file("Corruption: block checksum mismatch: stored = 1, computed = 2 in /d/000012.sst offset 0 size 4096").as_deref(),
+            Some("/d/000012.sst")
+        );
+        assert_eq!(
+            named_file(
+                "Corruption: Corrupt or unsupported format_version: 9 in /x/MANIFEST-000005"
+            )
+            .as_deref(),
+            Some("/x/MANIFEST-000005")
+        );
+        assert_eq!(named_file("Corruption: checksum mismatch"), None);
     }
 }

@@ -60,7 +60,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod apply;
+mod backup;
+mod clean_close;
 mod commit;
+mod disk;
 mod engine;
 mod error;
 mod query;
@@ -68,6 +71,7 @@ mod read;
 mod store;
 mod tail;
 mod types;
+mod verify;
 mod wal_sync;
 
 /// The record and segment codec. Public so the fuzz targets and the
@@ -77,15 +81,31 @@ mod wal_sync;
 pub mod codec;
 
 pub use crate::apply::push_image_meta_row;
+pub use crate::backup::{check_backup, restore_backup, BackupInfo, CopyProgress, BACKUP_MANIFEST};
+pub use crate::clean_close::CLEAN_CLOSE_MARKER;
 pub use crate::codec::image_rows_prefix;
 pub use crate::codec::{pair_key, shard_for};
+pub use crate::disk::{
+    default_ballast_bytes, disk_space, release_ballast, DiskSpace, BALLAST_FILE,
+    DEFAULT_BALLAST_MAX_BYTES, RESUME_HEADROOM_BYTES,
+};
 pub use crate::engine::Engine;
-pub use crate::error::{Error, Result};
+pub use crate::error::{refuse_orphaned_files, Error, Result};
+
+/// For the raft log store, which opens a RocksDB of its own and guards it
+/// as the engine guards its store: refuse a crashed database whose
+/// write-ahead log is gone, and mark a clean close.
+pub mod guard {
+    pub use crate::clean_close::{check_before_open, closed_cleanly, opened};
+}
 pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
-pub use crate::store::{MetaRow, ShardId, StateExport, EXPORT_MAGIC as IMAGE_MAGIC, MAX_SHARD};
+pub use crate::store::{
+    MetaRow, ShardId, StateExport, EXPORT_MAGIC as IMAGE_MAGIC, MAX_SHARD, WAL_RECOVERY_MODE,
+};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,
     NewMessage, Options, Outcome, Receipts, SegmentInfo, SendMessage, SyncCursor, SyncPage,
 };
+pub use crate::verify::{Damage, VerifyProgress, VerifyReport};
 pub use bytes::Bytes;

@@ -165,6 +165,20 @@ pub enum ShardAnswer {
     },
 }
 
+impl ShardQuery {
+    /// The one conversation this query reads, if it reads one.
+    fn conversation(&self) -> Option<u64> {
+        match self {
+            ShardQuery::Read { conversation, .. }
+            | ShardQuery::ReadAs { conversation, .. }
+            | ShardQuery::Members { conversation, .. }
+            | ShardQuery::Receipts { conversation, .. }
+            | ShardQuery::Unread { conversation, .. } => Some(*conversation),
+            _ => None,
+        }
+    }
+}
+
 fn limit(n: u32) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -173,6 +187,14 @@ impl Engine {
     /// Answers one read of this shard (see [`ShardQuery`]). Errors are
     /// those of the engine call the query names.
     pub fn query(&self, query: ShardQuery) -> Result<ShardAnswer> {
+        let conversation = query.conversation();
+        self.answer(query).map_err(|e| match conversation {
+            Some(c) => e.in_conversation(c, None),
+            None => e,
+        })
+    }
+
+    fn answer(&self, query: ShardQuery) -> Result<ShardAnswer> {
         Ok(match query {
             ShardQuery::Read {
                 conversation,

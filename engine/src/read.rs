@@ -100,6 +100,20 @@ pub(crate) fn forward(
     from: u64,
     limit: usize,
 ) -> Result<(Vec<Message>, u64)> {
+    let mut at = None;
+    forward_at(store, conversation, from, limit, &mut at)
+        .map_err(|e| e.in_conversation(conversation, at))
+}
+
+/// [`forward`], noting in `at` the segment it is reading, so that damage
+/// RocksDB reports can name it.
+fn forward_at(
+    store: &ShardView<'_>,
+    conversation: u64,
+    from: u64,
+    limit: usize,
+    at: &mut Option<u64>,
+) -> Result<(Vec<Message>, u64)> {
     let (last, first) = bounds(store, conversation)?;
     let from = from.max(first);
     if from > last {
@@ -119,6 +133,7 @@ pub(crate) fn forward(
             break;
         };
         visited = base;
+        *at = Some(base);
         // The first segment must hold `from` (retention only deletes whole
         // segments below the first retained seq); each later one must start
         // where the previous ended.
@@ -165,6 +180,19 @@ pub(crate) fn backward(
     to: u64,
     limit: usize,
 ) -> Result<(Vec<Message>, u64)> {
+    let mut at = None;
+    backward_at(store, conversation, to, limit, &mut at)
+        .map_err(|e| e.in_conversation(conversation, at))
+}
+
+/// [`backward`], noting in `at` the segment it is reading.
+fn backward_at(
+    store: &ShardView<'_>,
+    conversation: u64,
+    to: u64,
+    limit: usize,
+    at: &mut Option<u64>,
+) -> Result<(Vec<Message>, u64)> {
     // Segments are visited newest first; each contributes its tail.
     let (last, first) = bounds(store, conversation)?;
     let to = to.min(last);
@@ -180,6 +208,7 @@ pub(crate) fn backward(
         let Some(base) = current_segment(&it, conversation)? else {
             break;
         };
+        *at = Some(base);
         let value = it.value().unwrap_or_default();
         let frames = Frames::new(value)
             .collect::<Result<Vec<_>, _>>()
@@ -247,10 +276,20 @@ pub(crate) fn backward(
 
 /// Every segment of a conversation, oldest first.
 pub(crate) fn segments(store: &ShardView<'_>, conversation: u64) -> Result<Vec<SegmentInfo>> {
+    let mut at = None;
+    segments_at(store, conversation, &mut at).map_err(|e| e.in_conversation(conversation, at))
+}
+
+fn segments_at(
+    store: &ShardView<'_>,
+    conversation: u64,
+    at: &mut Option<u64>,
+) -> Result<Vec<SegmentInfo>> {
     let mut out = Vec::new();
     let mut it = segment_iterator(store, conversation)?;
     it.seek(store.segment_key(conversation, 0));
     while let Some(base) = current_segment(&it, conversation)? {
+        *at = Some(base);
         let value = it.value().unwrap_or_default();
         let mut records = 0u32;
         for frame in Frames::new(value) {

@@ -129,11 +129,24 @@ fn shard_end(shard: ShardId) -> Vec<u8> {
     (u32::from(shard) + 1).to_be_bytes()[2..].to_vec()
 }
 
+/// How RocksDB replays its write-ahead log at open: an incomplete record at
+/// the very end (a write torn by a crash, never acknowledged) is dropped;
+/// any other damage (a checksum mismatch, a bad record in the middle, a
+/// hole) refuses the open and leaves every file in place. RocksDB's
+/// default, point-in-time recovery, would instead drop everything after
+/// the first bad record (acknowledged writes included) and then delete the
+/// damaged log. The raft log store opens with the same mode.
+pub const WAL_RECOVERY_MODE: rocksdb::DBRecoveryMode =
+    rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords;
+
 /// See [`Store::delay_bottommost_rewrites`]: one hour.
 const BOTTOMMOST_REWRITE_DELAY_SECS: u32 = 3_600;
 
 pub(crate) struct Store {
     db: DB,
+    /// The data directory (its volume's free space goes into disk-full
+    /// errors).
+    path: std::path::PathBuf,
     sync_writes: bool,
     /// Highest server timestamp written; read by the dedup compaction filter.
     pub(crate) timestamp_high_water: Arc<AtomicU64>,
@@ -144,6 +157,8 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn open(path: &Path, options: &Options) -> Result<Store> {
+        crate::error::refuse_orphaned_files(path)?;
+        crate::clean_close::check_before_open(path)?;
         let existing = path.join("CURRENT").exists();
         let mut legacy = false;
         if existing {
@@ -162,6 +177,11 @@ impl Store {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_paranoid_checks(true);
+        db_opts.set_wal_recovery_mode(WAL_RECOVERY_MODE);
+        // A synced write-ahead log that is gone or shorter than RocksDB
+        // synced it refuses the open too (for logs already closed; the live
+        // one is flushed away at every clean close, see `Drop`).
+        db_opts.set_track_and_verify_wals_in_manifest(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         // Writes come from one committer thread; RocksDB's own write-thread
@@ -203,11 +223,18 @@ impl Store {
             if text.contains("lock") && text.contains("LOCK") {
                 Error::DirectoryLocked(path.display().to_string())
             } else {
-                Error::from(e)
+                Error::from(e).at_open(path)
             }
         })?;
+        let ballast = match options.ballast_bytes {
+            Some(bytes) => bytes,
+            None => crate::disk::default_ballast_bytes(path)?,
+        };
+        crate::clean_close::opened(path)?;
+        crate::disk::ensure_ballast(path, ballast)?;
         let mut store = Store {
             db,
+            path: path.to_path_buf(),
             sync_writes: options.sync_writes,
             timestamp_high_water: high_water,
             change_counters: RwLock::default(),
@@ -425,8 +452,33 @@ impl Store {
     pub(crate) fn write(&self, batch: WriteBatch, must_sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes || must_sync);
-        self.db.write_opt(batch, &wo)?;
-        Ok(())
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| self.with_free_space(e.into()))
+    }
+
+    /// A disk-full error with the volume's free space and what RocksDB
+    /// waits for before it resumes writes.
+    pub(crate) fn with_free_space(&self, err: Error) -> Error {
+        match err {
+            Error::DiskFull {
+                message,
+                free_bytes: None,
+                needed_bytes,
+            } => Error::DiskFull {
+                message,
+                free_bytes: crate::disk::disk_space(&self.path)
+                    .ok()
+                    .map(|s| s.free_bytes),
+                needed_bytes: needed_bytes.or(Some(crate::disk::RESUME_HEADROOM_BYTES)),
+            },
+            other => other,
+        }
+    }
+
+    /// The data directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The sequence number of the newest write.
@@ -492,6 +544,32 @@ impl Store {
             .db
             .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
             .unwrap_or(0))
+    }
+}
+
+impl Drop for Store {
+    /// A clean close flushes every memtable, so that the write-ahead log
+    /// of a stopped store holds nothing that is not also in a table file
+    /// (whose size and checksums the MANIFEST records): damage to the log
+    /// of a cleanly stopped store then costs nothing. After a crash the
+    /// log is replayed as `WAL_RECOVERY_MODE` says.
+    fn drop(&mut self) {
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let cfs: Vec<&ColumnFamily> = ALL_CFS
+            .iter()
+            .filter_map(|n| self.db.cf_handle(n))
+            .collect();
+        match self.db.flush_cfs_opt(&cfs, &flush) {
+            Ok(()) => {
+                if let Err(e) = crate::clean_close::closed_cleanly(&self.path) {
+                    tracing::warn!(error = %e, "marking the store cleanly closed failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flushing memtables at close failed; the write-ahead log keeps the data")
+            }
+        }
     }
 }
 

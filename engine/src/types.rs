@@ -81,6 +81,10 @@ pub struct Options {
     /// ([`shard_for`](crate::shard_for)). Default 1 (one store); it must
     /// never change for a store, like the shard count itself.
     pub placement_shards: u64,
+    /// Size of the emergency ballast file kept in the data directory
+    /// (see [`release_ballast`](crate::release_ballast)): `None` for the
+    /// default, 1% of the volume and at most 256 MiB; `Some(0)` for none.
+    pub ballast_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -109,6 +113,34 @@ impl Default for Options {
             max_users_per_command: 10_000,
             max_device_id_bytes: 64,
             placement_shards: 1,
+            ballast_bytes: None,
+        }
+    }
+}
+
+impl Command {
+    /// The one conversation this command writes, when it writes one: a
+    /// storage error met while applying it then names that conversation.
+    pub(crate) fn the_conversation(&self) -> Option<u64> {
+        match self {
+            Command::Append(messages) => {
+                let first = messages.first()?.conversation;
+                messages
+                    .iter()
+                    .all(|m| m.conversation == first)
+                    .then_some(first)
+            }
+            Command::Send(m) => Some(m.conversation),
+            Command::CreateGroup { conversation, .. }
+            | Command::AddMembers { conversation, .. }
+            | Command::RemoveMembers { conversation, .. }
+            | Command::MarkRead { conversation, .. }
+            | Command::Recall { conversation, .. }
+            | Command::Edit { conversation, .. }
+            | Command::DeleteForMe { conversation, .. }
+            | Command::ClearHistory { conversation, .. }
+            | Command::SetRetention { conversation, .. } => Some(*conversation),
+            _ => None,
         }
     }
 }

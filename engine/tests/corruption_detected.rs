@@ -151,7 +151,7 @@ fn flipped_bytes_in_sst_files_give_typed_errors() -> TestResult {
     // Opening may already notice; if it does, it is a typed error.
     let engine = match Engine::open(dir.path(), small_segments()) {
         Ok(engine) => engine,
-        Err(Error::StorageCorruption(_)) => return Ok(()),
+        Err(Error::StorageCorruption { file: Some(_), .. }) => return Ok(()),
         Err(other) => return Err(format!("unexpected open error {other:?}").into()),
     };
     let mut corrupt = 0;
@@ -164,11 +164,17 @@ fn flipped_bytes_in_sst_files_give_typed_errors() -> TestResult {
                     assert_eq!(&m.payload[..], format!("message {i} of {c}").as_bytes());
                 }
             }
-            Err(
-                Error::StorageCorruption(_)
-                | Error::Corruption { .. }
-                | Error::CorruptMetadata { .. },
-            ) => corrupt += 1,
+            // The error names the conversation whose read met the damage.
+            Err(Error::StorageCorruption {
+                conversation: Some(seen),
+                ..
+            })
+            | Err(Error::Corruption {
+                conversation: seen, ..
+            }) => {
+                assert_eq!(seen, c);
+                corrupt += 1
+            }
             Err(other) => return Err(format!("unexpected read error {other:?}").into()),
         }
     }

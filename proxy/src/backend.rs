@@ -95,6 +95,13 @@ pub trait Backend: Send + Sync + 'static {
         1
     }
 
+    /// Whether the data is replicated by raft (a cluster node), so that
+    /// this node's engine alone is not the store: a backup of it would be
+    /// one replica's view, not the cluster's.
+    fn replicated(&self) -> bool {
+        false
+    }
+
     /// Queues a write of one shard's part of a user's data (a device's
     /// cursor in that shard).
     fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {
@@ -258,6 +265,10 @@ impl Backend for RaftBackend {
 
     fn replicas_of(&self, _shard: u64) -> Result<Vec<String>, Error> {
         self.node.replicas_elsewhere()
+    }
+
+    fn replicated(&self) -> bool {
+        true
     }
 }
 
@@ -423,6 +434,10 @@ impl<B: Backend> Backend for ShardedBackend<B> {
 
     fn shard_count(&self) -> u64 {
         self.count().max(1)
+    }
+
+    fn replicated(&self) -> bool {
+        self.shards.iter().any(Backend::replicated)
     }
 
     fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {

@@ -74,6 +74,24 @@ pub fn to_status(err: Error) -> Status {
             segment,
             ..
         } => vec![("conversation", *conversation), ("segment", *segment)],
+        Error::StorageCorruption {
+            conversation,
+            segment,
+            ..
+        } => conversation
+            .map(|c| ("conversation", c))
+            .into_iter()
+            .chain(segment.map(|s| ("segment", s)))
+            .collect(),
+        Error::DiskFull {
+            free_bytes,
+            needed_bytes,
+            ..
+        } => free_bytes
+            .map(|f| ("free_bytes", f))
+            .into_iter()
+            .chain(needed_bytes.map(|n| ("needed_bytes", n)))
+            .collect(),
         Error::NotLeader {
             leader: Some(l), ..
         } => vec![("leader_id", *l)],
@@ -83,11 +101,18 @@ pub fn to_status(err: Error) -> Status {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.to_string()))
         .collect();
-    if let Error::NotLeader {
-        address: Some(a), ..
-    } = &err
-    {
-        metadata.insert("leader_address".into(), a.clone());
+    match &err {
+        Error::NotLeader {
+            address: Some(a), ..
+        } => {
+            metadata.insert("leader_address".into(), a.clone());
+        }
+        Error::StorageCorruption {
+            file: Some(file), ..
+        } => {
+            metadata.insert("file".into(), file.clone());
+        }
+        _ => {}
     }
     Status::with_error_details(
         code,
@@ -128,7 +153,14 @@ mod tests {
                 Error::FailedPrecondition("x".into()),
                 Code::FailedPrecondition,
             ),
-            (Error::DiskFull("x".into()), Code::ResourceExhausted),
+            (
+                Error::DiskFull {
+                    message: "x".into(),
+                    free_bytes: Some(1),
+                    needed_bytes: Some(2),
+                },
+                Code::ResourceExhausted,
+            ),
             (
                 Error::Corruption {
                     conversation: 1,

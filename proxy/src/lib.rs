@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod admin;
 mod backend;
 mod error;
 mod fanout;

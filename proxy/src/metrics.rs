@@ -190,6 +190,30 @@ impl Metrics {
         for (property, value) in engine.storage_stats() {
             let _ = writeln!(out, "imstore_rocksdb{{property=\"{property}\"}} {value}");
         }
+        if let Ok(space) = engine.disk_space() {
+            let gauges = [
+                (
+                    "imstore_disk_free_bytes",
+                    "Bytes free on the data directory's volume.",
+                    space.free_bytes,
+                ),
+                (
+                    "imstore_disk_total_bytes",
+                    "Size of the data directory's volume.",
+                    space.total_bytes,
+                ),
+                (
+                    "imstore_ballast_bytes",
+                    "Size of the emergency ballast file (0: released or none).",
+                    space.ballast_bytes,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
         out
     }
 }

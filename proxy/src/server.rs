@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub receipt_list_max_members: u32,
     /// Seconds between retention sweeps (conversations with a TTL). Default 60.
     pub retention_sweep_secs: u64,
+    /// Size of the emergency ballast file in the data directory, bytes;
+    /// 0 for none. Default: 1% of the volume, at most 256 MiB.
+    pub ballast_bytes: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             fanout_max_members: engine.fanout_max_members,
             receipt_list_max_members: engine.receipt_list_max_members,
             retention_sweep_secs: 60,
+            ballast_bytes: None,
         }
     }
 }
@@ -81,6 +85,7 @@ impl ServerConfig {
             max_page_messages: self.max_page_messages,
             fanout_max_members: self.fanout_max_members,
             receipt_list_max_members: self.receipt_list_max_members,
+            ballast_bytes: self.ballast_bytes,
             ..Options::default()
         }
     }

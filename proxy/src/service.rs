@@ -20,6 +20,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
+use crate::admin;
 use crate::error::{invalid, status, to_status};
 use crate::fanout::{merge_friends, merge_lists, merge_sync, ShardPage};
 use crate::hub::{conversation_advanced, inbox_advanced, resync, Hub, Subscriber, WatchStream};
@@ -1282,6 +1283,33 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 batch_operations: stats.batch_operations,
                 watchers: u32::try_from(self.hub.len()).unwrap_or(u32::MAX),
             })
+        })
+        .await
+    }
+
+    type VerifyStream = admin::EventStream<pb::VerifyEvent>;
+
+    async fn verify(
+        &self,
+        _request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<Self::VerifyStream>, Status> {
+        self.observe("Verify", async {
+            let engine = self.backend.engine(Route::Any).map_err(to_status)?;
+            Ok(admin::verify(engine.clone()))
+        })
+        .await
+    }
+
+    type BackupStream = admin::EventStream<pb::BackupEvent>;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let r = request.into_inner();
+        self.observe("Backup", async {
+            let engine = self.backend.engine(Route::Any).map_err(to_status)?;
+            admin::backup(engine.clone(), self.backend.replicated(), r.to)
         })
         .await
     }

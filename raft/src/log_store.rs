@@ -56,6 +56,8 @@ struct Pending {
 /// The RocksDB shared by every shard's log on a node, and its syncer.
 struct LogDb {
     db: DB,
+    /// The database's directory (for the clean-close marker).
+    path: std::path::PathBuf,
     pending: Mutex<Pending>,
     wake: Condvar,
 }
@@ -104,6 +106,25 @@ impl Drop for SyncerHandle {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // As the engine does at a clean close: the write-ahead log of a
+        // stopped node then holds nothing the table files do not.
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let db = &self.db.db;
+        let cfs: Vec<_> = [CF_LOGS, CF_STATE]
+            .iter()
+            .filter_map(|name| db.cf_handle(name))
+            .collect();
+        match db.flush_cfs_opt(&cfs, &flush) {
+            Ok(()) => {
+                if let Err(e) = imstore_engine::guard::closed_cleanly(&self.db.path) {
+                    tracing::warn!(error = %e, "marking the raft log cleanly closed failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flushing the raft log at close failed; its write-ahead log keeps the entries")
+            }
+        }
     }
 }
 
@@ -140,11 +161,21 @@ impl Debug for LogStore {
 
 impl LogStore {
     /// Opens (creating if needed) the log database at `path`, returning the
-    /// log of shard 0.
+    /// log of shard 0. A damaged log refuses to open (the error wraps an
+    /// [`imstore_engine::Error::StorageCorruption`] naming the files) and
+    /// is left as it is: see `docs/format.md`, "Damage".
     pub fn open(path: &Path) -> std::io::Result<LogStore> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        // Only a torn record at the very end (an append never acknowledged)
+        // is dropped; RocksDB's default would drop acknowledged entries
+        // after any damaged record and delete the evidence.
+        opts.set_wal_recovery_mode(imstore_engine::WAL_RECOVERY_MODE);
+        opts.set_track_and_verify_wals_in_manifest(true);
+        imstore_engine::refuse_orphaned_files(path).map_err(std::io::Error::other)?;
+        imstore_engine::guard::check_before_open(path).map_err(std::io::Error::other)?;
         let db = DB::open_cf_descriptors(
             &opts,
             path,
@@ -153,9 +184,11 @@ impl LogStore {
                 ColumnFamilyDescriptor::new(CF_STATE, Options::default()),
             ],
         )
-        .map_err(std::io::Error::other)?;
+        .map_err(|e| std::io::Error::other(imstore_engine::Error::from(e).at_open(path)))?;
+        imstore_engine::guard::opened(path).map_err(std::io::Error::other)?;
         let db = Arc::new(LogDb {
             db,
+            path: path.to_path_buf(),
             pending: Mutex::default(),
             wake: Condvar::new(),
         });
@@ -504,6 +537,103 @@ mod tests {
         assert_eq!(state.last_log_id, Some(log_id(5)));
         assert_eq!(other.try_get_log_entries(0..100).await?.len(), 3);
         assert_eq!(other.read_committed().await?, Some(log_id(5)));
+        Ok(())
+    }
+
+    /// Every file of `from` copied to `to` while the database is open and
+    /// idle: what a crash leaves (the newest entries only in the WAL).
+    fn crash_image(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn refused_as_corrupt(result: std::io::Result<LogStore>) -> bool {
+        match result {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<imstore_engine::Error>()),
+                Some(imstore_engine::Error::StorageCorruption { .. })
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_or_missing_log_refuses_to_open_and_is_left_in_place(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let live = dir.path().join("live");
+        let log = LogStore::open(&live)?;
+        let mut shard = log.for_shard(3);
+        shard.write_entries((1..=200).map(blank))?;
+        shard.save_vote(&Vote::new(3, 1)).await?;
+        let image = dir.path().join("image");
+        crash_image(&live, &image)?;
+        drop((shard, log));
+
+        // As the crash left it, every entry is there.
+        {
+            let copy = dir.path().join("whole");
+            crash_image(&image, &copy)?;
+            let log = LogStore::open(&copy)?;
+            assert_eq!(
+                log.for_shard(3).try_get_log_entries(0..1000).await?.len(),
+                200
+            );
+        }
+        let wal = std::fs::read_dir(&image)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "log"))
+            .ok_or("no write-ahead log in the crash image")?;
+        let wal_name = wal.file_name().ok_or("log name")?.to_owned();
+        let wal_len = std::fs::metadata(&wal)?.len() as usize;
+        assert!(wal_len > 4096, "the entries are not in the log");
+
+        // A flipped byte anywhere in the log's records refuses the open and
+        // leaves the log as it was.
+        for at in [wal_len / 8, wal_len / 2, wal_len - 20] {
+            let copy = dir.path().join(format!("flip-{at}"));
+            crash_image(&image, &copy)?;
+            let path = copy.join(&wal_name);
+            let mut bytes = std::fs::read(&path)?;
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes)?;
+            assert!(
+                refused_as_corrupt(LogStore::open(&copy)),
+                "flip at {at} was not refused"
+            );
+            assert_eq!(std::fs::read(&path)?, bytes, "the damaged log was changed");
+        }
+
+        // A crashed log whose WAL is gone refuses too.
+        let copy = dir.path().join("missing");
+        crash_image(&image, &copy)?;
+        std::fs::remove_file(copy.join(&wal_name))?;
+        assert!(refused_as_corrupt(LogStore::open(&copy)));
+
+        // After a clean close the entries are in table files: the same
+        // deletion costs nothing.
+        let copy = dir.path().join("clean");
+        crash_image(&image, &copy)?;
+        drop(LogStore::open(&copy)?);
+        for entry in std::fs::read_dir(&copy)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let log = LogStore::open(&copy)?;
+        assert_eq!(
+            log.for_shard(3).try_get_log_entries(0..1000).await?.len(),
+            200
+        );
+        assert_eq!(log.for_shard(3).read_vote().await?, Some(Vote::new(3, 1)));
         Ok(())
     }
 }

@@ -107,11 +107,16 @@ pub fn spawn_node(
         .spawn()?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
+    let mut said = Vec::new();
     loop {
-        let line = lines.next().ok_or("node exited before serving")??;
+        let Some(line) = lines.next() else {
+            return Err(format!("node exited before serving: {}", said.join(" | ")).into());
+        };
+        let line = line?;
         if line.contains("serving on") {
             break;
         }
+        said.push(line);
     }
     std::thread::spawn(move || for _ in lines {});
     Ok(NodeProcess {
@@ -217,17 +222,28 @@ pub async fn wait_for_leader(
     Err("no leader elected within 30 s".into())
 }
 
-/// Polls `addr` until `done` holds for its status (bounded), returning
-/// that status.
+/// Polls `addr` until `done` holds for its status (shard 0; bounded),
+/// returning that status.
 pub async fn wait_for_status(
     addr: SocketAddr,
     what: &str,
     done: impl Fn(&rpb::NodeStatus) -> bool,
 ) -> Result<rpb::NodeStatus, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_for_shard(addr, 0, what, done).await
+}
+
+/// Polls `addr`'s replica of `shard` until `done` holds for its status
+/// (bounded), returning that status.
+pub async fn wait_for_shard(
+    addr: SocketAddr,
+    shard: u64,
+    what: &str,
+    done: impl Fn(&rpb::NodeStatus) -> bool,
+) -> Result<rpb::NodeStatus, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = None;
     while Instant::now() < deadline {
-        if let Some(s) = status(addr).await {
+        if let Some(s) = shard_status(addr, shard).await {
             if done(&s) {
                 return Ok(s);
             }
@@ -235,7 +251,10 @@ pub async fn wait_for_status(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!("{addr}: {what} not reached within 60 s; last status {last:?}").into())
+    Err(
+        format!("{addr} shard {shard}: {what} not reached within 120 s; last status {last:?}")
+            .into(),
+    )
 }
 
 /// Waits until every node in `addrs` has applied at least `index`.
@@ -343,9 +362,19 @@ pub async fn create_group(
 /// (seq, client message id) of every message of a conversation.
 pub type Timeline = Vec<(u64, Vec<u8>)>;
 
-/// The timeline of `conversation` in a stopped node's data directory.
+/// The timeline of `conversation` in a stopped node's data directory
+/// (shard 0 of its store).
 pub fn timeline(dir: &Path, conversation: u64) -> Result<Timeline, Box<dyn std::error::Error>> {
-    let engine = Engine::open(dir.join("engine"), Options::default())?;
+    timeline_in(dir, 0, conversation)
+}
+
+/// The timeline of `conversation` in `shard` of a stopped node's store.
+pub fn timeline_in(
+    dir: &Path,
+    shard: u16,
+    conversation: u64,
+) -> Result<Timeline, Box<dyn std::error::Error>> {
+    let engine = Engine::open(dir.join("engine"), Options::default())?.with_shard(shard)?;
     Ok(engine
         .read(conversation, 1, 10_000, Direction::Forward)?
         .into_iter()
@@ -361,9 +390,19 @@ pub fn check_replicas(
     conversation: u64,
     acked: &std::collections::BTreeMap<String, u64>,
 ) -> TestResult {
-    let reference = timeline(&dirs[0], conversation)?;
+    check_replicas_in(dirs, 0, conversation, acked)
+}
+
+/// [`check_replicas`] for a conversation of `shard`.
+pub fn check_replicas_in(
+    dirs: &[PathBuf],
+    shard: u16,
+    conversation: u64,
+    acked: &std::collections::BTreeMap<String, u64>,
+) -> TestResult {
+    let reference = timeline_in(&dirs[0], shard, conversation)?;
     for dir in &dirs[1..] {
-        let other = timeline(dir, conversation)?;
+        let other = timeline_in(dir, shard, conversation)?;
         assert!(
             other == reference,
             "replicas differ: {} vs {} messages",

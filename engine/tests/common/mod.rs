@@ -47,3 +47,23 @@ pub fn read_all(
         out.extend(page);
     }
 }
+
+/// Polls `check` until it gives `Some`, for at most `limit`; the one way
+/// these tests wait for a background step (a flush, RocksDB's recovery
+/// from a full disk). Fails with `what` when the deadline passes.
+pub fn poll_until<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("gave up after {limit:?} waiting for {what}").into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
