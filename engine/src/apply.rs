@@ -215,7 +215,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
     /// the commands applied before it in the group are unaffected.
     pub(crate) fn apply(&mut self, command: &Command) -> Result<Outcome> {
         self.apply_unlabelled(command)
-            .map_err(|e| match command.the_conversation() {
+            .map_err(|e| match command.conversation() {
                 Some(c) => e.in_conversation(c, None),
                 None => e,
             })

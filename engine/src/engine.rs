@@ -5,7 +5,8 @@ use std::thread::JoinHandle;
 use crate::apply::ApplyLimits;
 use crate::commit::Pipeline;
 use crate::store::{
-    MetaRow, ShardId, ShardView, StateExport, Store, CF_DEDUP, CF_SEGMENTS, MAX_SHARD,
+    MetaRow, ShardId, ShardView, StateExport, Store, CF_CONVERSATIONS, CF_DEDUP, CF_SEGMENTS,
+    MAX_SHARD,
 };
 use crate::tail::TailCache;
 use crate::wal_sync::WalSyncer;
@@ -398,6 +399,30 @@ impl Engine {
             store.cf(CF_SEGMENTS)?,
             self.view().segment_key(conversation, base_seq),
         )?;
+        self.inner.tail.invalidate((self.shard, conversation));
+        Ok(())
+    }
+
+    /// The stored bytes of a conversation's state, unchecked. For
+    /// corruption tests only; not a stable API.
+    #[doc(hidden)]
+    pub fn raw_conversation_state(&self, conversation: u64) -> Result<Option<Vec<u8>>> {
+        let view = self.view();
+        view.get_in(
+            CF_CONVERSATIONS,
+            &crate::codec::conversation_key(conversation),
+        )
+    }
+
+    /// Overwrites a conversation's state, bypassing every check (and the
+    /// commit pipeline's cache: reopen before writing to it). For
+    /// corruption tests only; not a stable API.
+    #[doc(hidden)]
+    pub fn raw_overwrite_conversation_state(&self, conversation: u64, bytes: &[u8]) -> Result<()> {
+        let store = &self.inner.store;
+        let key =
+            crate::store::shard_key(self.shard, &crate::codec::conversation_key(conversation));
+        store.db().put_cf(store.cf(CF_CONVERSATIONS)?, key, bytes)?;
         self.inner.tail.invalidate((self.shard, conversation));
         Ok(())
     }

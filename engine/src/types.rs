@@ -119,9 +119,11 @@ impl Default for Options {
 }
 
 impl Command {
-    /// The one conversation this command writes, when it writes one: a
-    /// storage error met while applying it then names that conversation.
-    pub(crate) fn the_conversation(&self) -> Option<u64> {
+    /// The one conversation this command writes, when it writes one (an
+    /// append batch over several conversations writes none in particular):
+    /// where a sharded node places it, and what a storage error met while
+    /// applying it names.
+    pub fn conversation(&self) -> Option<u64> {
         match self {
             Command::Append(messages) => {
                 let first = messages.first()?.conversation;

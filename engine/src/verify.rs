@@ -199,35 +199,53 @@ impl Walk<'_, '_> {
         self.report.damage.push(damage);
     }
 
-    /// Every conversation state, and each conversation's segments.
-    fn conversations(&mut self, snapshot: &Snapshot<'_>) -> Result<()> {
-        let engine = self.engine;
-        let mut states = Vec::new();
-        {
-            let mut it = whole_cf(engine, snapshot, CF_CONVERSATIONS)?;
+    /// Walks a whole column family of the snapshot, handing each row to
+    /// `each`, which returns damage it finds in the row; a storage error
+    /// that ends the walk early is damage too.
+    fn scan(
+        &mut self,
+        snapshot: &Snapshot<'_>,
+        cf: &'static str,
+        mut each: impl FnMut(ShardId, &[u8], &[u8]) -> Option<Damage>,
+    ) -> Result<()> {
+        let mut found = Vec::new();
+        let status = {
+            let mut it = whole_cf(self.engine, snapshot, cf)?;
             while let (Some(key), Some(value)) = (it.key(), it.value()) {
                 let (shard, rest) = split_shard(key);
-                match (u64_at(rest, 0), ConversationState::decode(value)) {
-                    (Some(c), Ok(state)) if rest.len() == 8 => states.push((shard, c, state)),
-                    (c, Err(reason)) => self.damage(Damage {
-                        shard: Some(shard),
-                        conversation: c,
-                        segment: None,
-                        what: format!("conversation state does not decode: {reason}"),
-                    }),
-                    _ => self.damage(Damage {
-                        shard: Some(shard),
-                        conversation: None,
-                        segment: None,
-                        what: format!("conversation key of {} bytes", rest.len()),
-                    }),
-                }
+                found.extend(each(shard, rest, value));
                 it.next();
             }
-            if let Err(e) = it.status() {
-                self.damage(storage_damage(e.into(), None, None, None));
-            }
+            it.status()
+        };
+        if let Err(e) = status {
+            found.push(storage_damage(e.into(), None, None, None));
         }
+        for damage in found {
+            self.damage(damage);
+        }
+        Ok(())
+    }
+
+    /// Every conversation state, and each conversation's segments.
+    fn conversations(&mut self, snapshot: &Snapshot<'_>) -> Result<()> {
+        let mut states = Vec::new();
+        self.scan(snapshot, CF_CONVERSATIONS, |shard, rest, value| {
+            let (conversation, what) = match (u64_at(rest, 0), ConversationState::decode(value)) {
+                (Some(c), Ok(state)) if rest.len() == 8 => {
+                    states.push((shard, c, state));
+                    return None;
+                }
+                (c, Err(reason)) => (c, format!("conversation state does not decode: {reason}")),
+                _ => (None, format!("conversation key of {} bytes", rest.len())),
+            };
+            Some(Damage {
+                shard: Some(shard),
+                conversation,
+                segment: None,
+                what,
+            })
+        })?;
         self.total = self.total.max(states.len() as u64);
         for (i, (shard, conversation, state)) in states.into_iter().enumerate() {
             self.bounds.insert(
@@ -356,28 +374,13 @@ impl Walk<'_, '_> {
 
     /// Every dedup entry names a seq its conversation gave out.
     fn dedup(&mut self, snapshot: &Snapshot<'_>) -> Result<()> {
-        let engine = self.engine;
         let mut found = Vec::new();
-        {
-            let mut it = whole_cf(engine, snapshot, CF_DEDUP)?;
-            while let (Some(key), Some(value)) = (it.key(), it.value()) {
-                let (shard, rest) = split_shard(key);
-                let conversation = u64_at(rest, 0);
-                let entry = DedupEntry::decode(value);
-                let id_ok = rest.len() >= codec::DEDUP_PREFIX_LEN
-                    && rest.get(16..20).map(|crc| crc.to_vec())
-                        == Some(
-                            crc32fast::hash(&rest[codec::DEDUP_PREFIX_LEN..])
-                                .to_be_bytes()
-                                .to_vec(),
-                        );
-                found.push((shard, conversation, entry, id_ok));
-                it.next();
-            }
-            if let Err(e) = it.status() {
-                self.damage(storage_damage(e.into(), None, None, None));
-            }
-        }
+        self.scan(snapshot, CF_DEDUP, |shard, rest, value| {
+            let id = rest.get(codec::DEDUP_PREFIX_LEN..).unwrap_or_default();
+            let id_ok = rest.get(16..20) == Some(&crc32fast::hash(id).to_be_bytes()[..]);
+            found.push((shard, u64_at(rest, 0), DedupEntry::decode(value), id_ok));
+            None
+        })?;
         for (shard, conversation, entry, id_ok) in found {
             self.report.dedup_entries += 1;
             let what = match (conversation, entry) {
@@ -410,23 +413,17 @@ impl Walk<'_, '_> {
     /// Every inbox entry names a seq its conversation gave out; every other
     /// `im` row is readable.
     fn inboxes(&mut self, snapshot: &Snapshot<'_>) -> Result<()> {
-        let engine = self.engine;
         let mut found = Vec::new();
-        {
-            let mut it = whole_cf(engine, snapshot, CF_IM)?;
-            while let (Some(key), Some(value)) = (it.key(), it.value()) {
-                let (shard, rest) = split_shard(key);
-                if rest.first() == Some(&codec::tag::INBOX) {
-                    found.push((shard, u64_at(rest, 1), InboxEntry::decode(value)));
-                } else {
-                    self.report.other_rows += 1;
-                }
-                it.next();
+        let mut other_rows = 0;
+        self.scan(snapshot, CF_IM, |shard, rest, value| {
+            if rest.first() == Some(&codec::tag::INBOX) {
+                found.push((shard, u64_at(rest, 1), InboxEntry::decode(value)));
+            } else {
+                other_rows += 1;
             }
-            if let Err(e) = it.status() {
-                self.damage(storage_damage(e.into(), None, None, None));
-            }
-        }
+            None
+        })?;
+        self.report.other_rows += other_rows;
         for (shard, user, entry) in found {
             self.report.inbox_entries += 1;
             let what = match entry {
@@ -458,18 +455,11 @@ impl Walk<'_, '_> {
     /// Every row of a column family reads back (block checksums).
     fn readable(&mut self, snapshot: &Snapshot<'_>, cf: &'static str) -> Result<()> {
         let mut rows = 0;
-        let status = {
-            let mut it = whole_cf(self.engine, snapshot, cf)?;
-            while it.valid() {
-                rows += 1;
-                it.next();
-            }
-            it.status()
-        };
+        self.scan(snapshot, cf, |_, _, _| {
+            rows += 1;
+            None
+        })?;
         self.report.other_rows += rows;
-        if let Err(e) = status {
-            self.damage(storage_damage(e.into(), None, None, None));
-        }
         Ok(())
     }
 }

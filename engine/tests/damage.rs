@@ -415,3 +415,64 @@ fn verify_passes_a_clean_store_and_finds_damaged_segments() -> TestResult {
         .any(|d| d.conversation == Some(3) && d.segment == Some(5)));
     Ok(())
 }
+
+#[test]
+fn verify_finds_states_that_disagree_with_their_records() -> TestResult {
+    use imstore_engine::codec::ConversationState;
+    use imstore_engine::{Command, SendMessage};
+    let dir = tempfile::tempdir()?;
+    {
+        let engine = Engine::open(dir.path(), options())?;
+        // Two groups with inboxes (write fan-out) and a plain timeline.
+        for group in [100, 200] {
+            engine.execute(Command::CreateGroup {
+                conversation: group,
+                owner: 1,
+                members: vec![2, 3],
+                timestamp_ms: 5,
+            })?;
+            for i in 0..12 {
+                engine.send(SendMessage {
+                    conversation: group,
+                    sender: 1,
+                    client_msg_id: format!("{group}-{i}").into(),
+                    payload: "hello".into(),
+                    timestamp_ms: 6,
+                    receipt: false,
+                })?;
+            }
+        }
+        for i in 0..10 {
+            engine.append(msg(300, 1, &format!("t-{i}"), b"plain", 5))?;
+        }
+        assert!(engine.verify(&mut |_| {})?.is_clean());
+
+        // Group 100's state forgets its last 4 messages: its segments run
+        // past it, and its dedup and inbox entries name seqs it never gave
+        // out. The timeline's state does not decode at all.
+        let raw = engine.raw_conversation_state(100)?.ok_or("no state")?;
+        let mut state = ConversationState::decode(&raw).map_err(|e| e.to_string())?;
+        state.last_seq -= 4;
+        engine.raw_overwrite_conversation_state(100, &state.encode())?;
+        engine.raw_overwrite_conversation_state(300, b"\x09garbage")?;
+    }
+    let engine = Engine::open(dir.path(), options())?;
+    let report = engine.verify(&mut |_| {})?;
+    let damaged: Vec<u64> = report
+        .damaged_conversations()
+        .iter()
+        .map(|(_, c)| *c)
+        .collect();
+    assert_eq!(damaged, vec![100, 300], "{report:#?}");
+    let about = |c: u64, words: &str| {
+        report
+            .damage
+            .iter()
+            .any(|d| d.conversation == Some(c) && d.what.contains(words))
+    };
+    assert!(about(100, "segments end at 12"), "{report:#?}");
+    assert!(about(100, "dedup entry names seq"), "{report:#?}");
+    assert!(about(100, "inbox entry"), "{report:#?}");
+    assert!(about(300, "does not decode"), "{report:#?}");
+    Ok(())
+}

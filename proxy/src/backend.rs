@@ -358,16 +358,6 @@ impl<B: Backend> ShardedBackend<B> {
                     ))
                 }
             }
-            Command::Send(m) => of(m.conversation),
-            Command::CreateGroup { conversation, .. }
-            | Command::AddMembers { conversation, .. }
-            | Command::RemoveMembers { conversation, .. }
-            | Command::MarkRead { conversation, .. }
-            | Command::Recall { conversation, .. }
-            | Command::Edit { conversation, .. }
-            | Command::DeleteForMe { conversation, .. }
-            | Command::ClearHistory { conversation, .. }
-            | Command::SetRetention { conversation, .. } => of(*conversation),
             // A pair's friend rows and direct conversation live in the
             // pair's shard (the engine picks the direct id there).
             Command::OpenDirect { user, peer, .. } => of(imstore_engine::pair_key(*user, *peer)),
@@ -386,6 +376,13 @@ impl<B: Backend> ShardedBackend<B> {
             Command::PutMeta(_) | Command::ReplaceState(_) | Command::AddImageRows { .. } => Err(
                 Error::InvalidArgument("replication commands are not client writes".into()),
             ),
+            // Every other command writes one conversation: its shard.
+            other => match other.conversation() {
+                Some(conversation) => of(conversation),
+                None => Err(Error::InvalidArgument(
+                    "this command names no conversation to place it by".into(),
+                )),
+            },
         }
     }
 }
