@@ -238,11 +238,21 @@ impl Error {
         }
     }
 
-    /// A storage error of a RocksDB that failed to open at `path`: a
-    /// corruption gets the files it most likely concerns (those RocksDB
-    /// named, else the write-ahead logs and MANIFEST it replays). Public
-    /// for the raft log store, which opens a RocksDB of its own.
-    pub fn at_open(self, path: &std::path::Path) -> Error {
+    /// The error of a RocksDB that failed to open at `path`: another
+    /// handle holding its lock is [`Error::DirectoryLocked`]; a corruption
+    /// gets the files it most likely concerns (those RocksDB named, else
+    /// the write-ahead logs and MANIFEST it replays). Public for the raft
+    /// log store, which opens a RocksDB of its own.
+    pub fn opening(err: rocksdb::Error, path: &std::path::Path) -> Error {
+        let text = err.clone().into_string();
+        // RocksDB's LOCK file: another handle owns the directory.
+        if text.contains("lock") && text.contains("LOCK") {
+            return Error::DirectoryLocked(path.display().to_string());
+        }
+        Error::from(err).at_open(path)
+    }
+
+    fn at_open(self, path: &std::path::Path) -> Error {
         match self {
             Error::StorageCorruption {
                 file: None,

@@ -217,15 +217,8 @@ impl Store {
                 ColumnFamilyDescriptor::new(LEGACY_CFS[5], receipts_options(&cache)),
             ]);
         }
-        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
-            let text = e.clone().into_string();
-            // RocksDB's LOCK file: another handle owns the directory.
-            if text.contains("lock") && text.contains("LOCK") {
-                Error::DirectoryLocked(path.display().to_string())
-            } else {
-                Error::from(e).at_open(path)
-            }
-        })?;
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors)
+            .map_err(|e| Error::opening(e, path))?;
         let ballast = match options.ballast_bytes {
             Some(bytes) => bytes,
             None => crate::disk::default_ballast_bytes(path)?,

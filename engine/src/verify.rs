@@ -1,5 +1,7 @@
 //! Scrubbing: [`Engine::verify`] reads every stored byte of a store and
-//! checks it, from one RocksDB snapshot (so it may run while writes go on).
+//! checks it, one shard at a time, each from a RocksDB snapshot of its own
+//! (so it may run while writes go on, and holds no snapshot, nor any
+//! shard's bookkeeping, longer than one shard's walk).
 //!
 //! Per conversation: its state decodes; its segments run without a hole
 //! from the one holding the first kept seq to the state's last seq; every
@@ -16,7 +18,8 @@ use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions, SnapshotWithThreadMode, 
 
 use crate::codec::{self, ConversationState, DedupEntry, Frames, InboxEntry};
 use crate::store::{
-    ShardId, CF_CONVERSATIONS, CF_DEDUP, CF_IM, CF_META, CF_RECEIPTS, CF_SEGMENTS, SHARD_PREFIX_LEN,
+    ShardId, ALL_CFS, CF_CONVERSATIONS, CF_DEDUP, CF_IM, CF_META, CF_RECEIPTS, CF_SEGMENTS,
+    SHARD_PREFIX_LEN,
 };
 use crate::{Engine, Error, Result};
 
@@ -115,18 +118,62 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(raw))
 }
 
-/// An iterator over a whole column family of the snapshot.
-fn whole_cf<'a>(
+/// An iterator over one shard's part of a column family of the snapshot
+/// (prefix `0xFFFF`, the store-wide rows, counts as a shard here).
+fn shard_of_cf<'a>(
     engine: &'a Engine,
     snapshot: &'a Snapshot<'_>,
     cf: &'static str,
+    shard: ShardId,
 ) -> Result<RawIter<'a>> {
     let mut ro = ReadOptions::default();
     ro.set_total_order_seek(true);
     ro.fill_cache(false);
+    ro.set_iterate_lower_bound(shard.to_be_bytes().to_vec());
+    if let Some(next) = shard.checked_add(1) {
+        ro.set_iterate_upper_bound(next.to_be_bytes().to_vec());
+    }
     let mut it = snapshot.raw_iterator_cf_opt(engine.whole_store().cf(cf)?, ro);
-    it.seek_to_first();
+    it.seek(shard.to_be_bytes());
     Ok(it)
+}
+
+/// The lowest shard at or after `from` with a row in any column family
+/// not in `broken`. A column family whose seek fails is added to `broken`
+/// and its error returned as damage (once: it is skipped from then on).
+fn next_shard(
+    engine: &Engine,
+    from: u32,
+    broken: &mut Vec<&'static str>,
+) -> Result<(Option<ShardId>, Vec<Damage>)> {
+    let mut damage = Vec::new();
+    let Ok(from) = ShardId::try_from(from) else {
+        return Ok((None, damage));
+    };
+    let store = engine.whole_store();
+    let mut lowest: Option<ShardId> = None;
+    for cf in ALL_CFS {
+        if broken.contains(&cf) {
+            continue;
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        ro.fill_cache(false);
+        let mut it = store.db().raw_iterator_cf_opt(store.cf(cf)?, ro);
+        it.seek(from.to_be_bytes());
+        match (it.key(), it.status()) {
+            (Some(key), _) => {
+                let (shard, _) = split_shard(key);
+                lowest = Some(lowest.map_or(shard, |l| l.min(shard)));
+            }
+            (None, Ok(())) => {}
+            (None, Err(e)) => {
+                broken.push(cf);
+                damage.push(storage_damage(e.into(), None, None, None));
+            }
+        }
+    }
+    Ok((lowest, damage))
 }
 
 /// A storage error as damage (shard and conversation when known).
@@ -146,6 +193,8 @@ fn storage_damage(
 
 struct Walk<'a, 'p> {
     engine: &'a Engine,
+    /// The shard being walked.
+    shard: ShardId,
     report: VerifyReport,
     /// Each conversation's last seq and first kept seq, for the references.
     bounds: HashMap<(ShardId, u64), (u64, u64)>,
@@ -155,29 +204,44 @@ struct Walk<'a, 'p> {
 
 impl Engine {
     /// Reads and checks every stored byte of the whole store (every
-    /// shard), from one RocksDB snapshot, so it may run while writes go
-    /// on. Calls `progress` now and then. Damage is reported in the
-    /// [`VerifyReport`], not as an error; an error means the walk itself
-    /// could not run.
+    /// shard), one shard at a time, each from a RocksDB snapshot of its
+    /// own, so it may run while writes go on. Calls `progress` now and
+    /// then. Damage is reported in the [`VerifyReport`], not as an error;
+    /// an error means the walk itself could not run.
     pub fn verify(&self, progress: &mut dyn FnMut(VerifyProgress)) -> Result<VerifyReport> {
-        let store = &self.whole_store();
-        let total = store.estimate_keys(CF_CONVERSATIONS).unwrap_or(0);
-        let snapshot = store.db().snapshot();
+        let total = self
+            .whole_store()
+            .estimate_keys(CF_CONVERSATIONS)
+            .unwrap_or(0);
         let mut walk = Walk {
             engine: self,
+            shard: 0,
             report: VerifyReport::default(),
             bounds: HashMap::new(),
             progress,
             total,
         };
-        walk.conversations(&snapshot)?;
-        walk.total = walk.report.conversations;
-        walk.tick();
-        walk.dedup(&snapshot)?;
-        walk.inboxes(&snapshot)?;
-        for cf in [CF_META, CF_RECEIPTS] {
-            walk.readable(&snapshot, cf)?;
+        let mut from = 0u32;
+        let mut broken = Vec::new();
+        loop {
+            let (next, damage) = next_shard(self, from, &mut broken)?;
+            for d in damage {
+                walk.damage(d);
+            }
+            let Some(shard) = next else { break };
+            walk.shard = shard;
+            walk.bounds.clear();
+            let snapshot = self.whole_store().db().snapshot();
+            walk.conversations(&snapshot)?;
+            walk.dedup(&snapshot)?;
+            walk.inboxes(&snapshot)?;
+            for cf in [CF_META, CF_RECEIPTS] {
+                walk.readable(&snapshot, cf)?;
+            }
+            walk.tick();
+            from = u32::from(shard) + 1;
         }
+        walk.total = walk.report.conversations;
         walk.tick();
         Ok(walk.report)
     }
@@ -210,7 +274,7 @@ impl Walk<'_, '_> {
     ) -> Result<()> {
         let mut found = Vec::new();
         let status = {
-            let mut it = whole_cf(self.engine, snapshot, cf)?;
+            let mut it = shard_of_cf(self.engine, snapshot, cf, self.shard)?;
             while let (Some(key), Some(value)) = (it.key(), it.value()) {
                 let (shard, rest) = split_shard(key);
                 found.extend(each(shard, rest, value));
@@ -219,7 +283,7 @@ impl Walk<'_, '_> {
             it.status()
         };
         if let Err(e) = status {
-            found.push(storage_damage(e.into(), None, None, None));
+            found.push(storage_damage(e.into(), Some(self.shard), None, None));
         }
         for damage in found {
             self.damage(damage);
@@ -246,7 +310,9 @@ impl Walk<'_, '_> {
                 what,
             })
         })?;
-        self.total = self.total.max(states.len() as u64);
+        self.total = self
+            .total
+            .max(self.report.conversations + states.len() as u64);
         for (i, (shard, conversation, state)) in states.into_iter().enumerate() {
             self.bounds.insert(
                 (shard, conversation),

@@ -184,7 +184,7 @@ impl LogStore {
                 ColumnFamilyDescriptor::new(CF_STATE, Options::default()),
             ],
         )
-        .map_err(|e| std::io::Error::other(imstore_engine::Error::from(e).at_open(path)))?;
+        .map_err(|e| std::io::Error::other(imstore_engine::Error::opening(e, path)))?;
         imstore_engine::guard::opened(path).map_err(std::io::Error::other)?;
         let db = Arc::new(LogDb {
             db,

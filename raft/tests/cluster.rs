@@ -171,13 +171,48 @@ fn config() -> Result<Arc<Config>, Box<dyn std::error::Error>> {
     Ok(Arc::new(config.validate()?))
 }
 
+fn is_locked(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<imstore_engine::Error>()),
+        Some(imstore_engine::Error::DirectoryLocked(_))
+    )
+}
+
+/// Polls `open` (at most 30 s) until it stops answering "still locked".
+fn reopen<T, E: Into<Box<dyn std::error::Error>>>(
+    mut open: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(opened) = open().map_err(Into::into)? {
+            return Ok(opened);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("the previous stores never closed".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 async fn start_node(
     id: u64,
     dir: &std::path::Path,
     router: &Router,
 ) -> Result<Node, Box<dyn std::error::Error>> {
-    let log = LogStore::open(&dir.join(format!("node{id}-log")))?;
-    let engine = Engine::open(dir.join(format!("node{id}-engine")), Options::default())?;
+    // A restarted node's previous stores close (flushing) on the task
+    // that dropped their last handle, after `shutdown` returned: wait for
+    // their locks.
+    let log_dir = dir.join(format!("node{id}-log"));
+    let log = reopen(|| match LogStore::open(&log_dir) {
+        Err(e) if is_locked(&e) => Ok(None),
+        other => other.map(Some),
+    })?;
+    let engine_dir = dir.join(format!("node{id}-engine"));
+    let engine = reopen(|| match Engine::open(&engine_dir, Options::default()) {
+        Err(imstore_engine::Error::DirectoryLocked(_)) => Ok(None),
+        other => other.map(Some),
+    })?;
     let sm = StateMachine::open(engine.clone(), &dir.join(format!("node{id}-snapshots")))?;
     let state_machine = sm.clone();
     let network = NodeNetwork {
