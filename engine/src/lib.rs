@@ -61,6 +61,7 @@
 
 mod apply;
 mod backup;
+mod cf_options;
 mod clean_close;
 mod commit;
 mod disk;
