@@ -169,6 +169,12 @@ pub fn verify_offline(data_dir: &Path, json_output: bool) -> Result<(), Failure>
     finish_verify(&report, start.elapsed(), json_output)
 }
 
+async fn connect(server: &str) -> Result<ImstoreClient<tonic::transport::Channel>, Failure> {
+    Ok(ImstoreClient::connect(server.to_owned())
+        .await
+        .map_err(|e| format!("cannot reach {server}: {e}"))?)
+}
+
 fn status_text(status: tonic::Status) -> Failure {
     format!("{:?}: {}", status.code(), status.message()).into()
 }
@@ -179,9 +185,7 @@ pub fn verify_online(server: &str, json_output: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let start = Instant::now();
-        let mut client = ImstoreClient::connect(server.to_owned())
-            .await
-            .map_err(|e| format!("cannot reach {server}: {e}"))?;
+        let mut client = connect(server).await?;
         let mut events = client
             .verify(pb::VerifyRequest {})
             .await
@@ -237,9 +241,7 @@ pub fn backup(server: &str, to: &Path, json_output: bool) -> Result<(), Failure>
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let start = Instant::now();
-        let mut client = ImstoreClient::connect(server.to_owned())
-            .await
-            .map_err(|e| format!("cannot reach {server}: {e}"))?;
+        let mut client = connect(server).await?;
         let mut events = client
             .backup(pb::BackupRequest { to })
             .await

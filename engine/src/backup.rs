@@ -288,6 +288,14 @@ impl Engine {
 /// Checks a backup: its manifest, and every file it lists, by size and
 /// CRC32. A damaged or incomplete backup is [`Error::DamagedBackup`].
 pub fn check_backup(from: &Path, progress: &mut dyn FnMut(CopyProgress)) -> Result<BackupInfo> {
+    checked_files(from, progress).map(|(info, _)| info)
+}
+
+/// [`check_backup`], also returning the files the manifest lists.
+fn checked_files(
+    from: &Path,
+    progress: &mut dyn FnMut(CopyProgress),
+) -> Result<(BackupInfo, Vec<ListedFile>)> {
     let (info, files) = parse_manifest(from)?;
     let mut done_bytes = 0;
     for f in &files {
@@ -316,7 +324,7 @@ pub fn check_backup(from: &Path, progress: &mut dyn FnMut(CopyProgress)) -> Resu
             return Err(damaged(from, format!("{} fails its checksum", f.name)));
         }
     }
-    Ok(info)
+    Ok((info, files))
 }
 
 /// Restores the backup `from` into `data_dir`, which must not exist or be
@@ -336,13 +344,12 @@ pub fn restore_backup(
             data_dir.display()
         )));
     }
-    let total = check_backup(from, &mut |p| {
+    let (total, files) = checked_files(from, &mut |p| {
         progress(CopyProgress {
             done_bytes: p.done_bytes / 2,
             total_bytes: p.total_bytes,
         })
     })?;
-    let (_, files) = parse_manifest(from)?;
     let parent = parent_of(data_dir);
     std::fs::create_dir_all(&parent)?;
     let partial = partial_path(data_dir)?;

@@ -196,8 +196,8 @@ struct Walk<'a, 'p> {
     /// The shard being walked.
     shard: ShardId,
     report: VerifyReport,
-    /// Each conversation's last seq and first kept seq, for the references.
-    bounds: HashMap<(ShardId, u64), (u64, u64)>,
+    /// Each conversation's last seq, for the references to it.
+    last_seqs: HashMap<(ShardId, u64), u64>,
     progress: &'p mut dyn FnMut(VerifyProgress),
     total: u64,
 }
@@ -217,7 +217,7 @@ impl Engine {
             engine: self,
             shard: 0,
             report: VerifyReport::default(),
-            bounds: HashMap::new(),
+            last_seqs: HashMap::new(),
             progress,
             total,
         };
@@ -230,7 +230,7 @@ impl Engine {
             }
             let Some(shard) = next else { break };
             walk.shard = shard;
-            walk.bounds.clear();
+            walk.last_seqs.clear();
             let snapshot = self.whole_store().db().snapshot();
             walk.conversations(&snapshot)?;
             walk.dedup(&snapshot)?;
@@ -314,10 +314,7 @@ impl Walk<'_, '_> {
             .total
             .max(self.report.conversations + states.len() as u64);
         for (i, (shard, conversation, state)) in states.into_iter().enumerate() {
-            self.bounds.insert(
-                (shard, conversation),
-                (state.last_seq, state.first_retained()),
-            );
+            self.last_seqs.insert((shard, conversation), state.last_seq);
             self.segments(snapshot, shard, conversation, &state)?;
             self.report.conversations += 1;
             if i % 256 == 0 {
@@ -453,16 +450,9 @@ impl Walk<'_, '_> {
                 (None, _) => Some("dedup key too short".to_owned()),
                 (_, Err(reason)) => Some(format!("dedup entry does not decode: {reason}")),
                 (_, Ok(_)) if !id_ok => Some("dedup key's client id fails its CRC".to_owned()),
-                (Some(c), Ok(e)) => match self.bounds.get(&(shard, c)) {
-                    Some(&(last, _)) if e.seq >= 1 && e.seq <= last => None,
-                    Some(&(last, _)) => {
-                        Some(format!("dedup entry names seq {} (last seq {last})", e.seq))
-                    }
-                    None => Some(format!(
-                        "dedup entry names seq {} of a conversation with no state",
-                        e.seq
-                    )),
-                },
+                (Some(c), Ok(e)) => self
+                    .bad_reference(shard, c, e.seq)
+                    .map(|why| format!("dedup entry names seq {}{why}", e.seq)),
             };
             if let Some(what) = what {
                 self.damage(Damage {
@@ -493,18 +483,16 @@ impl Walk<'_, '_> {
         for (shard, user, entry) in found {
             self.report.inbox_entries += 1;
             let what = match entry {
-                Err(reason) => Some((None, format!("inbox entry of user {user:?} does not decode: {reason}"))),
-                Ok(e) => match self.bounds.get(&(shard, e.conversation)) {
-                    Some(&(last, _)) if e.seq >= 1 && e.seq <= last => None,
-                    Some(&(last, _)) => Some((
+                Err(reason) => Some((
+                    None,
+                    format!("inbox entry of user {user:?} does not decode: {reason}"),
+                )),
+                Ok(e) => self.bad_reference(shard, e.conversation, e.seq).map(|why| {
+                    (
                         Some(e.conversation),
-                        format!("inbox entry of user {user:?} names seq {} (last seq {last})", e.seq),
-                    )),
-                    None => Some((
-                        Some(e.conversation),
-                        format!("inbox entry of user {user:?} names seq {} of a conversation with no state", e.seq),
-                    )),
-                },
+                        format!("inbox entry of user {user:?} names seq {}{why}", e.seq),
+                    )
+                }),
             };
             if let Some((conversation, what)) = what {
                 self.damage(Damage {
@@ -516,6 +504,16 @@ impl Walk<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// What is wrong with a reference to `seq` of `conversation` (a dedup
+    /// or inbox entry), if anything: a seq the conversation never gave out.
+    fn bad_reference(&self, shard: ShardId, conversation: u64, seq: u64) -> Option<String> {
+        match self.last_seqs.get(&(shard, conversation)) {
+            Some(&last) if (1..=last).contains(&seq) => None,
+            Some(&last) => Some(format!(" (last seq {last})")),
+            None => Some(" of a conversation with no state".to_owned()),
+        }
     }
 
     /// Every row of a column family reads back (block checksums).
