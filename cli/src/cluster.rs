@@ -135,7 +135,7 @@ type Failure = Box<dyn std::error::Error>;
 
 /// The node's shard count: written when its data directory is new, and
 /// required to match on every later start.
-fn shard_count(dir: &std::path::Path, asked: u64) -> Result<u64, Failure> {
+pub(crate) fn shard_count(dir: &std::path::Path, asked: u64) -> Result<u64, Failure> {
     // Data shards are 0..N; the metadata group takes the id after them.
     if asked == 0 || asked > META_SHARD {
         return Err(format!("--shards must be 1 to {META_SHARD}").into());

@@ -60,15 +60,20 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Write a consistent backup of a running single-node server's store
-    /// into a new directory on the server's machine (`--server`).
+    /// Write a consistent backup while writes go on into a new directory.
+    /// Of a single-node server (`imstore serve`): its store, on the
+    /// server's machine. Of a cluster (`--server` any node): every shard's
+    /// image from one of its replicas, on this machine.
     Backup {
-        /// The new backup directory (on the server's machine).
+        /// The new backup directory (a single server's: on its machine; a
+        /// cluster's: on this one).
         #[arg(long)]
         to: PathBuf,
     },
     /// Restore a backup into a new data directory (no server running on
     /// it), after checking every file; `--check` only checks the backup.
+    /// A cluster backup is restored node by node: `--node ID` writes that
+    /// node's data directory (run it for every node, then start them).
     Restore {
         /// The backup directory.
         #[arg(long)]
@@ -76,6 +81,9 @@ enum Cmd {
         /// The new (or empty) data directory to restore into.
         #[arg(long, required_unless_present = "check")]
         data_dir: Option<PathBuf>,
+        /// Of a cluster backup: the node whose data directory to write.
+        #[arg(long, conflicts_with = "check")]
+        node: Option<u64>,
         /// Only check the backup against its manifest.
         #[arg(long, conflicts_with = "data_dir")]
         check: bool,
@@ -130,7 +138,12 @@ fn main() -> ExitCode {
         } => ops::verify_offline(&dir, cli.json),
         Cmd::Verify { data_dir: None } => ops::verify_online(&cli.server, cli.json),
         Cmd::Backup { to } => ops::backup(&cli.server, &to, cli.json),
-        Cmd::Restore { from, data_dir, .. } => ops::restore(&from, data_dir.as_deref(), cli.json),
+        Cmd::Restore {
+            from,
+            data_dir,
+            node,
+            ..
+        } => ops::restore(&from, data_dir.as_deref(), node, cli.json),
         Cmd::Ballast { action } => ops::ballast(action, cli.json),
         Cmd::Client(cmd) => client::run(cmd, &cli.server, cli.json),
     };

@@ -1,5 +1,6 @@
 //! Operations on a store's files: `verify` (offline on a data directory,
-//! or online through a server), `backup` (online), `restore` (offline),
+//! or online through a server), `backup` (online, of a single server or a
+//! cluster), `restore` (offline; a cluster's node by node),
 //! and `ballast release`. Long work shows a progress bar on a terminal
 //! (nothing when stderr is not one) and ends with a report; damage found
 //! is an error, so the command exits non-zero.
@@ -12,6 +13,8 @@ use imstore_engine::{
     check_backup, release_ballast, restore_backup, CopyProgress, Damage, Engine, Options,
     VerifyProgress, VerifyReport,
 };
+use imstore_proto::raft as rpb;
+use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -232,58 +235,140 @@ pub fn verify_online(server: &str, json_output: bool) -> Result<(), Failure> {
     })
 }
 
-/// `imstore backup --to DIR`: online, on the server's machine.
+/// Whether `server` is a cluster node (it answers the node-to-node
+/// service) rather than a single server.
+async fn is_cluster_node(server: &str) -> Result<bool, Failure> {
+    let mut client = RaftTransportClient::connect(server.to_owned())
+        .await
+        .map_err(|e| format!("cannot reach {server}: {e}"))?;
+    match client.status(rpb::NodeStatusRequest { shard: 0 }).await {
+        Ok(_) => Ok(true),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(false),
+        Err(s) => Err(status_text(s)),
+    }
+}
+
+/// `imstore backup --to DIR`: online; a single server's on its machine, a
+/// cluster's on this one.
 pub fn backup(server: &str, to: &Path, json_output: bool) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        if is_cluster_node(server).await? {
+            backup_cluster(server, to, json_output).await
+        } else {
+            backup_server(server, to, json_output).await
+        }
+    })
+}
+
+async fn backup_server(server: &str, to: &Path, json_output: bool) -> Result<(), Failure> {
     let to = to
         .to_str()
         .ok_or("the backup path is not UTF-8")?
         .to_owned();
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
-        let start = Instant::now();
-        let mut client = connect(server).await?;
-        let mut events = client
-            .backup(pb::BackupRequest { to })
-            .await
-            .map_err(status_text)?
-            .into_inner();
-        let progress = bytes_bar(0);
-        while let Some(event) = events.next().await {
-            match event.map_err(status_text)?.event {
-                Some(pb::backup_event::Event::Progress(p)) => show_copy(
-                    &progress,
-                    CopyProgress {
-                        done_bytes: p.done_bytes,
-                        total_bytes: p.total_bytes,
-                    },
-                ),
-                Some(pb::backup_event::Event::Done(d)) => {
-                    progress.finish_and_clear();
-                    let took = start.elapsed().as_secs_f64();
-                    if json_output {
-                        println!(
-                            "{}",
-                            json!({"path": d.path, "files": d.files, "bytes": d.bytes,
-                                   "sequence": d.sequence, "created_ms": d.created_ms, "seconds": took})
-                        );
-                    } else {
-                        println!(
-                            "backup written to {} on the server: {} files, {} bytes, up to write {} ({took:.2} s)",
-                            d.path, d.files, d.bytes, d.sequence
-                        );
-                    }
-                    return Ok(());
+    let start = Instant::now();
+    let mut client = connect(server).await?;
+    let mut events = client
+        .backup(pb::BackupRequest { to })
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    let progress = bytes_bar(0);
+    while let Some(event) = events.next().await {
+        match event.map_err(status_text)?.event {
+            Some(pb::backup_event::Event::Progress(p)) => show_copy(
+                &progress,
+                CopyProgress {
+                    done_bytes: p.done_bytes,
+                    total_bytes: p.total_bytes,
+                },
+            ),
+            Some(pb::backup_event::Event::Done(d)) => {
+                progress.finish_and_clear();
+                let took = start.elapsed().as_secs_f64();
+                if json_output {
+                    println!(
+                        "{}",
+                        json!({"path": d.path, "files": d.files, "bytes": d.bytes,
+                               "sequence": d.sequence, "created_ms": d.created_ms, "seconds": took})
+                    );
+                } else {
+                    println!(
+                        "backup written to {} on the server: {} files, {} bytes, up to write {} ({took:.2} s)",
+                        d.path, d.files, d.bytes, d.sequence
+                    );
                 }
-                None => {}
+                return Ok(());
             }
+            None => {}
         }
-        Err("the server ended the backup stream before it finished".into())
-    })
+    }
+    Err("the server ended the backup stream before it finished".into())
 }
 
-/// `imstore restore --from BACKUP --data-dir DIR` (the server stopped), or
-/// with `--check`, only checks the backup.
-pub fn restore(from: &Path, data_dir: Option<&Path>, json_output: bool) -> Result<(), Failure> {
+async fn backup_cluster(server: &str, to: &Path, json_output: bool) -> Result<(), Failure> {
+    let start = Instant::now();
+    let progress = bar(0, "shards");
+    let backup = imstore_raft::backup_cluster(server, to, &mut |p| {
+        progress.set_length(p.shards_total);
+        progress.set_position(p.shards_done);
+        progress.set_message(format!("{} MB of images", p.bytes / 1_000_000));
+    })
+    .await;
+    progress.finish_and_clear();
+    let backup = backup?;
+    let took = start.elapsed().as_secs_f64();
+    if json_output {
+        let shards: Vec<_> = backup
+            .shards
+            .iter()
+            .map(|s| json!({"shard": s.shard, "applied_index": s.applied_index(), "nodes": s.nodes(), "bytes": s.image_bytes}))
+            .collect();
+        println!(
+            "{}",
+            json!({"path": backup.info.path.display().to_string(), "cluster": true,
+                   "shard_count": backup.shard_count, "files": backup.info.files,
+                   "bytes": backup.info.bytes, "created_ms": backup.info.created_ms,
+                   "seconds": took, "shards": shards})
+        );
+    } else {
+        println!(
+            "cluster backup written to {}: {} shards and the metadata group, {} bytes ({took:.2} s)",
+            backup.info.path.display(),
+            backup.shard_count,
+            backup.info.bytes
+        );
+        for s in &backup.shards {
+            println!(
+                "  shard {} at log index {} from nodes {:?}, {} bytes",
+                s.shard,
+                s.applied_index(),
+                s.nodes(),
+                s.image_bytes
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `imstore restore --from BACKUP --data-dir DIR [--node ID]` (nothing
+/// running on DIR), or with `--check`, only checks the backup.
+pub fn restore(
+    from: &Path,
+    data_dir: Option<&Path>,
+    node: Option<u64>,
+    json_output: bool,
+) -> Result<(), Failure> {
+    if imstore_raft::is_cluster_backup(from) {
+        return restore_cluster_node(from, data_dir, node, json_output);
+    }
+    if node.is_some() {
+        return Err(format!(
+            "{} is the backup of a single server; --node is for a cluster backup",
+            from.display()
+        )
+        .into());
+    }
     let start = Instant::now();
     let progress = bytes_bar(0);
     let result = match data_dir {
@@ -312,6 +397,76 @@ pub fn restore(from: &Path, data_dir: Option<&Path>, json_output: bool) -> Resul
             from.display(),
             info.files,
             info.bytes
+        );
+    }
+    Ok(())
+}
+
+/// A cluster backup: checked, and with `--data-dir`, one node's directory
+/// written from it.
+fn restore_cluster_node(
+    from: &Path,
+    data_dir: Option<&Path>,
+    node: Option<u64>,
+    json_output: bool,
+) -> Result<(), Failure> {
+    let start = Instant::now();
+    let progress = bytes_bar(0);
+    let backup = imstore_raft::read_cluster_backup(from, &mut |p| show_copy(&progress, p));
+    progress.finish_and_clear();
+    let backup = backup?;
+    let Some(dir) = data_dir else {
+        let took = start.elapsed().as_secs_f64();
+        if json_output {
+            println!(
+                "{}",
+                json!({"path": from.display().to_string(), "cluster": true,
+                       "shard_count": backup.shard_count, "nodes": backup.nodes(),
+                       "files": backup.info.files, "bytes": backup.info.bytes, "seconds": took})
+            );
+        } else {
+            println!(
+                "cluster backup {} is whole: {} shards of nodes {:?}, {} files, {} bytes ({took:.2} s)",
+                from.display(),
+                backup.shard_count,
+                backup.nodes(),
+                backup.info.files,
+                backup.info.bytes
+            );
+        }
+        return Ok(());
+    };
+    let node = node.ok_or_else(|| {
+        format!(
+            "{} is a cluster backup: restore each node's data directory with --node ID (its nodes are {:?})",
+            from.display(),
+            backup.nodes()
+        )
+    })?;
+    let progress = bytes_bar(0);
+    let restored = imstore_raft::restore_node(&backup, node, dir, &mut |p| show_copy(&progress, p));
+    progress.finish_and_clear();
+    let restored = restored?;
+    crate::cluster::shard_count(dir, backup.shard_count)?;
+    let address = backup
+        .shards
+        .iter()
+        .find_map(|s| s.address_of(node))
+        .unwrap_or_default();
+    let took = start.elapsed().as_secs_f64();
+    if json_output {
+        println!(
+            "{}",
+            json!({"path": dir.display().to_string(), "node": node, "address": address,
+                   "shard_count": backup.shard_count, "shards": restored, "seconds": took})
+        );
+    } else {
+        println!(
+            "restored node {node}'s shards {restored:?} into {} ({took:.2} s); start it with: \
+             imstore node --id {node} --listen {address} --shards {} --data-dir {}",
+            dir.display(),
+            backup.shard_count,
+            dir.display()
         );
     }
     Ok(())

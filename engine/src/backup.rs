@@ -66,8 +66,10 @@ fn damaged(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// A sibling of `path` to build it under before it is renamed into place.
-fn partial_path(path: &Path) -> Result<PathBuf> {
+/// A sibling of `path` (`NAME.partial-PID`) to build it under before it
+/// is renamed into place, so that a directory with the final name is
+/// always whole.
+pub fn staging_path(path: &Path) -> Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::InvalidArgument(format!("{} names no directory", path.display())))?;
@@ -198,56 +200,77 @@ fn parse_manifest(dir: &Path) -> Result<(BackupInfo, Vec<ListedFile>)> {
     Ok((info, files))
 }
 
-impl Engine {
-    /// Writes a consistent backup of the whole store (every shard) to the
-    /// new directory `to`, while writes go on: everything acknowledged
-    /// before the call began is in it. `to` must not exist; its parent is
-    /// created. Calls `progress` as files are checksummed.
-    pub fn backup_to(
-        &self,
-        to: &Path,
-        progress: &mut dyn FnMut(CopyProgress),
-    ) -> Result<BackupInfo> {
+/// A backup being written: a temporary sibling of its final directory
+/// (`NAME.partial-PID`), renamed into place by [`PartialBackup::finish`]
+/// once every file is in it and listed in the manifest. Dropped
+/// unfinished, it removes what it wrote. The single-store backup
+/// ([`Engine::backup_to`]) and the cluster backup (the raft crate) both
+/// write through it, so both have the same manifest and checks.
+#[derive(Debug)]
+pub struct PartialBackup {
+    partial: PathBuf,
+    to: PathBuf,
+    created_ms: u64,
+    finished: bool,
+}
+
+impl PartialBackup {
+    /// Starts a backup that will be `to`, which must not exist (its parent
+    /// is created). The temporary directory is not created: the caller
+    /// makes it (a RocksDB checkpoint insists on making its own).
+    pub fn start(to: &Path) -> Result<PartialBackup> {
         if to.exists() {
             return Err(Error::InvalidArgument(format!(
                 "{} exists already; a backup goes to a new directory",
                 to.display()
             )));
         }
-        let parent = parent_of(to);
-        std::fs::create_dir_all(&parent)?;
-        let partial = partial_path(to)?;
+        std::fs::create_dir_all(parent_of(to))?;
+        let partial = staging_path(to)?;
         if partial.exists() {
             std::fs::remove_dir_all(&partial)?;
         }
         let created_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let result = self.write_backup(&partial, created_ms, progress);
-        let info = match result {
-            Ok(info) => info,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&partial);
-                return Err(e);
-            }
-        };
-        std::fs::rename(&partial, to)?;
-        sync_dir(&parent)?;
+        Ok(PartialBackup {
+            partial,
+            to: to.to_path_buf(),
+            created_ms,
+            finished: false,
+        })
+    }
+
+    /// The temporary directory the backup's files go into.
+    pub fn dir(&self) -> &Path {
+        &self.partial
+    }
+
+    /// When the backup began, milliseconds since the Unix epoch.
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
+    }
+
+    /// Checksums every file in the directory, writes the manifest
+    /// (`sequence`: what the backup holds everything up to, 0 when that is
+    /// not one number), fsyncs, and renames the directory into place.
+    pub fn finish(
+        mut self,
+        sequence: u64,
+        progress: &mut dyn FnMut(CopyProgress),
+    ) -> Result<BackupInfo> {
+        let info = self.seal(sequence, progress)?;
+        std::fs::rename(&self.partial, &self.to)?;
+        sync_dir(&parent_of(&self.to))?;
+        self.finished = true;
         Ok(BackupInfo {
-            path: to.to_path_buf(),
+            path: self.to.clone(),
             ..info
         })
     }
 
-    fn write_backup(
-        &self,
-        dir: &Path,
-        created_ms: u64,
-        progress: &mut dyn FnMut(CopyProgress),
-    ) -> Result<BackupInfo> {
-        let db = self.whole_store().db();
-        let sequence = db.latest_sequence_number();
-        rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(dir)?;
+    fn seal(&self, sequence: u64, progress: &mut dyn FnMut(CopyProgress)) -> Result<BackupInfo> {
+        let dir = &self.partial;
         let mut names = Vec::new();
         let mut total_bytes = 0;
         for entry in std::fs::read_dir(dir)? {
@@ -261,7 +284,11 @@ impl Engine {
         let mut done_bytes = 0;
         let mut files = Vec::with_capacity(names.len());
         for name in names {
-            let (bytes, crc32) = checksum(&dir.join(&name), &mut |n| {
+            let path = dir.join(&name);
+            // Written by another process meanwhile, or by RocksDB with
+            // fsync off: made durable before it is listed.
+            File::open(&path)?.sync_all()?;
+            let (bytes, crc32) = checksum(&path, &mut |n| {
                 done_bytes += n;
                 progress(CopyProgress {
                     done_bytes,
@@ -275,13 +302,39 @@ impl Engine {
             files: files.len() as u64,
             bytes: files.iter().map(|f| f.bytes).sum(),
             sequence,
-            created_ms,
+            created_ms: self.created_ms,
         };
         let mut manifest = File::create(dir.join(BACKUP_MANIFEST))?;
         manifest.write_all(render_manifest(&info, &files).as_bytes())?;
         manifest.sync_all()?;
         sync_dir(dir)?;
         Ok(info)
+    }
+}
+
+impl Drop for PartialBackup {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+impl Engine {
+    /// Writes a consistent backup of the whole store (every shard) to the
+    /// new directory `to`, while writes go on: everything acknowledged
+    /// before the call began is in it. `to` must not exist; its parent is
+    /// created. Calls `progress` as files are checksummed.
+    pub fn backup_to(
+        &self,
+        to: &Path,
+        progress: &mut dyn FnMut(CopyProgress),
+    ) -> Result<BackupInfo> {
+        let backup = PartialBackup::start(to)?;
+        let db = self.whole_store().db();
+        let sequence = db.latest_sequence_number();
+        rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(backup.dir())?;
+        backup.finish(sequence, progress)
     }
 }
 
@@ -350,9 +403,16 @@ pub fn restore_backup(
             total_bytes: p.total_bytes,
         })
     })?;
+    if !files.iter().any(|f| f.name == "CURRENT") {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not the backup of one store (it has no CURRENT): a cluster backup is \
+             restored node by node (`imstore restore --node ID`)",
+            from.display()
+        )));
+    }
     let parent = parent_of(data_dir);
     std::fs::create_dir_all(&parent)?;
-    let partial = partial_path(data_dir)?;
+    let partial = staging_path(data_dir)?;
     if partial.exists() {
         std::fs::remove_dir_all(&partial)?;
     }

@@ -82,7 +82,10 @@ mod wal_sync;
 pub mod codec;
 
 pub use crate::apply::push_image_meta_row;
-pub use crate::backup::{check_backup, restore_backup, BackupInfo, CopyProgress, BACKUP_MANIFEST};
+pub use crate::backup::{
+    check_backup, restore_backup, staging_path, BackupInfo, CopyProgress, PartialBackup,
+    BACKUP_MANIFEST,
+};
 pub use crate::clean_close::CLEAN_CLOSE_MARKER;
 pub use crate::codec::image_rows_prefix;
 pub use crate::codec::{pair_key, shard_for};

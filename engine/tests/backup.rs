@@ -220,3 +220,31 @@ fn a_damaged_or_incomplete_backup_is_refused() -> TestResult {
     ));
     Ok(())
 }
+
+#[test]
+fn a_backup_of_no_store_is_checked_but_not_restored_as_one() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let to = root.path().join("other");
+    let partial = imstore_engine::PartialBackup::start(&to)?;
+    std::fs::create_dir(partial.dir())?;
+    std::fs::write(partial.dir().join("shard-0.image"), b"IMSTATE1")?;
+    let info = partial.finish(0, &mut |_| {})?;
+    assert_eq!((info.files, info.bytes), (1, 8));
+    // Whole by its manifest, but not a store: a cluster backup, say.
+    check_backup(&to, &mut |_| {})?;
+    let target = root.path().join("restored");
+    let refused = restore_backup(&to, &target, &mut |_| {});
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("no CURRENT")),
+        "{refused:?}"
+    );
+    assert!(!target.exists());
+    // An unfinished one leaves nothing behind.
+    let dropped = root.path().join("dropped");
+    let partial = imstore_engine::PartialBackup::start(&dropped)?;
+    std::fs::create_dir(partial.dir())?;
+    let staging = partial.dir().to_path_buf();
+    drop(partial);
+    assert!(!staging.exists() && !dropped.exists());
+    Ok(())
+}

@@ -121,7 +121,8 @@ pub fn backup(
             Code::FailedPrecondition,
             "FAILED_PRECONDITION",
             "Backup takes a single-node server's store; a cluster node holds one replica's \
-             part of the cluster (see docs/server.md, \"Backup and restore\")"
+             part of the cluster, which `imstore backup` backs up shard by shard through \
+             RaftTransport/ExportShard (see docs/server.md, \"Backup and restore\")"
                 .into(),
             &[],
         ));

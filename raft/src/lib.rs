@@ -35,6 +35,10 @@
 //! was down then, once it is back and finds the shard map moved it away
 //! ([`ReplicaNode::retire_if_moved_away`]).
 //!
+//! Cluster backups ([`backup_cluster`]: each shard's image after its read
+//! barrier, from one of its replicas over `RaftTransport/ExportShard`) and
+//! the restore of a node's data directory from one ([`restore_node`]).
+//!
 //! **Is not:** a placer that acts on its own (no rebalancing on a timer or
 //! on load).
 //!
@@ -50,6 +54,7 @@
 // openraft's traits fix the error type (`StorageError`, ~224 bytes).
 #![allow(clippy::result_large_err)]
 
+mod cluster_backup;
 mod log_store;
 mod node;
 mod shard_map;
@@ -57,6 +62,10 @@ mod snapshot_image;
 mod state_machine;
 mod transport;
 
+pub use cluster_backup::{
+    backup_cluster, is_cluster_backup, read_cluster_backup, restore_node, ClusterBackup,
+    ClusterBackupProgress, ShardImage, CLUSTER_FILE,
+};
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Retired};

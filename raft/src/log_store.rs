@@ -219,6 +219,14 @@ impl LogStore {
         }
     }
 
+    /// Saves the vote of a shard restored from a cluster backup (fsynced):
+    /// the term of the restored log's last entry, so that the first
+    /// election after the restore starts above it and the new leader's
+    /// entries sort after the restored ones.
+    pub(crate) fn restore_vote(&self, vote: &Vote<u64>) -> StorageResult<()> {
+        self.put_state(KEY_VOTE, vote)
+    }
+
     fn committed(&self) -> std::sync::MutexGuard<'_, Committed> {
         self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -290,7 +290,7 @@ impl StateMachine {
     /// A snapshot of the shard as it is now: its metadata at once, its
     /// image exported on first read by a background thread from the same
     /// RocksDB snapshot (and not at all if it is dropped unread).
-    async fn snapshot_now(&self) -> StorageResult<Snapshot<TypeConfig>> {
+    pub(crate) async fn snapshot_now(&self) -> StorageResult<Snapshot<TypeConfig>> {
         let (meta_tx, meta_rx) = oneshot::channel::<StorageResult<Applied>>();
         let (go_tx, go_rx) = oneshot::channel::<()>();
         let (file_tx, file_rx) = oneshot::channel::<std::io::Result<std::fs::File>>();
@@ -625,7 +625,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 /// `part_bytes`; returns the image's size. Safe to run again
 /// after a crash part-way: the first write starts over (it replaces the
 /// shard), and only the last clears the marker it sets.
-fn install_file(
+pub(crate) fn install_file(
     engine: &Engine,
     path: &Path,
     meta: &SnapshotMeta<u64, BasicNode>,

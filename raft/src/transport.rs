@@ -798,6 +798,26 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         encode(r.shard, &answer)
     }
 
+    type ExportShardStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::ExportShardChunk, Status>>;
+
+    async fn export_shard(
+        &self,
+        request: Request<pb::ExportShardRequest>,
+    ) -> Result<Response<Self::ExportShardStream>, Status> {
+        let shard = request.into_inner().shard;
+        let replica = self.replica(shard)?;
+        if !replica.hosts() {
+            return Err(Status::failed_precondition(format!(
+                "node {} does not host shard {shard}",
+                self.node_id
+            )));
+        }
+        Ok(Response::new(
+            crate::cluster_backup::export_shard(replica).await?,
+        ))
+    }
+
     async fn shard_map(
         &self,
         _request: Request<pb::ShardMapRequest>,

@@ -341,21 +341,32 @@ pub async fn send_until_acked(
 }
 
 /// Creates group `conversation` owned by node-independent user 1 with
-/// `members`, through whichever node leads.
+/// `members`, through any node (retried until acknowledged, as the
+/// shard's leader and the shard map settle; a retry that finds it made
+/// is done).
 pub async fn create_group(
     addrs: &[SocketAddr],
     conversation: u64,
     members: Vec<u64>,
 ) -> TestResult {
-    let leader = wait_for_leader(addrs).await?;
-    let mut client = ImstoreClient::connect(format!("http://{leader}")).await?;
-    client
-        .create_group(pb::CreateGroupRequest {
-            conversation,
-            owner: 1,
-            members,
-        })
-        .await?;
+    wait_for_leader(addrs).await?;
+    let request = pb::CreateGroupRequest {
+        conversation,
+        owner: 1,
+        members,
+    };
+    until_acked(addrs, "create_group", |mut client| {
+        let request = request.clone();
+        async move {
+            match client.create_group(request).await {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                Err(s) => Err(s),
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
