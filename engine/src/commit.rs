@@ -211,8 +211,28 @@ impl Pipeline {
         }
     }
 
+    /// Commits a group. A panic while committing (a bug) must not stop
+    /// the pipeline: the caches, which may no longer match the store, are
+    /// dropped, the commands not yet answered fail (whether their write
+    /// is durable is unknown: a retry with the same client message id is
+    /// deduplicated), and the next group goes on.
     fn commit(&self, mut group: Group) {
-        lock(&self.committer).commit_group(&mut group, &self.counters);
+        let mut committer = lock(&self.committer);
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            committer.commit_group(&mut group, &self.counters)
+        }));
+        if let Err(panic) = committed {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(panic = %what, "a panic while committing a group; its caches dropped");
+            committer.forget_caches();
+            let err = Error::Storage(format!(
+                "the commit of this write panicked ({what}); it may or may not be durable: \
+                 retry it with the same client message id"
+            ));
+            for (_, _, done) in group.drain(..) {
+                answer(done, Err(err.clone()));
+            }
+        }
     }
 
     /// Ends a commit; hands what queued up meanwhile to the background thread.
@@ -246,6 +266,25 @@ impl Pipeline {
             self.finish_commit();
         }
     }
+}
+
+/// Runs a completion, which is the caller's code: a panic in it is logged
+/// and goes no further, so the rest of the group is still answered (its
+/// caller sees its channel closed, an error).
+fn answer(done: Completion, result: Result<Outcome>) {
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(result)));
+    if let Err(panic) = answered {
+        tracing::error!(panic = %panic_message(panic.as_ref()), "a write's completion panicked");
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// State of the one active committer.
@@ -400,7 +439,7 @@ impl Committer {
                 counters.commands.fetch_add(commands, Ordering::Relaxed);
                 counters.messages.fetch_add(new_messages, Ordering::Relaxed);
                 for ((_, _, done), outcome) in group.drain(..).zip(outcomes) {
-                    done(outcome);
+                    answer(done, outcome);
                 }
             }
             Err(err) => {
@@ -408,7 +447,7 @@ impl Committer {
                 // Nothing of the group is durable: every command that had
                 // applied cleanly fails with the write's error.
                 for ((_, _, done), outcome) in group.drain(..).zip(outcomes) {
-                    done(outcome.and(Err(err.clone())));
+                    answer(done, outcome.and(Err(err.clone())));
                 }
             }
         }
@@ -423,22 +462,19 @@ impl Committer {
         effects: GroupEffects,
         listener: Option<&Listener>,
     ) {
-        if let Some(listener) = listener {
-            let notice = CommitNotice {
-                shard,
-                inbox_heads: effects.inbox_heads.iter().map(|(u, h)| (*u, *h)).collect(),
-                conversations: effects
-                    .conversations
-                    .iter()
-                    .filter(|(_, s)| s.big_changed_at > change_base)
-                    .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
-                    .collect(),
-                joined: effects.joined.clone(),
-            };
-            if !notice.is_empty() {
-                listener(&notice);
-            }
-        }
+        let notice = listener.map(|_| CommitNotice {
+            shard,
+            inbox_heads: effects.inbox_heads.iter().map(|(u, h)| (*u, *h)).collect(),
+            conversations: effects
+                .conversations
+                .iter()
+                .filter(|(_, s)| s.big_changed_at > change_base)
+                .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
+                .collect(),
+            joined: effects.joined.clone(),
+        });
+        // The caches first: they must match the store whatever the
+        // listener does.
         for (conversation, state) in effects.conversations {
             self.cache.put((shard, conversation), state);
         }
@@ -451,18 +487,37 @@ impl Committer {
         if effects.replaced {
             // Rare (a raft snapshot install): every cache goes, not only
             // this shard's.
-            self.cache.clear();
-            self.inbox_heads.clear();
-            self.tail.clear();
-            if let Err(e) = self.store.reload_counters() {
-                tracing::error!(error = %e, "reloading counters after a shard replacement");
-            }
+            self.forget_caches();
         }
         for conversation in effects.cleared {
             self.tail.invalidate((shard, conversation));
         }
         if let Some(change) = effects.change {
             self.store.set_change_counter(shard, change);
+        }
+        if let (Some(listener), Some(notice)) = (listener, notice) {
+            if !notice.is_empty() {
+                let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    listener(&notice)
+                }));
+                if let Err(panic) = told {
+                    tracing::error!(
+                        panic = %panic_message(panic.as_ref()),
+                        "the commit listener panicked; the write stands"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Drops every cache (they are rebuilt from the store as read) and
+    /// reloads the change counters.
+    fn forget_caches(&mut self) {
+        self.cache.clear();
+        self.inbox_heads.clear();
+        self.tail.clear();
+        if let Err(e) = self.store.reload_counters() {
+            tracing::error!(error = %e, "reloading counters after dropping the caches");
         }
     }
 }
