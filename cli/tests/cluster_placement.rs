@@ -575,21 +575,13 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
                 &["--shards", "4"],
             )?,
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let status = nodes::shard_status(down_addr, shard).await;
-            if status
-                .as_ref()
-                .is_some_and(|s| s.members.is_empty() && s.last_applied == 0)
-            {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {down} kept its replica of shard {shard}: {status:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        // Retired: an empty replica that kept its vote. (A replica whose
+        // raft has not reported yet also shows no members and nothing
+        // applied, but term 0: waiting on that alone raced the retire.)
+        nodes::wait_for_shard(down_addr, shard, "the replica retired", |s| {
+            s.members.is_empty() && s.last_applied == 0 && s.term > 0
+        })
+        .await?;
         let placement = wait_for_map(fifth, |map| {
             map.values().all(|(_, r)| r.len() == 3)
                 && map
