@@ -4,52 +4,49 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 
 use clap::Subcommand;
 use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
-use imstore_proto::v1::imstore_server::ImstoreServer;
-use imstore_proxy::{
-    serve_metrics, Hub, ImstoreService, Metrics, RenderMetrics, ServiceLimits, ShardedBackend,
-};
-use imstore_raft::{
-    spawn_publisher, start_shard, Faults, NodeStorage, ReplicaConfig, Shards, TransportService,
-    META_SHARD,
-};
+use imstore_proxy::{NodeConfig, Server, ServerConfig};
+use imstore_raft::META_SHARD;
 use serde_json::json;
-
-/// The file in a node's data directory holding its shard count.
-const SHARD_COUNT_FILE: &str = "shard-count";
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
+    /// A TOML file: the server's settings (docs/imstore.toml) with a
+    /// `[node]` table (docs/server.md, "Running a cluster node"); the
+    /// flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// This node's id (non-zero, unique in the cluster).
     #[arg(long)]
-    id: u64,
-    /// Address for clients and peers.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
-    /// Data directory.
-    #[arg(long, default_value = "./imstore-node")]
-    data_dir: PathBuf,
+    id: Option<u64>,
+    /// Address for clients and peers [default: 127.0.0.1:7070].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./imstore-node].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// How many shards the cluster has (the same on every node; `cluster
     /// init` places each on some of the nodes, and a node serves the
     /// others through the shard map). Fixed when the node's data
-    /// directory is created: a restart with another count is refused.
-    #[arg(long, default_value_t = 1)]
-    shards: u64,
-    /// Build a snapshot after this many log entries since the last one.
-    #[arg(long, default_value_t = 5_000)]
-    snapshot_every: u64,
-    /// Log entries kept behind a snapshot for slightly lagging followers;
-    /// one further behind is sent the snapshot.
-    #[arg(long, default_value_t = 1_000)]
-    keep_log: u64,
-    /// Prometheus /metrics address (RPC, engine, raft and snapshot
-    /// figures); off unless given.
+    /// directory is created: a restart with another count is refused
+    /// [default: 1].
     #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
+    shards: Option<u64>,
+    /// Build a snapshot after this many log entries since the last one
+    /// [default: 5000].
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot for slightly lagging followers;
+    /// one further behind is sent the snapshot [default: 1000].
+    #[arg(long)]
+    keep_log: Option<u64>,
+    /// Prometheus /metrics address (RPC, engine, raft and snapshot
+    /// figures), or `off`; off unless given here or in the file.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Testing only: accept `SetFaults` (cut this node off from peers).
     #[arg(long, hide = true)]
     fault_injection: bool,
@@ -64,6 +61,53 @@ pub struct NodeArgs {
     /// are found.
     #[arg(long)]
     join: Option<String>,
+}
+
+impl NodeArgs {
+    /// The configuration: the file's (or the defaults, with a node's data
+    /// directory and no metrics endpoint), then the flags.
+    fn config(&self) -> Result<ServerConfig, Failure> {
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::from_toml_file(path)?,
+            None => ServerConfig {
+                data_dir: PathBuf::from("./imstore-node"),
+                metrics_listen: None,
+                ..ServerConfig::default()
+            },
+        };
+        let mut node = match (config.node.take(), self.id) {
+            (Some(mut node), Some(id)) => {
+                node.id = id;
+                node
+            }
+            (Some(node), None) => node,
+            (None, Some(id)) => NodeConfig::new(id),
+            (None, None) => return Err("a node needs an id: --id, or `id` in [node]".into()),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        match self.metrics_listen.as_deref() {
+            None => {}
+            Some("off") => config.metrics_listen = None,
+            Some(addr) => config.metrics_listen = Some(addr.parse()?),
+        }
+        if let Some(shards) = self.shards {
+            node.shards = shards;
+        }
+        if let Some(every) = self.snapshot_every {
+            node.snapshot_every = every;
+        }
+        if let Some(keep) = self.keep_log {
+            node.keep_log = keep;
+        }
+        node.fault_injection |= self.fault_injection;
+        config.node = Some(node);
+        Ok(config)
+    }
 }
 
 #[derive(Subcommand)]
@@ -133,167 +177,36 @@ pub enum ClusterCmd {
 
 type Failure = Box<dyn std::error::Error>;
 
-/// The node's shard count: written when its data directory is new, and
-/// required to match on every later start.
-pub(crate) fn shard_count(dir: &std::path::Path, asked: u64) -> Result<u64, Failure> {
-    // Data shards are 0..N; the metadata group takes the id after them.
-    if asked == 0 || asked > META_SHARD {
-        return Err(format!("--shards must be 1 to {META_SHARD}").into());
-    }
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(SHARD_COUNT_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let stored: u64 = text
-                .trim()
-                .parse()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if stored != asked {
-                return Err(format!(
-                    "{} was created with --shards {stored}; the shard count never changes",
-                    dir.display()
-                )
-                .into());
-            }
-            Ok(stored)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let temp = dir.join(format!("{SHARD_COUNT_FILE}.tmp"));
-            let mut file = std::fs::File::create(&temp)?;
-            std::io::Write::write_all(&mut file, format!("{asked}\n").as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)?;
-            Ok(asked)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 pub fn node(args: NodeArgs) -> Result<(), Failure> {
+    let config = args.config()?;
+    let id = config.node.as_ref().map_or(0, |n| n.id);
     let runtime = tokio::runtime::Runtime::new()?;
-    if args.rebuild {
-        let join = args.join.as_deref().ok_or("--rebuild needs --join")?;
-        runtime.block_on(crate::rebuild::prepare(&args.data_dir, args.id, join))?;
-    }
-    let count = shard_count(&args.data_dir, args.shards)?;
-    let pending_rebuild = crate::rebuild::pending(&args.data_dir)?;
     runtime.block_on(async move {
-        let faults = if args.fault_injection {
-            Faults::injectable()
-        } else {
-            Faults::default()
-        };
-        let mut config = ReplicaConfig {
-            snapshot_every: args.snapshot_every,
-            keep_log: args.keep_log,
-            // Every group heartbeats (coalesced per peer, still work each).
-            heartbeat_ms: if count > 16 { 500 } else { 100 },
-            faults: faults.clone(),
-            ..ReplicaConfig::default()
-        };
-        // Direct conversations get ids in their pair's shard.
-        config.engine.placement_shards = count;
-        let storage =
-            NodeStorage::open(&args.data_dir, config.engine.clone()).map_err(|e| e.to_string())?;
-        let mut replicas = Vec::new();
-        for shard in 0..count {
-            replicas.push(
-                start_shard(&storage, args.id, shard, &config)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+        if args.rebuild {
+            let join = args.join.as_deref().ok_or("--rebuild needs --join")?;
+            crate::rebuild::prepare(&config.data_dir, id, join).await?;
         }
-        let hub = Arc::new(Hub::default());
-        let publish = Arc::clone(&hub);
-        // One commit pipeline for every shard: one listener sees them all.
-        storage
-            .engine()
-            .set_commit_listener(move |notice| publish.publish(notice));
-        // The metadata group (the shard map), on every node: each data
-        // shard's leader keeps its entry current, and every node finds
-        // the shards it does not host in it.
-        let meta = start_shard(&storage, args.id, META_SHARD, &config)
-            .await
-            .map_err(|e| e.to_string())?;
-        for replica in &replicas {
-            // A shard this node does not host is read and written where
-            // the map says it is.
-            replica.find_others_through(&meta);
-            spawn_publisher(args.id, replica.clone(), meta.clone());
+        let pending_rebuild = crate::rebuild::pending(&config.data_dir)?;
+        let data_dir = config.data_dir.clone();
+        let server = Server::bind(config).await?;
+        let addr = server.local_addr()?;
+        if let Some(m) = server.metrics_addr() {
+            eprintln!("imstore node {id} metrics on {m}");
         }
-        let shards: Shards = Arc::new(RwLock::new(
-            replicas
-                .iter()
-                .enumerate()
-                .map(|(shard, r)| (shard as u64, r.clone()))
-                .chain([(META_SHARD, meta.clone())])
-                .collect(),
-        ));
-        let metrics = Arc::new(Metrics::default());
-        let service = ImstoreService::new(
-            Arc::new(ShardedBackend::new(replicas.clone())),
-            Arc::clone(&hub),
-            Arc::clone(&metrics),
-            ServiceLimits::default(),
-            args.data_dir.display().to_string(),
-        );
-        let metrics_task = match args.metrics_listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr).await?;
-                eprintln!(
-                    "imstore node {} metrics on {}",
-                    args.id,
-                    listener.local_addr()?
-                );
-                let (replicas, hub, engine) =
-                    (replicas.clone(), Arc::clone(&hub), storage.engine().clone());
-                let render: RenderMetrics = Arc::new(move || {
-                    let mut text = metrics.render(&engine, hub.len());
-                    for (shard, replica) in replicas.iter().enumerate() {
-                        text += &replica.render_metrics(shard as u64);
-                    }
-                    text
-                });
-                Some(tokio::spawn(serve_metrics(listener, render)))
-            }
-            None => None,
-        };
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        let addr = listener.local_addr()?;
+        let count = server.shard_count().unwrap_or(1);
         eprintln!(
-            "imstore node {} serving on {addr} ({count} shard{})",
-            args.id,
+            "imstore node {id} serving on {addr} ({count} shard{})",
             if count == 1 { "" } else { "s" }
         );
         if let Some(pending) = pending_rebuild {
             tokio::spawn(crate::rebuild::rejoin(
-                args.data_dir.clone(),
-                args.id,
+                data_dir,
+                id,
                 addr.to_string(),
                 pending,
             ));
         }
-        let closing = Arc::clone(&hub);
-        let signal = async move {
-            crate::shutdown_signal().await;
-            closing.close_all("the node is shutting down");
-        };
-        tonic::transport::Server::builder()
-            .add_service(TransportService::with_faults(args.id, shards, faults).into_server())
-            .add_service(ImstoreServer::new(service))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal,
-            )
-            .await?;
-        if let Some(task) = metrics_task {
-            task.abort();
-        }
-        for replica in replicas.iter().chain([&meta]) {
-            replica.raft().shutdown().await.map_err(|e| e.to_string())?;
-        }
-        drop(replicas);
-        tokio::task::spawn_blocking(move || drop(storage)).await?;
+        server.run(crate::shutdown_signal()).await?;
         Ok(())
     })
 }

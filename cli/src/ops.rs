@@ -447,7 +447,7 @@ fn restore_cluster_node(
     let restored = imstore_raft::restore_node(&backup, node, dir, &mut |p| show_copy(&progress, p));
     progress.finish_and_clear();
     let restored = restored?;
-    crate::cluster::shard_count(dir, backup.shard_count)?;
+    imstore_proxy::fix_shard_count(dir, backup.shard_count)?;
     let address = backup
         .shards
         .iter()

@@ -497,9 +497,8 @@ impl Committer {
         }
         if let (Some(listener), Some(notice)) = (listener, notice) {
             if !notice.is_empty() {
-                let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    listener(&notice)
-                }));
+                let told =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(&notice)));
                 if let Err(panic) = told {
                     tracing::error!(
                         panic = %panic_message(panic.as_ref()),

@@ -54,11 +54,16 @@ fn a_panicking_listener_or_completion_does_not_stop_writes() -> TestResult {
         let sent = engine.send(send(&format!("m{i}"), 10 + i))?;
         assert_eq!((sent.seq, sent.duplicate), (i + 1, false));
     }
-    assert!(told.load(Ordering::SeqCst) >= 5, "the listener was not told");
+    assert!(
+        told.load(Ordering::SeqCst) >= 5,
+        "the listener was not told"
+    );
 
     // A completion that panics, queued with one that does not: the
     // other is answered, and so is everything after.
-    engine.submit(Command::Send(send("m5", 20)), |_| panic!("a completion bug"));
+    engine.submit(Command::Send(send("m5", 20)), |_| {
+        panic!("a completion bug")
+    });
     let after = submitted(&engine, send("m6", 21));
     let answer = after.recv_timeout(Duration::from_secs(60))?;
     assert!(matches!(answer, Ok(Outcome::Sent(_))), "{answer:?}");
@@ -72,10 +77,8 @@ fn a_panicking_listener_or_completion_does_not_stop_writes() -> TestResult {
     let messages = read_all(&engine, GROUP)?;
     let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
-    let ids: std::collections::BTreeSet<Vec<u8>> = messages
-        .iter()
-        .map(|m| m.client_msg_id.to_vec())
-        .collect();
+    let ids: std::collections::BTreeSet<Vec<u8>> =
+        messages.iter().map(|m| m.client_msg_id.to_vec()).collect();
     assert_eq!(ids.len(), 8);
 
     // And it all survives a reopen.

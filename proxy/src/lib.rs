@@ -32,6 +32,7 @@ mod error;
 mod fanout;
 mod hub;
 mod metrics;
+mod node;
 mod server;
 mod service;
 
@@ -42,5 +43,6 @@ pub use backend::{
 pub use error::{to_status, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;
+pub use node::{fix_shard_count, NodeConfig, SHARD_COUNT_FILE};
 pub use server::{serve_metrics, RenderMetrics, ServeError, Server, ServerConfig};
 pub use service::{ImstoreService, ServiceLimits};

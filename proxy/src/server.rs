@@ -1,5 +1,9 @@
-//! `imstore serve`: the service on a TCP port with health, reflection,
-//! limits, a Prometheus endpoint, a retention sweep, and graceful shutdown.
+//! The server `imstore serve` and `imstore node` both run: the service on
+//! a TCP port with health, reflection (`v1` and `v1alpha`), limits, a
+//! Prometheus endpoint and graceful shutdown, over one engine (a single
+//! server, with its retention sweep) or, when the configuration has a
+//! `[node]` table, over a cluster node's replicas, with the node-to-node
+//! transport on the same port.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +17,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::{EngineBackend, Hub, ImstoreService, Metrics, ServiceLimits};
+use crate::node::{NodeConfig, NodeParts};
+use crate::{Backend, EngineBackend, Hub, ImstoreService, Metrics, ServiceLimits, ShardedBackend};
+use imstore_proto::raft::raft_transport_server::RaftTransportServer;
+use imstore_raft::TransportService;
 
 /// Everything `imstore serve` can be told, from a TOML file and flags.
 /// Defaults work with no configuration at all.
@@ -47,6 +54,9 @@ pub struct ServerConfig {
     /// Size of the emergency ballast file in the data directory, bytes;
     /// 0 for none. Default: 1% of the volume, at most 256 MiB.
     pub ballast_bytes: Option<u64>,
+    /// Run as a cluster node with these settings (`[node]`); a single
+    /// server without.
+    pub node: Option<NodeConfig>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +76,7 @@ impl Default for ServerConfig {
             receipt_list_max_members: engine.receipt_list_max_members,
             retention_sweep_secs: 60,
             ballast_bytes: None,
+            node: None,
         }
     }
 }
@@ -78,7 +89,7 @@ impl ServerConfig {
         toml::from_str(&text).map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))
     }
 
-    fn engine_options(&self) -> Options {
+    pub(crate) fn engine_options(&self) -> Options {
         Options {
             max_payload_bytes: self.max_message_bytes,
             max_batch_messages: self.max_batch_messages,
@@ -117,37 +128,64 @@ pub enum ServeError {
     /// Server reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// A cluster node's replicas could not be started or stopped.
+    #[error("replication: {0}")]
+    Replica(String),
 }
 
-/// A server with its sockets bound and its store open, not yet serving.
+/// A server with its sockets bound and its stores open, not yet serving.
 pub struct Server {
     config: ServerConfig,
-    engine: Engine,
+    stores: Stores,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 }
 
+/// What a server serves.
+enum Stores {
+    /// `imstore serve`: one engine.
+    Single(Engine),
+    /// `imstore node`: a cluster node's replicas.
+    Node(NodeParts),
+}
+
+impl Stores {
+    fn engine(&self) -> &Engine {
+        match self {
+            Stores::Single(engine) => engine,
+            Stores::Node(node) => node.engine(),
+        }
+    }
+}
+
 impl Server {
-    /// Opens the data directory and binds the sockets (port 0 picks a free one).
+    /// Opens the data directory (a node's: its stores, and starts its
+    /// replicas) and binds the sockets (port 0 picks a free one).
     pub async fn bind(config: ServerConfig) -> Result<Server, ServeError> {
-        let options = config.engine_options();
-        let dir = config.data_dir.clone();
-        let engine = tokio::task::spawn_blocking(move || Engine::open(dir, options))
-            .await
-            .map_err(|e| ServeError::Config(e.to_string()))??;
+        let hub = Arc::new(Hub::default());
+        let stores = match &config.node {
+            None => {
+                let options = config.engine_options();
+                let dir = config.data_dir.clone();
+                let engine = tokio::task::spawn_blocking(move || Engine::open(dir, options))
+                    .await
+                    .map_err(|e| ServeError::Config(e.to_string()))??;
+                let publish = Arc::clone(&hub);
+                engine.set_commit_listener(move |notice| publish.publish(notice));
+                Stores::Single(engine)
+            }
+            Some(node) => Stores::Node(NodeParts::open(&config, node, &hub).await?),
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
-        let hub = Arc::new(Hub::default());
-        let publish = Arc::clone(&hub);
-        engine.set_commit_listener(move |notice| publish.publish(notice));
         Ok(Server {
             config,
-            engine,
+            stores,
             listener,
             metrics_listener,
             hub,
@@ -167,111 +205,182 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// The store being served (for tests and embedding).
+    /// The store being served (for tests and embedding; a node's holds
+    /// every shard it hosts, written only through raft).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        self.stores.engine()
+    }
+
+    /// A node's data shard count (`None` for a single server).
+    pub fn shard_count(&self) -> Option<u64> {
+        match &self.stores {
+            Stores::Single(_) => None,
+            Stores::Node(node) => Some(node.shard_count()),
+        }
     }
 
     /// Serves until `shutdown` completes, then stops taking requests,
-    /// ends every Watch, lets in-flight calls finish, and closes the store
-    /// after its last queued write is durable.
+    /// ends every Watch, lets in-flight calls finish, and closes the
+    /// stores after their last queued write is durable (a node's raft
+    /// instances stopped first).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let Server {
             config,
-            engine,
+            stores,
             listener,
             metrics_listener,
             hub,
             metrics,
         } = self;
-        let backend = Arc::new(EngineBackend::new(engine.clone()));
-        let service = ImstoreService::new(
-            backend,
-            Arc::clone(&hub),
-            Arc::clone(&metrics),
-            ServiceLimits {
-                max_watchers: config.max_watchers,
-                max_watch_users: 10_000,
-                watch_buffer: config.watch_buffer,
-            },
-            config.data_dir.display().to_string(),
-        );
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<ImstoreServer<ImstoreService<EngineBackend>>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(imstore_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| ServeError::Reflection(e.to_string()))?;
-
-        let mut background = Vec::new();
-        if let Some(listener) = metrics_listener {
-            let (engine, hub, metrics) = (engine.clone(), Arc::clone(&hub), Arc::clone(&metrics));
-            let render = Arc::new(move || metrics.render(&engine, hub.len()));
-            background.push(tokio::spawn(serve_metrics(listener, render)));
-        }
-        if config.retention_sweep_secs > 0 {
-            let engine = engine.clone();
-            let every = Duration::from_secs(config.retention_sweep_secs);
-            background.push(tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(every);
-                loop {
-                    ticks.tick().await;
-                    let engine = engine.clone();
-                    let swept = tokio::task::spawn_blocking(move || {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
-                        engine.enforce_retention(now)
-                    })
-                    .await;
-                    match swept {
-                        Ok(Ok(0)) => {}
-                        Ok(Ok(n)) => {
-                            tracing::info!(conversations = n, "retention sweep cleared history")
-                        }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
-                        Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
-                    }
-                }
-            }));
-        }
-
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, data_dir = %config.data_dir.display(), "imstore serving");
-        let closing = Arc::clone(&hub);
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            closing.close_all("the server is shutting down");
+        let sockets = Sockets {
+            listener,
+            metrics_listener,
         };
-        let result = tonic::transport::Server::builder()
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(
-                ImstoreServer::new(service).max_decoding_message_size(config.max_request_bytes()),
-            )
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal,
-            )
-            .await;
-        for task in background {
-            task.abort();
-        }
-        // Closing the store joins its commit thread: off the async runtime.
-        let closed = tokio::task::spawn_blocking(move || drop(engine)).await;
-        if closed.is_err() {
-            tracing::error!("closing the store panicked");
+        match stores {
+            Stores::Single(engine) => {
+                let render: RenderMetrics = {
+                    let (engine, hub, metrics) =
+                        (engine.clone(), Arc::clone(&hub), Arc::clone(&metrics));
+                    Arc::new(move || metrics.render(&engine, hub.len()))
+                };
+                let mut background = Vec::new();
+                if config.retention_sweep_secs > 0 {
+                    let every = Duration::from_secs(config.retention_sweep_secs);
+                    background.push(tokio::spawn(sweep_retention(engine.clone(), every)));
+                }
+                let backend = Arc::new(EngineBackend::new(engine.clone()));
+                let served = serve(
+                    &config, sockets, backend, None, render, hub, metrics, shutdown,
+                )
+                .await;
+                for task in background {
+                    task.abort();
+                }
+                // Closing the store joins its commit thread: off the async runtime.
+                let closed = tokio::task::spawn_blocking(move || drop(engine)).await;
+                if closed.is_err() {
+                    tracing::error!("closing the store panicked");
+                }
+                served?;
+            }
+            Stores::Node(node) => {
+                let render = node.render_metrics(Arc::clone(&metrics), Arc::clone(&hub));
+                let backend = Arc::new(ShardedBackend::new(node.replicas()));
+                let transport = Some(node.transport());
+                let served = serve(
+                    &config, sockets, backend, transport, render, hub, metrics, shutdown,
+                )
+                .await;
+                node.close().await?;
+                served?;
+            }
         }
         tracing::info!("stopped; every acknowledged write is durable");
-        Ok(result?)
+        Ok(())
+    }
+}
+
+/// The bound sockets a server serves on.
+struct Sockets {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+/// Serves `backend` (and a node's transport) on the sockets until
+/// `shutdown`, with health, reflection and the configured limits.
+#[allow(clippy::too_many_arguments)]
+async fn serve<B: Backend + 'static>(
+    config: &ServerConfig,
+    sockets: Sockets,
+    backend: Arc<B>,
+    transport: Option<RaftTransportServer<TransportService>>,
+    render: RenderMetrics,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let service = ImstoreService::new(
+        backend,
+        Arc::clone(&hub),
+        metrics,
+        ServiceLimits {
+            max_watchers: config.max_watchers,
+            max_watch_users: 10_000,
+            watch_buffer: config.watch_buffer,
+        },
+        config.data_dir.display().to_string(),
+    );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ImstoreServer<ImstoreService<B>>>()
+        .await;
+    // Python's grpcio-reflection and older grpcurl speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(imstore_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let metrics_task = sockets
+        .metrics_listener
+        .map(|listener| tokio::spawn(serve_metrics(listener, render)));
+
+    let addr = sockets.listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "imstore serving");
+    let closing = Arc::clone(&hub);
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        closing.close_all("the server is shutting down");
+    };
+    let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_optional_service(transport)
+        .add_service(
+            ImstoreServer::new(service).max_decoding_message_size(config.max_request_bytes()),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(sockets.listener).with_nodelay(Some(true)),
+            signal,
+        )
+        .await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    Ok(result?)
+}
+
+/// Clears expired history every `every` (single server: a node's replicas
+/// must change only through raft).
+async fn sweep_retention(engine: Engine, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let engine = engine.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            engine.enforce_retention(now)
+        })
+        .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(conversations = n, "retention sweep cleared history"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
+        }
     }
 }
 
@@ -326,9 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_node_config_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/node.toml");
+        let parsed = ServerConfig::from_toml_file(&path).expect("docs/node.toml parses");
+        let node = parsed.node.expect("a [node] table");
+        assert_eq!((node.id, node.shards), (1, 16));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<ServerConfig>("listn = \"127.0.0.1:1\"").is_err());
         assert!(toml::from_str::<ServerConfig>("listen = \"nowhere\"").is_err());
+        // The [node] table: id required, unknown keys refused.
+        assert!(toml::from_str::<ServerConfig>("[node]\nshards = 2").is_err());
+        assert!(toml::from_str::<ServerConfig>("[node]\nid = 1\nshard = 2").is_err());
+        let node: ServerConfig = toml::from_str("[node]\nid = 4").expect("node");
+        assert_eq!(node.node, Some(NodeConfig::new(4)));
         let partial: ServerConfig = toml::from_str("max_watchers = 3").expect("partial");
         assert_eq!(partial.max_watchers, 3);
         assert_eq!(partial.listen, ServerConfig::default().listen);
