@@ -55,6 +55,7 @@
 #![allow(clippy::result_large_err)]
 
 mod cluster_backup;
+mod entry_format;
 mod log_store;
 mod node;
 mod shard_map;
@@ -65,6 +66,9 @@ mod transport;
 pub use cluster_backup::{
     backup_cluster, is_cluster_backup, read_cluster_backup, restore_node, ClusterBackup,
     ClusterBackupProgress, ShardImage, CLUSTER_FILE,
+};
+pub use entry_format::{
+    decode_entry, encode_entry, readable_format, EntryFormatError, ENTRY_FORMAT_VERSION,
 };
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;

@@ -24,6 +24,7 @@ use openraft::{
 };
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
+use crate::entry_format::{decode_entry, encode_entry};
 use crate::TypeConfig;
 
 const CF_LOGS: &str = "logs";
@@ -265,7 +266,7 @@ impl LogStore {
         let cf = self.cf(CF_LOGS)?;
         let mut batch = WriteBatch::default();
         for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(write_err)?;
+            let bytes = encode_entry(&entry).map_err(write_err)?;
             batch.put_cf(cf, self.index_key(entry.get_log_id().index), bytes);
         }
         let mut committed = self.committed();
@@ -326,7 +327,7 @@ impl LogStore {
         it.seek_to_last();
         match it.value() {
             Some(bytes) => {
-                let entry: Entry<TypeConfig> = bincode::deserialize(bytes).map_err(read_err)?;
+                let entry = decode_entry(bytes).map_err(read_err)?;
                 Ok(Some(*entry.get_log_id()))
             }
             None => {
@@ -361,7 +362,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            out.push(bincode::deserialize(value).map_err(read_err)?);
+            out.push(decode_entry(value).map_err(read_err)?);
             it.next();
         }
         it.status().map_err(read_err)?;
@@ -479,7 +480,7 @@ mod tests {
                 log_id: log_id(index),
                 payload: EntryPayload::Blank,
             };
-            let bytes = bincode::serialize(&entry).map_err(write_err)?;
+            let bytes = encode_entry(&entry).map_err(write_err)?;
             batch.put_cf(log.cf(CF_LOGS)?, log.index_key(index), bytes);
         }
         log.write_synced(batch)?;

@@ -571,6 +571,7 @@ impl ReplicaNode {
             payload,
             from: self.node_id,
             error: String::new(),
+            format: u32::from(crate::ENTRY_FORMAT_VERSION),
         });
         let Ok(answer) = tokio::time::timeout(FORWARD_TIMEOUT, forwarded).await else {
             return Err(unavailable(format!(

@@ -270,6 +270,7 @@ impl GrpcLink {
             payload,
             from: self.from,
             error: String::new(),
+            format: u32::from(crate::ENTRY_FORMAT_VERSION),
         };
         let client = self.client.as_mut().ok_or_else(|| {
             RPCError::Unreachable(unreachable(std::io::Error::other("bad peer address")))
@@ -376,6 +377,7 @@ impl TransportService {
     /// cuts that peer off.
     fn receiving(&self, message: &pb::RaftMessage) -> Result<Raft<TypeConfig>, Status> {
         self.accepting_from(message.from)?;
+        readable(message)?;
         self.shard(message.shard)
     }
 
@@ -517,6 +519,22 @@ impl TransportService {
     }
 }
 
+/// Refuses a message whose payload is in an entry format this build does
+/// not read.
+fn readable(message: &pb::RaftMessage) -> Result<(), Status> {
+    if crate::readable_format(message.format) {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(format!(
+            "raft entry format {} from node {} is not read by this node (format {}): \
+             nodes of these two imstore versions cannot share a cluster",
+            message.format,
+            message.from,
+            crate::ENTRY_FORMAT_VERSION
+        )))
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     bincode::deserialize(bytes)
         .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
@@ -529,6 +547,7 @@ fn encode<T: serde::Serialize>(shard: u64, value: &T) -> Result<Response<pb::Raf
         payload,
         from: 0,
         error: String::new(),
+        format: u32::from(crate::ENTRY_FORMAT_VERSION),
     }))
 }
 
@@ -568,6 +587,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                         payload: Vec::new(),
                         from: 0,
                         error: status.message().to_owned(),
+                        format: u32::from(crate::ENTRY_FORMAT_VERSION),
                     },
                 }
             });

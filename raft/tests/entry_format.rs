@@ -1,0 +1,193 @@
+//! The raft log entry format is pinned by a fixture: `fixtures/entries-v1.bin`
+//! holds entries written by format 1 (a blank entry, a membership change,
+//! and a proposal with one command of every kind), and this build must
+//! read them back to exactly the values below, and write those values to
+//! exactly those bytes. Reordering a `Command` variant, or changing what
+//! one holds, fails here instead of silently misreading stored logs.
+//!
+//! The fixture is never rewritten by a normal run. After a deliberate
+//! format change (with `ENTRY_FORMAT_VERSION` bumped and a new fixture
+//! name), write it with `IMSTORE_WRITE_FIXTURES=1`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use imstore_engine::{Command, NewMessage, SendMessage, SyncCursor};
+use imstore_raft::{decode_entry, encode_entry, Proposal, TypeConfig, ENTRY_FORMAT_VERSION};
+use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const FIXTURE: &str = "tests/fixtures/entries-v1.bin";
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(7, 2), index)
+}
+
+fn every_command() -> Vec<Command> {
+    let message = NewMessage {
+        conversation: 11,
+        sender: 3,
+        client_msg_id: b"c-1".to_vec().into(),
+        payload: b"hello".to_vec().into(),
+        timestamp_ms: 1_700_000_000_000,
+    };
+    vec![
+        Command::Append(vec![message]),
+        Command::Send(SendMessage {
+            conversation: 12,
+            sender: 4,
+            client_msg_id: b"c-2".to_vec().into(),
+            payload: b"hi".to_vec().into(),
+            timestamp_ms: 1_700_000_000_001,
+            receipt: true,
+        }),
+        Command::CreateGroup {
+            conversation: 13,
+            owner: 1,
+            members: vec![1, 2, 3],
+            timestamp_ms: 5,
+        },
+        Command::OpenDirect {
+            user: 1,
+            peer: 2,
+            timestamp_ms: 6,
+        },
+        Command::AddMembers {
+            conversation: 13,
+            by: 1,
+            users: vec![9],
+            timestamp_ms: 7,
+        },
+        Command::RemoveMembers {
+            conversation: 13,
+            by: 1,
+            users: vec![2],
+            timestamp_ms: 8,
+        },
+        Command::FriendRequest {
+            from: 1,
+            to: 2,
+            timestamp_ms: 9,
+        },
+        Command::FriendAccept {
+            user: 2,
+            requester: 1,
+            timestamp_ms: 10,
+        },
+        Command::FriendDecline {
+            user: 3,
+            requester: 1,
+        },
+        Command::FriendRemove { user: 1, friend: 2 },
+        Command::MarkRead {
+            user: 1,
+            conversation: 13,
+            up_to: 4,
+        },
+        Command::Recall {
+            conversation: 13,
+            seq: 2,
+            by: 1,
+            admin: false,
+            timestamp_ms: 11,
+        },
+        Command::Edit {
+            conversation: 13,
+            seq: 3,
+            by: 1,
+            payload: b"edited".to_vec().into(),
+            timestamp_ms: 12,
+        },
+        Command::DeleteForMe {
+            user: 2,
+            conversation: 13,
+            seq: 1,
+        },
+        Command::ClearHistory {
+            conversation: 13,
+            before_seq: 2,
+        },
+        Command::SetRetention {
+            conversation: 13,
+            ttl_ms: 86_400_000,
+        },
+        Command::PutMeta(vec![(b"raft/x".to_vec(), vec![1, 2])]),
+        Command::ReplaceState(b"IMSTATE1".to_vec()),
+        Command::SaveCursor {
+            user: 1,
+            device: b"phone".to_vec().into(),
+            cursor: SyncCursor {
+                inbox_seq: 40,
+                change: 41,
+            },
+        },
+        Command::AddImageRows {
+            rows: vec![0, 1, 2],
+            complete: true,
+        },
+    ]
+}
+
+fn samples() -> Vec<Entry<TypeConfig>> {
+    let voters = BTreeSet::from([1u64, 2, 3]);
+    let nodes: BTreeMap<u64, BasicNode> = voters
+        .iter()
+        .map(|id| (*id, BasicNode::new(format!("10.0.0.{id}:7101"))))
+        .collect();
+    vec![
+        Entry {
+            log_id: log_id(1),
+            payload: EntryPayload::Blank,
+        },
+        Entry {
+            log_id: log_id(2),
+            payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+        },
+        Entry {
+            log_id: log_id(3),
+            payload: EntryPayload::Normal(Proposal(every_command())),
+        },
+    ]
+}
+
+/// Records of `[u32 LE length][stored entry]`.
+fn framed(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        out.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        out.extend_from_slice(entry);
+    }
+    out
+}
+
+fn unframed(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_at_checked(4).ok_or("a cut length")?;
+        let len = u32::from_le_bytes(len.try_into()?) as usize;
+        let (entry, rest) = rest.split_at_checked(len).ok_or("a cut entry")?;
+        out.push(entry.to_vec());
+        bytes = rest;
+    }
+    Ok(out)
+}
+
+#[test]
+fn format_1_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
+    assert_eq!(ENTRY_FORMAT_VERSION, 1, "a new format needs a new fixture");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let samples = samples();
+    let encoded: Vec<Vec<u8>> = samples.iter().map(encode_entry).collect::<Result<_, _>>()?;
+    if std::env::var_os("IMSTORE_WRITE_FIXTURES").is_some() {
+        std::fs::create_dir_all(path.parent().ok_or("no parent")?)?;
+        std::fs::write(&path, framed(&encoded))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let fixture = unframed(&std::fs::read(&path)?)?;
+    assert_eq!(fixture.len(), samples.len());
+    for ((stored, sample), written) in fixture.iter().zip(&samples).zip(&encoded) {
+        assert_eq!(&decode_entry(stored)?, sample, "read back differently");
+        assert!(stored == written, "{sample:?} is written differently now");
+    }
+    Ok(())
+}
