@@ -72,7 +72,7 @@ pub use entry_format::{
 };
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
-pub use node::{shard_for, start, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Retired};
+pub use node::{shard_for, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Retired};
 pub use shard_map::{spawn_publisher, META_SHARD};
 pub use snapshot_image::SnapshotImage;
 pub use state_machine::{SnapshotStats, StateMachine};

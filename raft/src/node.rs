@@ -856,18 +856,6 @@ pub fn shard_for(key: u64, shards: u64) -> u64 {
     imstore_engine::shard_for(key, shards)
 }
 
-/// Opens (creating if needed) a node's stores under `dir` and starts its
-/// replica of `shard`: a one-shard node.
-pub async fn start(
-    id: u64,
-    shard: u64,
-    dir: &Path,
-    config: ReplicaConfig,
-) -> Result<ReplicaNode, Box<dyn std::error::Error + Send + Sync>> {
-    let storage = NodeStorage::open(dir, config.engine.clone())?;
-    start_shard(&storage, id, shard, &config).await
-}
-
 /// Starts node `id`'s replica of `shard` over the node's shared stores.
 pub async fn start_shard(
     storage: &NodeStorage,
