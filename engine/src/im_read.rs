@@ -633,9 +633,24 @@ impl Engine {
     /// Clears, in every conversation with a time-to-live, the messages
     /// older than `now_ms − ttl`. Returns how many conversations it cleared.
     /// The server runs it periodically; between runs an expired message
-    /// may still be read.
+    /// may still be read. On a replica, only [`Engine::expired_history`]
+    /// may be used: its commands go through raft.
     pub fn enforce_retention(&self, now_ms: u64) -> Result<u64> {
         let mut cleared = 0;
+        for command in self.expired_history(now_ms)? {
+            self.execute(command)?;
+            cleared += 1;
+        }
+        Ok(cleared)
+    }
+
+    /// What retention would clear now, without clearing it: a
+    /// `ClearHistory` for every conversation with a time-to-live whose
+    /// oldest kept messages are older than `now_ms − ttl`. A shard's raft
+    /// leader proposes these, so every replica clears the same messages
+    /// (each command is deterministic: it names the seq to clear before).
+    pub fn expired_history(&self, now_ms: u64) -> Result<Vec<Command>> {
+        let mut expired = Vec::new();
         let prefix = [tag::RETENTION];
         for (key, value) in scan_prefix(self.store(), &prefix, usize::MAX)? {
             let conversation = key_id(&key, 0)?;
@@ -656,14 +671,13 @@ impl Engine {
                 }
             }
             if before > state.first_retained() {
-                self.execute(Command::ClearHistory {
+                expired.push(Command::ClearHistory {
                     conversation,
                     before_seq: before,
-                })?;
-                cleared += 1;
+                });
             }
         }
-        Ok(cleared)
+        Ok(expired)
     }
 
     /// The stored read list of one message, unchecked. For retention tests;

@@ -267,6 +267,11 @@ impl Server {
                 served?;
             }
             Stores::Node(node) => {
+                // Each shard's leader proposes what has expired.
+                let sweep = (config.retention_sweep_secs > 0).then(|| {
+                    let every = Duration::from_secs(config.retention_sweep_secs);
+                    imstore_raft::spawn_retention_sweep(node.replicas(), every)
+                });
                 let render = node.render_metrics(Arc::clone(&metrics), Arc::clone(&hub));
                 let backend = Arc::new(ShardedBackend::new(node.replicas()));
                 let transport = Some(node.transport());
@@ -274,6 +279,9 @@ impl Server {
                     &config, sockets, backend, transport, render, hub, metrics, shutdown,
                 )
                 .await;
+                if let Some(sweep) = sweep {
+                    sweep.abort();
+                }
                 node.close().await?;
                 served?;
             }
@@ -361,8 +369,8 @@ async fn serve<B: Backend + 'static>(
     Ok(result?)
 }
 
-/// Clears expired history every `every` (single server: a node's replicas
-/// must change only through raft).
+/// Clears expired history every `every` (a single server; on a node each
+/// shard's leader proposes it instead, `imstore_raft::spawn_retention_sweep`).
 async fn sweep_retention(engine: Engine, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     loop {

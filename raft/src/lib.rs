@@ -58,6 +58,7 @@ mod cluster_backup;
 mod entry_format;
 mod log_store;
 mod node;
+mod retention;
 mod shard_map;
 mod snapshot_image;
 mod state_machine;
@@ -73,6 +74,7 @@ pub use entry_format::{
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Retired};
+pub use retention::spawn_retention_sweep;
 pub use shard_map::{spawn_publisher, META_SHARD};
 pub use snapshot_image::SnapshotImage;
 pub use state_machine::{SnapshotStats, StateMachine};
