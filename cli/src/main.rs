@@ -11,7 +11,9 @@
 
 mod client;
 mod cluster;
+mod cluster_print;
 mod demo;
+mod node;
 mod ops;
 mod rebuild;
 
@@ -45,7 +47,7 @@ enum Cmd {
     Serve(ServeArgs),
     /// Run a cluster node: a raft replica of the store, serving both the
     /// client API and the node-to-node transport on one address.
-    Node(cluster::NodeArgs),
+    Node(node::NodeArgs),
     /// Cluster administration: init, status, add-node, rebalance, remove-node, move-shard.
     Cluster {
         #[command(subcommand)]
@@ -131,7 +133,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Demo { data_dir } => demo::demo(&data_dir),
         Cmd::Serve(args) => serve(args),
-        Cmd::Node(args) => cluster::node(args),
+        Cmd::Node(args) => node::node(args),
         Cmd::Cluster { action } => cluster::admin(action, &cli.server, cli.json),
         Cmd::Verify {
             data_dir: Some(dir),

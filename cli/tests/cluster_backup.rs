@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nodes::{
-    cluster_init, create_group, send_until_acked, spawn_node, start_three, stop_all,
-    wait_for_leader, TestResult, Timeline,
+    cluster_init, create_group, imstore_command, send_until_acked, spawn_node, start_three,
+    stop_all, wait_for_leader, TestResult, Timeline,
 };
 
 const FLAGS: [&str; 2] = ["--shards", "2"];
@@ -33,20 +33,6 @@ fn conversation_in(shard: u64) -> u64 {
     (100..)
         .find(|c| imstore_raft::shard_for(*c, 2) == shard)
         .unwrap_or(100)
-}
-
-fn run(args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imstore"))
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "imstore {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Every seq of `timeline` from 1 with no gap, each client id once, and
@@ -112,7 +98,7 @@ fn a_cluster_backup_under_load_restores_every_node() -> TestResult {
     let before_backup: Acked = lock(&acked).clone();
     let backup = root.path().join("backup");
     let server = format!("http://{}", addrs[1]);
-    let written = run(&[
+    let written = imstore_command(&[
         "--server",
         &server,
         "--json",
@@ -132,7 +118,7 @@ fn a_cluster_backup_under_load_restores_every_node() -> TestResult {
     drop(stop_all(nodes));
 
     // The backup checks whole; a damaged copy of it is refused.
-    let checked = run(&[
+    let checked = imstore_command(&[
         "--json",
         "restore",
         "--from",
@@ -147,7 +133,7 @@ fn a_cluster_backup_under_load_restores_every_node() -> TestResult {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
     std::fs::write(&image, bytes)?;
-    let refused = run(&[
+    let refused = imstore_command(&[
         "restore",
         "--from",
         &damaged.display().to_string(),
@@ -167,7 +153,7 @@ fn a_cluster_backup_under_load_restores_every_node() -> TestResult {
     let mut restored_dirs = Vec::new();
     for id in 1..=3u64 {
         let dir = root.path().join(format!("restored{id}"));
-        let said = run(&[
+        let said = imstore_command(&[
             "--json",
             "restore",
             "--from",

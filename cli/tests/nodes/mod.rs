@@ -47,9 +47,16 @@ impl Drop for NodeProcess {
 /// Runs the `imstore` command against `server`; its stdout, or an error
 /// with its stderr.
 pub fn imstore(server: SocketAddr, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let server = format!("http://{server}");
+    let mut all = vec!["--server", &server];
+    all.extend_from_slice(args);
+    imstore_command(&all)
+}
+
+/// Runs the `imstore` command with `args`; its stdout, or an error with
+/// its stderr.
+pub fn imstore_command(args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
     let out = Command::new(env!("CARGO_BIN_EXE_imstore"))
-        .arg("--server")
-        .arg(format!("http://{server}"))
         .args(args)
         .output()?;
     if !out.status.success() {

@@ -1,0 +1,141 @@
+//! `imstore node`: the library server (`imstore_proxy::Server`) with a
+//! `[node]` table, from `--config` and flags, and `--rebuild`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use imstore_proxy::{NodeConfig, Server, ServerConfig};
+
+type Failure = Box<dyn std::error::Error>;
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// A TOML file: the server's settings (docs/imstore.toml) with a
+    /// `[node]` table (docs/server.md, "Running a cluster node"); the
+    /// flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id (non-zero, unique in the cluster).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address for clients and peers [default: 127.0.0.1:7070].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./imstore-node].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How many shards the cluster has (the same on every node; `cluster
+    /// init` places each on some of the nodes, and a node serves the
+    /// others through the shard map). Fixed when the node's data
+    /// directory is created: a restart with another count is refused
+    /// [default: 1].
+    #[arg(long)]
+    shards: Option<u64>,
+    /// Build a snapshot after this many log entries since the last one
+    /// [default: 5000].
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot for slightly lagging followers;
+    /// one further behind is sent the snapshot [default: 1000].
+    #[arg(long)]
+    keep_log: Option<u64>,
+    /// Prometheus /metrics address (RPC, engine, raft and snapshot
+    /// figures), or `off`; off unless given here or in the file.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Testing only: accept `SetFaults` (cut this node off from peers).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
+    /// Rebuild this node from its peers: it leaves every group it is in,
+    /// moves its data directory aside (`DIR.damaged-<time>`), starts
+    /// empty, and rejoins each group as a learner caught up by snapshot,
+    /// then a voter (docs/server.md, "Rebuilding a cluster node").
+    #[arg(long, requires = "join")]
+    rebuild: bool,
+    /// With `--rebuild`: the client address of a healthy node of the
+    /// cluster (`http://host:port`), through which the groups' leaders
+    /// are found.
+    #[arg(long)]
+    join: Option<String>,
+}
+
+impl NodeArgs {
+    /// The configuration: the file's (or the defaults, with a node's data
+    /// directory and no metrics endpoint), then the flags.
+    fn config(&self) -> Result<ServerConfig, Failure> {
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::from_toml_file(path)?,
+            None => ServerConfig {
+                data_dir: PathBuf::from("./imstore-node"),
+                metrics_listen: None,
+                ..ServerConfig::default()
+            },
+        };
+        let mut node = match (config.node.take(), self.id) {
+            (Some(mut node), Some(id)) => {
+                node.id = id;
+                node
+            }
+            (Some(node), None) => node,
+            (None, Some(id)) => NodeConfig::new(id),
+            (None, None) => return Err("a node needs an id: --id, or `id` in [node]".into()),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        match self.metrics_listen.as_deref() {
+            None => {}
+            Some("off") => config.metrics_listen = None,
+            Some(addr) => config.metrics_listen = Some(addr.parse()?),
+        }
+        if let Some(shards) = self.shards {
+            node.shards = shards;
+        }
+        if let Some(every) = self.snapshot_every {
+            node.snapshot_every = every;
+        }
+        if let Some(keep) = self.keep_log {
+            node.keep_log = keep;
+        }
+        node.fault_injection |= self.fault_injection;
+        config.node = Some(node);
+        Ok(config)
+    }
+}
+
+pub fn node(args: NodeArgs) -> Result<(), Failure> {
+    let config = args.config()?;
+    let id = config.node.as_ref().map_or(0, |n| n.id);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        if args.rebuild {
+            let join = args.join.as_deref().ok_or("--rebuild needs --join")?;
+            crate::rebuild::prepare(&config.data_dir, id, join).await?;
+        }
+        let pending_rebuild = crate::rebuild::pending(&config.data_dir)?;
+        let data_dir = config.data_dir.clone();
+        let server = Server::bind(config).await?;
+        let addr = server.local_addr()?;
+        if let Some(m) = server.metrics_addr() {
+            eprintln!("imstore node {id} metrics on {m}");
+        }
+        let count = server.shard_count().unwrap_or(1);
+        eprintln!(
+            "imstore node {id} serving on {addr} ({count} shard{})",
+            if count == 1 { "" } else { "s" }
+        );
+        if let Some(pending) = pending_rebuild {
+            tokio::spawn(crate::rebuild::rejoin(
+                data_dir,
+                id,
+                addr.to_string(),
+                pending,
+            ));
+        }
+        server.run(crate::shutdown_signal()).await?;
+        Ok(())
+    })
+}
