@@ -28,6 +28,7 @@
 
 mod admin;
 mod backend;
+mod convert;
 mod error;
 mod fanout;
 mod hub;
