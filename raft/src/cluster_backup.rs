@@ -165,10 +165,50 @@ fn unavailable(message: impl Into<String>) -> Error {
     }
 }
 
+/// A peer's refusal: every one sends the backup on to the next replica.
 fn remote(status: Status) -> Error {
-    Error::Remote {
-        reason: format!("{:?}", status.code()).to_uppercase(),
-        message: status.message().to_owned(),
+    unavailable(format!("{:?}: {}", status.code(), status.message()))
+}
+
+impl ReplicaNode {
+    /// A consistent image of this replica's shard for a cluster backup:
+    /// taken after the shard's read barrier, so every write acknowledged
+    /// before the call is in it, at this replica's applied log id (the
+    /// image's metadata). Errors: `UNAVAILABLE` (retry, or ask another
+    /// replica) when this node does not host the shard, is installing a
+    /// snapshot of it, or has no read index.
+    async fn export_image(&self) -> Result<openraft::storage::Snapshot<crate::TypeConfig>, Error> {
+        if !self.hosts() {
+            return Err(unavailable(format!(
+                "node {} does not host shard {}",
+                self.node_id(),
+                self.shard()
+            )));
+        }
+        self.read_barrier().await?;
+        let applied = self.raft().metrics().borrow().last_applied;
+        let state_machine = self.state_machine();
+        if state_machine.is_installing() {
+            return Err(unavailable(format!(
+                "shard {} is installing a snapshot on node {}; retry",
+                self.shard(),
+                self.node_id()
+            )));
+        }
+        let snapshot = state_machine
+            .snapshot_now()
+            .await
+            .map_err(|e| unavailable(format!("shard {}: {e}", self.shard())))?;
+        // An install that began after the check would show here as an image
+        // behind what was applied.
+        if snapshot.meta.last_log_id < applied || state_machine.is_installing() {
+            return Err(unavailable(format!(
+                "shard {} changed under its export on node {}; retry",
+                self.shard(),
+                self.node_id()
+            )));
+        }
+        Ok(snapshot)
     }
 }
 

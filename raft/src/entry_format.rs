@@ -51,6 +51,17 @@ pub fn readable_format(version: u32) -> bool {
     version == 0 || version == u32::from(ENTRY_FORMAT_VERSION)
 }
 
+/// Why a message of format `version` from node `from` is refused, if it is.
+pub(crate) fn refuse_unreadable(version: u32, from: u64) -> Result<(), String> {
+    if readable_format(version) {
+        return Ok(());
+    }
+    Err(format!(
+        "raft entry format {version} from node {from} is not read by this node (format \
+         {ENTRY_FORMAT_VERSION}): nodes of these two imstore versions cannot share a cluster"
+    ))
+}
+
 /// An entry as it is stored.
 pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, EntryFormatError> {
     let mut bytes = Vec::with_capacity(64);

@@ -377,7 +377,8 @@ impl TransportService {
     /// cuts that peer off.
     fn receiving(&self, message: &pb::RaftMessage) -> Result<Raft<TypeConfig>, Status> {
         self.accepting_from(message.from)?;
-        readable(message)?;
+        crate::entry_format::refuse_unreadable(message.format, message.from)
+            .map_err(Status::failed_precondition)?;
         self.shard(message.shard)
     }
 
@@ -516,22 +517,6 @@ impl TransportService {
             Ok(Err(status)) => format!("not retired: node {removed} answered {}", status.message()),
             Err(_) => format!("not retired: node {removed} did not answer in {RETIRE_TIMEOUT:?}"),
         }
-    }
-}
-
-/// Refuses a message whose payload is in an entry format this build does
-/// not read.
-fn readable(message: &pb::RaftMessage) -> Result<(), Status> {
-    if crate::readable_format(message.format) {
-        Ok(())
-    } else {
-        Err(Status::failed_precondition(format!(
-            "raft entry format {} from node {} is not read by this node (format {}): \
-             nodes of these two imstore versions cannot share a cluster",
-            message.format,
-            message.from,
-            crate::ENTRY_FORMAT_VERSION
-        )))
     }
 }
 
