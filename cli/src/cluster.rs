@@ -106,8 +106,13 @@ fn parse_member(text: &str) -> Result<rpb::Member, Failure> {
 
 pub(crate) type Client = RaftTransportClient<tonic::transport::Channel>;
 
+/// A node's refusal, as the CLI reports it: the reason its `ErrorInfo`
+/// names (the code when it has none) and the message.
 fn failure(s: tonic::Status) -> Failure {
-    format!("{:?}: {}", s.code(), s.message()).into()
+    match imstore_proto::errors::error_info(&s) {
+        Some((reason, _)) => format!("{reason}: {}", s.message()).into(),
+        None => format!("{:?}: {}", s.code(), s.message()).into(),
+    }
 }
 
 /// The data shards of the node behind `client` and its metadata group
@@ -171,20 +176,23 @@ pub(crate) async fn on_leader(
                 };
                 match result {
                     Ok(status) => return Ok(status.into_inner()),
-                    Err(s) if s.code() == tonic::Code::Unavailable => {
-                        if let Some((_, leader)) = s.message().rsplit_once(" at ") {
-                            target = format!("http://{}", leader.trim());
+                    // Branches on the typed error the status carries.
+                    Err(s) => match imstore_raft::Error::from_status(&s) {
+                        imstore_raft::Error::NotLeader {
+                            address: Some(leader),
+                            ..
+                        } => {
+                            target = format!("http://{leader}");
                             continue;
                         }
-                        // Anything else unavailable (a change still in
-                        // progress, a timeout) may have been applied:
-                        // not sent again.
-                        if !s.message().contains("no leader is known yet") {
-                            return Err(failure(s));
-                        }
-                        s.message().to_owned()
-                    }
-                    Err(s) => return Err(failure(s)),
+                        // No leader known yet (an election is under way),
+                        // or not a host of the shard: the map's replicas.
+                        refused @ (imstore_raft::Error::NotLeader { address: None, .. }
+                        | imstore_raft::Error::NotHosted { .. }) => refused.to_string(),
+                        // Anything else (a change still in progress, a
+                        // timeout) may have been applied: not sent again.
+                        _ => return Err(failure(s)),
+                    },
                 }
             }
             Err(e) => format!("cannot reach {target}: {e}"),

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nodes::{
     cluster_init, create_group, imstore_command, send_until_acked, spawn_node, start_three,
@@ -90,11 +90,10 @@ fn a_cluster_backup_under_load_restores_every_node() -> TestResult {
         })
     };
     // Under way before the backup starts, so it runs throughout.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&acked) < 2 * SENDS_BEFORE + 4 {
-        assert!(Instant::now() < deadline, "the writer sent nothing");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    nodes::eventually("the writer to get going", Duration::from_secs(60), || {
+        let sent = count(&acked);
+        nodes::holds(sent >= 2 * SENDS_BEFORE + 4, || format!("{sent} sent"))
+    })?;
     let before_backup: Acked = lock(&acked).clone();
     let backup = root.path().join("backup");
     let server = format!("http://{}", addrs[1]);

@@ -13,7 +13,7 @@ mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imstore_engine::{Direction, Engine, Options};
 use imstore_proto::v1 as pb;
@@ -58,17 +58,18 @@ fn wait_for_map(
     addr: SocketAddr,
     done: impl Fn(&Map) -> bool,
 ) -> Result<Map, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let map = map_of(addr)?;
-        if map.len() == SHARDS as usize && done(&map) {
-            return Ok(map);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the shard map never got there: {map:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    Ok(nodes::eventually(
+        "the shard map to get there",
+        Duration::from_secs(60),
+        || {
+            let map = map_of(addr).map_err(|e| e.to_string())?;
+            if map.len() == SHARDS as usize && done(&map) {
+                Ok(map)
+            } else {
+                Err(format!("{map:?}"))
+            }
+        },
+    )?)
 }
 
 /// Creates group `group` (owner 1, members 1 and 2) through `addr`; a
@@ -115,15 +116,21 @@ where
     let client = ImstoreClient::connect(format!("http://{addr}"))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match call(client.clone()).await {
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    nodes::eventually_async(
+        "an answer other than UNAVAILABLE",
+        Duration::from_secs(60),
+        || {
+            let answer = call(client.clone());
+            async move {
+                match answer.await {
+                    Err(s) if s.code() == tonic::Code::Unavailable => Err(s.message().to_owned()),
+                    other => Ok(other),
+                }
             }
-            other => return other,
-        }
-    }
+        },
+    )
+    .await
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
 }
 
 /// A conversation id in `shard`, the `nth` one.

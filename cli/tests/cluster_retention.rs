@@ -5,7 +5,7 @@
 
 mod nodes;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imstore_proto::v1 as pb;
 use nodes::{cluster_init, create_group, send_until_acked, start_three, stop_all, until_acked};
@@ -47,31 +47,27 @@ fn each_shards_leader_clears_expired_history_on_every_replica() -> nodes::TestRe
         })
         .await
         .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let page = until_acked(&addrs, "read", |mut c| async move {
-                c.read(pb::ReadRequest {
-                    conversation: GROUP,
-                    from: 1,
-                    limit: 100,
-                    direction: pb::Direction::Forward as i32,
-                    stale_ok: false,
+        nodes::eventually_async(
+            "the sweep to clear the group",
+            Duration::from_secs(60),
+            || async {
+                let page = until_acked(&addrs, "read", |mut c| async move {
+                    c.read(pb::ReadRequest {
+                        conversation: GROUP,
+                        from: 1,
+                        limit: 100,
+                        direction: pb::Direction::Forward as i32,
+                        stale_ok: false,
+                    })
+                    .await
+                    .map(|r| r.into_inner().messages)
                 })
                 .await
-                .map(|r| r.into_inner().messages)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            if page.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never swept: {} left",
-                page.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                .map_err(|e| e.to_string())?;
+                nodes::holds(page.is_empty(), || format!("{} messages left", page.len()))
+            },
+        )
+        .await?;
         // Kept forever from now on; seqs continue after the cleared ones.
         until_acked(&addrs, "keep", |mut c| async move {
             c.set_retention(set(0)).await.map(|_| ())

@@ -19,7 +19,7 @@ mod nodes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imstore_engine::{Direction, Engine, Options};
 use imstore_proto::v1 as pb;
@@ -67,42 +67,41 @@ fn four_shards_on_three_processes() -> TestResult {
     assert!(init.contains("4 shard"), "{init}");
 
     // Every shard elects a leader (bounded polling of the status command).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        let status = imstore(addrs[1], &["--json", "cluster", "status"])?;
-        let led = status
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["leader"].as_u64().unwrap_or(0) != 0)
-            .count();
-        // The data shards and the metadata group.
-        if led == SHARDS as usize + 1 {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("not every shard has a leader: {status}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = nodes::eventually(
+        "every shard to have a leader",
+        Duration::from_secs(60),
+        || {
+            let status =
+                imstore(addrs[1], &["--json", "cluster", "status"]).map_err(|e| e.to_string())?;
+            let led = status
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["leader"].as_u64().unwrap_or(0) != 0)
+                .count();
+            // The data shards and the metadata group.
+            if led == SHARDS as usize + 1 {
+                Ok(status)
+            } else {
+                Err(status)
+            }
+        },
+    )?;
     for shard in 0..SHARDS {
         assert!(status.contains(&format!("\"shard\":{shard}")), "{status}");
     }
     // Every shard healthy as node 3 sees it too (it may learn the leaders
     // a moment later: bounded polling).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let human = imstore(addrs[2], &["cluster", "status"])?;
+    nodes::eventually("every shard healthy", Duration::from_secs(60), || {
+        let human = imstore(addrs[2], &["cluster", "status"]).map_err(|e| e.to_string())?;
         let replicas: Vec<&str> = human.lines().filter(|l| l.starts_with("node ")).collect();
         assert_eq!(replicas.len(), SHARDS as usize + 1, "{human}");
         assert!(human.contains("shard meta ["), "{human}");
         if replicas.iter().all(|l| l.contains("[healthy]")) {
-            break;
+            Ok(())
+        } else {
+            Err(human)
         }
-        if Instant::now() > deadline {
-            return Err(format!("not every shard healthy: {human}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })?;
 
     // The replicated shard map names every shard's three replicas and,
     // once each leader has published, that leader.
@@ -325,20 +324,18 @@ fn four_shards_on_three_processes() -> TestResult {
         assert_eq!(device(addrs[1]).await?, 2);
         assert_eq!(device(addrs[2]).await?, 0);
         // Let every replica apply everything before the stores are read.
-        let deadline = Instant::now() + Duration::from_secs(60);
         for &addr in &addrs {
             for shard in 0..SHARDS {
-                loop {
+                let what = format!("{addr} shard {shard} to catch up");
+                nodes::eventually_async(&what, Duration::from_secs(60), || async {
                     let s = nodes::shard_status(addr, shard).await;
                     let leader_applied = leader_applied(&addrs, shard).await;
-                    if s.is_some_and(|s| s.last_applied >= leader_applied) {
-                        break;
+                    match s {
+                        Some(s) if s.last_applied >= leader_applied => Ok(()),
+                        other => Err(format!("{other:?}, the leader at {leader_applied}")),
                     }
-                    if Instant::now() > deadline {
-                        return Err(format!("{addr} shard {shard} behind").into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                })
+                .await?;
             }
         }
         Ok::<_, Box<dyn std::error::Error>>(acked)
@@ -406,39 +403,42 @@ fn four_shards_on_three_processes() -> TestResult {
 /// map has an entry for every shard with three replicas and, as leader
 /// hint, the leader that shard's replica on `addr` follows.
 fn wait_for_map_of_leaders(addr: SocketAddr) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = imstore(addr, &["--json", "cluster", "status"])?;
-        let lines: Vec<serde_json::Value> = status
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let leaders: BTreeMap<u64, u64> = lines
-            .iter()
-            .filter_map(|v| Some((v["shard"].as_u64()?, v["leader"].as_u64()?)))
-            .collect();
-        let map: BTreeMap<u64, (u64, usize)> = lines
-            .iter()
-            .filter_map(|v| {
-                Some((
-                    v["map_shard"].as_u64()?,
-                    (v["leader_hint"].as_u64()?, v["replicas"].as_array()?.len()),
-                ))
-            })
-            .collect();
-        let matches = (0..SHARDS).all(|shard| {
-            map.get(&shard).is_some_and(|&(hint, replicas)| {
-                replicas == 3 && hint != 0 && leaders.get(&shard) == Some(&hint)
-            })
-        });
-        if matches {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the shard map does not name the leaders: {status}").into());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    nodes::eventually(
+        "the shard map to name the leaders",
+        Duration::from_secs(60),
+        || {
+            let status =
+                imstore(addr, &["--json", "cluster", "status"]).map_err(|e| e.to_string())?;
+            let lines: Vec<serde_json::Value> = status
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let leaders: BTreeMap<u64, u64> = lines
+                .iter()
+                .filter_map(|v| Some((v["shard"].as_u64()?, v["leader"].as_u64()?)))
+                .collect();
+            let map: BTreeMap<u64, (u64, usize)> = lines
+                .iter()
+                .filter_map(|v| {
+                    Some((
+                        v["map_shard"].as_u64()?,
+                        (v["leader_hint"].as_u64()?, v["replicas"].as_array()?.len()),
+                    ))
+                })
+                .collect();
+            let matches = (0..SHARDS).all(|shard| {
+                map.get(&shard).is_some_and(|&(hint, replicas)| {
+                    replicas == 3 && hint != 0 && leaders.get(&shard) == Some(&hint)
+                })
+            });
+            if matches {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    )?;
+    Ok(())
 }
 
 /// Runs `call` until it answers other than UNAVAILABLE (a restarted node
@@ -448,15 +448,21 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match call().await {
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    nodes::eventually_async(
+        "an answer other than UNAVAILABLE",
+        Duration::from_secs(60),
+        || {
+            let answer = call();
+            async move {
+                match answer.await {
+                    Err(s) if s.code() == tonic::Code::Unavailable => Err(s.message().to_owned()),
+                    other => Ok(other),
+                }
             }
-            other => return other,
-        }
-    }
+        },
+    )
+    .await
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
 }
 
 /// The applied index of `shard` on whichever node leads it.

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{ServerProcess, TestResult};
 use imstore_proto::v1 as pb;
@@ -206,16 +206,21 @@ fn a_server_refuses_a_damaged_write_ahead_log_and_says_why() -> TestResult {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
+    let exited = imstore_testkit::eventually(
+        "the server to refuse the damaged store and exit",
+        Duration::from_secs(60),
+        || match child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still running".to_owned()),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    let status = match exited {
+        Ok(status) => status,
+        Err(gave_up) => {
             let _ = child.kill();
-            return Err("the server did not refuse the damaged store".into());
+            return Err(gave_up.into());
         }
-        std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     use std::io::Read;

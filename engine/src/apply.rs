@@ -244,10 +244,9 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
                 .conversation(&scratch, message.conversation)?
                 .is_managed()
             {
-                return Err(Error::FailedPrecondition(format!(
-                    "conversation {} is a direct or group conversation: send to it, do not append",
-                    message.conversation
-                )));
+                return Err(Error::ManagedConversation {
+                    conversation: message.conversation,
+                });
             }
             results.push(self.append_one(&mut scratch, message)?);
         }

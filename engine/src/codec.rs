@@ -23,6 +23,7 @@ pub const RECORD_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 2;
 
 /// Why a stored byte string could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum CodecError {
     /// The bytes end inside a frame header or body that starts at `offset`.
     Truncated {
@@ -54,7 +55,7 @@ pub enum CodecError {
     /// A fixed-size value or key has the wrong length.
     BadLength {
         /// What was being decoded.
-        what: &'static str,
+        what: std::borrow::Cow<'static, str>,
         /// Its length in bytes.
         len: usize,
     },
@@ -93,7 +94,7 @@ pub fn segment_key(conversation: u64, base_seq: u64) -> [u8; 16] {
 pub fn parse_segment_key(key: &[u8]) -> Result<(u64, u64), CodecError> {
     if key.len() != 16 {
         return Err(CodecError::BadLength {
-            what: "segment key",
+            what: "segment key".into(),
             len: key.len(),
         });
     }
@@ -429,7 +430,7 @@ impl ConversationState {
         };
         if bytes.len() != expected_len || expected_len == 0 {
             return Err(CodecError::BadLength {
-                what: "conversation state",
+                what: "conversation state".into(),
                 len: bytes.len(),
             });
         }
@@ -484,7 +485,7 @@ impl DedupEntry {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         if bytes.len() != DEDUP_ENTRY_LEN {
             return Err(CodecError::BadLength {
-                what: "dedup entry",
+                what: "dedup entry".into(),
                 len: bytes.len(),
             });
         }
@@ -538,7 +539,7 @@ pub fn im_key_id(key: &[u8], index: usize) -> Result<u64, CodecError> {
     let at = 1 + index * 8;
     if key.len() < at + 8 {
         return Err(CodecError::BadLength {
-            what: "im key",
+            what: "im key".into(),
             len: key.len(),
         });
     }
@@ -617,7 +618,10 @@ impl<'a> Reader<'a> {
         match bytes.first() {
             Some(&IM_VALUE_VERSION) => Ok(Reader { bytes, at: 1, what }),
             Some(&found) => Err(CodecError::UnknownVersion { found }),
-            None => Err(CodecError::BadLength { what, len: 0 }),
+            None => Err(CodecError::BadLength {
+                what: what.into(),
+                len: 0,
+            }),
         }
     }
 
@@ -625,7 +629,7 @@ impl<'a> Reader<'a> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
         let Some(end) = end else {
             return Err(CodecError::BadLength {
-                what: self.what,
+                what: self.what.into(),
                 len: self.bytes.len(),
             });
         };
@@ -662,7 +666,7 @@ impl<'a> Reader<'a> {
             Ok(())
         } else {
             Err(CodecError::BadLength {
-                what: self.what,
+                what: self.what.into(),
                 len: self.bytes.len(),
             })
         }
@@ -963,7 +967,7 @@ impl SyncCursor {
 pub fn decode_user_set(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
     if bytes.len() % 8 != 0 {
         return Err(CodecError::BadLength {
-            what: "receipt set",
+            what: "receipt set".into(),
             len: bytes.len(),
         });
     }

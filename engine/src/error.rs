@@ -1,8 +1,69 @@
+use std::borrow::Cow;
+
 use crate::codec::CodecError;
 
+/// What a [`Error::NotFound`] or [`Error::AlreadyExists`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum Entity {
+    /// A conversation (plain timeline, direct conversation or group).
+    Conversation,
+    /// A message, by its seq (or one cleared by retention).
+    Message,
+    /// A friendship, by the other user's id.
+    Friend,
+    /// A pending friend request, by the requesting user's id.
+    FriendRequest,
+}
+
+impl Entity {
+    /// The entity's name in messages and in the gRPC `ErrorInfo`'s
+    /// `what` metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::Conversation => "conversation",
+            Entity::Message => "message",
+            Entity::Friend => "friend",
+            Entity::FriendRequest => "friend request from user",
+        }
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The timed operations on a sent message, whose window can close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum TimedAction {
+    /// Recalling a message for everyone.
+    Recall,
+    /// Editing a message's payload.
+    Edit,
+}
+
+impl std::fmt::Display for TimedAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimedAction::Recall => "recall",
+            TimedAction::Edit => "edit",
+        })
+    }
+}
+
 /// Everything that can go wrong in the engine. Callers branch on the
-/// variant; the gRPC layer maps each one to a status code in one place.
-#[derive(Debug, Clone, thiserror::Error)]
+/// variant: each names its domain case and carries the numbers a caller
+/// needs. With the `serde` feature every error serializes, so that it
+/// crosses a process or a replication hop intact. The gRPC layer maps each
+/// [`Error::reason`] to a status code in one place
+/// (`imstore_proto::errors`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum Error {
     /// A payload is larger than [`Options::max_payload_bytes`](crate::Options).
@@ -32,7 +93,7 @@ pub enum Error {
     #[error("{what} {id} not found")]
     NotFound {
         /// What kind of thing.
-        what: &'static str,
+        what: Entity,
         /// Its id.
         id: u64,
     },
@@ -40,20 +101,100 @@ pub enum Error {
     #[error("{what} {id} already exists")]
     AlreadyExists {
         /// What kind of thing.
-        what: &'static str,
+        what: Entity,
         /// Its id.
         id: u64,
     },
-    /// The acting user may not do this: not a member, not the sender, not
-    /// the owner. Nothing was written.
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
-    /// The request is well-formed but the state does not allow it: a plain
-    /// append to a managed conversation, a recall after its window, an edit
-    /// of a recalled message, a group over its member limit. Nothing was
+    /// The acting user is not (or was never) a member of the conversation.
+    /// Nothing was written.
+    #[error("user {user} is not a member of conversation {conversation}")]
+    NotAMember {
+        /// The conversation.
+        conversation: u64,
+        /// The acting user.
+        user: u64,
+    },
+    /// Only a message's sender may recall or edit it. Nothing was written.
+    #[error("user {user} did not send message {seq} of conversation {conversation}")]
+    NotTheSender {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+        /// The acting user.
+        user: u64,
+    },
+    /// Only the group's owner may do this (remove another member).
+    /// Nothing was written.
+    #[error("only the owner {owner} of conversation {conversation} may do this, not user {user}")]
+    NotTheOwner {
+        /// The conversation.
+        conversation: u64,
+        /// The acting user.
+        user: u64,
+        /// The group's owner.
+        owner: u64,
+    },
+    /// The message is outside what the acting user sees of the
+    /// conversation (from before their join or after their leave).
+    /// Nothing was written.
+    #[error("user {user} does not see message {seq} of conversation {conversation}")]
+    NotVisible {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+        /// The acting user.
+        user: u64,
+    },
+    /// A group would have more members than
+    /// [`Options::max_group_members`](crate::Options). Nothing was written.
+    #[error("{members} members is over the group limit of {max}")]
+    GroupFull {
+        /// The conversation.
+        conversation: u64,
+        /// Members it would have.
+        members: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// A direct conversation's two members are fixed. Nothing was written.
+    #[error("conversation {conversation} is a direct conversation; its members are fixed")]
+    MembersFixed {
+        /// The conversation.
+        conversation: u64,
+    },
+    /// The message was recalled; it can no longer be edited. Nothing was
     /// written.
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
+    #[error("message {seq} of conversation {conversation} was recalled")]
+    AlreadyRecalled {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+    },
+    /// The recall or edit window of a message has closed. Nothing was
+    /// written.
+    #[error("the {action} window of message {seq} of conversation {conversation} closed at {deadline_ms} ms")]
+    WindowClosed {
+        /// What was attempted.
+        action: TimedAction,
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+        /// When the window closed (server time, ms since the epoch).
+        deadline_ms: u64,
+    },
+    /// A plain append to a direct or group conversation, whose messages go
+    /// through `send`. Nothing was written.
+    #[error(
+        "conversation {conversation} is a direct or group conversation: send to it, do not append"
+    )]
+    ManagedConversation {
+        /// The conversation.
+        conversation: u64,
+    },
     /// A seq past the conversation's last one. Nothing was written.
     #[error("seq {seq} is beyond the last seq {last} of conversation {conversation}")]
     SeqBeyondLast {
@@ -64,10 +205,22 @@ pub enum Error {
         /// The conversation's last seq.
         last: u64,
     },
-    /// A sync cursor ahead of anything the store has given out: it was not
-    /// made by this store (or the store was restored from an older copy).
-    #[error("sync cursor is from the future: {0}")]
-    CursorFromFuture(String),
+    /// A sync cursor (or a watch's change counter) ahead of anything the
+    /// store has given out: it was not made by this store, or the store
+    /// was restored from an older copy.
+    #[error("cursor (change {change}{}) is past the store's (change {store_change}{})",
+        inbox_seq.map(|s| format!(", inbox {s}")).unwrap_or_default(),
+        store_inbox_seq.map(|s| format!(", inbox {s}")).unwrap_or_default())]
+    CursorFromFuture {
+        /// The cursor's change counter.
+        change: u64,
+        /// The store's change counter.
+        store_change: u64,
+        /// The cursor's inbox position (a sync cursor's).
+        inbox_seq: Option<u64>,
+        /// The store's inbox position for the user (with `inbox_seq`).
+        store_inbox_seq: Option<u64>,
+    },
     /// A conversation has used every seq a u64 can hold. Nothing was written.
     #[error("conversation {conversation} has no seq left")]
     SeqExhausted {
@@ -91,7 +244,7 @@ pub enum Error {
     #[error("corrupt {what}: {reason}")]
     CorruptMetadata {
         /// Which kind of value.
-        what: &'static str,
+        what: Cow<'static, str>,
         /// What check failed.
         reason: CodecError,
     },
@@ -164,44 +317,31 @@ pub enum Error {
     /// The engine is shutting down or its commit pipeline has stopped.
     #[error("engine is closed")]
     Closed,
-    /// A replicated write reached a node that is not its shard's leader.
-    /// Retryable at the leader, when one is known.
-    #[error("not the leader{}", match (leader, address) {
-        (Some(l), Some(a)) => format!("; the leader is node {l} at {a}"),
-        (Some(l), None) => format!("; the leader is node {l}"),
-        _ => "; no leader is known yet".to_owned(),
-    })]
-    NotLeader {
-        /// The leader's node id, if known.
-        leader: Option<u64>,
-        /// The leader's address, if known.
-        address: Option<String>,
-    },
-    /// An error raised by a replica's state machine, carried back by its
-    /// stable reason code ([`Error::reason`]).
-    #[error("{message}")]
-    Remote {
-        /// The reason code of the original error.
-        reason: String,
-        /// Its message.
-        message: String,
-    },
 }
 
 impl Error {
     /// A stable, machine-readable code for the error's kind: the `reason`
-    /// of the gRPC `ErrorInfo`, and what a replicated error travels as.
-    pub fn reason(&self) -> &str {
+    /// of the gRPC `ErrorInfo`. Several variants share a reason (the
+    /// proto's list); [`Error::metadata`] tells them apart.
+    pub fn reason(&self) -> &'static str {
         match self {
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::BatchTooLarge { .. } => "BATCH_TOO_LARGE",
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::NotFound { .. } => "NOT_FOUND",
             Error::AlreadyExists { .. } => "ALREADY_EXISTS",
-            Error::PermissionDenied(_) => "PERMISSION_DENIED",
-            Error::FailedPrecondition(_) | Error::UnsupportedFormat { .. } => "FAILED_PRECONDITION",
+            Error::NotAMember { .. }
+            | Error::NotTheSender { .. }
+            | Error::NotTheOwner { .. }
+            | Error::NotVisible { .. } => "PERMISSION_DENIED",
+            Error::GroupFull { .. }
+            | Error::MembersFixed { .. }
+            | Error::AlreadyRecalled { .. }
+            | Error::WindowClosed { .. }
+            | Error::ManagedConversation { .. }
+            | Error::UnsupportedFormat { .. } => "FAILED_PRECONDITION",
             Error::SeqBeyondLast { .. } => "SEQ_BEYOND_LAST",
-            Error::CursorFromFuture(_) => "CURSOR_FROM_FUTURE",
+            Error::CursorFromFuture { .. } => "CURSOR_FROM_FUTURE",
             Error::SeqExhausted { .. } => "SEQ_EXHAUSTED",
             Error::DiskFull { .. } => "DISK_FULL",
             Error::Corruption { .. }
@@ -209,12 +349,183 @@ impl Error {
             | Error::StorageCorruption { .. }
             | Error::DamagedBackup { .. } => "CORRUPTION",
             Error::Closed => "UNAVAILABLE",
-            Error::NotLeader { .. } => "NOT_LEADER",
             Error::DirectoryLocked(_) | Error::NotAnImstoreDirectory(_) | Error::Storage(_) => {
                 "STORAGE"
             }
-            Error::Remote { reason, .. } => reason,
         }
+    }
+
+    /// The name of the domain case, in snake case (`not_a_member`,
+    /// `window_closed`): the `case` of the gRPC `ErrorInfo`'s metadata,
+    /// which tells apart the variants that share a [`Error::reason`].
+    pub fn case(&self) -> &'static str {
+        match self {
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::BatchTooLarge { .. } => "batch_too_large",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::NotAMember { .. } => "not_a_member",
+            Error::NotTheSender { .. } => "not_the_sender",
+            Error::NotTheOwner { .. } => "not_the_owner",
+            Error::NotVisible { .. } => "not_visible",
+            Error::GroupFull { .. } => "group_full",
+            Error::MembersFixed { .. } => "members_fixed",
+            Error::AlreadyRecalled { .. } => "already_recalled",
+            Error::WindowClosed { .. } => "window_closed",
+            Error::ManagedConversation { .. } => "managed_conversation",
+            Error::UnsupportedFormat { .. } => "unsupported_format",
+            Error::SeqBeyondLast { .. } => "seq_beyond_last",
+            Error::CursorFromFuture { .. } => "cursor_from_future",
+            Error::SeqExhausted { .. } => "seq_exhausted",
+            Error::DiskFull { .. } => "disk_full",
+            Error::Corruption { .. } => "corrupt_segment",
+            Error::CorruptMetadata { .. } => "corrupt_value",
+            Error::StorageCorruption { .. } => "storage_corruption",
+            Error::DamagedBackup { .. } => "damaged_backup",
+            Error::Closed => "closed",
+            Error::DirectoryLocked(_) => "directory_locked",
+            Error::NotAnImstoreDirectory(_) => "not_an_imstore_directory",
+            Error::Storage(_) => "storage",
+        }
+    }
+
+    /// The numbers and names a caller needs, as `ErrorInfo` metadata: the
+    /// variant's fields under the names `docs/server.md` lists (`case`
+    /// always among them).
+    pub fn metadata(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("case", self.case().to_owned())];
+        let mut put = |key: &'static str, value: u64| out.push((key, value.to_string()));
+        match self {
+            Error::PayloadTooLarge { len, max } | Error::BatchTooLarge { len, max } => {
+                put("len", *len as u64);
+                put("max", *max as u64);
+            }
+            Error::NotFound { id, .. } | Error::AlreadyExists { id, .. } => put("id", *id),
+            Error::NotAMember { conversation, user } => {
+                put("conversation", *conversation);
+                put("user", *user);
+            }
+            Error::NotTheSender {
+                conversation,
+                seq,
+                user,
+            }
+            | Error::NotVisible {
+                conversation,
+                seq,
+                user,
+            } => {
+                put("conversation", *conversation);
+                put("seq", *seq);
+                put("user", *user);
+            }
+            Error::NotTheOwner {
+                conversation,
+                user,
+                owner,
+            } => {
+                put("conversation", *conversation);
+                put("user", *user);
+                put("owner", *owner);
+            }
+            Error::GroupFull {
+                conversation,
+                members,
+                max,
+            } => {
+                put("conversation", *conversation);
+                put("members", *members);
+                put("max", *max);
+            }
+            Error::MembersFixed { conversation }
+            | Error::ManagedConversation { conversation }
+            | Error::SeqExhausted { conversation } => put("conversation", *conversation),
+            Error::AlreadyRecalled { conversation, seq } => {
+                put("conversation", *conversation);
+                put("seq", *seq);
+            }
+            Error::WindowClosed {
+                conversation,
+                seq,
+                deadline_ms,
+                ..
+            } => {
+                put("conversation", *conversation);
+                put("seq", *seq);
+                put("deadline_ms", *deadline_ms);
+            }
+            Error::UnsupportedFormat { found, supported } => {
+                put("found", u64::from(*found));
+                put("supported", u64::from(*supported));
+            }
+            Error::SeqBeyondLast {
+                conversation,
+                seq,
+                last,
+            } => {
+                put("conversation", *conversation);
+                put("seq", *seq);
+                put("last_seq", *last);
+            }
+            Error::CursorFromFuture {
+                change,
+                store_change,
+                inbox_seq,
+                store_inbox_seq,
+            } => {
+                put("change", *change);
+                put("store_change", *store_change);
+                if let (Some(seq), Some(store)) = (inbox_seq, store_inbox_seq) {
+                    put("inbox_seq", *seq);
+                    put("store_inbox_seq", *store);
+                }
+            }
+            Error::Corruption {
+                conversation,
+                segment,
+                ..
+            } => {
+                put("conversation", *conversation);
+                put("segment", *segment);
+            }
+            Error::StorageCorruption {
+                conversation,
+                segment,
+                ..
+            } => {
+                if let Some(c) = conversation {
+                    put("conversation", *c);
+                }
+                if let Some(s) = segment {
+                    put("segment", *s);
+                }
+            }
+            Error::DiskFull {
+                free_bytes,
+                needed_bytes,
+                ..
+            } => {
+                if let Some(f) = free_bytes {
+                    put("free_bytes", *f);
+                }
+                if let Some(n) = needed_bytes {
+                    put("needed_bytes", *n);
+                }
+            }
+            _ => {}
+        }
+        match self {
+            Error::NotFound { what, .. } | Error::AlreadyExists { what, .. } => {
+                out.push(("what", what.name().to_owned()))
+            }
+            Error::WindowClosed { action, .. } => out.push(("action", action.to_string())),
+            Error::StorageCorruption {
+                file: Some(file), ..
+            } => out.push(("file", file.clone())),
+            _ => {}
+        }
+        out
     }
 
     /// A storage error met while reading `conversation` (at `segment`,

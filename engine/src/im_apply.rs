@@ -13,14 +13,18 @@ use crate::codec::{
     MemberEntry, OverlayEntry, SyncCursor, UserConversation, OPEN,
 };
 use crate::{
-    Appended, Command, Error, FriendOutcome, Message, NewMessage, Outcome, Result, SendMessage,
+    Appended, Command, Entity, Error, FriendOutcome, Message, NewMessage, Outcome, Result,
+    SendMessage, TimedAction,
 };
 
 /// Probes tried for a free direct conversation id before giving up.
 const DIRECT_ID_ATTEMPTS: u32 = 64;
 
 fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
-    move |reason| Error::CorruptMetadata { what, reason }
+    move |reason| Error::CorruptMetadata {
+        what: what.into(),
+        reason,
+    }
 }
 
 impl<S: CommittedState> GroupApplier<'_, S> {
@@ -281,7 +285,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let state = self.conversation(scratch, conversation)?;
         if !state.is_managed() {
             return Err(Error::NotFound {
-                what: "conversation",
+                what: Entity::Conversation,
                 id: conversation,
             });
         }
@@ -296,9 +300,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     ) -> Result<MemberEntry> {
         match self.member(scratch, conversation, user)? {
             Some(entry) if entry.is_current() => Ok(entry),
-            _ => Err(Error::PermissionDenied(format!(
-                "user {user} is not a member of conversation {conversation}"
-            ))),
+            _ => Err(Error::NotAMember { conversation, user }),
         }
     }
 
@@ -435,9 +437,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             });
         }
         let Some(mut entry) = self.member(scratch, conversation, user)? else {
-            return Err(Error::PermissionDenied(format!(
-                "user {user} was never a member of conversation {conversation}"
-            )));
+            return Err(Error::NotAMember { conversation, user });
         };
         let target = up_to.min(entry.visible_last(state.last_seq));
         if target <= entry.read_seq {
@@ -483,15 +483,15 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         users.dedup();
         self.check_users(&users)?;
         if users.len() > self.limits.max_group_members as usize {
-            return Err(Error::FailedPrecondition(format!(
-                "{} members is over the group limit of {}",
-                users.len(),
-                self.limits.max_group_members
-            )));
+            return Err(Error::GroupFull {
+                conversation,
+                members: users.len() as u64,
+                max: u64::from(self.limits.max_group_members),
+            });
         }
         if self.conversation(scratch, conversation)?.exists() {
             return Err(Error::AlreadyExists {
-                what: "conversation",
+                what: Entity::Conversation,
                 id: conversation,
             });
         }
@@ -593,9 +593,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     ) -> Result<ConversationState> {
         let state = self.managed(scratch, conversation)?;
         if state.kind != ConversationKind::Group {
-            return Err(Error::FailedPrecondition(format!(
-                "conversation {conversation} is a direct conversation; its members are fixed"
-            )));
+            return Err(Error::MembersFixed { conversation });
         }
         self.current_member(scratch, conversation, by)?;
         Ok(state)
@@ -627,10 +625,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             }
         }
         if state.member_count > self.limits.max_group_members {
-            return Err(Error::FailedPrecondition(format!(
-                "{} members is over the group limit of {}",
-                state.member_count, self.limits.max_group_members
-            )));
+            return Err(Error::GroupFull {
+                conversation,
+                members: u64::from(state.member_count),
+                max: u64::from(self.limits.max_group_members),
+            });
         }
         scratch.conversations.insert(conversation, state);
         Ok(Outcome::MembersChanged(changed))
@@ -648,10 +647,12 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let mut users = users.to_vec();
         users.sort_unstable();
         users.dedup();
-        if let Some(other) = users.iter().find(|&&u| u != by && by != state.owner) {
-            return Err(Error::PermissionDenied(format!(
-                "only the owner may remove user {other} from conversation {conversation}"
-            )));
+        if users.iter().any(|&u| u != by && by != state.owner) {
+            return Err(Error::NotTheOwner {
+                conversation,
+                user: by,
+                owner: state.owner,
+            });
         }
         let left_change = self.current_change(scratch);
         let mut changed = Vec::new();
@@ -778,7 +779,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 conversation,
             })),
             _ => Err(Error::NotFound {
-                what: "friend request from user",
+                what: Entity::FriendRequest,
                 id: requester,
             }),
         }
@@ -800,7 +801,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 Ok(Outcome::Friend(FriendOutcome::Declined))
             }
             _ => Err(Error::NotFound {
-                what: "friend request from user",
+                what: Entity::FriendRequest,
                 id: requester,
             }),
         }
@@ -824,7 +825,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 Ok(Outcome::Friend(FriendOutcome::Declined))
             }
             _ => Err(Error::NotFound {
-                what: "friend",
+                what: Entity::Friend,
                 id: friend,
             }),
         }
@@ -849,7 +850,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         }
         if seq < state.first_retained() {
             return Err(Error::NotFound {
-                what: "message",
+                what: Entity::Message,
                 id: seq,
             });
         }
@@ -864,7 +865,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         match self.state.message(conversation, seq)? {
             Some(m) => Ok((state, m)),
             None => Err(Error::NotFound {
-                what: "message",
+                what: Entity::Message,
                 id: seq,
             }),
         }
@@ -897,7 +898,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let (_, message) = self.existing_message(scratch, conversation, seq)?;
         if !admin {
             let window = self.limits.recall_window_ms;
-            sender_within(&message, by, timestamp_ms, window, "recall")?;
+            sender_within(&message, by, timestamp_ms, window, TimedAction::Recall)?;
         }
         if let Some(OverlayEntry::Recalled { .. }) = self.overlay(scratch, conversation, seq)? {
             return Ok(Outcome::Done);
@@ -936,13 +937,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             by,
             timestamp_ms,
             self.limits.edit_window_ms,
-            "edit",
+            TimedAction::Edit,
         )?;
         let edits = match self.overlay(scratch, conversation, seq)? {
             Some(OverlayEntry::Recalled { .. }) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "message {seq} of conversation {conversation} was recalled"
-                )))
+                return Err(Error::AlreadyRecalled { conversation, seq })
             }
             Some(OverlayEntry::Edited { edits, .. }) => edits.saturating_add(1),
             None => 1,
@@ -973,9 +972,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             .member(scratch, conversation, user)?
             .is_some_and(|e| e.sees(seq));
         if !sees {
-            return Err(Error::PermissionDenied(format!(
-                "user {user} does not see message {seq} of conversation {conversation}"
-            )));
+            return Err(Error::NotVisible {
+                conversation,
+                seq,
+                user,
+            });
         }
         Self::kv_put(
             scratch,
@@ -1056,7 +1057,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let mut state = self.conversation(scratch, conversation)?;
         if !state.is_managed() {
             return Err(Error::NotFound {
-                what: "conversation",
+                what: Entity::Conversation,
                 id: conversation,
             });
         }
@@ -1088,10 +1089,12 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let inbox_last = self.inbox_last(scratch, user)?;
         let change = self.current_change(scratch);
         if cursor.inbox_seq > inbox_last || cursor.change > change {
-            return Err(Error::CursorFromFuture(format!(
-                "cursor ({}, {}) is past the store's ({inbox_last}, {change})",
-                cursor.inbox_seq, cursor.change
-            )));
+            return Err(Error::CursorFromFuture {
+                change: cursor.change,
+                store_change: change,
+                inbox_seq: Some(cursor.inbox_seq),
+                store_inbox_seq: Some(inbox_last),
+            });
         }
         Self::kv_put(
             scratch,
@@ -1147,19 +1150,24 @@ fn sender_within(
     by: u64,
     now_ms: u64,
     window_ms: u64,
-    what: &str,
+    action: TimedAction,
 ) -> Result<()> {
     let (seq, conversation) = (message.seq, message.conversation);
     if message.sender != by {
-        return Err(Error::PermissionDenied(format!(
-            "user {by} did not send message {seq} of conversation {conversation}"
-        )));
+        return Err(Error::NotTheSender {
+            conversation,
+            seq,
+            user: by,
+        });
     }
     let deadline = message.timestamp_ms.saturating_add(window_ms);
     if now_ms > deadline {
-        return Err(Error::FailedPrecondition(format!(
-            "the {what} window of message {seq} closed at {deadline} ms"
-        )));
+        return Err(Error::WindowClosed {
+            action,
+            conversation,
+            seq,
+            deadline_ms: deadline,
+        });
     }
     Ok(())
 }

@@ -13,12 +13,15 @@ use crate::codec::{
 };
 use crate::store::{ShardView, CF_IM, CF_RECEIPTS};
 use crate::{
-    Advanced, Command, ConversationSummary, Direction, Error, Friend, FriendStatus, ListCursor,
-    Member, Message, MessageView, Receipts, Result, SyncPage,
+    Advanced, Command, ConversationSummary, Direction, Entity, Error, Friend, FriendStatus,
+    ListCursor, Member, Message, MessageView, Receipts, Result, SyncPage,
 };
 
 fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
-    move |reason| Error::CorruptMetadata { what, reason }
+    move |reason| Error::CorruptMetadata {
+        what: what.into(),
+        reason,
+    }
 }
 
 /// Every entry under a key prefix of the `im` column family.
@@ -51,7 +54,7 @@ impl Engine {
         let state = self.store().conversation_state(conversation)?;
         if !state.is_managed() {
             return Err(Error::NotFound {
-                what: "conversation",
+                what: Entity::Conversation,
                 id: conversation,
             });
         }
@@ -66,11 +69,8 @@ impl Engine {
     }
 
     fn viewer_entry(&self, conversation: u64, user: u64) -> Result<MemberEntry> {
-        self.member_entry(conversation, user)?.ok_or_else(|| {
-            Error::PermissionDenied(format!(
-                "user {user} was never a member of conversation {conversation}"
-            ))
-        })
+        self.member_entry(conversation, user)?
+            .ok_or(Error::NotAMember { conversation, user })
     }
 
     /// Applies recalls, edits and `viewer`'s deletions to messages of one
@@ -283,9 +283,9 @@ impl Engine {
                         MemberEntry::decode(bytes).map_err(corrupt_value("member entry"))
                     }
                     None => Err(Error::CorruptMetadata {
-                        what: "member entry",
+                        what: "member entry".into(),
                         reason: codec::CodecError::BadLength {
-                            what: "missing member entry of a listed conversation",
+                            what: "missing member entry of a listed conversation".into(),
                             len: 0,
                         },
                     }),
@@ -337,10 +337,12 @@ impl Engine {
         let change_now = self.change_counter();
         let inbox_last = self.store().inbox_last(user)?;
         if cursor.inbox_seq > inbox_last || cursor.change > change_now {
-            return Err(Error::CursorFromFuture(format!(
-                "cursor ({}, {}) is past the store's ({inbox_last}, {change_now})",
-                cursor.inbox_seq, cursor.change
-            )));
+            return Err(Error::CursorFromFuture {
+                change: cursor.change,
+                store_change: change_now,
+                inbox_seq: Some(cursor.inbox_seq),
+                store_inbox_seq: Some(inbox_last),
+            });
         }
         let lo = im_key(tag::INBOX, &[user, cursor.inbox_seq.saturating_add(1)], &[]);
         let hi = im_key(tag::INBOX, &[user.saturating_add(1)], &[]);
@@ -588,7 +590,7 @@ impl Engine {
             .into_iter()
             .find(|m| m.seq == seq)
             .ok_or(Error::NotFound {
-                what: "message",
+                what: Entity::Message,
                 id: seq,
             })?
             .sender;

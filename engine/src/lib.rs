@@ -69,6 +69,7 @@ mod engine;
 mod error;
 mod query;
 mod read;
+mod reader;
 mod store;
 mod tail;
 mod types;
@@ -94,7 +95,7 @@ pub use crate::disk::{
     DEFAULT_BALLAST_MAX_BYTES, RESUME_HEADROOM_BYTES,
 };
 pub use crate::engine::Engine;
-pub use crate::error::{refuse_orphaned_files, Error, Result};
+pub use crate::error::{refuse_orphaned_files, Entity, Error, Result, TimedAction};
 
 /// For the raft log store, which opens a RocksDB of its own and guards it
 /// as the engine guards its store: refuse a crashed database whose
@@ -103,6 +104,7 @@ pub mod guard {
     pub use crate::clean_close::{check_before_open, closed_cleanly, opened};
 }
 pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
+pub use crate::reader::Reader;
 pub use crate::store::{
     MetaRow, ShardId, StateExport, EXPORT_MAGIC as IMAGE_MAGIC, MAX_SHARD, WAL_RECOVERY_MODE,
 };

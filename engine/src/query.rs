@@ -274,10 +274,12 @@ impl Engine {
         }
         let now = self.change_counter();
         if known_change > now {
-            return Err(Error::CursorFromFuture(format!(
-                "change {known_change} is past the store's {now} (shard {})",
-                self.shard()
-            )));
+            return Err(Error::CursorFromFuture {
+                change: known_change,
+                store_change: now,
+                inbox_seq: None,
+                store_inbox_seq: None,
+            });
         }
         let mut advanced = Vec::new();
         for &c in &conversations {

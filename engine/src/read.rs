@@ -25,7 +25,7 @@ fn current_segment(it: &DBRawIterator<'_>, conversation: u64) -> Result<Option<u
     };
     let key = key.get(SHARD_PREFIX_LEN..).unwrap_or_default();
     let (c, base) = codec::parse_segment_key(key).map_err(|reason| Error::CorruptMetadata {
-        what: "segment key",
+        what: "segment key".into(),
         reason,
     })?;
     Ok((c == conversation).then_some(base))

@@ -593,7 +593,7 @@ impl<'a> ShardView<'a> {
             .get_pinned_cf(cf, self.key(&codec::conversation_key(conversation)))?
         {
             Some(v) => ConversationState::decode(&v).map_err(|reason| Error::CorruptMetadata {
-                what: "conversation state",
+                what: "conversation state".into(),
                 reason,
             }),
             None => Ok(ConversationState::default()),
@@ -637,7 +637,7 @@ impl<'a> ShardView<'a> {
             .collect();
         self.multi_get_in(CF_CONVERSATIONS, &keys, sorted, |v| match v {
             Some(v) => ConversationState::decode(v).map_err(|reason| Error::CorruptMetadata {
-                what: "conversation state",
+                what: "conversation state".into(),
                 reason,
             }),
             None => Ok(ConversationState::default()),
@@ -678,7 +678,7 @@ impl<'a> ShardView<'a> {
         match it.key() {
             Some(key) if key.starts_with(&lower) => codec::im_key_id(&key[SHARD_PREFIX_LEN..], 1)
                 .map_err(|reason| Error::CorruptMetadata {
-                    what: "inbox key",
+                    what: "inbox key".into(),
                     reason,
                 }),
             _ => {
@@ -718,7 +718,7 @@ impl<'a> ShardView<'a> {
         };
         let (c, base) = codec::parse_segment_key(&key[SHARD_PREFIX_LEN..]).map_err(|reason| {
             Error::CorruptMetadata {
-                what: "segment key",
+                what: "segment key".into(),
                 reason,
             }
         })?;
@@ -731,7 +731,7 @@ impl<'a> ShardView<'a> {
             Some(v) => DedupEntry::decode(&v)
                 .map(Some)
                 .map_err(|reason| Error::CorruptMetadata {
-                    what: "dedup entry",
+                    what: "dedup entry".into(),
                     reason,
                 }),
             None => Ok(None),
@@ -815,9 +815,9 @@ impl<'a> ShardView<'a> {
 
 fn decode_u32(bytes: &[u8], what: &'static str) -> Result<u32> {
     let arr: [u8; 4] = bytes.try_into().map_err(|_| Error::CorruptMetadata {
-        what,
+        what: what.into(),
         reason: codec::CodecError::BadLength {
-            what,
+            what: what.into(),
             len: bytes.len(),
         },
     })?;
@@ -826,9 +826,9 @@ fn decode_u32(bytes: &[u8], what: &'static str) -> Result<u32> {
 
 pub(crate) fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::CorruptMetadata {
-        what,
+        what: what.into(),
         reason: codec::CodecError::BadLength {
-            what,
+            what: what.into(),
             len: bytes.len(),
         },
     })?;

@@ -238,14 +238,16 @@ struct Model {
 type Expect = Result<Outcome, &'static str>;
 
 fn class(e: &Error) -> &'static str {
-    match e {
-        Error::NotFound { .. } => "not found",
-        Error::PermissionDenied(_) => "permission denied",
-        Error::FailedPrecondition(_) => "failed precondition",
-        Error::SeqBeyondLast { .. } => "seq beyond last",
-        Error::InvalidArgument(_) => "invalid argument",
-        Error::AlreadyExists { .. } => "already exists",
-        Error::CursorFromFuture(_) => "cursor from future",
+    // The model predicts the reason (the class of error a client sees);
+    // the engine's variant names the case within it.
+    match e.reason() {
+        "NOT_FOUND" => "not found",
+        "PERMISSION_DENIED" => "permission denied",
+        "FAILED_PRECONDITION" => "failed precondition",
+        "SEQ_BEYOND_LAST" => "seq beyond last",
+        "INVALID_ARGUMENT" => "invalid argument",
+        "ALREADY_EXISTS" => "already exists",
+        "CURSOR_FROM_FUTURE" => "cursor from future",
         _ => "other",
     }
 }

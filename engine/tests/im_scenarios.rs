@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{small_segments, TestResult};
 use imstore_engine::{
     Command, Direction, Engine, Error, FriendOutcome, FriendStatus, ListCursor, Options, Outcome,
-    SendMessage, SyncCursor,
+    SendMessage, SyncCursor, TimedAction,
 };
 
 fn im_options(fanout: u32) -> Options {
@@ -169,11 +169,11 @@ fn friends_get_one_direct_conversation_from_either_side() -> TestResult {
     // A third user is no member of a direct conversation.
     assert!(matches!(
         send(&engine, conversation, 3, "intruder", 22),
-        Err(Error::PermissionDenied(_))
+        Err(Error::NotAMember { user: 3, .. })
     ));
     assert!(matches!(
         engine.read_as(3, conversation, 1, 10, Direction::Forward),
-        Err(Error::PermissionDenied(_))
+        Err(Error::NotAMember { user: 3, .. })
     ));
 
     // Removing the friendship keeps the conversation and its history.
@@ -255,13 +255,20 @@ fn membership_history_bounds_what_a_member_sees() -> TestResult {
     // Only the owner removes others.
     assert!(matches!(
         remove(&engine, 7, 2, &[1]),
-        Err(Error::PermissionDenied(_))
+        Err(Error::NotTheOwner {
+            conversation: 7,
+            user: 2,
+            ..
+        })
     ));
     // A removed member cannot send, and reads up to leaving.
     remove(&engine, 7, 1, &[3])?;
     assert!(matches!(
         send(&engine, 7, 3, "late", 14),
-        Err(Error::PermissionDenied(_))
+        Err(Error::NotAMember {
+            conversation: 7,
+            user: 3
+        })
     ));
     send(&engine, 7, 1, "m5", 15)?;
     assert_eq!(
@@ -371,7 +378,7 @@ fn devices_sync_independently_and_a_long_offline_device_catches_up() -> TestResu
     };
     assert!(matches!(
         engine.sync(2, future, 10),
-        Err(Error::CursorFromFuture(_))
+        Err(Error::CursorFromFuture { .. })
     ));
     assert!(matches!(
         engine.execute(Command::SaveCursor {
@@ -379,7 +386,7 @@ fn devices_sync_independently_and_a_long_offline_device_catches_up() -> TestResu
             device: Bytes::from_static(b"x"),
             cursor: future
         }),
-        Err(Error::CursorFromFuture(_))
+        Err(Error::CursorFromFuture { .. })
     ));
     Ok(())
 }
@@ -473,11 +480,20 @@ fn recall_edit_and_delete_for_me_are_overlays() -> TestResult {
     };
     assert!(matches!(
         engine.execute(recall(a, 2, false, 1_001)),
-        Err(Error::PermissionDenied(_))
+        Err(Error::NotTheSender {
+            seq: 1,
+            user: 2,
+            ..
+        })
     ));
     assert!(matches!(
         engine.execute(recall(a, 1, false, 1_000 + 120_001)),
-        Err(Error::FailedPrecondition(_))
+        Err(Error::WindowClosed {
+            action: TimedAction::Recall,
+            seq: 1,
+            deadline_ms: 121_000,
+            ..
+        })
     ));
     engine.execute(recall(a, 1, false, 1_000 + 120_000))?;
     engine.execute(recall(c, 9, true, 99_999_999))?;
@@ -496,7 +512,7 @@ fn recall_edit_and_delete_for_me_are_overlays() -> TestResult {
             payload: Bytes::from_static(b"x"),
             timestamp_ms: 2_000,
         }),
-        Err(Error::FailedPrecondition(_))
+        Err(Error::AlreadyRecalled { .. })
     ));
     engine.execute(Command::DeleteForMe {
         user: 2,
@@ -616,7 +632,7 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
                 timestamp_ms: 1,
                 receipt: false,
             }),
-            |e| matches!(e, Error::PermissionDenied(_)),
+            |e| matches!(e, Error::NotAMember { .. }),
         ),
         (
             Command::Send(SendMessage {
@@ -654,7 +670,7 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
                 conversation: 3,
                 up_to: 1,
             },
-            |e| matches!(e, Error::PermissionDenied(_)),
+            |e| matches!(e, Error::NotAMember { user: 77, .. }),
         ),
         (
             Command::Recall {
@@ -707,7 +723,7 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
                 users: vec![5],
                 timestamp_ms: 1,
             },
-            |e| matches!(e, Error::PermissionDenied(_)),
+            |e| matches!(e, Error::NotAMember { user: 42, .. }),
         ),
         (
             Command::OpenDirect {
@@ -735,7 +751,7 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
         ),
         (
             Command::Append(vec![common::msg(3, 1, "raw", b"p", 1)]),
-            |e| matches!(e, Error::FailedPrecondition(_)),
+            |e| matches!(e, Error::ManagedConversation { conversation: 3 }),
         ),
         (
             Command::ClearHistory {
@@ -778,7 +794,7 @@ fn bad_input_gets_typed_errors_and_writes_nothing() -> TestResult {
     ));
     assert!(matches!(
         engine.unread(77, 3),
-        Err(Error::PermissionDenied(_))
+        Err(Error::NotAMember { user: 77, .. })
     ));
     Ok(())
 }

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use imstore_engine::{CopyProgress, Engine, VerifyProgress, VerifyReport};
+use imstore_engine::{CopyProgress, Reader, VerifyProgress, VerifyReport};
 use imstore_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::error::{invalid, status, to_status};
 
@@ -94,7 +94,7 @@ fn verify_progress(p: VerifyProgress) -> pb::VerifyEvent {
 }
 
 /// `Verify`: the whole store of `engine`, from one snapshot.
-pub fn verify(engine: Engine) -> EventStream<pb::VerifyEvent> {
+pub fn verify(engine: Reader) -> EventStream<pb::VerifyEvent> {
     spawn_events(move |events| {
         let report = engine
             .verify(&mut |p| events.offer(|| verify_progress(p)))
@@ -112,13 +112,12 @@ pub fn verify(engine: Engine) -> EventStream<pb::VerifyEvent> {
 /// Refused on a replicated node (`replicated`), whose engine is one
 /// replica's part of the cluster.
 pub fn backup(
-    engine: Engine,
+    engine: Reader,
     replicated: bool,
     to: String,
 ) -> Result<EventStream<pb::BackupEvent>, Status> {
     if replicated {
         return Err(status(
-            Code::FailedPrecondition,
             "FAILED_PRECONDITION",
             "Backup takes a single-node server's store; a cluster node holds one replica's \
              part of the cluster, which `imstore backup` backs up shard by shard through \

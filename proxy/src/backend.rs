@@ -5,8 +5,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use imstore_engine::{Command, Engine, Error, Outcome, ShardAnswer, ShardQuery};
+use imstore_engine::{Command, Engine, Outcome, Reader, ShardAnswer, ShardQuery};
 use imstore_raft::ReplicaNode;
+
+use crate::error::ServiceError as Error;
 
 /// A future the service awaits before a read.
 pub type Barrier<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
@@ -34,9 +36,11 @@ pub enum Route {
 pub trait Backend: Send + Sync + 'static {
     /// Queues a write; `done` runs once it is durable or has failed.
     fn submit(&self, command: Command, done: Done);
-    /// The engine that serves a read about `route`.
-    fn engine(&self, route: Route) -> Result<&Engine, Error>;
-    /// Completes when a read of [`Backend::engine`] for `route` would see
+    /// A read-only handle on the engine that serves a read about `route`:
+    /// nothing the service holds can write around [`Backend::submit`]
+    /// (on a cluster node, around raft).
+    fn reader(&self, route: Route) -> Result<Reader, Error>;
+    /// Completes when a read of [`Backend::reader`] for `route` would see
     /// every write acknowledged before it began (linearizable). Immediate
     /// for one embedded engine.
     fn read_barrier(&self, route: Route) -> Barrier<'_> {
@@ -51,7 +55,7 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Answers one read about `route`: by default on [`Backend::engine`]
+    /// Answers one read about `route`: by default on [`Backend::reader`]
     /// (on tokio's blocking pool) after [`Backend::read_barrier`], or
     /// [`Backend::stale_read_barrier`] when `stale_ok`. A replica of a
     /// shard this node does not host reads it at one that does.
@@ -59,18 +63,15 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(async move {
             // The shard first: a read the backend cannot route fails
             // before waiting on any barrier.
-            let engine = self.engine(route)?.clone();
+            let reader = self.reader(route)?;
             if stale_ok {
                 self.stale_read_barrier(route).await?;
             } else {
                 self.read_barrier(route).await?;
             }
-            match tokio::task::spawn_blocking(move || engine.query(query)).await {
-                Ok(answer) => answer,
-                Err(e) => Err(Error::Remote {
-                    reason: "INTERNAL".into(),
-                    message: e.to_string(),
-                }),
+            match tokio::task::spawn_blocking(move || reader.query(query)).await {
+                Ok(answer) => Ok(answer?),
+                Err(e) => Err(Error::Internal(format!("a read task failed: {e}"))),
             }
         })
     }
@@ -85,7 +86,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Addresses (host:port) of nodes that hold `shard`'s data, the
     /// likely leader first: where to follow what this node cannot see.
     fn replicas_of(&self, shard: u64) -> Result<Vec<String>, Error> {
-        Err(Error::Storage(format!(
+        Err(Error::Unavailable(format!(
             "shard {shard} has no other replica"
         )))
     }
@@ -124,11 +125,16 @@ impl EngineBackend {
 
 impl Backend for EngineBackend {
     fn submit(&self, command: Command, done: Done) {
-        self.engine.submit(command, done);
+        self.engine.submit(
+            command,
+            Box::new(move |result: imstore_engine::Result<Outcome>| {
+                done(result.map_err(Error::from))
+            }),
+        );
     }
 
-    fn engine(&self, _route: Route) -> Result<&Engine, Error> {
-        Ok(&self.engine)
+    fn reader(&self, _route: Route) -> Result<Reader, Error> {
+        Ok(self.engine.reader())
     }
 }
 
@@ -220,13 +226,8 @@ async fn propose(node: ReplicaNode, batch: Vec<(Command, Done)>) {
             let mut responses = responses.0.into_iter();
             for d in done {
                 d(match responses.next() {
-                    Some(imstore_raft::Response(result)) => {
-                        result.map_err(|(reason, message)| Error::Remote { reason, message })
-                    }
-                    None => Err(Error::Remote {
-                        reason: "INTERNAL".into(),
-                        message: "no response for a proposed command".into(),
-                    }),
+                    Some(imstore_raft::Response(result)) => result.map_err(Error::from),
+                    None => Err(Error::Internal("no response for a proposed command".into())),
                 });
             }
         }
@@ -243,12 +244,12 @@ impl Backend for RaftBackend {
         if let Err(tokio::sync::mpsc::error::SendError((_, done))) =
             self.queue.send((command, done))
         {
-            done(Err(Error::Closed));
+            done(Err(imstore_engine::Error::Closed.into()));
         }
     }
 
-    fn engine(&self, _route: Route) -> Result<&Engine, Error> {
-        Ok(&self.node.engine)
+    fn reader(&self, _route: Route) -> Result<Reader, Error> {
+        Ok(self.node.reader())
     }
 
     fn read_barrier(&self, _route: Route) -> Barrier<'_> {
@@ -330,9 +331,12 @@ impl<B: Backend> ShardedBackend<B> {
             Route::Shard(s) => s,
             Route::Any => 0,
         };
-        self.shards
-            .get(at as usize)
-            .ok_or_else(|| Error::Storage(format!("shard {at} is not on this node")))
+        self.shards.get(at as usize).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "shard {at} is not one of this cluster's {} shards",
+                self.count()
+            ))
+        })
     }
 
     /// The shard a command belongs to.
@@ -351,10 +355,9 @@ impl<B: Backend> ShardedBackend<B> {
                 if placed.all(|s| s == first) {
                     Ok(first)
                 } else {
-                    Err(Error::InvalidArgument(
+                    Err(invalid_command(
                         "a batch of appends must stay within one shard: its conversations map \
-                         to different shards"
-                            .into(),
+                         to different shards",
                     ))
                 }
             }
@@ -370,21 +373,27 @@ impl<B: Backend> ShardedBackend<B> {
             }
             Command::FriendRemove { user, friend } => of(imstore_engine::pair_key(*user, *friend)),
             // Each shard keeps a device's cursor of that shard.
-            Command::SaveCursor { .. } => Err(Error::InvalidArgument(
-                "a device cursor is saved per shard (submit_to_shard)".into(),
+            Command::SaveCursor { .. } => Err(invalid_command(
+                "a device cursor is saved per shard (submit_to_shard)",
             )),
             Command::PutMeta(_) | Command::ReplaceState(_) | Command::AddImageRows { .. } => Err(
-                Error::InvalidArgument("replication commands are not client writes".into()),
+                invalid_command("replication commands are not client writes"),
             ),
             // Every other command writes one conversation: its shard.
             other => match other.conversation() {
                 Some(conversation) => of(conversation),
-                None => Err(Error::InvalidArgument(
-                    "this command names no conversation to place it by".into(),
+                None => Err(invalid_command(
+                    "this command names no conversation to place it by",
                 )),
             },
         }
     }
+}
+
+/// A command the sharded backend cannot place: the engine's
+/// `InvalidArgument`, as if the engine had refused it.
+fn invalid_command(why: &str) -> Error {
+    imstore_engine::Error::InvalidArgument(why.to_owned()).into()
 }
 
 impl<B: Backend> Backend for ShardedBackend<B> {
@@ -395,8 +404,8 @@ impl<B: Backend> Backend for ShardedBackend<B> {
         }
     }
 
-    fn engine(&self, route: Route) -> Result<&Engine, Error> {
-        self.backend(route)?.engine(route)
+    fn reader(&self, route: Route) -> Result<Reader, Error> {
+        self.backend(route)?.reader(route)
     }
 
     fn read_barrier(&self, route: Route) -> Barrier<'_> {
@@ -440,8 +449,9 @@ impl<B: Backend> Backend for ShardedBackend<B> {
     fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {
         match self.shards.get(shard as usize) {
             Some(backend) => backend.submit(command, done),
-            None => done(Err(Error::Storage(format!(
-                "shard {shard} is not on this node"
+            None => done(Err(Error::InvalidRequest(format!(
+                "shard {shard} is not one of this cluster's {} shards",
+                self.count()
             )))),
         }
     }

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use imstore_engine::{Direction, FriendOutcome, FriendStatus, MessageView, Outcome, SyncCursor};
 use imstore_proto::v1 as pb;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::error::{invalid, status};
 
@@ -155,7 +155,6 @@ pub(crate) fn friend_status(s: FriendStatus) -> pb::FriendStatus {
 /// A backend answered a read with another query's answer.
 pub(crate) fn mismatched() -> Status {
     status(
-        Code::Internal,
         "INTERNAL",
         "a read was answered with another query's answer".into(),
         &[],
@@ -163,10 +162,5 @@ pub(crate) fn mismatched() -> Status {
 }
 
 pub(crate) fn unexpected(outcome: Outcome) -> Status {
-    status(
-        Code::Internal,
-        "INTERNAL",
-        format!("unexpected outcome {outcome:?}"),
-        &[],
-    )
+    status("INTERNAL", format!("unexpected outcome {outcome:?}"), &[])
 }

@@ -41,9 +41,9 @@ pub use backend::{
     proposals_in_flight_for, Answer, Backend, Barrier, Done, EngineBackend, RaftBackend, Route,
     ShardedBackend, MAX_PROPOSAL, PROPOSALS_IN_FLIGHT,
 };
-pub use error::{to_status, ERROR_DOMAIN};
+pub use error::{to_status, ServiceError, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;
 pub use node::{fix_shard_count, NodeConfig, SHARD_COUNT_FILE};
 pub use server::{serve_metrics, RenderMetrics, ServeError, Server, ServerConfig};
-pub use service::{ImstoreService, ServiceLimits};
+pub use service::{ImstoreService, ServiceLimits, WATCH_SHARD_HEADER};

@@ -68,6 +68,17 @@ pub struct ImstoreService<B: Backend> {
 /// host: how a node follows, for its own watcher, a shard it does not.
 pub const WATCH_SHARD_HEADER: &str = "imstore-watch-shard";
 
+/// Whether a watch another node refused may be taken by the next
+/// replica: that node does not host the shard (`NOT_HOSTED`) or is down
+/// (`UNAVAILABLE`, `NOT_LEADER`, or no `ErrorInfo` at all: a connection
+/// that failed). Decided by the reason, not the text.
+fn watch_elsewhere_may_help(status: &Status) -> bool {
+    match imstore_proto::errors::error_info(status) {
+        Some((reason, _)) => matches!(reason.as_str(), "NOT_HOSTED" | "UNAVAILABLE" | "NOT_LEADER"),
+        None => status.code() == Code::Unavailable,
+    }
+}
+
 /// Relays `remote`'s notifications about `shard` to `subscriber` until
 /// either ends; a remote end becomes a resync.
 async fn relay(
@@ -188,7 +199,7 @@ impl<B: Backend> ImstoreService<B> {
         for rx in pending {
             let result = match rx.await {
                 Ok(result) => result.map(|_| ()),
-                Err(_) => Err(imstore_engine::Error::Closed),
+                Err(_) => Err(imstore_engine::Error::Closed.into()),
             };
             if let (Err(e), None) = (result, &first_error) {
                 first_error = Some(to_status(e));
@@ -278,14 +289,13 @@ impl<B: Backend> ImstoreService<B> {
                     return Ok(());
                 }
                 // Not (or no longer) hosted there, or down: the next one.
-                Err(s) if matches!(s.code(), Code::Unavailable | Code::FailedPrecondition) => {
+                Err(s) if watch_elsewhere_may_help(&s) => {
                     failures.push(format!("{address}: {}", s.message()))
                 }
                 Err(s) => return Err(s),
             }
         }
         Err(status(
-            Code::Unavailable,
             "UNAVAILABLE",
             format!(
                 "shard {shard}: no replica took the watch ({})",
@@ -838,7 +848,6 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             }
             if self.hub.len() >= self.limits.max_watchers {
                 return Err(status(
-                    Code::ResourceExhausted,
                     "RESOURCE_EXHAUSTED",
                     format!(
                         "{} watch streams is the server's limit",
@@ -883,10 +892,9 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 }
                 Some(shard) if !self.backend.hosts(shard) => {
                     return Err(status(
-                        Code::FailedPrecondition,
                         "NOT_HOSTED",
                         format!("this node does not host shard {shard}"),
-                        &[],
+                        &[("shard", shard)],
                     ))
                 }
                 Some(shard) => (vec![shard], Vec::new()),
@@ -1115,7 +1123,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         self.observe("Status", async {
             let stats = self
                 .backend
-                .engine(Route::Any)
+                .reader(Route::Any)
                 .map_err(to_status)?
                 .commit_stats();
             Ok(pb::StatusResponse {
@@ -1138,8 +1146,8 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         _request: Request<pb::VerifyRequest>,
     ) -> Result<Response<Self::VerifyStream>, Status> {
         self.observe("Verify", async {
-            let engine = self.backend.engine(Route::Any).map_err(to_status)?;
-            Ok(admin::verify(engine.clone()))
+            let reader = self.backend.reader(Route::Any).map_err(to_status)?;
+            Ok(admin::verify(reader))
         })
         .await
     }
@@ -1152,8 +1160,8 @@ impl<B: Backend> Imstore for ImstoreService<B> {
     ) -> Result<Response<Self::BackupStream>, Status> {
         let r = request.into_inner();
         self.observe("Backup", async {
-            let engine = self.backend.engine(Route::Any).map_err(to_status)?;
-            admin::backup(engine.clone(), self.backend.replicated(), r.to)
+            let reader = self.backend.reader(Route::Any).map_err(to_status)?;
+            admin::backup(reader, self.backend.replicated(), r.to)
         })
         .await
     }

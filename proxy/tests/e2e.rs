@@ -813,10 +813,13 @@ struct ClosedBackend(Engine);
 
 impl imstore_proxy::Backend for ClosedBackend {
     fn submit(&self, _command: imstore_engine::Command, done: imstore_proxy::Done) {
-        done(Err(imstore_engine::Error::Closed));
+        done(Err(imstore_engine::Error::Closed.into()));
     }
-    fn engine(&self, _route: imstore_proxy::Route) -> Result<&Engine, imstore_engine::Error> {
-        Ok(&self.0)
+    fn reader(
+        &self,
+        _route: imstore_proxy::Route,
+    ) -> Result<imstore_engine::Reader, imstore_proxy::ServiceError> {
+        Ok(self.0.reader())
     }
 }
 

@@ -3,7 +3,7 @@
 //! and v1alpha), the request-size limit and `/metrics`, beside the
 //! node-to-node transport on the same port.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
@@ -93,24 +93,22 @@ async fn a_node_from_a_toml_file_serves_health_reflection_limits_and_metrics() -
         payload,
         receipt: false,
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let sent = loop {
-        let _ = client
-            .create_group(pb::CreateGroupRequest {
-                conversation: 5,
-                owner: 1,
-                members: vec![1, 2],
-            })
-            .await;
-        match client.send(send("first", b"hello".to_vec())).await {
-            Ok(r) => break r.into_inner(),
-            // The node elects its leaders meanwhile.
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(s) => return Err(format!("never acknowledged: {s:?}").into()),
+    // The node elects its leaders meanwhile.
+    let sent = imstore_testkit::eventually_async("the first send", Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let request = send("first", b"hello".to_vec());
+        async move {
+            let _ = client
+                .create_group(pb::CreateGroupRequest {
+                    conversation: 5,
+                    owner: 1,
+                    members: vec![1, 2],
+                })
+                .await;
+            client.send(request).await.map(|r| r.into_inner())
         }
-    };
+    })
+    .await?;
     assert_eq!(sent.seq, 1);
 
     // Health.

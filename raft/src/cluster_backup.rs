@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use imstore_engine::{
-    check_backup, staging_path, BackupInfo, CopyProgress, Engine, Error, Options, PartialBackup,
-    Result, IMAGE_MAGIC,
+    check_backup, staging_path, BackupInfo, CopyProgress, Engine, Error as EngineError, Options,
+    PartialBackup, IMAGE_MAGIC,
 };
 use imstore_proto::raft as pb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
@@ -44,7 +44,7 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 
 use crate::state_machine::{install_file, INSTALL_PART_BYTES};
-use crate::{LogStore, ReplicaNode, META_SHARD};
+use crate::{Error, LogStore, ReplicaNode, Result, META_SHARD};
 
 /// The file of a cluster backup that says it is one.
 pub const CLUSTER_FILE: &str = "CLUSTER";
@@ -152,22 +152,20 @@ fn file_name(shard: u64, kind: &str) -> String {
 }
 
 fn damaged(path: &Path, reason: impl Into<String>) -> Error {
-    Error::DamagedBackup {
+    Error::Engine(EngineError::DamagedBackup {
         path: path.display().to_string(),
         reason: reason.into(),
-    }
+    })
 }
 
 fn unavailable(message: impl Into<String>) -> Error {
-    Error::Remote {
-        reason: "UNAVAILABLE".into(),
-        message: message.into(),
-    }
+    Error::Unavailable(message.into())
 }
 
-/// A peer's refusal: every one sends the backup on to the next replica.
+/// A peer's refusal, typed: every one sends the backup on to the next
+/// replica.
 fn remote(status: Status) -> Error {
-    unavailable(format!("{:?}: {}", status.code(), status.message()))
+    Error::from_status(&status)
 }
 
 impl ReplicaNode {
@@ -179,11 +177,10 @@ impl ReplicaNode {
     /// snapshot of it, or has no read index.
     async fn export_image(&self) -> Result<openraft::storage::Snapshot<crate::TypeConfig>, Error> {
         if !self.hosts() {
-            return Err(unavailable(format!(
-                "node {} does not host shard {}",
-                self.node_id(),
-                self.shard()
-            )));
+            return Err(Error::NotHosted {
+                shard: self.shard(),
+                node: self.node_id(),
+            });
         }
         self.read_barrier().await?;
         let applied = self.raft().metrics().borrow().last_applied;
@@ -221,13 +218,9 @@ pub fn is_cluster_backup(dir: &Path) -> bool {
 /// barrier, the metadata first, then the image in chunks.
 pub(crate) async fn export_shard(
     replica: ReplicaNode,
-) -> std::result::Result<ReceiverStream<std::result::Result<pb::ExportShardChunk, Status>>, Status>
-{
-    let snapshot = replica
-        .export_image()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let meta = bincode::serialize(&snapshot.meta).map_err(|e| Status::internal(e.to_string()))?;
+) -> Result<ReceiverStream<std::result::Result<pb::ExportShardChunk, Status>>> {
+    let snapshot = replica.export_image().await?;
+    let meta = bincode::serialize(&snapshot.meta).map_err(|e| Error::Internal(e.to_string()))?;
     let mut image = snapshot.snapshot;
     let shard = replica.shard();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -247,7 +240,8 @@ pub(crate) async fn export_shard(
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) => {
-                        let failed = Status::unavailable(format!("exporting shard {shard}: {e}"));
+                        let failed =
+                            unavailable(format!("exporting shard {shard}: {e}")).to_status();
                         let _ = tx.send(Err(failed)).await;
                         return;
                     }
@@ -540,7 +534,7 @@ pub fn restore_node(
     progress: &mut dyn FnMut(CopyProgress),
 ) -> Result<Vec<u64>> {
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::InvalidRequest(format!(
             "{} is not empty; a restore goes to a new or empty directory",
             data_dir.display()
         )));
@@ -551,7 +545,7 @@ pub fn restore_node(
         .filter(|s| s.nodes().contains(&node))
         .collect();
     if mine.is_empty() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::InvalidRequest(format!(
             "node {node} holds no shard in this backup; its nodes are {:?}",
             backup.nodes()
         )));
@@ -594,18 +588,28 @@ fn install_images(images: &[&ShardImage], dir: &Path, done: &mut dyn FnMut(u64))
         let shard = u16::try_from(image.shard)
             .ok()
             .filter(|s| *s <= imstore_engine::MAX_SHARD)
-            .ok_or_else(|| Error::InvalidArgument(format!("shard {}", image.shard)))?;
+            .ok_or_else(|| Error::InvalidRequest(format!("shard {}", image.shard)))?;
         install_file(
             &engine.with_shard(shard)?,
             &image.image,
             &image.meta,
             INSTALL_PART_BYTES,
         )
-        .map_err(|e| Error::Storage(format!("restoring shard {}: {e}", image.shard)))?;
+        .map_err(|e| {
+            Error::Engine(EngineError::Storage(format!(
+                "restoring shard {}: {e}",
+                image.shard
+            )))
+        })?;
         if let Some(LogId { leader_id, .. }) = image.meta.last_log_id {
             log.for_shard(image.shard)
                 .restore_vote(&Vote::new(leader_id.term, leader_id.node_id))
-                .map_err(|e| Error::Storage(format!("restoring shard {}: {e}", image.shard)))?;
+                .map_err(|e| {
+                    Error::Engine(EngineError::Storage(format!(
+                        "restoring shard {}: {e}",
+                        image.shard
+                    )))
+                })?;
         }
         bytes += image.image_bytes;
         done(bytes);

@@ -29,7 +29,8 @@ pub const ENTRY_FORMAT_VERSION: u8 = 1;
 const ENTRY_TAG: &[u8; 3] = b"IMR";
 
 /// An entry that cannot be read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum EntryFormatError {
     /// Written by a build with another entry format.
     #[error(
@@ -42,7 +43,24 @@ pub enum EntryFormatError {
     },
     /// The bytes do not decode as an entry of the version they claim.
     #[error("raft log entry does not decode: {0}")]
-    Malformed(#[from] bincode::Error),
+    Malformed(String),
+    /// A peer sent raft messages in a format this build does not read.
+    #[error(
+        "raft entry format {version} from node {from} is not read by this node (format \
+         {ENTRY_FORMAT_VERSION}): nodes of these two imstore versions cannot share a cluster"
+    )]
+    PeerFormat {
+        /// The format the peer's message declared.
+        version: u32,
+        /// The peer.
+        from: u64,
+    },
+}
+
+impl From<bincode::Error> for EntryFormatError {
+    fn from(err: bincode::Error) -> Self {
+        EntryFormatError::Malformed(err.to_string())
+    }
 }
 
 /// Whether this build reads payloads of format `version` (0: a sender that
@@ -52,14 +70,11 @@ pub fn readable_format(version: u32) -> bool {
 }
 
 /// Why a message of format `version` from node `from` is refused, if it is.
-pub(crate) fn refuse_unreadable(version: u32, from: u64) -> Result<(), String> {
+pub(crate) fn refuse_unreadable(version: u32, from: u64) -> Result<(), EntryFormatError> {
     if readable_format(version) {
         return Ok(());
     }
-    Err(format!(
-        "raft entry format {version} from node {from} is not read by this node (format \
-         {ENTRY_FORMAT_VERSION}): nodes of these two imstore versions cannot share a cluster"
-    ))
+    Err(EntryFormatError::PeerFormat { version, from })
 }
 
 /// An entry as it is stored.

@@ -56,6 +56,7 @@
 
 mod cluster_backup;
 mod entry_format;
+mod error;
 mod log_store;
 mod node;
 mod retention;
@@ -71,6 +72,7 @@ pub use cluster_backup::{
 pub use entry_format::{
     decode_entry, encode_entry, readable_format, EntryFormatError, ENTRY_FORMAT_VERSION,
 };
+pub use error::{Error, Result, ERROR_METADATA_KEY};
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Retired};
@@ -88,10 +90,10 @@ pub use transport::{
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Proposal(pub Vec<Command>);
 
-/// What applying one command produced: the engine's outcome, or its error
-/// as (reason code, message) (a rejected command writes nothing).
+/// What applying one command produced: the engine's outcome, or its typed
+/// error (a rejected command writes nothing).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Response(pub Result<Outcome, (String, String)>);
+pub struct Response(pub std::result::Result<Outcome, imstore_engine::Error>);
 
 /// The responses of one entry, one per command of its [`Proposal`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

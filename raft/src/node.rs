@@ -6,12 +6,12 @@ use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
-use imstore_engine::{Engine, Error, Options, ShardAnswer, ShardQuery};
+use imstore_engine::{Engine, Options, ShardAnswer, ShardQuery};
 use imstore_proto::raft as pb;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, Raft, SnapshotPolicy};
 
-use crate::{Faults, GrpcNetwork, LogStore, Peers, StateMachine, TypeConfig};
+use crate::{Error, Faults, GrpcNetwork, LogStore, Peers, StateMachine, TypeConfig};
 
 /// Longest a read barrier waits (for the leader's read index, then for
 /// this replica to apply up to it) before answering `UNAVAILABLE`.
@@ -30,7 +30,7 @@ pub struct ReplicaNode {
     /// What starting an instance takes, and the lock retiring holds.
     lifecycle: Arc<Lifecycle>,
     /// The engine it applies to (reads go here after a read barrier).
-    pub engine: Engine,
+    engine: Engine,
     node_id: u64,
     shard: u64,
     peers: Peers,
@@ -78,13 +78,24 @@ enum Forwarded {
 }
 
 fn unavailable(message: impl std::fmt::Display) -> Error {
-    Error::Remote {
-        reason: "UNAVAILABLE".into(),
-        message: message.to_string(),
-    }
+    Error::Unavailable(message.to_string())
 }
 
 impl ReplicaNode {
+    /// A read-only handle on the engine this replica applies to: its
+    /// writes go through raft ([`ReplicaNode::propose`]) and nothing else.
+    /// Reads of it see this replica's applied state; wait for
+    /// [`ReplicaNode::read_barrier`] first for a linearizable read.
+    pub fn reader(&self) -> imstore_engine::Reader {
+        self.engine.reader()
+    }
+
+    /// The engine itself, for this crate's replication steps (meta rows,
+    /// images) that write it as raft applies.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The running raft instance (cheap to clone; after a retire, the
     /// empty replica's).
     pub fn raft(&self) -> Raft<TypeConfig> {
@@ -374,10 +385,17 @@ impl ReplicaNode {
                 Forwarded::Refused => continue,
             }
         }
-        Err(Error::NotLeader {
-            leader: None,
-            address: None,
-        })
+        Err(self.not_leader(None, None))
+    }
+
+    /// [`Error::NotLeader`] from this node, with the leader it knows of.
+    fn not_leader(&self, leader: Option<u64>, address: Option<String>) -> Error {
+        Error::NotLeader {
+            shard: self.shard,
+            node: self.node_id,
+            leader,
+            address,
+        }
     }
 
     /// Answers one read of the shard: here, after the read barrier (none
@@ -416,9 +434,9 @@ impl ReplicaNode {
             )));
         }
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.query(query))
+        Ok(tokio::task::spawn_blocking(move || engine.query(query))
             .await
-            .map_err(unavailable)?
+            .map_err(unavailable)??)
     }
 
     async fn read_elsewhere(
@@ -439,9 +457,9 @@ impl ReplicaNode {
             });
             match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
                 Ok(Ok(answer)) => {
-                    let answer: Result<ShardAnswer, (String, String)> =
+                    let answer: Result<ShardAnswer, Error> =
                         bincode::deserialize(&answer.into_inner().payload).map_err(unavailable)?;
-                    return answer.map_err(|(reason, message)| Error::Remote { reason, message });
+                    return answer;
                 }
                 Ok(Err(status)) => failures.push(format!("node {id}: {}", status.message())),
                 Err(_) => failures.push(format!("node {id}: no answer in {FORWARD_TIMEOUT:?}")),
@@ -499,18 +517,12 @@ impl ReplicaNode {
             });
             (m.current_leader, address)
         };
-        let not_leader = Error::NotLeader {
-            leader,
-            address: address.clone(),
-        };
+        let not_leader = self.not_leader(leader, address.clone());
         let (Some(leader), Some(address)) = (leader.filter(|l| *l != self.node_id), address) else {
             return match self.raft().client_write(proposal).await {
                 Ok(response) => Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(Error::NotLeader {
-                        leader: f.leader_id,
-                        address: f.leader_node.map(|n| n.addr),
-                    })
+                    Err(self.not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
                 }
                 Err(e) => Err(unavailable(e)),
             };
@@ -550,14 +562,14 @@ impl ReplicaNode {
             Ok(answer) => bincode::deserialize(&answer.into_inner().payload)
                 .map(Forwarded::Applied)
                 .map_err(unavailable),
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                Ok(Forwarded::Refused)
-            }
-            Err(status) => Err(unavailable(format!(
-                "shard {}: forwarding to node {to}: {}",
-                self.shard,
-                status.message()
-            ))),
+            Err(status) => match Error::from_status(&status) {
+                refused if refused.is_refused_up_front() => Ok(Forwarded::Refused),
+                Error::Unavailable(why) => Err(unavailable(format!(
+                    "shard {}: forwarding to node {to}: {why}",
+                    self.shard
+                ))),
+                other => Err(other),
+            },
         }
     }
 
@@ -589,10 +601,7 @@ impl ReplicaNode {
             Err(e) => return Err(unavailable(e)),
         };
         let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) else {
-            return Err(Error::NotLeader {
-                leader: None,
-                address: None,
-            });
+            return Err(self.not_leader(None, None));
         };
         if self.faults.is_cut_off(leader) {
             return Err(unavailable("partitioned from the leader (fault injection)"));
@@ -604,12 +613,12 @@ impl ReplicaNode {
                 from: self.node_id,
             })
             .await
-            .map_err(|status| {
-                unavailable(format!(
-                    "shard {}: read index from node {leader}: {}",
-                    self.shard,
-                    status.message()
-                ))
+            .map_err(|status| match Error::from_status(&status) {
+                Error::Unavailable(why) => unavailable(format!(
+                    "shard {}: read index from node {leader}: {why}",
+                    self.shard
+                )),
+                other => other,
             })?
             .into_inner()
             .index;

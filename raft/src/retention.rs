@@ -63,8 +63,8 @@ async fn sweep(replica: &ReplicaNode) -> Result<usize, String> {
             .propose(Proposal(chunk.to_vec()))
             .await
             .map_err(|e| e.to_string())?;
-        if let Some((reason, message)) = responses.0.iter().find_map(|r| r.0.as_ref().err()) {
-            return Err(format!("{reason}: {message}"));
+        if let Some(refused) = responses.0.iter().find_map(|r| r.0.as_ref().err()) {
+            return Err(format!("{}: {refused}", refused.reason()));
         }
     }
     Ok(count)

@@ -15,11 +15,11 @@
 use std::time::Duration;
 
 use bincode::Options as _;
-use imstore_engine::{Command, Error};
+use imstore_engine::Command;
 use imstore_proto::raft as pb;
 use openraft::ServerState;
 
-use crate::{Proposal, ReplicaNode, Response};
+use crate::{Error, Proposal, ReplicaNode, Response};
 
 /// The engine shard (and raft group id) of the metadata group: above every
 /// data shard (`imstore node --shards` allows at most this many).
@@ -70,14 +70,14 @@ impl ShardMapEntry {
         let mut out = vec![ENTRY_VERSION];
         codec()
             .serialize_into(&mut out, self)
-            .map_err(|e| Error::Storage(format!("shard-map entry: {e}")))?;
+            .map_err(|e| Error::Internal(format!("shard-map entry: {e}")))?;
         Ok(out)
     }
 
     /// Decodes [`ShardMapEntry::encode`]'s bytes; anything else is an error,
     /// never a panic.
     pub fn decode(bytes: &[u8]) -> Result<ShardMapEntry, Error> {
-        let bad = |why: String| Error::Storage(format!("bad shard-map entry: {why}"));
+        let bad = |why: String| Error::Internal(format!("bad shard-map entry: {why}"));
         match bytes.split_first() {
             Some((&ENTRY_VERSION, rest)) => {
                 codec().deserialize(rest).map_err(|e| bad(e.to_string()))
@@ -108,7 +108,7 @@ impl ShardMapEntry {
 /// `shard`'s entry as this node's replica of the metadata group holds it
 /// (no read barrier: callers that need the latest take one first).
 pub(crate) fn read_entry(meta: &ReplicaNode, shard: u64) -> Result<Option<ShardMapEntry>, Error> {
-    meta.engine
+    meta.engine()
         .meta(&entry_key(shard))?
         .map(|bytes| ShardMapEntry::decode(&bytes))
         .transpose()
@@ -127,8 +127,8 @@ async fn publish(meta: &ReplicaNode, entry: &ShardMapEntry) -> Result<(), Error>
         .next()
     {
         Some(Response(Ok(_))) => Ok(()),
-        Some(Response(Err((reason, message)))) => Err(Error::Remote { reason, message }),
-        None => Err(Error::Storage("no response to a shard-map write".into())),
+        Some(Response(Err(refused))) => Err(refused.into()),
+        None => Err(Error::Internal("no response to a shard-map write".into())),
     }
 }
 

@@ -475,8 +475,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .map(|at| {
                                 Response(match outcomes.get(at) {
                                     Some(Ok(o)) => Ok(o.clone()),
-                                    Some(Err(e)) => Err((e.reason().to_owned(), e.to_string())),
-                                    None => Err(("INTERNAL".into(), "missing outcome".into())),
+                                    Some(Err(e)) => Err(e.clone()),
+                                    None => Err(imstore_engine::Error::Storage(
+                                        "the apply step returned no outcome for a command".into(),
+                                    )),
                                 })
                             })
                             .collect(),

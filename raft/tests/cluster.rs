@@ -183,15 +183,23 @@ fn is_locked(e: &std::io::Error) -> bool {
 fn reopen<T, E: Into<Box<dyn std::error::Error>>>(
     mut open: impl FnMut() -> Result<Option<T>, E>,
 ) -> Result<T, Box<dyn std::error::Error>> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(opened) = open().map_err(Into::into)? {
-            return Ok(opened);
-        }
-        if std::time::Instant::now() > deadline {
-            return Err("the previous stores never closed".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let mut failed = None;
+    let opened = imstore_testkit::eventually(
+        "the previous stores to close",
+        Duration::from_secs(30),
+        || match open() {
+            Ok(Some(opened)) => Ok(Some(opened)),
+            Ok(None) => Err("still locked"),
+            Err(e) => {
+                failed = Some(e.into());
+                Ok(None)
+            }
+        },
+    )?;
+    match (opened, failed) {
+        (Some(opened), _) => Ok(opened),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err("the store neither opened nor failed".into()),
     }
 }
 
@@ -261,7 +269,7 @@ async fn write_indexed(
     let Some(Response(result)) = response.data.0.into_iter().next() else {
         return Err("no response".into());
     };
-    let outcome = result.map_err(|(reason, message)| format!("{reason}: {message}"))?;
+    let outcome = result.map_err(|e| format!("{}: {e}", e.reason()))?;
     Ok((outcome, index))
 }
 

@@ -58,7 +58,7 @@ async fn a_replica_that_leads_or_was_added_back_is_not_retired() -> TestResult {
 
     // Nothing was deleted, and the same instance runs and takes writes.
     assert_eq!(node.raft().metrics().borrow().state, ServerState::Leader);
-    let stored = node.engine.read(7, 1, 10, Direction::Forward)?;
+    let stored = node.reader().read(7, 1, 10, Direction::Forward)?;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].payload, "kept");
     node.propose(Proposal(vec![Command::Append(vec![NewMessage {
@@ -69,7 +69,7 @@ async fn a_replica_that_leads_or_was_added_back_is_not_retired() -> TestResult {
         timestamp_ms: 1_700_000_000_001,
     }])]))
     .await?;
-    assert_eq!(node.engine.last_seq(7)?, 2);
+    assert_eq!(node.reader().last_seq(7)?, 2);
     node.raft().shutdown().await?;
     Ok(())
 }

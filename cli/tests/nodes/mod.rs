@@ -1,7 +1,7 @@
 //! Real `imstore node` processes on 127.0.0.1 for the cluster tests, and
 //! the client-side helpers they share: finding the leader, sending with
 //! retries that follow leader hints, reading a replica's timeline.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -15,6 +15,7 @@ use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
+pub use imstore_testkit::{eventually, eventually_async, holds};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type TaskResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -215,18 +216,17 @@ pub fn stop_all(mut nodes: Nodes) -> Vec<PathBuf> {
 pub async fn wait_for_leader(
     addrs: &[SocketAddr],
 ) -> Result<SocketAddr, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        for &addr in addrs {
-            if let Some(s) = status(addr).await {
-                if s.state == "Leader" {
+    Ok(
+        eventually_async("a leader of shard 0", Duration::from_secs(30), || async {
+            for &addr in addrs {
+                if status(addr).await.is_some_and(|s| s.state == "Leader") {
                     return Ok(addr);
                 }
             }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err("no leader elected within 30 s".into())
+            Err("no node leads yet")
+        })
+        .await?,
+    )
 }
 
 /// Polls `addr` until `done` holds for its status (shard 0; bounded),
@@ -247,21 +247,15 @@ pub async fn wait_for_shard(
     what: &str,
     done: impl Fn(&rpb::NodeStatus) -> bool,
 ) -> Result<rpb::NodeStatus, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(s) = shard_status(addr, shard).await {
-            if done(&s) {
-                return Ok(s);
-            }
-            last = Some(s);
+    let what = format!("{addr} shard {shard}: {what}");
+    Ok(eventually_async(&what, Duration::from_secs(120), || async {
+        match shard_status(addr, shard).await {
+            Some(s) if done(&s) => Ok(s),
+            Some(s) => Err(format!("status {s:?}")),
+            None => Err("no answer".to_owned()),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(
-        format!("{addr} shard {shard}: {what} not reached within 120 s; last status {last:?}")
-            .into(),
-    )
+    })
+    .await?)
 }
 
 /// Waits until every node in `addrs` has applied at least `index`.
@@ -284,11 +278,12 @@ pub async fn highest_applied(addrs: &[SocketAddr]) -> u64 {
     highest
 }
 
-/// The leader address a NOT_LEADER status carries in its message.
+/// The leader address a NOT_LEADER status names in its `ErrorInfo`.
 pub fn leader_hint(status: &tonic::Status) -> Option<String> {
-    let message = status.message();
-    let at = message.find(" at ")?;
-    Some(message[at + 4..].trim().to_owned())
+    let (reason, mut metadata) = imstore_proto::errors::error_info(status)?;
+    (reason == "NOT_LEADER")
+        .then(|| metadata.remove("leader_address"))
+        .flatten()
 }
 
 /// Runs `call` against the nodes until it succeeds, following leader

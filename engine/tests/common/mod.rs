@@ -56,14 +56,7 @@ pub fn poll_until<T>(
     limit: std::time::Duration,
     mut check: impl FnMut() -> Option<T>,
 ) -> Result<T, Box<dyn std::error::Error>> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return Ok(value);
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(format!("gave up after {limit:?} waiting for {what}").into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    Ok(imstore_testkit::eventually(what, limit, || {
+        check().ok_or("not yet")
+    })?)
 }
