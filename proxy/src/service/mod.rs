@@ -30,6 +30,11 @@ use crate::fanout::{merge_friends, merge_lists, merge_sync, ShardPage};
 use crate::hub::{conversation_advanced, inbox_advanced, resync, Hub, Subscriber, WatchStream};
 use crate::{Backend, Metrics, Route};
 
+mod user;
+mod watch;
+
+pub use watch::WATCH_SHARD_HEADER;
+
 /// Limits the service enforces before the engine sees a request.
 #[derive(Debug, Clone)]
 pub struct ServiceLimits {
@@ -64,55 +69,6 @@ pub struct ImstoreService<B: Backend> {
     relay_channels: std::sync::Mutex<HashMap<String, Channel>>,
 }
 
-/// Request metadata that scopes a `Watch` to one shard, which the node must
-/// host: how a node follows, for its own watcher, a shard it does not.
-pub const WATCH_SHARD_HEADER: &str = "imstore-watch-shard";
-
-/// Whether a watch another node refused may be taken by the next
-/// replica: that node does not host the shard (`NOT_HOSTED`) or is down
-/// (`UNAVAILABLE`, `NOT_LEADER`, or no `ErrorInfo` at all: a connection
-/// that failed). Decided by the reason, not the text.
-fn watch_elsewhere_may_help(status: &Status) -> bool {
-    match imstore_proto::errors::error_info(status) {
-        Some((reason, _)) => matches!(reason.as_str(), "NOT_HOSTED" | "UNAVAILABLE" | "NOT_LEADER"),
-        None => status.code() == Code::Unavailable,
-    }
-}
-
-/// Relays `remote`'s notifications about `shard` to `subscriber` until
-/// either ends; a remote end becomes a resync.
-async fn relay(
-    shard: u64,
-    mut remote: tonic::Streaming<pb::Notification>,
-    subscriber: Arc<Subscriber>,
-) {
-    let about_shard = |n: &pb::Notification| match &n.event {
-        Some(pb::notification::Event::Inbox(a)) => u64::from(a.shard) == shard,
-        Some(pb::notification::Event::Conversation(a)) => u64::from(a.shard) == shard,
-        _ => false,
-    };
-    let why = loop {
-        tokio::select! {
-            _ = subscriber.closed() => return,
-            next = remote.message() => match next {
-                Ok(Some(n)) => {
-                    if let Some(pb::notification::Event::Resync(r)) = &n.event {
-                        break r.reason.clone();
-                    }
-                    if about_shard(&n) && !subscriber.offer(n) {
-                        return;
-                    }
-                }
-                Ok(None) => break "its stream ended".to_owned(),
-                Err(s) => break s.message().to_owned(),
-            }
-        }
-    };
-    subscriber.offer(resync(format!(
-        "shard {shard} is watched at another node, which stopped ({why}); sync and watch again"
-    )));
-}
-
 impl<B: Backend> ImstoreService<B> {
     /// A service over `backend`, publishing commits to `hub`.
     pub fn new(
@@ -130,23 +86,6 @@ impl<B: Backend> ImstoreService<B> {
             data_dir,
             relay_channels: std::sync::Mutex::default(),
         }
-    }
-
-    /// The shared channel to the node at `address`.
-    fn relay_channel(&self, address: &str) -> Result<Channel, String> {
-        let mut channels = self
-            .relay_channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
-        }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| e.to_string())?
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(address.to_owned(), channel.clone());
-        Ok(channel)
     }
 
     /// Times a call and counts its outcome.
@@ -256,53 +195,6 @@ impl<B: Backend> ImstoreService<B> {
             .zip(answers)
             .map(|(&shard, answer)| pick(shard, answer).ok_or_else(mismatched))
             .collect()
-    }
-
-    /// Follows `shard`, which this node does not host, for a watch: the
-    /// same request, scoped to that shard ([`WATCH_SHARD_HEADER`]), at a
-    /// node that hosts it (the likely leader first), and that stream's
-    /// notifications about the shard relayed to `subscriber`. The remote
-    /// node sends the shard's catch-up itself. Once the remote stream
-    /// ends, the subscriber is told to resync.
-    async fn watch_elsewhere(
-        &self,
-        shard: u64,
-        request: &pb::WatchRequest,
-        subscriber: Arc<Subscriber>,
-    ) -> Result<(), Status> {
-        let mut failures = Vec::new();
-        for address in self.backend.replicas_of(shard).map_err(to_status)? {
-            let mut client = match self.relay_channel(&address) {
-                Ok(channel) => ImstoreClient::new(channel),
-                Err(e) => {
-                    failures.push(format!("{address}: {e}"));
-                    continue;
-                }
-            };
-            let mut scoped = Request::new(request.clone());
-            scoped
-                .metadata_mut()
-                .insert(WATCH_SHARD_HEADER, MetadataValue::from(shard));
-            match client.watch(scoped).await {
-                Ok(remote) => {
-                    tokio::spawn(relay(shard, remote.into_inner(), subscriber));
-                    return Ok(());
-                }
-                // Not (or no longer) hosted there, or down: the next one.
-                Err(s) if watch_elsewhere_may_help(&s) => {
-                    failures.push(format!("{address}: {}", s.message()))
-                }
-                Err(s) => return Err(s),
-            }
-        }
-        Err(status(
-            "UNAVAILABLE",
-            format!(
-                "shard {shard}: no replica took the watch ({})",
-                failures.join("; ")
-            ),
-            &[],
-        ))
     }
 
     async fn conversation(&self, command: Command) -> Result<pb::ConversationResponse, Status> {
@@ -669,156 +561,21 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::ListFriendsRequest>,
     ) -> Result<Response<pb::ListFriendsResponse>, Status> {
-        let r = request.into_inner();
-        self.observe("ListFriends", async {
-            let n = limit(r.limit)?;
-            let status = match pb::FriendStatus::try_from(r.status) {
-                Ok(pb::FriendStatus::Friends) => FriendStatus::Friends,
-                Ok(pb::FriendStatus::Outgoing) => FriendStatus::Outgoing,
-                Ok(pb::FriendStatus::Incoming) => FriendStatus::Incoming,
-                _ => return Err(invalid(format!("friend status {} is not a list", r.status))),
-            };
-            let pages = self
-                .ask_every_shard(
-                    |_| ShardQuery::Friends {
-                        user: r.user,
-                        status,
-                        after: r.after_user,
-                        limit: n,
-                    },
-                    |_, answer| match answer {
-                        ShardAnswer::Friends(page) => Some(page),
-                        _ => None,
-                    },
-                )
-                .await?;
-            let friends = merge_friends(pages, n as usize);
-            Ok(pb::ListFriendsResponse {
-                friends: friends
-                    .into_iter()
-                    .map(|f| pb::Friend {
-                        user: f.user,
-                        status: friend_status(f.status) as i32,
-                        since_ms: f.since_ms,
-                        conversation: f.conversation,
-                    })
-                    .collect(),
-            })
-        })
-        .await
+        self.list_friends_rpc(request).await
     }
 
     async fn sync(
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
-        let r = request.into_inner();
-        self.observe("Sync", async {
-            let n = limit(r.limit)?;
-            let user = r.user;
-            let count = self.backend.shard_count();
-            // A client's cursor (one per shard), or a device whose saved
-            // cursors each shard keeps.
-            let (given, device) = match r.from {
-                Some(pb::sync_request::From::Device(device)) => (None, Some(Bytes::from(device))),
-                Some(pb::sync_request::From::Cursor(c)) => (Some(shard_cursors(count, &c)?), None),
-                None => (Some(vec![SyncCursor::default(); count as usize]), None),
-            };
-            let pages = self
-                .ask_every_shard(
-                    |shard| ShardQuery::Sync {
-                        user,
-                        from: match (&given, &device) {
-                            (Some(cursors), _) => SyncFrom::Cursor(cursors[shard as usize]),
-                            (None, Some(device)) => SyncFrom::Device(device.clone()),
-                            (None, None) => SyncFrom::Cursor(SyncCursor::default()),
-                        },
-                        limit: n,
-                    },
-                    |shard, answer| match answer {
-                        ShardAnswer::Sync { from, page } => Some(ShardPage { shard, from, page }),
-                        _ => None,
-                    },
-                )
-                .await?;
-            let started: Vec<SyncCursor> = pages.iter().map(|p| p.from).collect();
-            let merged = merge_sync(pages, n as usize);
-            if let Some(device) = device {
-                // Saved (durably, in every shard that moved) before the
-                // page is answered: a device gets each page at most once.
-                let moved = merged
-                    .cursors
-                    .iter()
-                    .zip(&started)
-                    .zip(0u64..)
-                    .filter(|((now, was), _)| now != was)
-                    .map(|((now, _), shard)| {
-                        (
-                            shard,
-                            Command::SaveCursor {
-                                user,
-                                device: device.clone(),
-                                cursor: *now,
-                            },
-                        )
-                    })
-                    .collect();
-                self.write_shards(moved).await?;
-            }
-            Ok(pb::SyncResponse {
-                entries: merged
-                    .entries
-                    .into_iter()
-                    .map(|(shard, inbox_seq, v)| pb::InboxEntry {
-                        inbox_seq,
-                        message: Some(message(v)),
-                        shard: u32::try_from(shard).unwrap_or(u32::MAX),
-                    })
-                    .collect(),
-                advanced: merged
-                    .advanced
-                    .into_iter()
-                    .map(|a| pb::Advanced {
-                        conversation: a.conversation,
-                        last_seq: a.last_seq,
-                    })
-                    .collect(),
-                cursor: Some(cursor_message(&merged.cursors)),
-                more: merged.more,
-            })
-        })
-        .await
+        self.sync_rpc(request).await
     }
 
     async fn save_cursor(
         &self,
         request: Request<pb::SaveCursorRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let r = request.into_inner();
-        self.observe("SaveCursor", async {
-            let c = r.cursor.ok_or_else(|| invalid("cursor is required"))?;
-            let cursors = shard_cursors(self.backend.shard_count(), &c)?;
-            let device = Bytes::from(r.device);
-            self.write_shards(
-                cursors
-                    .into_iter()
-                    .zip(0u64..)
-                    .map(|(cursor, shard)| {
-                        (
-                            shard,
-                            Command::SaveCursor {
-                                user: r.user,
-                                device: device.clone(),
-                                cursor,
-                            },
-                        )
-                    })
-                    .collect(),
-            )
-            .await?;
-            Ok(pb::Empty {})
-        })
-        .await
+        self.save_cursor_rpc(request).await
     }
 
     type WatchStream = WatchStream;
@@ -827,133 +584,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let scope = match request.metadata().get(WATCH_SHARD_HEADER) {
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| invalid(format!("{WATCH_SHARD_HEADER} is not a shard id")))?,
-            ),
-            None => None,
-        };
-        let r = request.into_inner();
-        self.observe("Watch", async {
-            if r.users.len() > self.limits.max_watch_users {
-                return Err(invalid(format!(
-                    "{} users in one watch is over the limit of {}",
-                    r.users.len(),
-                    self.limits.max_watch_users
-                )));
-            }
-            if self.hub.len() >= self.limits.max_watchers {
-                return Err(status(
-                    "RESOURCE_EXHAUSTED",
-                    format!(
-                        "{} watch streams is the server's limit",
-                        self.limits.max_watchers
-                    ),
-                    &[("max_watchers", self.limits.max_watchers as u64)],
-                ));
-            }
-            let count = self.backend.shard_count();
-            // What the subscriber knows: each user's inbox seq and the
-            // change counter, per shard.
-            let mut known_inbox: Vec<(u64, Vec<u64>)> = Vec::with_capacity(r.users.len());
-            for p in &r.users {
-                let cursors = shard_cursors(
-                    count,
-                    &pb::Cursor {
-                        inbox_seq: p.inbox_seq,
-                        change: 0,
-                        shards: p.shards.clone(),
-                    },
-                )?;
-                known_inbox.push((p.user, cursors.iter().map(|c| c.inbox_seq).collect()));
-            }
-            let known_change: Vec<u64> = shard_cursors(
-                count,
-                &pb::Cursor {
-                    inbox_seq: 0,
-                    change: r.change,
-                    shards: r.shards.clone(),
-                },
-            )?
-            .iter()
-            .map(|c| c.change)
-            .collect();
-            let users: Vec<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
-            // The shards whose commits reach this node's hub are watched
-            // here; each other one at a node hosting it, whose stream is
-            // relayed (a relayed watch is one shard's, never relayed on).
-            let (here, elsewhere): (Vec<u64>, Vec<u64>) = match scope {
-                Some(shard) if shard >= count => {
-                    return Err(invalid(format!("shard {shard} of {count}")))
-                }
-                Some(shard) if !self.backend.hosts(shard) => {
-                    return Err(status(
-                        "NOT_HOSTED",
-                        format!("this node does not host shard {shard}"),
-                        &[("shard", shard)],
-                    ))
-                }
-                Some(shard) => (vec![shard], Vec::new()),
-                None => (0..count).partition(|&shard| self.backend.hosts(shard)),
-            };
-            // The big conversations of the watched users, and where every
-            // watched thing stands now, in each shard watched here.
-            let per_shard = self
-                .ask_shards(
-                    &here,
-                    |shard| ShardQuery::WatchState {
-                        users: users.clone(),
-                        listed: r
-                            .conversations
-                            .iter()
-                            .copied()
-                            .filter(|&c| imstore_engine::shard_for(c, count) == shard)
-                            .collect(),
-                        known_change: known_change[shard as usize],
-                    },
-                    |_, answer| match answer {
-                        ShardAnswer::WatchState {
-                            conversations,
-                            heads,
-                            advanced,
-                        } => Some((conversations, heads, advanced)),
-                        _ => None,
-                    },
-                )
-                .await?;
-            // Subscribe first, then send the catch-up: an event in between
-            // is delivered twice at worst, never lost.
-            let user_set: HashSet<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
-            // Listed conversations are among their own shard's.
-            let conversations: HashSet<u64> = per_shard
-                .iter()
-                .flat_map(|(c, _, _)| c.iter().copied())
-                .collect();
-            let (subscriber, stream) =
-                self.hub
-                    .subscribe(user_set, conversations, self.limits.watch_buffer);
-            for ((_, heads, advanced), &shard) in per_shard.iter().zip(&here) {
-                let label = u32::try_from(shard).unwrap_or(u32::MAX);
-                for ((user, known), head) in known_inbox.iter().zip(heads) {
-                    if *head > known[shard as usize] {
-                        subscriber.offer(inbox_advanced(*user, *head, label));
-                    }
-                }
-                for &(c, seq, ch) in advanced {
-                    subscriber.offer(conversation_advanced(c, seq, ch, label));
-                }
-            }
-            for shard in elsewhere {
-                self.watch_elsewhere(shard, &r, Arc::clone(&subscriber))
-                    .await?;
-            }
-            Ok(stream)
-        })
-        .await
+        self.watch_rpc(request).await
     }
 
     async fn mark_read(
@@ -1008,82 +639,14 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::GetUnreadRequest>,
     ) -> Result<Response<pb::GetUnreadResponse>, Status> {
-        let r = request.into_inner();
-        self.observe("GetUnread", async {
-            let unread = match r.conversation {
-                0 => self
-                    .ask_every_shard(
-                        |_| ShardQuery::UnreadTotal { user: r.user },
-                        |_, answer| match answer {
-                            ShardAnswer::Count(n) => Some(n),
-                            _ => None,
-                        },
-                    )
-                    .await?
-                    .into_iter()
-                    .sum(),
-                c => {
-                    let query = ShardQuery::Unread {
-                        user: r.user,
-                        conversation: c,
-                    };
-                    match self.ask(Route::Conversation(c), false, query).await? {
-                        ShardAnswer::Count(n) => n,
-                        _ => return Err(mismatched()),
-                    }
-                }
-            };
-            Ok(pb::GetUnreadResponse { unread })
-        })
-        .await
+        self.get_unread_rpc(request).await
     }
 
     async fn list_conversations(
         &self,
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
-        let r = request.into_inner();
-        self.observe("ListConversations", async {
-            let n = limit(r.limit)?;
-            let after = r.after.map(|a| ListCursor {
-                last_activity_ms: a.last_activity_ms,
-                conversation: a.conversation,
-            });
-            let pages = self
-                .ask_every_shard(
-                    |_| ShardQuery::ConversationList {
-                        user: r.user,
-                        after,
-                        limit: n,
-                    },
-                    |_, answer| match answer {
-                        ShardAnswer::List(page) => Some(page),
-                        _ => None,
-                    },
-                )
-                .await?;
-            let list = merge_lists(pages, n as usize);
-            Ok(pb::ListConversationsResponse {
-                conversations: list
-                    .into_iter()
-                    .map(|s| pb::ConversationSummary {
-                        conversation: s.conversation,
-                        kind: match s.kind {
-                            ConversationKind::Direct => pb::ConversationKind::Direct,
-                            ConversationKind::Group => pb::ConversationKind::Group,
-                            _ => pb::ConversationKind::Unspecified,
-                        } as i32,
-                        last_seq: s.last_seq,
-                        last_activity_ms: s.last_activity_ms,
-                        read_seq: s.read_seq,
-                        unread: s.unread,
-                        member: s.member,
-                        last_message: s.last_message.map(message),
-                    })
-                    .collect(),
-            })
-        })
-        .await
+        self.list_conversations_rpc(request).await
     }
 
     async fn clear_history(
