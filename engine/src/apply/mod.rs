@@ -101,9 +101,15 @@ impl From<&Options> for ApplyLimits {
     }
 }
 
-#[path = "im_apply.rs"]
+mod friends;
+mod history;
 mod im;
-pub use im::push_image_meta_row;
+mod image;
+mod membership;
+mod overlays;
+mod reads;
+mod send;
+pub use image::push_image_meta_row;
 
 /// Changes made by the commands applied so far in one group, not yet written.
 #[derive(Default)]

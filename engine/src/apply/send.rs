@@ -1,0 +1,98 @@
+//! Sends: a message into its conversation, fanned out to the members'
+//! inboxes up to the write fan-out threshold (推拉结合).
+
+use super::im::corrupt_value;
+use super::{CommittedState, GroupApplier, Pending, Space};
+use crate::codec::{self, im_key, tag, InboxEntry, MemberEntry};
+use crate::{Appended, NewMessage, Result, SendMessage};
+
+impl<S: CommittedState> GroupApplier<'_, S> {
+    pub(super) fn send(&mut self, scratch: &mut Pending, m: &SendMessage) -> Result<Appended> {
+        let message = NewMessage {
+            conversation: m.conversation,
+            sender: m.sender,
+            client_msg_id: m.client_msg_id.clone(),
+            payload: m.payload.clone(),
+            timestamp_ms: m.timestamp_ms,
+        };
+        self.validate(std::slice::from_ref(&message))?;
+        self.managed(scratch, m.conversation)?;
+        // A retry is answered before the membership check: the original
+        // send was accepted, whatever happened to the membership since.
+        let dedup_key = codec::dedup_key(m.conversation, m.sender, &m.client_msg_id);
+        if let Some(entry) = self.dedup(scratch, &dedup_key)? {
+            if m.timestamp_ms
+                <= entry
+                    .timestamp_ms
+                    .saturating_add(self.limits.dedup_window_ms)
+            {
+                return Ok(Appended {
+                    seq: entry.seq,
+                    duplicate: true,
+                });
+            }
+        }
+        let mut sender = self.current_member(scratch, m.conversation, m.sender)?;
+        let appended = self.append_one(scratch, &message)?;
+        let seq = appended.seq;
+        let mut state = self.conversation(scratch, m.conversation)?;
+
+        if state.member_count > self.limits.fanout_max_members {
+            // Read fan-out: one write, whatever the group's size; sync
+            // reports the conversation through the change counter.
+            let change = self.next_change(scratch);
+            scratch.change = Some(change);
+            state.big_last_seq = seq;
+            state.big_changed_at = change;
+            scratch.conversations.insert(m.conversation, state);
+        } else {
+            for user in self.current_members(scratch, m.conversation)? {
+                let inbox_seq = self.inbox_last(scratch, user)? + 1;
+                Self::kv_put(
+                    scratch,
+                    Space::Im,
+                    im_key(tag::INBOX, &[user, inbox_seq], &[]),
+                    InboxEntry {
+                        conversation: m.conversation,
+                        seq,
+                    }
+                    .encode(),
+                );
+            }
+        }
+        if state.member_count <= self.limits.receipt_list_max_members || m.receipt {
+            // The (empty) read list marks the message as tracked.
+            Self::kv_put(
+                scratch,
+                Space::Receipts,
+                codec::receipt_key(m.conversation, seq).to_vec(),
+                Vec::new(),
+            );
+        }
+        // Sending means having read everything before: the sender's read
+        // position moves to the new message, so no message of a user's own
+        // ever lies beyond their read position.
+        self.advance_read(scratch, m.conversation, m.sender, &mut sender, seq - 1)?;
+        sender.read_seq = sender.read_seq.max(seq);
+        Self::put_member(scratch, m.conversation, m.sender, &sender);
+        Ok(appended)
+    }
+
+    /// Current members, ascending.
+    pub(super) fn current_members(
+        &mut self,
+        scratch: &Pending,
+        conversation: u64,
+    ) -> Result<Vec<u64>> {
+        let lo = im_key(tag::MEMBER, &[conversation], &[]);
+        let hi = im_key(tag::MEMBER, &[conversation + 1], &[]);
+        let mut out = Vec::new();
+        for (key, value) in self.kv_scan(scratch, Space::Im, &lo, &hi)? {
+            let entry = MemberEntry::decode(&value).map_err(corrupt_value("member entry"))?;
+            if entry.is_current() {
+                out.push(codec::im_key_id(&key, 1).map_err(corrupt_value("member key"))?);
+            }
+        }
+        Ok(out)
+    }
+}
