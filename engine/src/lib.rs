@@ -81,6 +81,7 @@ mod wal_sync;
 /// the engine's API never needs it.
 #[doc(hidden)]
 pub mod codec;
+pub mod placement;
 
 pub use crate::apply::push_image_meta_row;
 pub use crate::backup::{
@@ -89,13 +90,13 @@ pub use crate::backup::{
 };
 pub use crate::clean_close::CLEAN_CLOSE_MARKER;
 pub use crate::codec::image_rows_prefix;
-pub use crate::codec::{pair_key, shard_for};
 pub use crate::disk::{
     default_ballast_bytes, disk_space, release_ballast, DiskSpace, BALLAST_FILE,
     DEFAULT_BALLAST_MAX_BYTES, RESUME_HEADROOM_BYTES,
 };
 pub use crate::engine::Engine;
 pub use crate::error::{refuse_orphaned_files, Entity, Error, Result, TimedAction};
+pub use crate::placement::{pair_key, shard_for};
 
 /// For the raft log store, which opens a RocksDB of its own and guards it
 /// as the engine guards its store: refuse a crashed database whose

@@ -16,7 +16,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use imstore_engine::codec::direct_conversation_id;
+use imstore_engine::placement::direct_conversation_id;
 use imstore_engine::{
     Command, ConversationKind, Direction, Engine, Error, FriendOutcome, FriendStatus, MessageView,
     Options, Outcome, SendMessage,

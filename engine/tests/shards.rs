@@ -239,7 +239,7 @@ fn shard_ids_above_the_highest_are_refused() -> TestResult {
 /// (used only on a collision) are filtered to the same shard.
 #[test]
 fn direct_conversation_ids_stay_in_the_pair_shard() -> TestResult {
-    use imstore_engine::codec::{direct_candidates, direct_conversation_id};
+    use imstore_engine::placement::{direct_candidates, direct_conversation_id};
     use imstore_engine::{pair_key, shard_for};
     for shards in [1u64, 4, 16, 256] {
         for (a, b) in [(1u64, 2u64), (2, 1), (7, 1_000_000), (u64::MAX >> 1, 3)] {

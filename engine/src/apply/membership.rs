@@ -3,7 +3,7 @@
 
 use super::{CommittedState, GroupApplier, Pending, Space};
 use crate::codec::{
-    self, im_key, tag, ConversationKind, ConversationState, MemberEntry, UserConversation, OPEN,
+    im_key, tag, ConversationKind, ConversationState, MemberEntry, UserConversation, OPEN,
 };
 use crate::{Entity, Error, Outcome, Result};
 
@@ -33,7 +33,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         members: &[u64],
         timestamp_ms: u64,
     ) -> Result<Outcome> {
-        if conversation == 0 || conversation & codec::DIRECT_ID_BIT != 0 {
+        if conversation == 0 || conversation & crate::placement::DIRECT_ID_BIT != 0 {
             return Err(Error::InvalidArgument(format!(
                 "group id {conversation} must be non-zero with the top bit clear"
             )));
@@ -123,7 +123,8 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             let id = crate::store::decode_u64(&v, "direct conversation id")?;
             return Ok((id, false));
         }
-        let candidates = codec::direct_candidates(user, peer, self.limits.placement_shards);
+        let candidates =
+            crate::placement::direct_candidates(user, peer, self.limits.placement_shards);
         for id in candidates.take(DIRECT_ID_ATTEMPTS as usize) {
             if self.conversation(scratch, id)?.exists() {
                 continue;
