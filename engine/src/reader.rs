@@ -44,6 +44,16 @@ impl Reader {
         self.engine.commit_stats()
     }
 
+    /// RocksDB's figures ([`Engine::storage_stats`]).
+    pub fn storage_stats(&self) -> Vec<(&'static str, u64)> {
+        self.engine.storage_stats()
+    }
+
+    /// The data volume's space ([`Engine::disk_space`]).
+    pub fn disk_space(&self) -> Result<crate::DiskSpace> {
+        self.engine.disk_space()
+    }
+
     /// Checks every stored byte ([`Engine::verify`]).
     pub fn verify(&self, progress: &mut dyn FnMut(VerifyProgress)) -> Result<VerifyReport> {
         self.engine.verify(progress)

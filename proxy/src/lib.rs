@@ -45,5 +45,5 @@ pub use error::{to_status, ServiceError, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;
 pub use node::{fix_shard_count, NodeConfig, SHARD_COUNT_FILE};
-pub use server::{serve_metrics, RenderMetrics, ServeError, Server, ServerConfig};
+pub use server::{serve_http, HttpEndpoint, Readiness, ServeError, Server, ServerConfig};
 pub use service::{ImstoreService, ServiceLimits, WATCH_SHARD_HEADER};

@@ -1,33 +1,60 @@
-//! Prometheus metrics: per-RPC request and error counts and latency
-//! histograms, plus the engine's figures, rendered in the text exposition
-//! format for the server's `/metrics` endpoint.
+//! Prometheus metrics, through `prometheus-client`: per-RPC request and
+//! error counts and latency histograms ([`Metrics`]), and the figures read
+//! at each scrape (the store's, and on a node each replica's), encoded in
+//! the OpenMetrics text format for the server's `/metrics` endpoint.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use imstore_engine::Engine;
+use imstore_engine::Reader;
+use imstore_raft::{FigureKind, ReplicaNode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tonic::Code;
+
+use crate::Hub;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-#[derive(Default)]
-struct RpcStats {
-    requests: u64,
-    errors: BTreeMap<&'static str, u64>,
-    /// Cumulative counts per bucket (the last one is +Inf).
-    buckets: [u64; BUCKETS.len() + 1],
-    sum_seconds: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcErrorLabels {
+    rpc: &'static str,
+    code: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// Counters of every RPC since start.
-#[derive(Default)]
 pub struct Metrics {
-    rpcs: Mutex<BTreeMap<&'static str, RpcStats>>,
+    requests: Family<RpcLabels, Counter>,
+    errors: Family<RpcErrorLabels, Counter>,
+    durations: Family<RpcLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            durations: Family::new_with_constructor(latency_histogram),
+        }
+    }
 }
 
 fn code_name(code: Code) -> &'static str {
@@ -53,144 +80,168 @@ fn code_name(code: Code) -> &'static str {
 }
 
 impl Metrics {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<&'static str, RpcStats>> {
-        self.rpcs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records one finished call.
     pub fn record(&self, rpc: &'static str, elapsed: Duration, result: Result<(), Code>) {
-        let seconds = elapsed.as_secs_f64();
-        let mut rpcs = self.lock();
-        let stats = rpcs.entry(rpc).or_default();
-        stats.requests += 1;
-        stats.sum_seconds += seconds;
-        let first = BUCKETS
-            .iter()
-            .position(|&b| seconds <= b)
-            .unwrap_or(BUCKETS.len());
-        for bucket in &mut stats.buckets[first..] {
-            *bucket += 1;
-        }
+        let labels = RpcLabels { rpc };
+        self.requests.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         if let Err(code) = result {
-            *stats.errors.entry(code_name(code)).or_default() += 1;
+            let code = code_name(code);
+            self.errors
+                .get_or_create(&RpcErrorLabels { rpc, code })
+                .inc();
         }
     }
 
     /// Requests recorded for one RPC (for tests).
-    pub fn requests(&self, rpc: &str) -> u64 {
-        self.lock().get(rpc).map_or(0, |s| s.requests)
+    pub fn requests(&self, rpc: &'static str) -> u64 {
+        self.requests.get_or_create(&RpcLabels { rpc }).get()
     }
 
-    /// The text exposition of everything, with the engine's figures.
-    pub fn render(&self, engine: &Engine, watchers: usize) -> String {
-        let mut out = String::new();
-        let rpcs = self.lock();
-        let _ = writeln!(
-            out,
-            "# HELP imstore_rpc_requests_total gRPC requests handled, by RPC."
+    /// Adds the RPC families to `registry`.
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "imstore_rpc_requests",
+            "gRPC requests handled, by RPC.",
+            self.requests.clone(),
         );
-        let _ = writeln!(out, "# TYPE imstore_rpc_requests_total counter");
-        for (rpc, s) in rpcs.iter() {
-            let _ = writeln!(
-                out,
-                "imstore_rpc_requests_total{{rpc=\"{rpc}\"}} {}",
-                s.requests
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP imstore_rpc_errors_total gRPC requests that failed, by RPC and status code."
+        registry.register(
+            "imstore_rpc_errors",
+            "gRPC requests that failed, by RPC and status code.",
+            self.errors.clone(),
         );
-        let _ = writeln!(out, "# TYPE imstore_rpc_errors_total counter");
-        for (rpc, s) in rpcs.iter() {
-            for (code, n) in &s.errors {
-                let _ = writeln!(
-                    out,
-                    "imstore_rpc_errors_total{{rpc=\"{rpc}\",code=\"{code}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP imstore_rpc_duration_seconds gRPC request latency, by RPC."
+        registry.register(
+            "imstore_rpc_duration_seconds",
+            "gRPC request latency, by RPC.",
+            self.durations.clone(),
         );
-        let _ = writeln!(out, "# TYPE imstore_rpc_duration_seconds histogram");
-        for (rpc, s) in rpcs.iter() {
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "imstore_rpc_duration_seconds_bucket{{rpc=\"{rpc}\",le=\"{bound}\"}} {}",
-                    s.buckets[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "imstore_rpc_duration_seconds_bucket{{rpc=\"{rpc}\",le=\"+Inf\"}} {}",
-                s.buckets[BUCKETS.len()]
-            );
-            let _ = writeln!(
-                out,
-                "imstore_rpc_duration_seconds_sum{{rpc=\"{rpc}\"}} {}",
-                s.sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "imstore_rpc_duration_seconds_count{{rpc=\"{rpc}\"}} {}",
-                s.requests
-            );
+    }
+}
+
+/// Everything a server's `/metrics` shows: `metrics`' RPC families, the
+/// store's figures (read through `store` at each scrape), and, on a
+/// cluster node, each replica's raft figures.
+pub(crate) fn registry(
+    metrics: &Metrics,
+    store: Reader,
+    hub: Arc<Hub>,
+    replicas: Vec<ReplicaNode>,
+) -> Registry {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    registry.register_collector(Box::new(StoreFigures { store, hub }));
+    if !replicas.is_empty() {
+        registry.register_collector(Box::new(ReplicaFigures { replicas }));
+    }
+    registry
+}
+
+/// The registry's text exposition (OpenMetrics), ended by `# EOF`. Reads
+/// RocksDB properties: run it off the async runtime.
+pub(crate) fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    let encoded = prometheus_client::encoding::text::encode(&mut text, registry);
+    if let Err(e) = encoded {
+        tracing::warn!(error = %e, "encoding the metrics failed");
+    }
+    text
+}
+
+/// One unlabelled figure, encoded as `kind` says.
+fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: FigureKind,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        FigureKind::Counter => {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
         }
-        drop(rpcs);
-        let stats = engine.commit_stats();
-        let counters = [
+        FigureKind::Gauge => {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        }
+    }
+}
+
+/// The store's figures, read at each scrape: the commit pipeline's
+/// counters, RocksDB properties, disk space and the watch streams.
+struct StoreFigures {
+    store: Reader,
+    hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for StoreFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreFigures")
+    }
+}
+
+impl Collector for StoreFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use FigureKind::{Counter, Gauge};
+        let stats = self.store.commit_stats();
+        let figures = [
             (
-                "imstore_commit_groups_total",
+                "imstore_commit_groups",
                 "Group commits written (one WriteBatch and one fsync each).",
                 stats.groups,
             ),
             (
-                "imstore_commit_commands_total",
+                "imstore_commit_commands",
                 "Commands the commit pipeline completed.",
                 stats.commands,
             ),
             (
-                "imstore_messages_appended_total",
+                "imstore_messages_appended",
                 "Messages appended (duplicates not counted).",
                 stats.messages,
             ),
             (
-                "imstore_batch_operations_total",
+                "imstore_batch_operations",
                 "Puts, merges and deletes written.",
                 stats.batch_operations,
             ),
         ];
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {value}");
+        for (name, help, value) in figures {
+            encode_one(&mut encoder, name, help, Counter, value)?;
         }
         let mean = if stats.groups == 0 {
             0.0
         } else {
             stats.commands as f64 / stats.groups as f64
         };
-        let _ = writeln!(
-            out,
-            "# HELP imstore_commit_group_size_mean Mean commands per group commit since start."
-        );
-        let _ = writeln!(out, "# TYPE imstore_commit_group_size_mean gauge");
-        let _ = writeln!(out, "imstore_commit_group_size_mean {mean}");
-        let _ = writeln!(out, "# HELP imstore_watchers Active Watch streams.");
-        let _ = writeln!(out, "# TYPE imstore_watchers gauge");
-        let _ = writeln!(out, "imstore_watchers {watchers}");
-        let _ = writeln!(
-            out,
-            "# HELP imstore_rocksdb RocksDB properties (bytes or counts)."
-        );
-        let _ = writeln!(out, "# TYPE imstore_rocksdb gauge");
-        for (property, value) in engine.storage_stats() {
-            let _ = writeln!(out, "imstore_rocksdb{{property=\"{property}\"}} {value}");
+        let gauge = ConstGauge::new(mean);
+        gauge.encode(encoder.encode_descriptor(
+            "imstore_commit_group_size_mean",
+            "Mean commands per group commit since start.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        encode_one(
+            &mut encoder,
+            "imstore_watchers",
+            "Active Watch streams.",
+            Gauge,
+            self.hub.len() as u64,
+        )?;
+        let properties = self.store.storage_stats();
+        let mut family = encoder.encode_descriptor(
+            "imstore_rocksdb",
+            "RocksDB properties (bytes or counts).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (property, value) in properties {
+            let labels = [("property", property)];
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
         }
-        if let Ok(space) = engine.disk_space() {
+        if let Ok(space) = self.store.disk_space() {
             let gauges = [
                 (
                     "imstore_disk_free_bytes",
@@ -209,11 +260,83 @@ impl Metrics {
                 ),
             ];
             for (name, help, value) in gauges {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} gauge");
-                let _ = writeln!(out, "{name} {value}");
+                encode_one(&mut encoder, name, help, Gauge, value)?;
             }
         }
-        out
+        Ok(())
+    }
+}
+
+/// A cluster node's replicas' raft and snapshot figures, one family per
+/// figure, labelled with the shard.
+struct ReplicaFigures {
+    replicas: Vec<ReplicaNode>,
+}
+
+impl std::fmt::Debug for ReplicaFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplicaFigures({} replicas)", self.replicas.len())
+    }
+}
+
+impl Collector for ReplicaFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let per_replica: Vec<(String, Vec<imstore_raft::Figure>)> = self
+            .replicas
+            .iter()
+            .map(|r| (r.shard().to_string(), r.figures()))
+            .collect();
+        let Some((_, first)) = per_replica.first() else {
+            return Ok(());
+        };
+        for (i, figure) in first.iter().enumerate() {
+            let metric_type = match figure.kind {
+                FigureKind::Counter => MetricType::Counter,
+                FigureKind::Gauge => MetricType::Gauge,
+            };
+            let mut family =
+                encoder.encode_descriptor(figure.name, figure.help, None, metric_type)?;
+            for (shard, figures) in &per_replica {
+                let Some(value) = figures.get(i).map(|f| f.value) else {
+                    continue;
+                };
+                let labels = [("shard", shard.as_str())];
+                let metric = family.encode_family(&labels)?;
+                match figure.kind {
+                    FigureKind::Counter => ConstCounter::new(value).encode(metric)?,
+                    FigureKind::Gauge => ConstGauge::new(value).encode(metric)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_families_are_counted_and_exposed() {
+        let metrics = Metrics::default();
+        metrics.record("Send", Duration::from_micros(300), Ok(()));
+        metrics.record("Send", Duration::from_millis(3), Err(Code::NotFound));
+        assert_eq!(metrics.requests("Send"), 2);
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let text = render(&registry);
+        assert!(
+            text.contains("imstore_rpc_requests_total{rpc=\"Send\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imstore_rpc_errors_total{rpc=\"Send\",code=\"NOT_FOUND\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imstore_rpc_duration_seconds_bucket{le=\"0.0005\",rpc=\"Send\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

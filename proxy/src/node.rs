@@ -15,7 +15,7 @@ use imstore_raft::{
 };
 use serde::Deserialize;
 
-use crate::{Hub, Metrics, RenderMetrics, ServeError, ServerConfig};
+use crate::{HttpEndpoint, Hub, Metrics, ServeError, ServerConfig};
 
 /// The file in a node's data directory holding its shard count.
 pub const SHARD_COUNT_FILE: &str = "shard-count";
@@ -218,17 +218,23 @@ impl NodeParts {
         TransportService::with_faults(self.id, shards, self.faults.clone()).into_server()
     }
 
-    /// The node's `/metrics`: the service's and engine's figures, then
-    /// every data shard's raft and snapshot figures.
-    pub(crate) fn render_metrics(&self, metrics: Arc<Metrics>, hub: Arc<Hub>) -> RenderMetrics {
-        let (replicas, engine) = (self.replicas.clone(), self.engine().clone());
-        Arc::new(move || {
-            let mut text = metrics.render(&engine, hub.len());
-            for (shard, replica) in replicas.iter().enumerate() {
-                text += &replica.render_metrics(shard as u64);
-            }
-            text
-        })
+    /// The node's HTTP endpoint: the service's and the store's figures and
+    /// every data shard's raft figures; ready when every shard this node
+    /// hosts, and the metadata group, has a leader and no install under
+    /// way.
+    pub(crate) fn http_endpoint(&self, metrics: &Metrics, hub: Arc<Hub>) -> HttpEndpoint {
+        let replicas: Vec<ReplicaNode> = self.replicas.to_vec();
+        let registry = crate::metrics::registry(metrics, self.engine().reader(), hub, replicas);
+        let groups: Vec<ReplicaNode> = self.replicas.iter().chain([&self.meta]).cloned().collect();
+        HttpEndpoint {
+            registry: Arc::new(registry),
+            ready: Arc::new(move || {
+                groups
+                    .iter()
+                    .filter(|r| !r.routes_elsewhere())
+                    .try_for_each(ReplicaNode::readiness)
+            }),
+        }
     }
 
     /// Stops every raft instance, then closes the stores (off the async

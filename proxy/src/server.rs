@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use imstore_engine::{Engine, Options};
 use imstore_proto::v1::imstore_server::ImstoreServer;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::node::{NodeConfig, NodeParts};
@@ -241,10 +241,15 @@ impl Server {
         };
         match stores {
             Stores::Single(engine) => {
-                let render: RenderMetrics = {
-                    let (engine, hub, metrics) =
-                        (engine.clone(), Arc::clone(&hub), Arc::clone(&metrics));
-                    Arc::new(move || metrics.render(&engine, hub.len()))
+                let endpoint = HttpEndpoint {
+                    registry: Arc::new(crate::metrics::registry(
+                        &metrics,
+                        engine.reader(),
+                        Arc::clone(&hub),
+                        Vec::new(),
+                    )),
+                    // One open store serves as soon as it is bound.
+                    ready: Arc::new(|| Ok(())),
                 };
                 let mut background = Vec::new();
                 if config.retention_sweep_secs > 0 {
@@ -253,7 +258,7 @@ impl Server {
                 }
                 let backend = Arc::new(EngineBackend::new(engine.clone()));
                 let served = serve(
-                    &config, sockets, backend, None, render, hub, metrics, shutdown,
+                    &config, sockets, backend, None, endpoint, hub, metrics, shutdown,
                 )
                 .await;
                 for task in background {
@@ -272,11 +277,11 @@ impl Server {
                     let every = Duration::from_secs(config.retention_sweep_secs);
                     imstore_raft::spawn_retention_sweep(node.replicas(), every)
                 });
-                let render = node.render_metrics(Arc::clone(&metrics), Arc::clone(&hub));
+                let endpoint = node.http_endpoint(&metrics, Arc::clone(&hub));
                 let backend = Arc::new(ShardedBackend::new(node.replicas()));
                 let transport = Some(node.transport());
                 let served = serve(
-                    &config, sockets, backend, transport, render, hub, metrics, shutdown,
+                    &config, sockets, backend, transport, endpoint, hub, metrics, shutdown,
                 )
                 .await;
                 if let Some(sweep) = sweep {
@@ -305,7 +310,7 @@ async fn serve<B: Backend + 'static>(
     sockets: Sockets,
     backend: Arc<B>,
     transport: Option<RaftTransportServer<TransportService>>,
-    render: RenderMetrics,
+    endpoint: HttpEndpoint,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -339,7 +344,7 @@ async fn serve<B: Backend + 'static>(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let metrics_task = sockets
         .metrics_listener
-        .map(|listener| tokio::spawn(serve_metrics(listener, render)));
+        .map(|listener| tokio::spawn(serve_http(listener, endpoint)));
 
     let addr = sockets.listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "imstore serving");
@@ -392,41 +397,63 @@ async fn sweep_retention(engine: Engine, every: Duration) {
     }
 }
 
-/// Renders the Prometheus text of a `/metrics` endpoint (run on a
-/// blocking thread: it may read RocksDB properties).
-pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+/// Whether the server is ready for traffic (`/readyz`): `Err` says why
+/// not (a shard with no leader yet, a snapshot install under way).
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// A minimal HTTP/1.1 responder: `GET /metrics` gets what `render`
-/// produces, anything else a 404. Runs until its task is dropped.
-pub async fn serve_metrics(listener: TcpListener, render: RenderMetrics) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let response = if request.starts_with("GET /metrics") {
-                let body = tokio::task::spawn_blocking(move || render())
-                    .await
-                    .unwrap_or_default();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
+/// What the HTTP endpoint serves: the metrics registry and the readiness
+/// check.
+#[derive(Clone)]
+pub struct HttpEndpoint {
+    /// Every metric family and collector of the server.
+    pub registry: Arc<Registry>,
+    /// The readiness check.
+    pub ready: Readiness,
+}
+
+/// The server's HTTP endpoint (axum over hyper): `GET /metrics` (the
+/// OpenMetrics text of `endpoint.registry`), `GET /healthz` (200 while the
+/// process serves) and `GET /readyz` (200 when `endpoint.ready` says so,
+/// else 503 with the reason), for scrapers and load balancers. Runs until
+/// its task is dropped.
+pub async fn serve_http(listener: TcpListener, endpoint: HttpEndpoint) {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let HttpEndpoint { registry, ready } = endpoint;
+    let metrics = move || {
+        let registry = Arc::clone(&registry);
+        async move {
+            // Reads RocksDB properties: off the async runtime.
+            let body = tokio::task::spawn_blocking(move || crate::metrics::render(&registry))
+                .await
+                .unwrap_or_default();
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                body,
+            )
+        }
+    };
+    let readyz = move || {
+        let ready = Arc::clone(&ready);
+        async move {
+            match ready() {
+                Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "the metrics endpoint stopped");
     }
 }
 

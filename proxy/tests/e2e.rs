@@ -608,14 +608,14 @@ async fn health_reflection_and_metrics() -> TestResult {
     let metrics_addr = server.metrics.ok_or("metrics off")?;
     let mut socket = tokio::net::TcpStream::connect(metrics_addr).await?;
     socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await?;
     let mut body = String::new();
     socket.read_to_string(&mut body).await?;
     assert!(body.starts_with("HTTP/1.1 200 OK"));
     assert!(body.contains("imstore_rpc_requests_total{rpc=\"Status\"} 1"));
     assert!(body.contains("imstore_rpc_errors_total{rpc=\"Send\",code=\"NOT_FOUND\"} 1"));
-    assert!(body.contains("imstore_rpc_duration_seconds_bucket{rpc=\"Send\",le=\"+Inf\"} 1"));
+    assert!(body.contains("imstore_rpc_duration_seconds_bucket{le=\"+Inf\",rpc=\"Send\"} 1"));
     assert!(body.contains("imstore_commit_groups_total"));
     assert!(body.contains("imstore_rocksdb{property=\"rocksdb.cur-size-all-mem-tables\"}"));
     server.stop().await.map_err(|e| e.to_string())?;

@@ -68,6 +68,16 @@ async fn a_node_from_a_toml_file_serves_health_reflection_limits_and_metrics() -
         let _ = stopped.await;
     }));
 
+    // Before its groups are initialized a node has no leaders: alive,
+    // not ready.
+    let healthz = http_get(metrics_addr, "/healthz").await?;
+    assert!(healthz.starts_with("HTTP/1.1 200 OK"), "{healthz}");
+    let readyz = http_get(metrics_addr, "/readyz").await?;
+    assert!(
+        readyz.starts_with("HTTP/1.1 503") && readyz.contains("no leader"),
+        "{readyz}"
+    );
+
     // A one-node cluster: both data shards and the metadata group.
     let url = format!("http://{addr}");
     let mut admin = RaftTransportClient::connect(url.clone()).await?;
@@ -145,7 +155,7 @@ async fn a_node_from_a_toml_file_serves_health_reflection_limits_and_metrics() -
     // Metrics, the raft figures included.
     let mut socket = tokio::net::TcpStream::connect(metrics_addr).await?;
     socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await?;
     let mut body = String::new();
     socket.read_to_string(&mut body).await?;
@@ -155,6 +165,25 @@ async fn a_node_from_a_toml_file_serves_health_reflection_limits_and_metrics() -
         "{body}"
     );
     assert!(body.contains("imstore_raft_is_leader"), "{body}");
+    // Liveness and readiness, for load balancers: every shard has a leader.
+    let healthz = http_get(metrics_addr, "/healthz").await?;
+    assert!(
+        healthz.starts_with("HTTP/1.1 200 OK") && healthz.ends_with("ok\n"),
+        "{healthz}"
+    );
+    imstore_testkit::eventually_async(
+        "/readyz to answer ready",
+        Duration::from_secs(60),
+        || async {
+            let readyz = http_get(metrics_addr, "/readyz").await?;
+            if readyz.starts_with("HTTP/1.1 200 OK") && readyz.ends_with("ready\n") {
+                Ok(())
+            } else {
+                Err(readyz)
+            }
+        },
+    )
+    .await?;
 
     let _ = stop.send(());
     running.await?.map_err(|e| e.to_string())?;
@@ -169,4 +198,22 @@ async fn a_node_from_a_toml_file_serves_health_reflection_limits_and_metrics() -
         .ok_or("a changed shard count")?;
     assert!(refused.to_string().contains("shard count"), "{refused}");
     Ok(())
+}
+
+/// The whole HTTP/1.1 response to `GET path` at `addr`.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    socket
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    socket
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response)
 }

@@ -57,6 +57,7 @@
 mod cluster_backup;
 mod entry_format;
 mod error;
+mod figures;
 mod log_store;
 mod node;
 mod retention;
@@ -73,6 +74,7 @@ pub use entry_format::{
     decode_entry, encode_entry, readable_format, EntryFormatError, ENTRY_FORMAT_VERSION,
 };
 pub use error::{Error, Result, ERROR_METADATA_KEY};
+pub use figures::{Figure, FigureKind};
 pub use imstore_engine::{Command, Outcome};
 pub use log_store::LogStore;
 pub use node::{shard_for, start_shard, NodeStorage, ReplicaConfig, ReplicaNode, Retired};
