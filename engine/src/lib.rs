@@ -54,6 +54,42 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The IM core: a group, a send fanned out to the members' inboxes, and a
+//! member's device catching up with `sync` from its cursor.
+//!
+//! ```
+//! use imstore_engine::{Command, Engine, Options, SendMessage, SyncCursor};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(dir.path(), Options::default())?;
+//! let now = 1_700_000_000_000;
+//! engine.execute(Command::CreateGroup {
+//!     conversation: 7,
+//!     owner: 1,
+//!     members: vec![2, 3],
+//!     timestamp_ms: now,
+//! })?;
+//! let sent = engine.send(SendMessage {
+//!     conversation: 7,
+//!     sender: 1,
+//!     client_msg_id: "phone-1:1".into(),
+//!     payload: "hi all".into(),
+//!     timestamp_ms: now + 1,
+//!     receipt: false,
+//! })?;
+//! assert_eq!((sent.seq, sent.duplicate), (1, false));
+//!
+//! // User 2's device syncs from the start: the message is in its inbox.
+//! let page = engine.sync(2, SyncCursor::default(), 50)?;
+//! let (_, view) = &page.messages[0];
+//! assert_eq!((view.message.seq, &view.message.payload[..]), (1, &b"hi all"[..]));
+//! // The next sync from the returned cursor has nothing new.
+//! assert!(engine.sync(2, page.cursor, 50)?.messages.is_empty());
+//! assert_eq!(engine.unread(2, 7)?, 1);
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
