@@ -195,9 +195,7 @@ impl Pipeline {
     fn take_group(&self, queue: &mut Queue) -> Group {
         // A store replacement is committed alone: commands after it must
         // read the new state, not the old one.
-        let is_replace = |(_, c, _): &(ShardId, Command, Completion)| {
-            matches!(c, Command::ReplaceState(_) | Command::AddImageRows { .. })
-        };
+        let is_replace = |(_, c, _): &(ShardId, Command, Completion)| c.installs_image();
         let cut = match queue.waiting.iter().position(is_replace) {
             Some(0) => 1,
             Some(at) => at,
@@ -406,12 +404,7 @@ impl Committer {
             // says: raft drops the log the image replaces once the install
             // returns. (The parts of a streamed image before its last need
             // no sync of their own: the last one's covers the WAL before it.)
-            let replacing = group.iter().any(|(_, c, _)| {
-                matches!(
-                    c,
-                    Command::ReplaceState(_) | Command::AddImageRows { complete: true, .. }
-                )
-            });
+            let replacing = group.iter().any(|(_, c, _)| c.completes_image());
             written = self.store.write(batch, replacing);
         }
 

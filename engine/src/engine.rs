@@ -4,10 +4,7 @@ use std::thread::JoinHandle;
 
 use crate::apply::ApplyLimits;
 use crate::commit::Pipeline;
-use crate::store::{
-    MetaRow, ShardId, ShardView, StateExport, Store, CF_CONVERSATIONS, CF_DEDUP, CF_SEGMENTS,
-    MAX_SHARD,
-};
+use crate::store::{ShardId, ShardView, Store, CF_CONVERSATIONS, CF_DEDUP, CF_SEGMENTS, MAX_SHARD};
 use crate::tail::TailCache;
 use crate::wal_sync::WalSyncer;
 use crate::{
@@ -197,9 +194,10 @@ impl Engine {
         *slot = Some(Arc::new(listener));
     }
 
-    /// A consistent image of the whole store (for a raft snapshot), to be
-    /// installed elsewhere with `Command::ReplaceState`.
-    #[doc(hidden)]
+    /// A consistent image of the shard (for a raft snapshot), to be
+    /// installed elsewhere with `Command::ReplaceState`
+    /// ([`crate::replication`]).
+    #[cfg(feature = "replication")]
     pub fn export_state(&self) -> Result<Vec<u8>> {
         let mut image = Vec::new();
         self.view().export_to(&mut image)?;
@@ -208,15 +206,16 @@ impl Engine {
 
     /// Streams a consistent image of the whole store to `out` (memory
     /// bounded by one row) in two steps over one RocksDB snapshot:
-    /// `proceed` first sees the replication metadata (`raft/` rows) of
-    /// that moment, which the image leaves out; the image is streamed only
-    /// if it answers `true` (otherwise `None`, nothing written).
-    #[doc(hidden)]
+    /// `proceed` first sees the replica-local metadata rows of that moment
+    /// ([`crate::replication::local_meta_key`]), which the image leaves
+    /// out; the image is streamed only if it answers `true` (otherwise
+    /// `None`, nothing written).
+    #[cfg(feature = "replication")]
     pub fn export_state_if(
         &self,
         out: &mut dyn std::io::Write,
-        proceed: &mut dyn FnMut(&[MetaRow]) -> bool,
-    ) -> Result<Option<StateExport>> {
+        proceed: &mut dyn FnMut(&[crate::store::MetaRow]) -> bool,
+    ) -> Result<Option<crate::store::StateExport>> {
         self.view().export_if(out, proceed)
     }
 
@@ -234,8 +233,9 @@ impl Engine {
         self.inner.store.syncs_writes()
     }
 
-    /// A replication metadata value written with `Command::PutMeta`.
-    #[doc(hidden)]
+    /// A metadata row written with `Command::PutMeta`
+    /// ([`crate::replication`]).
+    #[cfg(feature = "replication")]
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.view().get_in(crate::store::CF_META, key)
     }

@@ -94,6 +94,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// Without `replication` the image and metadata plumbing has no caller.
+#![cfg_attr(not(feature = "replication"), allow(dead_code))]
 
 mod apply;
 mod backup;
@@ -106,6 +108,8 @@ mod error;
 mod query;
 mod read;
 mod reader;
+#[cfg(feature = "replication")]
+pub mod replication;
 mod store;
 mod tail;
 mod types;
@@ -119,13 +123,11 @@ mod wal_sync;
 pub mod codec;
 pub mod placement;
 
-pub use crate::apply::push_image_meta_row;
 pub use crate::backup::{
     check_backup, restore_backup, staging_path, BackupInfo, CopyProgress, PartialBackup,
     BACKUP_MANIFEST,
 };
 pub use crate::clean_close::CLEAN_CLOSE_MARKER;
-pub use crate::codec::image_rows_prefix;
 pub use crate::disk::{
     default_ballast_bytes, disk_space, release_ballast, DiskSpace, BALLAST_FILE,
     DEFAULT_BALLAST_MAX_BYTES, RESUME_HEADROOM_BYTES,
@@ -142,9 +144,7 @@ pub mod guard {
 }
 pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
 pub use crate::reader::Reader;
-pub use crate::store::{
-    MetaRow, ShardId, StateExport, EXPORT_MAGIC as IMAGE_MAGIC, MAX_SHARD, WAL_RECOVERY_MODE,
-};
+pub use crate::store::{ShardId, MAX_SHARD, WAL_RECOVERY_MODE};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,

@@ -74,19 +74,21 @@ pub struct StateExport {
     pub bytes: u64,
     /// Rows in it.
     pub rows: u64,
-    /// The `raft/` metadata rows (key, value) of the same snapshot, which
-    /// the image leaves out.
-    pub raft_meta: Vec<MetaRow>,
+    /// The replica-local metadata rows (key, value) of the same snapshot,
+    /// which the image leaves out.
+    pub local_meta: Vec<MetaRow>,
 }
 
 /// One metadata row: key, value.
 pub type MetaRow = (Vec<u8>, Vec<u8>);
 
-/// Meta keys owned by replication (`Command::PutMeta`).
-pub(crate) const RAFT_META_PREFIX: &[u8] = b"raft/";
-/// Meta keys of the cluster's shard map (`Command::PutMeta` in the
-/// metadata group's shard); unlike `raft/` rows, part of a snapshot's data.
-pub(crate) const SHARD_MAP_PREFIX: &[u8] = b"shardmap/";
+/// The namespace of replica-local metadata rows (a replica's own
+/// progress, left out of store images). Spelled `raft/` on disk since the
+/// first format; the engine gives it no other meaning.
+pub(crate) const LOCAL_META_PREFIX: &[u8] = b"raft/";
+/// The namespace of replicated metadata rows (part of a store image, like
+/// the data). Spelled `shardmap/` on disk since the first format.
+pub(crate) const REPLICATED_META_PREFIX: &[u8] = b"shardmap/";
 
 /// Every column family; the order numbers them in a store image.
 pub(crate) const ALL_CFS: [&str; 6] = [
@@ -765,25 +767,25 @@ impl<'a> ShardView<'a> {
         let mut export = StateExport {
             bytes: EXPORT_MAGIC.len() as u64,
             rows: 0,
-            raft_meta: Vec::new(),
+            local_meta: Vec::new(),
         };
         {
             let mut ro = ReadOptions::default();
             ro.set_total_order_seek(true);
             ro.set_iterate_upper_bound(shard_end(self.shard));
             let mut it = snapshot.raw_iterator_cf_opt(self.store.cf(CF_META)?, ro);
-            it.seek(self.key(RAFT_META_PREFIX));
+            it.seek(self.key(LOCAL_META_PREFIX));
             while let (Some(key), Some(value)) = (it.key(), it.value()) {
                 let key = &key[SHARD_PREFIX_LEN..];
-                if !key.starts_with(RAFT_META_PREFIX) {
+                if !key.starts_with(LOCAL_META_PREFIX) {
                     break;
                 }
-                export.raft_meta.push((key.to_vec(), value.to_vec()));
+                export.local_meta.push((key.to_vec(), value.to_vec()));
                 it.next();
             }
             it.status()?;
         }
-        if !proceed(&export.raft_meta) {
+        if !proceed(&export.local_meta) {
             return Ok(None);
         }
         out.write_all(EXPORT_MAGIC).map_err(io)?;
@@ -798,7 +800,7 @@ impl<'a> ShardView<'a> {
             it.seek(self.key(&[]));
             while let (Some(key), Some(value)) = (it.key(), it.value()) {
                 let key = &key[SHARD_PREFIX_LEN..];
-                if *name == CF_META && key.starts_with(RAFT_META_PREFIX) {
+                if *name == CF_META && key.starts_with(LOCAL_META_PREFIX) {
                     // Read above, from this same snapshot.
                     it.next();
                     continue;

@@ -145,6 +145,31 @@ impl Command {
             _ => None,
         }
     }
+
+    /// Whether it writes a store image (a snapshot install): such a
+    /// command is committed in a group of its own.
+    pub(crate) fn installs_image(&self) -> bool {
+        #[cfg(feature = "replication")]
+        if matches!(
+            self,
+            Command::ReplaceState(_) | Command::AddImageRows { .. }
+        ) {
+            return true;
+        }
+        false
+    }
+
+    /// Whether it completes a store image: its write is always synced.
+    pub(crate) fn completes_image(&self) -> bool {
+        #[cfg(feature = "replication")]
+        if matches!(
+            self,
+            Command::ReplaceState(_) | Command::AddImageRows { complete: true, .. }
+        ) {
+            return true;
+        }
+        false
+    }
 }
 
 /// A message to append.
@@ -380,15 +405,18 @@ pub enum Command {
         /// Time-to-live in milliseconds of server time.
         ttl_ms: u64,
     },
-    /// Write replication metadata (keys must start with `raft/`) in the
-    /// same WriteBatch as the commands before it in its group: how the raft
-    /// state machine persists `last_applied` atomically with the data.
-    #[doc(hidden)]
+    /// Replication only (feature `replication`, see [`crate::replication`]):
+    /// write replica metadata rows, keyed in one of the engine's two
+    /// metadata namespaces ([`crate::replication::local_meta_key`],
+    /// [`crate::replication::replicated_meta_key`]), in the same WriteBatch
+    /// as the commands before it in its group: how the raft state machine
+    /// persists `last_applied` atomically with the data.
+    #[cfg(feature = "replication")]
     PutMeta(Vec<(Vec<u8>, Vec<u8>)>),
-    /// Replace the whole store with an image from
-    /// [`Engine::export_state`](crate::Engine::export_state) (a raft
-    /// snapshot being installed).
-    #[doc(hidden)]
+    /// Replication only (feature `replication`): replace the whole shard
+    /// with an image from [`Engine::export_state`](crate::Engine::export_state)
+    /// (a raft snapshot being installed).
+    #[cfg(feature = "replication")]
     ReplaceState(Vec<u8>),
     /// Store a device's sync cursor on the server.
     SaveCursor {
@@ -399,14 +427,16 @@ pub enum Command {
         /// Where its sync stands.
         cursor: SyncCursor,
     },
-    /// Add rows of a store image to the shard, removing nothing: the parts
+    /// Replication only (feature `replication`): add rows of a store image
+    /// to the shard, removing nothing: the parts
     /// after the first of an image too large to install in one write (a
     /// raft snapshot install streams it: [`Command::ReplaceState`] with
     /// the first part, then these). `rows` are image rows without the
-    /// image's leading [`IMAGE_MAGIC`](crate::IMAGE_MAGIC). Until one with
-    /// `complete` is written the shard is incomplete and the caller keeps
-    /// reads away from it; that one is synced and drops every cache.
-    #[doc(hidden)]
+    /// image's leading [`IMAGE_MAGIC`](crate::replication::IMAGE_MAGIC).
+    /// Until one with `complete` is written the shard is incomplete and the
+    /// caller keeps reads away from it; that one is synced and drops every
+    /// cache.
+    #[cfg(feature = "replication")]
     AddImageRows {
         /// Whole rows, as [`image_rows_prefix`](crate::image_rows_prefix) cuts them.
         rows: Vec<u8>,

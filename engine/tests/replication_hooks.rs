@@ -6,7 +6,8 @@
 mod common;
 
 use common::{msg, TestResult};
-use imstore_engine::{image_rows_prefix, Command, Direction, Engine, Error, Options, IMAGE_MAGIC};
+use imstore_engine::replication::{image_rows_prefix, IMAGE_MAGIC};
+use imstore_engine::{Command, Direction, Engine, Error, Options};
 
 #[test]
 fn an_exported_image_replaces_a_store_whole() -> TestResult {

@@ -30,9 +30,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use imstore_engine::replication::IMAGE_MAGIC;
 use imstore_engine::{
     check_backup, staging_path, BackupInfo, CopyProgress, Engine, Error as EngineError, Options,
-    PartialBackup, IMAGE_MAGIC,
+    PartialBackup,
 };
 use imstore_proto::raft as pb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;

@@ -247,7 +247,7 @@ impl ReplicaNode {
                 // with nothing applied over a purged log would not start.
                 log.clear_keeping_vote().map_err(unavailable)?;
                 engine.execute(imstore_engine::Command::ReplaceState(
-                    imstore_engine::IMAGE_MAGIC.to_vec(),
+                    imstore_engine::replication::IMAGE_MAGIC.to_vec(),
                 ))?;
                 Ok(())
             })

@@ -25,9 +25,6 @@ use crate::{Error, Proposal, ReplicaNode, Response};
 /// data shard (`imstore node --shards` allows at most this many).
 pub const META_SHARD: u64 = imstore_engine::MAX_SHARD as u64;
 
-/// Meta-row key prefix of shard-map entries (outside `raft/`, so a
-/// snapshot of the metadata group carries them as data).
-const KEY_PREFIX: &[u8] = b"shardmap/";
 /// Version byte of an encoded entry.
 const ENTRY_VERSION: u8 = 1;
 /// How often a leader re-checks its shard's entry.
@@ -49,14 +46,14 @@ pub(crate) struct ShardMapEntry {
     pub term: u64,
 }
 
-/// The meta-row key of `shard`'s entry.
+/// The meta-row key of `shard`'s entry: a replicated row (not a
+/// replica-local one), so a snapshot of the metadata group carries it as
+/// data.
 fn entry_key(shard: u64) -> Vec<u8> {
-    let mut key = KEY_PREFIX.to_vec();
-    key.extend_from_slice(&shard.to_be_bytes());
-    key
+    imstore_engine::replication::replicated_meta_key(&shard.to_be_bytes())
 }
 
-/// bincode as the other `raft/` meta rows use it (fixed-width integers),
+/// bincode as the replica-local meta rows use it (fixed-width integers),
 /// but refusing trailing bytes.
 fn codec() -> impl bincode::Options {
     bincode::DefaultOptions::new()

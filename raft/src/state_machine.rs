@@ -38,12 +38,15 @@ use openraft::{
 };
 
 use crate::{Proposal, Response, Responses, SnapshotImage, TypeConfig};
+use imstore_engine::replication::local_meta_key;
+use std::sync::LazyLock;
 
-const META_LAST_APPLIED: &[u8] = b"raft/last_applied";
-const META_MEMBERSHIP: &[u8] = b"raft/membership";
+static META_LAST_APPLIED: LazyLock<Vec<u8>> = LazyLock::new(|| local_meta_key(b"last_applied"));
+static META_MEMBERSHIP: LazyLock<Vec<u8>> = LazyLock::new(|| local_meta_key(b"membership"));
 /// Present and not empty while a snapshot install is incomplete: the
 /// snapshot's metadata (bincode).
-const META_INSTALL_PENDING: &[u8] = b"raft/install_pending";
+static META_INSTALL_PENDING: LazyLock<Vec<u8>> =
+    LazyLock::new(|| local_meta_key(b"install_pending"));
 /// The image of the install in progress, in the snapshot directory; kept
 /// until the install is complete, so that a crash can redo it.
 const INSTALLING_FILE: &str = "installing";
@@ -180,7 +183,7 @@ impl StateMachine {
 
     /// The metadata of a snapshot whose install is incomplete, if any.
     fn pending_install(engine: &Engine) -> StorageResult<Option<SnapshotMeta<u64, BasicNode>>> {
-        match engine.meta(META_INSTALL_PENDING).map_err(sm_err)? {
+        match engine.meta(&META_INSTALL_PENDING).map_err(sm_err)? {
             Some(bytes) if !bytes.is_empty() => {
                 Ok(Some(bincode::deserialize(&bytes).map_err(sm_err)?))
             }
@@ -248,8 +251,8 @@ impl StateMachine {
 
     fn read_applied(engine: &Engine) -> StorageResult<Applied> {
         Self::decode_applied(
-            engine.meta(META_LAST_APPLIED).map_err(sm_err)?,
-            engine.meta(META_MEMBERSHIP).map_err(sm_err)?,
+            engine.meta(&META_LAST_APPLIED).map_err(sm_err)?,
+            engine.meta(&META_MEMBERSHIP).map_err(sm_err)?,
         )
     }
 
@@ -347,7 +350,7 @@ fn export(
 ) -> std::io::Result<
     Option<(
         std::fs::File,
-        imstore_engine::StateExport,
+        imstore_engine::replication::StateExport,
         std::time::Duration,
     )>,
 > {
@@ -363,7 +366,8 @@ fn export(
                 .find(|(key, _)| key.as_slice() == wanted)
                 .map(|(_, value)| value.clone())
         };
-        let applied = StateMachine::decode_applied(find(META_LAST_APPLIED), find(META_MEMBERSHIP));
+        let applied =
+            StateMachine::decode_applied(find(&META_LAST_APPLIED), find(&META_MEMBERSHIP));
         let decoded = applied.is_ok();
         if let Some(meta) = meta.take() {
             let _ = meta.send(applied);
@@ -643,7 +647,7 @@ pub(crate) fn install_file(
     let mut magic = [0u8; 8];
     file.read_exact(&mut magic)
         .map_err(|e| snapshot_err(format!("reading the snapshot image: {e}")))?;
-    if &magic != imstore_engine::IMAGE_MAGIC {
+    if &magic != imstore_engine::replication::IMAGE_MAGIC {
         return Err(snapshot_err(
             "the received snapshot is not an imstore image",
         ));
@@ -652,8 +656,8 @@ pub(crate) fn install_file(
         engine.execute(command).map(|_| ()).map_err(snapshot_err)
     };
     let marker = bincode::serialize(meta).map_err(snapshot_err)?;
-    let mut first = imstore_engine::IMAGE_MAGIC.to_vec();
-    imstore_engine::push_image_meta_row(&mut first, META_INSTALL_PENDING, &marker)
+    let mut first = imstore_engine::replication::IMAGE_MAGIC.to_vec();
+    imstore_engine::replication::push_image_meta_row(&mut first, &META_INSTALL_PENDING, &marker)
         .map_err(snapshot_err)?;
     write(Command::ReplaceState(first))?;
 
@@ -670,7 +674,7 @@ pub(crate) fn install_file(
         bytes += n as u64;
         rows.extend_from_slice(&chunk[..n]);
         if rows.len() >= part_bytes {
-            let whole = imstore_engine::image_rows_prefix(&rows);
+            let whole = imstore_engine::replication::image_rows_prefix(&rows);
             if whole > 0 {
                 let rest = rows.split_off(whole);
                 write(Command::AddImageRows {
@@ -690,13 +694,14 @@ pub(crate) fn install_file(
             }
         }
     }
-    if imstore_engine::image_rows_prefix(&rows) != rows.len() {
+    if imstore_engine::replication::image_rows_prefix(&rows) != rows.len() {
         return Err(snapshot_err("the snapshot image is truncated"));
     }
     for (key, value) in StateMachine::meta_rows(meta.last_log_id, Some(&meta.last_membership))? {
-        imstore_engine::push_image_meta_row(&mut rows, &key, &value).map_err(snapshot_err)?;
+        imstore_engine::replication::push_image_meta_row(&mut rows, &key, &value)
+            .map_err(snapshot_err)?;
     }
-    imstore_engine::push_image_meta_row(&mut rows, META_INSTALL_PENDING, &[])
+    imstore_engine::replication::push_image_meta_row(&mut rows, &META_INSTALL_PENDING, &[])
         .map_err(snapshot_err)?;
     write(Command::AddImageRows {
         rows,

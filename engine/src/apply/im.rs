@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "replication")]
 use super::image::{decode_image, decode_rows};
 use super::{CommittedState, GroupApplier, KvEntry, Pending, Space};
 use crate::codec::{self, im_key, tag, ConversationState, FriendEntry, MemberEntry};
@@ -109,23 +110,26 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 device,
                 cursor,
             } => self.save_cursor(scratch, *user, device, *cursor),
+            #[cfg(feature = "replication")]
             Command::PutMeta(rows) => {
                 for (key, value) in rows {
-                    if !key.starts_with(crate::store::RAFT_META_PREFIX)
-                        && !key.starts_with(crate::store::SHARD_MAP_PREFIX)
-                    {
+                    if !crate::replication::is_meta_key(key) {
                         return Err(Error::InvalidArgument(
-                            "metadata keys must start with raft/ or shardmap/".into(),
+                            "a metadata key must be in the local or the replicated namespace \
+                             (replication::local_meta_key, replicated_meta_key)"
+                                .into(),
                         ));
                     }
                     Self::kv_put(scratch, Space::Meta, key.clone(), value.clone());
                 }
                 Ok(Outcome::Done)
             }
+            #[cfg(feature = "replication")]
             Command::ReplaceState(image) => {
                 scratch.replace = Some(decode_image(image)?);
                 Ok(Outcome::Done)
             }
+            #[cfg(feature = "replication")]
             Command::AddImageRows { rows, complete } => {
                 scratch.loaded.extend(decode_rows(rows)?);
                 scratch.reload |= *complete;
