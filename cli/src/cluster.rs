@@ -1,7 +1,7 @@
 //! `imstore cluster`: init (placement), status, add-node, rebalance,
 //! remove-node, move-shard, each sent to the group leader it concerns.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use clap::Subcommand;
 use imstore_proto::raft as rpb;
@@ -77,32 +77,6 @@ pub enum ClusterCmd {
 }
 
 pub(crate) type Failure = Box<dyn std::error::Error>;
-
-/// Where a data shard's replicas go at `cluster init`: `replicas` of the
-/// members (all when there are fewer), taken in id order starting at the
-/// one at `shard mod members`, so consecutive shards start on
-/// consecutive nodes and every node hosts about as many shards.
-/// `members` are sorted by id.
-fn placement(shard: u64, members: &[rpb::Member], replicas: usize) -> Vec<rpb::Member> {
-    let n = members.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    let start = (shard % n as u64) as usize;
-    (0..replicas.min(n))
-        .map(|i| members[(start + i) % n].clone())
-        .collect()
-}
-
-fn parse_member(text: &str) -> Result<rpb::Member, Failure> {
-    let (id, address) = text
-        .split_once('=')
-        .ok_or_else(|| format!("member {text:?} is not id=host:port"))?;
-    Ok(rpb::Member {
-        id: id.parse()?,
-        address: address.to_owned(),
-    })
-}
 
 pub(crate) type Client = RaftTransportClient<tonic::transport::Channel>;
 
@@ -400,43 +374,17 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
             .map_err(|e| format!("cannot reach {server}: {e}"))?;
         match cmd {
             ClusterCmd::Init { members, replicas } => {
-                let mut members = members
+                let members = members
                     .iter()
-                    .map(|m| parse_member(m))
+                    .map(|m| imstore_raft::parse_member(m))
                     .collect::<Result<Vec<_>, _>>()?;
-                members.sort_by_key(|m| m.id);
-                let ids: HashSet<u64> = members.iter().map(|m| m.id).collect();
-                if ids.len() != members.len() || ids.contains(&0) {
-                    return Err("member ids must be distinct and non-zero".into());
-                }
-                if replicas == 0 {
-                    return Err("--replicas must be at least 1".into());
-                }
                 let shards = shards_of(&mut client, None).await?;
-                let mut groups: Vec<(u64, Vec<rpb::Member>)> = shards
-                    .iter()
-                    .map(|&shard| (shard, placement(shard, &members, replicas)))
-                    .collect();
-                groups.push((META_SHARD, members.clone()));
-                for (shard, group) in groups {
-                    // Sent to a member of the group (raft initializes
-                    // only a node that is one).
-                    let first = group
-                        .first()
-                        .ok_or("a shard with no replicas")?
-                        .address
-                        .clone();
-                    let mut at = Client::connect(format!("http://{first}"))
-                        .await
-                        .map_err(|e| format!("cannot reach {first}: {e}"))?;
-                    at.initialize(rpb::InitializeRequest {
-                        shard,
-                        members: group,
-                    })
-                    .await
-                    .map_err(failure)?;
-                }
-                let replicas = replicas.min(members.len());
+                let replicas = imstore_raft::initialize_cluster(
+                    members.clone(),
+                    shards.len() as u64,
+                    replicas,
+                )
+                .await?;
                 if json_output {
                     println!(
                         "{}",
@@ -623,14 +571,22 @@ mod tests {
             })
             .collect();
         let placement: BTreeMap<u64, BTreeSet<u64>> = (0..8)
-            .map(|s| (s, placement(s, &members, 3).iter().map(|m| m.id).collect()))
+            .map(|s| {
+                (
+                    s,
+                    imstore_raft::placement(s, &members, 3)
+                        .iter()
+                        .map(|m| m.id)
+                        .collect(),
+                )
+            })
             .collect();
         assert!(placement.values().all(|r| r.len() == 3));
         let nodes: BTreeSet<u64> = (1..=4).collect();
         assert_eq!(loads(&placement, &nodes), vec![6, 6, 6, 6]);
         assert_eq!(placement[&1], BTreeSet::from([2, 3, 4]));
         // Fewer members than replicas: all of them.
-        assert_eq!(super::placement(5, &members[..2], 3).len(), 2);
+        assert_eq!(imstore_raft::placement(5, &members[..2], 3).len(), 2);
         assert!(rebalance_moves(&placement, &nodes).is_empty());
     }
 
@@ -644,7 +600,15 @@ mod tests {
             })
             .collect();
         let placement: BTreeMap<u64, BTreeSet<u64>> = (0..8)
-            .map(|s| (s, placement(s, &members, 3).iter().map(|m| m.id).collect()))
+            .map(|s| {
+                (
+                    s,
+                    imstore_raft::placement(s, &members, 3)
+                        .iter()
+                        .map(|m| m.id)
+                        .collect(),
+                )
+            })
             .collect();
         let nodes: BTreeSet<u64> = (1..=5).collect();
         let moves = rebalance_moves(&placement, &nodes);

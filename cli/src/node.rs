@@ -43,6 +43,14 @@ pub struct NodeArgs {
     /// figures), or `off`; off unless given here or in the file.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Every member of a new cluster, this node included
+    /// (`1=127.0.0.1:7101,2=…`): the lowest id initializes the cluster once
+    /// every peer answers, instead of `imstore cluster init`.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// With `--peers`: replicas of each data shard [default: 3].
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Testing only: accept `SetFaults` (cut this node off from peers).
     #[arg(long, hide = true)]
     fault_injection: bool,
@@ -101,6 +109,12 @@ impl NodeArgs {
             node.keep_log = keep;
         }
         node.fault_injection |= self.fault_injection;
+        if !self.peers.is_empty() {
+            node.peers = self.peers.clone();
+        }
+        if let Some(replicas) = self.replicas {
+            node.replicas = replicas;
+        }
         config.node = Some(node);
         Ok(config)
     }

@@ -45,6 +45,16 @@ pub struct NodeConfig {
     /// Testing only: accept `SetFaults` (cut this node off from peers).
     #[serde(default)]
     pub fault_injection: bool,
+    /// Every member of a new cluster, this node included, as
+    /// `"id=host:port"`: the node with the lowest id initializes the
+    /// cluster once every peer answers and none holds a membership yet
+    /// (`imstore_raft::bootstrap_from_peers`), instead of an `imstore
+    /// cluster init`. Harmless on later starts. Default: none.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// With `peers`: replicas of each data shard. Default 3.
+    #[serde(default = "NodeConfig::default_replicas")]
+    pub replicas: usize,
 }
 
 impl NodeConfig {
@@ -57,6 +67,9 @@ impl NodeConfig {
     fn default_keep_log() -> u64 {
         1_000
     }
+    fn default_replicas() -> usize {
+        3
+    }
 
     /// Node `id` with every other setting at its default.
     pub fn new(id: u64) -> NodeConfig {
@@ -67,6 +80,8 @@ impl NodeConfig {
             keep_log: Self::default_keep_log(),
             heartbeat_ms: None,
             fault_injection: false,
+            peers: Vec::new(),
+            replicas: Self::default_replicas(),
         }
     }
 }

@@ -176,7 +176,10 @@ impl Server {
                 engine.set_commit_listener(move |notice| publish.publish(notice));
                 Stores::Single(engine)
             }
-            Some(node) => Stores::Node(NodeParts::open(&config, node, &hub).await?),
+            Some(node) => {
+                check_peers(node)?;
+                Stores::Node(NodeParts::open(&config, node, &hub).await?)
+            }
         };
         let listener = TcpListener::bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
@@ -278,14 +281,18 @@ impl Server {
                     imstore_raft::spawn_retention_sweep(node.replicas(), every)
                 });
                 let endpoint = node.http_endpoint(&metrics, Arc::clone(&hub));
+                let bootstrap = config
+                    .node
+                    .as_ref()
+                    .and_then(|n| spawn_bootstrap(n, node.shard_count()));
                 let backend = Arc::new(ShardedBackend::new(node.replicas()));
                 let transport = Some(node.transport());
                 let served = serve(
                     &config, sockets, backend, transport, endpoint, hub, metrics, shutdown,
                 )
                 .await;
-                if let Some(sweep) = sweep {
-                    sweep.abort();
+                for task in [sweep, bootstrap].into_iter().flatten() {
+                    task.abort();
                 }
                 node.close().await?;
                 served?;
@@ -372,6 +379,54 @@ async fn serve<B: Backend + 'static>(
         task.abort();
     }
     Ok(result?)
+}
+
+/// Refuses `peers` that do not parse as `id=host:port`, repeat an id, or
+/// leave this node out.
+fn check_peers(node: &NodeConfig) -> Result<(), ServeError> {
+    if node.peers.is_empty() {
+        return Ok(());
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for peer in &node.peers {
+        let (id, _) = imstore_raft::parse_member(peer)
+            .map_err(|e| ServeError::Config(format!("peers: {e}")))?;
+        if !ids.insert(id) {
+            return Err(ServeError::Config(format!(
+                "peers: node {id} is listed twice"
+            )));
+        }
+    }
+    if !ids.contains(&node.id) {
+        return Err(ServeError::Config(format!(
+            "peers must list this node ({}) with its address",
+            node.id
+        )));
+    }
+    if node.replicas == 0 {
+        return Err(ServeError::Config("replicas must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// A new cluster's bootstrap from the node's `peers`, if it has any (the
+/// lowest id initializes it; `imstore_raft::bootstrap_from_peers`).
+fn spawn_bootstrap(node: &NodeConfig, shard_count: u64) -> Option<tokio::task::JoinHandle<()>> {
+    if node.peers.is_empty() {
+        return None;
+    }
+    let peers: Vec<imstore_raft::ClusterMember> = node
+        .peers
+        .iter()
+        .filter_map(|p| imstore_raft::parse_member(p).ok())
+        .collect();
+    let (id, replicas) = (node.id, node.replicas);
+    Some(tokio::spawn(async move {
+        match imstore_raft::bootstrap_from_peers(id, peers, shard_count, replicas).await {
+            Ok(outcome) => tracing::info!(?outcome, "bootstrap from peers"),
+            Err(e) => tracing::error!(error = %e, "bootstrap from peers failed"),
+        }
+    }))
 }
 
 /// Clears expired history every `every` (a single server; on a node each
@@ -486,6 +541,16 @@ mod tests {
         assert!(toml::from_str::<ServerConfig>("[node]\nid = 1\nshard = 2").is_err());
         let node: ServerConfig = toml::from_str("[node]\nid = 4").expect("node");
         assert_eq!(node.node, Some(NodeConfig::new(4)));
+        // A peers list must parse, list ids once, and include the node.
+        let with_peers = |peers: &str| {
+            let text = format!("[node]\nid = 1\npeers = [{peers}]");
+            let config: ServerConfig = toml::from_str(&text).expect("parses");
+            check_peers(config.node.as_ref().expect("node"))
+        };
+        assert!(with_peers("\"1=h:1\", \"2=h:2\"").is_ok());
+        assert!(with_peers("\"2=h:2\", \"3=h:3\"").is_err());
+        assert!(with_peers("\"1=h:1\", \"1=h:2\"").is_err());
+        assert!(with_peers("\"1=h:1\", \"two\"").is_err());
         let partial: ServerConfig = toml::from_str("max_watchers = 3").expect("partial");
         assert_eq!(partial.max_watchers, 3);
         assert_eq!(partial.listen, ServerConfig::default().listen);

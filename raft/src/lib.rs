@@ -54,6 +54,7 @@
 // openraft's traits fix the error type (`StorageError`, ~224 bytes).
 #![allow(clippy::result_large_err)]
 
+mod bootstrap;
 mod cluster_backup;
 mod entry_format;
 mod error;
@@ -66,6 +67,10 @@ mod snapshot_image;
 mod state_machine;
 mod transport;
 
+pub use bootstrap::{
+    bootstrap_from_peers, initialize_cluster, parse_member, placement, Bootstrap,
+    Member as ClusterMember,
+};
 pub use cluster_backup::{
     backup_cluster, is_cluster_backup, read_cluster_backup, restore_node, ClusterBackup,
     ClusterBackupProgress, ShardImage, CLUSTER_FILE,
