@@ -116,21 +116,7 @@ where
     let client = ImstoreClient::connect(format!("http://{addr}"))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    nodes::eventually_async(
-        "an answer other than UNAVAILABLE",
-        Duration::from_secs(60),
-        || {
-            let answer = call(client.clone());
-            async move {
-                match answer.await {
-                    Err(s) if s.code() == tonic::Code::Unavailable => Err(s.message().to_owned()),
-                    other => Ok(other),
-                }
-            }
-        },
-    )
-    .await
-    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+    nodes::retry_unavailable(|| call(client.clone())).await
 }
 
 /// A conversation id in `shard`, the `nth` one.

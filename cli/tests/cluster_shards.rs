@@ -243,7 +243,7 @@ fn four_shards_on_three_processes() -> TestResult {
         // over all shards, linearizably: what was acknowledged is there.
         for &addr in &addrs {
             let mut client = ImstoreClient::connect(format!("http://{addr}")).await?;
-            let page = retry_unavailable(|| {
+            let page = nodes::retry_unavailable(|| {
                 let mut client = client.clone();
                 async move {
                     client
@@ -439,30 +439,6 @@ fn wait_for_map_of_leaders(addr: SocketAddr) -> TestResult {
         },
     )?;
     Ok(())
-}
-
-/// Runs `call` until it answers other than UNAVAILABLE (a restarted node
-/// still electing or catching up), for at most 60 s.
-async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    nodes::eventually_async(
-        "an answer other than UNAVAILABLE",
-        Duration::from_secs(60),
-        || {
-            let answer = call();
-            async move {
-                match answer.await {
-                    Err(s) if s.code() == tonic::Code::Unavailable => Err(s.message().to_owned()),
-                    other => Ok(other),
-                }
-            }
-        },
-    )
-    .await
-    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
 }
 
 /// The applied index of `shard` on whichever node leads it.

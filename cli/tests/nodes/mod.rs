@@ -459,3 +459,28 @@ pub fn sample(body: &str, name: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|value| value.trim().parse().ok())
 }
+
+/// Runs `call` until it answers other than UNAVAILABLE (an election, a
+/// leader hint a moment stale, a restarted node catching up), for at most
+/// 60 s; that answer, or UNAVAILABLE naming the last one.
+pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    eventually_async(
+        "an answer other than UNAVAILABLE",
+        Duration::from_secs(60),
+        || {
+            let answer = call();
+            async move {
+                match answer.await {
+                    Err(s) if s.code() == tonic::Code::Unavailable => Err(s.message().to_owned()),
+                    other => Ok(other),
+                }
+            }
+        },
+    )
+    .await
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+}
