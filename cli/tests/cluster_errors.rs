@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 const GROUP: u64 = 10;
 const MAX_MESSAGE_BYTES: usize = 1024;
 const MAX_BATCH: usize = 4;
+const MAX_WATCHERS: usize = 2;
 
 type Client = ImstoreClient<tonic::transport::Channel>;
 
@@ -218,7 +219,10 @@ fn every_reason_keeps_its_metadata_through_every_node() -> nodes::TestResult {
     let config = root.path().join("node.toml");
     std::fs::write(
         &config,
-        format!("max_message_bytes = {MAX_MESSAGE_BYTES}\nmax_batch_messages = {MAX_BATCH}\n"),
+        format!(
+            "max_message_bytes = {MAX_MESSAGE_BYTES}\nmax_batch_messages = {MAX_BATCH}\n\
+             max_watchers = {MAX_WATCHERS}\n"
+        ),
     )?;
     let config = config.display().to_string();
     let flags = ["--config", &config, "--metrics-listen", "off"];
@@ -256,6 +260,33 @@ fn every_reason_keeps_its_metadata_through_every_node() -> nodes::TestResult {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+
+        // The node's watch limit: RESOURCE_EXHAUSTED naming it.
+        let watch = || pb::WatchRequest {
+            users: vec![pb::UserPosition {
+                user: 2,
+                inbox_seq: 0,
+                shards: Vec::new(),
+            }],
+            conversations: vec![],
+            change: 0,
+            shards: Vec::new(),
+        };
+        let mut c = Client::connect(format!("http://{}", addrs[0])).await?;
+        let mut held = Vec::new();
+        for _ in 0..MAX_WATCHERS {
+            held.push(c.watch(watch()).await?);
+        }
+        let max = MAX_WATCHERS.to_string();
+        check(
+            "node 1",
+            "a watch over the limit",
+            c.watch(watch()).await.map(|_| ()),
+            Code::ResourceExhausted,
+            "RESOURCE_EXHAUSTED",
+            &[("max_watchers", &max)],
+        );
+        drop(held);
 
         // A watch of shard 0 scoped to node 3, which does not host it.
         let mut c = Client::connect(format!("http://{}", addrs[2])).await?;
