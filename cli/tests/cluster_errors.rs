@@ -290,16 +290,7 @@ fn every_reason_keeps_its_metadata_through_every_node() -> nodes::TestResult {
 
         // A watch of shard 0 scoped to node 3, which does not host it.
         let mut c = Client::connect(format!("http://{}", addrs[2])).await?;
-        let mut scoped = tonic::Request::new(pb::WatchRequest {
-            users: vec![pb::UserPosition {
-                user: 2,
-                inbox_seq: 0,
-                shards: Vec::new(),
-            }],
-            conversations: vec![],
-            change: 0,
-            shards: Vec::new(),
-        });
+        let mut scoped = tonic::Request::new(watch());
         scoped
             .metadata_mut()
             .insert(imstore_proxy::WATCH_SHARD_HEADER, 0u64.into());
