@@ -109,6 +109,7 @@ mod membership;
 mod overlays;
 mod reads;
 mod send;
+#[cfg(feature = "replication")]
 pub use image::push_image_meta_row;
 
 /// Changes made by the commands applied so far in one group, not yet written.
