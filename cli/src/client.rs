@@ -225,7 +225,7 @@ pub fn run(cmd: ClientCmd, server: &str, json_output: bool) -> Result<(), Failur
             .map_err(|e| format!("cannot reach {server}: {e}"))?;
         let (value, text) = call(&mut client, cmd, json_output).await.map_err(|e| {
             match e.downcast_ref::<tonic::Status>() {
-                Some(s) => format!("{:?}: {}", s.code(), s.message()).into(),
+                Some(s) => crate::status_text(s).into(),
                 None => e,
             }
         })?;

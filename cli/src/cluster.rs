@@ -80,13 +80,8 @@ pub(crate) type Failure = Box<dyn std::error::Error>;
 
 pub(crate) type Client = RaftTransportClient<tonic::transport::Channel>;
 
-/// A node's refusal, as the CLI reports it: the reason its `ErrorInfo`
-/// names (the code when it has none) and the message.
 fn failure(s: tonic::Status) -> Failure {
-    match imstore_proto::errors::error_info(&s) {
-        Some((reason, _)) => format!("{reason}: {}", s.message()).into(),
-        None => format!("{:?}: {}", s.code(), s.message()).into(),
-    }
+    crate::status_text(&s).into()
 }
 
 /// The data shards of the node behind `client` and its metadata group

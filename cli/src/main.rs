@@ -165,6 +165,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// A server's or node's refusal, as every subcommand reports it: the
+/// reason its `ErrorInfo` names (the status code when it has none), then
+/// the message.
+pub(crate) fn status_text(status: &tonic::Status) -> String {
+    match imstore_proto::errors::error_info(status) {
+        Some((reason, _)) => format!("{reason}: {}", status.message()),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
 /// Whether `err` (or what it wraps) is a store that refused to open
 /// because its files are damaged.
 fn refused_as_damaged(err: &(dyn std::error::Error + 'static)) -> bool {

@@ -179,7 +179,7 @@ async fn connect(server: &str) -> Result<ImstoreClient<tonic::transport::Channel
 }
 
 fn status_text(status: tonic::Status) -> Failure {
-    format!("{:?}: {}", status.code(), status.message()).into()
+    crate::status_text(&status).into()
 }
 
 /// `imstore verify --server URL`: the server checks its store while it

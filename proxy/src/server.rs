@@ -382,27 +382,13 @@ async fn serve<B: Backend + 'static>(
 }
 
 /// Refuses `peers` that do not parse as `id=host:port`, repeat an id, or
-/// leave this node out.
+/// leave this node out (`imstore_raft::parse_peers`), and no replicas.
 fn check_peers(node: &NodeConfig) -> Result<(), ServeError> {
     if node.peers.is_empty() {
         return Ok(());
     }
-    let mut ids = std::collections::BTreeSet::new();
-    for peer in &node.peers {
-        let (id, _) = imstore_raft::parse_member(peer)
-            .map_err(|e| ServeError::Config(format!("peers: {e}")))?;
-        if !ids.insert(id) {
-            return Err(ServeError::Config(format!(
-                "peers: node {id} is listed twice"
-            )));
-        }
-    }
-    if !ids.contains(&node.id) {
-        return Err(ServeError::Config(format!(
-            "peers must list this node ({}) with its address",
-            node.id
-        )));
-    }
+    imstore_raft::parse_peers(node.id, &node.peers)
+        .map_err(|e| ServeError::Config(format!("peers: {e}")))?;
     if node.replicas == 0 {
         return Err(ServeError::Config("replicas must be at least 1".into()));
     }
@@ -415,14 +401,9 @@ fn spawn_bootstrap(node: &NodeConfig, shard_count: u64) -> Option<tokio::task::J
     if node.peers.is_empty() {
         return None;
     }
-    let peers: Vec<imstore_raft::ClusterMember> = node
-        .peers
-        .iter()
-        .filter_map(|p| imstore_raft::parse_member(p).ok())
-        .collect();
-    let (id, replicas) = (node.id, node.replicas);
+    let (id, peers, replicas) = (node.id, node.peers.clone(), node.replicas);
     Some(tokio::spawn(async move {
-        match imstore_raft::bootstrap_from_peers(id, peers, shard_count, replicas).await {
+        match imstore_raft::bootstrap_from_peers(id, &peers, shard_count, replicas).await {
             Ok(outcome) => tracing::info!(?outcome, "bootstrap from peers"),
             Err(e) => tracing::error!(error = %e, "bootstrap from peers failed"),
         }

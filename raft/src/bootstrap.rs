@@ -45,6 +45,23 @@ pub fn parse_member(text: &str) -> Result<Member, Error> {
     Ok((id, address.trim().to_owned()))
 }
 
+/// A node's `peers` (`id=host:port` each), parsed, sorted by id and
+/// checked: ids distinct, `node_id` among them.
+pub fn parse_peers(node_id: u64, peers: &[String]) -> Result<Vec<Member>, Error> {
+    let peers = checked(
+        peers
+            .iter()
+            .map(|p| parse_member(p))
+            .collect::<Result<_, _>>()?,
+    )?;
+    if !peers.iter().any(|(id, _)| *id == node_id) {
+        return Err(Error::InvalidRequest(format!(
+            "the peers must list this node ({node_id}) too"
+        )));
+    }
+    Ok(peers)
+}
+
 /// Sorts `members` by id and refuses duplicates.
 fn checked(mut members: Vec<Member>) -> Result<Vec<Member>, Error> {
     members.sort();
@@ -127,16 +144,11 @@ pub enum Bootstrap {
 /// can decide; the caller bounds it (a node's task ends with the node).
 pub async fn bootstrap_from_peers(
     node_id: u64,
-    peers: Vec<Member>,
+    peers: &[String],
     shard_count: u64,
     replicas: usize,
 ) -> Result<Bootstrap, Error> {
-    let peers = checked(peers)?;
-    if !peers.iter().any(|(id, _)| *id == node_id) {
-        return Err(Error::InvalidRequest(format!(
-            "the peers must list this node ({node_id}) too"
-        )));
-    }
+    let peers = parse_peers(node_id, peers)?;
     let lowest = peers[0].0;
     if lowest != node_id {
         return Ok(Bootstrap::LeftToNode(lowest));

@@ -68,7 +68,7 @@ mod state_machine;
 mod transport;
 
 pub use bootstrap::{
-    bootstrap_from_peers, initialize_cluster, parse_member, placement, Bootstrap,
+    bootstrap_from_peers, initialize_cluster, parse_member, parse_peers, placement, Bootstrap,
     Member as ClusterMember,
 };
 pub use cluster_backup::{

@@ -319,19 +319,39 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
 
     pub(crate) fn append_one(&mut self, scratch: &mut Pending, m: &NewMessage) -> Result<Appended> {
         let dedup_key = codec::dedup_key(m.conversation, m.sender, &m.client_msg_id);
-        if let Some(entry) = self.dedup(scratch, &dedup_key)? {
-            if m.timestamp_ms
-                <= entry
-                    .timestamp_ms
-                    .saturating_add(self.limits.dedup_window_ms)
-            {
-                return Ok(Appended {
-                    seq: entry.seq,
-                    duplicate: true,
-                });
-            }
+        match self.retry_of(scratch, m, &dedup_key)? {
+            Some(original) => Ok(original),
+            None => self.append_new(scratch, m, dedup_key),
         }
+    }
 
+    /// The earlier append `m` retries (same conversation, sender and client
+    /// message id within the dedup window): its seq, and nothing to write.
+    pub(crate) fn retry_of(
+        &mut self,
+        scratch: &Pending,
+        m: &NewMessage,
+        dedup_key: &[u8],
+    ) -> Result<Option<Appended>> {
+        Ok(self.dedup(scratch, dedup_key)?.and_then(|entry| {
+            let window_end = entry
+                .timestamp_ms
+                .saturating_add(self.limits.dedup_window_ms);
+            (m.timestamp_ms <= window_end).then_some(Appended {
+                seq: entry.seq,
+                duplicate: true,
+            })
+        }))
+    }
+
+    /// Appends `m`, which [`GroupApplier::retry_of`] found is no retry,
+    /// recording it under `dedup_key`.
+    pub(crate) fn append_new(
+        &mut self,
+        scratch: &mut Pending,
+        m: &NewMessage,
+        dedup_key: Vec<u8>,
+    ) -> Result<Appended> {
         let mut state = self.conversation(scratch, m.conversation)?;
         let seq = state.last_seq.checked_add(1).ok_or(Error::SeqExhausted {
             conversation: m.conversation,

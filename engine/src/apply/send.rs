@@ -19,21 +19,13 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         self.managed(scratch, m.conversation)?;
         // A retry is answered before the membership check: the original
         // send was accepted, whatever happened to the membership since.
+        // (One dedup lookup: the append below knows it is no retry.)
         let dedup_key = codec::dedup_key(m.conversation, m.sender, &m.client_msg_id);
-        if let Some(entry) = self.dedup(scratch, &dedup_key)? {
-            if m.timestamp_ms
-                <= entry
-                    .timestamp_ms
-                    .saturating_add(self.limits.dedup_window_ms)
-            {
-                return Ok(Appended {
-                    seq: entry.seq,
-                    duplicate: true,
-                });
-            }
+        if let Some(original) = self.retry_of(scratch, &message, &dedup_key)? {
+            return Ok(original);
         }
         let mut sender = self.current_member(scratch, m.conversation, m.sender)?;
-        let appended = self.append_one(scratch, &message)?;
+        let appended = self.append_new(scratch, &message, dedup_key)?;
         let seq = appended.seq;
         let mut state = self.conversation(scratch, m.conversation)?;
 
