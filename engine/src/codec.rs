@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Version of the on-disk format as a whole, stored in the `meta` column family.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Version byte at the start of every record body.
 pub const RECORD_VERSION: u8 = 1;
@@ -129,6 +129,8 @@ pub fn dedup_key(conversation: u64, sender: u64, client_msg_id: &[u8]) -> Vec<u8
 mod im;
 #[path = "codec/image.rs"]
 mod image;
+#[path = "codec/outbox.rs"]
+mod outbox;
 #[path = "codec/records.rs"]
 mod records;
 #[path = "codec/state.rs"]
@@ -136,6 +138,7 @@ mod state;
 
 pub use im::*;
 pub use image::*;
+pub use outbox::*;
 pub use records::*;
 pub use state::*;
 

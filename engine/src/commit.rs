@@ -382,7 +382,7 @@ impl Committer {
                 inbox_heads: &mut self.inbox_heads,
             };
             let change_base = self.store.change_counter(shard);
-            let mut applier = GroupApplier::new(&mut state, self.limits, change_base);
+            let mut applier = GroupApplier::new(&mut state, self.limits, shard, change_base);
             for index in indexes {
                 outcomes[index] = applier.apply(&group[index].1);
             }
@@ -465,6 +465,7 @@ impl Committer {
                 .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
                 .collect(),
             joined: effects.joined.clone(),
+            outbox: effects.outbox_written,
         });
         // The caches first: they must match the store whatever the
         // listener does.

@@ -14,6 +14,8 @@ use crate::{
 
 #[path = "im_read.rs"]
 mod im_read;
+#[path = "outbox_read.rs"]
+mod outbox_read;
 
 /// An open imstore data directory, seen through one of its shards. Cheap
 /// to clone; every clone is the same store. [`Engine::open`] gives shard 0,

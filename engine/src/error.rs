@@ -221,6 +221,19 @@ pub enum Error {
         /// The store's inbox position for the user (with `inbox_seq`).
         store_inbox_seq: Option<u64>,
     },
+    /// A [`Command::Deliver`](crate::Command::Deliver) skipped outbox
+    /// records: shard `from`'s records reach a shard strictly in order, so
+    /// this means a lost record or a bug. Nothing was written; the drain
+    /// retries from the record the destination expects.
+    #[error("delivery from shard {from} starts at outbox record {found}, but the next one expected is {expected}")]
+    DeliveryGap {
+        /// The source shard.
+        from: u64,
+        /// The outbox seq the destination expects next.
+        expected: u64,
+        /// The first outbox seq delivered.
+        found: u64,
+    },
     /// A conversation has used every seq a u64 can hold. Nothing was written.
     #[error("conversation {conversation} has no seq left")]
     SeqExhausted {
@@ -339,6 +352,7 @@ impl Error {
             | Error::AlreadyRecalled { .. }
             | Error::WindowClosed { .. }
             | Error::ManagedConversation { .. }
+            | Error::DeliveryGap { .. }
             | Error::UnsupportedFormat { .. } => "FAILED_PRECONDITION",
             Error::SeqBeyondLast { .. } => "SEQ_BEYOND_LAST",
             Error::CursorFromFuture { .. } => "CURSOR_FROM_FUTURE",
@@ -378,6 +392,7 @@ impl Error {
             Error::SeqBeyondLast { .. } => "seq_beyond_last",
             Error::CursorFromFuture { .. } => "cursor_from_future",
             Error::SeqExhausted { .. } => "seq_exhausted",
+            Error::DeliveryGap { .. } => "delivery_gap",
             Error::DiskFull { .. } => "disk_full",
             Error::Corruption { .. } => "corrupt_segment",
             Error::CorruptMetadata { .. } => "corrupt_value",
@@ -454,6 +469,15 @@ impl Error {
                 put("conversation", *conversation);
                 put("seq", *seq);
                 put("deadline_ms", *deadline_ms);
+            }
+            Error::DeliveryGap {
+                from,
+                expected,
+                found,
+            } => {
+                put("from", *from);
+                put("expected", *expected);
+                put("found", *found);
             }
             Error::UnsupportedFormat { found, supported } => {
                 put("found", u64::from(*found));

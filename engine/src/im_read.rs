@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::Engine;
 use crate::codec::{
-    self, im_key, tag, ConversationState, FriendEntry, InboxEntry, MemberEntry, OverlayEntry,
+    self, im_key, tag, ConversationState, FriendEntry, InboxCopy, MemberEntry, OverlayEntry,
     SyncCursor, UserConversation,
 };
 use crate::store::{ShardView, CF_IM, CF_RECEIPTS};
@@ -349,23 +349,16 @@ impl Engine {
         let rows = self.store().scan_in(CF_IM, &lo, &hi, limit + 1)?;
         let more = rows.len() > limit;
         let mut next_inbox = cursor.inbox_seq;
-        let mut found = Vec::new();
-        let mut inbox_seqs = Vec::new();
+        let mut messages = Vec::new();
         for (key, value) in rows.into_iter().take(limit) {
             let inbox_seq = key_id(&key, 1)?;
             next_inbox = inbox_seq;
-            let entry = InboxEntry::decode(&value).map_err(corrupt_value("inbox entry"))?;
-            let read = self.read(entry.conversation, entry.seq, 1, Direction::Forward)?;
-            // Nothing when retention cleared the message.
-            if let Some(m) = read.into_iter().find(|m| m.seq == entry.seq) {
-                found.push(m);
-                inbox_seqs.push(inbox_seq);
+            let copy = InboxCopy::decode(&value).map_err(corrupt_value("inbox copy"))?;
+            // Nothing when retention or a clear removed the message.
+            if !copy.cleared {
+                messages.push((inbox_seq, copy_view(copy)));
             }
         }
-        let messages = inbox_seqs
-            .into_iter()
-            .zip(self.views_of(user, found)?)
-            .collect();
         let mut advanced = Vec::new();
         // No big conversation anywhere advanced since the cursor: nothing to
         // look up per conversation.
@@ -709,6 +702,28 @@ fn view(mut message: Message, overlay: Option<&OverlayEntry>, hidden: bool) -> M
         message,
         recalled,
         edited,
+        deleted_for_me: hidden,
+    }
+}
+
+/// A message as its inbox copy shows it to the copy's user.
+fn copy_view(copy: InboxCopy) -> MessageView {
+    let hidden = copy.hidden;
+    MessageView {
+        message: Message {
+            conversation: copy.conversation,
+            seq: copy.seq,
+            sender: copy.sender,
+            timestamp_ms: copy.timestamp_ms,
+            client_msg_id: Bytes::from(copy.client_msg_id),
+            payload: if copy.recalled || hidden {
+                Bytes::new()
+            } else {
+                Bytes::from(copy.payload)
+            },
+        },
+        recalled: copy.recalled,
+        edited: copy.edited,
         deleted_for_me: hidden,
     }
 }

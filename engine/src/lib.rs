@@ -134,7 +134,7 @@ pub use crate::disk::{
 };
 pub use crate::engine::Engine;
 pub use crate::error::{refuse_orphaned_files, Entity, Error, Result, TimedAction};
-pub use crate::placement::{pair_key, shard_for};
+pub use crate::placement::{pair_key, shard_for, shard_for_user};
 
 /// For the raft log store, which opens a RocksDB of its own and guards it
 /// as the engine guards its store: refuse a crashed database whose
@@ -148,7 +148,8 @@ pub use crate::store::{ShardId, MAX_SHARD, WAL_RECOVERY_MODE};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,
-    NewMessage, Options, Outcome, Receipts, SegmentInfo, SendMessage, SyncCursor, SyncPage,
+    NewMessage, Options, OutboxBacklog, Outcome, Receipts, SegmentInfo, SendMessage, SyncCursor,
+    SyncPage,
 };
 pub use crate::verify::{Damage, VerifyProgress, VerifyReport};
 pub use bytes::Bytes;

@@ -25,6 +25,21 @@ pub fn shard_for(key: u64, shards: u64) -> u64 {
     splitmix(key) % shards.max(1)
 }
 
+/// The shard that holds `user`'s own data among `shards`: their inbox
+/// (message copies delivered from the conversations' shards), and, as the
+/// user-shard work lands, the rest of what only that user reads
+/// (`docs/replication.md`, "User shards"). `SplitMix64(user ^ USER_SEED)
+/// % shards`: seeded apart from [`shard_for`], so that a user and a
+/// conversation with the same number do not always share a shard. Stable
+/// forever: data is placed by it.
+pub fn shard_for_user(user: u64, shards: u64) -> u64 {
+    splitmix(user ^ USER_SEED) % shards.max(1)
+}
+
+/// Seed of [`shard_for_user`] (the first 64 bits of the fractional part of
+/// the square root of 3, as SHA-512 uses them).
+const USER_SEED: u64 = 0xbb67_ae85_84ca_a73b;
+
 /// The placement key of a user pair: its direct conversation's first
 /// candidate id.
 pub fn pair_key(a: u64, b: u64) -> u64 {
@@ -48,4 +63,33 @@ fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The placements are on disk: these values must never change.
+    #[test]
+    fn placements_are_stable() {
+        assert_eq!(shard_for(7, 16), shard_for(7, 16));
+        let users: Vec<u64> = (1..=8).map(|u| shard_for_user(u, 16)).collect();
+        assert_eq!(users, PINNED_USER_SHARDS);
+        assert_eq!(shard_for_user(42, 1), 0);
+        assert_eq!(shard_for_user(42, 0), 0);
+    }
+
+    const PINNED_USER_SHARDS: [u64; 8] = [11, 15, 8, 9, 3, 14, 10, 1];
+
+    #[test]
+    fn users_spread_over_shards() {
+        let mut counts = [0u32; 16];
+        for user in 0..16_000u64 {
+            counts[shard_for_user(user, 16) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::{
     ConversationSummary, Direction, Engine, Error, Friend, FriendStatus, ListCursor, Member,
-    Message, MessageView, Receipts, Result, SyncCursor, SyncPage,
+    Message, MessageView, OutboxBacklog, Receipts, Result, SyncCursor, SyncPage,
 };
 
 /// Where a shard's part of a sync starts.
@@ -121,6 +121,18 @@ pub enum ShardQuery {
         /// The change counter the watcher has seen in this shard.
         known_change: u64,
     },
+    /// [`Engine::outbox_backlog`]: what this shard's outbox holds, per
+    /// destination shard.
+    OutboxBacklog,
+    /// [`Engine::outbox_records`]: the oldest records toward `dest`.
+    OutboxRecords {
+        /// The destination shard.
+        dest: u64,
+        /// Most records.
+        limit: u32,
+        /// Most bytes past the first record.
+        max_bytes: u32,
+    },
 }
 
 /// The answer to a [`ShardQuery`], the variant named after it.
@@ -162,6 +174,15 @@ pub enum ShardAnswer {
         /// Big conversations past the known change: (conversation, seq,
         /// change counter).
         advanced: Vec<(u64, u64, u64)>,
+    },
+    /// See [`ShardQuery::OutboxBacklog`].
+    OutboxBacklog(Vec<OutboxBacklog>),
+    /// See [`ShardQuery::OutboxRecords`].
+    OutboxRecords {
+        /// The outbox seq of the first record (0 when there is none).
+        first: u64,
+        /// The records, consecutive from `first`.
+        records: Vec<Bytes>,
     },
 }
 
@@ -256,6 +277,15 @@ impl Engine {
                 listed,
                 known_change,
             } => self.watch_state(&users, listed, known_change)?,
+            ShardQuery::OutboxBacklog => ShardAnswer::OutboxBacklog(self.outbox_backlog()?),
+            ShardQuery::OutboxRecords {
+                dest,
+                limit: n,
+                max_bytes,
+            } => {
+                let (first, records) = self.outbox_records(dest, limit(n), limit(max_bytes))?;
+                ShardAnswer::OutboxRecords { first, records }
+            }
         })
     }
 

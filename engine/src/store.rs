@@ -240,7 +240,7 @@ impl Store {
         if legacy {
             store.upgrade_legacy(path)?;
         }
-        store.check_format(existing, path)?;
+        store.check_format(existing, path, options.placement_shards)?;
         store.reload_counters()?;
         Ok(store)
     }
@@ -284,13 +284,13 @@ impl Store {
                 Some(v) => decode_u32(&v, "format version")?,
                 None => return Err(Error::NotAnImstoreDirectory(path.display().to_string())),
             };
-            if !(1..FORMAT_VERSION).contains(&found) {
+            if !(1..upgrade::POINTER_INBOX_FORMAT).contains(&found) {
                 return Err(Error::UnsupportedFormat {
                     found,
                     supported: FORMAT_VERSION,
                 });
             }
-            tracing::info!(path = %path.display(), from = found, to = FORMAT_VERSION, "upgrading the data directory");
+            tracing::info!(path = %path.display(), from = found, to = upgrade::POINTER_INBOX_FORMAT, "upgrading the data directory: keys get a shard prefix");
             let mut rows = 0u64;
             for (old, new) in LEGACY_CFS.iter().zip(ALL_CFS) {
                 let Some(old_cf) = self.db.cf_handle(old) else {
@@ -327,7 +327,7 @@ impl Store {
             done.put_cf(
                 self.cf(CF_META)?,
                 store_wide_key(META_FORMAT_VERSION),
-                FORMAT_VERSION.to_be_bytes(),
+                upgrade::POINTER_INBOX_FORMAT.to_be_bytes(),
             );
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
@@ -400,12 +400,16 @@ impl Store {
     }
 
     /// A new directory gets the current format version, synced; an existing
-    /// one must carry it (older ones were upgraded by [`Store::open`]).
-    fn check_format(&self, existing: bool, path: &Path) -> Result<()> {
+    /// one must carry it. Formats 1 and 2 were moved to format 3's layout
+    /// by [`Store::open`]; format 3 is upgraded here (`upgrade.rs`).
+    fn check_format(&self, existing: bool, path: &Path, placement_shards: u64) -> Result<()> {
         let meta = self.cf(CF_META)?;
         match self.db.get_cf(meta, store_wide_key(META_FORMAT_VERSION))? {
             Some(v) => {
                 let found = decode_u32(&v, "format version")?;
+                if found == upgrade::POINTER_INBOX_FORMAT {
+                    return self.upgrade_inbox_copies(path, placement_shards);
+                }
                 if found != FORMAT_VERSION {
                     return Err(Error::UnsupportedFormat {
                         found,
@@ -570,6 +574,7 @@ impl Drop for Store {
     }
 }
 
+mod upgrade;
 mod view;
 pub(crate) use view::ShardView;
 

@@ -443,6 +443,31 @@ pub enum Command {
         /// The last part: the shard is whole again.
         complete: bool,
     },
+    /// Cross-shard delivery: apply outbox records `first`, `first + 1`, …
+    /// of shard `from` addressed to this shard (their effects: message
+    /// copies into inboxes, and what later happens to those messages).
+    /// Records this shard already has from `from` are skipped, so
+    /// delivering again after a crash or a leader change is a no-op; a
+    /// record past the next one expected is refused
+    /// ([`Error::DeliveryGap`](crate::Error::DeliveryGap)). Sent by the
+    /// source shard's drain, not by clients (`docs/replication.md`,
+    /// "User shards").
+    Deliver {
+        /// The shard whose outbox the records come from.
+        from: u64,
+        /// The outbox seq of the first record.
+        first: u64,
+        /// The records, as the source's outbox holds them.
+        records: Vec<Bytes>,
+    },
+    /// Forget this shard's outbox records toward shard `dest` up to
+    /// `through`: `dest` has them durably ([`Command::Deliver`] succeeded).
+    AckOutbox {
+        /// The destination shard.
+        dest: u64,
+        /// The last outbox seq it has.
+        through: u64,
+    },
 }
 
 /// A message sent to a direct or group conversation with [`Command::Send`].
@@ -531,6 +556,25 @@ pub struct MessageView {
     pub edited: bool,
     /// Deleted by this user for themself.
     pub deleted_for_me: bool,
+}
+
+/// What a shard's outbox holds toward one destination shard.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    /// The destination shard.
+    pub dest: u64,
+    /// The outbox seq of the oldest record waiting.
+    pub first: u64,
+    /// The outbox seq of the newest record written.
+    pub last: u64,
+}
+
+impl OutboxBacklog {
+    /// Records waiting.
+    pub fn waiting(&self) -> u64 {
+        self.last.saturating_sub(self.first) + 1
+    }
 }
 
 /// A big (read-fan-out) conversation that advanced since a sync cursor.
@@ -665,11 +709,17 @@ pub struct CommitNotice {
     /// (user, conversation) memberships opened: a subscriber watching the
     /// user follows the conversation from now on.
     pub joined: Vec<(u64, u64)>,
+    /// The shard wrote outbox records: effects for users of other shards
+    /// wait to be delivered ([`Command::Deliver`]).
+    pub outbox: bool,
 }
 
 impl CommitNotice {
     /// Nothing to tell.
     pub fn is_empty(&self) -> bool {
-        self.inbox_heads.is_empty() && self.conversations.is_empty() && self.joined.is_empty()
+        self.inbox_heads.is_empty()
+            && self.conversations.is_empty()
+            && self.joined.is_empty()
+            && !self.outbox
     }
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions, SnapshotWithThreadMode, DB};
 
-use crate::codec::{self, ConversationState, DedupEntry, Frames, InboxEntry};
+use crate::codec::{self, ConversationState, DedupEntry, Frames, InboxCopy};
 use crate::store::{
     ShardId, ALL_CFS, CF_CONVERSATIONS, CF_DEDUP, CF_IM, CF_META, CF_RECEIPTS, CF_SEGMENTS,
     SHARD_PREFIX_LEN,
@@ -466,14 +466,16 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
-    /// Every inbox entry names a seq its conversation gave out; every other
-    /// `im` row is readable.
+    /// Every inbox copy decodes and, when its conversation lives in the
+    /// same shard, names a seq it gave out (a copy of another shard's
+    /// conversation is checked there by nothing: the copy is the data);
+    /// every other `im` row is readable.
     fn inboxes(&mut self, snapshot: &Snapshot<'_>) -> Result<()> {
         let mut found = Vec::new();
         let mut other_rows = 0;
         self.scan(snapshot, CF_IM, |shard, rest, value| {
             if rest.first() == Some(&codec::tag::INBOX) {
-                found.push((shard, u64_at(rest, 1), InboxEntry::decode(value)));
+                found.push((shard, u64_at(rest, 1), InboxCopy::decode(value)));
             } else {
                 other_rows += 1;
             }
@@ -487,6 +489,7 @@ impl Walk<'_, '_> {
                     None,
                     format!("inbox entry of user {user:?} does not decode: {reason}"),
                 )),
+                Ok(e) if !self.last_seqs.contains_key(&(shard, e.conversation)) => None,
                 Ok(e) => self.bad_reference(shard, e.conversation, e.seq).map(|why| {
                     (
                         Some(e.conversation),

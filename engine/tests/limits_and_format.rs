@@ -215,7 +215,7 @@ fn a_newer_format_version_is_refused() -> TestResult {
     match Engine::open(dir.path(), Options::default()) {
         Err(Error::UnsupportedFormat {
             found: 99,
-            supported: 3,
+            supported: 4,
         }) => Ok(()),
         other => Err(format!("expected UnsupportedFormat, got {other:?}").into()),
     }
@@ -366,5 +366,147 @@ fn a_directory_open_elsewhere_is_refused() -> TestResult {
     drop(first);
     // Once closed, it opens again.
     Engine::open(dir.path(), Options::default())?;
+    Ok(())
+}
+
+/// Rewrites a compacted current-format directory's inbox as format 3 had
+/// it: pointer rows (version byte 1, conversation, seq), no index and no
+/// fan-out mode rows, and the format marker at 3.
+fn write_pointer_inboxes(dir: &std::path::Path) -> TestResult {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(false);
+    let cfs = rocksdb::DB::list_cf(&opts, dir)?;
+    let db = rocksdb::DB::open_cf(&opts, dir, &cfs)?;
+    let im = db.cf_handle("s.im").ok_or("im cf")?;
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = db
+        .iterator_cf(im, rocksdb::IteratorMode::Start)
+        .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()?;
+    let mut pointers = 0;
+    for (key, value) in rows {
+        match key.get(2) {
+            Some(b'I') => {
+                // A copy: version 2, flags, then conversation and seq.
+                let mut pointer = vec![1];
+                pointer.extend_from_slice(&value[2..18]);
+                db.put_cf(im, &key, pointer)?;
+                pointers += 1;
+            }
+            Some(b'X') | Some(b'S') => db.delete_cf(im, &key)?,
+            _ => {}
+        }
+    }
+    assert!(pointers > 0, "the directory has inbox rows to rewrite");
+    let meta = db.cf_handle("s.meta").ok_or("meta cf")?;
+    db.put_cf(meta, b"\xff\xffformat_version", 3u32.to_be_bytes())?;
+    db.flush_cf(im)?;
+    db.flush_cf(meta)?;
+    Ok(())
+}
+
+/// A format 3 directory (inbox entries as pointers) is upgraded in place:
+/// every inbox reads as before (overlays and deletions included), and
+/// effects on old messages reach the new copies (the fan-out mode rows
+/// were rebuilt). A format 3 directory of a multi-shard cluster is
+/// refused, untouched.
+#[test]
+fn a_version_3_directory_gets_inbox_copies() -> TestResult {
+    use imstore_engine::{Command, SendMessage, SyncCursor};
+    let dir = tempfile::tempdir()?;
+    let options = || Options {
+        fanout_max_members: 3,
+        ..Options::default()
+    };
+    let send = |conversation: u64, sender: u64, id: &str| SendMessage {
+        conversation,
+        sender,
+        client_msg_id: id.to_owned().into(),
+        payload: format!("body {id}").into(),
+        timestamp_ms: 1_000,
+        receipt: false,
+    };
+    let pages = |engine: &Engine| -> Result<Vec<_>, Error> {
+        (1..=4)
+            .map(|user| engine.sync(user, SyncCursor::default(), 100))
+            .collect()
+    };
+    let before = {
+        let engine = Engine::open(dir.path(), options())?;
+        engine.execute(Command::CreateGroup {
+            conversation: 7,
+            owner: 1,
+            members: vec![1, 2, 3],
+            timestamp_ms: 1_000,
+        })?;
+        engine.send(send(7, 1, "m1"))?;
+        engine.send(send(7, 2, "m2"))?;
+        engine.send(send(7, 1, "m3"))?;
+        engine.execute(Command::Recall {
+            conversation: 7,
+            seq: 3,
+            by: 1,
+            admin: false,
+            timestamp_ms: 1_001,
+        })?;
+        engine.execute(Command::DeleteForMe {
+            user: 3,
+            conversation: 7,
+            seq: 2,
+        })?;
+        // Past the threshold: seq 4 is not fanned out.
+        engine.execute(Command::AddMembers {
+            conversation: 7,
+            by: 1,
+            users: vec![4],
+            timestamp_ms: 1_002,
+        })?;
+        engine.send(send(7, 4, "m4"))?;
+        let pages = pages(&engine)?;
+        engine.compact()?;
+        pages
+    };
+    assert_eq!(
+        before[1].messages.len(),
+        3,
+        "user 2 got the three small sends"
+    );
+    write_pointer_inboxes(dir.path())?;
+
+    let many_shards = Options {
+        placement_shards: 4,
+        ..options()
+    };
+    assert!(matches!(
+        Engine::open(dir.path(), many_shards),
+        Err(Error::UnsupportedFormat {
+            found: 3,
+            supported: 4
+        })
+    ));
+
+    let engine = Engine::open(dir.path(), options())?;
+    assert_eq!(pages(&engine)?, before, "every inbox reads as before");
+    // An admin recall of an old message reaches the copies …
+    engine.execute(Command::Recall {
+        conversation: 7,
+        seq: 1,
+        by: 9,
+        admin: true,
+        timestamp_ms: 1_003,
+    })?;
+    let page = engine.sync(2, SyncCursor::default(), 100)?;
+    assert!(page.messages[0].1.recalled && page.messages[0].1.message.payload.is_empty());
+    // … and so does clearing.
+    engine.execute(Command::ClearHistory {
+        conversation: 7,
+        before_seq: 3,
+    })?;
+    let page = engine.sync(2, SyncCursor::default(), 100)?;
+    let seqs: Vec<u64> = page.messages.iter().map(|(_, v)| v.message.seq).collect();
+    assert_eq!(seqs, vec![3]);
+    drop(engine);
+    // Upgraded once: opens as format 4 again.
+    let engine = Engine::open(dir.path(), options())?;
+    assert_eq!(engine.sync(2, SyncCursor::default(), 100)?, page);
     Ok(())
 }

@@ -104,10 +104,17 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Queues a write of one shard's part of a user's data (a device's
-    /// cursor in that shard).
+    /// cursor in that shard), or one of the delivery commands.
     fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {
         let _ = shard;
         self.submit(command, done);
+    }
+
+    /// Whether this process delivers `shard`'s outbox now: always for
+    /// engines of its own; on a cluster, while this node leads the shard.
+    fn drains(&self, shard: u64) -> bool {
+        let _ = shard;
+        true
     }
 }
 
@@ -264,6 +271,10 @@ impl Backend for RaftBackend {
         !self.node.routes_elsewhere()
     }
 
+    fn drains(&self, _shard: u64) -> bool {
+        self.node.leads()
+    }
+
     fn replicas_of(&self, _shard: u64) -> Result<Vec<String>, Error> {
         self.node.replicas_elsewhere()
     }
@@ -376,6 +387,9 @@ impl<B: Backend> ShardedBackend<B> {
             Command::SaveCursor { .. } => Err(invalid_command(
                 "a device cursor is saved per shard (submit_to_shard)",
             )),
+            Command::Deliver { .. } | Command::AckOutbox { .. } => Err(invalid_command(
+                "delivery commands are sent to their shard by the outbox drain (submit_to_shard)",
+            )),
             Command::PutMeta(_) | Command::ReplaceState(_) | Command::AddImageRows { .. } => Err(
                 invalid_command("replication commands are not client writes"),
             ),
@@ -432,6 +446,11 @@ impl<B: Backend> Backend for ShardedBackend<B> {
     fn hosts(&self, shard: u64) -> bool {
         self.backend(Route::Shard(shard))
             .is_ok_and(|backend| backend.hosts(shard))
+    }
+
+    fn drains(&self, shard: u64) -> bool {
+        self.backend(Route::Shard(shard))
+            .is_ok_and(|backend| backend.drains(shard))
     }
 
     fn replicas_of(&self, shard: u64) -> Result<Vec<String>, Error> {

@@ -53,6 +53,8 @@ impl Subscriber {
 pub struct Hub {
     subscribers: Mutex<Vec<Arc<Subscriber>>>,
     next_id: AtomicU64,
+    /// Woken when a commit wrote outbox records.
+    deliveries: std::sync::OnceLock<Arc<crate::delivery::DeliveryWakes>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,9 +115,20 @@ impl Hub {
         }
     }
 
+    /// From now on, a commit that writes outbox records wakes its shard's
+    /// drain in `wakes`. Set once; later calls change nothing.
+    pub fn wake_deliveries(&self, wakes: Arc<crate::delivery::DeliveryWakes>) {
+        let _ = self.deliveries.set(wakes);
+    }
+
     /// Forwards one commit's changes. Runs on the engine's commit thread:
     /// never blocks.
     pub fn publish(&self, notice: &CommitNotice) {
+        if notice.outbox {
+            if let Some(wakes) = self.deliveries.get() {
+                wakes.wake(u64::from(notice.shard));
+            }
+        }
         let mut subscribers = lock(&self.subscribers);
         subscribers.retain(|sub| {
             let mut conversations = lock(&sub.conversations);
@@ -273,6 +286,7 @@ mod tests {
             inbox_heads: vec![(2, 5), (1, 3)],
             conversations: vec![(8, 1, 1), (9, 4, 2)],
             joined: vec![],
+            outbox: false,
         });
         assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 3, 0)));
         assert_eq!(

@@ -29,6 +29,7 @@
 mod admin;
 mod backend;
 mod convert;
+mod delivery;
 mod error;
 mod fanout;
 mod hub;
@@ -41,6 +42,7 @@ pub use backend::{
     proposals_in_flight_for, Answer, Backend, Barrier, Done, EngineBackend, RaftBackend, Route,
     ShardedBackend, MAX_PROPOSAL, PROPOSALS_IN_FLIGHT,
 };
+pub use delivery::{drain, spawn_delivery, DeliveryFigures, DeliveryWakes};
 pub use error::{to_status, ServiceError, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;

@@ -18,7 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
-use crate::Hub;
+use crate::{DeliveryFigures, Hub};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -45,6 +45,8 @@ pub struct Metrics {
     requests: Family<RpcLabels, Counter>,
     errors: Family<RpcErrorLabels, Counter>,
     durations: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    /// What this process's outbox drains did.
+    pub(crate) delivery: Arc<DeliveryFigures>,
 }
 
 impl Default for Metrics {
@@ -53,6 +55,7 @@ impl Default for Metrics {
             requests: Family::default(),
             errors: Family::default(),
             durations: Family::new_with_constructor(latency_histogram),
+            delivery: Arc::default(),
         }
     }
 }
@@ -116,6 +119,21 @@ impl Metrics {
             "imstore_rpc_duration_seconds",
             "gRPC request latency, by RPC.",
             self.durations.clone(),
+        );
+        registry.register(
+            "imstore_delivery_records",
+            "Outbox records this process delivered to users' shards and acknowledged.",
+            self.delivery.records.clone(),
+        );
+        registry.register(
+            "imstore_delivery_batches",
+            "Deliveries this process made (one per destination shard per round).",
+            self.delivery.deliveries.clone(),
+        );
+        registry.register(
+            "imstore_delivery_failures",
+            "Delivery attempts that failed and were retried.",
+            self.delivery.failures.clone(),
         );
     }
 }

@@ -18,7 +18,10 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::node::{NodeConfig, NodeParts};
-use crate::{Backend, EngineBackend, Hub, ImstoreService, Metrics, ServiceLimits, ShardedBackend};
+use crate::{
+    spawn_delivery, Backend, DeliveryWakes, EngineBackend, Hub, ImstoreService, Metrics,
+    ServiceLimits, ShardedBackend,
+};
 use imstore_proto::raft::raft_transport_server::RaftTransportServer;
 use imstore_raft::TransportService;
 
@@ -286,12 +289,17 @@ impl Server {
                     .as_ref()
                     .and_then(|n| spawn_bootstrap(n, node.shard_count()));
                 let backend = Arc::new(ShardedBackend::new(node.replicas()));
+                // Each shard's leader carries its outbox to the users' shards.
+                let wakes = Arc::new(DeliveryWakes::new(node.shard_count()));
+                hub.wake_deliveries(Arc::clone(&wakes));
+                let deliveries =
+                    spawn_delivery(Arc::clone(&backend), wakes, Arc::clone(&metrics.delivery));
                 let transport = Some(node.transport());
                 let served = serve(
                     &config, sockets, backend, transport, endpoint, hub, metrics, shutdown,
                 )
                 .await;
-                for task in [sweep, bootstrap].into_iter().flatten() {
+                for task in [sweep, bootstrap].into_iter().flatten().chain(deliveries) {
                     task.abort();
                 }
                 node.close().await?;

@@ -6,7 +6,10 @@
 //! device), conversation list, unread total and friends out of both and
 //! compares; a direct conversation gets another id on the sharded store
 //! (one in its pair's shard), so ids are translated. Watch notifications
-//! carry the shard whose inbox advanced.
+//! carry the shard whose inbox advanced. A user's inbox is in the user's
+//! shard, fed through the conversations' shards' outboxes by the drain
+//! the sharded service runs; the comparisons wait until every outbox is
+//! empty (delivery has quiesced).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -17,7 +20,8 @@ use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
 use imstore_proto::v1::imstore_server::ImstoreServer;
 use imstore_proxy::{
-    Backend, EngineBackend, Hub, ImstoreService, Metrics, ServiceLimits, ShardedBackend,
+    spawn_delivery, Backend, DeliveryFigures, DeliveryWakes, EngineBackend, Hub, ImstoreService,
+    Metrics, ServiceLimits, ShardedBackend,
 };
 use proptest::prelude::*;
 use tokio_stream::StreamExt;
@@ -32,8 +36,46 @@ const USERS: u64 = 5;
 /// A service on a free port of 127.0.0.1, stopped when dropped.
 struct Store {
     client: ImstoreClient<Channel>,
+    engine: Engine,
+    shards: u64,
+    deliveries: Vec<tokio::task::JoinHandle<()>>,
     _stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        for task in &self.deliveries {
+            task.abort();
+        }
+    }
+}
+
+impl Store {
+    /// Waits until no shard's outbox holds a record: every effect is in
+    /// its user's shard.
+    async fn quiesce(&self) -> TestResult {
+        let engine = self.engine.clone();
+        let shards = self.shards;
+        imstore_testkit::eventually_async(
+            "every outbox to drain",
+            std::time::Duration::from_secs(60),
+            || {
+                let engine = engine.clone();
+                async move {
+                    for shard in 0..shards {
+                        let backlog = engine.with_shard(u16::try_from(shard)?)?.outbox_backlog()?;
+                        if !backlog.is_empty() {
+                            return Err(format!("shard {shard} still holds {backlog:?}").into());
+                        }
+                    }
+                    Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 async fn serve(shards: u64) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
@@ -48,29 +90,46 @@ async fn serve(shards: u64) -> Result<Store, Box<dyn std::error::Error + Send + 
     let hub = Arc::new(Hub::default());
     let publish = Arc::clone(&hub);
     engine.set_commit_listener(move |notice| publish.publish(notice));
+    let mut deliveries = Vec::new();
     let addr = if shards == 1 {
-        start(EngineBackend::new(engine), hub, dir.path()).await?
+        start(
+            Arc::new(EngineBackend::new(engine.clone())),
+            hub,
+            dir.path(),
+        )
+        .await?
     } else {
         let backends = (0..shards)
             .map(|s| Ok(EngineBackend::new(engine.with_shard(u16::try_from(s)?)?)))
             .collect::<Result<Vec<_>, Box<dyn std::error::Error + Send + Sync>>>()?;
-        start(ShardedBackend::over(backends), hub, dir.path()).await?
+        let backend = Arc::new(ShardedBackend::over(backends));
+        let wakes = Arc::new(DeliveryWakes::new(shards));
+        hub.wake_deliveries(Arc::clone(&wakes));
+        deliveries = spawn_delivery(
+            Arc::clone(&backend),
+            wakes,
+            Arc::new(DeliveryFigures::default()),
+        );
+        start(backend, hub, dir.path()).await?
     };
     Ok(Store {
         client: ImstoreClient::connect(format!("http://{}", addr.0)).await?,
+        engine,
+        shards,
+        deliveries,
         _stop: addr.1,
         _dir: dir,
     })
 }
 
 async fn start<B: Backend>(
-    backend: B,
+    backend: Arc<B>,
     hub: Arc<Hub>,
     dir: &std::path::Path,
 ) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>), Box<dyn std::error::Error + Send + Sync>>
 {
     let service = ImstoreService::new(
-        Arc::new(backend),
+        backend,
         hub,
         Arc::new(Metrics::default()),
         ServiceLimits::default(),
@@ -521,6 +580,7 @@ fn run(ops: Vec<Op>, limit: u32) -> TestResult {
         for op in &ops {
             pair.apply(op).await?;
         }
+        pair.sharded.quiesce().await?;
         compare(&mut pair, limit).await
     })
 }
@@ -586,16 +646,18 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
         .await?
         .into_inner();
     let first = stream.next().await.ok_or("stream ended")??;
-    let shard1 = imstore_engine::shard_for(g1, SHARDS) as u32;
+    // Copies go to the user's shard, whichever shard the group is in.
+    let user_shard = imstore_engine::shard_for_user(1, SHARDS) as u32;
     assert_eq!(
         first.event,
         Some(pb::notification::Event::Inbox(pb::InboxAdvanced {
             user: 1,
             inbox_seq: 1,
-            shard: shard1,
+            shard: user_shard,
         }))
     );
     drop(stream);
+    store.quiesce().await?;
 
     // Knowing the sync cursor's positions: nothing at once; the next send
     // (to the other shard) is the first notification.
@@ -609,7 +671,7 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
         .await?
         .into_inner();
     assert_eq!(page.entries.len(), 1);
-    assert_eq!(page.entries[0].shard, shard1);
+    assert_eq!(page.entries[0].shard, user_shard);
     let cursor = page.cursor.ok_or("no cursor")?;
     let mut stream = store
         .client
@@ -631,8 +693,8 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
         next.event,
         Some(pb::notification::Event::Inbox(pb::InboxAdvanced {
             user: 1,
-            inbox_seq: 1,
-            shard: imstore_engine::shard_for(g2, SHARDS) as u32,
+            inbox_seq: 2,
+            shard: user_shard,
         }))
     );
     Ok(())

@@ -22,8 +22,12 @@ use crate::TypeConfig;
 /// The entry format this build writes: bump it (and keep reading the old
 /// one, or refuse it) whenever an entry's bincode changes, including a
 /// new, removed or reordered variant of `Command`, `Proposal` or what
-/// they hold.
-pub const ENTRY_FORMAT_VERSION: u8 = 1;
+/// they hold. Format 2 added `Command::Deliver` and `Command::AckOutbox`
+/// at the end of `Command`; every format 1 entry reads the same in it.
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
+
+/// The oldest entry format this build reads.
+pub const OLDEST_READABLE_FORMAT: u8 = 1;
 
 /// The tag in front of every versioned stored entry.
 const ENTRY_TAG: &[u8; 3] = b"IMR";
@@ -34,8 +38,9 @@ const ENTRY_TAG: &[u8; 3] = b"IMR";
 pub enum EntryFormatError {
     /// Written by a build with another entry format.
     #[error(
-        "raft log entry format {found} is not supported (this build reads format \
-         {ENTRY_FORMAT_VERSION}); the log was written by another imstore version"
+        "raft log entry format {found} is not supported (this build reads formats \
+         {OLDEST_READABLE_FORMAT} to {ENTRY_FORMAT_VERSION}); the log was written by another \
+         imstore version"
     )]
     UnsupportedVersion {
         /// The version found.
@@ -66,7 +71,8 @@ impl From<bincode::Error> for EntryFormatError {
 /// Whether this build reads payloads of format `version` (0: a sender that
 /// predates the version field, whose payloads are format 1's layout).
 pub fn readable_format(version: u32) -> bool {
-    version == 0 || version == u32::from(ENTRY_FORMAT_VERSION)
+    version == 0
+        || (u32::from(OLDEST_READABLE_FORMAT)..=u32::from(ENTRY_FORMAT_VERSION)).contains(&version)
 }
 
 /// Why a message of format `version` from node `from` is refused, if it is.
@@ -90,7 +96,7 @@ pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, EntryFormatErr
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, EntryFormatError> {
     match bytes.strip_prefix(ENTRY_TAG.as_slice()) {
         Some([version, rest @ ..]) => {
-            if *version != ENTRY_FORMAT_VERSION {
+            if !(OLDEST_READABLE_FORMAT..=ENTRY_FORMAT_VERSION).contains(version) {
                 return Err(EntryFormatError::UnsupportedVersion { found: *version });
             }
             Ok(bincode::deserialize(rest)?)
@@ -115,16 +121,19 @@ mod tests {
     fn tagged_untagged_and_unknown_entries() -> Result<(), EntryFormatError> {
         let entry = blank(9);
         let stored = encode_entry(&entry)?;
-        assert_eq!(&stored[..4], b"IMR\x01");
+        assert_eq!(&stored[..4], b"IMR\x02");
         assert_eq!(decode_entry(&stored)?, entry);
         // Before versioning: plain bincode.
         let legacy = bincode::serialize(&entry)?;
         assert_eq!(decode_entry(&legacy)?, entry);
+        let mut older = stored.clone();
+        older[3] = 1;
+        assert_eq!(decode_entry(&older)?, entry);
         let mut future = stored.clone();
-        future[3] = 2;
+        future[3] = 3;
         assert!(matches!(
             decode_entry(&future),
-            Err(EntryFormatError::UnsupportedVersion { found: 2 })
+            Err(EntryFormatError::UnsupportedVersion { found: 3 })
         ));
         assert!(matches!(
             decode_entry(&stored[..stored.len() - 1]),

@@ -134,4 +134,11 @@ impl ReplicaNode {
             None => Err(format!("shard {} has no leader yet", self.shard())),
         }
     }
+
+    /// Whether this replica leads its group now (as far as it knows): the
+    /// one replica that runs the shard's background work (retention, the
+    /// outbox's delivery).
+    pub fn leads(&self) -> bool {
+        self.raft().metrics().borrow().state == openraft::ServerState::Leader
+    }
 }

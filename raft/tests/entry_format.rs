@@ -1,9 +1,11 @@
-//! The raft log entry format is pinned by a fixture: `fixtures/entries-v1.bin`
-//! holds entries written by format 1 (a blank entry, a membership change,
+//! The raft log entry format is pinned by fixtures: `fixtures/entries-v2.bin`
+//! holds entries written by format 2 (a blank entry, a membership change,
 //! and a proposal with one command of every kind), and this build must
 //! read them back to exactly the values below, and write those values to
-//! exactly those bytes. Reordering a `Command` variant, or changing what
-//! one holds, fails here instead of silently misreading stored logs.
+//! exactly those bytes. `fixtures/entries-v1.bin` holds format 1's, which
+//! must still read the same (format 2 only added commands at the end).
+//! Reordering a `Command` variant, or changing what one holds, fails here
+//! instead of silently misreading stored logs.
 //!
 //! The fixture is never rewritten by a normal run. After a deliberate
 //! format change (with `ENTRY_FORMAT_VERSION` bumped and a new fixture
@@ -17,7 +19,8 @@ use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Members
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const FIXTURE: &str = "tests/fixtures/entries-v1.bin";
+const FIXTURE: &str = "tests/fixtures/entries-v2.bin";
+const FIXTURE_V1: &str = "tests/fixtures/entries-v1.bin";
 
 fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(7, 2), index)
@@ -128,7 +131,26 @@ fn every_command() -> Vec<Command> {
     ]
 }
 
+/// Format 2's commands: format 1's, then the delivery commands.
+fn every_command_v2() -> Vec<Command> {
+    let mut commands = every_command();
+    commands.push(Command::Deliver {
+        from: 3,
+        first: 17,
+        records: vec![b"r1".to_vec().into(), b"r2".to_vec().into()],
+    });
+    commands.push(Command::AckOutbox {
+        dest: 5,
+        through: 18,
+    });
+    commands
+}
+
 fn samples() -> Vec<Entry<TypeConfig>> {
+    samples_of(every_command_v2())
+}
+
+fn samples_of(commands: Vec<Command>) -> Vec<Entry<TypeConfig>> {
     let voters = BTreeSet::from([1u64, 2, 3]);
     let nodes: BTreeMap<u64, BasicNode> = voters
         .iter()
@@ -145,7 +167,7 @@ fn samples() -> Vec<Entry<TypeConfig>> {
         },
         Entry {
             log_id: log_id(3),
-            payload: EntryPayload::Normal(Proposal(every_command())),
+            payload: EntryPayload::Normal(Proposal(commands)),
         },
     ]
 }
@@ -173,8 +195,23 @@ fn unframed(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>
 }
 
 #[test]
-fn format_1_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
-    assert_eq!(ENTRY_FORMAT_VERSION, 1, "a new format needs a new fixture");
+fn format_1_entries_still_read_the_same() -> TestResult {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V1);
+    let samples = samples_of(every_command());
+    let fixture = unframed(&std::fs::read(&path)?)?;
+    assert_eq!(fixture.len(), samples.len());
+    for (stored, sample) in fixture.iter().zip(&samples) {
+        assert_eq!(&stored[..4], b"IMR\x01");
+        assert_eq!(&decode_entry(stored)?, sample, "format 1 reads differently");
+        // The same bytes after the version: format 2 changed no layout.
+        assert_eq!(&encode_entry(sample)?[4..], &stored[4..]);
+    }
+    Ok(())
+}
+
+#[test]
+fn format_2_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
+    assert_eq!(ENTRY_FORMAT_VERSION, 2, "a new format needs a new fixture");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
     let samples = samples();
     let encoded: Vec<Vec<u8>> = samples.iter().map(encode_entry).collect::<Result<_, _>>()?;

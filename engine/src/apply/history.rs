@@ -25,6 +25,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         if before_seq <= state.first_retained() {
             return Ok(Outcome::Done);
         }
+        self.clear_copies(scratch, conversation, state.first_retained(), before_seq)?;
         // Segments wholly below the cut go: everything before the segment
         // that holds `before_seq`, or every segment when the cut is past
         // the last message (the next append then starts a new segment).

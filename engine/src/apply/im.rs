@@ -110,6 +110,12 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 device,
                 cursor,
             } => self.save_cursor(scratch, *user, device, *cursor),
+            Command::Deliver {
+                from,
+                first,
+                records,
+            } => self.deliver(scratch, *from, *first, records),
+            Command::AckOutbox { dest, through } => self.ack_outbox(scratch, *dest, *through),
             #[cfg(feature = "replication")]
             Command::PutMeta(rows) => {
                 for (key, value) in rows {
@@ -245,17 +251,13 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         );
     }
 
-    /// The user's inbox head: the newest inbox key written by this command,
-    /// else by the group, else committed.
+    /// The user's inbox head: the newest inbox seq assigned by this
+    /// command, else by the group, else committed. (Not the newest inbox
+    /// key written: an effect may rewrite an older copy.)
     pub(super) fn inbox_last(&mut self, scratch: &Pending, user: u64) -> Result<u64> {
-        let range = (Space::Im, im_key(tag::INBOX, &[user], &[]))
-            ..(
-                Space::Im,
-                im_key(tag::INBOX, &[user.saturating_add(1)], &[]),
-            );
-        for layer in [&scratch.kv, &self.group.kv] {
-            if let Some(((_, key), _)) = layer.range(range.clone()).next_back() {
-                return codec::im_key_id(key, 1).map_err(corrupt_value("inbox key"));
+        for layer in [&scratch.inbox_heads, &self.group.inbox_heads] {
+            if let Some(&head) = layer.get(&user) {
+                return Ok(head);
             }
         }
         self.state.inbox_last(user)

@@ -101,6 +101,7 @@ impl From<&Options> for ApplyLimits {
     }
 }
 
+mod delivery;
 mod friends;
 mod history;
 mod im;
@@ -133,6 +134,13 @@ pub(crate) struct Pending {
     change: Option<u64>,
     /// (user, conversation) memberships opened, for push subscribers.
     joined: Vec<(u64, u64)>,
+    /// The new inbox head of every user who got a copy.
+    inbox_heads: BTreeMap<u64, u64>,
+    /// Effects for users of other shards, per destination shard, written
+    /// to the outbox when the command ends.
+    outgoing: BTreeMap<u64, Vec<codec::Effect>>,
+    /// An outbox record was written.
+    outbox_written: bool,
     /// A store image replacing everything ([`Command::ReplaceState`]).
     replace: Option<Vec<Row>>,
     /// Image rows added to the shard ([`Command::AddImageRows`]).
@@ -191,6 +199,11 @@ impl Pending {
             self.change = scratch.change;
         }
         self.joined.extend(scratch.joined);
+        for (user, head) in scratch.inbox_heads {
+            let slot = self.inbox_heads.entry(user).or_default();
+            *slot = (*slot).max(head);
+        }
+        self.outbox_written |= scratch.outbox_written;
         if scratch.replace.is_some() {
             self.replace = scratch.replace;
         }
@@ -203,16 +216,24 @@ impl Pending {
 pub(crate) struct GroupApplier<'a, S: CommittedState> {
     state: &'a mut S,
     limits: ApplyLimits,
+    /// The shard applied to: effects for its users apply at once.
+    shard: ShardId,
     group: Pending,
     /// The committed change counter.
     change_base: u64,
 }
 
 impl<'a, S: CommittedState> GroupApplier<'a, S> {
-    pub(crate) fn new(state: &'a mut S, limits: ApplyLimits, change_base: u64) -> Self {
+    pub(crate) fn new(
+        state: &'a mut S,
+        limits: ApplyLimits,
+        shard: ShardId,
+        change_base: u64,
+    ) -> Self {
         GroupApplier {
             state,
             limits,
+            shard,
             group: Pending::default(),
             change_base,
         }
@@ -236,6 +257,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         // group only when the whole command succeeded.
         let mut scratch = Pending::default();
         let outcome = self.apply_im(&mut scratch, command)?;
+        self.write_outgoing(&mut scratch)?;
         self.group.absorb(scratch);
         Ok(outcome)
     }
@@ -508,19 +530,8 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             appended: group.appended,
             timestamp_high_water: new_high_water,
             new_messages: group.new_messages,
-            inbox_heads: group
-                .kv
-                .keys()
-                .filter(|(space, key)| {
-                    *space == Space::Im && key.first() == Some(&codec::tag::INBOX)
-                })
-                .filter_map(|(_, key)| {
-                    Some((
-                        codec::im_key_id(key, 0).ok()?,
-                        codec::im_key_id(key, 1).ok()?,
-                    ))
-                })
-                .collect(),
+            inbox_heads: group.inbox_heads,
+            outbox_written: group.outbox_written,
             cleared: group.cleared,
             change: group.change,
             joined: group.joined,
@@ -541,6 +552,8 @@ pub(crate) struct GroupEffects {
     pub inbox_heads: BTreeMap<u64, u64>,
     /// (user, conversation) memberships opened.
     pub joined: Vec<(u64, u64)>,
+    /// An outbox record was written: the shard has effects to deliver.
+    pub outbox_written: bool,
     /// The whole store was replaced: every cache must go.
     pub replaced: bool,
 }

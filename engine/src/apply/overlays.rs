@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::im::corrupt_value;
 use super::{CommittedState, GroupApplier, Pending, Space};
-use crate::codec::{im_key, tag, ConversationState, OverlayEntry};
+use crate::codec::{im_key, tag, ConversationState, Effect, OverlayEntry};
 use crate::{Entity, Error, Message, Outcome, Result, TimedAction};
 
 impl<S: CommittedState> GroupApplier<'_, S> {
@@ -79,17 +79,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         if let Some(OverlayEntry::Recalled { .. }) = self.overlay(scratch, conversation, seq)? {
             return Ok(Outcome::Done);
         }
-        Self::kv_put(
-            scratch,
-            Space::Im,
-            im_key(tag::OVERLAY, &[conversation, seq], &[]),
-            OverlayEntry::Recalled {
-                by,
-                at_ms: timestamp_ms,
-            }
-            .encode(),
-        );
-        Ok(Outcome::Done)
+        let overlay = OverlayEntry::Recalled {
+            by,
+            at_ms: timestamp_ms,
+        };
+        self.put_overlay(scratch, conversation, seq, overlay)
     }
 
     pub(super) fn edit(
@@ -122,17 +116,40 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             Some(OverlayEntry::Edited { edits, .. }) => edits.saturating_add(1),
             None => 1,
         };
+        let overlay = OverlayEntry::Edited {
+            at_ms: timestamp_ms,
+            edits,
+            payload: payload.to_vec(),
+        };
+        self.put_overlay(scratch, conversation, seq, overlay)
+    }
+
+    /// Stores an overlay and sends it to every inbox holding a copy.
+    fn put_overlay(
+        &mut self,
+        scratch: &mut Pending,
+        conversation: u64,
+        seq: u64,
+        overlay: OverlayEntry,
+    ) -> Result<Outcome> {
         Self::kv_put(
             scratch,
             Space::Im,
             im_key(tag::OVERLAY, &[conversation, seq], &[]),
-            OverlayEntry::Edited {
-                at_ms: timestamp_ms,
-                edits,
-                payload: payload.to_vec(),
-            }
-            .encode(),
+            overlay.encode(),
         );
+        for user in self.copy_holders(scratch, conversation, seq)? {
+            let overlay = overlay.clone();
+            self.emit(
+                scratch,
+                Effect::Overlay {
+                    user,
+                    conversation,
+                    seq,
+                    overlay,
+                },
+            )?;
+        }
         Ok(Outcome::Done)
     }
 
@@ -160,6 +177,16 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             im_key(tag::HIDDEN, &[user, conversation, seq], &[]),
             vec![1],
         );
+        if self.fanned_out(scratch, conversation, seq)? {
+            self.emit(
+                scratch,
+                Effect::Hide {
+                    user,
+                    conversation,
+                    seq,
+                },
+            )?;
+        }
         Ok(Outcome::Done)
     }
 }

@@ -3,7 +3,7 @@
 
 use super::im::corrupt_value;
 use super::{CommittedState, GroupApplier, Pending, Space};
-use crate::codec::{self, im_key, tag, InboxEntry, MemberEntry};
+use crate::codec::{self, im_key, tag, Effect, InboxCopy, MemberEntry};
 use crate::{Appended, NewMessage, Result, SendMessage};
 
 impl<S: CommittedState> GroupApplier<'_, S> {
@@ -25,11 +25,16 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             return Ok(original);
         }
         let mut sender = self.current_member(scratch, m.conversation, m.sender)?;
+        let before = self.conversation(scratch, m.conversation)?;
+        // The previous send's mode: a big send leaves `big_last_seq` at it.
+        let previous = (before.last_seq > 0).then_some(before.big_last_seq != before.last_seq);
         let appended = self.append_new(scratch, &message, dedup_key)?;
         let seq = appended.seq;
         let mut state = self.conversation(scratch, m.conversation)?;
+        let fanned_out = state.member_count <= self.limits.fanout_max_members;
+        Self::note_fanout_mode(scratch, m.conversation, seq, fanned_out, previous);
 
-        if state.member_count > self.limits.fanout_max_members {
+        if !fanned_out {
             // Read fan-out: one write, whatever the group's size; sync
             // reports the conversation through the change counter.
             let change = self.next_change(scratch);
@@ -38,18 +43,20 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             state.big_changed_at = change;
             scratch.conversations.insert(m.conversation, state);
         } else {
+            // Write fan-out: a copy into each current member's inbox, in
+            // the user's shard (at once when that is this one).
+            let copy = InboxCopy {
+                conversation: m.conversation,
+                seq,
+                sender: m.sender,
+                timestamp_ms: m.timestamp_ms,
+                client_msg_id: m.client_msg_id.to_vec(),
+                payload: m.payload.to_vec(),
+                ..InboxCopy::default()
+            };
             for user in self.current_members(scratch, m.conversation)? {
-                let inbox_seq = self.inbox_last(scratch, user)? + 1;
-                Self::kv_put(
-                    scratch,
-                    Space::Im,
-                    im_key(tag::INBOX, &[user, inbox_seq], &[]),
-                    InboxEntry {
-                        conversation: m.conversation,
-                        seq,
-                    }
-                    .encode(),
-                );
+                let copy = copy.clone();
+                self.emit(scratch, Effect::Deliver { user, copy })?;
             }
         }
         if state.member_count <= self.limits.receipt_list_max_members || m.receipt {

@@ -26,6 +26,21 @@ pub mod tag {
     pub const DEVICE: u8 = b'C';
     /// `T conv` → ttl ms u64 BE: conversations with a time-to-live.
     pub const RETENTION: u8 = b'T';
+    /// `X user conv seq` → inbox seq u64 BE: where a message's copy sits
+    /// in the user's inbox (the inbox keyed by message id).
+    pub const INBOX_INDEX: u8 = b'X';
+    /// `S conv seq` → one byte, 1 when the sends from `seq` on were
+    /// fanned out to inboxes, 0 when not: written where a send's mode
+    /// differs from the one before it.
+    pub const FANOUT_MODE: u8 = b'S';
+    /// `Q dest seq` → an outbox record (effects for users of shard
+    /// `dest`), until `dest` has it.
+    pub const OUTBOX: u8 = b'Q';
+    /// `P dest` → the last outbox seq assigned toward `dest`, u64 BE.
+    pub const OUTBOX_LAST: u8 = b'P';
+    /// `W source` → the last outbox seq of shard `source` delivered here,
+    /// u64 BE.
+    pub const DELIVERED: u8 = b'W';
 }
 
 /// A key of the `im` column family: a tag byte, then ids as u64 BE, then
@@ -64,7 +79,7 @@ pub const IM_VALUE_VERSION: u8 = 1;
 /// "Still a member": the `left_at` of an open membership interval.
 pub const OPEN: u64 = u64::MAX;
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
     what: &'static str,
@@ -72,8 +87,17 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8], what: &'static str) -> Result<Self, CodecError> {
+        Self::versioned(bytes, IM_VALUE_VERSION, what)
+    }
+
+    /// A reader of a value that starts with `version`.
+    pub(super) fn versioned(
+        bytes: &'a [u8],
+        version: u8,
+        what: &'static str,
+    ) -> Result<Self, CodecError> {
         match bytes.first() {
-            Some(&IM_VALUE_VERSION) => Ok(Reader { bytes, at: 1, what }),
+            Some(&found) if found == version => Ok(Reader { bytes, at: 1, what }),
             Some(&found) => Err(CodecError::UnknownVersion { found }),
             None => Err(CodecError::BadLength {
                 what: what.into(),
@@ -82,7 +106,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
         let Some(end) = end else {
             return Err(CodecError::BadLength {
@@ -95,30 +119,30 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn u8(&mut self) -> Result<u8, CodecError> {
+    pub(super) fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, CodecError> {
+    pub(super) fn u16(&mut self) -> Result<u16, CodecError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, CodecError> {
+    pub(super) fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(read_u32(self.take(4)?, 0))
     }
 
-    fn u64(&mut self) -> Result<u64, CodecError> {
+    pub(super) fn u64(&mut self) -> Result<u64, CodecError> {
         Ok(read_u64(self.take(8)?, 0))
     }
 
-    fn rest(&mut self) -> &'a [u8] {
+    pub(super) fn rest(&mut self) -> &'a [u8] {
         let out = &self.bytes[self.at..];
         self.at = self.bytes.len();
         out
     }
 
-    fn end(self) -> Result<(), CodecError> {
+    pub(super) fn end(self) -> Result<(), CodecError> {
         if self.at == self.bytes.len() {
             Ok(())
         } else {
@@ -231,7 +255,8 @@ impl UserConversation {
     }
 }
 
-/// An inbox entry: a reference to a message, never its body.
+/// An inbox entry of format 3: a reference to a message, never its body.
+/// Format 4 keeps an [`InboxCopy`] instead (read only by the upgrade).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxEntry {
     /// The message's conversation.

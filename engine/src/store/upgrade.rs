@@ -1,0 +1,214 @@
+//! Format 3 → 4 in place: inbox rows become message copies
+//! (`docs/format.md`, "Upgrades").
+//!
+//! Format 3 kept an inbox entry as a pointer (conversation, seq) into a
+//! timeline of the same shard. Format 4 keeps a copy of the message in
+//! the user's inbox (so that an inbox can live in another shard than the
+//! conversation), the index `X user conv seq`, and the fan-out mode rows
+//! `S conv seq` that tell later recalls, edits and clears which messages
+//! have copies. The upgrade builds all three from what format 3 holds.
+//! Only a directory whose data is one shard per placement (a single
+//! store, or a one-shard cluster) can be upgraded here: with more shards,
+//! copies belong in other shards than the pointers, which takes the
+//! cluster, not one replica. Such a directory is refused, untouched.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rocksdb::{ReadOptions, WriteBatch, WriteOptions};
+
+use super::{
+    shard_key, store_wide_key, Store, CF_IM, CF_META, META_FORMAT_VERSION, SHARD_PREFIX_LEN,
+};
+use crate::codec::{self, im_key, tag, InboxCopy, InboxEntry, OverlayEntry, FORMAT_VERSION};
+use crate::{Error, Result};
+
+/// The format whose inbox rows are pointers.
+pub(super) const POINTER_INBOX_FORMAT: u32 = 3;
+
+/// Rows written per batch of the upgrade.
+const BATCH_ROWS: usize = 10_000;
+
+impl Store {
+    /// Upgrades a format 3 directory to format 4 (see the module doc).
+    /// Idempotent: a crash part-way leaves the version at 3 and the next
+    /// open converts what is left (rows already copied are recognised by
+    /// their version byte).
+    pub(super) fn upgrade_inbox_copies(&self, path: &Path, placement_shards: u64) -> Result<()> {
+        if placement_shards > 1 {
+            tracing::error!(
+                path = %path.display(),
+                "format 3 data of a cluster with {placement_shards} shards cannot be upgraded \
+                 in place: a user's inbox moves to the user's shard. Back up with the old \
+                 release and load the data into a new cluster (docs/replication.md, \"Upgrading\")"
+            );
+            return Err(Error::UnsupportedFormat {
+                found: POINTER_INBOX_FORMAT,
+                supported: FORMAT_VERSION,
+            });
+        }
+        tracing::info!(path = %path.display(), from = POINTER_INBOX_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: inbox entries become message copies");
+        let im = self.cf(CF_IM)?;
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        let mut it = self.db.raw_iterator_cf_opt(im, ro);
+        it.seek_to_first();
+        // Seqs that were fanned out, per (shard, conversation): every such
+        // send left a copy at least in its sender's inbox.
+        let mut fanned: BTreeMap<(u16, u64), Vec<u64>> = BTreeMap::new();
+        let mut batch = WriteBatch::default();
+        let mut converted = 0u64;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key.len() < SHARD_PREFIX_LEN {
+                it.next();
+                continue;
+            }
+            let shard = u16::from_be_bytes([key[0], key[1]]);
+            let rest = &key[SHARD_PREFIX_LEN..];
+            if rest.first() == Some(&tag::INBOX) {
+                let user = codec::im_key_id(rest, 0).map_err(corrupt("inbox key"))?;
+                let inbox_seq = codec::im_key_id(rest, 1).map_err(corrupt("inbox key"))?;
+                if value.first() == Some(&codec::INBOX_COPY_VERSION) {
+                    let copy = InboxCopy::decode(value).map_err(corrupt("inbox copy"))?;
+                    fanned
+                        .entry((shard, copy.conversation))
+                        .or_default()
+                        .push(copy.seq);
+                } else {
+                    let entry = InboxEntry::decode(value).map_err(corrupt("inbox entry"))?;
+                    let copy = self.copy_of(shard, user, entry)?;
+                    if !copy.cleared {
+                        batch.put_cf(
+                            im,
+                            shard_key(
+                                shard,
+                                &im_key(
+                                    tag::INBOX_INDEX,
+                                    &[user, entry.conversation, entry.seq],
+                                    &[],
+                                ),
+                            ),
+                            inbox_seq.to_be_bytes(),
+                        );
+                    }
+                    batch.put_cf(im, key, copy.encode());
+                    fanned
+                        .entry((shard, entry.conversation))
+                        .or_default()
+                        .push(entry.seq);
+                    converted += 1;
+                    if batch.len() >= BATCH_ROWS {
+                        self.db.write(std::mem::take(&mut batch))?;
+                        tracing::info!(converted, "upgrade: inbox entries copied");
+                    }
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        for ((shard, conversation), mut seqs) in fanned {
+            seqs.sort_unstable();
+            seqs.dedup();
+            let last_seq = self.shard(shard).conversation_state(conversation)?.last_seq;
+            for (seq, fanned_out) in mode_changes(&seqs, last_seq) {
+                batch.put_cf(
+                    im,
+                    shard_key(shard, &im_key(tag::FANOUT_MODE, &[conversation, seq], &[])),
+                    [u8::from(fanned_out)],
+                );
+            }
+        }
+        batch.put_cf(
+            self.cf(CF_META)?,
+            store_wide_key(META_FORMAT_VERSION),
+            FORMAT_VERSION.to_be_bytes(),
+        );
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        tracing::info!(converted, "upgrade: done");
+        Ok(())
+    }
+
+    /// The copy a format 3 pointer stands for, as its user saw it.
+    fn copy_of(&self, shard: u16, user: u64, entry: InboxEntry) -> Result<InboxCopy> {
+        let view = self.shard(shard);
+        let (messages, _) = crate::read::forward(&view, entry.conversation, entry.seq, 1)?;
+        let Some(message) = messages.into_iter().find(|m| m.seq == entry.seq) else {
+            // Cleared by retention: the row stays (its inbox seq does).
+            return Ok(InboxCopy {
+                conversation: entry.conversation,
+                seq: entry.seq,
+                cleared: true,
+                ..InboxCopy::default()
+            });
+        };
+        let mut copy = InboxCopy {
+            conversation: entry.conversation,
+            seq: entry.seq,
+            sender: message.sender,
+            timestamp_ms: message.timestamp_ms,
+            client_msg_id: message.client_msg_id.to_vec(),
+            payload: message.payload.to_vec(),
+            ..InboxCopy::default()
+        };
+        let overlay_key = im_key(tag::OVERLAY, &[entry.conversation, entry.seq], &[]);
+        if let Some(bytes) = view.get_in(CF_IM, &overlay_key)? {
+            copy.apply_overlay(&OverlayEntry::decode(&bytes).map_err(corrupt("overlay entry"))?);
+        }
+        let hidden_key = im_key(tag::HIDDEN, &[user, entry.conversation, entry.seq], &[]);
+        if view.get_in(CF_IM, &hidden_key)?.is_some() {
+            copy.hide();
+        }
+        Ok(copy)
+    }
+}
+
+/// The fan-out mode rows of a conversation whose fanned-out seqs are
+/// `seqs` (ascending, distinct) and whose last seq is `last_seq`: (first
+/// seq, fanned out) wherever the mode changes, starting at seq 1. Every
+/// other seq up to `last_seq` was sent without fan-out.
+fn mode_changes(seqs: &[u64], last_seq: u64) -> Vec<(u64, bool)> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    for &seq in seqs {
+        if seq != next {
+            out.push((next, false));
+        }
+        if out.last().is_none_or(|&(_, fanned)| !fanned) {
+            out.push((seq, true));
+        }
+        next = seq + 1;
+    }
+    if next <= last_seq && !seqs.is_empty() {
+        out.push((next, false));
+    }
+    out
+}
+
+fn corrupt(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
+    move |reason| Error::CorruptMetadata {
+        what: what.into(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mode_changes;
+
+    #[test]
+    fn runs_of_fanned_out_seqs_become_mode_rows() {
+        assert_eq!(mode_changes(&[], 9), vec![]);
+        assert_eq!(mode_changes(&[1, 2, 3], 3), vec![(1, true)]);
+        assert_eq!(mode_changes(&[1, 2, 3], 5), vec![(1, true), (4, false)]);
+        assert_eq!(
+            mode_changes(&[3, 4, 8], 8),
+            vec![(1, false), (3, true), (5, false), (8, true)]
+        );
+        assert_eq!(
+            mode_changes(&[1, 5], 7),
+            vec![(1, true), (2, false), (5, true), (6, false)]
+        );
+    }
+}
