@@ -129,6 +129,7 @@ pub(crate) fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_out
             "purged_index": s.purged_index,
             "replicas_behind": replicas_behind_json(s),
             "retired": s.retired,
+            "outbox": s.outbox.iter().map(|o| json!({"dest": o.dest, "first": o.first, "last": o.last, "waiting": o.waiting})).collect::<Vec<_>>(),
                                "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address})).collect::<Vec<_>>()})
         );
     } else {
@@ -162,6 +163,19 @@ pub(crate) fn print_status(s: &rpb::NodeStatus, hosted_elsewhere: bool, json_out
         }
         if !s.retired.is_empty() {
             println!("  the removed node's replica: {}", s.retired);
+        }
+        if !s.outbox.is_empty() {
+            let waiting: Vec<String> = s
+                .outbox
+                .iter()
+                .map(|o| {
+                    format!(
+                        "to shard {}: {} record(s), {}..={}",
+                        o.dest, o.waiting, o.first, o.last
+                    )
+                })
+                .collect();
+            println!("  outbox backlog: {}", waiting.join(", "));
         }
     }
 }

@@ -39,6 +39,11 @@ impl Reader {
         self.engine.last_seq(conversation)
     }
 
+    /// What this shard's outbox holds ([`Engine::outbox_backlog`]).
+    pub fn outbox_backlog(&self) -> Result<Vec<crate::OutboxBacklog>> {
+        self.engine.outbox_backlog()
+    }
+
     /// The commit pipeline's figures ([`Engine::commit_stats`]).
     pub fn commit_stats(&self) -> CommitStats {
         self.engine.commit_stats()

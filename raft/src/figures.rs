@@ -40,7 +40,18 @@ impl ReplicaNode {
             help,
             value,
         };
+        let outbox_waiting = self
+            .reader()
+            .outbox_backlog()
+            .map_or(0, |b| b.iter().map(|d| d.waiting()).sum());
         vec![
+            figure(
+                "imstore_outbox_waiting",
+                Gauge,
+                "Outbox records of this shard not yet delivered to the users' shards (as this \
+                 replica has applied its log).",
+                outbox_waiting,
+            ),
             figure(
                 "imstore_raft_is_leader",
                 Gauge,

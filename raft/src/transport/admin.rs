@@ -198,6 +198,18 @@ impl TransportService {
                 })
                 .collect(),
             retired: String::new(),
+            outbox: replica
+                .reader()
+                .outbox_backlog()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| pb::OutboxBacklog {
+                    dest: b.dest,
+                    first: b.first,
+                    last: b.last,
+                    waiting: b.waiting(),
+                })
+                .collect(),
         })
     }
 }
