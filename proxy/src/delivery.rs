@@ -32,8 +32,10 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Most records in one delivery.
 const RECORDS_PER_DELIVERY: u32 = 256;
 
-/// Most bytes of records in one delivery (past its first record).
-const BYTES_PER_DELIVERY: u32 = 4 << 20;
+/// Most bytes of records in one delivery (past its first record, which
+/// the engine keeps near 1 MiB): a `Deliver` is one raft entry, and a
+/// follower catching up receives many entries in one message.
+const BYTES_PER_DELIVERY: u32 = 1 << 20;
 
 /// Wait after a failed delivery before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(200);

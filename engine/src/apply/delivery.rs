@@ -30,6 +30,25 @@ fn u64_value(bytes: &[u8], what: &'static str) -> Result<u64> {
     Ok(u64::from_be_bytes(array))
 }
 
+/// `effects` cut into runs of at most
+/// [`codec::OUTBOX_RECORD_TARGET_BYTES`] each (a longer effect alone).
+fn split_records(effects: &[Effect]) -> Vec<&[Effect]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, effect) in effects.iter().enumerate() {
+        let len = effect.encoded_len();
+        if i > start && bytes + len > codec::OUTBOX_RECORD_TARGET_BYTES {
+            out.push(&effects[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < effects.len() {
+        out.push(&effects[start..]);
+    }
+    out
+}
+
 impl<S: CommittedState> GroupApplier<'_, S> {
     /// Sends `effect` to its user's shard: applied now when that is this
     /// shard, else queued for this command's outbox records.
@@ -44,16 +63,21 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     }
 
     /// Writes the command's queued effects: one outbox record per
-    /// destination shard, under that destination's next outbox seq.
+    /// destination shard (more when they pass
+    /// [`codec::OUTBOX_RECORD_TARGET_BYTES`]), under that destination's
+    /// next outbox seqs.
     pub(super) fn write_outgoing(&mut self, scratch: &mut Pending) -> Result<()> {
         for (dest, effects) in std::mem::take(&mut scratch.outgoing) {
-            let seq = self.outbox_last(scratch, dest)? + 1;
-            Self::kv_put(
-                scratch,
-                Space::Im,
-                im_key(tag::OUTBOX, &[dest, seq], &[]),
-                codec::encode_outbox_record(&effects),
-            );
+            let mut seq = self.outbox_last(scratch, dest)?;
+            for record in split_records(&effects) {
+                seq += 1;
+                Self::kv_put(
+                    scratch,
+                    Space::Im,
+                    im_key(tag::OUTBOX, &[dest, seq], &[]),
+                    codec::encode_outbox_record(record),
+                );
+            }
             Self::kv_put(
                 scratch,
                 Space::Im,
@@ -374,5 +398,41 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(user: u64, payload_bytes: usize) -> Effect {
+        Effect::Deliver {
+            user,
+            copy: InboxCopy {
+                payload: vec![0; payload_bytes],
+                ..InboxCopy::default()
+            },
+        }
+    }
+
+    #[test]
+    fn big_effects_are_split_over_records_in_order() {
+        let big = codec::OUTBOX_RECORD_TARGET_BYTES / 3;
+        let effects: Vec<Effect> = (0..7).map(|u| deliver(u, big)).collect();
+        let records = split_records(&effects);
+        assert_eq!(
+            records.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [2, 2, 2, 1]
+        );
+        let back: Vec<&Effect> = records.iter().flat_map(|r| r.iter()).collect();
+        assert!(back.into_iter().eq(effects.iter()));
+        let huge = [
+            deliver(1, 2 * codec::OUTBOX_RECORD_TARGET_BYTES),
+            deliver(2, 1),
+        ];
+        assert_eq!(split_records(&huge).len(), 2);
+        assert!(split_records(&[]).is_empty());
+        let small: Vec<Effect> = (0..500).map(|u| deliver(u, 100)).collect();
+        assert_eq!(split_records(&small).len(), 1);
     }
 }

@@ -173,7 +173,27 @@ pub enum Effect {
     },
 }
 
+/// The size an outbox record aims to stay under: a command's effects for
+/// one destination are split over several records past it (each record
+/// holds at least one effect), so that a delivery, a raft entry of
+/// bounded size, can always carry a record.
+pub const OUTBOX_RECORD_TARGET_BYTES: usize = 1 << 20;
+
 impl Effect {
+    /// Bytes it takes in an outbox record.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Effect::Deliver { copy, .. } => {
+                9 + 4
+                    + 36
+                    + copy.client_msg_id.len().min(usize::from(u16::MAX))
+                    + copy.payload.len()
+            }
+            Effect::Overlay { overlay, .. } => 25 + 4 + overlay.encode().len(),
+            Effect::Hide { .. } | Effect::Clear { .. } => 25,
+        }
+    }
+
     /// The user it is for, whose shard applies it.
     pub fn user(&self) -> u64 {
         match self {
@@ -290,6 +310,29 @@ mod tests {
             payload: b"hello".to_vec(),
             ..InboxCopy::default()
         }
+    }
+
+    #[test]
+    fn encoded_lengths_add_up() {
+        let effects = [
+            Effect::Deliver {
+                user: 2,
+                copy: copy(),
+            },
+            Effect::Overlay {
+                user: 2,
+                conversation: 7,
+                seq: 3,
+                overlay: OverlayEntry::Recalled { by: 1, at_ms: 2 },
+            },
+            Effect::Hide {
+                user: 2,
+                conversation: 7,
+                seq: 3,
+            },
+        ];
+        let total: usize = effects.iter().map(Effect::encoded_len).sum();
+        assert_eq!(encode_outbox_record(&effects).len(), 5 + total);
     }
 
     #[test]
