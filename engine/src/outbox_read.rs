@@ -5,19 +5,8 @@ use bytes::Bytes;
 
 use super::Engine;
 use crate::codec::{self, im_key, tag};
-use crate::store::CF_IM;
+use crate::store::{decode_u64, CF_IM};
 use crate::{Error, OutboxBacklog, Result};
-
-fn u64_of(bytes: &[u8], what: &'static str) -> Result<u64> {
-    let array: [u8; 8] = bytes.try_into().map_err(|_| Error::CorruptMetadata {
-        what: what.into(),
-        reason: codec::CodecError::BadLength {
-            what: what.into(),
-            len: bytes.len(),
-        },
-    })?;
-    Ok(u64::from_be_bytes(array))
-}
 
 fn key_id(key: &[u8], index: usize) -> Result<u64> {
     codec::im_key_id(key, index).map_err(|reason| Error::CorruptMetadata {
@@ -38,7 +27,7 @@ impl Engine {
         let mut out = Vec::new();
         for (key, value) in store.scan_in(CF_IM, &lo, &hi, usize::MAX)? {
             let dest = key_id(&key, 0)?;
-            let last = u64_of(&value, "outbox head")?;
+            let last = decode_u64(&value, "outbox head")?;
             let first_lo = im_key(tag::OUTBOX, &[dest, 0], &[]);
             let first_hi = im_key(tag::OUTBOX, &[dest.saturating_add(1)], &[]);
             if let Some((key, _)) = store.scan_in(CF_IM, &first_lo, &first_hi, 1)?.pop() {

@@ -17,18 +17,8 @@ use super::im::corrupt_value;
 use super::{CommittedState, GroupApplier, Pending, Space};
 use crate::codec::{self, im_key, tag, Effect, InboxCopy, MemberEntry};
 use crate::placement::shard_for_user;
+use crate::store::decode_u64;
 use crate::{Error, Outcome, Result};
-
-fn u64_value(bytes: &[u8], what: &'static str) -> Result<u64> {
-    let array: [u8; 8] = bytes.try_into().map_err(|_| Error::CorruptMetadata {
-        what: what.into(),
-        reason: codec::CodecError::BadLength {
-            what: what.into(),
-            len: bytes.len(),
-        },
-    })?;
-    Ok(u64::from_be_bytes(array))
-}
 
 /// `effects` cut into runs of at most
 /// [`codec::OUTBOX_RECORD_TARGET_BYTES`] each (a longer effect alone).
@@ -91,7 +81,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
 
     fn outbox_last(&mut self, scratch: &Pending, dest: u64) -> Result<u64> {
         self.kv_get(scratch, Space::Im, &im_key(tag::OUTBOX_LAST, &[dest], &[]))?
-            .map_or(Ok(0), |v| u64_value(&v, "outbox head"))
+            .map_or(Ok(0), |v| decode_u64(&v, "outbox head"))
     }
 
     /// [`Command::Deliver`](crate::Command::Deliver).
@@ -105,7 +95,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let watermark_key = im_key(tag::DELIVERED, &[from], &[]);
         let mut delivered = self
             .kv_get(scratch, Space::Im, &watermark_key)?
-            .map_or(Ok(0), |v| u64_value(&v, "delivery watermark"))?;
+            .map_or(Ok(0), |v| decode_u64(&v, "delivery watermark"))?;
         let start = delivered;
         for (offset, record) in records.iter().enumerate() {
             let seq = first.saturating_add(offset as u64);
@@ -216,7 +206,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 let lo = im_key(tag::INBOX_INDEX, &[user, conversation, 0], &[]);
                 let hi = im_key(tag::INBOX_INDEX, &[user, conversation, before], &[]);
                 for (key, value) in self.kv_scan(scratch, Space::Im, &lo, &hi)? {
-                    let inbox_seq = u64_value(&value, "inbox index")?;
+                    let inbox_seq = decode_u64(&value, "inbox index")?;
                     self.rewrite_copy(scratch, user, inbox_seq, InboxCopy::clear)?;
                     // A cleared message takes no later effect.
                     Self::kv_delete(scratch, Space::Im, key);
@@ -237,7 +227,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     ) -> Result<()> {
         let index = im_key(tag::INBOX_INDEX, &[user, conversation, seq], &[]);
         if let Some(value) = self.kv_get(scratch, Space::Im, &index)? {
-            let inbox_seq = u64_value(&value, "inbox index")?;
+            let inbox_seq = decode_u64(&value, "inbox index")?;
             self.rewrite_copy(scratch, user, inbox_seq, change)?;
         }
         Ok(())
