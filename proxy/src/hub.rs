@@ -42,6 +42,15 @@ impl Subscriber {
         }
     }
 
+    /// Follows `conversations` from now on as well. Returns `true` when any
+    /// of them was not followed yet.
+    pub fn follow(&self, conversations: impl IntoIterator<Item = u64>) -> bool {
+        let mut followed = lock(&self.conversations);
+        let before = followed.len();
+        followed.extend(conversations);
+        followed.len() > before
+    }
+
     /// Completes once the subscriber's stream is gone.
     pub async fn closed(&self) {
         self.tx.closed().await

@@ -599,6 +599,17 @@ proptest! {
     }
 }
 
+/// The stream's next notification, waited for at most a minute: a lost
+/// notification fails the test instead of hanging it.
+async fn next_notification(
+    stream: &mut tonic::Streaming<pb::Notification>,
+) -> Result<pb::Notification, Box<dyn std::error::Error + Send + Sync>> {
+    let next = tokio::time::timeout(std::time::Duration::from_secs(60), stream.next())
+        .await
+        .map_err(|_| "no notification within 60 s")?;
+    Ok(next.ok_or("stream ended")??)
+}
+
 /// Groups whose ids land in two different shards.
 fn groups_in_two_shards() -> (u64, u64) {
     let first = 1;
@@ -645,7 +656,7 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
         })
         .await?
         .into_inner();
-    let first = stream.next().await.ok_or("stream ended")??;
+    let first = next_notification(&mut stream).await?;
     // Copies go to the user's shard, whichever shard the group is in.
     let user_shard = imstore_engine::shard_for_user(1, SHARDS) as u32;
     assert_eq!(
@@ -688,7 +699,7 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
         .await?
         .into_inner();
     store.client.send(send(g2, "b")).await?;
-    let next = stream.next().await.ok_or("stream ended")??;
+    let next = next_notification(&mut stream).await?;
     assert_eq!(
         next.event,
         Some(pb::notification::Event::Inbox(pb::InboxAdvanced {

@@ -195,10 +195,20 @@ impl<B: Backend> ImstoreService<B> {
                 Some(shard) => (vec![shard], Vec::new()),
                 None => (0..count).partition(|&shard| self.backend.hosts(shard)),
             };
+            // Subscribe before reading where things stand, so an event
+            // between the read and the subscription cannot be lost (it is
+            // delivered twice at worst): the users and the listed
+            // conversations first. Joins after this are followed by the hub.
+            let user_set: HashSet<u64> = users.iter().copied().collect();
+            let (subscriber, stream) = self.hub.subscribe(
+                user_set,
+                r.conversations.iter().copied().collect(),
+                self.limits.watch_buffer,
+            );
             // The big conversations of the watched users, and where every
             // watched thing stands now, in each shard watched here.
-            let per_shard = self
-                .ask_shards(
+            let read_state = || {
+                self.ask_shards(
                     &here,
                     |shard| ShardQuery::WatchState {
                         users: users.clone(),
@@ -219,18 +229,16 @@ impl<B: Backend> ImstoreService<B> {
                         _ => None,
                     },
                 )
-                .await?;
-            // Subscribe first, then send the catch-up: an event in between
-            // is delivered twice at worst, never lost.
-            let user_set: HashSet<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
-            // Listed conversations are among their own shard's.
-            let conversations: HashSet<u64> = per_shard
-                .iter()
-                .flat_map(|(c, _, _)| c.iter().copied())
-                .collect();
-            let (subscriber, stream) =
-                self.hub
-                    .subscribe(user_set, conversations, self.limits.watch_buffer);
+            };
+            let mut per_shard = read_state().await?;
+            // Conversations first learnt from the read were not followed
+            // while it ran: read again, now that they are, so an advance in
+            // between shows in the catch-up. (Ones joined after the
+            // subscription are followed already.)
+            let learnt = per_shard.iter().flat_map(|(c, _, _)| c.iter().copied());
+            if subscriber.follow(learnt.collect::<Vec<_>>()) {
+                per_shard = read_state().await?;
+            }
             for ((_, heads, advanced), &shard) in per_shard.iter().zip(&here) {
                 let label = u32::try_from(shard).unwrap_or(u32::MAX);
                 for ((user, known), head) in known_inbox.iter().zip(heads) {
