@@ -229,7 +229,8 @@ impl Engine {
     }
 
     /// `user`'s friends or pending requests (as `status` says) with ids above
-    /// `after`, ascending, at most `limit`.
+    /// `after`, ascending, at most `limit`: the list kept in the user's
+    /// shard (on a cluster, as of the last delivery from the pair's shard).
     pub fn friends(
         &self,
         user: u64,
@@ -241,8 +242,8 @@ impl Engine {
         let Some(start) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let lo = im_key(tag::FRIEND, &[user, start], &[]);
-        let hi = im_key(tag::FRIEND, &[user.saturating_add(1)], &[]);
+        let lo = im_key(tag::FRIEND_LIST, &[user, start], &[]);
+        let hi = im_key(tag::FRIEND_LIST, &[user.saturating_add(1)], &[]);
         let mut out = Vec::new();
         for (key, value) in self.store().scan_in(CF_IM, &lo, &hi, usize::MAX)? {
             let entry = FriendEntry::decode(&value).map_err(corrupt_value("friend entry"))?;

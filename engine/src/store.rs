@@ -401,14 +401,20 @@ impl Store {
 
     /// A new directory gets the current format version, synced; an existing
     /// one must carry it. Formats 1 and 2 were moved to format 3's layout
-    /// by [`Store::open`]; format 3 is upgraded here (`upgrade.rs`).
+    /// by [`Store::open`]; formats 3 and 4 are upgraded here, one step
+    /// after the other (`upgrade.rs`).
     fn check_format(&self, existing: bool, path: &Path, placement_shards: u64) -> Result<()> {
         let meta = self.cf(CF_META)?;
         match self.db.get_cf(meta, store_wide_key(META_FORMAT_VERSION))? {
             Some(v) => {
-                let found = decode_u32(&v, "format version")?;
+                let mut found = decode_u32(&v, "format version")?;
                 if found == upgrade::POINTER_INBOX_FORMAT {
-                    return self.upgrade_inbox_copies(path, placement_shards);
+                    self.upgrade_inbox_copies(path, placement_shards)?;
+                    found = upgrade::PAIR_FRIENDS_FORMAT;
+                }
+                if found == upgrade::PAIR_FRIENDS_FORMAT {
+                    self.upgrade_friend_lists(path, placement_shards)?;
+                    found = FORMAT_VERSION;
                 }
                 if found != FORMAT_VERSION {
                     return Err(Error::UnsupportedFormat {

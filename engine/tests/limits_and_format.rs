@@ -215,7 +215,7 @@ fn a_newer_format_version_is_refused() -> TestResult {
     match Engine::open(dir.path(), Options::default()) {
         Err(Error::UnsupportedFormat {
             found: 99,
-            supported: 4,
+            supported: 5,
         }) => Ok(()),
         other => Err(format!("expected UnsupportedFormat, got {other:?}").into()),
     }
@@ -392,7 +392,9 @@ fn write_pointer_inboxes(dir: &std::path::Path) -> TestResult {
                 db.put_cf(im, &key, pointer)?;
                 pointers += 1;
             }
-            Some(b'X') | Some(b'S') => db.delete_cf(im, &key)?,
+            // Format 3 had neither inbox indexes, mode rows nor users'
+            // friend lists.
+            Some(b'X') | Some(b'S') | Some(b'R') => db.delete_cf(im, &key)?,
             _ => {}
         }
     }
@@ -480,7 +482,7 @@ fn a_version_3_directory_gets_inbox_copies() -> TestResult {
         Engine::open(dir.path(), many_shards),
         Err(Error::UnsupportedFormat {
             found: 3,
-            supported: 4
+            supported: 5
         })
     ));
 
@@ -505,8 +507,100 @@ fn a_version_3_directory_gets_inbox_copies() -> TestResult {
     let seqs: Vec<u64> = page.messages.iter().map(|(_, v)| v.message.seq).collect();
     assert_eq!(seqs, vec![3]);
     drop(engine);
-    // Upgraded once: opens as format 4 again.
+    // Upgraded once: opens as the current format again.
     let engine = Engine::open(dir.path(), options())?;
     assert_eq!(engine.sync(2, SyncCursor::default(), 100)?, page);
+    Ok(())
+}
+
+/// Turns a current directory into format 4: no user has a friend list of
+/// their own (`R` rows); the pairs' rows (`F`) stay.
+fn remove_friend_lists(dir: &std::path::Path) -> TestResult {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(false);
+    let cfs = rocksdb::DB::list_cf(&opts, dir)?;
+    let db = rocksdb::DB::open_cf(&opts, dir, &cfs)?;
+    let im = db.cf_handle("s.im").ok_or("im cf")?;
+    let keys: Vec<Vec<u8>> = db
+        .iterator_cf(im, rocksdb::IteratorMode::Start)
+        .map(|row| row.map(|(k, _)| k.to_vec()))
+        .collect::<Result<_, _>>()?;
+    let mut removed = 0;
+    for key in keys {
+        if key.get(2) == Some(&b'R') {
+            db.delete_cf(im, &key)?;
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "the directory has friend lists to remove");
+    let meta = db.cf_handle("s.meta").ok_or("meta cf")?;
+    db.put_cf(meta, b"\xff\xffformat_version", 4u32.to_be_bytes())?;
+    db.flush_cf(im)?;
+    db.flush_cf(meta)?;
+    Ok(())
+}
+
+/// A format 4 directory (friends kept only as the pairs' rows) is
+/// upgraded in place: every user's lists read as before. One of a
+/// multi-shard cluster is refused, untouched.
+#[test]
+fn a_version_4_directory_gets_friend_lists() -> TestResult {
+    use imstore_engine::{Command, FriendStatus};
+    let dir = tempfile::tempdir()?;
+    let lists = |engine: &Engine| -> Result<Vec<_>, Error> {
+        let mut out = Vec::new();
+        for user in 1..=4 {
+            for status in [
+                FriendStatus::Friends,
+                FriendStatus::Outgoing,
+                FriendStatus::Incoming,
+            ] {
+                out.push(engine.friends(user, status, 0, 100)?);
+            }
+        }
+        Ok(out)
+    };
+    let before = {
+        let engine = Engine::open(dir.path(), Options::default())?;
+        for (from, to) in [(1, 2), (1, 3), (4, 1)] {
+            engine.execute(Command::FriendRequest {
+                from,
+                to,
+                timestamp_ms: 1_000,
+            })?;
+        }
+        engine.execute(Command::FriendAccept {
+            user: 2,
+            requester: 1,
+            timestamp_ms: 1_001,
+        })?;
+        let lists = lists(&engine)?;
+        engine.compact()?;
+        lists
+    };
+    assert_eq!(before[0].len(), 1, "user 1 has one friend");
+    assert_eq!(before[1].len(), 1, "user 1 asked user 3");
+    assert_eq!(before[2].len(), 1, "user 4 asked user 1");
+    remove_friend_lists(dir.path())?;
+    let many_shards = Options {
+        placement_shards: 4,
+        ..Options::default()
+    };
+    assert!(matches!(
+        Engine::open(dir.path(), many_shards),
+        Err(Error::UnsupportedFormat {
+            found: 4,
+            supported: 5
+        })
+    ));
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(lists(&engine)?, before, "every list reads as before");
+    // The lists follow later changes.
+    engine.execute(Command::FriendRemove { user: 2, friend: 1 })?;
+    assert!(engine.friends(1, FriendStatus::Friends, 0, 100)?.is_empty());
+    drop(engine);
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert!(engine.friends(2, FriendStatus::Friends, 0, 100)?.is_empty());
+    assert_eq!(engine.friends(1, FriendStatus::Outgoing, 0, 100)?.len(), 1);
     Ok(())
 }

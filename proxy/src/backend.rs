@@ -24,9 +24,10 @@ pub type Done = Box<dyn FnOnce(Result<Outcome, Error>) + Send>;
 pub enum Route {
     /// One conversation's data: its shard.
     Conversation(u64),
-    /// One shard's part of a user's data (inbox, conversation list,
-    /// friends, totals, device cursors): a user-wide read visits every
-    /// shard of [`Backend::shard_count`] and merges.
+    /// One shard: the user's shard for data kept there (the inbox, the
+    /// friend list), or one shard's part of a user's data still spread
+    /// over shards (conversation list, totals, device cursors), which a
+    /// user-wide read visits on every shard of [`Backend::shard_count`].
     Shard(u64),
     /// Store-wide figures (any shard's engine: they share one store).
     Any,

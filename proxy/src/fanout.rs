@@ -1,9 +1,8 @@
-//! Merging the per-shard answers of a user-wide read: a user's inbox,
-//! conversation list and friends are spread over the shards that hold
-//! their conversations (and user pairs), so such a read asks every shard
-//! and merges here. Pure functions: the service does the I/O.
+//! Merging the per-shard answers of a user-wide read: a user's sync and
+//! conversation list are still spread over the shards that hold their
+//! conversations, so such a read asks every shard and merges here. Pure functions: the service does the I/O.
 
-use imstore_engine::{ConversationSummary, Friend, MessageView, SyncCursor, SyncPage};
+use imstore_engine::{ConversationSummary, MessageView, SyncCursor, SyncPage};
 
 /// One shard's sync page, with the cursor it started from.
 pub(crate) struct ShardPage {
@@ -95,16 +94,6 @@ pub(crate) fn merge_lists(
 ) -> Vec<ConversationSummary> {
     let mut all: Vec<ConversationSummary> = pages.into_iter().flatten().collect();
     all.sort_by_key(list_order);
-    all.truncate(limit);
-    all
-}
-
-/// Merges shards' friend pages (each the first `limit` after the same
-/// user, ascending) into the first `limit` of their union. A pair lives
-/// in one shard, so no friend appears twice.
-pub(crate) fn merge_friends(pages: Vec<Vec<Friend>>, limit: usize) -> Vec<Friend> {
-    let mut all: Vec<Friend> = pages.into_iter().flatten().collect();
-    all.sort_by_key(|f| f.user);
     all.truncate(limit);
     all
 }

@@ -558,6 +558,21 @@ async fn compare(pair: &mut Pair, limit: u32) -> TestResult {
                 .collect();
             assert_eq!(a, b, "user {user}: friends {status:?}");
         }
+        // The user's list is in the user's shard and nowhere else.
+        let home = imstore_engine::shard_for_user(user, SHARDS);
+        for shard in (0..SHARDS).filter(|&s| s != home) {
+            let view = pair.sharded.engine.with_shard(u16::try_from(shard)?)?;
+            for status in [
+                imstore_engine::FriendStatus::Friends,
+                imstore_engine::FriendStatus::Outgoing,
+                imstore_engine::FriendStatus::Incoming,
+            ] {
+                assert!(
+                    view.friends(user, status, 0, 100)?.is_empty(),
+                    "user {user}: friends in shard {shard}, not theirs ({home})"
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -212,6 +212,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                     Self::kv_delete(scratch, Space::Im, key);
                 }
             }
+            Effect::Friend { user, other, entry } => {
+                Self::apply_friend_effect(scratch, user, other, entry)
+            }
         }
         Ok(())
     }

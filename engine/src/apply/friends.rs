@@ -1,23 +1,62 @@
 //! Friends: requests, acceptances, declines and removals, each pair's
-//! rows written together.
+//! rows written together in the pair's shard, and each side sent on to
+//! its user's shard ([`Effect::Friend`]), whose list `ListFriends` reads.
 
 use super::{CommittedState, GroupApplier, Pending, Space};
-use crate::codec::{im_key, tag, FriendEntry, FriendStatus};
+use crate::codec::{im_key, tag, Effect, FriendEntry, FriendStatus};
 use crate::{Entity, Error, FriendOutcome, Outcome, Result};
 
 impl<S: CommittedState> GroupApplier<'_, S> {
-    pub(super) fn put_friend(scratch: &mut Pending, user: u64, other: u64, entry: FriendEntry) {
+    fn put_friend(
+        &mut self,
+        scratch: &mut Pending,
+        user: u64,
+        other: u64,
+        entry: FriendEntry,
+    ) -> Result<()> {
         Self::kv_put(
             scratch,
             Space::Im,
             im_key(tag::FRIEND, &[user, other], &[]),
             entry.encode(),
         );
+        self.emit(
+            scratch,
+            Effect::Friend {
+                user,
+                other,
+                entry: Some(entry),
+            },
+        )
     }
 
-    pub(super) fn delete_friend_pair(scratch: &mut Pending, a: u64, b: u64) {
-        Self::kv_delete(scratch, Space::Im, im_key(tag::FRIEND, &[a, b], &[]));
-        Self::kv_delete(scratch, Space::Im, im_key(tag::FRIEND, &[b, a], &[]));
+    fn delete_friend_pair(&mut self, scratch: &mut Pending, a: u64, b: u64) -> Result<()> {
+        for (user, other) in [(a, b), (b, a)] {
+            Self::kv_delete(scratch, Space::Im, im_key(tag::FRIEND, &[user, other], &[]));
+            self.emit(
+                scratch,
+                Effect::Friend {
+                    user,
+                    other,
+                    entry: None,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// [`Effect::Friend`] in the user's shard.
+    pub(super) fn apply_friend_effect(
+        scratch: &mut Pending,
+        user: u64,
+        other: u64,
+        entry: Option<FriendEntry>,
+    ) {
+        let key = im_key(tag::FRIEND_LIST, &[user, other], &[]);
+        match entry {
+            Some(entry) => Self::kv_put(scratch, Space::Im, key, entry.encode()),
+            None => Self::kv_delete(scratch, Space::Im, key),
+        }
     }
 
     pub(super) fn check_pair(a: u64, b: u64) -> Result<()> {
@@ -42,8 +81,8 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             since_ms: timestamp_ms,
             conversation,
         };
-        Self::put_friend(scratch, a, b, entry);
-        Self::put_friend(scratch, b, a, entry);
+        self.put_friend(scratch, a, b, entry)?;
+        self.put_friend(scratch, b, a, entry)?;
         Ok(Outcome::Friend(FriendOutcome::BecameFriends {
             conversation,
         }))
@@ -80,8 +119,8 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                     since_ms: timestamp_ms,
                     conversation: 0,
                 };
-                Self::put_friend(scratch, from, to, side(FriendStatus::Outgoing));
-                Self::put_friend(scratch, to, from, side(FriendStatus::Incoming));
+                self.put_friend(scratch, from, to, side(FriendStatus::Outgoing))?;
+                self.put_friend(scratch, to, from, side(FriendStatus::Incoming))?;
                 Ok(Outcome::Friend(FriendOutcome::Requested))
             }
         }
@@ -126,7 +165,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 status: FriendStatus::Incoming,
                 ..
             }) => {
-                Self::delete_friend_pair(scratch, user, requester);
+                self.delete_friend_pair(scratch, user, requester)?;
                 Ok(Outcome::Friend(FriendOutcome::Declined))
             }
             _ => Err(Error::NotFound {
@@ -148,14 +187,14 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 status: FriendStatus::Friends,
                 ..
             }) => {
-                Self::delete_friend_pair(scratch, user, friend);
+                self.delete_friend_pair(scratch, user, friend)?;
                 Ok(Outcome::Friend(FriendOutcome::Removed))
             }
             Some(FriendEntry {
                 status: FriendStatus::Outgoing,
                 ..
             }) => {
-                Self::delete_friend_pair(scratch, user, friend);
+                self.delete_friend_pair(scratch, user, friend)?;
                 Ok(Outcome::Friend(FriendOutcome::Declined))
             }
             _ => Err(Error::NotFound {

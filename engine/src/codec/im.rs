@@ -14,8 +14,13 @@ pub mod tag {
     /// `I user inbox_seq` → [`InboxEntry`](super::InboxEntry). A user's
     /// newest key holds their inbox head; entries are never deleted.
     pub const INBOX: u8 = b'I';
-    /// `F user other` → [`FriendEntry`](super::FriendEntry).
+    /// `F user other` → [`FriendEntry`](super::FriendEntry): the pair's
+    /// state, both sides, in the pair's shard (where friend commands run).
     pub const FRIEND: u8 = b'F';
+    /// `R user other` → [`FriendEntry`](super::FriendEntry): the user's
+    /// own side, in the user's shard (what `ListFriends` reads), fed from
+    /// the pair's rows by [`Effect::Friend`](super::Effect::Friend).
+    pub const FRIEND_LIST: u8 = b'R';
     /// `D low high` → the direct conversation id of a user pair, u64 BE.
     pub const DIRECT: u8 = b'D';
     /// `O conv seq` → [`OverlayEntry`](super::OverlayEntry): recall or edit.

@@ -171,6 +171,16 @@ pub enum Effect {
         /// The first seq kept.
         before: u64,
     },
+    /// The user's side of a friendship or request with `other` is now
+    /// `entry` (`None`: gone). Sent from the pair's shard, in order.
+    Friend {
+        /// The user whose list changes.
+        user: u64,
+        /// The other user.
+        other: u64,
+        /// The user's side as the pair's shard now holds it.
+        entry: Option<FriendEntry>,
+    },
 }
 
 /// The size an outbox record aims to stay under: a command's effects for
@@ -191,6 +201,7 @@ impl Effect {
             }
             Effect::Overlay { overlay, .. } => 25 + 4 + overlay.encode().len(),
             Effect::Hide { .. } | Effect::Clear { .. } => 25,
+            Effect::Friend { entry, .. } => 17 + 4 + entry.map_or(0, |e| e.encode().len()),
         }
     }
 
@@ -200,16 +211,19 @@ impl Effect {
             Effect::Deliver { user, .. }
             | Effect::Overlay { user, .. }
             | Effect::Hide { user, .. }
-            | Effect::Clear { user, .. } => *user,
+            | Effect::Clear { user, .. }
+            | Effect::Friend { user, .. } => *user,
         }
     }
 }
 
 /// Encodes an outbox record: version 1, effect count u32, then each
-/// effect: kind (1 deliver, 2 overlay, 3 hide, 4 clear), user u64, then
-/// for deliver a u32 length and the [`InboxCopy`]; for overlay the
-/// conversation, seq, a u32 length and the [`OverlayEntry`]; for hide the
-/// conversation and seq; for clear the conversation and first kept seq.
+/// effect: kind (1 deliver, 2 overlay, 3 hide, 4 clear, 5 friend), user
+/// u64, then for deliver a u32 length and the [`InboxCopy`]; for overlay
+/// the conversation, seq, a u32 length and the [`OverlayEntry`]; for hide
+/// the conversation and seq; for clear the conversation and first kept
+/// seq; for friend the other user, a u32 length and the [`FriendEntry`]
+/// (length 0: no entry).
 pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
     let mut out = vec![OUTBOX_RECORD_VERSION];
     out.extend_from_slice(&(effects.len() as u32).to_be_bytes());
@@ -218,27 +232,27 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
         out.extend_from_slice(bytes);
     };
     for effect in effects {
-        let (kind, ids): (u8, [u64; 3]) = match effect {
-            Effect::Deliver { user, .. } => (1, [*user, 0, 0]),
+        let (kind, ids): (u8, &[u64]) = match effect {
+            Effect::Deliver { user, .. } => (1, &[*user]),
             Effect::Overlay {
                 user,
                 conversation,
                 seq,
                 ..
-            } => (2, [*user, *conversation, *seq]),
+            } => (2, &[*user, *conversation, *seq]),
             Effect::Hide {
                 user,
                 conversation,
                 seq,
-            } => (3, [*user, *conversation, *seq]),
+            } => (3, &[*user, *conversation, *seq]),
             Effect::Clear {
                 user,
                 conversation,
                 before,
-            } => (4, [*user, *conversation, *before]),
+            } => (4, &[*user, *conversation, *before]),
+            Effect::Friend { user, other, .. } => (5, &[*user, *other]),
         };
         out.push(kind);
-        let ids = if kind == 1 { &ids[..1] } else { &ids[..] };
         for id in ids {
             out.extend_from_slice(&id.to_be_bytes());
         }
@@ -246,6 +260,9 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
             Effect::Deliver { copy, .. } => put_bytes(&mut out, &copy.encode()),
             Effect::Overlay { overlay, .. } => put_bytes(&mut out, &overlay.encode()),
             Effect::Hide { .. } | Effect::Clear { .. } => {}
+            Effect::Friend { entry, .. } => {
+                put_bytes(&mut out, &entry.map(|e| e.encode()).unwrap_or_default())
+            }
         }
     }
     out
@@ -288,6 +305,18 @@ pub fn decode_outbox_record(bytes: &[u8]) -> Result<Vec<Effect>, CodecError> {
                 conversation: r.u64()?,
                 before: r.u64()?,
             },
+            5 => {
+                let other = r.u64()?;
+                let len = r.u32()? as usize;
+                Effect::Friend {
+                    user,
+                    other,
+                    entry: match len {
+                        0 => None,
+                        _ => Some(FriendEntry::decode(r.take(len)?)?),
+                    },
+                }
+            }
             found => return Err(CodecError::UnknownVersion { found }),
         };
         effects.push(effect);
@@ -330,6 +359,20 @@ mod tests {
                 conversation: 7,
                 seq: 3,
             },
+            Effect::Friend {
+                user: 2,
+                other: 5,
+                entry: Some(FriendEntry {
+                    status: FriendStatus::Incoming,
+                    since_ms: 9,
+                    conversation: 0,
+                }),
+            },
+            Effect::Friend {
+                user: 2,
+                other: 6,
+                entry: None,
+            },
         ];
         let total: usize = effects.iter().map(Effect::encoded_len).sum();
         assert_eq!(encode_outbox_record(&effects).len(), 5 + total);
@@ -361,6 +404,20 @@ mod tests {
                 user: 9,
                 conversation: 7,
                 before: 4,
+            },
+            Effect::Friend {
+                user: 9,
+                other: 3,
+                entry: Some(FriendEntry {
+                    status: FriendStatus::Friends,
+                    since_ms: 11,
+                    conversation: 77,
+                }),
+            },
+            Effect::Friend {
+                user: 9,
+                other: 4,
+                entry: None,
             },
         ];
         let bytes = encode_outbox_record(&effects);

@@ -1,5 +1,6 @@
-//! Format 3 → 4 in place: inbox rows become message copies
-//! (`docs/format.md`, "Upgrades").
+//! Formats 3 → 4 → 5 in place (`docs/format.md`, "Upgrades"): inbox rows
+//! become message copies (4), and each user gets a friend list of their
+//! own (5).
 //!
 //! Format 3 kept an inbox entry as a pointer (conversation, seq) into a
 //! timeline of the same shard. Format 4 keeps a copy of the message in
@@ -11,6 +12,10 @@
 //! store, or a one-shard cluster) can be upgraded here: with more shards,
 //! copies belong in other shards than the pointers, which takes the
 //! cluster, not one replica. Such a directory is refused, untouched.
+//!
+//! Format 4 kept friends only as the pair's rows (`F`, in the pair's
+//! shard). Format 5 adds each user's side in the user's shard (`R`),
+//! copied from them; the same one-shard rule applies.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +30,9 @@ use crate::{Error, Result};
 
 /// The format whose inbox rows are pointers.
 pub(super) const POINTER_INBOX_FORMAT: u32 = 3;
+
+/// The format whose friends are only the pairs' rows.
+pub(super) const PAIR_FRIENDS_FORMAT: u32 = 4;
 
 /// Rows written per batch of the upgrade.
 const BATCH_ROWS: usize = 10_000;
@@ -47,7 +55,7 @@ impl Store {
                 supported: FORMAT_VERSION,
             });
         }
-        tracing::info!(path = %path.display(), from = POINTER_INBOX_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: inbox entries become message copies");
+        tracing::info!(path = %path.display(), from = POINTER_INBOX_FORMAT, to = PAIR_FRIENDS_FORMAT, "upgrading the data directory: inbox entries become message copies");
         let im = self.cf(CF_IM)?;
         let mut ro = ReadOptions::default();
         ro.set_total_order_seek(true);
@@ -118,15 +126,66 @@ impl Store {
                 );
             }
         }
+        self.finish_upgrade(batch, PAIR_FRIENDS_FORMAT)?;
+        tracing::info!(converted, "upgrade: inbox copies done");
+        Ok(())
+    }
+
+    /// Upgrades a format 4 directory to format 5 (see the module doc):
+    /// each pair row `F user other` is copied to `R user other` in the same
+    /// shard, which is the user's when there is one shard. Idempotent: the
+    /// version moves to 5 in the last batch.
+    pub(super) fn upgrade_friend_lists(&self, path: &Path, placement_shards: u64) -> Result<()> {
+        if placement_shards > 1 {
+            tracing::error!(
+                path = %path.display(),
+                "format 4 data of a cluster with {placement_shards} shards cannot be upgraded \
+                 in place: a user's friend list moves to the user's shard. Back up with the old \
+                 release and load the data into a new cluster (docs/replication.md, \"Upgrading\")"
+            );
+            return Err(Error::UnsupportedFormat {
+                found: PAIR_FRIENDS_FORMAT,
+                supported: FORMAT_VERSION,
+            });
+        }
+        tracing::info!(path = %path.display(), from = PAIR_FRIENDS_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: users get friend lists");
+        let im = self.cf(CF_IM)?;
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        let mut it = self.db.raw_iterator_cf_opt(im, ro);
+        it.seek_to_first();
+        let mut batch = WriteBatch::default();
+        let mut copied = 0u64;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key.len() > SHARD_PREFIX_LEN && key[SHARD_PREFIX_LEN] == tag::FRIEND {
+                let mut list_key = key.to_vec();
+                list_key[SHARD_PREFIX_LEN] = tag::FRIEND_LIST;
+                batch.put_cf(im, list_key, value);
+                copied += 1;
+                if batch.len() >= BATCH_ROWS {
+                    self.db.write(std::mem::take(&mut batch))?;
+                    tracing::info!(copied, "upgrade: friend rows copied");
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        self.finish_upgrade(batch, FORMAT_VERSION)?;
+        tracing::info!(copied, "upgrade: friend lists done");
+        Ok(())
+    }
+
+    /// Writes the last batch of an upgrade with the new format version,
+    /// synced.
+    fn finish_upgrade(&self, mut batch: WriteBatch, version: u32) -> Result<()> {
         batch.put_cf(
             self.cf(CF_META)?,
             store_wide_key(META_FORMAT_VERSION),
-            FORMAT_VERSION.to_be_bytes(),
+            version.to_be_bytes(),
         );
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
-        tracing::info!(converted, "upgrade: done");
         Ok(())
     }
 

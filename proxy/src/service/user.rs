@@ -1,6 +1,6 @@
 //! The user-wide reads and the device cursor: `Sync`, `SaveCursor`,
-//! `GetUnread`, `ListConversations` and `ListFriends`, each asked of every
-//! shard and merged (`crate::fanout`).
+//! `GetUnread` and `ListConversations`, each asked of every shard and
+//! merged (`crate::fanout`), and `ListFriends`, asked of the user's shard.
 
 use super::*;
 
@@ -213,8 +213,11 @@ impl<B: Backend> ImstoreService<B> {
                 Ok(pb::FriendStatus::Incoming) => FriendStatus::Incoming,
                 _ => return Err(invalid(format!("friend status {} is not a list", r.status))),
             };
-            let pages = self
-                .ask_every_shard(
+            // The user's list lives in the user's shard alone.
+            let user_shard = imstore_engine::shard_for_user(r.user, self.backend.shard_count());
+            let friends = self
+                .ask_shards(
+                    &[user_shard],
                     |_| ShardQuery::Friends {
                         user: r.user,
                         status,
@@ -226,11 +229,11 @@ impl<B: Backend> ImstoreService<B> {
                         _ => None,
                     },
                 )
-                .await?;
-            let friends = merge_friends(pages, n as usize);
+                .await?
+                .into_iter()
+                .flatten();
             Ok(pb::ListFriendsResponse {
                 friends: friends
-                    .into_iter()
                     .map(|f| pb::Friend {
                         user: f.user,
                         status: friend_status(f.status) as i32,
