@@ -7,7 +7,10 @@
 //!
 //! Workload: 64 two-member groups, each with one sender and one recipient
 //! whose user shard differs from the group's shard (with 16 shards), so
-//! every copy crosses shards through an outbox. First the maximum send
+//! every copy crosses shards through an outbox. With
+//! `IMSTORE_BENCH_MEMBERS=N`, each group has N members: the sender, the
+//! watched recipient, and N − 2 more (spread over every shard; with
+//! `IMSTORE_BENCH_LOCAL=1`, all in the group's shard), each getting a copy. First the maximum send
 //! rate (64 closed-loop senders for 3 s), then an open-loop load at half
 //! of it for 5 s. A `Watch` on the recipients (on node 1, a replica of
 //! every shard) timestamps each inbox advance as node 1 applies it; the
@@ -107,6 +110,26 @@ fn recipient(group: u64, shards: u64) -> u64 {
         .unwrap_or(FIRST_RECIPIENT)
 }
 
+/// Members per group (`IMSTORE_BENCH_MEMBERS`, default 2, at least 2).
+fn members_per_group() -> u64 {
+    std::env::var("IMSTORE_BENCH_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2u64)
+        .max(2)
+}
+
+/// The group's members beyond its sender and watched recipient: users
+/// in any shard, or (`IMSTORE_BENCH_LOCAL=1`) in the group's shard only.
+fn other_members(group: u64, shards: u64) -> Vec<u64> {
+    let home = imstore_engine::shard_for(group, shards);
+    let local = std::env::var("IMSTORE_BENCH_LOCAL").is_ok_and(|v| v == "1");
+    (1_000_000_000 + group * 100_000..)
+        .filter(|&u| !local || imstore_engine::shard_for_user(u, shards) == home)
+        .take((members_per_group() - 2) as usize)
+        .collect()
+}
+
 /// Retries `call` until it succeeds (elections at start), for at most 60 s.
 async fn until_ok<T, F, Fut>(mut call: F) -> T
 where
@@ -161,7 +184,9 @@ async fn run(shards: u64, phases: &Phases) {
                     .create_group(pb::CreateGroupRequest {
                         conversation: g,
                         owner: g - FIRST_GROUP + 1,
-                        members: vec![recipient(g, shards)],
+                        members: std::iter::once(recipient(g, shards))
+                            .chain(other_members(g, shards))
+                            .collect(),
                     })
                     .await
                 {
@@ -233,7 +258,9 @@ async fn run(shards: u64, phases: &Phases) {
     let rate = (max_rate / 2.0).max(1.0);
     let total = (rate * phases.paced.as_secs_f64()).max(1.0) as u64;
     eprintln!(
-        "delivery {shards} shard(s): max {max_rate:.0} sends/s; pacing {rate:.0}/s for {:?}",
+        "delivery {shards} shard(s), {} members per group: max {max_rate:.0} sends/s; \
+         pacing {rate:.0}/s for {:?}",
+        members_per_group(),
         phases.paced
     );
 

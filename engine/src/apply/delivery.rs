@@ -40,10 +40,14 @@ fn split_records(effects: &[Effect]) -> Vec<&[Effect]> {
 }
 
 impl<S: CommittedState> GroupApplier<'_, S> {
-    /// Sends `effect` to its user's shard: applied now when that is this
-    /// shard, else queued for this command's outbox records.
+    /// Sends `effect`, an effect for one user, to that user's shard:
+    /// applied now when that is this shard, else queued for this
+    /// command's outbox records.
     pub(super) fn emit(&mut self, scratch: &mut Pending, effect: Effect) -> Result<()> {
-        let dest = shard_for_user(effect.user(), self.limits.placement_shards);
+        let Some(&user) = effect.users().first() else {
+            return Ok(());
+        };
+        let dest = shard_for_user(user, self.limits.placement_shards);
         if dest == u64::from(self.shard) {
             self.apply_effect(scratch, effect, false)
         } else {
@@ -55,9 +59,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     /// Writes the command's queued effects: one outbox record per
     /// destination shard (more when they pass
     /// [`codec::OUTBOX_RECORD_TARGET_BYTES`]), under that destination's
-    /// next outbox seqs.
+    /// next outbox seqs. A send's copies toward one shard are merged
+    /// ([`codec::merge_deliveries`]): the message travels once per shard.
     pub(super) fn write_outgoing(&mut self, scratch: &mut Pending) -> Result<()> {
         for (dest, effects) in std::mem::take(&mut scratch.outgoing) {
+            let effects = codec::merge_deliveries(effects);
             let mut seq = self.outbox_last(scratch, dest)?;
             for record in split_records(&effects) {
                 seq += 1;
@@ -115,14 +121,15 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 ))
             })?;
             for effect in effects {
-                let dest = shard_for_user(effect.user(), self.limits.placement_shards);
-                if dest != u64::from(self.shard) {
-                    return Err(Error::InvalidArgument(format!(
-                        "outbox record {seq} of shard {from} holds an effect for user {}, \
-                         whose shard is {dest}, not {}",
-                        effect.user(),
-                        self.shard
-                    )));
+                for &user in effect.users() {
+                    let dest = shard_for_user(user, self.limits.placement_shards);
+                    if dest != u64::from(self.shard) {
+                        return Err(Error::InvalidArgument(format!(
+                            "outbox record {seq} of shard {from} holds an effect for user \
+                             {user}, whose shard is {dest}, not {}",
+                            self.shard
+                        )));
+                    }
                 }
                 self.apply_effect(scratch, effect, true)?;
             }
@@ -171,19 +178,13 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     ) -> Result<()> {
         match effect {
             Effect::Deliver { user, copy } => {
-                let index = im_key(tag::INBOX_INDEX, &[user, copy.conversation, copy.seq], &[]);
-                if redelivery && self.kv_get(scratch, Space::Im, &index)?.is_some() {
-                    return Ok(());
+                self.put_copy(scratch, user, &copy, &copy.encode(), redelivery)?
+            }
+            Effect::DeliverMany { users, copy } => {
+                let encoded = copy.encode();
+                for user in users {
+                    self.put_copy(scratch, user, &copy, &encoded, redelivery)?;
                 }
-                let inbox_seq = self.inbox_last(scratch, user)? + 1;
-                Self::kv_put(
-                    scratch,
-                    Space::Im,
-                    im_key(tag::INBOX, &[user, inbox_seq], &[]),
-                    copy.encode(),
-                );
-                Self::kv_put(scratch, Space::Im, index, inbox_seq.to_be_bytes().to_vec());
-                scratch.inbox_heads.insert(user, inbox_seq);
             }
             Effect::Overlay {
                 user,
@@ -216,6 +217,33 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 Self::apply_friend_effect(scratch, user, other, entry)
             }
         }
+        Ok(())
+    }
+
+    /// Puts `copy` (encoded: `encoded`) into `user`'s inbox under the next
+    /// inbox seq, with its index row; on a redelivery, nothing when the
+    /// user has it already.
+    fn put_copy(
+        &mut self,
+        scratch: &mut Pending,
+        user: u64,
+        copy: &InboxCopy,
+        encoded: &[u8],
+        redelivery: bool,
+    ) -> Result<()> {
+        let index = im_key(tag::INBOX_INDEX, &[user, copy.conversation, copy.seq], &[]);
+        if redelivery && self.kv_get(scratch, Space::Im, &index)?.is_some() {
+            return Ok(());
+        }
+        let inbox_seq = self.inbox_last(scratch, user)? + 1;
+        Self::kv_put(
+            scratch,
+            Space::Im,
+            im_key(tag::INBOX, &[user, inbox_seq], &[]),
+            encoded.to_vec(),
+        );
+        Self::kv_put(scratch, Space::Im, index, inbox_seq.to_be_bytes().to_vec());
+        scratch.inbox_heads.insert(user, inbox_seq);
         Ok(())
     }
 

@@ -142,6 +142,16 @@ pub enum Effect {
         /// The message, as sent.
         copy: InboxCopy,
     },
+    /// One message's copy for several users of the destination shard: a
+    /// send's deliver effects toward one shard, merged when the outbox
+    /// record is written, so the copy travels once per shard, not once
+    /// per member. Applied as one [`Effect::Deliver`] per user, in order.
+    DeliverMany {
+        /// The recipients, all of the destination shard.
+        users: Vec<u64>,
+        /// The message, as sent.
+        copy: InboxCopy,
+    },
     /// A recall or edit of a message the user has a copy of.
     Overlay {
         /// The recipient.
@@ -193,28 +203,65 @@ impl Effect {
     /// Bytes it takes in an outbox record.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Effect::Deliver { copy, .. } => {
-                9 + 4
-                    + 36
-                    + copy.client_msg_id.len().min(usize::from(u16::MAX))
-                    + copy.payload.len()
-            }
+            Effect::Deliver { copy, .. } => 9 + 4 + copy_len(copy),
+            Effect::DeliverMany { users, copy } => 1 + 4 + 8 * users.len() + 4 + copy_len(copy),
             Effect::Overlay { overlay, .. } => 25 + 4 + overlay.encode().len(),
             Effect::Hide { .. } | Effect::Clear { .. } => 25,
             Effect::Friend { entry, .. } => 17 + 4 + entry.map_or(0, |e| e.encode().len()),
         }
     }
 
-    /// The user it is for, whose shard applies it.
-    pub fn user(&self) -> u64 {
+    /// The users it is for, whose shard applies it (one, except for
+    /// [`Effect::DeliverMany`]).
+    pub fn users(&self) -> &[u64] {
         match self {
             Effect::Deliver { user, .. }
             | Effect::Overlay { user, .. }
             | Effect::Hide { user, .. }
             | Effect::Clear { user, .. }
-            | Effect::Friend { user, .. } => *user,
+            | Effect::Friend { user, .. } => std::slice::from_ref(user),
+            Effect::DeliverMany { users, .. } => users,
         }
     }
+}
+
+/// Bytes of an encoded [`InboxCopy`].
+fn copy_len(copy: &InboxCopy) -> usize {
+    36 + copy.client_msg_id.len().min(usize::from(u16::MAX)) + copy.payload.len()
+}
+
+/// `effects` with each run of deliver effects of the same copy merged
+/// into one [`Effect::DeliverMany`] (the order of the users kept).
+pub fn merge_deliveries(effects: Vec<Effect>) -> Vec<Effect> {
+    let mut out: Vec<Effect> = Vec::with_capacity(effects.len());
+    for effect in effects {
+        let merged = match (out.last_mut(), &effect) {
+            (Some(last), Effect::Deliver { user, copy }) => match last {
+                Effect::DeliverMany {
+                    users,
+                    copy: shared,
+                } if shared == copy => {
+                    users.push(*user);
+                    true
+                }
+                Effect::Deliver {
+                    user: first,
+                    copy: shared,
+                } if shared == copy => {
+                    let users = vec![*first, *user];
+                    let copy = std::mem::take(shared);
+                    *last = Effect::DeliverMany { users, copy };
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !merged {
+            out.push(effect);
+        }
+    }
+    out
 }
 
 /// Encodes an outbox record: version 1, effect count u32, then each
@@ -223,7 +270,8 @@ impl Effect {
 /// the conversation, seq, a u32 length and the [`OverlayEntry`]; for hide
 /// the conversation and seq; for clear the conversation and first kept
 /// seq; for friend the other user, a u32 length and the [`FriendEntry`]
-/// (length 0: no entry).
+/// (length 0: no entry). Kind 6 (deliver to many) has no leading user:
+/// a u32 count, that many users, a u32 length and the [`InboxCopy`].
 pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
     let mut out = vec![OUTBOX_RECORD_VERSION];
     out.extend_from_slice(&(effects.len() as u32).to_be_bytes());
@@ -232,8 +280,18 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
         out.extend_from_slice(bytes);
     };
     for effect in effects {
+        if let Effect::DeliverMany { users, copy } = effect {
+            out.push(6);
+            out.extend_from_slice(&(users.len() as u32).to_be_bytes());
+            for user in users {
+                out.extend_from_slice(&user.to_be_bytes());
+            }
+            put_bytes(&mut out, &copy.encode());
+            continue;
+        }
         let (kind, ids): (u8, &[u64]) = match effect {
             Effect::Deliver { user, .. } => (1, &[*user]),
+            Effect::DeliverMany { .. } => continue,
             Effect::Overlay {
                 user,
                 conversation,
@@ -259,7 +317,7 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
         match effect {
             Effect::Deliver { copy, .. } => put_bytes(&mut out, &copy.encode()),
             Effect::Overlay { overlay, .. } => put_bytes(&mut out, &overlay.encode()),
-            Effect::Hide { .. } | Effect::Clear { .. } => {}
+            Effect::Hide { .. } | Effect::Clear { .. } | Effect::DeliverMany { .. } => {}
             Effect::Friend { entry, .. } => {
                 put_bytes(&mut out, &entry.map(|e| e.encode()).unwrap_or_default())
             }
@@ -276,6 +334,20 @@ pub fn decode_outbox_record(bytes: &[u8]) -> Result<Vec<Effect>, CodecError> {
     let mut effects = Vec::with_capacity((count as usize).min(bytes.len() / 9));
     for _ in 0..count {
         let kind = r.u8()?;
+        if kind == 6 {
+            let n = r.u32()? as usize;
+            // Each user takes 8 bytes: a bound before allocating.
+            let mut users = Vec::with_capacity(n.min(bytes.len() / 8));
+            for _ in 0..n {
+                users.push(r.u64()?);
+            }
+            let len = r.u32()? as usize;
+            effects.push(Effect::DeliverMany {
+                users,
+                copy: InboxCopy::decode(r.take(len)?)?,
+            });
+            continue;
+        }
         let user = r.u64()?;
         let effect = match kind {
             1 => {
@@ -373,6 +445,10 @@ mod tests {
                 other: 6,
                 entry: None,
             },
+            Effect::DeliverMany {
+                users: vec![3, 4],
+                copy: copy(),
+            },
         ];
         let total: usize = effects.iter().map(Effect::encoded_len).sum();
         assert_eq!(encode_outbox_record(&effects).len(), 5 + total);
@@ -419,12 +495,54 @@ mod tests {
                 other: 4,
                 entry: None,
             },
+            Effect::DeliverMany {
+                users: vec![5, 9, 13],
+                copy: copy(),
+            },
         ];
         let bytes = encode_outbox_record(&effects);
         assert_eq!(decode_outbox_record(&bytes), Ok(effects));
         for cut in 0..bytes.len() {
             assert!(decode_outbox_record(&bytes[..cut]).is_err(), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn runs_of_one_copy_merge_and_nothing_else_moves() {
+        let other = InboxCopy { seq: 4, ..copy() };
+        let deliver = |user, copy: &InboxCopy| Effect::Deliver {
+            user,
+            copy: copy.clone(),
+        };
+        let hide = Effect::Hide {
+            user: 2,
+            conversation: 7,
+            seq: 3,
+        };
+        let merged = merge_deliveries(vec![
+            deliver(1, &copy()),
+            deliver(2, &copy()),
+            deliver(3, &copy()),
+            deliver(4, &other),
+            hide.clone(),
+            deliver(5, &other),
+            deliver(6, &other),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                Effect::DeliverMany {
+                    users: vec![1, 2, 3],
+                    copy: copy(),
+                },
+                deliver(4, &other),
+                hide,
+                Effect::DeliverMany {
+                    users: vec![5, 6],
+                    copy: other,
+                },
+            ]
+        );
     }
 
     #[test]
