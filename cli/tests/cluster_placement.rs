@@ -292,28 +292,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             .into_inner()
             .unread;
             assert_eq!(unread, 4, "unread total on {addr}");
-            // User 3's side reaches their shard from the pair's shard
-            // within the delivery lag.
-            let what = format!("user 3's friend list, read on {addr}");
-            let friends = nodes::eventually_async(&what, Duration::from_secs(60), || async move {
-                let friends = on_node(addr, |mut c| async move {
-                    c.list_friends(pb::ListFriendsRequest {
-                        user: 3,
-                        status: pb::FriendStatus::Friends as i32,
-                        after_user: 0,
-                        limit: 10,
-                    })
-                    .await
-                })
-                .await?
-                .into_inner()
-                .friends;
-                if friends.is_empty() {
-                    return Err("no friend yet".into());
-                }
-                Ok::<_, Box<dyn std::error::Error>>(friends)
-            })
-            .await?;
+            let friends = nodes::friends_once_delivered(addr, 3).await?;
             assert_eq!(friends.len(), 1, "friends of 3 on {addr}");
         }
 

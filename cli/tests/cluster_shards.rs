@@ -297,29 +297,7 @@ fn four_shards_on_three_processes() -> TestResult {
                 .into_inner()
                 .unread;
             assert_eq!(unread, 2, "unread total of user 1 on {addr}");
-            // User 3's side reaches their shard from the pair's shard
-            // within the delivery lag.
-            let what = format!("user 3's friend list, read on {addr}");
-            let friends = nodes::eventually_async(&what, Duration::from_secs(60), || {
-                let mut client = client.clone();
-                async move {
-                    let friends = client
-                        .list_friends(pb::ListFriendsRequest {
-                            user: 3,
-                            status: pb::FriendStatus::Friends as i32,
-                            after_user: 0,
-                            limit: 10,
-                        })
-                        .await?
-                        .into_inner()
-                        .friends;
-                    if friends.is_empty() {
-                        return Err("no friend yet".into());
-                    }
-                    Ok::<_, Box<dyn std::error::Error>>(friends)
-                }
-            })
-            .await?;
+            let friends = nodes::friends_once_delivered(addr, 3).await?;
             assert_eq!(friends.len(), 1, "friends of user 3 on {addr}");
             assert_eq!((friends[0].user, friends[0].conversation), (4, direct));
         }

@@ -484,3 +484,39 @@ where
     .await
     .map_err(|e| tonic::Status::unavailable(e.to_string()))?
 }
+
+/// `user`'s friends as read through `addr`, once the list holds at least
+/// one: the list lives in the user's shard and follows a friend command
+/// within the delivery lag (polled for at most 60 s).
+pub async fn friends_once_delivered(
+    addr: SocketAddr,
+    user: u64,
+) -> Result<Vec<pb::Friend>, Box<dyn std::error::Error>> {
+    let what = format!("user {user}'s friend list, read on {addr}");
+    Ok(
+        eventually_async(&what, Duration::from_secs(60), || async move {
+            let client = ImstoreClient::connect(format!("http://{addr}")).await?;
+            let friends = retry_unavailable(|| {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .list_friends(pb::ListFriendsRequest {
+                            user,
+                            status: pb::FriendStatus::Friends as i32,
+                            after_user: 0,
+                            limit: 10,
+                        })
+                        .await
+                }
+            })
+            .await?
+            .into_inner()
+            .friends;
+            if friends.is_empty() {
+                return Err("no friend yet".into());
+            }
+            Ok::<_, Box<dyn std::error::Error>>(friends)
+        })
+        .await?,
+    )
+}

@@ -43,24 +43,10 @@ impl Store {
     /// open converts what is left (rows already copied are recognised by
     /// their version byte).
     pub(super) fn upgrade_inbox_copies(&self, path: &Path, placement_shards: u64) -> Result<()> {
-        if placement_shards > 1 {
-            tracing::error!(
-                path = %path.display(),
-                "format 3 data of a cluster with {placement_shards} shards cannot be upgraded \
-                 in place: a user's inbox moves to the user's shard. Back up with the old \
-                 release and load the data into a new cluster (docs/replication.md, \"Upgrading\")"
-            );
-            return Err(Error::UnsupportedFormat {
-                found: POINTER_INBOX_FORMAT,
-                supported: FORMAT_VERSION,
-            });
-        }
+        refuse_on_many_shards(path, placement_shards, POINTER_INBOX_FORMAT, "inbox")?;
         tracing::info!(path = %path.display(), from = POINTER_INBOX_FORMAT, to = PAIR_FRIENDS_FORMAT, "upgrading the data directory: inbox entries become message copies");
         let im = self.cf(CF_IM)?;
-        let mut ro = ReadOptions::default();
-        ro.set_total_order_seek(true);
-        let mut it = self.db.raw_iterator_cf_opt(im, ro);
-        it.seek_to_first();
+        let mut it = self.scan_im_from_start()?;
         // Seqs that were fanned out, per (shard, conversation): every such
         // send left a copy at least in its sender's inbox.
         let mut fanned: BTreeMap<(u16, u64), Vec<u64>> = BTreeMap::new();
@@ -136,24 +122,10 @@ impl Store {
     /// shard, which is the user's when there is one shard. Idempotent: the
     /// version moves to 5 in the last batch.
     pub(super) fn upgrade_friend_lists(&self, path: &Path, placement_shards: u64) -> Result<()> {
-        if placement_shards > 1 {
-            tracing::error!(
-                path = %path.display(),
-                "format 4 data of a cluster with {placement_shards} shards cannot be upgraded \
-                 in place: a user's friend list moves to the user's shard. Back up with the old \
-                 release and load the data into a new cluster (docs/replication.md, \"Upgrading\")"
-            );
-            return Err(Error::UnsupportedFormat {
-                found: PAIR_FRIENDS_FORMAT,
-                supported: FORMAT_VERSION,
-            });
-        }
+        refuse_on_many_shards(path, placement_shards, PAIR_FRIENDS_FORMAT, "friend list")?;
         tracing::info!(path = %path.display(), from = PAIR_FRIENDS_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: users get friend lists");
         let im = self.cf(CF_IM)?;
-        let mut ro = ReadOptions::default();
-        ro.set_total_order_seek(true);
-        let mut it = self.db.raw_iterator_cf_opt(im, ro);
-        it.seek_to_first();
+        let mut it = self.scan_im_from_start()?;
         let mut batch = WriteBatch::default();
         let mut copied = 0u64;
         while let (Some(key), Some(value)) = (it.key(), it.value()) {
@@ -173,6 +145,15 @@ impl Store {
         self.finish_upgrade(batch, FORMAT_VERSION)?;
         tracing::info!(copied, "upgrade: friend lists done");
         Ok(())
+    }
+
+    /// A raw iterator over the whole `im` column family, at its start.
+    fn scan_im_from_start(&self) -> Result<rocksdb::DBRawIterator<'_>> {
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_IM)?, ro);
+        it.seek_to_first();
+        Ok(it)
     }
 
     /// Writes the last batch of an upgrade with the new format version,
@@ -221,6 +202,25 @@ impl Store {
         }
         Ok(copy)
     }
+}
+
+/// Refuses, untouched, to upgrade the data of a cluster of several
+/// shards from format `found`: the user's `what` moves to the user's
+/// shard, which takes the cluster, not one replica.
+fn refuse_on_many_shards(path: &Path, placement_shards: u64, found: u32, what: &str) -> Result<()> {
+    if placement_shards <= 1 {
+        return Ok(());
+    }
+    tracing::error!(
+        path = %path.display(),
+        "format {found} data of a cluster with {placement_shards} shards cannot be upgraded \
+         in place: a user's {what} moves to the user's shard. Back up with the old release \
+         and load the data into a new cluster (docs/replication.md, \"Upgrading\")"
+    );
+    Err(Error::UnsupportedFormat {
+        found,
+        supported: FORMAT_VERSION,
+    })
 }
 
 /// The fan-out mode rows of a conversation whose fanned-out seqs are
