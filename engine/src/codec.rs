@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Version of the on-disk format as a whole, stored in the `meta` column family.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Version byte at the start of every record body.
 pub const RECORD_VERSION: u8 = 1;
@@ -135,12 +135,15 @@ mod outbox;
 mod records;
 #[path = "codec/state.rs"]
 mod state;
+#[path = "codec/view.rs"]
+mod view;
 
 pub use im::*;
 pub use image::*;
 pub use outbox::*;
 pub use records::*;
 pub use state::*;
+pub use view::*;
 
 /// Reads a u64 BE at `at`; callers have checked the length.
 pub(crate) fn read_u64(bytes: &[u8], at: usize) -> u64 {

@@ -16,6 +16,8 @@ use crate::{
 mod im_read;
 #[path = "outbox_read.rs"]
 mod outbox_read;
+#[path = "view_read.rs"]
+pub(crate) mod view_read;
 
 /// An open imstore data directory, seen through one of its shards. Cheap
 /// to clone; every clone is the same store. [`Engine::open`] gives shard 0,

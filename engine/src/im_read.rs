@@ -2,10 +2,12 @@
 //! list, unread counts, receipts, members and friends. Reads never go
 //! through the commit pipeline; they see committed state.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
+use super::view_read::copy_view;
 use super::Engine;
 use crate::codec::{
     self, im_key, tag, ConversationState, FriendEntry, InboxCopy, MemberEntry, OverlayEntry,
@@ -271,31 +273,37 @@ impl Engine {
             UserConversation::decode(&value).map_err(corrupt_value("user conversation"))?;
             ids.push(key_id(&key, 1)?);
         }
+        self.memberships(user, ids)
+    }
+
+    /// `user`'s memberships of `ids` (ascending) with the conversations'
+    /// states: two batched lookups. Ids the user never was in (or that are
+    /// no direct or group conversation) are left out.
+    fn memberships(
+        &self,
+        user: u64,
+        ids: Vec<u64>,
+    ) -> Result<Vec<(u64, ConversationState, MemberEntry)>> {
         // Both key lists are ascending, as the ids are.
         let states = self.store().conversation_states(&ids, true)?;
         let member_keys: Vec<Vec<u8>> = ids
             .iter()
             .map(|&c| im_key(tag::MEMBER, &[c, user], &[]))
             .collect();
-        let members =
-            self.store()
-                .multi_get_in(CF_IM, &member_keys, true, |member| match member {
-                    Some(bytes) => {
-                        MemberEntry::decode(bytes).map_err(corrupt_value("member entry"))
-                    }
-                    None => Err(Error::CorruptMetadata {
-                        what: "member entry".into(),
-                        reason: codec::CodecError::BadLength {
-                            what: "missing member entry of a listed conversation".into(),
-                            len: 0,
-                        },
-                    }),
-                })?;
+        let members = self
+            .store()
+            .multi_get_in(CF_IM, &member_keys, true, |member| {
+                member
+                    .map(|bytes| MemberEntry::decode(bytes).map_err(corrupt_value("member entry")))
+                    .transpose()
+            })?;
         Ok(ids
             .into_iter()
             .zip(states)
             .zip(members)
-            .map(|((conversation, state), entry)| (conversation, state, entry))
+            .filter_map(|((conversation, state), entry)| {
+                Some((conversation, state, entry?)).filter(|(_, s, _)| s.is_managed())
+            })
             .collect())
     }
 
@@ -471,40 +479,31 @@ impl Engine {
         })
     }
 
-    /// `user`'s conversations, most recent activity first, starting after
-    /// `after` (the last entry of the previous page), at most `limit`.
-    /// The order is computed at read time from each conversation's state,
-    /// so a big group's message writes nothing per member.
-    pub fn conversation_list(
+    /// `user`'s summaries of `conversations` from their rows in this
+    /// shard (the conversations' own shard): those after `after` in list
+    /// order, at most `limit`, with their last messages. Conversations the
+    /// user never was in are left out.
+    pub fn summaries(
         &self,
         user: u64,
+        conversations: &[u64],
         after: Option<ListCursor>,
         limit: usize,
     ) -> Result<Vec<ConversationSummary>> {
-        self.check_limit(limit)?;
+        let mut ids = conversations.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
         let mut all = Vec::new();
-        for (conversation, state, entry) in self.user_conversations(user)? {
+        for (conversation, state, entry) in self.memberships(user, ids)? {
             let summary = self.summary(conversation, &state, &entry)?;
             // The newest seq the user sees is usually `last_seq` itself;
             // otherwise (an empty last interval) `read_as` finds it.
             let sees_last = entry.sees(summary.last_seq);
             all.push((summary, sees_last));
         }
-        let order = |s: &ConversationSummary| {
-            (
-                std::cmp::Reverse(s.last_activity_ms),
-                std::cmp::Reverse(s.conversation),
-            )
-        };
-        all.sort_unstable_by_key(|(s, _)| order(s));
+        all.sort_unstable_by_key(|(s, _)| list_order(s));
         let start = match after {
-            Some(c) => {
-                let key = (
-                    std::cmp::Reverse(c.last_activity_ms),
-                    std::cmp::Reverse(c.conversation),
-                );
-                all.partition_point(|(s, _)| order(s) <= key)
-            }
+            Some(c) => all.partition_point(|(s, _)| list_order(s) <= cursor_order(c)),
             None => 0,
         };
         let mut page: Vec<(ConversationSummary, bool)> =
@@ -543,6 +542,19 @@ impl Engine {
         Ok(page.into_iter().map(|(s, _)| s).collect())
     }
 
+    /// `user`'s unread messages over `conversations` (of this shard; those
+    /// the user never was in count nothing).
+    pub fn unread_sum(&self, user: u64, conversations: &[u64]) -> Result<u64> {
+        let mut ids = conversations.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(self
+            .memberships(user, ids)?
+            .iter()
+            .map(|(_, state, entry)| unread_of(state, entry))
+            .sum())
+    }
+
     /// `user`'s unread messages in `conversation`: seqs after the read
     /// position that the user sees (own messages never count: sending
     /// moves the sender's read position).
@@ -550,15 +562,6 @@ impl Engine {
         let state = self.managed_state(conversation)?;
         let entry = self.viewer_entry(conversation, user)?;
         Ok(unread_of(&state, &entry))
-    }
-
-    /// `user`'s unread messages over all their conversations.
-    pub fn unread_total(&self, user: u64) -> Result<u64> {
-        Ok(self
-            .user_conversations(user)?
-            .iter()
-            .map(|(_, state, entry)| unread_of(state, entry))
-            .sum())
     }
 
     /// `user`'s read position in `conversation`.
@@ -707,28 +710,6 @@ fn view(mut message: Message, overlay: Option<&OverlayEntry>, hidden: bool) -> M
     }
 }
 
-/// A message as its inbox copy shows it to the copy's user.
-fn copy_view(copy: InboxCopy) -> MessageView {
-    let hidden = copy.hidden;
-    MessageView {
-        message: Message {
-            conversation: copy.conversation,
-            seq: copy.seq,
-            sender: copy.sender,
-            timestamp_ms: copy.timestamp_ms,
-            client_msg_id: Bytes::from(copy.client_msg_id),
-            payload: if copy.recalled || hidden {
-                Bytes::new()
-            } else {
-                Bytes::from(copy.payload)
-            },
-        },
-        recalled: copy.recalled,
-        edited: copy.edited,
-        deleted_for_me: hidden,
-    }
-}
-
 fn member_of(user: u64, entry: MemberEntry) -> Member {
     Member {
         user,
@@ -738,6 +719,16 @@ fn member_of(user: u64, entry: MemberEntry) -> Member {
 }
 
 fn unread_of(state: &ConversationState, entry: &MemberEntry) -> u64 {
-    let after = entry.read_seq.max(state.first_retained().saturating_sub(1));
-    entry.visible_count(after, state.last_seq)
+    entry.unread_in(state)
+}
+
+/// Where a summary sorts in a conversation list: most recent activity
+/// first, then the higher conversation id.
+pub(crate) fn list_order(s: &ConversationSummary) -> (Reverse<u64>, Reverse<u64>) {
+    (Reverse(s.last_activity_ms), Reverse(s.conversation))
+}
+
+/// Where a list cursor sorts ([`list_order`] of the entry it names).
+pub(crate) fn cursor_order(c: ListCursor) -> (Reverse<u64>, Reverse<u64>) {
+    (Reverse(c.last_activity_ms), Reverse(c.conversation))
 }

@@ -132,6 +132,7 @@ pub use crate::disk::{
     default_ballast_bytes, disk_space, release_ballast, DiskSpace, BALLAST_FILE,
     DEFAULT_BALLAST_MAX_BYTES, RESUME_HEADROOM_BYTES,
 };
+pub use crate::engine::view_read::{merge_list_pages, ListIndexPage};
 pub use crate::engine::Engine;
 pub use crate::error::{refuse_orphaned_files, Entity, Error, Result, TimedAction};
 pub use crate::placement::{pair_key, shard_for, shard_for_user};

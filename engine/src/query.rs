@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use crate::{
-    ConversationSummary, Direction, Engine, Error, Friend, FriendStatus, ListCursor, Member,
-    Message, MessageView, OutboxBacklog, Receipts, Result, SyncCursor, SyncPage,
+    ConversationSummary, Direction, Engine, Error, Friend, FriendStatus, ListCursor, ListIndexPage,
+    Member, Message, MessageView, OutboxBacklog, Receipts, Result, SyncCursor, SyncPage,
 };
 
 /// Where a shard's part of a sync starts.
@@ -75,10 +75,17 @@ pub enum ShardQuery {
         /// The conversation.
         conversation: u64,
     },
-    /// [`Engine::unread_total`] over this shard's conversations.
-    UnreadTotal {
+    /// [`Engine::unread_index`]: in the user's shard.
+    UnreadIndex {
         /// The reader.
         user: u64,
+    },
+    /// [`Engine::unread_sum`]: in the conversations' shard.
+    UnreadSum {
+        /// The reader.
+        user: u64,
+        /// Conversations of this shard.
+        conversations: Vec<u64>,
     },
     /// [`Engine::friends`] kept in this shard.
     Friends {
@@ -101,10 +108,21 @@ pub enum ShardQuery {
         /// Most entries.
         limit: u32,
     },
-    /// [`Engine::conversation_list`] over this shard's conversations.
-    ConversationList {
+    /// [`Engine::conversation_index`]: in the user's shard.
+    ConversationIndex {
         /// Whose list.
         user: u64,
+        /// After this entry of the previous page.
+        after: Option<ListCursor>,
+        /// Most entries.
+        limit: u32,
+    },
+    /// [`Engine::summaries`]: in the conversations' shard.
+    Summaries {
+        /// Whose list.
+        user: u64,
+        /// Conversations of this shard.
+        conversations: Vec<u64>,
         /// After this entry of the previous page.
         after: Option<ListCursor>,
         /// Most entries.
@@ -165,6 +183,15 @@ pub enum ShardAnswer {
     },
     /// A page of the conversation list.
     List(Vec<ConversationSummary>),
+    /// See [`ShardQuery::ConversationIndex`].
+    Index(ListIndexPage),
+    /// See [`ShardQuery::UnreadIndex`].
+    UnreadIndex {
+        /// The unread messages of the user's local views.
+        local: u64,
+        /// The conversations of the user's remote views, ascending.
+        remote: Vec<u64>,
+    },
     /// See [`ShardQuery::WatchState`].
     WatchState {
         /// Conversations to follow (listed ones and the users' own).
@@ -246,7 +273,14 @@ impl Engine {
             ShardQuery::Unread { user, conversation } => {
                 ShardAnswer::Count(self.unread(user, conversation)?)
             }
-            ShardQuery::UnreadTotal { user } => ShardAnswer::Count(self.unread_total(user)?),
+            ShardQuery::UnreadIndex { user } => {
+                let (local, remote) = self.unread_index(user)?;
+                ShardAnswer::UnreadIndex { local, remote }
+            }
+            ShardQuery::UnreadSum {
+                user,
+                conversations,
+            } => ShardAnswer::Count(self.unread_sum(user, &conversations)?),
             ShardQuery::Friends {
                 user,
                 status,
@@ -267,11 +301,17 @@ impl Engine {
                     page: self.sync(user, from, limit(n))?,
                 }
             }
-            ShardQuery::ConversationList {
+            ShardQuery::ConversationIndex {
                 user,
                 after,
                 limit: n,
-            } => ShardAnswer::List(self.conversation_list(user, after, limit(n))?),
+            } => ShardAnswer::Index(self.conversation_index(user, after, limit(n))?),
+            ShardQuery::Summaries {
+                user,
+                conversations,
+                after,
+                limit: n,
+            } => ShardAnswer::List(self.summaries(user, &conversations, after, limit(n))?),
             ShardQuery::WatchState {
                 users,
                 listed,

@@ -414,6 +414,10 @@ impl Store {
                 }
                 if found == upgrade::PAIR_FRIENDS_FORMAT {
                     self.upgrade_friend_lists(path, placement_shards)?;
+                    found = upgrade::NO_VIEWS_FORMAT;
+                }
+                if found == upgrade::NO_VIEWS_FORMAT {
+                    self.upgrade_user_views(path, placement_shards)?;
                     found = FORMAT_VERSION;
                 }
                 if found != FORMAT_VERSION {

@@ -215,7 +215,7 @@ fn a_newer_format_version_is_refused() -> TestResult {
     match Engine::open(dir.path(), Options::default()) {
         Err(Error::UnsupportedFormat {
             found: 99,
-            supported: 5,
+            supported: 6,
         }) => Ok(()),
         other => Err(format!("expected UnsupportedFormat, got {other:?}").into()),
     }
@@ -482,7 +482,7 @@ fn a_version_3_directory_gets_inbox_copies() -> TestResult {
         Engine::open(dir.path(), many_shards),
         Err(Error::UnsupportedFormat {
             found: 3,
-            supported: 5
+            supported: 6
         })
     ));
 
@@ -516,6 +516,12 @@ fn a_version_3_directory_gets_inbox_copies() -> TestResult {
 /// Turns a current directory into format 4: no user has a friend list of
 /// their own (`R` rows); the pairs' rows (`F`) stay.
 fn remove_friend_lists(dir: &std::path::Path) -> TestResult {
+    remove_im_rows(dir, b"R", 4)
+}
+
+/// Deletes every `im` row whose tag is one of `tags` and sets the format
+/// version to `version`: a directory as an older release left it.
+fn remove_im_rows(dir: &std::path::Path, tags: &[u8], version: u32) -> TestResult {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(false);
     let cfs = rocksdb::DB::list_cf(&opts, dir)?;
@@ -527,14 +533,14 @@ fn remove_friend_lists(dir: &std::path::Path) -> TestResult {
         .collect::<Result<_, _>>()?;
     let mut removed = 0;
     for key in keys {
-        if key.get(2) == Some(&b'R') {
+        if key.get(2).is_some_and(|t| tags.contains(t)) {
             db.delete_cf(im, &key)?;
             removed += 1;
         }
     }
-    assert!(removed > 0, "the directory has friend lists to remove");
+    assert!(removed > 0, "the directory has rows to remove");
     let meta = db.cf_handle("s.meta").ok_or("meta cf")?;
-    db.put_cf(meta, b"\xff\xffformat_version", 4u32.to_be_bytes())?;
+    db.put_cf(meta, b"\xff\xffformat_version", version.to_be_bytes())?;
     db.flush_cf(im)?;
     db.flush_cf(meta)?;
     Ok(())
@@ -590,7 +596,7 @@ fn a_version_4_directory_gets_friend_lists() -> TestResult {
         Engine::open(dir.path(), many_shards),
         Err(Error::UnsupportedFormat {
             found: 4,
-            supported: 5
+            supported: 6
         })
     ));
     let engine = Engine::open(dir.path(), Options::default())?;
@@ -602,5 +608,102 @@ fn a_version_4_directory_gets_friend_lists() -> TestResult {
     let engine = Engine::open(dir.path(), Options::default())?;
     assert!(engine.friends(2, FriendStatus::Friends, 0, 100)?.is_empty());
     assert_eq!(engine.friends(1, FriendStatus::Outgoing, 0, 100)?.len(), 1);
+    Ok(())
+}
+
+/// A format 5 directory (conversation lists computed from the
+/// conversations' rows) is upgraded in place: each user's views are
+/// built from the member rows, and every list and unread total reads as
+/// before, for current and former members, small and big groups, after
+/// a clear. One of a multi-shard cluster is refused, untouched.
+#[test]
+fn a_version_5_directory_gets_conversation_views() -> TestResult {
+    use imstore_engine::{Command, SendMessage};
+    let dir = tempfile::tempdir()?;
+    let options = || Options {
+        fanout_max_members: 3,
+        ..Options::default()
+    };
+    let views = |engine: &Engine| -> Result<Vec<_>, Error> {
+        let mut out = Vec::new();
+        for user in 1..=6 {
+            out.push(format!(
+                "{user}: {:?} total {}",
+                engine.conversation_list(user, None, 100)?,
+                engine.unread_total(user)?
+            ));
+        }
+        Ok(out)
+    };
+    let send = |engine: &Engine, conversation: u64, sender: u64, n: u64| {
+        engine.execute(Command::Send(SendMessage {
+            conversation,
+            sender,
+            client_msg_id: format!("{conversation}-{n}").into(),
+            payload: format!("message {n}").into(),
+            timestamp_ms: 100 + n,
+            receipt: false,
+        }))
+    };
+    let before = {
+        let engine = Engine::open(dir.path(), options())?;
+        // A small group (write fan-out) and a big one (read fan-out).
+        for (conversation, members) in [(10, vec![2, 3]), (20, vec![2, 3, 4, 5, 6])] {
+            engine.execute(Command::CreateGroup {
+                conversation,
+                owner: 1,
+                members,
+                timestamp_ms: 1,
+            })?;
+        }
+        let mut n = 0;
+        for (conversation, sender) in [(10, 1), (20, 2), (10, 2), (20, 3), (10, 3)] {
+            n += 1;
+            send(&engine, conversation, sender, n)?;
+        }
+        for conversation in [10, 20] {
+            engine.execute(Command::RemoveMembers {
+                conversation,
+                by: 1,
+                users: vec![3],
+                timestamp_ms: 50,
+            })?;
+        }
+        send(&engine, 10, 1, 9)?;
+        engine.execute(Command::MarkRead {
+            user: 2,
+            conversation: 10,
+            up_to: 2,
+        })?;
+        engine.execute(Command::ClearHistory {
+            conversation: 20,
+            before_seq: 2,
+        })?;
+        let views = views(&engine)?;
+        engine.compact()?;
+        views
+    };
+    assert!(
+        before[2].contains("member: false"),
+        "user 3 left both groups"
+    );
+    remove_im_rows(dir.path(), b"VAB", 5)?;
+    let many_shards = Options {
+        placement_shards: 4,
+        ..options()
+    };
+    assert!(matches!(
+        Engine::open(dir.path(), many_shards),
+        Err(Error::UnsupportedFormat {
+            found: 5,
+            supported: 6
+        })
+    ));
+    let engine = Engine::open(dir.path(), options())?;
+    assert_eq!(views(&engine)?, before, "every list reads as before");
+    // The views follow later changes.
+    send(&engine, 10, 2, 10)?;
+    let list = engine.conversation_list(1, None, 1)?;
+    assert_eq!((list[0].conversation, list[0].unread), (10, 1));
     Ok(())
 }

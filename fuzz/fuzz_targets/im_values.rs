@@ -1,5 +1,5 @@
 //! The IM value decoders (member rows, inbox entries, friend rows,
-//! overlays, cursors, receipt sets, conversation states) on arbitrary
+//! overlays, cursors, user views, receipt sets, conversation states) on arbitrary
 //! bytes: decoding never panics, and whatever a decoder accepts re-encodes
 //! to exactly the same bytes. The receipt-set merge never panics, returns
 //! a sorted set when every input is a set, and keeps damaged inputs
@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
     round_trip!(codec::FriendEntry, data);
     round_trip!(codec::OverlayEntry, data);
     round_trip!(codec::SyncCursor, data);
+    round_trip!(codec::UserView, data);
     let _ = codec::im_key_id(data, 0);
     let _ = codec::im_key_id(data, 2);
 

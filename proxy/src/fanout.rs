@@ -1,8 +1,10 @@
-//! Merging the per-shard answers of a user-wide read: a user's sync and
-//! conversation list are still spread over the shards that hold their
-//! conversations, so such a read asks every shard and merges here. Pure functions: the service does the I/O.
+//! Merging the per-shard answers of a sync: a user's big-group advances
+//! are still spread over the shards that hold their conversations, so a
+//! sync asks every shard and merges here. Pure functions: the service
+//! does the I/O. (The conversation list and the unread total are read
+//! from the user's shard: `imstore_engine::merge_list_pages`.)
 
-use imstore_engine::{ConversationSummary, MessageView, SyncCursor, SyncPage};
+use imstore_engine::{MessageView, SyncCursor, SyncPage};
 
 /// One shard's sync page, with the cursor it started from.
 pub(crate) struct ShardPage {
@@ -75,27 +77,6 @@ pub(crate) fn merge_sync(pages: Vec<ShardPage>, limit: usize) -> MergedSync {
         cursors,
         more,
     }
-}
-
-/// The conversation list order: most recent activity first, then higher
-/// conversation ids first (the engine's order within a shard).
-fn list_order(s: &ConversationSummary) -> (std::cmp::Reverse<u64>, std::cmp::Reverse<u64>) {
-    (
-        std::cmp::Reverse(s.last_activity_ms),
-        std::cmp::Reverse(s.conversation),
-    )
-}
-
-/// Merges shards' conversation-list pages (each the first `limit` after
-/// the same list cursor) into the first `limit` of their union.
-pub(crate) fn merge_lists(
-    pages: Vec<Vec<ConversationSummary>>,
-    limit: usize,
-) -> Vec<ConversationSummary> {
-    let mut all: Vec<ConversationSummary> = pages.into_iter().flatten().collect();
-    all.sort_by_key(list_order);
-    all.truncate(limit);
-    all
 }
 
 #[cfg(test)]
@@ -208,31 +189,5 @@ mod tests {
         assert!(merged.more);
         assert_eq!(merged.cursors[0].inbox_seq, 1);
         assert_eq!(merged.cursors[1].inbox_seq, 2);
-    }
-
-    fn summary(conversation: u64, last_activity_ms: u64) -> ConversationSummary {
-        ConversationSummary {
-            conversation,
-            kind: imstore_engine::ConversationKind::Group,
-            last_seq: 1,
-            last_activity_ms,
-            read_seq: 0,
-            unread: 1,
-            member: true,
-            last_message: None,
-        }
-    }
-
-    #[test]
-    fn lists_merge_by_activity_then_id() {
-        let merged = merge_lists(
-            vec![
-                vec![summary(1, 50), summary(4, 20)],
-                vec![summary(2, 50), summary(3, 30)],
-            ],
-            3,
-        );
-        let ids: Vec<u64> = merged.iter().map(|s| s.conversation).collect();
-        assert_eq!(ids, vec![2, 1, 3]);
     }
 }

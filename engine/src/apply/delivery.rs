@@ -216,6 +216,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             Effect::Friend { user, other, entry } => {
                 Self::apply_friend_effect(scratch, user, other, entry)
             }
+            Effect::View {
+                user,
+                conversation,
+                view,
+            } => self.put_view(scratch, user, conversation, view)?,
         }
         Ok(())
     }
@@ -244,7 +249,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         );
         Self::kv_put(scratch, Space::Im, index, inbox_seq.to_be_bytes().to_vec());
         scratch.inbox_heads.insert(user, inbox_seq);
-        Ok(())
+        self.advance_view(scratch, user, copy)
     }
 
     /// Changes the user's copy of (conversation, seq), if they have one.
@@ -310,7 +315,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
 
     /// The fan-out mode changes of a conversation up to `below`
     /// (exclusive), ascending: (first seq, fanned out).
-    fn fanout_modes(
+    pub(super) fn fanout_modes(
         &mut self,
         scratch: &Pending,
         conversation: u64,
@@ -356,7 +361,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     }
 
     /// Every member row of the conversation (current and former).
-    fn member_rows(
+    pub(super) fn member_rows(
         &mut self,
         scratch: &Pending,
         conversation: u64,

@@ -47,6 +47,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         };
         state.cleared_before = before_seq;
         scratch.conversations.insert(conversation, state);
+        self.touch_cleared_views(scratch, conversation)?;
         scratch.range_deletes.push((
             Space::Segments,
             codec::segment_key(conversation, 0).to_vec(),

@@ -243,6 +243,18 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         user: u64,
         entry: &MemberEntry,
     ) {
+        Self::touch_view(scratch, conversation, user);
+        Self::put_member_quietly(scratch, conversation, user, entry);
+    }
+
+    /// [`Self::put_member`] for a change the user's view follows by
+    /// itself (see `send`).
+    pub(super) fn put_member_quietly(
+        scratch: &mut Pending,
+        conversation: u64,
+        user: u64,
+        entry: &MemberEntry,
+    ) {
         Self::kv_put(
             scratch,
             Space::Im,

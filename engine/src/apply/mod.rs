@@ -110,6 +110,7 @@ mod membership;
 mod overlays;
 mod reads;
 mod send;
+mod views;
 #[cfg(feature = "replication")]
 pub use image::push_image_meta_row;
 
@@ -141,6 +142,9 @@ pub(crate) struct Pending {
     outgoing: BTreeMap<u64, Vec<codec::Effect>>,
     /// An outbox record was written.
     outbox_written: bool,
+    /// (conversation, user) views this command changed, sent as
+    /// [`codec::Effect::View`] when it ends.
+    touched_views: BTreeSet<(u64, u64)>,
     /// A store image replacing everything ([`Command::ReplaceState`]).
     replace: Option<Vec<Row>>,
     /// Image rows added to the shard ([`Command::AddImageRows`]).
@@ -257,6 +261,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
         // group only when the whole command succeeded.
         let mut scratch = Pending::default();
         let outcome = self.apply_im(&mut scratch, command)?;
+        self.write_views(&mut scratch)?;
         self.write_outgoing(&mut scratch)?;
         self.group.absorb(scratch);
         Ok(outcome)

@@ -33,6 +33,10 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let mut state = self.conversation(scratch, m.conversation)?;
         let fanned_out = state.member_count <= self.limits.fanout_max_members;
         Self::note_fanout_mode(scratch, m.conversation, seq, fanned_out, previous);
+        if previous != Some(fanned_out) {
+            // Members' views turn local or remote with the mode.
+            self.touch_current_views(scratch, m.conversation)?;
+        }
 
         if !fanned_out {
             // Read fan-out: one write, whatever the group's size; sync
@@ -73,7 +77,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         // ever lies beyond their read position.
         self.advance_read(scratch, m.conversation, m.sender, &mut sender, seq - 1)?;
         sender.read_seq = sender.read_seq.max(seq);
-        Self::put_member(scratch, m.conversation, m.sender, &sender);
+        // No new view for the sender: their copy moves a local view the
+        // same way (`UserView::advance`), and a remote one reads this row.
+        Self::put_member_quietly(scratch, m.conversation, m.sender, &sender);
         Ok(appended)
     }
 

@@ -46,6 +46,15 @@ pub mod tag {
     /// `W source` → the last outbox seq of shard `source` delivered here,
     /// u64 BE.
     pub const DELIVERED: u8 = b'W';
+    /// `V user conv` → [`UserView`](super::UserView), in the user's
+    /// shard: the user's view of a conversation they are or were in.
+    pub const VIEW: u8 = b'V';
+    /// `A user rev_activity rev_conv` → empty: the user's local views,
+    /// most recent activity first ([`activity_key`](super::activity_key)).
+    pub const ACTIVITY: u8 = b'A';
+    /// `B user conv` → empty: the user's remote views (conversations whose
+    /// summary their own shard answers: big groups).
+    pub const REMOTE_VIEW: u8 = b'B';
 }
 
 /// A key of the `im` column family: a tag byte, then ids as u64 BE, then
@@ -188,6 +197,26 @@ impl MemberEntry {
     /// The highest seq the user may see, given the conversation's last seq.
     pub fn visible_last(&self, last_seq: u64) -> u64 {
         self.intervals.last().map_or(0, |&(_, l)| l.min(last_seq))
+    }
+
+    /// The newest seq up to `last_seq` the user was a member for (0 if
+    /// none): what their list shows as the last message, when kept.
+    pub fn newest_seen(&self, last_seq: u64) -> u64 {
+        self.intervals
+            .iter()
+            .rev()
+            .find_map(|&(j, l)| {
+                let hi = l.min(last_seq);
+                (hi > j).then_some(hi)
+            })
+            .unwrap_or(0)
+    }
+
+    /// The user's unread messages in a conversation of `state`: the seqs
+    /// after the read position that they see and that are still kept.
+    pub fn unread_in(&self, state: &ConversationState) -> u64 {
+        let after = self.read_seq.max(state.first_retained().saturating_sub(1));
+        self.visible_count(after, state.last_seq)
     }
 
     /// How many seqs in `(after, upto]` the user sees.

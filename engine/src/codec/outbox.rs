@@ -191,6 +191,17 @@ pub enum Effect {
         /// The user's side as the pair's shard now holds it.
         entry: Option<FriendEntry>,
     },
+    /// The user's view of a conversation is now `view` (a membership,
+    /// read position, clear or fan-out mode changed it). Sent from the
+    /// conversation's shard, in order; the read position never moves back.
+    View {
+        /// The user.
+        user: u64,
+        /// The conversation.
+        conversation: u64,
+        /// The view as the conversation's shard now computes it.
+        view: UserView,
+    },
 }
 
 /// The size an outbox record aims to stay under: a command's effects for
@@ -208,6 +219,7 @@ impl Effect {
             Effect::Overlay { overlay, .. } => 25 + 4 + overlay.encode().len(),
             Effect::Hide { .. } | Effect::Clear { .. } => 25,
             Effect::Friend { entry, .. } => 17 + 4 + entry.map_or(0, |e| e.encode().len()),
+            Effect::View { .. } => 17 + USER_VIEW_LEN,
         }
     }
 
@@ -219,7 +231,8 @@ impl Effect {
             | Effect::Overlay { user, .. }
             | Effect::Hide { user, .. }
             | Effect::Clear { user, .. }
-            | Effect::Friend { user, .. } => std::slice::from_ref(user),
+            | Effect::Friend { user, .. }
+            | Effect::View { user, .. } => std::slice::from_ref(user),
             Effect::DeliverMany { users, .. } => users,
         }
     }
@@ -270,8 +283,10 @@ pub fn merge_deliveries(effects: Vec<Effect>) -> Vec<Effect> {
 /// the conversation, seq, a u32 length and the [`OverlayEntry`]; for hide
 /// the conversation and seq; for clear the conversation and first kept
 /// seq; for friend the other user, a u32 length and the [`FriendEntry`]
-/// (length 0: no entry). Kind 6 (deliver to many) has no leading user:
-/// a u32 count, that many users, a u32 length and the [`InboxCopy`].
+/// (length 0: no entry); for view (kind 7) the conversation and the
+/// [`UserView`] ([`USER_VIEW_LEN`] bytes). Kind 6 (deliver to many) has no
+/// leading user: a u32 count, that many users, a u32 length and the
+/// [`InboxCopy`].
 pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
     let mut out = vec![OUTBOX_RECORD_VERSION];
     out.extend_from_slice(&(effects.len() as u32).to_be_bytes());
@@ -309,6 +324,9 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
                 before,
             } => (4, &[*user, *conversation, *before]),
             Effect::Friend { user, other, .. } => (5, &[*user, *other]),
+            Effect::View {
+                user, conversation, ..
+            } => (7, &[*user, *conversation]),
         };
         out.push(kind);
         for id in ids {
@@ -321,6 +339,7 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
             Effect::Friend { entry, .. } => {
                 put_bytes(&mut out, &entry.map(|e| e.encode()).unwrap_or_default())
             }
+            Effect::View { view, .. } => out.extend_from_slice(&view.encode()),
         }
     }
     out
@@ -389,6 +408,11 @@ pub fn decode_outbox_record(bytes: &[u8]) -> Result<Vec<Effect>, CodecError> {
                     },
                 }
             }
+            7 => Effect::View {
+                user,
+                conversation: r.u64()?,
+                view: UserView::decode(r.take(USER_VIEW_LEN)?)?,
+            },
             found => return Err(CodecError::UnknownVersion { found }),
         };
         effects.push(effect);
@@ -449,6 +473,11 @@ mod tests {
                 users: vec![3, 4],
                 copy: copy(),
             },
+            Effect::View {
+                user: 2,
+                conversation: 7,
+                view: UserView::default(),
+            },
         ];
         let total: usize = effects.iter().map(Effect::encoded_len).sum();
         assert_eq!(encode_outbox_record(&effects).len(), 5 + total);
@@ -498,6 +527,19 @@ mod tests {
             Effect::DeliverMany {
                 users: vec![5, 9, 13],
                 copy: copy(),
+            },
+            Effect::View {
+                user: 9,
+                conversation: 7,
+                view: UserView {
+                    kind: ConversationKind::Direct,
+                    remote: true,
+                    member: false,
+                    last_seq: 4,
+                    last_activity_ms: 12,
+                    read_seq: 3,
+                    unread: 1,
+                },
             },
         ];
         let bytes = encode_outbox_record(&effects);

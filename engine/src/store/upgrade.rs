@@ -1,6 +1,6 @@
-//! Formats 3 → 4 → 5 in place (`docs/format.md`, "Upgrades"): inbox rows
-//! become message copies (4), and each user gets a friend list of their
-//! own (5).
+//! Formats 3 → 4 → 5 → 6 in place (`docs/format.md`, "Upgrades"): inbox
+//! rows become message copies (4), each user gets a friend list of their
+//! own (5), and views of their conversations (6).
 //!
 //! Format 3 kept an inbox entry as a pointer (conversation, seq) into a
 //! timeline of the same shard. Format 4 keeps a copy of the message in
@@ -16,6 +16,12 @@
 //! Format 4 kept friends only as the pair's rows (`F`, in the pair's
 //! shard). Format 5 adds each user's side in the user's shard (`R`),
 //! copied from them; the same one-shard rule applies.
+//!
+//! Format 5 computed a user's conversation list from the conversations'
+//! rows. Format 6 keeps each user's view of each conversation in the
+//! user's shard (`V`, with the activity index `A` and the remote list
+//! `B`), computed here from the member rows as the apply step computes
+//! them; the same one-shard rule applies.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,7 +31,10 @@ use rocksdb::{ReadOptions, WriteBatch, WriteOptions};
 use super::{
     shard_key, store_wide_key, Store, CF_IM, CF_META, META_FORMAT_VERSION, SHARD_PREFIX_LEN,
 };
-use crate::codec::{self, im_key, tag, InboxCopy, InboxEntry, OverlayEntry, FORMAT_VERSION};
+use crate::codec::{
+    self, im_key, tag, ConversationState, InboxCopy, InboxEntry, MemberEntry, OverlayEntry,
+    UserView, FORMAT_VERSION,
+};
 use crate::{Error, Result};
 
 /// The format whose inbox rows are pointers.
@@ -33,6 +42,12 @@ pub(super) const POINTER_INBOX_FORMAT: u32 = 3;
 
 /// The format whose friends are only the pairs' rows.
 pub(super) const PAIR_FRIENDS_FORMAT: u32 = 4;
+
+/// The format without users' views of their conversations.
+pub(super) const NO_VIEWS_FORMAT: u32 = 5;
+
+/// A conversation's state and fan-out mode rows, by (shard, id).
+type ConversationRows = (u16, u64, ConversationState, Vec<(u64, bool)>);
 
 /// Rows written per batch of the upgrade.
 const BATCH_ROWS: usize = 10_000;
@@ -142,8 +157,100 @@ impl Store {
             it.next();
         }
         it.status()?;
-        self.finish_upgrade(batch, FORMAT_VERSION)?;
+        self.finish_upgrade(batch, NO_VIEWS_FORMAT)?;
         tracing::info!(copied, "upgrade: friend lists done");
+        Ok(())
+    }
+
+    /// Upgrades a format 5 directory to format 6 (see the module doc):
+    /// a view per member row, in the same shard, which is the user's when
+    /// there is one shard. Idempotent: every row written is a function of
+    /// the member rows, and the version moves to 6 in the last batch.
+    pub(super) fn upgrade_user_views(&self, path: &Path, placement_shards: u64) -> Result<()> {
+        refuse_on_many_shards(path, placement_shards, NO_VIEWS_FORMAT, "conversation list")?;
+        tracing::info!(path = %path.display(), from = NO_VIEWS_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: users get views of their conversations");
+        let im = self.cf(CF_IM)?;
+        let mut it = self.scan_im_from_start()?;
+        let mut batch = WriteBatch::default();
+        let mut written = 0u64;
+        // Member rows come per (shard, conversation): its state and fan-out
+        // modes are read once.
+        let mut conversation: Option<ConversationRows> = None;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key.len() <= SHARD_PREFIX_LEN || key[SHARD_PREFIX_LEN] != tag::MEMBER {
+                it.next();
+                continue;
+            }
+            let shard = u16::from_be_bytes([key[0], key[1]]);
+            let rest = &key[SHARD_PREFIX_LEN..];
+            let id = codec::im_key_id(rest, 0).map_err(corrupt("member key"))?;
+            let user = codec::im_key_id(rest, 1).map_err(corrupt("member key"))?;
+            if conversation
+                .as_ref()
+                .is_none_or(|(s, c, _, _)| (*s, *c) != (shard, id))
+            {
+                let view = self.shard(shard);
+                let state = view.conversation_state(id)?;
+                let modes = view
+                    .scan_in(
+                        CF_IM,
+                        &im_key(tag::FANOUT_MODE, &[id, 0], &[]),
+                        &im_key(tag::FANOUT_MODE, &[id.saturating_add(1)], &[]),
+                        usize::MAX,
+                    )?
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let seq = codec::im_key_id(&k, 1).map_err(corrupt("fan-out mode key"))?;
+                        Ok((seq, v.first() == Some(&1)))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                conversation = Some((shard, id, state, modes));
+            }
+            let Some((_, _, state, modes)) = conversation.as_ref() else {
+                break;
+            };
+            if state.is_managed() {
+                let entry = MemberEntry::decode(value).map_err(corrupt("member entry"))?;
+                let last = entry.visible_last(state.last_seq);
+                let former_activity_ms =
+                    if entry.is_current() || last == 0 || last < state.first_retained() {
+                        0
+                    } else {
+                        let (messages, _) = crate::read::forward(&self.shard(shard), id, last, 1)?;
+                        messages
+                            .iter()
+                            .find(|m| m.seq == last)
+                            .map_or(0, |m| m.timestamp_ms)
+                    };
+                let view = UserView::of(
+                    state,
+                    &entry,
+                    |seq| codec::fanned_at(modes, seq),
+                    former_activity_ms,
+                );
+                let index = if view.remote {
+                    im_key(tag::REMOTE_VIEW, &[user, id], &[])
+                } else {
+                    codec::activity_key(user, view.last_activity_ms, id)
+                };
+                batch.put_cf(im, shard_key(shard, &index), []);
+                batch.put_cf(
+                    im,
+                    shard_key(shard, &im_key(tag::VIEW, &[user, id], &[])),
+                    view.encode(),
+                );
+                written += 1;
+                if batch.len() >= BATCH_ROWS {
+                    self.db.write(std::mem::take(&mut batch))?;
+                    tracing::info!(written, "upgrade: user views written");
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        drop(it);
+        self.finish_upgrade(batch, FORMAT_VERSION)?;
+        tracing::info!(written, "upgrade: user views done");
         Ok(())
     }
 

@@ -102,6 +102,29 @@ impl<'a> ShardView<'a> {
         Ok(out)
     }
 
+    /// The greatest entry with `lo <= key <= at`, if any.
+    pub(crate) fn last_in(
+        &self,
+        cf: &'static str,
+        lo: &[u8],
+        at: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let lower = self.key(lo);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.clone());
+        let mut it = self.store.db.raw_iterator_cf_opt(self.store.cf(cf)?, ro);
+        it.seek_for_prev(self.key(at));
+        match (it.key(), it.value()) {
+            (Some(k), Some(v)) if k >= lower.as_slice() => {
+                Ok(Some((k[SHARD_PREFIX_LEN..].to_vec(), v.to_vec())))
+            }
+            _ => {
+                it.status()?;
+                Ok(None)
+            }
+        }
+    }
+
     /// The newest inbox seq of `user`: the id in their last inbox key.
     pub(crate) fn inbox_last(&self, user: u64) -> Result<u64> {
         let lower = self.key(&codec::im_key(codec::tag::INBOX, &[user], &[]));

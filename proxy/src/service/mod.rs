@@ -26,7 +26,7 @@ use crate::convert::{
     raw_message, shard_cursors, unexpected,
 };
 use crate::error::{invalid, status, to_status};
-use crate::fanout::{merge_lists, merge_sync, ShardPage};
+use crate::fanout::{merge_sync, ShardPage};
 use crate::hub::{conversation_advanced, inbox_advanced, resync, Hub, Subscriber, WatchStream};
 use crate::{Backend, Metrics, Route};
 

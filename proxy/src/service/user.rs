@@ -1,6 +1,9 @@
-//! The user-wide reads and the device cursor: `Sync`, `SaveCursor`,
-//! `GetUnread` and `ListConversations`, each asked of every shard and
-//! merged (`crate::fanout`), and `ListFriends`, asked of the user's shard.
+//! The user-wide reads and the device cursor: `Sync` and `SaveCursor`,
+//! asked of every shard and merged (`crate::fanout`); `GetUnread`'s total
+//! and `ListConversations`, asked of the user's shard and of the shards of
+//! the user's big groups; `ListFriends`, asked of the user's shard.
+
+use std::collections::BTreeMap;
 
 use super::*;
 
@@ -125,17 +128,7 @@ impl<B: Backend> ImstoreService<B> {
         let r = request.into_inner();
         self.observe("GetUnread", async {
             let unread = match r.conversation {
-                0 => self
-                    .ask_every_shard(
-                        |_| ShardQuery::UnreadTotal { user: r.user },
-                        |_, answer| match answer {
-                            ShardAnswer::Count(n) => Some(n),
-                            _ => None,
-                        },
-                    )
-                    .await?
-                    .into_iter()
-                    .sum(),
+                0 => self.unread_total(r.user).await?,
                 c => {
                     let query = ShardQuery::Unread {
                         user: r.user,
@@ -163,20 +156,7 @@ impl<B: Backend> ImstoreService<B> {
                 last_activity_ms: a.last_activity_ms,
                 conversation: a.conversation,
             });
-            let pages = self
-                .ask_every_shard(
-                    |_| ShardQuery::ConversationList {
-                        user: r.user,
-                        after,
-                        limit: n,
-                    },
-                    |_, answer| match answer {
-                        ShardAnswer::List(page) => Some(page),
-                        _ => None,
-                    },
-                )
-                .await?;
-            let list = merge_lists(pages, n as usize);
+            let list = self.conversation_list(r.user, after, n).await?;
             Ok(pb::ListConversationsResponse {
                 conversations: list
                     .into_iter()
@@ -214,10 +194,9 @@ impl<B: Backend> ImstoreService<B> {
                 _ => return Err(invalid(format!("friend status {} is not a list", r.status))),
             };
             // The user's list lives in the user's shard alone.
-            let user_shard = imstore_engine::shard_for_user(r.user, self.backend.shard_count());
             let friends = self
                 .ask_shards(
-                    &[user_shard],
+                    &[self.user_shard(r.user)],
                     |_| ShardQuery::Friends {
                         user: r.user,
                         status,
@@ -244,5 +223,97 @@ impl<B: Backend> ImstoreService<B> {
             })
         })
         .await
+    }
+
+    /// The user's own shard.
+    fn user_shard(&self, user: u64) -> u64 {
+        imstore_engine::shard_for_user(user, self.backend.shard_count())
+    }
+
+    /// `conversations` grouped by the shard that holds them, ascending.
+    fn by_shard(&self, conversations: &[u64]) -> BTreeMap<u64, Vec<u64>> {
+        let count = self.backend.shard_count();
+        let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &c in conversations {
+            out.entry(imstore_engine::shard_for(c, count))
+                .or_default()
+                .push(c);
+        }
+        out
+    }
+
+    /// A page of the user's conversation list: the activity index of the
+    /// user's shard, merged with the summaries of the user's big groups
+    /// from their shards (one read per shard that holds any).
+    async fn conversation_list(
+        &self,
+        user: u64,
+        after: Option<ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<imstore_engine::ConversationSummary>, Status> {
+        let index = self
+            .ask_shards(
+                &[self.user_shard(user)],
+                |_| ShardQuery::ConversationIndex { user, after, limit },
+                |_, answer| match answer {
+                    ShardAnswer::Index(page) => Some(page),
+                    _ => None,
+                },
+            )
+            .await?
+            .pop()
+            .ok_or_else(mismatched)?;
+        let remote = self.by_shard(&index.remote);
+        let shards: Vec<u64> = remote.keys().copied().collect();
+        let mut pages = self
+            .ask_shards(
+                &shards,
+                |shard| ShardQuery::Summaries {
+                    user,
+                    conversations: remote.get(&shard).cloned().unwrap_or_default(),
+                    after,
+                    limit,
+                },
+                |_, answer| match answer {
+                    ShardAnswer::List(page) => Some(page),
+                    _ => None,
+                },
+            )
+            .await?;
+        pages.push(index.local);
+        Ok(imstore_engine::merge_list_pages(pages, limit as usize))
+    }
+
+    /// The user's unread messages over all their conversations: the local
+    /// views' count from the user's shard, the big groups' from theirs.
+    async fn unread_total(&self, user: u64) -> Result<u64, Status> {
+        let (local, remote) = self
+            .ask_shards(
+                &[self.user_shard(user)],
+                |_| ShardQuery::UnreadIndex { user },
+                |_, answer| match answer {
+                    ShardAnswer::UnreadIndex { local, remote } => Some((local, remote)),
+                    _ => None,
+                },
+            )
+            .await?
+            .pop()
+            .ok_or_else(mismatched)?;
+        let remote = self.by_shard(&remote);
+        let shards: Vec<u64> = remote.keys().copied().collect();
+        let counts = self
+            .ask_shards(
+                &shards,
+                |shard| ShardQuery::UnreadSum {
+                    user,
+                    conversations: remote.get(&shard).cloned().unwrap_or_default(),
+                },
+                |_, answer| match answer {
+                    ShardAnswer::Count(n) => Some(n),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(local + counts.into_iter().sum::<u64>())
     }
 }
