@@ -468,6 +468,21 @@ pub enum Command {
         /// The last outbox seq it has.
         through: u64,
     },
+    /// In the user's shard: the user's read position in `conversation`
+    /// is now `read_seq`, as a [`Command::MarkRead`] in the
+    /// conversation's shard answered. The proxy writes it before it
+    /// answers the `MarkRead`, so the user's own unread total and list
+    /// show it at once; the view that the conversation's shard sends
+    /// through its outbox brings the same position later (both keep the
+    /// higher one, so their order does not matter).
+    NoteRead {
+        /// The reader.
+        user: u64,
+        /// The conversation.
+        conversation: u64,
+        /// The read position the conversation's shard gave.
+        read_seq: u64,
+    },
 }
 
 /// A message sent to a direct or group conversation with [`Command::Send`].

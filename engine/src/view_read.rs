@@ -106,8 +106,8 @@ impl Engine {
                 kind: view.kind,
                 last_seq: view.last_seq,
                 last_activity_ms: view.last_activity_ms,
-                read_seq: view.read_seq,
-                unread: view.unread,
+                read_seq: view.read_seq(),
+                unread: view.unread(),
                 member: view.member,
                 last_message: self.last_copy(user, conversation, view.last_seq)?,
             });
@@ -140,7 +140,7 @@ impl Engine {
             if view.remote {
                 remote.push(codec::im_key_id(&key, 1).map_err(corrupt("view key"))?);
             } else {
-                local += view.unread;
+                local += view.unread();
             }
         }
         Ok((local, remote))

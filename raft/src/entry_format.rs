@@ -23,8 +23,9 @@ use crate::TypeConfig;
 /// one, or refuse it) whenever an entry's bincode changes, including a
 /// new, removed or reordered variant of `Command`, `Proposal` or what
 /// they hold. Format 2 added `Command::Deliver` and `Command::AckOutbox`
-/// at the end of `Command`; every format 1 entry reads the same in it.
-pub const ENTRY_FORMAT_VERSION: u8 = 2;
+/// at the end of `Command`, format 3 `Command::NoteRead` after them;
+/// every older entry reads the same in the newer formats.
+pub const ENTRY_FORMAT_VERSION: u8 = 3;
 
 /// The oldest entry format this build reads.
 pub const OLDEST_READABLE_FORMAT: u8 = 1;
@@ -121,19 +122,21 @@ mod tests {
     fn tagged_untagged_and_unknown_entries() -> Result<(), EntryFormatError> {
         let entry = blank(9);
         let stored = encode_entry(&entry)?;
-        assert_eq!(&stored[..4], b"IMR\x02");
+        assert_eq!(&stored[..4], b"IMR\x03");
         assert_eq!(decode_entry(&stored)?, entry);
         // Before versioning: plain bincode.
         let legacy = bincode::serialize(&entry)?;
         assert_eq!(decode_entry(&legacy)?, entry);
-        let mut older = stored.clone();
-        older[3] = 1;
-        assert_eq!(decode_entry(&older)?, entry);
+        for version in [1, 2] {
+            let mut older = stored.clone();
+            older[3] = version;
+            assert_eq!(decode_entry(&older)?, entry);
+        }
         let mut future = stored.clone();
-        future[3] = 3;
+        future[3] = 4;
         assert!(matches!(
             decode_entry(&future),
-            Err(EntryFormatError::UnsupportedVersion { found: 3 })
+            Err(EntryFormatError::UnsupportedVersion { found: 4 })
         ));
         assert!(matches!(
             decode_entry(&stored[..stored.len() - 1]),

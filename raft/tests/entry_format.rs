@@ -1,9 +1,10 @@
-//! The raft log entry format is pinned by fixtures: `fixtures/entries-v2.bin`
-//! holds entries written by format 2 (a blank entry, a membership change,
+//! The raft log entry format is pinned by fixtures: `fixtures/entries-v3.bin`
+//! holds entries written by format 3 (a blank entry, a membership change,
 //! and a proposal with one command of every kind), and this build must
 //! read them back to exactly the values below, and write those values to
-//! exactly those bytes. `fixtures/entries-v1.bin` holds format 1's, which
-//! must still read the same (format 2 only added commands at the end).
+//! exactly those bytes. `fixtures/entries-v1.bin` and `entries-v2.bin`
+//! hold formats 1's and 2's, which must still read the same (formats 2
+//! and 3 only added commands at the end).
 //! Reordering a `Command` variant, or changing what one holds, fails here
 //! instead of silently misreading stored logs.
 //!
@@ -19,7 +20,8 @@ use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Members
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const FIXTURE: &str = "tests/fixtures/entries-v2.bin";
+const FIXTURE: &str = "tests/fixtures/entries-v3.bin";
+const FIXTURE_V2: &str = "tests/fixtures/entries-v2.bin";
 const FIXTURE_V1: &str = "tests/fixtures/entries-v1.bin";
 
 fn log_id(index: u64) -> LogId<u64> {
@@ -146,8 +148,20 @@ fn every_command_v2() -> Vec<Command> {
     commands
 }
 
+/// Format 3's commands: format 2's, then the read position noted in the
+/// user's shard.
+fn every_command_v3() -> Vec<Command> {
+    let mut commands = every_command_v2();
+    commands.push(Command::NoteRead {
+        user: 1,
+        conversation: 13,
+        read_seq: 4,
+    });
+    commands
+}
+
 fn samples() -> Vec<Entry<TypeConfig>> {
-    samples_of(every_command_v2())
+    samples_of(every_command_v3())
 }
 
 fn samples_of(commands: Vec<Command>) -> Vec<Entry<TypeConfig>> {
@@ -194,24 +208,38 @@ fn unframed(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>
     Ok(out)
 }
 
-#[test]
-fn format_1_entries_still_read_the_same() -> TestResult {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V1);
-    let samples = samples_of(every_command());
+/// An older format's fixture reads to its commands, and is written the
+/// same after the version byte: later formats changed no layout.
+fn older_format_reads_the_same(fixture: &str, version: u8, commands: Vec<Command>) -> TestResult {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture);
+    let samples = samples_of(commands);
     let fixture = unframed(&std::fs::read(&path)?)?;
     assert_eq!(fixture.len(), samples.len());
     for (stored, sample) in fixture.iter().zip(&samples) {
-        assert_eq!(&stored[..4], b"IMR\x01");
-        assert_eq!(&decode_entry(stored)?, sample, "format 1 reads differently");
-        // The same bytes after the version: format 2 changed no layout.
+        assert_eq!(&stored[..4], &[b'I', b'M', b'R', version]);
+        assert_eq!(
+            &decode_entry(stored)?,
+            sample,
+            "format {version} reads differently"
+        );
         assert_eq!(&encode_entry(sample)?[4..], &stored[4..]);
     }
     Ok(())
 }
 
 #[test]
-fn format_2_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
-    assert_eq!(ENTRY_FORMAT_VERSION, 2, "a new format needs a new fixture");
+fn format_1_entries_still_read_the_same() -> TestResult {
+    older_format_reads_the_same(FIXTURE_V1, 1, every_command())
+}
+
+#[test]
+fn format_2_entries_still_read_the_same() -> TestResult {
+    older_format_reads_the_same(FIXTURE_V2, 2, every_command_v2())
+}
+
+#[test]
+fn format_3_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
+    assert_eq!(ENTRY_FORMAT_VERSION, 3, "a new format needs a new fixture");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
     let samples = samples();
     let encoded: Vec<Vec<u8>> = samples.iter().map(encode_entry).collect::<Result<_, _>>()?;

@@ -116,6 +116,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 records,
             } => self.deliver(scratch, *from, *first, records),
             Command::AckOutbox { dest, through } => self.ack_outbox(scratch, *dest, *through),
+            Command::NoteRead {
+                user,
+                conversation,
+                read_seq,
+            } => self.note_read(scratch, *user, *conversation, *read_seq),
             #[cfg(feature = "replication")]
             Command::PutMeta(rows) => {
                 for (key, value) in rows {

@@ -11,7 +11,7 @@
 use super::im::corrupt_value;
 use super::{CommittedState, GroupApplier, Pending, Space};
 use crate::codec::{activity_key, fanned_at, im_key, tag, Effect, InboxCopy, UserView};
-use crate::Result;
+use crate::{Outcome, Result};
 
 impl<S: CommittedState> GroupApplier<'_, S> {
     /// Marks `user`'s view of `conversation` for a new [`Effect::View`]
@@ -142,8 +142,32 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         view: UserView,
     ) -> Result<()> {
         let old = self.view(scratch, user, conversation)?;
+        let mut view = view;
+        if let Some(old) = &old {
+            // A `NoteRead` may have brought a newer read position first.
+            view.note_read(old.read_seq());
+        }
         Self::store_view(scratch, user, conversation, old.as_ref(), &view);
         Ok(())
+    }
+
+    /// [`Command::NoteRead`](crate::Command::NoteRead) in the user's
+    /// shard: the read position of a kept view moves forward. Nothing when
+    /// the view has not arrived yet (it comes with the position).
+    pub(super) fn note_read(
+        &mut self,
+        scratch: &mut Pending,
+        user: u64,
+        conversation: u64,
+        read_seq: u64,
+    ) -> Result<Outcome> {
+        if let Some(old) = self.view(scratch, user, conversation)? {
+            let mut view = old.clone();
+            if view.note_read(read_seq) {
+                Self::store_view(scratch, user, conversation, Some(&old), &view);
+            }
+        }
+        Ok(Outcome::Done)
     }
 
     /// Moves `user`'s local view past a copy that just reached their inbox.
@@ -156,7 +180,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         let Some(old) = self.view(scratch, user, copy.conversation)? else {
             return Ok(());
         };
-        let mut view = old;
+        let mut view = old.clone();
         if view.advance(user, copy.seq, copy.sender, copy.timestamp_ms) {
             Self::store_view(scratch, user, copy.conversation, Some(&old), &view);
         }

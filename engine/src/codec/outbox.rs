@@ -219,7 +219,7 @@ impl Effect {
             Effect::Overlay { overlay, .. } => 25 + 4 + overlay.encode().len(),
             Effect::Hide { .. } | Effect::Clear { .. } => 25,
             Effect::Friend { entry, .. } => 17 + 4 + entry.map_or(0, |e| e.encode().len()),
-            Effect::View { .. } => 17 + USER_VIEW_LEN,
+            Effect::View { view, .. } => 17 + 4 + view.encode().len(),
         }
     }
 
@@ -283,8 +283,8 @@ pub fn merge_deliveries(effects: Vec<Effect>) -> Vec<Effect> {
 /// the conversation, seq, a u32 length and the [`OverlayEntry`]; for hide
 /// the conversation and seq; for clear the conversation and first kept
 /// seq; for friend the other user, a u32 length and the [`FriendEntry`]
-/// (length 0: no entry); for view (kind 7) the conversation and the
-/// [`UserView`] ([`USER_VIEW_LEN`] bytes). Kind 6 (deliver to many) has no
+/// (length 0: no entry); for view (kind 7) the conversation, a u32
+/// length and the [`UserView`]. Kind 6 (deliver to many) has no
 /// leading user: a u32 count, that many users, a u32 length and the
 /// [`InboxCopy`].
 pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
@@ -339,7 +339,7 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
             Effect::Friend { entry, .. } => {
                 put_bytes(&mut out, &entry.map(|e| e.encode()).unwrap_or_default())
             }
-            Effect::View { view, .. } => out.extend_from_slice(&view.encode()),
+            Effect::View { view, .. } => put_bytes(&mut out, &view.encode()),
         }
     }
     out
@@ -408,11 +408,15 @@ pub fn decode_outbox_record(bytes: &[u8]) -> Result<Vec<Effect>, CodecError> {
                     },
                 }
             }
-            7 => Effect::View {
-                user,
-                conversation: r.u64()?,
-                view: UserView::decode(r.take(USER_VIEW_LEN)?)?,
-            },
+            7 => {
+                let conversation = r.u64()?;
+                let len = r.u32()? as usize;
+                Effect::View {
+                    user,
+                    conversation,
+                    view: UserView::decode(r.take(len)?)?,
+                }
+            }
             found => return Err(CodecError::UnknownVersion { found }),
         };
         effects.push(effect);
@@ -537,8 +541,12 @@ mod tests {
                     member: false,
                     last_seq: 4,
                     last_activity_ms: 12,
-                    read_seq: 3,
-                    unread: 1,
+                    first_retained: 2,
+                    entry: MemberEntry {
+                        read_seq: 3,
+                        left_change: 9,
+                        intervals: vec![(0, 4)],
+                    },
                 },
             },
         ];

@@ -11,10 +11,9 @@ pub const USER_VIEW_VERSION: u8 = 1;
 /// they are or were in, as its shard last sent it
 /// ([`Effect::View`](super::Effect::View)) and as the message copies
 /// delivered since moved it. A *local* view answers list and unread reads
-/// itself; a *remote* one (the user's newest visible message was not
-/// fanned out to inboxes: a big group) is only a pointer, its summary
-/// asked of the conversation's shard at read time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// itself; a *remote* one (see [`UserView::of`]) is only a pointer, its
+/// summary asked of the conversation's shard at read time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserView {
     /// The conversation's kind.
     pub kind: ConversationKind,
@@ -22,18 +21,23 @@ pub struct UserView {
     pub remote: bool,
     /// The user is a current member.
     pub member: bool,
-    /// The newest seq the user sees.
+    /// The newest seq the user may see (a former member's stops at
+    /// leaving).
     pub last_seq: u64,
     /// The conversation's last activity as the user's list orders it.
     pub last_activity_ms: u64,
-    /// The user's read position.
-    pub read_seq: u64,
-    /// Messages the user sees after the read position.
-    pub unread: u64,
+    /// The conversation's first kept seq.
+    pub first_retained: u64,
+    /// The user's membership: intervals and read position. The read
+    /// position never moves back here (a view and a [`note_read`] both
+    /// keep the higher one).
+    ///
+    /// [`note_read`]: UserView::note_read
+    pub entry: MemberEntry,
 }
 
-/// Encoded length of a [`UserView`].
-pub const USER_VIEW_LEN: usize = 1 + 1 + 1 + 1 + 8 * 4;
+/// Encoded length of a [`UserView`] before its member entry.
+pub const USER_VIEW_FIXED_LEN: usize = 1 + 1 + 1 + 1 + 8 * 3;
 
 impl UserView {
     /// The view of a member (`entry`) of a conversation in `state`, the
@@ -77,27 +81,48 @@ impl UserView {
             } else {
                 former_activity_ms
             },
-            read_seq: entry.read_seq,
-            unread: entry.unread_in(state),
+            first_retained: state.first_retained(),
+            entry: entry.clone(),
         }
     }
 
+    /// The user's read position.
+    pub fn read_seq(&self) -> u64 {
+        self.entry.read_seq
+    }
+
+    /// Messages the user sees after the read position, still kept.
+    pub fn unread(&self) -> u64 {
+        let after = self
+            .entry
+            .read_seq
+            .max(self.first_retained.saturating_sub(1));
+        self.entry.visible_count(after, self.last_seq)
+    }
+
+    /// Moves the read position to `read_seq` if that is further.
+    pub fn note_read(&mut self, read_seq: u64) -> bool {
+        if read_seq <= self.entry.read_seq {
+            return false;
+        }
+        self.entry.read_seq = read_seq;
+        true
+    }
+
     /// Encodes: version, kind, remote (0/1), member (0/1), last seq, last
-    /// activity ms, read seq, unread, u64 BE each.
+    /// activity ms, first kept seq (u64 BE each), then the member entry
+    /// ([`MemberEntry::encode`]) to the end.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(USER_VIEW_LEN);
+        let entry = self.entry.encode();
+        let mut out = Vec::with_capacity(USER_VIEW_FIXED_LEN + entry.len());
         out.push(USER_VIEW_VERSION);
         out.push(self.kind.to_byte());
         out.push(u8::from(self.remote));
         out.push(u8::from(self.member));
-        for v in [
-            self.last_seq,
-            self.last_activity_ms,
-            self.read_seq,
-            self.unread,
-        ] {
+        for v in [self.last_seq, self.last_activity_ms, self.first_retained] {
             out.extend_from_slice(&v.to_be_bytes());
         }
+        out.extend_from_slice(&entry);
         out
     }
 
@@ -112,23 +137,24 @@ impl UserView {
         };
         let remote = flag(r.u8()?)?;
         let member = flag(r.u8()?)?;
-        let view = UserView {
+        let (last_seq, last_activity_ms, first_retained) = (r.u64()?, r.u64()?, r.u64()?);
+        let entry = MemberEntry::decode(r.rest())?;
+        Ok(UserView {
             kind,
             remote,
             member,
-            last_seq: r.u64()?,
-            last_activity_ms: r.u64()?,
-            read_seq: r.u64()?,
-            unread: r.u64()?,
-        };
-        r.end()?;
-        Ok(view)
+            last_seq,
+            last_activity_ms,
+            first_retained,
+            entry,
+        })
     }
 
     /// Moves the view past a copy of message `seq` (sent by `sender` at
     /// `timestamp_ms`) that just reached the user's inbox, as the send
-    /// moved the conversation's own rows: a newer last seq and activity,
-    /// one more unread message, or for the sender a read position at it.
+    /// moved the conversation's own rows: a newer last seq and activity
+    /// (so one more unread message), and for the sender a read position
+    /// at it.
     /// Only a local view of a current member moves; a copy at or below
     /// the view's last seq changes nothing.
     pub fn advance(&mut self, user: u64, seq: u64, sender: u64, timestamp_ms: u64) -> bool {
@@ -138,10 +164,7 @@ impl UserView {
         self.last_seq = seq;
         self.last_activity_ms = timestamp_ms;
         if sender == user {
-            self.read_seq = self.read_seq.max(seq);
-            self.unread = 0;
-        } else {
-            self.unread += 1;
+            self.note_read(seq);
         }
         true
     }
@@ -172,6 +195,14 @@ pub fn activity_key(user: u64, last_activity_ms: u64, conversation: u64) -> Vec<
 mod tests {
     use super::*;
 
+    fn member_since(joined_after: u64, read_seq: u64) -> MemberEntry {
+        MemberEntry {
+            read_seq,
+            intervals: vec![(joined_after, OPEN)],
+            ..MemberEntry::default()
+        }
+    }
+
     #[test]
     fn a_view_round_trips_and_rejects_damage() {
         let view = UserView {
@@ -180,13 +211,15 @@ mod tests {
             member: true,
             last_seq: 7,
             last_activity_ms: 1_000,
-            read_seq: 5,
-            unread: 2,
+            first_retained: 2,
+            entry: member_since(0, 5),
         };
         let bytes = view.encode();
-        assert_eq!(bytes.len(), USER_VIEW_LEN);
-        assert_eq!(UserView::decode(&bytes), Ok(view));
-        assert!(UserView::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(UserView::decode(&bytes), Ok(view.clone()));
+        assert_eq!(view.unread(), 2);
+        for cut in 0..bytes.len() {
+            assert!(UserView::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        }
         let mut bad = bytes.clone();
         bad[2] = 2;
         assert!(UserView::decode(&bad).is_err());
@@ -201,19 +234,37 @@ mod tests {
             kind: ConversationKind::Group,
             member: true,
             last_seq: 3,
-            read_seq: 3,
+            entry: member_since(0, 3),
             ..UserView::default()
         };
         assert!(view.advance(1, 4, 2, 50));
         assert_eq!(
-            (view.last_seq, view.unread, view.last_activity_ms),
+            (view.last_seq, view.unread(), view.last_activity_ms),
             (4, 1, 50)
         );
         assert!(!view.advance(1, 4, 2, 50), "a copy at the last seq is old");
         assert!(view.advance(1, 5, 1, 60));
-        assert_eq!((view.read_seq, view.unread), (5, 0), "own message read");
+        assert_eq!((view.read_seq(), view.unread()), (5, 0), "own message read");
+        assert!(!view.note_read(4), "a read position never moves back");
         view.remote = true;
         assert!(!view.advance(1, 6, 2, 70));
+    }
+
+    #[test]
+    fn unread_counts_only_kept_seen_seqs() {
+        // Member for seqs 3..=5 and from 8 on; read up to 1; kept from 5.
+        let view = UserView {
+            member: true,
+            last_seq: 10,
+            first_retained: 5,
+            entry: MemberEntry {
+                read_seq: 1,
+                intervals: vec![(2, 5), (7, OPEN)],
+                ..MemberEntry::default()
+            },
+            ..UserView::default()
+        };
+        assert_eq!(view.unread(), 1 + 3);
     }
 
     #[test]

@@ -593,7 +593,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let r = request.into_inner();
         self.observe("MarkRead", async {
-            match self
+            let read_seq = match self
                 .write(Command::MarkRead {
                     user: r.user,
                     conversation: r.conversation,
@@ -601,9 +601,26 @@ impl<B: Backend> Imstore for ImstoreService<B> {
                 })
                 .await?
             {
-                Outcome::ReadUpTo(read_seq) => Ok(pb::MarkReadResponse { read_seq }),
-                other => Err(unexpected(other)),
+                Outcome::ReadUpTo(read_seq) => read_seq,
+                other => return Err(unexpected(other)),
+            };
+            // Read-your-writes for the user's own unread total and list:
+            // the user's shard gets the position now, not only with the
+            // view the conversation's shard sends through its outbox.
+            let count = self.backend.shard_count();
+            let user_shard = imstore_engine::shard_for_user(r.user, count);
+            if user_shard != imstore_engine::shard_for(r.conversation, count) {
+                self.write_shards(vec![(
+                    user_shard,
+                    Command::NoteRead {
+                        user: r.user,
+                        conversation: r.conversation,
+                        read_seq,
+                    },
+                )])
+                .await?;
             }
+            Ok(pb::MarkReadResponse { read_seq })
         })
         .await
     }
