@@ -302,9 +302,8 @@ fn a_big_group_send_costs_constant_writes() -> TestResult {
     // Segment merge, conversation state, dedup entry, sender's member row,
     // change counter.
     assert!(big <= 6, "a 10,000-member send wrote {big} operations");
-    // The same but the counter, plus per member an inbox copy, its index
-    // row, the member's view and its move in the activity index (a delete
-    // and a put), and the read-list marker.
+    // The same but the counter, plus per member a copy, its index row, the
+    // view and its activity row moved (delete, put); the read-list marker.
     assert_eq!(small, 4 + 2 * 5 + 1, "a 2-member send");
     Ok(())
 }
