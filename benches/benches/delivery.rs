@@ -26,15 +26,15 @@
 //! criterion bench: one measured run per shard count, printed.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imstore_proto::v1 as pb;
-use imstore_proto::v1::imstore_client::ImstoreClient;
-use imstore_proxy::{NodeConfig, Server, ServerConfig};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
+
+#[path = "common/cluster.rs"]
+mod cluster;
+use cluster::{percentile, shard_counts, start, until_ok};
 
 const GROUPS: u64 = 64;
 const FIRST_GROUP: u64 = 10_000;
@@ -43,61 +43,6 @@ const FIRST_RECIPIENT: u64 = 1_000;
 
 /// Per recipient, each inbox advance seen: (new inbox head, when).
 type Advances = BTreeMap<u64, Vec<(u64, Instant)>>;
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-struct Cluster {
-    clients: Vec<ImstoreClient<Channel>>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-async fn start(shards: u64) -> Cluster {
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
-    let peers: Vec<String> = (1u64..)
-        .zip(&addrs)
-        .map(|(id, a)| format!("{id}={a}"))
-        .collect();
-    let (mut stops, mut dirs, mut clients) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, &addr) in addrs.iter().enumerate() {
-        let dir = imstore_benches::bench_dir(&format!("delivery-{shards}-{i}"));
-        let config = ServerConfig {
-            listen: addr,
-            metrics_listen: None,
-            data_dir: dir.path().to_path_buf(),
-            node: Some(NodeConfig {
-                shards,
-                peers: peers.clone(),
-                replicas: 3,
-                heartbeat_ms: Some(100),
-                ..NodeConfig::new(i as u64 + 1)
-            }),
-            ..ServerConfig::default()
-        };
-        let server = Server::bind(config).await.unwrap_or_else(|e| panic!("{e}"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        stops.push(stop);
-        dirs.push(dir);
-    }
-    for addr in &addrs {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .connect_lazy();
-        clients.push(ImstoreClient::new(channel));
-    }
-    Cluster {
-        clients,
-        stops,
-        _dirs: dirs,
-    }
-}
 
 /// The recipient of group `g`: a user whose shard is not the group's,
 /// or, with `IMSTORE_BENCH_LOCAL=1`, is (no copy crosses shards: the
@@ -130,25 +75,6 @@ fn other_members(group: u64, shards: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Retries `call` until it succeeds (elections at start), for at most 60 s.
-async fn until_ok<T, F, Fut>(mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match call().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("gave up: {e}"),
-        }
-    }
-}
-
 fn send_request(group: u64, n: u64) -> pb::SendRequest {
     pb::SendRequest {
         conversation: group,
@@ -159,13 +85,6 @@ fn send_request(group: u64, n: u64) -> pb::SendRequest {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// How long each phase runs.
 struct Phases {
     closed: Duration,
@@ -173,7 +92,7 @@ struct Phases {
 }
 
 async fn run(shards: u64, phases: &Phases) {
-    let cluster = start(shards).await;
+    let cluster = start("delivery", shards, |_| ()).await;
     let client = cluster.clients[0].clone();
     let groups: Vec<u64> = (FIRST_GROUP..FIRST_GROUP + GROUPS).collect();
     for &g in &groups {
@@ -215,6 +134,7 @@ async fn run(shards: u64, phases: &Phases) {
             conversations: Vec::new(),
             change: 0,
             shards: Vec::new(),
+            reported: Vec::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -328,9 +248,7 @@ async fn run(shards: u64, phases: &Phases) {
         lags.len(),
         lag_p99.as_secs_f64() / send_p99.as_secs_f64().max(1e-9)
     );
-    for stop in cluster.stops {
-        let _ = stop.send(());
-    }
+    cluster.stop();
 }
 
 fn main() {
@@ -350,11 +268,7 @@ fn main() {
         };
         (phases, vec![4])
     };
-    let counts: Vec<u64> = std::env::var("IMSTORE_BENCH_SHARDS")
-        .ok()
-        .filter(|_| bench)
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or(default_counts);
+    let counts = shard_counts(bench, default_counts);
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     for shards in counts {
         runtime.block_on(run(shards, &phases));

@@ -151,7 +151,7 @@ impl ImStore for ImstoreIm {
         loop {
             let page = self
                 .0
-                .sync(user, cursor, 10_000)
+                .sync(user, cursor.clone(), 10_000)
                 .unwrap_or_else(|e| bench_error("sync", e));
             cursor = page.cursor;
             if !page.more {
@@ -167,7 +167,7 @@ impl ImStore for ImstoreIm {
                 user,
                 SyncCursor {
                     inbox_seq: after,
-                    change: 0,
+                    ..SyncCursor::default()
                 },
                 limit,
             )

@@ -381,8 +381,7 @@ async fn call(
                     "advanced": r.advanced.iter().map(|a| json!({"conversation": a.conversation, "last_seq": a.last_seq})).collect::<Vec<_>>(),
                     "cursor": {
                         "inbox_seq": cursor.inbox_seq,
-                        "change": cursor.change,
-                        "shards": cursor.shards.iter().map(|c| json!({"shard": c.shard, "inbox_seq": c.inbox_seq, "change": c.change})).collect::<Vec<_>>(),
+                        "reported": cursor.reported.iter().map(|a| json!({"conversation": a.conversation, "last_seq": a.last_seq})).collect::<Vec<_>>(),
                     },
                     "more": r.more,
                 }),
@@ -525,6 +524,7 @@ async fn call(
                 conversations: Vec::new(),
                 change: 0,
                 shards: Vec::new(),
+                reported: Vec::new(),
             };
             let mut stream = client.watch(request).await?.into_inner();
             let deadline = for_secs.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));

@@ -163,6 +163,7 @@ async fn every_reason_at(addr: SocketAddr, last_seq: u64) -> nodes::TaskResult<(
                 inbox_seq: 1_000,
                 change: 0,
                 shards: Vec::new(),
+                reported: Vec::new(),
             })),
             limit: 10,
         })
@@ -271,6 +272,7 @@ fn every_reason_keeps_its_metadata_through_every_node() -> nodes::TestResult {
             conversations: vec![],
             change: 0,
             shards: Vec::new(),
+            reported: Vec::new(),
         };
         let mut c = Client::connect(format!("http://{}", addrs[0])).await?;
         let mut held = Vec::new();

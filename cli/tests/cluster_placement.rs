@@ -326,12 +326,13 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             .watch(pb::WatchRequest {
                 users: vec![pb::UserPosition {
                     user: 1,
-                    inbox_seq: 0,
-                    shards: cursor.shards.clone(),
+                    inbox_seq: cursor.inbox_seq,
+                    shards: Vec::new(),
                 }],
                 conversations: Vec::new(),
                 change: 0,
-                shards: cursor.shards.clone(),
+                shards: Vec::new(),
+                reported: cursor.reported.clone(),
             })
             .await?
             .into_inner();

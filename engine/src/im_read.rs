@@ -7,19 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use super::view_read::copy_view;
 use super::Engine;
-use crate::codec::{
-    self, im_key, tag, ConversationState, FriendEntry, InboxCopy, MemberEntry, OverlayEntry,
-    SyncCursor, UserConversation,
-};
+use crate::codec::{self, im_key, tag, ConversationState, FriendEntry, MemberEntry, OverlayEntry};
 use crate::store::{ShardView, CF_IM, CF_RECEIPTS};
 use crate::{
-    Advanced, Command, ConversationSummary, Direction, Entity, Error, Friend, FriendStatus,
-    ListCursor, Member, Message, MessageView, Receipts, Result, SyncPage,
+    Command, ConversationSummary, Direction, Entity, Error, Friend, FriendStatus, ListCursor,
+    Member, Message, MessageView, Receipts, Result,
 };
 
-fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
+pub(super) fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
     move |reason| Error::CorruptMetadata {
         what: what.into(),
         reason,
@@ -43,12 +39,12 @@ fn scan_prefix(
     store.scan_in(CF_IM, prefix, &hi, limit)
 }
 
-fn key_id(key: &[u8], index: usize) -> Result<u64> {
+pub(super) fn key_id(key: &[u8], index: usize) -> Result<u64> {
     codec::im_key_id(key, index).map_err(corrupt_value("im key"))
 }
 
 impl Engine {
-    fn store(&self) -> ShardView<'_> {
+    pub(super) fn store(&self) -> ShardView<'_> {
         self.view()
     }
 
@@ -264,22 +260,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// The conversations `user` is or was in, with their states and the
-    /// user's membership: one scan and two batched lookups.
-    fn user_conversations(&self, user: u64) -> Result<Vec<(u64, ConversationState, MemberEntry)>> {
-        let prefix = im_key(tag::USER_CONVERSATION, &[user], &[]);
-        let mut ids = Vec::new();
-        for (key, value) in scan_prefix(self.store(), &prefix, usize::MAX)? {
-            UserConversation::decode(&value).map_err(corrupt_value("user conversation"))?;
-            ids.push(key_id(&key, 1)?);
-        }
-        self.memberships(user, ids)
-    }
-
     /// `user`'s memberships of `ids` (ascending) with the conversations'
     /// states: two batched lookups. Ids the user never was in (or that are
     /// no direct or group conversation) are left out.
-    fn memberships(
+    pub(super) fn memberships(
         &self,
         user: u64,
         ids: Vec<u64>,
@@ -334,75 +318,6 @@ impl Engine {
             .collect())
     }
 
-    /// New inbox entries after `cursor` (with message bodies as `user` sees
-    /// them), and the big conversations that advanced since it. Pass the
-    /// returned cursor to the next call; a default cursor starts from the
-    /// beginning. Each inbox entry is returned once; each big conversation
-    /// is reported once per advance.
-    pub fn sync(&self, user: u64, cursor: SyncCursor, limit: usize) -> Result<SyncPage> {
-        self.check_limit(limit)?;
-        // The change counter first: every state with a change at or below it
-        // is already visible to the reads below.
-        let change_now = self.change_counter();
-        let inbox_last = self.store().inbox_last(user)?;
-        if cursor.inbox_seq > inbox_last || cursor.change > change_now {
-            return Err(Error::CursorFromFuture {
-                change: cursor.change,
-                store_change: change_now,
-                inbox_seq: Some(cursor.inbox_seq),
-                store_inbox_seq: Some(inbox_last),
-            });
-        }
-        let lo = im_key(tag::INBOX, &[user, cursor.inbox_seq.saturating_add(1)], &[]);
-        let hi = im_key(tag::INBOX, &[user.saturating_add(1)], &[]);
-        let rows = self.store().scan_in(CF_IM, &lo, &hi, limit + 1)?;
-        let more = rows.len() > limit;
-        let mut next_inbox = cursor.inbox_seq;
-        let mut messages = Vec::new();
-        for (key, value) in rows.into_iter().take(limit) {
-            let inbox_seq = key_id(&key, 1)?;
-            next_inbox = inbox_seq;
-            let copy = InboxCopy::decode(&value).map_err(corrupt_value("inbox copy"))?;
-            // Nothing when retention or a clear removed the message.
-            if !copy.cleared {
-                messages.push((inbox_seq, copy_view(copy)));
-            }
-        }
-        let mut advanced = Vec::new();
-        // No big conversation anywhere advanced since the cursor: nothing to
-        // look up per conversation.
-        let conversations = if cursor.change == change_now {
-            Vec::new()
-        } else {
-            self.user_conversations(user)?
-        };
-        for (conversation, state, entry) in conversations {
-            let changed = state.big_changed_at;
-            if changed <= cursor.change || changed > change_now {
-                continue;
-            }
-            if !entry.is_current() && entry.left_change <= cursor.change {
-                continue;
-            }
-            let last = state.big_last_seq.min(entry.visible_last(state.last_seq));
-            if last >= state.first_retained() && entry.visible_count(0, last) > 0 {
-                advanced.push(Advanced {
-                    conversation,
-                    last_seq: last,
-                });
-            }
-        }
-        Ok(SyncPage {
-            messages,
-            advanced,
-            cursor: SyncCursor {
-                inbox_seq: next_inbox,
-                change: change_now,
-            },
-            more,
-        })
-    }
-
     /// Every conversation `user` is or was in, ascending ids.
     pub fn conversations_of(&self, user: u64) -> Result<Vec<u64>> {
         let prefix = im_key(tag::USER_CONVERSATION, &[user], &[]);
@@ -421,34 +336,6 @@ impl Engine {
             state.big_last_seq,
             state.big_changed_at,
         )))
-    }
-
-    /// The sync cursor saved for a device (the default cursor if none).
-    pub fn device_cursor(&self, user: u64, device: &[u8]) -> Result<SyncCursor> {
-        match self
-            .store()
-            .get_in(CF_IM, &im_key(tag::DEVICE, &[user], device))?
-        {
-            Some(v) => SyncCursor::decode(&v).map_err(corrupt_value("sync cursor")),
-            None => Ok(SyncCursor::default()),
-        }
-    }
-
-    /// Syncs a device from its saved cursor and saves the new one (durably)
-    /// before returning: delivery is at most once per page. A device that
-    /// must not lose a page when it crashes mid-page uses [`Engine::sync`]
-    /// and saves the cursor with [`Command::SaveCursor`] once done.
-    pub fn sync_device(&self, user: u64, device: &[u8], limit: usize) -> Result<SyncPage> {
-        let cursor = self.device_cursor(user, device)?;
-        let page = self.sync(user, cursor, limit)?;
-        if page.cursor != cursor {
-            self.execute(Command::SaveCursor {
-                user,
-                device: Bytes::copy_from_slice(device),
-                cursor: page.cursor,
-            })?;
-        }
-        Ok(page)
     }
 
     fn summary(

@@ -9,9 +9,10 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
+use crate::engine::sync_read::{BigHead, UserSyncPage};
 use crate::{
     ConversationSummary, Direction, Engine, Error, Friend, FriendStatus, ListCursor, ListIndexPage,
-    Member, Message, MessageView, OutboxBacklog, Receipts, Result, SyncCursor, SyncPage,
+    Member, Message, MessageView, OutboxBacklog, Receipts, Result, SyncCursor,
 };
 
 /// Where a shard's part of a sync starts.
@@ -98,7 +99,7 @@ pub enum ShardQuery {
         /// Most entries.
         limit: u32,
     },
-    /// This shard's part of a sync: [`Engine::sync`] from a cursor or a
+    /// [`Engine::user_sync`] in the user's shard, from a cursor or a
     /// device's saved one.
     Sync {
         /// Whose inbox.
@@ -128,16 +129,26 @@ pub enum ShardQuery {
         /// Most entries.
         limit: u32,
     },
+    /// [`Engine::big_heads`]: in the conversations' shard.
+    BigHeads {
+        /// Whose heads.
+        user: u64,
+        /// Conversations of this shard.
+        conversations: Vec<u64>,
+    },
     /// Where a watch's subjects stand in this shard: the users' inbox
     /// heads, the conversations to follow, and the big conversations that
-    /// advanced past `known_change`.
+    /// advanced past what the watcher knows.
     WatchState {
         /// The watched users.
         users: Vec<u64>,
         /// Conversations named by the watcher that live in this shard.
         listed: Vec<u64>,
-        /// The change counter the watcher has seen in this shard.
+        /// A change counter of a cursor from before data format 7 (0
+        /// otherwise): advances at or below it are known.
         known_change: u64,
+        /// How far the watcher knows big conversations, ascending ids.
+        reported: Vec<crate::Advanced>,
     },
     /// [`Engine::outbox_backlog`]: what this shard's outbox holds, per
     /// destination shard.
@@ -174,13 +185,15 @@ pub enum ShardAnswer {
     Count(u64),
     /// A page of friends.
     Friends(Vec<Friend>),
-    /// A shard's sync page and the cursor it started from.
+    /// The user's shard's part of a sync, and the cursor it started from.
     Sync {
         /// The cursor the page started from (the device's saved one).
         from: SyncCursor,
         /// The page.
-        page: SyncPage,
+        page: UserSyncPage,
     },
+    /// See [`ShardQuery::BigHeads`].
+    BigHeads(Vec<BigHead>),
     /// A page of the conversation list.
     List(Vec<ConversationSummary>),
     /// See [`ShardQuery::ConversationIndex`].
@@ -297,10 +310,14 @@ impl Engine {
                     SyncFrom::Device(device) => self.device_cursor(user, &device)?,
                 };
                 ShardAnswer::Sync {
+                    page: self.user_sync(user, &from, limit(n))?,
                     from,
-                    page: self.sync(user, from, limit(n))?,
                 }
             }
+            ShardQuery::BigHeads {
+                user,
+                conversations,
+            } => ShardAnswer::BigHeads(self.big_heads(user, &conversations)?),
             ShardQuery::ConversationIndex {
                 user,
                 after,
@@ -316,7 +333,8 @@ impl Engine {
                 users,
                 listed,
                 known_change,
-            } => self.watch_state(&users, listed, known_change)?,
+                reported,
+            } => self.watch_state(&users, listed, known_change, &reported)?,
             ShardQuery::OutboxBacklog => ShardAnswer::OutboxBacklog(self.outbox_backlog()?),
             ShardQuery::OutboxRecords {
                 dest,
@@ -334,6 +352,7 @@ impl Engine {
         users: &[u64],
         listed: Vec<u64>,
         known_change: u64,
+        reported: &[crate::Advanced],
     ) -> Result<ShardAnswer> {
         let mut conversations: BTreeSet<u64> = listed.into_iter().collect();
         let mut heads = Vec::with_capacity(users.len());
@@ -354,7 +373,10 @@ impl Engine {
         let mut advanced = Vec::new();
         for &c in &conversations {
             if let Some(a) = self.big_advance(c)? {
-                if a.2 > known_change {
+                let known = reported
+                    .binary_search_by_key(&c, |r| r.conversation)
+                    .map_or(0, |i| reported[i].last_seq);
+                if a.2 > known_change && a.1 > known {
                     advanced.push(a);
                 }
             }

@@ -416,8 +416,8 @@ impl Store {
                     self.upgrade_friend_lists(path, placement_shards)?;
                     found = upgrade::NO_VIEWS_FORMAT;
                 }
-                if found == upgrade::NO_VIEWS_FORMAT {
-                    self.upgrade_user_views(path, placement_shards)?;
+                if found == upgrade::NO_VIEWS_FORMAT || found == upgrade::LOCAL_BIG_VIEWS_FORMAT {
+                    self.upgrade_user_views(path, placement_shards, found)?;
                     found = FORMAT_VERSION;
                 }
                 if found != FORMAT_VERSION {

@@ -418,14 +418,16 @@ pub enum Command {
     /// (a raft snapshot being installed).
     #[cfg(feature = "replication")]
     ReplaceState(Vec<u8>),
-    /// Store a device's sync cursor on the server.
-    SaveCursor {
+    /// A device's sync cursor as raft log entries of entry formats 1 to 3
+    /// carry it; applied as [`Command::SaveCursor`] of the same cursor
+    /// with nothing reported.
+    SaveCursorV1 {
         /// The user.
         user: u64,
         /// The device's id, 1 to [`Options::max_device_id_bytes`] bytes.
         device: Bytes,
         /// Where its sync stands.
-        cursor: SyncCursor,
+        cursor: CursorV1,
     },
     /// Replication only (feature `replication`): add rows of a store image
     /// to the shard, removing nothing: the parts
@@ -482,6 +484,15 @@ pub enum Command {
         conversation: u64,
         /// The read position the conversation's shard gave.
         read_seq: u64,
+    },
+    /// Store a device's sync cursor on the server, in the user's shard.
+    SaveCursor {
+        /// The user.
+        user: u64,
+        /// The device's id, 1 to [`Options::max_device_id_bytes`] bytes.
+        device: Bytes,
+        /// Where its sync stands.
+        cursor: SyncCursor,
     },
 }
 
@@ -554,7 +565,7 @@ pub enum FriendOutcome {
     Removed,
 }
 
-pub use crate::codec::{ConversationKind, FriendStatus, SyncCursor};
+pub use crate::codec::{Advanced, ConversationKind, CursorV1, FriendStatus, SyncCursor};
 
 /// A message as one user sees it: overlays (recall, edit, delete-for-me)
 /// applied. A recalled or deleted message keeps its seq and loses its
@@ -590,17 +601,6 @@ impl OutboxBacklog {
     pub fn waiting(&self) -> u64 {
         self.last.saturating_sub(self.first) + 1
     }
-}
-
-/// A big (read-fan-out) conversation that advanced since a sync cursor.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Advanced {
-    /// The conversation.
-    pub conversation: u64,
-    /// Pull it up to this seq (the newest the user may see that was sent
-    /// without write fan-out).
-    pub last_seq: u64,
 }
 
 /// One page of a sync.

@@ -118,14 +118,22 @@ impl Engine {
         debug_assert!(after.is_none_or(|c| local
             .first()
             .is_none_or(|s| list_order(s) > cursor_order(c))));
-        let remote_prefix = im_key(tag::REMOTE_VIEW, &[user], &[]);
-        let remote_end = im_key(tag::REMOTE_VIEW, &[user.saturating_add(1)], &[]);
-        let remote = store
-            .scan_in(CF_IM, &remote_prefix, &remote_end, usize::MAX)?
+        Ok(ListIndexPage {
+            local,
+            remote: self.remote_views(user)?,
+        })
+    }
+
+    /// The conversations of `user`'s remote views, ascending: big groups
+    /// and the others whose shards answer for them (see `UserView::of`).
+    pub(crate) fn remote_views(&self, user: u64) -> Result<Vec<u64>> {
+        let lo = im_key(tag::REMOTE_VIEW, &[user], &[]);
+        let hi = im_key(tag::REMOTE_VIEW, &[user.saturating_add(1)], &[]);
+        self.view()
+            .scan_in(CF_IM, &lo, &hi, usize::MAX)?
             .iter()
             .map(|(key, _)| codec::im_key_id(key, 1).map_err(corrupt("remote view key")))
-            .collect::<Result<_>>()?;
-        Ok(ListIndexPage { local, remote })
+            .collect()
     }
 
     /// The unread messages of `user`'s local views, and their remote

@@ -100,7 +100,7 @@ fn drain_sync(
     let mut entries = Vec::new();
     let mut advanced = Vec::new();
     loop {
-        let page = engine.sync(user, *cursor, 2)?;
+        let page = engine.sync(user, cursor.clone(), 2)?;
         entries.extend(
             page.messages
                 .iter()
@@ -374,10 +374,10 @@ fn devices_sync_independently_and_a_long_offline_device_catches_up() -> TestResu
     // A cursor from the future is refused, by sync and by save.
     let future = SyncCursor {
         inbox_seq: 1_000,
-        change: 0,
+        ..SyncCursor::default()
     };
     assert!(matches!(
-        engine.sync(2, future, 10),
+        engine.sync(2, future.clone(), 10),
         Err(Error::CursorFromFuture { .. })
     ));
     assert!(matches!(

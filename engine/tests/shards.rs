@@ -118,12 +118,16 @@ fn snapshot(engine: &Engine) -> Result<String, Error> {
     }
     for user in 1..=USERS {
         out += &format!(
-            "user {user}: inbox {} unread {} sync {:?} list {:?}\n",
+            "user {user}: inbox {} unread {} sync {:?} heads {:?} list {:?}\n",
             engine.inbox_head(user)?,
             engine.unread(user, GROUP)?,
-            engine.sync(user, SyncCursor::default(), 100)?,
-            // What the conversations' rows say: the user's views live in
-            // the user's shard (shard 0 here, for every user).
+            engine
+                .user_sync(user, &SyncCursor::default(), 100)?
+                .messages,
+            // What the conversations' rows say: the user's views (and so
+            // the list of big groups a sync asks) live in the user's
+            // shard (shard 0 here, for every user).
+            engine.big_heads(user, &[1, 2, 3, GROUP])?,
             engine.summaries(user, &[1, 2, 3, GROUP], None, 10)?,
         );
     }

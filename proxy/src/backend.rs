@@ -384,12 +384,12 @@ impl<B: Backend> ShardedBackend<B> {
                 of(imstore_engine::pair_key(*user, *requester))
             }
             Command::FriendRemove { user, friend } => of(imstore_engine::pair_key(*user, *friend)),
-            // A user's views live in the user's shard.
-            Command::NoteRead { user, .. } => Ok(imstore_engine::shard_for_user(*user, shards)),
-            // Each shard keeps a device's cursor of that shard.
-            Command::SaveCursor { .. } => Err(invalid_command(
-                "a device cursor is saved per shard (submit_to_shard)",
-            )),
+            // A user's views and device cursors live in the user's shard.
+            Command::NoteRead { user, .. }
+            | Command::SaveCursor { user, .. }
+            | Command::SaveCursorV1 { user, .. } => {
+                Ok(imstore_engine::shard_for_user(*user, shards))
+            }
             Command::Deliver { .. } | Command::AckOutbox { .. } => Err(invalid_command(
                 "delivery commands are sent to their shard by the outbox drain (submit_to_shard)",
             )),

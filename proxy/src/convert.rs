@@ -1,11 +1,13 @@
 //! Conversions between the protobuf messages of `imstore.v1` and the
 //! engine's types, and the request checks they need (directions, page
-//! limits, per-shard sync cursors).
+//! limits, sync cursors).
 
-use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use imstore_engine::{Direction, FriendOutcome, FriendStatus, MessageView, Outcome, SyncCursor};
+use imstore_engine::codec::MAX_REPORTED;
+use imstore_engine::{
+    Advanced, Direction, FriendOutcome, FriendStatus, MessageView, Outcome, SyncCursor,
+};
 use imstore_proto::v1 as pb;
 use tonic::Status;
 
@@ -56,72 +58,63 @@ pub(crate) fn raw_message(m: imstore_engine::Message) -> pb::Message {
     })
 }
 
-/// One cursor per shard from a request's cursor: the top-level fields on a
-/// one-shard store, `shards` on a store of more (unlisted shards start
-/// from the beginning).
-pub(crate) fn shard_cursors(count: u64, c: &pb::Cursor) -> Result<Vec<SyncCursor>, Status> {
-    let top = SyncCursor {
-        inbox_seq: c.inbox_seq,
-        change: c.change,
-    };
-    let mut cursors = vec![SyncCursor::default(); count as usize];
-    if count == 1 {
-        cursors[0] = top;
-    } else if top != SyncCursor::default() {
+/// A request's sync cursor. Per-shard cursors ended with data format 7;
+/// a change counter (a cursor from before it) is read on a one-shard store
+/// only, where it still means what it did. The reported list is sorted
+/// here (a conversation listed twice keeps its higher seq).
+pub(crate) fn sync_cursor(shard_count: u64, c: &pb::Cursor) -> Result<SyncCursor, Status> {
+    if !c.shards.is_empty() {
+        return Err(invalid(
+            "per-shard cursors (`shards`) ended with data format 7: sync from a zero cursor              once, then pass the cursor it returns",
+        ));
+    }
+    if c.change > 0 && shard_count > 1 {
         return Err(invalid(format!(
-            "a one-shard cursor (inbox_seq, change) on a store of {count} shards: pass the \
-             per-shard cursors (`shards`) of the last sync"
+            "a cursor with a change counter is from before data format 7 and a one-shard              store; this store has {shard_count} shards: sync from a zero cursor"
         )));
     }
-    let mut seen = HashSet::new();
-    for sc in &c.shards {
-        if u64::from(sc.shard) >= count {
-            return Err(invalid(format!(
-                "the cursor names shard {} of a store of {count}",
-                sc.shard
-            )));
-        }
-        if !seen.insert(sc.shard) {
-            return Err(invalid(format!(
-                "the cursor names shard {} twice",
-                sc.shard
-            )));
-        }
-        if count == 1 && top != SyncCursor::default() {
-            return Err(invalid(
-                "the cursor has both top-level fields and per-shard cursors",
-            ));
-        }
-        cursors[sc.shard as usize] = SyncCursor {
-            inbox_seq: sc.inbox_seq,
-            change: sc.change,
-        };
-    }
-    Ok(cursors)
+    Ok(SyncCursor {
+        inbox_seq: c.inbox_seq,
+        change: c.change,
+        reported: reported_list(&c.reported)?,
+    })
 }
 
-/// The wire form of per-shard cursors: top-level fields for one shard,
-/// `shards` for more.
-pub(crate) fn cursor_message(cursors: &[SyncCursor]) -> pb::Cursor {
-    match cursors {
-        [one] => pb::Cursor {
-            inbox_seq: one.inbox_seq,
-            change: one.change,
-            shards: Vec::new(),
-        },
-        many => pb::Cursor {
-            inbox_seq: 0,
-            change: 0,
-            shards: many
-                .iter()
-                .zip(0u32..)
-                .map(|(c, shard)| pb::ShardCursor {
-                    shard,
-                    inbox_seq: c.inbox_seq,
-                    change: c.change,
-                })
-                .collect(),
-        },
+/// A request's list of big conversations and the seqs known of them,
+/// ascending conversation ids, at most one entry each (the higher seq).
+pub(crate) fn reported_list(list: &[pb::Advanced]) -> Result<Vec<Advanced>, Status> {
+    if list.len() > MAX_REPORTED {
+        return Err(invalid(format!(
+            "{} reported conversations is over the limit of {MAX_REPORTED}",
+            list.len()
+        )));
+    }
+    let mut out: Vec<Advanced> = list
+        .iter()
+        .map(|a| Advanced {
+            conversation: a.conversation,
+            last_seq: a.last_seq,
+        })
+        .collect();
+    out.sort_unstable_by_key(|a| (a.conversation, std::cmp::Reverse(a.last_seq)));
+    out.dedup_by_key(|a| a.conversation);
+    Ok(out)
+}
+
+/// The wire form of a sync cursor.
+pub(crate) fn cursor_message(cursor: &SyncCursor) -> pb::Cursor {
+    pb::Cursor {
+        inbox_seq: cursor.inbox_seq,
+        change: cursor.change,
+        shards: Vec::new(),
+        reported: cursor
+            .reported
+            .iter()
+            .map(|a| pb::Advanced {
+                conversation: a.conversation,
+                last_seq: a.last_seq,
+            })
+            .collect(),
     }
 }
 

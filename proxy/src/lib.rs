@@ -14,8 +14,8 @@
 //! raft group ([`RaftBackend`]), or per-shard backends ([`ShardedBackend`],
 //! `imstore node --shards N`): a conversation's reads and writes go to its
 //! shard; user-wide reads (sync, the conversation list, the unread total,
-//! friends, watch) visit every shard and merge, with per-shard sync
-//! cursors.
+//! friends, device cursors) go to the user's shard, plus the shards of
+//! the user's big groups; watch still visits every shard.
 //!
 //! **Limits:** one backend engine per server; Watch follows the watched
 //! users' conversations as of the subscription plus those they join while
@@ -31,7 +31,6 @@ mod backend;
 mod convert;
 mod delivery;
 mod error;
-mod fanout;
 mod hub;
 mod metrics;
 mod node;

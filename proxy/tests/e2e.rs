@@ -428,6 +428,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
                 inbox_seq: 1_000,
                 change: 0,
                 shards: Vec::new(),
+                reported: Vec::new(),
             })),
             limit: 10,
         })
@@ -446,6 +447,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
         conversations: vec![],
         change: 0,
         shards: Vec::new(),
+        reported: Vec::new(),
     };
     let w1 = c.watch(watch()).await?;
     let w2 = c.watch(watch()).await?;
@@ -500,6 +502,7 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
             conversations: vec![],
             change: 0,
             shards: Vec::new(),
+            reported: Vec::new(),
         })
         .await?
         .into_inner();
@@ -540,6 +543,7 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
             conversations: vec![],
             change: 1,
             shards: Vec::new(),
+            reported: Vec::new(),
         })
         .await?
         .into_inner();

@@ -350,8 +350,21 @@ async fn compare(pair: &mut Pair, limit: u32) -> TestResult {
             "user {user}: an entry twice (sharded)"
         );
         assert_eq!(a_set, b_set, "user {user}: sync");
-        assert!(a_cursor.shards.is_empty());
-        assert_eq!(b_cursor.shards.len(), SHARDS as usize);
+        // One cursor per user on any shard count, reporting the same big
+        // conversations up to the same seqs.
+        assert!(a_cursor.shards.is_empty() && b_cursor.shards.is_empty());
+        let reported = |cursor: &pb::Cursor, map: &dyn Fn(u64) -> u64| -> BTreeSet<(u64, u64)> {
+            cursor
+                .reported
+                .iter()
+                .map(|a| (map(a.conversation), a.last_seq))
+                .collect()
+        };
+        assert_eq!(
+            reported(&a_cursor, &|c| c),
+            reported(&b_cursor, &|c| pair.original(c)),
+            "user {user}: big conversations reported"
+        );
         // Nothing after the final cursor.
         for (client, cursor) in [
             (&mut pair.one.client, a_cursor),
@@ -544,6 +557,7 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
             conversations: Vec::new(),
             change: 0,
             shards: Vec::new(),
+            reported: Vec::new(),
         })
         .await?
         .into_inner();
@@ -580,12 +594,13 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
         .watch(pb::WatchRequest {
             users: vec![pb::UserPosition {
                 user: 1,
-                inbox_seq: 0,
-                shards: cursor.shards.clone(),
+                inbox_seq: cursor.inbox_seq,
+                shards: Vec::new(),
             }],
             conversations: Vec::new(),
             change: 0,
-            shards: cursor.shards.clone(),
+            shards: Vec::new(),
+            reported: cursor.reported.clone(),
         })
         .await?
         .into_inner();
@@ -603,7 +618,7 @@ async fn watch_names_the_shard_and_resumes_from_per_shard_positions() -> TestRes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cursors_that_do_not_fit_the_shard_count_are_refused() -> TestResult {
+async fn cursors_of_older_formats_are_refused_where_they_mean_nothing() -> TestResult {
     let mut sharded = serve(SHARDS).await?;
     let mut one = serve(1).await?;
     let sync = |cursor: pb::Cursor| pb::SyncRequest {
@@ -616,26 +631,20 @@ async fn cursors_that_do_not_fit_the_shard_count_are_refused() -> TestResult {
         inbox_seq: 0,
         change: 0,
     };
+    // Per-shard cursors ended with data format 7, on any store; a change
+    // counter means something on one shard only.
     let cases = [
         (
-            "a one-shard cursor on four shards",
+            "per-shard cursors",
             pb::Cursor {
-                inbox_seq: 3,
-                change: 0,
-                shards: Vec::new(),
-            },
-        ),
-        (
-            "a shard past the count",
-            pb::Cursor {
-                shards: vec![shard(4)],
+                shards: vec![shard(1)],
                 ..pb::Cursor::default()
             },
         ),
         (
-            "a shard twice",
+            "a change counter on four shards",
             pb::Cursor {
-                shards: vec![shard(1), shard(1)],
+                change: 3,
                 ..pb::Cursor::default()
             },
         ),
@@ -644,15 +653,21 @@ async fn cursors_that_do_not_fit_the_shard_count_are_refused() -> TestResult {
         let status = sharded.client.sync(sync(cursor)).await.err().ok_or(why)?;
         assert_eq!(status.code(), Code::InvalidArgument, "{why}");
     }
-    // A cursor ahead of a shard is from the future, as on one store.
+    let status = one
+        .client
+        .sync(sync(pb::Cursor {
+            shards: vec![shard(0)],
+            ..pb::Cursor::default()
+        }))
+        .await
+        .err()
+        .ok_or("per-shard cursors on one shard")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // An inbox seq ahead of the user's inbox is from the future.
     let status = sharded
         .client
         .sync(sync(pb::Cursor {
-            shards: vec![pb::ShardCursor {
-                shard: 2,
-                inbox_seq: 5,
-                change: 0,
-            }],
+            inbox_seq: 5,
             ..pb::Cursor::default()
         }))
         .await
@@ -660,23 +675,29 @@ async fn cursors_that_do_not_fit_the_shard_count_are_refused() -> TestResult {
         .ok_or("a cursor from the future")?;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("past the store"), "{status:?}");
-    // One store takes its shard 0 in either form, but not both.
-    one.client
-        .sync(sync(pb::Cursor {
-            shards: vec![shard(0)],
-            ..pb::Cursor::default()
-        }))
-        .await?;
-    let status = one
-        .client
-        .sync(sync(pb::Cursor {
-            inbox_seq: 1,
-            change: 0,
-            shards: vec![shard(0)],
-        }))
-        .await
-        .err()
-        .ok_or("both forms")?;
-    assert_eq!(status.code(), Code::InvalidArgument);
+    // A reported list in any order, or with a conversation twice, is
+    // taken (sorted, the higher seq kept): the cursor comes back clean.
+    let reported = |pairs: &[(u64, u64)]| -> Vec<pb::Advanced> {
+        pairs
+            .iter()
+            .map(|&(conversation, last_seq)| pb::Advanced {
+                conversation,
+                last_seq,
+            })
+            .collect()
+    };
+    for store in [&mut sharded, &mut one] {
+        let page = store
+            .client
+            .sync(sync(pb::Cursor {
+                reported: reported(&[(9, 1), (4, 2), (9, 3)]),
+                ..pb::Cursor::default()
+            }))
+            .await?
+            .into_inner();
+        // User 1 is in no big conversation: nothing is reported or kept.
+        assert!(page.advanced.is_empty());
+        assert_eq!(page.cursor.ok_or("no cursor")?.reported, Vec::new());
+    }
     Ok(())
 }

@@ -23,9 +23,11 @@ use crate::TypeConfig;
 /// one, or refuse it) whenever an entry's bincode changes, including a
 /// new, removed or reordered variant of `Command`, `Proposal` or what
 /// they hold. Format 2 added `Command::Deliver` and `Command::AckOutbox`
-/// at the end of `Command`, format 3 `Command::NoteRead` after them;
-/// every older entry reads the same in the newer formats.
-pub const ENTRY_FORMAT_VERSION: u8 = 3;
+/// at the end of `Command`, format 3 `Command::NoteRead` after them,
+/// format 4 `Command::SaveCursor` with a cursor of data format 7 (the
+/// older one, in its old place, is `Command::SaveCursorV1`); every older
+/// entry reads the same in the newer formats.
+pub const ENTRY_FORMAT_VERSION: u8 = 4;
 
 /// The oldest entry format this build reads.
 pub const OLDEST_READABLE_FORMAT: u8 = 1;
@@ -122,21 +124,21 @@ mod tests {
     fn tagged_untagged_and_unknown_entries() -> Result<(), EntryFormatError> {
         let entry = blank(9);
         let stored = encode_entry(&entry)?;
-        assert_eq!(&stored[..4], b"IMR\x03");
+        assert_eq!(&stored[..4], b"IMR\x04");
         assert_eq!(decode_entry(&stored)?, entry);
         // Before versioning: plain bincode.
         let legacy = bincode::serialize(&entry)?;
         assert_eq!(decode_entry(&legacy)?, entry);
-        for version in [1, 2] {
+        for version in [1, 2, 3] {
             let mut older = stored.clone();
             older[3] = version;
             assert_eq!(decode_entry(&older)?, entry);
         }
         let mut future = stored.clone();
-        future[3] = 4;
+        future[3] = 5;
         assert!(matches!(
             decode_entry(&future),
-            Err(EntryFormatError::UnsupportedVersion { found: 4 })
+            Err(EntryFormatError::UnsupportedVersion { found: 5 })
         ));
         assert!(matches!(
             decode_entry(&stored[..stored.len() - 1]),

@@ -1,10 +1,11 @@
-//! The raft log entry format is pinned by fixtures: `fixtures/entries-v3.bin`
-//! holds entries written by format 3 (a blank entry, a membership change,
+//! The raft log entry format is pinned by fixtures: `fixtures/entries-v4.bin`
+//! holds entries written by format 4 (a blank entry, a membership change,
 //! and a proposal with one command of every kind), and this build must
 //! read them back to exactly the values below, and write those values to
-//! exactly those bytes. `fixtures/entries-v1.bin` and `entries-v2.bin`
-//! hold formats 1's and 2's, which must still read the same (formats 2
-//! and 3 only added commands at the end).
+//! exactly those bytes. `fixtures/entries-v1.bin` to `entries-v3.bin`
+//! hold formats 1's to 3's, which must still read the same (formats 2 to
+//! 4 only added commands at the end; format 4's device cursor command is
+//! new, and format 1's is read as `SaveCursorV1`).
 //! Reordering a `Command` variant, or changing what one holds, fails here
 //! instead of silently misreading stored logs.
 //!
@@ -14,13 +15,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use imstore_engine::{Command, NewMessage, SendMessage, SyncCursor};
+use imstore_engine::{Advanced, Command, CursorV1, NewMessage, SendMessage, SyncCursor};
 use imstore_raft::{decode_entry, encode_entry, Proposal, TypeConfig, ENTRY_FORMAT_VERSION};
 use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const FIXTURE: &str = "tests/fixtures/entries-v3.bin";
+const FIXTURE: &str = "tests/fixtures/entries-v4.bin";
+const FIXTURE_V3: &str = "tests/fixtures/entries-v3.bin";
 const FIXTURE_V2: &str = "tests/fixtures/entries-v2.bin";
 const FIXTURE_V1: &str = "tests/fixtures/entries-v1.bin";
 
@@ -118,10 +120,10 @@ fn every_command() -> Vec<Command> {
         },
         Command::PutMeta(vec![(b"raft/x".to_vec(), vec![1, 2])]),
         Command::ReplaceState(b"IMSTATE1".to_vec()),
-        Command::SaveCursor {
+        Command::SaveCursorV1 {
             user: 1,
             device: b"phone".to_vec().into(),
-            cursor: SyncCursor {
+            cursor: CursorV1 {
                 inbox_seq: 40,
                 change: 41,
             },
@@ -160,8 +162,33 @@ fn every_command_v3() -> Vec<Command> {
     commands
 }
 
+/// Format 4's commands: format 3's, then the device cursor with the big
+/// conversations reported.
+fn every_command_v4() -> Vec<Command> {
+    let mut commands = every_command_v3();
+    commands.push(Command::SaveCursor {
+        user: 1,
+        device: b"laptop".to_vec().into(),
+        cursor: SyncCursor {
+            inbox_seq: 42,
+            change: 0,
+            reported: vec![
+                Advanced {
+                    conversation: 13,
+                    last_seq: 5,
+                },
+                Advanced {
+                    conversation: 14,
+                    last_seq: 6,
+                },
+            ],
+        },
+    });
+    commands
+}
+
 fn samples() -> Vec<Entry<TypeConfig>> {
-    samples_of(every_command_v3())
+    samples_of(every_command_v4())
 }
 
 fn samples_of(commands: Vec<Command>) -> Vec<Entry<TypeConfig>> {
@@ -238,8 +265,13 @@ fn format_2_entries_still_read_the_same() -> TestResult {
 }
 
 #[test]
-fn format_3_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
-    assert_eq!(ENTRY_FORMAT_VERSION, 3, "a new format needs a new fixture");
+fn format_3_entries_still_read_the_same() -> TestResult {
+    older_format_reads_the_same(FIXTURE_V3, 3, every_command_v3())
+}
+
+#[test]
+fn format_4_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
+    assert_eq!(ENTRY_FORMAT_VERSION, 4, "a new format needs a new fixture");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
     let samples = samples();
     let encoded: Vec<Vec<u8>> = samples.iter().map(encode_entry).collect::<Result<_, _>>()?;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 #[cfg(feature = "replication")]
 use super::image::{decode_image, decode_rows};
 use super::{CommittedState, GroupApplier, KvEntry, Pending, Space};
-use crate::codec::{self, im_key, tag, ConversationState, FriendEntry, MemberEntry};
+use crate::codec::{self, im_key, tag, ConversationState, FriendEntry, MemberEntry, SyncCursor};
 use crate::{Command, Entity, Error, Outcome, Result};
 
 pub(super) fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
@@ -109,7 +109,12 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 user,
                 device,
                 cursor,
-            } => self.save_cursor(scratch, *user, device, *cursor),
+            } => self.save_cursor(scratch, *user, device, cursor),
+            Command::SaveCursorV1 {
+                user,
+                device,
+                cursor,
+            } => self.save_cursor(scratch, *user, device, &SyncCursor::from(*cursor)),
             Command::Deliver {
                 from,
                 first,

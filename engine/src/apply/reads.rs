@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::im::corrupt_value;
 use super::{CommittedState, GroupApplier, Pending, Space};
-use crate::codec::{self, im_key, tag, MemberEntry, SyncCursor};
+use crate::codec::{self, im_key, tag, MemberEntry, SyncCursor, MAX_REPORTED};
 use crate::{Error, Outcome, Result};
 
 impl<S: CommittedState> GroupApplier<'_, S> {
@@ -71,7 +71,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         scratch: &mut Pending,
         user: u64,
         device: &Bytes,
-        cursor: SyncCursor,
+        cursor: &SyncCursor,
     ) -> Result<Outcome> {
         if device.is_empty() || device.len() > self.limits.max_device_id_bytes {
             return Err(Error::InvalidArgument(format!(
@@ -80,6 +80,16 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 device.len()
             )));
         }
+        if !cursor.is_well_formed() || cursor.reported.len() > MAX_REPORTED {
+            return Err(Error::InvalidArgument(format!(
+                "a cursor's reported conversations must be distinct, ascending and at most \
+                 {MAX_REPORTED}; got {}",
+                cursor.reported.len()
+            )));
+        }
+        // The reported seqs are other shards' to check: a seq past a
+        // conversation's head only holds back reports of it until it
+        // passes that seq.
         let inbox_last = self.inbox_last(scratch, user)?;
         let change = self.current_change(scratch);
         if cursor.inbox_seq > inbox_last || cursor.change > change {

@@ -445,19 +445,120 @@ impl OverlayEntry {
     }
 }
 
-/// Where a device's sync stands: the inbox seq it has, and the store's
-/// change counter it has seen big conversations up to.
+/// A big (read-fan-out) conversation and a seq in it: in a sync page, one
+/// that advanced (pull it up to `last_seq`); in a [`SyncCursor`], how far
+/// it was reported.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Advanced {
+    /// The conversation.
+    pub conversation: u64,
+    /// Pull it up to this seq (the newest the user may see that was sent
+    /// without write fan-out).
+    pub last_seq: u64,
+}
+
+/// Most big conversations one [`SyncCursor`] may list as reported.
+pub const MAX_REPORTED: usize = 100_000;
+
+/// Version byte of an encoded [`SyncCursor`] (version 1, [`CursorV1`]'s
+/// layout, is still read).
+pub const SYNC_CURSOR_VERSION: u8 = 2;
+
+/// Where a user's sync stands: the inbox seq delivered, and how far each
+/// big conversation was reported. One cursor per user, on any number of
+/// shards (`docs/im.md`, "Sync").
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct SyncCursor {
+    /// Inbox entries up to this seq were delivered.
+    pub inbox_seq: u64,
+    /// A cursor from before data format 7 on a one-shard store: big
+    /// conversations that advanced at or below this change counter were
+    /// reported. 0 in every cursor this version hands out.
+    pub change: u64,
+    /// Big conversations reported, each up to its seq, ascending
+    /// conversation ids.
+    pub reported: Vec<Advanced>,
+}
+
+impl SyncCursor {
+    /// How far `conversation` was reported (0: never).
+    pub fn reported_seq(&self, conversation: u64) -> u64 {
+        self.reported
+            .binary_search_by_key(&conversation, |a| a.conversation)
+            .map_or(0, |i| self.reported[i].last_seq)
+    }
+
+    /// Whether `reported` is strictly ascending by conversation.
+    pub fn is_well_formed(&self) -> bool {
+        self.reported
+            .windows(2)
+            .all(|w| w[0].conversation < w[1].conversation)
+    }
+
+    /// Encodes: version 2, inbox seq, change counter, the reported count
+    /// (u32 BE), then each (conversation, seq) (u64 BE each).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(21 + 16 * self.reported.len());
+        out.push(SYNC_CURSOR_VERSION);
+        out.extend_from_slice(&self.inbox_seq.to_be_bytes());
+        out.extend_from_slice(&self.change.to_be_bytes());
+        let count = u32::try_from(self.reported.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        for a in self.reported.iter().take(count as usize) {
+            out.extend_from_slice(&a.conversation.to_be_bytes());
+            out.extend_from_slice(&a.last_seq.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decodes a value written by [`SyncCursor::encode`] or by
+    /// [`CursorV1::encode`] (a cursor with nothing reported).
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        if bytes.first() == Some(&IM_VALUE_VERSION) {
+            return CursorV1::decode(bytes).map(SyncCursor::from);
+        }
+        let mut r = Reader::versioned(bytes, SYNC_CURSOR_VERSION, "sync cursor")?;
+        let inbox_seq = r.u64()?;
+        let change = r.u64()?;
+        let count = r.u32()? as usize;
+        if r.bytes.len() - r.at != count.saturating_mul(16) {
+            return Err(CodecError::BadLength {
+                what: "sync cursor".into(),
+                len: bytes.len(),
+            });
+        }
+        let mut reported = Vec::with_capacity(count);
+        for _ in 0..count {
+            reported.push(Advanced {
+                conversation: r.u64()?,
+                last_seq: r.u64()?,
+            });
+        }
+        r.end()?;
+        Ok(SyncCursor {
+            inbox_seq,
+            change,
+            reported,
+        })
+    }
+}
+
+/// A device cursor as data formats up to 6 kept it, and as raft log
+/// entries of entry formats up to 3 carry it: the inbox seq, and the
+/// store's change counter big conversations were reported up to.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
-pub struct SyncCursor {
+pub struct CursorV1 {
     /// Inbox entries up to this seq were delivered.
     pub inbox_seq: u64,
     /// Big-conversation advances up to this change counter were delivered.
     pub change: u64,
 }
 
-impl SyncCursor {
-    /// Encodes: version, inbox seq, change counter.
+impl CursorV1 {
+    /// Encodes: version 1, inbox seq, change counter.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(17);
         out.push(IM_VALUE_VERSION);
@@ -466,15 +567,25 @@ impl SyncCursor {
         out
     }
 
-    /// Decodes a value written by [`SyncCursor::encode`].
+    /// Decodes a value written by [`CursorV1::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(bytes, "sync cursor")?;
-        let cursor = SyncCursor {
+        let cursor = CursorV1 {
             inbox_seq: r.u64()?,
             change: r.u64()?,
         };
         r.end()?;
         Ok(cursor)
+    }
+}
+
+impl From<CursorV1> for SyncCursor {
+    fn from(old: CursorV1) -> Self {
+        SyncCursor {
+            inbox_seq: old.inbox_seq,
+            change: old.change,
+            reported: Vec::new(),
+        }
     }
 }
 

@@ -49,8 +49,11 @@ impl UserView {
     /// The view is local (answered by the user's shard) only while the
     /// copies keep it right: for a current member, while the conversation
     /// fans out (no copies come otherwise) and the newest message they saw
-    /// has a copy; for a former member, when that message has one. Every
-    /// other view is remote.
+    /// has a copy; for a former member, when that message has one. And
+    /// only while the user may see no kept message sent without copies:
+    /// a sync asks the shards of remote views alone for such messages, so
+    /// a group that crossed back below the threshold stays remote until a
+    /// clear removes them. Every other view is remote.
     pub fn of(
         state: &ConversationState,
         entry: &MemberEntry,
@@ -61,16 +64,21 @@ impl UserView {
         let last_seq = entry.visible_last(state.last_seq);
         let newest = entry.newest_seen(state.last_seq);
         let newest_missing = newest > 0 && !fanned_out(newest);
-        let remote = if member {
-            newest_missing || (state.last_seq > 0 && !fanned_out(state.last_seq))
-        } else if newest > 0 {
-            newest_missing
-        } else {
-            // A former member who saw nothing still lists the time of the
-            // last message before leaving, which a clear may remove: only
-            // the conversation's rows know.
-            last_seq > 0
-        };
+        let big_last = state.big_last_seq.min(last_seq);
+        let big_seen = big_last > 0
+            && big_last >= state.first_retained()
+            && entry.visible_count(0, big_last) > 0;
+        let remote = big_seen
+            || if member {
+                newest_missing || (state.last_seq > 0 && !fanned_out(state.last_seq))
+            } else if newest > 0 {
+                newest_missing
+            } else {
+                // A former member who saw nothing still lists the time of
+                // the last message before leaving, which a clear may
+                // remove: only the conversation's rows know.
+                last_seq > 0
+            };
         UserView {
             kind: state.kind,
             remote,

@@ -1,6 +1,7 @@
-//! Formats 3 → 4 → 5 → 6 in place (`docs/format.md`, "Upgrades"): inbox
-//! rows become message copies (4), each user gets a friend list of their
-//! own (5), and views of their conversations (6).
+//! Formats 3 → 4 → 5 → 6 → 7 in place (`docs/format.md`, "Upgrades"):
+//! inbox rows become message copies (4), each user gets a friend list of
+//! their own (5), views of their conversations (6), and views that are
+//! remote whenever the user may see a message sent without copies (7).
 //!
 //! Format 3 kept an inbox entry as a pointer (conversation, seq) into a
 //! timeline of the same shard. Format 4 keeps a copy of the message in
@@ -22,7 +23,13 @@
 //! user's shard (`V`, with the activity index `A` and the remote list
 //! `B`), computed here from the member rows as the apply step computes
 //! them; the same one-shard rule applies.
-
+//!
+//! Format 6 kept a view local when a group had crossed back below the
+//! fan-out threshold, though the user may see messages of it sent without
+//! copies; format 7's sync asks only remote views' shards for those, so
+//! the upgrade removes every view and computes them again (format 5's
+//! step, the same one-shard rule). Device cursors of format 6 (a change
+//! counter) are read as they are: a sync converts them.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -45,6 +52,9 @@ pub(super) const PAIR_FRIENDS_FORMAT: u32 = 4;
 
 /// The format without users' views of their conversations.
 pub(super) const NO_VIEWS_FORMAT: u32 = 5;
+
+/// The format whose views may be local with messages sent without copies.
+pub(super) const LOCAL_BIG_VIEWS_FORMAT: u32 = 6;
 
 /// A conversation's state and fan-out mode rows, by (shard, id).
 type ConversationRows = (u16, u64, ConversationState, Vec<(u64, bool)>);
@@ -166,12 +176,46 @@ impl Store {
     /// a view per member row, in the same shard, which is the user's when
     /// there is one shard. Idempotent: every row written is a function of
     /// the member rows, and the version moves to 6 in the last batch.
-    pub(super) fn upgrade_user_views(&self, path: &Path, placement_shards: u64) -> Result<()> {
-        refuse_on_many_shards(path, placement_shards, NO_VIEWS_FORMAT, "conversation list")?;
-        tracing::info!(path = %path.display(), from = NO_VIEWS_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: users get views of their conversations");
+    /// A format 6 directory first loses every view (format 7 computes them
+    /// again, with its rule): idempotent the same way.
+    pub(super) fn upgrade_user_views(
+        &self,
+        path: &Path,
+        placement_shards: u64,
+        from: u32,
+    ) -> Result<()> {
+        let what = if from == LOCAL_BIG_VIEWS_FORMAT {
+            "sync"
+        } else {
+            "conversation list"
+        };
+        refuse_on_many_shards(path, placement_shards, from, what)?;
+        tracing::info!(path = %path.display(), from, to = FORMAT_VERSION, "upgrading the data directory: users get views of their conversations");
         let im = self.cf(CF_IM)?;
-        let mut it = self.scan_im_from_start()?;
         let mut batch = WriteBatch::default();
+        if from == LOCAL_BIG_VIEWS_FORMAT {
+            let mut it = self.scan_im_from_start()?;
+            let mut removed = 0u64;
+            while let Some(key) = it.key() {
+                let view_row = key.len() > SHARD_PREFIX_LEN
+                    && [tag::VIEW, tag::ACTIVITY, tag::REMOTE_VIEW]
+                        .contains(&key[SHARD_PREFIX_LEN]);
+                if view_row {
+                    batch.delete_cf(im, key);
+                    removed += 1;
+                    if batch.len() >= BATCH_ROWS {
+                        self.db.write(std::mem::take(&mut batch))?;
+                        tracing::info!(removed, "upgrade: format 6 views removed");
+                    }
+                }
+                it.next();
+            }
+            it.status()?;
+            drop(it);
+            // Removed before any view is written again (write order).
+            self.db.write(std::mem::take(&mut batch))?;
+        }
+        let mut it = self.scan_im_from_start()?;
         let mut written = 0u64;
         // Member rows come per (shard, conversation): its state and fan-out
         // modes are read once.

@@ -23,10 +23,9 @@ use tonic::{Code, Request, Response, Status};
 use crate::admin;
 use crate::convert::{
     cursor_message, direction, friend_outcome, friend_status, limit, message, mismatched, now_ms,
-    raw_message, shard_cursors, unexpected,
+    raw_message, sync_cursor, unexpected,
 };
 use crate::error::{invalid, status, to_status};
-use crate::fanout::{merge_sync, ShardPage};
 use crate::hub::{conversation_advanced, inbox_advanced, resync, Hub, Subscriber, WatchStream};
 use crate::{Backend, Metrics, Route};
 
@@ -159,19 +158,6 @@ impl<B: Backend> ImstoreService<B> {
             .query(route, stale_ok, query)
             .await
             .map_err(to_status)
-    }
-
-    /// A user-wide read: `query(shard)` asked of every shard at once
-    /// (each after its own read barrier), `pick(shard, answer)` taking the
-    /// expected answer out of each, in shard order. One shard for an
-    /// embedded engine.
-    async fn ask_every_shard<T>(
-        &self,
-        query: impl Fn(u64) -> ShardQuery,
-        pick: impl Fn(u64, ShardAnswer) -> Option<T>,
-    ) -> Result<Vec<T>, Status> {
-        let every: Vec<u64> = (0..self.backend.shard_count()).collect();
-        self.ask_shards(&every, query, pick).await
     }
 
     /// `query(shard)` asked of each of `shards` at once; each answer

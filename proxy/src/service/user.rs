@@ -1,7 +1,7 @@
-//! The user-wide reads and the device cursor: `Sync` and `SaveCursor`,
-//! asked of every shard and merged (`crate::fanout`); `GetUnread`'s total
+//! The user-wide reads and the device cursor: `Sync`, `GetUnread`'s total
 //! and `ListConversations`, asked of the user's shard and of the shards of
-//! the user's big groups; `ListFriends`, asked of the user's shard.
+//! the user's big groups (`docs/replication.md`, "User shards");
+//! `SaveCursor` and `ListFriends`, of the user's shard alone.
 
 use std::collections::BTreeMap;
 
@@ -16,66 +16,62 @@ impl<B: Backend> ImstoreService<B> {
         self.observe("Sync", async {
             let n = limit(r.limit)?;
             let user = r.user;
-            let count = self.backend.shard_count();
-            // A client's cursor (one per shard), or a device whose saved
-            // cursors each shard keeps.
-            let (given, device) = match r.from {
-                Some(pb::sync_request::From::Device(device)) => (None, Some(Bytes::from(device))),
-                Some(pb::sync_request::From::Cursor(c)) => (Some(shard_cursors(count, &c)?), None),
-                None => (Some(vec![SyncCursor::default(); count as usize]), None),
+            let home = self.user_shard(user);
+            // A client's cursor, or a device whose cursor the user's shard
+            // keeps.
+            let (from, device) = match r.from {
+                Some(pb::sync_request::From::Device(device)) => {
+                    let device = Bytes::from(device);
+                    (SyncFrom::Device(device.clone()), Some(device))
+                }
+                Some(pb::sync_request::From::Cursor(c)) => (
+                    SyncFrom::Cursor(sync_cursor(self.backend.shard_count(), &c)?),
+                    None,
+                ),
+                None => (SyncFrom::Cursor(SyncCursor::default()), None),
             };
-            let pages = self
-                .ask_every_shard(
-                    |shard| ShardQuery::Sync {
+            let (from, page) = self
+                .ask_shards(
+                    &[home],
+                    |_| ShardQuery::Sync {
                         user,
-                        from: match (&given, &device) {
-                            (Some(cursors), _) => SyncFrom::Cursor(cursors[shard as usize]),
-                            (None, Some(device)) => SyncFrom::Device(device.clone()),
-                            (None, None) => SyncFrom::Cursor(SyncCursor::default()),
-                        },
+                        from: from.clone(),
                         limit: n,
                     },
-                    |shard, answer| match answer {
-                        ShardAnswer::Sync { from, page } => Some(ShardPage { shard, from, page }),
+                    |_, answer| match answer {
+                        ShardAnswer::Sync { from, page } => Some((from, page)),
                         _ => None,
                     },
                 )
-                .await?;
-            let started: Vec<SyncCursor> = pages.iter().map(|p| p.from).collect();
-            let merged = merge_sync(pages, n as usize);
+                .await?
+                .pop()
+                .ok_or_else(mismatched)?;
+            let heads = self.big_heads(user, &page.remote).await?;
+            let page = imstore_engine::finish_sync(&from, page, heads);
             if let Some(device) = device {
-                // Saved (durably, in every shard that moved) before the
-                // page is answered: a device gets each page at most once.
-                let moved = merged
-                    .cursors
-                    .iter()
-                    .zip(&started)
-                    .zip(0u64..)
-                    .filter(|((now, was), _)| now != was)
-                    .map(|((now, _), shard)| {
-                        (
-                            shard,
-                            Command::SaveCursor {
-                                user,
-                                device: device.clone(),
-                                cursor: *now,
-                            },
-                        )
+                // Saved (durably) before the page is answered: a device
+                // gets each page at most once.
+                if page.cursor != from {
+                    self.write(Command::SaveCursor {
+                        user,
+                        device,
+                        cursor: page.cursor.clone(),
                     })
-                    .collect();
-                self.write_shards(moved).await?;
+                    .await?;
+                }
             }
+            let label = u32::try_from(home).unwrap_or(u32::MAX);
             Ok(pb::SyncResponse {
-                entries: merged
-                    .entries
+                entries: page
+                    .messages
                     .into_iter()
-                    .map(|(shard, inbox_seq, v)| pb::InboxEntry {
+                    .map(|(inbox_seq, v)| pb::InboxEntry {
                         inbox_seq,
                         message: Some(message(v)),
-                        shard: u32::try_from(shard).unwrap_or(u32::MAX),
+                        shard: label,
                     })
                     .collect(),
-                advanced: merged
+                advanced: page
                     .advanced
                     .into_iter()
                     .map(|a| pb::Advanced {
@@ -83,11 +79,36 @@ impl<B: Backend> ImstoreService<B> {
                         last_seq: a.last_seq,
                     })
                     .collect(),
-                cursor: Some(cursor_message(&merged.cursors)),
-                more: merged.more,
+                cursor: Some(cursor_message(&page.cursor)),
+                more: page.more,
             })
         })
         .await
+    }
+
+    /// Where each of `conversations` (the user's remote views) stands for
+    /// the user: one read per shard that holds any, at once.
+    async fn big_heads(
+        &self,
+        user: u64,
+        conversations: &[u64],
+    ) -> Result<Vec<imstore_engine::BigHead>, Status> {
+        let remote = self.by_shard(conversations);
+        let shards: Vec<u64> = remote.keys().copied().collect();
+        let heads = self
+            .ask_shards(
+                &shards,
+                |shard| ShardQuery::BigHeads {
+                    user,
+                    conversations: remote.get(&shard).cloned().unwrap_or_default(),
+                },
+                |_, answer| match answer {
+                    ShardAnswer::BigHeads(heads) => Some(heads),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(heads.into_iter().flatten().collect())
     }
 
     pub(super) async fn save_cursor_rpc(
@@ -97,24 +118,12 @@ impl<B: Backend> ImstoreService<B> {
         let r = request.into_inner();
         self.observe("SaveCursor", async {
             let c = r.cursor.ok_or_else(|| invalid("cursor is required"))?;
-            let cursors = shard_cursors(self.backend.shard_count(), &c)?;
-            let device = Bytes::from(r.device);
-            self.write_shards(
-                cursors
-                    .into_iter()
-                    .zip(0u64..)
-                    .map(|(cursor, shard)| {
-                        (
-                            shard,
-                            Command::SaveCursor {
-                                user: r.user,
-                                device: device.clone(),
-                                cursor,
-                            },
-                        )
-                    })
-                    .collect(),
-            )
+            let cursor = sync_cursor(self.backend.shard_count(), &c)?;
+            self.write(Command::SaveCursor {
+                user: r.user,
+                device: Bytes::from(r.device),
+                cursor,
+            })
             .await?;
             Ok(pb::Empty {})
         })

@@ -152,31 +152,24 @@ impl<B: Backend> ImstoreService<B> {
                 ));
             }
             let count = self.backend.shard_count();
-            // What the subscriber knows: each user's inbox seq and the
-            // change counter, per shard.
-            let mut known_inbox: Vec<(u64, Vec<u64>)> = Vec::with_capacity(r.users.len());
-            for p in &r.users {
-                let cursors = shard_cursors(
-                    count,
-                    &pb::Cursor {
-                        inbox_seq: p.inbox_seq,
-                        change: 0,
-                        shards: p.shards.clone(),
-                    },
-                )?;
-                known_inbox.push((p.user, cursors.iter().map(|c| c.inbox_seq).collect()));
+            // What the subscriber knows: each user's inbox seq (in the
+            // user's shard), and how far big conversations are known.
+            if !r.shards.is_empty() || r.users.iter().any(|p| !p.shards.is_empty()) {
+                return Err(invalid(
+                    "per-shard positions (`shards`) ended with data format 7: pass the inbox \
+                     seq and the reported list of the users' sync cursors",
+                ));
             }
-            let known_change: Vec<u64> = shard_cursors(
+            let known = sync_cursor(
                 count,
                 &pb::Cursor {
-                    inbox_seq: 0,
                     change: r.change,
-                    shards: r.shards.clone(),
+                    reported: r.reported.clone(),
+                    ..pb::Cursor::default()
                 },
-            )?
-            .iter()
-            .map(|c| c.change)
-            .collect();
+            )?;
+            let known_inbox: Vec<(u64, u64)> =
+                r.users.iter().map(|p| (p.user, p.inbox_seq)).collect();
             let users: Vec<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
             // The shards whose commits reach this node's hub are watched
             // here; each other one at a node hosting it, whose stream is
@@ -218,7 +211,8 @@ impl<B: Backend> ImstoreService<B> {
                             .copied()
                             .filter(|&c| imstore_engine::shard_for(c, count) == shard)
                             .collect(),
-                        known_change: known_change[shard as usize],
+                        known_change: known.change,
+                        reported: known.reported.clone(),
                     },
                     |_, answer| match answer {
                         ShardAnswer::WatchState {
@@ -242,7 +236,9 @@ impl<B: Backend> ImstoreService<B> {
             for ((_, heads, advanced), &shard) in per_shard.iter().zip(&here) {
                 let label = u32::try_from(shard).unwrap_or(u32::MAX);
                 for ((user, known), head) in known_inbox.iter().zip(heads) {
-                    if *head > known[shard as usize] {
+                    // Inboxes live in their users' shards alone.
+                    let home = imstore_engine::shard_for_user(*user, count) == shard;
+                    if home && *head > *known {
                         subscriber.offer(inbox_advanced(*user, *head, label));
                     }
                 }

@@ -1,0 +1,272 @@
+//! Sync: a user's new inbox entries and the big conversations that
+//! advanced, with one cursor per user on any number of shards
+//! (`docs/im.md`, "Sync"; `docs/replication.md`, "User shards").
+//!
+//! A sync has two parts. The user's shard answers the inbox page and the
+//! user's remote views ([`Engine::user_sync`]): the conversations a send
+//! can advance without a copy in the inbox. Each of those conversations'
+//! shards answers where it stands for the user ([`Engine::big_heads`]),
+//! one batched read per shard. [`finish_sync`] puts the two together
+//! against the cursor: a big conversation is reported when its head for
+//! the user is past the seq the cursor says it was reported up to. Nothing
+//! in it counts shards, so its cost grows with the user's big
+//! conversations, never with the cluster.
+
+use bytes::Bytes;
+
+use super::im_read::{corrupt_value, key_id};
+use super::Engine;
+use crate::codec::{im_key, tag, InboxCopy, SyncCursor};
+use crate::store::CF_IM;
+use crate::{Advanced, Command, Error, MessageView, Result, SyncPage};
+
+/// The user's shard's part of a sync page.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserSyncPage {
+    /// New inbox entries after the cursor, oldest first (entries whose
+    /// message was cleared are skipped).
+    pub messages: Vec<(u64, MessageView)>,
+    /// The inbox seq the page ends at.
+    pub inbox_seq: u64,
+    /// More inbox entries are waiting.
+    pub more: bool,
+    /// The user's remote views, ascending: the conversations whose heads
+    /// their shards answer ([`Engine::big_heads`]).
+    pub remote: Vec<u64>,
+}
+
+/// Where a big conversation stands for one user.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BigHead {
+    /// The conversation.
+    pub conversation: u64,
+    /// The newest seq sent without write fan-out that the user may see
+    /// and that is still kept (0: none).
+    pub last_seq: u64,
+    /// The shard's change counter at that send (what a cursor from before
+    /// data format 7 is compared with).
+    pub changed_at: u64,
+}
+
+/// A sync page from the user's shard's part and the heads of the user's
+/// remote conversations, against the cursor the sync started from. A head
+/// past what the cursor reported is reported; the cursor returned lists
+/// every head the user may pull, so each advance is reported once. A
+/// cursor from before data format 7 (`change` set, nothing reported) counts
+/// a conversation as reported up to its head when its last advance is at or
+/// below that change counter, which is what that cursor meant.
+pub fn finish_sync(from: &SyncCursor, page: UserSyncPage, mut heads: Vec<BigHead>) -> SyncPage {
+    heads.sort_by_key(|h| h.conversation);
+    heads.dedup_by_key(|h| h.conversation);
+    let mut advanced = Vec::new();
+    let mut reported = Vec::new();
+    for head in heads {
+        let mut was = from.reported_seq(head.conversation);
+        if was == 0 && from.change > 0 && head.changed_at <= from.change {
+            was = head.last_seq;
+        }
+        if head.last_seq > was {
+            advanced.push(Advanced {
+                conversation: head.conversation,
+                last_seq: head.last_seq,
+            });
+        }
+        let now = head.last_seq.max(was);
+        if now > 0 {
+            reported.push(Advanced {
+                conversation: head.conversation,
+                last_seq: now,
+            });
+        }
+    }
+    SyncPage {
+        messages: page.messages,
+        advanced,
+        cursor: SyncCursor {
+            inbox_seq: page.inbox_seq,
+            change: 0,
+            reported,
+        },
+        more: page.more,
+    }
+}
+
+impl Engine {
+    /// New inbox entries and the big conversations that advanced since
+    /// `cursor`, on a one-shard store (a sharded one puts
+    /// [`Engine::user_sync`] and [`Engine::big_heads`] of several shards
+    /// together). Pass the returned cursor to the next call; a default
+    /// cursor starts from the beginning. Each inbox entry is returned once;
+    /// each big conversation is reported once per advance.
+    pub fn sync(&self, user: u64, cursor: SyncCursor, limit: usize) -> Result<SyncPage> {
+        let page = self.user_sync(user, &cursor, limit)?;
+        let heads = self.big_heads(user, &page.remote)?;
+        Ok(finish_sync(&cursor, page, heads))
+    }
+
+    /// The user's shard's part of a sync: inbox entries after the cursor's
+    /// inbox seq, and the user's remote views.
+    pub fn user_sync(&self, user: u64, cursor: &SyncCursor, limit: usize) -> Result<UserSyncPage> {
+        self.check_limit(limit)?;
+        let change_now = self.change_counter();
+        let inbox_last = self.store().inbox_last(user)?;
+        if cursor.inbox_seq > inbox_last || cursor.change > change_now {
+            return Err(Error::CursorFromFuture {
+                change: cursor.change,
+                store_change: change_now,
+                inbox_seq: Some(cursor.inbox_seq),
+                store_inbox_seq: Some(inbox_last),
+            });
+        }
+        let lo = im_key(tag::INBOX, &[user, cursor.inbox_seq.saturating_add(1)], &[]);
+        let hi = im_key(tag::INBOX, &[user.saturating_add(1)], &[]);
+        let rows = self.store().scan_in(CF_IM, &lo, &hi, limit + 1)?;
+        let more = rows.len() > limit;
+        let mut inbox_seq = cursor.inbox_seq;
+        let mut messages = Vec::new();
+        for (key, value) in rows.into_iter().take(limit) {
+            inbox_seq = key_id(&key, 1)?;
+            let copy = InboxCopy::decode(&value).map_err(corrupt_value("inbox copy"))?;
+            // Nothing when retention or a clear removed the message.
+            if !copy.cleared {
+                messages.push((inbox_seq, super::view_read::copy_view(copy)));
+            }
+        }
+        Ok(UserSyncPage {
+            messages,
+            inbox_seq,
+            more,
+            remote: self.remote_views(user)?,
+        })
+    }
+
+    /// Where each of `conversations` (this shard's) stands for `user`:
+    /// the newest seq sent without write fan-out that the user may see,
+    /// if still kept. Conversations the user never was in are left out.
+    pub fn big_heads(&self, user: u64, conversations: &[u64]) -> Result<Vec<BigHead>> {
+        let mut ids = conversations.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(self
+            .memberships(user, ids)?
+            .into_iter()
+            .map(|(conversation, state, entry)| {
+                let last = state.big_last_seq.min(entry.visible_last(state.last_seq));
+                let seen =
+                    last > 0 && last >= state.first_retained() && entry.visible_count(0, last) > 0;
+                BigHead {
+                    conversation,
+                    last_seq: if seen { last } else { 0 },
+                    changed_at: state.big_changed_at,
+                }
+            })
+            .collect())
+    }
+
+    /// The sync cursor saved for a device (the default cursor if none).
+    pub fn device_cursor(&self, user: u64, device: &[u8]) -> Result<SyncCursor> {
+        match self
+            .store()
+            .get_in(CF_IM, &im_key(tag::DEVICE, &[user], device))?
+        {
+            Some(v) => SyncCursor::decode(&v).map_err(corrupt_value("sync cursor")),
+            None => Ok(SyncCursor::default()),
+        }
+    }
+
+    /// Syncs a device from its saved cursor and saves the new one (durably)
+    /// before returning: delivery is at most once per page. A device that
+    /// must not lose a page when it crashes mid-page uses [`Engine::sync`]
+    /// and saves the cursor with [`Command::SaveCursor`] once done.
+    pub fn sync_device(&self, user: u64, device: &[u8], limit: usize) -> Result<SyncPage> {
+        let cursor = self.device_cursor(user, device)?;
+        let page = self.sync(user, cursor.clone(), limit)?;
+        if page.cursor != cursor {
+            self.execute(Command::SaveCursor {
+                user,
+                device: Bytes::copy_from_slice(device),
+                cursor: page.cursor.clone(),
+            })?;
+        }
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(conversation: u64, last_seq: u64, changed_at: u64) -> BigHead {
+        BigHead {
+            conversation,
+            last_seq,
+            changed_at,
+        }
+    }
+
+    fn reported(pairs: &[(u64, u64)]) -> Vec<Advanced> {
+        pairs
+            .iter()
+            .map(|&(conversation, last_seq)| Advanced {
+                conversation,
+                last_seq,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_head_is_reported_once_per_advance() {
+        let start = SyncCursor::default();
+        let heads = vec![head(9, 4, 1), head(3, 0, 0), head(5, 2, 2)];
+        let first = finish_sync(&start, UserSyncPage::default(), heads);
+        assert_eq!(first.advanced, reported(&[(5, 2), (9, 4)]));
+        assert_eq!(first.cursor.reported, reported(&[(5, 2), (9, 4)]));
+        // Nothing moved: nothing reported, the cursor stays.
+        let heads = vec![head(5, 2, 2), head(9, 4, 1)];
+        let again = finish_sync(&first.cursor, UserSyncPage::default(), heads);
+        assert!(again.advanced.is_empty());
+        assert_eq!(again.cursor, first.cursor);
+        // One advanced; a conversation no longer asked drops out.
+        let heads = vec![head(9, 7, 3)];
+        let third = finish_sync(&first.cursor, UserSyncPage::default(), heads);
+        assert_eq!(third.advanced, reported(&[(9, 7)]));
+        assert_eq!(third.cursor.reported, reported(&[(9, 7)]));
+    }
+
+    #[test]
+    fn a_cursor_from_before_format_7_keeps_its_meaning() {
+        let old = SyncCursor {
+            inbox_seq: 3,
+            change: 10,
+            reported: Vec::new(),
+        };
+        // Advanced at change 8 (reported then) and at change 12 (not yet).
+        let heads = vec![head(1, 5, 8), head(2, 6, 12)];
+        let page = finish_sync(&old, UserSyncPage::default(), heads);
+        assert_eq!(page.advanced, reported(&[(2, 6)]));
+        assert_eq!(page.cursor.change, 0);
+        assert_eq!(page.cursor.reported, reported(&[(1, 5), (2, 6)]));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_version_1_still_reads(
+    ) -> std::result::Result<(), crate::codec::CodecError> {
+        let cursor = SyncCursor {
+            inbox_seq: 7,
+            change: 0,
+            reported: reported(&[(1, 2), (3, 4)]),
+        };
+        assert_eq!(SyncCursor::decode(&cursor.encode())?, cursor);
+        let old = crate::codec::CursorV1 {
+            inbox_seq: 5,
+            change: 9,
+        };
+        assert_eq!(SyncCursor::decode(&old.encode())?, SyncCursor::from(old));
+        let mut truncated = cursor.encode();
+        truncated.pop();
+        assert!(SyncCursor::decode(&truncated).is_err());
+        Ok(())
+    }
+}
