@@ -133,8 +133,9 @@ pub enum ShardQuery {
     BigHeads {
         /// Whose heads.
         user: u64,
-        /// Conversations of this shard.
-        conversations: Vec<u64>,
+        /// Conversations of this shard, each with the seq the user's
+        /// cursor reported it up to.
+        conversations: Vec<crate::Advanced>,
     },
     /// Where a watch's subjects stand in this shard: the users' inbox
     /// heads, the conversations to follow, and the big conversations that

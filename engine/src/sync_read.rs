@@ -6,7 +6,9 @@
 //! user's remote views ([`Engine::user_sync`]): the conversations a send
 //! can advance without a copy in the inbox. Each of those conversations'
 //! shards answers where it stands for the user ([`Engine::big_heads`]),
-//! one batched read per shard. [`finish_sync`] puts the two together
+//! one batched read per shard, and only of those whose newest message sent
+//! without copies is past what the cursor reported (a state lookup each;
+//! the member row only for those). [`finish_sync`] puts the two together
 //! against the cursor: a big conversation is reported when its head for
 //! the user is past the seq the cursor says it was reported up to. Nothing
 //! in it counts shards, so its cost grows with the user's big
@@ -50,33 +52,44 @@ pub struct BigHead {
     pub changed_at: u64,
 }
 
-/// A sync page from the user's shard's part and the heads of the user's
-/// remote conversations, against the cursor the sync started from. A head
-/// past what the cursor reported is reported; the cursor returned lists
-/// every head the user may pull, so each advance is reported once. A
-/// cursor from before data format 7 (`change` set, nothing reported) counts
-/// a conversation as reported up to its head when its last advance is at or
-/// below that change counter, which is what that cursor meant.
+/// A sync page from the user's shard's part and the heads its shards gave
+/// for the user's remote conversations ([`Engine::big_heads`]: those that
+/// may have moved past the cursor), against the cursor the sync started
+/// from. A head past what the cursor reported is reported; the cursor
+/// returned lists, for every remote conversation, the newest seq reported,
+/// so each advance is reported once. A cursor from before data format 7
+/// (`change` set, nothing reported) counts a conversation as reported up
+/// to its head when its last advance is at or below that change counter,
+/// which is what that cursor meant.
 pub fn finish_sync(from: &SyncCursor, page: UserSyncPage, mut heads: Vec<BigHead>) -> SyncPage {
     heads.sort_by_key(|h| h.conversation);
     heads.dedup_by_key(|h| h.conversation);
     let mut advanced = Vec::new();
     let mut reported = Vec::new();
-    for head in heads {
-        let mut was = from.reported_seq(head.conversation);
+    for &conversation in &page.remote {
+        let mut was = from.reported_seq(conversation);
+        // No head: it cannot have moved past what was reported.
+        let head = match heads.binary_search_by_key(&conversation, |h| h.conversation) {
+            Ok(i) => heads[i],
+            Err(_) => BigHead {
+                conversation,
+                last_seq: was,
+                changed_at: 0,
+            },
+        };
         if was == 0 && from.change > 0 && head.changed_at <= from.change {
             was = head.last_seq;
         }
         if head.last_seq > was {
             advanced.push(Advanced {
-                conversation: head.conversation,
+                conversation,
                 last_seq: head.last_seq,
             });
         }
         let now = head.last_seq.max(was);
         if now > 0 {
             reported.push(Advanced {
-                conversation: head.conversation,
+                conversation,
                 last_seq: now,
             });
         }
@@ -102,7 +115,7 @@ impl Engine {
     /// each big conversation is reported once per advance.
     pub fn sync(&self, user: u64, cursor: SyncCursor, limit: usize) -> Result<SyncPage> {
         let page = self.user_sync(user, &cursor, limit)?;
-        let heads = self.big_heads(user, &page.remote)?;
+        let heads = self.big_heads(user, &cursor.asked(&page.remote))?;
         Ok(finish_sync(&cursor, page, heads))
     }
 
@@ -142,15 +155,25 @@ impl Engine {
         })
     }
 
-    /// Where each of `conversations` (this shard's) stands for `user`:
-    /// the newest seq sent without write fan-out that the user may see,
-    /// if still kept. Conversations the user never was in are left out.
-    pub fn big_heads(&self, user: u64, conversations: &[u64]) -> Result<Vec<BigHead>> {
-        let mut ids = conversations.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
+    /// Where each of `conversations` (this shard's, each with the seq it
+    /// was reported up to) stands for `user`: the newest seq sent without
+    /// write fan-out that the user may see, if still kept. Left out: those
+    /// whose newest such message is at or below the reported seq (nothing
+    /// to report: one state lookup each), and those the user never was in.
+    pub fn big_heads(&self, user: u64, conversations: &[Advanced]) -> Result<Vec<BigHead>> {
+        let mut asked = conversations.to_vec();
+        asked.sort_unstable_by_key(|a| (a.conversation, std::cmp::Reverse(a.last_seq)));
+        asked.dedup_by_key(|a| a.conversation);
+        let ids: Vec<u64> = asked.iter().map(|a| a.conversation).collect();
+        let states = self.store().conversation_states(&ids, true)?;
+        let moved: Vec<u64> = asked
+            .iter()
+            .zip(states)
+            .filter(|(a, state)| state.big_last_seq > a.last_seq)
+            .map(|(a, _)| a.conversation)
+            .collect();
         Ok(self
-            .memberships(user, ids)?
+            .memberships(user, moved)?
             .into_iter()
             .map(|(conversation, state, entry)| {
                 let last = state.big_last_seq.min(entry.visible_last(state.last_seq));
@@ -216,21 +239,27 @@ mod tests {
             .collect()
     }
 
+    fn remote(conversations: &[u64]) -> UserSyncPage {
+        UserSyncPage {
+            remote: conversations.to_vec(),
+            ..UserSyncPage::default()
+        }
+    }
+
     #[test]
     fn a_head_is_reported_once_per_advance() {
         let start = SyncCursor::default();
         let heads = vec![head(9, 4, 1), head(3, 0, 0), head(5, 2, 2)];
-        let first = finish_sync(&start, UserSyncPage::default(), heads);
+        let first = finish_sync(&start, remote(&[3, 5, 9]), heads);
         assert_eq!(first.advanced, reported(&[(5, 2), (9, 4)]));
         assert_eq!(first.cursor.reported, reported(&[(5, 2), (9, 4)]));
-        // Nothing moved: nothing reported, the cursor stays.
-        let heads = vec![head(5, 2, 2), head(9, 4, 1)];
-        let again = finish_sync(&first.cursor, UserSyncPage::default(), heads);
+        // Nothing moved (no head given, or the same): nothing reported,
+        // the cursor stays.
+        let again = finish_sync(&first.cursor, remote(&[3, 5, 9]), vec![head(9, 4, 1)]);
         assert!(again.advanced.is_empty());
         assert_eq!(again.cursor, first.cursor);
-        // One advanced; a conversation no longer asked drops out.
-        let heads = vec![head(9, 7, 3)];
-        let third = finish_sync(&first.cursor, UserSyncPage::default(), heads);
+        // One advanced; a conversation no longer remote drops out.
+        let third = finish_sync(&first.cursor, remote(&[9]), vec![head(9, 7, 3)]);
         assert_eq!(third.advanced, reported(&[(9, 7)]));
         assert_eq!(third.cursor.reported, reported(&[(9, 7)]));
     }
@@ -244,7 +273,7 @@ mod tests {
         };
         // Advanced at change 8 (reported then) and at change 12 (not yet).
         let heads = vec![head(1, 5, 8), head(2, 6, 12)];
-        let page = finish_sync(&old, UserSyncPage::default(), heads);
+        let page = finish_sync(&old, remote(&[1, 2]), heads);
         assert_eq!(page.advanced, reported(&[(2, 6)]));
         assert_eq!(page.cursor.change, 0);
         assert_eq!(page.cursor.reported, reported(&[(1, 5), (2, 6)]));

@@ -127,7 +127,7 @@ fn snapshot(engine: &Engine) -> Result<String, Error> {
             // What the conversations' rows say: the user's views (and so
             // the list of big groups a sync asks) live in the user's
             // shard (shard 0 here, for every user).
-            engine.big_heads(user, &[1, 2, 3, GROUP])?,
+            engine.big_heads(user, &SyncCursor::default().asked(&[1, 2, 3, GROUP]))?,
             engine.summaries(user, &[1, 2, 3, GROUP], None, 10)?,
         );
     }

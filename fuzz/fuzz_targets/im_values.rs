@@ -27,7 +27,14 @@ fuzz_target!(|data: &[u8]| {
     round_trip!(codec::InboxEntry, data);
     round_trip!(codec::FriendEntry, data);
     round_trip!(codec::OverlayEntry, data);
-    round_trip!(codec::SyncCursor, data);
+    round_trip!(codec::CursorV1, data);
+    // A version 1 cursor decodes as a SyncCursor too, and re-encodes as
+    // version 2: only version 2 bytes come back the same.
+    if data.first() == Some(&codec::SYNC_CURSOR_VERSION) {
+        round_trip!(codec::SyncCursor, data);
+    } else {
+        let _ = codec::SyncCursor::decode(data);
+    }
     round_trip!(codec::UserView, data);
     let _ = codec::im_key_id(data, 0);
     let _ = codec::im_key_id(data, 2);

@@ -490,6 +490,18 @@ impl SyncCursor {
             .map_or(0, |i| self.reported[i].last_seq)
     }
 
+    /// `conversations` (ascending), each with the seq this cursor reported
+    /// it up to (0: never): what a sync asks their shards about.
+    pub fn asked(&self, conversations: &[u64]) -> Vec<Advanced> {
+        conversations
+            .iter()
+            .map(|&conversation| Advanced {
+                conversation,
+                last_seq: self.reported_seq(conversation),
+            })
+            .collect()
+    }
+
     /// Whether `reported` is strictly ascending by conversation.
     pub fn is_well_formed(&self) -> bool {
         self.reported

@@ -46,7 +46,7 @@ impl<B: Backend> ImstoreService<B> {
                 .await?
                 .pop()
                 .ok_or_else(mismatched)?;
-            let heads = self.big_heads(user, &page.remote).await?;
+            let heads = self.big_heads(user, &from.asked(&page.remote)).await?;
             let page = imstore_engine::finish_sync(&from, page, heads);
             if let Some(device) = device {
                 // Saved (durably) before the page is answered: a device
@@ -86,14 +86,22 @@ impl<B: Backend> ImstoreService<B> {
         .await
     }
 
-    /// Where each of `conversations` (the user's remote views) stands for
-    /// the user: one read per shard that holds any, at once.
+    /// Where each of `conversations` (the user's remote views, with the
+    /// seqs the cursor reported) stands for the user, when it may have
+    /// moved: one read per shard that holds any, at once.
     async fn big_heads(
         &self,
         user: u64,
-        conversations: &[u64],
+        conversations: &[imstore_engine::Advanced],
     ) -> Result<Vec<imstore_engine::BigHead>, Status> {
-        let remote = self.by_shard(conversations);
+        let count = self.backend.shard_count();
+        let mut remote: BTreeMap<u64, Vec<imstore_engine::Advanced>> = BTreeMap::new();
+        for a in conversations {
+            remote
+                .entry(imstore_engine::shard_for(a.conversation, count))
+                .or_default()
+                .push(*a);
+        }
         let shards: Vec<u64> = remote.keys().copied().collect();
         let heads = self
             .ask_shards(
