@@ -360,7 +360,7 @@ impl Engine {
             last_seq,
             last_activity_ms,
             read_seq: entry.read_seq,
-            unread: unread_of(state, entry),
+            unread: entry.unread_in(state),
             member,
             last_message: None,
         })
@@ -438,7 +438,7 @@ impl Engine {
         Ok(self
             .memberships(user, ids)?
             .iter()
-            .map(|(_, state, entry)| unread_of(state, entry))
+            .map(|(_, state, entry)| entry.unread_in(state))
             .sum())
     }
 
@@ -448,7 +448,7 @@ impl Engine {
     pub fn unread(&self, user: u64, conversation: u64) -> Result<u64> {
         let state = self.managed_state(conversation)?;
         let entry = self.viewer_entry(conversation, user)?;
-        Ok(unread_of(&state, &entry))
+        Ok(entry.unread_in(&state))
     }
 
     /// `user`'s read position in `conversation`.
@@ -603,10 +603,6 @@ fn member_of(user: u64, entry: MemberEntry) -> Member {
         intervals: entry.intervals,
         read_seq: entry.read_seq,
     }
-}
-
-fn unread_of(state: &ConversationState, entry: &MemberEntry) -> u64 {
-    entry.unread_in(state)
 }
 
 /// Where a summary sorts in a conversation list: most recent activity

@@ -145,11 +145,11 @@ pub enum ShardQuery {
         users: Vec<u64>,
         /// Conversations named by the watcher that live in this shard.
         listed: Vec<u64>,
-        /// A change counter of a cursor from before data format 7 (0
-        /// otherwise): advances at or below it are known.
-        known_change: u64,
-        /// How far the watcher knows big conversations, ascending ids.
-        reported: Vec<crate::Advanced>,
+        /// What the watcher knows of big conversations: the reported
+        /// list of its sync cursor (and, from before data format 7, a
+        /// change counter: advances at or below it are known). Its inbox
+        /// seq is not used.
+        known: SyncCursor,
     },
     /// [`Engine::outbox_backlog`]: what this shard's outbox holds, per
     /// destination shard.
@@ -333,9 +333,8 @@ impl Engine {
             ShardQuery::WatchState {
                 users,
                 listed,
-                known_change,
-                reported,
-            } => self.watch_state(&users, listed, known_change, &reported)?,
+                known,
+            } => self.watch_state(&users, listed, &known)?,
             ShardQuery::OutboxBacklog => ShardAnswer::OutboxBacklog(self.outbox_backlog()?),
             ShardQuery::OutboxRecords {
                 dest,
@@ -352,8 +351,7 @@ impl Engine {
         &self,
         users: &[u64],
         listed: Vec<u64>,
-        known_change: u64,
-        reported: &[crate::Advanced],
+        known: &SyncCursor,
     ) -> Result<ShardAnswer> {
         let mut conversations: BTreeSet<u64> = listed.into_iter().collect();
         let mut heads = Vec::with_capacity(users.len());
@@ -363,9 +361,9 @@ impl Engine {
             conversations.extend(self.conversations_of(user)?);
         }
         let now = self.change_counter();
-        if known_change > now {
+        if known.change > now {
             return Err(Error::CursorFromFuture {
-                change: known_change,
+                change: known.change,
                 store_change: now,
                 inbox_seq: None,
                 store_inbox_seq: None,
@@ -374,10 +372,7 @@ impl Engine {
         let mut advanced = Vec::new();
         for &c in &conversations {
             if let Some(a) = self.big_advance(c)? {
-                let known = reported
-                    .binary_search_by_key(&c, |r| r.conversation)
-                    .map_or(0, |i| reported[i].last_seq);
-                if a.2 > known_change && a.1 > known {
+                if a.2 > known.change && a.1 > known.reported_seq(c) {
                     advanced.push(a);
                 }
             }

@@ -162,8 +162,7 @@ impl Engine {
     /// to report: one state lookup each), and those the user never was in.
     pub fn big_heads(&self, user: u64, conversations: &[Advanced]) -> Result<Vec<BigHead>> {
         let mut asked = conversations.to_vec();
-        asked.sort_unstable_by_key(|a| (a.conversation, std::cmp::Reverse(a.last_seq)));
-        asked.dedup_by_key(|a| a.conversation);
+        SyncCursor::normalize_reported(&mut asked);
         let ids: Vec<u64> = asked.iter().map(|a| a.conversation).collect();
         let states = self.store().conversation_states(&ids, true)?;
         let moved: Vec<u64> = asked
@@ -175,15 +174,10 @@ impl Engine {
         Ok(self
             .memberships(user, moved)?
             .into_iter()
-            .map(|(conversation, state, entry)| {
-                let last = state.big_last_seq.min(entry.visible_last(state.last_seq));
-                let seen =
-                    last > 0 && last >= state.first_retained() && entry.visible_count(0, last) > 0;
-                BigHead {
-                    conversation,
-                    last_seq: if seen { last } else { 0 },
-                    changed_at: state.big_changed_at,
-                }
+            .map(|(conversation, state, entry)| BigHead {
+                conversation,
+                last_seq: entry.big_head(&state),
+                changed_at: state.big_changed_at,
             })
             .collect())
     }

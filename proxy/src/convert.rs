@@ -96,8 +96,7 @@ pub(crate) fn reported_list(list: &[pb::Advanced]) -> Result<Vec<Advanced>, Stat
             last_seq: a.last_seq,
         })
         .collect();
-    out.sort_unstable_by_key(|a| (a.conversation, std::cmp::Reverse(a.last_seq)));
-    out.dedup_by_key(|a| a.conversation);
+    SyncCursor::normalize_reported(&mut out);
     Ok(out)
 }
 

@@ -215,8 +215,28 @@ impl MemberEntry {
     /// The user's unread messages in a conversation of `state`: the seqs
     /// after the read position that they see and that are still kept.
     pub fn unread_in(&self, state: &ConversationState) -> u64 {
-        let after = self.read_seq.max(state.first_retained().saturating_sub(1));
-        self.visible_count(after, state.last_seq)
+        self.unread_kept(state.first_retained(), state.last_seq)
+    }
+
+    /// The seqs up to `last_seq` after the read position that the user
+    /// sees, from `first_retained` on.
+    pub fn unread_kept(&self, first_retained: u64, last_seq: u64) -> u64 {
+        let after = self.read_seq.max(first_retained.saturating_sub(1));
+        self.visible_count(after, last_seq)
+    }
+
+    /// The newest seq sent without write fan-out (`big_last_seq`) that
+    /// the user may see and that is still kept; 0 if none. What a sync
+    /// reports of a big conversation, and what keeps the user's view of
+    /// it remote.
+    pub fn big_head(&self, state: &ConversationState) -> u64 {
+        let last = state.big_last_seq.min(self.visible_last(state.last_seq));
+        let seen = last > 0 && last >= state.first_retained() && self.visible_count(0, last) > 0;
+        if seen {
+            last
+        } else {
+            0
+        }
     }
 
     /// How many seqs in `(after, upto]` the user sees.
@@ -500,6 +520,13 @@ impl SyncCursor {
                 last_seq: self.reported_seq(conversation),
             })
             .collect()
+    }
+
+    /// Sorts `list` by conversation, keeping one entry for each: the one
+    /// with the highest seq.
+    pub fn normalize_reported(list: &mut Vec<Advanced>) {
+        list.sort_unstable_by_key(|a| (a.conversation, std::cmp::Reverse(a.last_seq)));
+        list.dedup_by_key(|a| a.conversation);
     }
 
     /// Whether `reported` is strictly ascending by conversation.

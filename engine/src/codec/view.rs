@@ -64,11 +64,7 @@ impl UserView {
         let last_seq = entry.visible_last(state.last_seq);
         let newest = entry.newest_seen(state.last_seq);
         let newest_missing = newest > 0 && !fanned_out(newest);
-        let big_last = state.big_last_seq.min(last_seq);
-        let big_seen = big_last > 0
-            && big_last >= state.first_retained()
-            && entry.visible_count(0, big_last) > 0;
-        let remote = big_seen
+        let remote = entry.big_head(state) > 0
             || if member {
                 newest_missing || (state.last_seq > 0 && !fanned_out(state.last_seq))
             } else if newest > 0 {
@@ -101,11 +97,7 @@ impl UserView {
 
     /// Messages the user sees after the read position, still kept.
     pub fn unread(&self) -> u64 {
-        let after = self
-            .entry
-            .read_seq
-            .max(self.first_retained.saturating_sub(1));
-        self.entry.visible_count(after, self.last_seq)
+        self.entry.unread_kept(self.first_retained, self.last_seq)
     }
 
     /// Moves the read position to `read_seq` if that is further.

@@ -94,23 +94,15 @@ impl<B: Backend> ImstoreService<B> {
         user: u64,
         conversations: &[imstore_engine::Advanced],
     ) -> Result<Vec<imstore_engine::BigHead>, Status> {
-        let count = self.backend.shard_count();
-        let mut remote: BTreeMap<u64, Vec<imstore_engine::Advanced>> = BTreeMap::new();
-        for a in conversations {
-            remote
-                .entry(imstore_engine::shard_for(a.conversation, count))
-                .or_default()
-                .push(*a);
-        }
-        let shards: Vec<u64> = remote.keys().copied().collect();
         let heads = self
-            .ask_shards(
-                &shards,
-                |shard| ShardQuery::BigHeads {
+            .ask_by_shard(
+                conversations,
+                |a| a.conversation,
+                |part| ShardQuery::BigHeads {
                     user,
-                    conversations: remote.get(&shard).cloned().unwrap_or_default(),
+                    conversations: part,
                 },
-                |_, answer| match answer {
+                |answer| match answer {
                     ShardAnswer::BigHeads(heads) => Some(heads),
                     _ => None,
                 },
@@ -247,16 +239,31 @@ impl<B: Backend> ImstoreService<B> {
         imstore_engine::shard_for_user(user, self.backend.shard_count())
     }
 
-    /// `conversations` grouped by the shard that holds them, ascending.
-    fn by_shard(&self, conversations: &[u64]) -> BTreeMap<u64, Vec<u64>> {
+    /// `items` grouped by the shard of their conversation, and
+    /// `query(part)` asked of each shard that holds any, at once; each
+    /// answer through `pick` (`None`: another query's answer).
+    async fn ask_by_shard<T: Clone, A>(
+        &self,
+        items: &[T],
+        conversation: impl Fn(&T) -> u64,
+        query: impl Fn(Vec<T>) -> ShardQuery,
+        pick: impl Fn(ShardAnswer) -> Option<A>,
+    ) -> Result<Vec<A>, Status> {
         let count = self.backend.shard_count();
-        let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for &c in conversations {
-            out.entry(imstore_engine::shard_for(c, count))
+        let mut parts: BTreeMap<u64, Vec<T>> = BTreeMap::new();
+        for item in items {
+            parts
+                .entry(imstore_engine::shard_for(conversation(item), count))
                 .or_default()
-                .push(c);
+                .push(item.clone());
         }
-        out
+        let shards: Vec<u64> = parts.keys().copied().collect();
+        self.ask_shards(
+            &shards,
+            |shard| query(parts.get(&shard).cloned().unwrap_or_default()),
+            |_, answer| pick(answer),
+        )
+        .await
     }
 
     /// A page of the user's conversation list: the activity index of the
@@ -280,18 +287,17 @@ impl<B: Backend> ImstoreService<B> {
             .await?
             .pop()
             .ok_or_else(mismatched)?;
-        let remote = self.by_shard(&index.remote);
-        let shards: Vec<u64> = remote.keys().copied().collect();
         let mut pages = self
-            .ask_shards(
-                &shards,
-                |shard| ShardQuery::Summaries {
+            .ask_by_shard(
+                &index.remote,
+                |&c| c,
+                |part| ShardQuery::Summaries {
                     user,
-                    conversations: remote.get(&shard).cloned().unwrap_or_default(),
+                    conversations: part,
                     after,
                     limit,
                 },
-                |_, answer| match answer {
+                |answer| match answer {
                     ShardAnswer::List(page) => Some(page),
                     _ => None,
                 },
@@ -316,16 +322,15 @@ impl<B: Backend> ImstoreService<B> {
             .await?
             .pop()
             .ok_or_else(mismatched)?;
-        let remote = self.by_shard(&remote);
-        let shards: Vec<u64> = remote.keys().copied().collect();
         let counts = self
-            .ask_shards(
-                &shards,
-                |shard| ShardQuery::UnreadSum {
+            .ask_by_shard(
+                &remote,
+                |&c| c,
+                |part| ShardQuery::UnreadSum {
                     user,
-                    conversations: remote.get(&shard).cloned().unwrap_or_default(),
+                    conversations: part,
                 },
-                |_, answer| match answer {
+                |answer| match answer {
                     ShardAnswer::Count(n) => Some(n),
                     _ => None,
                 },

@@ -211,8 +211,7 @@ impl<B: Backend> ImstoreService<B> {
                             .copied()
                             .filter(|&c| imstore_engine::shard_for(c, count) == shard)
                             .collect(),
-                        known_change: known.change,
-                        reported: known.reported.clone(),
+                        known: known.clone(),
                     },
                     |_, answer| match answer {
                         ShardAnswer::WatchState {
