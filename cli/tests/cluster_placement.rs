@@ -374,7 +374,106 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         .map_err(|_| "no notification of the relayed shard within 30 s")??
         .ok_or("the watch ended")?;
         assert_eq!(heard.user, 1);
-        assert!(heard.inbox_seq > cursor_seq(&cursor, missing), "{heard:?}");
+        assert!(heard.inbox_seq > cursor.inbox_seq, "{heard:?}");
+        drop(stream);
+
+        // A big group (past the default fan-out threshold of 500) in the
+        // shard a node does not host, watched on that node for user 1,
+        // whose shard it does host: the watch finds the group among user
+        // 1's remote views in the user's shard, and follows the group's
+        // shard through a relay, with the group named in the relayed
+        // request.
+        let home = imstore_engine::shard_for_user(1, SHARDS);
+        let watching = (1..=NODES)
+            .find(|&n| placed(home).contains(&n))
+            .ok_or("a node hosting user 1's shard")?;
+        let away = not_hosted(watching).ok_or("a shard the node does not host")?;
+        let big = in_shard(away, 50)?;
+        let watching = addrs[watching as usize - 1];
+        on_node(watching, |mut c| async move {
+            match c
+                .create_group(pb::CreateGroupRequest {
+                    conversation: big,
+                    owner: 2,
+                    members: (1..=600).collect(),
+                })
+                .await
+            {
+                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                other => other.map(|_| ()),
+            }
+        })
+        .await?;
+        // The view reaches user 1's shard through the group's outbox.
+        let cursor = nodes::eventually_async(
+            "user 1's view of the big group to arrive",
+            Duration::from_secs(60),
+            || async move {
+                let page = sync_of(watching, 100).await.map_err(|s| s.to_string())?;
+                let cursor = page.cursor.unwrap_or_default();
+                let list = on_node(watching, |mut c| async move {
+                    c.list_conversations(pb::ListConversationsRequest {
+                        user: 1,
+                        limit: 100,
+                        ..Default::default()
+                    })
+                    .await
+                })
+                .await
+                .map_err(|s| s.to_string())?
+                .into_inner();
+                if list.conversations.iter().any(|c| c.conversation == big) {
+                    Ok(cursor)
+                } else {
+                    Err(format!("{big} not listed yet"))
+                }
+            },
+        )
+        .await?;
+        let mut watcher = ImstoreClient::connect(format!("http://{watching}")).await?;
+        let mut stream = watcher
+            .watch(pb::WatchRequest {
+                users: vec![pb::UserPosition {
+                    user: 1,
+                    inbox_seq: cursor.inbox_seq,
+                    shards: Vec::new(),
+                }],
+                reported: cursor.reported.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        on_node(through, |mut c| async move {
+            c.send(pb::SendRequest {
+                conversation: big,
+                sender: 2,
+                client_msg_id: b"big news".to_vec(),
+                payload: b"to 600".to_vec(),
+                receipt: false,
+            })
+            .await
+        })
+        .await?;
+        let heard = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.message().await?.map(|n| n.event) {
+                    Some(Some(pb::notification::Event::Conversation(a)))
+                        if a.conversation == big =>
+                    {
+                        return Ok::<_, tonic::Status>(Some(a));
+                    }
+                    Some(Some(pb::notification::Event::Resync(r))) => {
+                        return Err(tonic::Status::aborted(r.reason))
+                    }
+                    Some(_) => continue,
+                    None => return Ok(None),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no notification of the relayed big group within 30 s")??
+        .ok_or("the watch ended")?;
+        assert_eq!((heard.seq, u64::from(heard.shard)), (1, away), "{heard:?}");
         drop(stream);
 
         // Node 5 joins under load: four writers send to a group in each
@@ -629,13 +728,4 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         );
     }
     Ok(())
-}
-
-/// The inbox seq a sync cursor holds for `shard`.
-fn cursor_seq(cursor: &pb::Cursor, shard: u64) -> u64 {
-    cursor
-        .shards
-        .iter()
-        .find(|c| u64::from(c.shard) == shard)
-        .map_or(0, |c| c.inbox_seq)
 }

@@ -465,6 +465,7 @@ impl Committer {
                 .map(|(c, s)| (*c, s.big_last_seq, s.big_changed_at))
                 .collect(),
             joined: effects.joined.clone(),
+            remote_views: effects.remote_views.clone(),
             outbox: effects.outbox_written,
         });
         // The caches first: they must match the store whatever the

@@ -138,8 +138,9 @@ pub enum ShardQuery {
         conversations: Vec<crate::Advanced>,
     },
     /// Where a watch's subjects stand in this shard: the users' inbox
-    /// heads, the conversations to follow, and the big conversations that
-    /// advanced past what the watcher knows.
+    /// heads and remote views (their big conversations, wherever those
+    /// live), and the big conversations of this shard, among the listed
+    /// ones and those views, that advanced past what the watcher knows.
     WatchState {
         /// The watched users.
         users: Vec<u64>,
@@ -208,7 +209,8 @@ pub enum ShardAnswer {
     },
     /// See [`ShardQuery::WatchState`].
     WatchState {
-        /// Conversations to follow (listed ones and the users' own).
+        /// Conversations to follow: the listed ones and the users'
+        /// remote views.
         conversations: BTreeSet<u64>,
         /// Each watched user's inbox head, in the order asked.
         heads: Vec<u64>,
@@ -357,8 +359,9 @@ impl Engine {
         let mut heads = Vec::with_capacity(users.len());
         for &user in users {
             heads.push(self.inbox_head(user)?);
-            // All of them: a small group may grow past the threshold.
-            conversations.extend(self.conversations_of(user)?);
+            // Small groups notify through the inbox; a view that becomes
+            // remote later is told by a commit notice.
+            conversations.extend(self.remote_views(user)?);
         }
         let now = self.change_counter();
         if known.change > now {

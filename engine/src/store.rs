@@ -240,7 +240,12 @@ impl Store {
         if legacy {
             store.upgrade_legacy(path)?;
         }
-        store.check_format(existing, path, options.placement_shards)?;
+        store.check_format(
+            existing,
+            path,
+            options.placement_shards,
+            options.fanout_max_members,
+        )?;
         store.reload_counters()?;
         Ok(store)
     }
@@ -403,7 +408,13 @@ impl Store {
     /// one must carry it. Formats 1 and 2 were moved to format 3's layout
     /// by [`Store::open`]; formats 3 and 4 are upgraded here, one step
     /// after the other (`upgrade.rs`).
-    fn check_format(&self, existing: bool, path: &Path, placement_shards: u64) -> Result<()> {
+    fn check_format(
+        &self,
+        existing: bool,
+        path: &Path,
+        placement_shards: u64,
+        fanout_max_members: u32,
+    ) -> Result<()> {
         let meta = self.cf(CF_META)?;
         match self.db.get_cf(meta, store_wide_key(META_FORMAT_VERSION))? {
             Some(v) => {
@@ -417,7 +428,7 @@ impl Store {
                     found = upgrade::NO_VIEWS_FORMAT;
                 }
                 if found == upgrade::NO_VIEWS_FORMAT || found == upgrade::LOCAL_BIG_VIEWS_FORMAT {
-                    self.upgrade_user_views(path, placement_shards, found)?;
+                    self.upgrade_user_views(path, placement_shards, fanout_max_members, found)?;
                     found = FORMAT_VERSION;
                 }
                 if found != FORMAT_VERSION {

@@ -724,6 +724,15 @@ pub struct CommitNotice {
     /// (user, conversation) memberships opened: a subscriber watching the
     /// user follows the conversation from now on.
     pub joined: Vec<(u64, u64)>,
+    /// (user, conversation) views that became remote in this shard (the
+    /// user's) through a delivery from the conversation's shard: the user
+    /// joined a big group, or a group grew past the fan-out threshold,
+    /// some time ago. Advances of the conversation since then were not
+    /// told to a subscriber that did not follow it, so such a subscriber
+    /// must resync. (A view that becomes remote in the command that made
+    /// it so, one shard for both, is in `joined` instead: nothing came
+    /// in between.)
+    pub remote_views: Vec<(u64, u64)>,
     /// The shard wrote outbox records: effects for users of other shards
     /// wait to be delivered ([`Command::Deliver`]).
     pub outbox: bool,
@@ -735,6 +744,7 @@ impl CommitNotice {
         self.inbox_heads.is_empty()
             && self.conversations.is_empty()
             && self.joined.is_empty()
+            && self.remote_views.is_empty()
             && !self.outbox
     }
 }

@@ -24,6 +24,11 @@ pub struct Subscriber {
     users: HashSet<u64>,
     /// Grows as watched users join conversations.
     conversations: Mutex<HashSet<u64>>,
+    /// While the watch reads where things stand (`Some`): the (user,
+    /// conversation) views that became remote late, not followed then.
+    /// The read may still find and follow them; [`Subscriber::settle`]
+    /// judges them after it. Locked after `conversations`.
+    doubts: Mutex<Option<Vec<(u64, u64)>>>,
     tx: mpsc::Sender<Notification>,
     overflowed: AtomicBool,
 }
@@ -49,6 +54,23 @@ impl Subscriber {
         let before = followed.len();
         followed.extend(conversations);
         followed.len() > before
+    }
+
+    /// Ends the watch's start: from now on a late remote view that is not
+    /// followed ends the subscription at once. Returns one noted during
+    /// the start that is still not followed, if any: advances of it may
+    /// have been missed, so the watch must end with a resync.
+    pub fn settle(&self) -> Option<(u64, u64)> {
+        let followed = lock(&self.conversations);
+        let doubts = lock(&self.doubts).take().unwrap_or_default();
+        doubts.into_iter().find(|(_, c)| !followed.contains(c))
+    }
+
+    /// Ends the subscription: what is buffered is still delivered, then a
+    /// `Resync` with `reason` (or, on a full buffer, the overflow's).
+    pub fn end(&self, reason: String) {
+        self.overflowed.store(true, Ordering::Release);
+        let _ = self.tx.try_send(resync(reason));
     }
 
     /// Completes once the subscriber's stream is gone.
@@ -93,6 +115,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             users,
             conversations: Mutex::new(conversations),
+            doubts: Mutex::new(Some(Vec::new())),
             tx,
             overflowed: AtomicBool::new(false),
         });
@@ -115,12 +138,7 @@ impl Hub {
     pub fn close_all(&self, reason: &str) {
         let subscribers = std::mem::take(&mut *lock(&self.subscribers));
         for sub in subscribers {
-            sub.overflowed.store(true, Ordering::Release);
-            let _ = sub.tx.try_send(Notification {
-                event: Some(notification::Event::Resync(Resync {
-                    reason: reason.to_owned(),
-                })),
-            });
+            sub.end(reason.to_owned());
         }
     }
 
@@ -146,6 +164,19 @@ impl Hub {
                     conversations.insert(conversation);
                 }
             }
+            // A big conversation the subscriber did not follow may have
+            // advanced before its view got here: only a sync can tell
+            // (unless the watch is starting, and its read finds it).
+            for &(user, conversation) in &notice.remote_views {
+                if sub.users.contains(&user) && !conversations.contains(&conversation) {
+                    if let Some(doubts) = lock(&sub.doubts).as_mut() {
+                        doubts.push((user, conversation));
+                        continue;
+                    }
+                    sub.end(unfollowed(user, conversation));
+                    return false;
+                }
+            }
             for &(user, head) in &notice.inbox_heads {
                 if sub.users.contains(&user)
                     && !sub.offer(inbox_advanced(user, head, notice.shard.into()))
@@ -168,6 +199,15 @@ impl Hub {
             true
         });
     }
+}
+
+/// Why a watch ends when `user` got big conversation `conversation`
+/// without the watch following it.
+pub fn unfollowed(user: u64, conversation: u64) -> String {
+    format!(
+        "user {user} has a new big conversation {conversation}, which this watch did not \
+         follow; sync and watch again"
+    )
 }
 
 /// "Sync and watch again": ends the stream it is delivered on.
@@ -295,6 +335,7 @@ mod tests {
             inbox_heads: vec![(2, 5), (1, 3)],
             conversations: vec![(8, 1, 1), (9, 4, 2)],
             joined: vec![],
+            remote_views: vec![],
             outbox: false,
         });
         assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 3, 0)));
@@ -318,5 +359,55 @@ mod tests {
         let end = next(&mut stream).await.expect("a resync");
         assert!(matches!(end.event, Some(notification::Event::Resync(_))));
         assert_eq!(next(&mut stream).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_late_remote_view_not_followed_ends_the_watch_with_a_resync() {
+        let hub = Arc::new(Hub::default());
+        let (sub, mut stream) = hub.subscribe([1].into(), [9].into(), 8);
+        // While the watch starts, one not followed is noted; the start's
+        // read found it (followed now): nothing to tell.
+        hub.publish(&CommitNotice {
+            remote_views: vec![(1, 7)],
+            ..CommitNotice::default()
+        });
+        sub.follow([7]);
+        assert_eq!(sub.settle(), None);
+        // Followed already, or another user's: nothing to tell.
+        hub.publish(&CommitNotice {
+            remote_views: vec![(1, 9), (2, 5)],
+            inbox_heads: vec![(1, 4)],
+            ..CommitNotice::default()
+        });
+        assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 4, 0)));
+        // Joined in a shard this hub hears (in the same notice or before):
+        // followed from the join, so nothing was missed.
+        hub.publish(&CommitNotice {
+            joined: vec![(1, 6)],
+            remote_views: vec![(1, 6)],
+            ..CommitNotice::default()
+        });
+        assert_eq!(hub.len(), 1);
+        // Not followed: advances may have been missed.
+        hub.publish(&CommitNotice {
+            remote_views: vec![(1, 5)],
+            ..CommitNotice::default()
+        });
+        assert_eq!(hub.len(), 0, "the subscriber left the hub");
+        match next(&mut stream).await.and_then(|n| n.event) {
+            Some(notification::Event::Resync(r)) => {
+                assert!(r.reason.contains("conversation 5"), "{}", r.reason)
+            }
+            other => panic!("expected a resync, got {other:?}"),
+        }
+        assert_eq!(next(&mut stream).await, None);
+
+        // Noted while starting and not found by the start's read.
+        let (sub, _stream) = hub.subscribe([1].into(), HashSet::new(), 8);
+        hub.publish(&CommitNotice {
+            remote_views: vec![(1, 4)],
+            ..CommitNotice::default()
+        });
+        assert_eq!(sub.settle(), Some((1, 4)));
     }
 }

@@ -220,7 +220,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 user,
                 conversation,
                 view,
-            } => self.put_view(scratch, user, conversation, view)?,
+            } => self.put_view(scratch, user, conversation, view, redelivery)?,
         }
         Ok(())
     }

@@ -135,6 +135,8 @@ pub(crate) struct Pending {
     change: Option<u64>,
     /// (user, conversation) memberships opened, for push subscribers.
     joined: Vec<(u64, u64)>,
+    /// (user, conversation) views that became remote through a delivery.
+    late_remote_views: Vec<(u64, u64)>,
     /// The new inbox head of every user who got a copy.
     inbox_heads: BTreeMap<u64, u64>,
     /// Effects for users of other shards, per destination shard, written
@@ -203,6 +205,7 @@ impl Pending {
             self.change = scratch.change;
         }
         self.joined.extend(scratch.joined);
+        self.late_remote_views.extend(scratch.late_remote_views);
         for (user, head) in scratch.inbox_heads {
             let slot = self.inbox_heads.entry(user).or_default();
             *slot = (*slot).max(head);
@@ -540,6 +543,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             cleared: group.cleared,
             change: group.change,
             joined: group.joined,
+            remote_views: group.late_remote_views,
             replaced: group.replace.is_some() || group.reload,
         })
     }
@@ -557,6 +561,8 @@ pub(crate) struct GroupEffects {
     pub inbox_heads: BTreeMap<u64, u64>,
     /// (user, conversation) memberships opened.
     pub joined: Vec<(u64, u64)>,
+    /// (user, conversation) views that became remote through a delivery.
+    pub remote_views: Vec<(u64, u64)>,
     /// An outbox record was written: the shard has effects to deliver.
     pub outbox_written: bool,
     /// The whole store was replaced: every cache must go.

@@ -110,6 +110,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             &state,
             &entry,
             |seq| fanned_at(modes, seq),
+            state.member_count <= self.limits.fanout_max_members,
             former_activity_ms,
         )))
     }
@@ -133,15 +134,26 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     }
 
     /// [`Effect::View`] in the user's shard: the view replaces the one
-    /// kept, and moves in the activity index or the remote list.
+    /// kept, and moves in the activity index or the remote list. A view
+    /// that becomes remote is told to push subscribers: `delivered` (it
+    /// came through an outbox, after the change that made it) as a late
+    /// remote view, else as a conversation to follow from now on.
     pub(super) fn put_view(
         &mut self,
         scratch: &mut Pending,
         user: u64,
         conversation: u64,
         view: UserView,
+        delivered: bool,
     ) -> Result<()> {
         let old = self.view(scratch, user, conversation)?;
+        if view.remote && !old.as_ref().is_some_and(|o| o.remote) {
+            if delivered {
+                scratch.late_remote_views.push((user, conversation));
+            } else {
+                scratch.joined.push((user, conversation));
+            }
+        }
         let mut view = view;
         if let Some(old) = &old {
             // A `NoteRead` may have brought a newer read position first.

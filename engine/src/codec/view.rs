@@ -53,11 +53,17 @@ impl UserView {
     /// only while the user may see no kept message sent without copies:
     /// a sync asks the shards of remote views alone for such messages, so
     /// a group that crossed back below the threshold stays remote until a
-    /// clear removes them. Every other view is remote.
+    /// clear removes them. Every other view is remote, and so is a current
+    /// member's of a conversation with no message yet whose first send
+    /// would not fan out (`first_send_fans_out` false): created or joined
+    /// big, its view is remote from the start, so a watch follows it
+    /// before that send (a view turning remote later is told late, and
+    /// ends the watches that did not follow it).
     pub fn of(
         state: &ConversationState,
         entry: &MemberEntry,
         fanned_out: impl Fn(u64) -> bool,
+        first_send_fans_out: bool,
         former_activity_ms: u64,
     ) -> UserView {
         let member = entry.is_current();
@@ -66,7 +72,12 @@ impl UserView {
         let newest_missing = newest > 0 && !fanned_out(newest);
         let remote = entry.big_head(state) > 0
             || if member {
-                newest_missing || (state.last_seq > 0 && !fanned_out(state.last_seq))
+                newest_missing
+                    || if state.last_seq > 0 {
+                        !fanned_out(state.last_seq)
+                    } else {
+                        !first_send_fans_out
+                    }
             } else if newest > 0 {
                 newest_missing
             } else {

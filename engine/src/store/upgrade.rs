@@ -182,6 +182,7 @@ impl Store {
         &self,
         path: &Path,
         placement_shards: u64,
+        fanout_max_members: u32,
         from: u32,
     ) -> Result<()> {
         let what = if from == LOCAL_BIG_VIEWS_FORMAT {
@@ -270,6 +271,7 @@ impl Store {
                     state,
                     &entry,
                     |seq| codec::fanned_at(modes, seq),
+                    state.member_count <= fanout_max_members,
                     former_activity_ms,
                 );
                 let index = if view.remote {

@@ -3,7 +3,7 @@
 //! [`Backend::submit`] (no thread blocks on an fsync); reads run on tokio's
 //! blocking pool. Every call is timed into [`Metrics`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +26,9 @@ use crate::convert::{
     raw_message, sync_cursor, unexpected,
 };
 use crate::error::{invalid, status, to_status};
-use crate::hub::{conversation_advanced, inbox_advanced, resync, Hub, Subscriber, WatchStream};
+use crate::hub::{
+    conversation_advanced, inbox_advanced, resync, unfollowed, Hub, Subscriber, WatchStream,
+};
 use crate::{Backend, Metrics, Route};
 
 mod user;

@@ -2,6 +2,8 @@
 //! advances, served from this node's hub for the shards it hosts, and
 //! relayed from a node that hosts each other one.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::*;
 
 /// Request metadata that scopes a `Watch` to one shard, which the node must
@@ -53,7 +55,97 @@ async fn relay(
     )));
 }
 
+/// The watched users by their shard (within `scope`, when set).
+fn homes_of(users: &[u64], count: u64, scope: Option<u64>) -> BTreeMap<u64, Vec<u64>> {
+    let mut homes: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &user in users {
+        let home = imstore_engine::shard_for_user(user, count);
+        if scope.is_none_or(|s| s == home) {
+            homes.entry(home).or_default().push(user);
+        }
+    }
+    homes
+}
+
+/// The followed conversations by their shard (within `scope`, when set).
+fn by_shard_of(
+    conversations: &BTreeSet<u64>,
+    count: u64,
+    scope: Option<u64>,
+) -> BTreeMap<u64, Vec<u64>> {
+    let mut by_shard: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &c in conversations {
+        let shard = imstore_engine::shard_for(c, count);
+        if scope.is_none_or(|s| s == shard) {
+            by_shard.entry(shard).or_default().push(c);
+        }
+    }
+    by_shard
+}
+
+/// What round one of a watch found in one user shard: the users' remote
+/// views, and their inbox heads in the order asked.
+type AtHome = (BTreeSet<u64>, Vec<u64>);
+
 impl<B: Backend> ImstoreService<B> {
+    /// Round one of a watch: each shard of `homes` answers its users'
+    /// inbox heads and remote views.
+    async fn watch_homes(
+        &self,
+        homes: &BTreeMap<u64, Vec<u64>>,
+        known: &SyncCursor,
+    ) -> Result<BTreeMap<u64, AtHome>, Status> {
+        let shards: Vec<u64> = homes.keys().copied().collect();
+        let answers = self
+            .ask_shards(
+                &shards,
+                |shard| ShardQuery::WatchState {
+                    users: homes.get(&shard).cloned().unwrap_or_default(),
+                    listed: Vec::new(),
+                    known: known.clone(),
+                },
+                |_, answer| match answer {
+                    ShardAnswer::WatchState {
+                        conversations,
+                        heads,
+                        ..
+                    } => Some((conversations, heads)),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(shards.into_iter().zip(answers).collect())
+    }
+
+    /// Round two of a watch: each shard of `by_shard` this node hosts
+    /// answers which of its conversations advanced past `known` (a relayed
+    /// shard's node sends its own catch-up).
+    async fn watch_advances(
+        &self,
+        by_shard: &BTreeMap<u64, Vec<u64>>,
+        known: &SyncCursor,
+    ) -> Result<Vec<(u64, Vec<(u64, u64, u64)>)>, Status> {
+        let shards: Vec<u64> = by_shard
+            .keys()
+            .copied()
+            .filter(|&s| self.backend.hosts(s))
+            .collect();
+        let answers = self
+            .ask_shards(
+                &shards,
+                |shard| ShardQuery::WatchState {
+                    users: Vec::new(),
+                    listed: by_shard.get(&shard).cloned().unwrap_or_default(),
+                    known: known.clone(),
+                },
+                |_, answer| match answer {
+                    ShardAnswer::WatchState { advanced, .. } => Some(advanced),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(shards.into_iter().zip(answers).collect())
+    }
     /// The shared channel to the node at `address`.
     fn relay_channel(&self, address: &str) -> Result<Channel, String> {
         let mut channels = self
@@ -168,86 +260,94 @@ impl<B: Backend> ImstoreService<B> {
                     ..pb::Cursor::default()
                 },
             )?;
-            let known_inbox: Vec<(u64, u64)> =
+            let users: Vec<u64> = r.users.iter().map(|p| p.user).collect();
+            let known_inbox: HashMap<u64, u64> =
                 r.users.iter().map(|p| (p.user, p.inbox_seq)).collect();
-            let users: Vec<u64> = known_inbox.iter().map(|(u, _)| *u).collect();
-            // The shards whose commits reach this node's hub are watched
-            // here; each other one at a node hosting it, whose stream is
-            // relayed (a relayed watch is one shard's, never relayed on).
-            let (here, elsewhere): (Vec<u64>, Vec<u64>) = match scope {
-                Some(shard) if shard >= count => {
-                    return Err(invalid(format!("shard {shard} of {count}")))
+            if let Some(shard) = scope {
+                if shard >= count {
+                    return Err(invalid(format!("shard {shard} of {count}")));
                 }
-                Some(shard) if !self.backend.hosts(shard) => {
+                if !self.backend.hosts(shard) {
                     return Err(status(
                         "NOT_HOSTED",
                         format!("this node does not host shard {shard}"),
                         &[("shard", shard)],
-                    ))
+                    ));
                 }
-                Some(shard) => (vec![shard], Vec::new()),
-                None => (0..count).partition(|&shard| self.backend.hosts(shard)),
-            };
+            }
             // Subscribe before reading where things stand, so an event
             // between the read and the subscription cannot be lost (it is
             // delivered twice at worst): the users and the listed
             // conversations first. Joins after this are followed by the hub.
-            let user_set: HashSet<u64> = users.iter().copied().collect();
+            let listed: BTreeSet<u64> = r.conversations.iter().copied().collect();
             let (subscriber, stream) = self.hub.subscribe(
-                user_set,
-                r.conversations.iter().copied().collect(),
+                users.iter().copied().collect(),
+                listed.iter().copied().collect(),
                 self.limits.watch_buffer,
             );
-            // The big conversations of the watched users, and where every
-            // watched thing stands now, in each shard watched here.
-            let read_state = || {
-                self.ask_shards(
-                    &here,
-                    |shard| ShardQuery::WatchState {
-                        users: users.clone(),
-                        listed: r
-                            .conversations
-                            .iter()
-                            .copied()
-                            .filter(|&c| imstore_engine::shard_for(c, count) == shard)
-                            .collect(),
-                        known: known.clone(),
-                    },
-                    |_, answer| match answer {
-                        ShardAnswer::WatchState {
-                            conversations,
-                            heads,
-                            advanced,
-                        } => Some((conversations, heads, advanced)),
-                        _ => None,
-                    },
-                )
-            };
-            let mut per_shard = read_state().await?;
-            // Conversations first learnt from the read were not followed
-            // while it ran: read again, now that they are, so an advance in
-            // between shows in the catch-up. (Ones joined after the
-            // subscription are followed already.)
-            let learnt = per_shard.iter().flat_map(|(c, _, _)| c.iter().copied());
-            if subscriber.follow(learnt.collect::<Vec<_>>()) {
-                per_shard = read_state().await?;
+            // Round one, in the users' shards: the inbox heads, and the
+            // remote views (big conversations) to follow.
+            let homes = homes_of(&users, count, scope);
+            let at_home = self.watch_homes(&homes, &known).await?;
+            let remote: BTreeSet<u64> = at_home
+                .values()
+                .flat_map(|(conversations, _)| conversations.iter().copied())
+                .collect();
+            if scope.is_some() {
+                // A relayed watch follows what its origin found; a view
+                // that became remote since is one the origin does not
+                // follow, so advances of it would be missed there.
+                if let Some(&c) = remote.difference(&listed).next() {
+                    subscriber.end(format!(
+                        "a watched user has a new big conversation {c}; sync and watch again"
+                    ));
+                    return Ok(stream);
+                }
             }
-            for ((_, heads, advanced), &shard) in per_shard.iter().zip(&here) {
-                let label = u32::try_from(shard).unwrap_or(u32::MAX);
-                for ((user, known), head) in known_inbox.iter().zip(heads) {
-                    // Inboxes live in their users' shards alone.
-                    let home = imstore_engine::shard_for_user(*user, count) == shard;
-                    if home && *head > *known {
-                        subscriber.offer(inbox_advanced(*user, *head, label));
+            subscriber.follow(remote.iter().copied());
+            // A view that became remote while this ran is fine if the read
+            // found it (followed now, so round two catches it up).
+            if let Some((user, c)) = subscriber.settle() {
+                subscriber.end(unfollowed(user, c));
+                return Ok(stream);
+            }
+            let followed: BTreeSet<u64> = listed.union(&remote).copied().collect();
+            // Round two, in the followed conversations' shards hosted here
+            // (a relayed shard's node sends its own catch-up): their
+            // advances past what the watcher knows, read now that they are
+            // followed.
+            let by_shard = by_shard_of(&followed, count, scope);
+            let advances = self.watch_advances(&by_shard, &known).await?;
+            let label = |shard: u64| u32::try_from(shard).unwrap_or(u32::MAX);
+            for (shard, (_, heads)) in &at_home {
+                if !self.backend.hosts(*shard) {
+                    continue;
+                }
+                for (user, head) in homes.get(shard).into_iter().flatten().zip(heads) {
+                    if *head > known_inbox.get(user).copied().unwrap_or(0) {
+                        subscriber.offer(inbox_advanced(*user, *head, label(*shard)));
                     }
                 }
-                for &(c, seq, ch) in advanced {
-                    subscriber.offer(conversation_advanced(c, seq, ch, label));
+            }
+            for (shard, advanced) in advances {
+                for (c, seq, ch) in advanced {
+                    subscriber.offer(conversation_advanced(c, seq, ch, label(shard)));
                 }
             }
-            for shard in elsewhere {
-                self.watch_elsewhere(shard, &r, Arc::clone(&subscriber))
-                    .await?;
+            // Every other shard the watch needs (a user's home, a followed
+            // conversation's) is followed at a node hosting it, with the
+            // conversations this watch follows; a relayed watch is one
+            // shard's and never relayed on.
+            let needed: BTreeSet<u64> = homes.keys().chain(by_shard.keys()).copied().collect();
+            let relayed = pb::WatchRequest {
+                conversations: followed.iter().copied().collect(),
+                ..r.clone()
+            };
+            for shard in needed {
+                if !self.backend.hosts(shard) {
+                    self.watch_elsewhere(shard, &relayed, Arc::clone(&subscriber))
+                        .await?;
+                }
             }
             Ok(stream)
         })

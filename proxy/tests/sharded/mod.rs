@@ -78,12 +78,20 @@ impl Store {
 }
 
 pub async fn serve(shards: u64) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
+    serve_with(shards, Options::default()).await
+}
+
+/// [`serve`] with engine `options` (their `placement_shards` is `shards`).
+pub async fn serve_with(
+    shards: u64,
+    options: Options,
+) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
     let engine = Engine::open(
         dir.path().join("engine"),
         Options {
             placement_shards: shards,
-            ..Options::default()
+            ..options
         },
     )?;
     let hub = Arc::new(Hub::default());
