@@ -6,9 +6,11 @@
 //! leads the shard), woken by a commit that wrote outbox records
 //! ([`DeliveryWakes`]) or every [`POLL`]. Per destination shard it reads
 //! the oldest waiting records, proposes them to the destination as one
-//! [`Command::Deliver`], and once that is applied there (durable on a
-//! quorum) proposes [`Command::AckOutbox`] to the source, which deletes
-//! them. Destinations are served concurrently, each strictly in order.
+//! [`Command::Deliver`], then the records that came meanwhile, and so on;
+//! once a delivery is applied there (durable on a quorum) and nothing new
+//! came, it proposes [`Command::AckOutbox`] to the source for all of
+//! them, which deletes them. Destinations are served concurrently, each
+//! strictly in order.
 //!
 //! Crash or leader change anywhere in between: the next drainer starts
 //! again from the oldest record still in the outbox; the destination
@@ -157,12 +159,21 @@ pub async fn backlog<B: Backend + ?Sized>(
     }
 }
 
+/// Delivers `shard`'s records toward `dest` until none is left, each new
+/// batch as one `Deliver` as soon as the previous one is applied. The
+/// acknowledgement to the source waits until no new record came during
+/// the last delivery (or the read window is full of delivered ones): a
+/// busy outbox costs one `AckOutbox` per burst, not one per `Deliver`.
+/// Records delivered but not yet acknowledged are read again and
+/// skipped.
 async fn drain_to<B: Backend + ?Sized>(
     backend: &B,
     shard: u64,
     dest: u64,
     figures: &DeliveryFigures,
 ) -> Result<(), Error> {
+    // The last outbox seq this call delivered and has not acknowledged.
+    let mut unacknowledged: Option<u64> = None;
     loop {
         let query = ShardQuery::OutboxRecords {
             dest,
@@ -173,25 +184,32 @@ async fn drain_to<B: Backend + ?Sized>(
             ShardAnswer::OutboxRecords { first, records } => (first, records),
             other => return Err(unexpected(&other)),
         };
-        if records.is_empty() {
-            return Ok(());
+        let seen = unacknowledged.map_or(0, |through| (through + 1).saturating_sub(first));
+        let skip = usize::try_from(seen)
+            .unwrap_or(usize::MAX)
+            .min(records.len());
+        let fresh: Vec<_> = records.into_iter().skip(skip).collect();
+        if fresh.is_empty() {
+            match unacknowledged.take() {
+                Some(through) => {
+                    submit(backend, shard, Command::AckOutbox { dest, through }).await?;
+                    // Records may wait past a window of delivered ones.
+                    continue;
+                }
+                None => return Ok(()),
+            }
         }
-        let count = records.len() as u64;
-        let full = count >= u64::from(RECORDS_PER_DELIVERY);
+        let count = fresh.len() as u64;
+        let fresh_first = first + skip as u64;
         let deliver = Command::Deliver {
             from: shard,
-            first,
-            records,
+            first: fresh_first,
+            records: fresh,
         };
         submit(backend, dest, deliver).await?;
-        let through = first + count - 1;
-        submit(backend, shard, Command::AckOutbox { dest, through }).await?;
+        unacknowledged = Some(fresh_first + count - 1);
         figures.records.inc_by(count);
         figures.deliveries.inc();
-        if !full {
-            // More may have come meanwhile: their commit woke the drain.
-            return Ok(());
-        }
     }
 }
 
