@@ -6,11 +6,11 @@
 //! leads the shard), woken by a commit that wrote outbox records
 //! ([`DeliveryWakes`]) or every [`POLL`]. Per destination shard it reads
 //! the oldest waiting records, proposes them to the destination as one
-//! [`Command::Deliver`], then the records that came meanwhile, and so on;
-//! once a delivery is applied there (durable on a quorum) and nothing new
-//! came, it proposes [`Command::AckOutbox`] to the source for all of
-//! them, which deletes them. Destinations are served concurrently, each
-//! strictly in order.
+//! [`Command::Deliver`], then, pass after pass, the records that came
+//! meanwhile; once a delivery is applied there (durable on a quorum) and
+//! nothing new came, it proposes [`Command::AckOutbox`] to the source for
+//! all of them, which deletes them. Destinations are served concurrently,
+//! each strictly in order, one step per pass, so none waits for another.
 //!
 //! Crash or leader change anywhere in between: the next drainer starts
 //! again from the oldest record still in the outbox; the destination
@@ -99,6 +99,7 @@ async fn drain_forever<B: Backend>(
     wakes: Arc<DeliveryWakes>,
     figures: Arc<DeliveryFigures>,
 ) {
+    let mut unacknowledged = Unacknowledged::new();
     loop {
         if let Some(notify) = wakes.shards.get(shard as usize) {
             // Either wakes: a permit stored by an earlier `wake` counts.
@@ -107,41 +108,79 @@ async fn drain_forever<B: Backend>(
             tokio::time::sleep(POLL).await;
         }
         if !backend.drains(shard) {
+            unacknowledged.clear();
             continue;
         }
-        if let Err(e) = drain(&backend, shard, &figures).await {
-            figures.failures.inc();
-            tracing::debug!(shard, error = %e, "outbox delivery failed; retrying");
-            tokio::time::sleep(RETRY_AFTER).await;
-            // Try again soon, not at the next poll.
-            wakes.wake(shard);
+        match drain(&backend, shard, &figures, &mut unacknowledged).await {
+            // Delivered something: go on at once, with what came meanwhile
+            // or, when nothing did, with the acknowledgement.
+            Ok(true) => wakes.wake(shard),
+            Ok(false) => {}
+            Err(e) => {
+                figures.failures.inc();
+                tracing::debug!(shard, error = %e, "outbox delivery failed; retrying");
+                tokio::time::sleep(RETRY_AFTER).await;
+                // Try again soon, not at the next poll.
+                wakes.wake(shard);
+            }
         }
     }
 }
 
-/// Delivers everything `shard`'s outbox holds now, every destination
-/// concurrently.
+/// Per destination shard, the last outbox seq this drainer delivered and
+/// has not acknowledged to the source yet.
+pub type Unacknowledged = std::collections::HashMap<u64, u64>;
+
+/// One pass over `shard`'s outbox, every destination concurrently: each
+/// gets its records past what it was delivered as one `Deliver` or, with
+/// none new, the acknowledgement of what it was delivered
+/// (`unacknowledged`, kept across passes). A busy outbox so costs one
+/// `AckOutbox` per burst, not one per `Deliver`, and no destination waits
+/// for another's burst to end. Returns whether anything was delivered.
 pub async fn drain<B: Backend>(
     backend: &Arc<B>,
     shard: u64,
     figures: &Arc<DeliveryFigures>,
-) -> Result<(), Error> {
+    unacknowledged: &mut Unacknowledged,
+) -> Result<bool, Error> {
     let backlog = backlog(backend.as_ref(), shard).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for waiting in backlog {
         let backend = Arc::clone(backend);
         let figures = Arc::clone(figures);
-        tasks.spawn(async move { drain_to(backend.as_ref(), shard, waiting.dest, &figures).await });
+        let delivered = unacknowledged.remove(&waiting.dest);
+        tasks.spawn(async move {
+            let step = drain_to(backend.as_ref(), shard, waiting.dest, delivered, &figures).await;
+            (waiting.dest, delivered, step)
+        });
     }
-    let mut outcome = Ok(());
+    let (mut outcome, mut any) = (Ok(()), false);
     while let Some(done) = tasks.join_next().await {
-        let result =
-            done.unwrap_or_else(|e| Err(Error::Internal(format!("a delivery task failed: {e}"))));
-        if outcome.is_ok() {
-            outcome = result;
+        let (dest, before, step) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                outcome = Err(Error::Internal(format!("a delivery task failed: {e}")));
+                continue;
+            }
+        };
+        match step {
+            Ok(Some(through)) => {
+                any = true;
+                unacknowledged.insert(dest, through);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Delivered before, still unacknowledged: kept for the retry.
+                if let Some(through) = before {
+                    unacknowledged.insert(dest, through);
+                }
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
         }
     }
-    outcome
+    outcome.map(|()| any)
 }
 
 /// What `shard`'s outbox holds, per destination (this replica's applied
@@ -159,58 +198,48 @@ pub async fn backlog<B: Backend + ?Sized>(
     }
 }
 
-/// Delivers `shard`'s records toward `dest` until none is left, each new
-/// batch as one `Deliver` as soon as the previous one is applied. The
-/// acknowledgement to the source waits until no new record came during
-/// the last delivery (or the read window is full of delivered ones): a
-/// busy outbox costs one `AckOutbox` per burst, not one per `Deliver`.
-/// Records delivered but not yet acknowledged are read again and
-/// skipped.
+/// One step toward `dest`: the records past `delivered` (the last seq
+/// delivered and not acknowledged; those are read again and skipped) as
+/// one `Deliver`, returning the new last seq delivered; or, with none
+/// new, the `AckOutbox` of `delivered`, returning `None`.
 async fn drain_to<B: Backend + ?Sized>(
     backend: &B,
     shard: u64,
     dest: u64,
+    delivered: Option<u64>,
     figures: &DeliveryFigures,
-) -> Result<(), Error> {
-    // The last outbox seq this call delivered and has not acknowledged.
-    let mut unacknowledged: Option<u64> = None;
-    loop {
-        let query = ShardQuery::OutboxRecords {
-            dest,
-            limit: RECORDS_PER_DELIVERY,
-            max_bytes: BYTES_PER_DELIVERY,
-        };
-        let (first, records) = match backend.query(Route::Shard(shard), true, query).await? {
-            ShardAnswer::OutboxRecords { first, records } => (first, records),
-            other => return Err(unexpected(&other)),
-        };
-        let seen = unacknowledged.map_or(0, |through| (through + 1).saturating_sub(first));
-        let skip = usize::try_from(seen)
-            .unwrap_or(usize::MAX)
-            .min(records.len());
-        let fresh: Vec<_> = records.into_iter().skip(skip).collect();
-        if fresh.is_empty() {
-            match unacknowledged.take() {
-                Some(through) => {
-                    submit(backend, shard, Command::AckOutbox { dest, through }).await?;
-                    // Records may wait past a window of delivered ones.
-                    continue;
-                }
-                None => return Ok(()),
-            }
+) -> Result<Option<u64>, Error> {
+    let query = ShardQuery::OutboxRecords {
+        dest,
+        limit: RECORDS_PER_DELIVERY,
+        max_bytes: BYTES_PER_DELIVERY,
+    };
+    let (first, records) = match backend.query(Route::Shard(shard), true, query).await? {
+        ShardAnswer::OutboxRecords { first, records } => (first, records),
+        other => return Err(unexpected(&other)),
+    };
+    let seen = delivered.map_or(0, |through| (through + 1).saturating_sub(first));
+    let skip = usize::try_from(seen)
+        .unwrap_or(usize::MAX)
+        .min(records.len());
+    let fresh: Vec<_> = records.into_iter().skip(skip).collect();
+    if fresh.is_empty() {
+        if let Some(through) = delivered {
+            submit(backend, shard, Command::AckOutbox { dest, through }).await?;
         }
-        let count = fresh.len() as u64;
-        let fresh_first = first + skip as u64;
-        let deliver = Command::Deliver {
-            from: shard,
-            first: fresh_first,
-            records: fresh,
-        };
-        submit(backend, dest, deliver).await?;
-        unacknowledged = Some(fresh_first + count - 1);
-        figures.records.inc_by(count);
-        figures.deliveries.inc();
+        return Ok(None);
     }
+    let count = fresh.len() as u64;
+    let fresh_first = first + skip as u64;
+    let deliver = Command::Deliver {
+        from: shard,
+        first: fresh_first,
+        records: fresh,
+    };
+    submit(backend, dest, deliver).await?;
+    figures.records.inc_by(count);
+    figures.deliveries.inc();
+    Ok(Some(fresh_first + count - 1))
 }
 
 async fn submit<B: Backend + ?Sized>(
