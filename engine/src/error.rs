@@ -253,7 +253,7 @@ pub enum Error {
         reason: CodecError,
     },
     /// A stored value other than a segment (conversation state, dedup entry,
-    /// format marker) failed to decode.
+    /// format marker) failed to decode ([`corrupt_metadata`]).
     #[error("corrupt {what}: {reason}")]
     CorruptMetadata {
         /// Which kind of value.
@@ -713,6 +713,16 @@ impl From<std::io::Error> for Error {
         } else {
             Error::Storage(err.to_string())
         }
+    }
+}
+
+/// Turns a decoding failure of a stored `what` (not a segment) into
+/// [`Error::CorruptMetadata`]: the one mapping every reader and the apply
+/// step use.
+pub(crate) fn corrupt_metadata(what: &'static str) -> impl Fn(CodecError) -> Error {
+    move |reason| Error::CorruptMetadata {
+        what: what.into(),
+        reason,
     }
 }
 

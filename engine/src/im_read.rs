@@ -15,12 +15,7 @@ use crate::{
     Member, Message, MessageView, Receipts, Result,
 };
 
-pub(super) fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
-    move |reason| Error::CorruptMetadata {
-        what: what.into(),
-        reason,
-    }
-}
+pub(super) use crate::error::corrupt_metadata as corrupt_value;
 
 /// Every entry under a key prefix of the `im` column family.
 fn scan_prefix(

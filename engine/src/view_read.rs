@@ -12,12 +12,7 @@ use crate::codec::{self, activity_key, im_key, tag, InboxCopy, UserView};
 use crate::store::{decode_u64, CF_IM};
 use crate::{ConversationSummary, Error, ListCursor, Message, MessageView, Result};
 
-fn corrupt(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
-    move |reason| Error::CorruptMetadata {
-        what: what.into(),
-        reason,
-    }
-}
+use crate::error::corrupt_metadata as corrupt;
 
 /// A page of a user's conversation list as their shard holds it: the
 /// local views in list order, and every remote view's conversation.

@@ -12,15 +12,10 @@ use std::collections::BTreeMap;
 #[cfg(feature = "replication")]
 use super::image::{decode_image, decode_rows};
 use super::{CommittedState, GroupApplier, KvEntry, Pending, Space};
-use crate::codec::{self, im_key, tag, ConversationState, FriendEntry, MemberEntry, SyncCursor};
+use crate::codec::{im_key, tag, ConversationState, FriendEntry, MemberEntry, SyncCursor};
 use crate::{Command, Entity, Error, Outcome, Result};
 
-pub(super) fn corrupt_value(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
-    move |reason| Error::CorruptMetadata {
-        what: what.into(),
-        reason,
-    }
-}
+pub(super) use crate::error::corrupt_metadata as corrupt_value;
 
 impl<S: CommittedState> GroupApplier<'_, S> {
     pub(super) fn apply_im(&mut self, scratch: &mut Pending, command: &Command) -> Result<Outcome> {

@@ -42,6 +42,7 @@ use crate::codec::{
     self, im_key, tag, ConversationState, InboxCopy, InboxEntry, MemberEntry, OverlayEntry,
     UserView, FORMAT_VERSION,
 };
+use crate::error::corrupt_metadata as corrupt;
 use crate::{Error, Result};
 
 /// The format whose inbox rows are pointers.
@@ -396,13 +397,6 @@ fn mode_changes(seqs: &[u64], last_seq: u64) -> Vec<(u64, bool)> {
         out.push((next, false));
     }
     out
-}
-
-fn corrupt(what: &'static str) -> impl Fn(codec::CodecError) -> Error {
-    move |reason| Error::CorruptMetadata {
-        what: what.into(),
-        reason,
-    }
 }
 
 #[cfg(test)]
