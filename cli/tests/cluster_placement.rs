@@ -119,6 +119,35 @@ where
     nodes::retry_unavailable(|| call(client.clone())).await
 }
 
+/// The first notification of `stream` that `pick` takes (others late
+/// applies may send first are skipped), waited for at most 30 s; a
+/// resync or the end of the stream fails.
+async fn first_picked<T>(
+    stream: &mut tonic::Streaming<pb::Notification>,
+    what: &str,
+    pick: impl Fn(pb::notification::Event) -> Option<T>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let picked = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(notification) = stream.message().await? {
+            match notification.event {
+                Some(pb::notification::Event::Resync(r)) => {
+                    return Err(tonic::Status::aborted(r.reason))
+                }
+                Some(event) => {
+                    if let Some(picked) = pick(event) {
+                        return Ok(Some(picked));
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|_| format!("no notification of {what} within 30 s"))??;
+    Ok(picked.ok_or("the watch ended")?)
+}
+
 /// A conversation id in `shard`, the `nth` one.
 fn in_shard(shard: u64, nth: usize) -> Result<u64, String> {
     (1_000..100_000)
@@ -354,25 +383,11 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
         .await?;
         // Late applies of earlier writes may notify the hosted shards
         // first; the relayed one must come (bounded wait).
-        let heard = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match stream.message().await?.map(|n| n.event) {
-                    Some(Some(pb::notification::Event::Inbox(a)))
-                        if u64::from(a.shard) == missing =>
-                    {
-                        return Ok::<_, tonic::Status>(Some(a));
-                    }
-                    Some(Some(pb::notification::Event::Resync(r))) => {
-                        return Err(tonic::Status::aborted(r.reason))
-                    }
-                    Some(_) => continue,
-                    None => return Ok(None),
-                }
-            }
+        let heard = first_picked(&mut stream, "the relayed shard", |event| match event {
+            pb::notification::Event::Inbox(a) if u64::from(a.shard) == missing => Some(a),
+            _ => None,
         })
-        .await
-        .map_err(|_| "no notification of the relayed shard within 30 s")??
-        .ok_or("the watch ended")?;
+        .await?;
         assert_eq!(heard.user, 1);
         assert!(heard.inbox_seq > cursor.inbox_seq, "{heard:?}");
         drop(stream);
@@ -454,25 +469,11 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             .await
         })
         .await?;
-        let heard = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match stream.message().await?.map(|n| n.event) {
-                    Some(Some(pb::notification::Event::Conversation(a)))
-                        if a.conversation == big =>
-                    {
-                        return Ok::<_, tonic::Status>(Some(a));
-                    }
-                    Some(Some(pb::notification::Event::Resync(r))) => {
-                        return Err(tonic::Status::aborted(r.reason))
-                    }
-                    Some(_) => continue,
-                    None => return Ok(None),
-                }
-            }
+        let heard = first_picked(&mut stream, "the relayed big group", |event| match event {
+            pb::notification::Event::Conversation(a) if a.conversation == big => Some(a),
+            _ => None,
         })
-        .await
-        .map_err(|_| "no notification of the relayed big group within 30 s")??
-        .ok_or("the watch ended")?;
+        .await?;
         assert_eq!((heard.seq, u64::from(heard.shard)), (1, away), "{heard:?}");
         drop(stream);
 

@@ -55,32 +55,21 @@ async fn relay(
     )));
 }
 
-/// The watched users by their shard (within `scope`, when set).
-fn homes_of(users: &[u64], count: u64, scope: Option<u64>) -> BTreeMap<u64, Vec<u64>> {
-    let mut homes: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for &user in users {
-        let home = imstore_engine::shard_for_user(user, count);
-        if scope.is_none_or(|s| s == home) {
-            homes.entry(home).or_default().push(user);
-        }
-    }
-    homes
-}
-
-/// The followed conversations by their shard (within `scope`, when set).
-fn by_shard_of(
-    conversations: &BTreeSet<u64>,
-    count: u64,
+/// `items` (users or conversations) grouped by their shard, `shard_of`,
+/// keeping only `scope`'s when set.
+fn by_shard(
+    items: impl IntoIterator<Item = u64>,
+    shard_of: impl Fn(u64) -> u64,
     scope: Option<u64>,
 ) -> BTreeMap<u64, Vec<u64>> {
-    let mut by_shard: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for &c in conversations {
-        let shard = imstore_engine::shard_for(c, count);
+    let mut grouped: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for item in items {
+        let shard = shard_of(item);
         if scope.is_none_or(|s| s == shard) {
-            by_shard.entry(shard).or_default().push(c);
+            grouped.entry(shard).or_default().push(item);
         }
     }
-    by_shard
+    grouped
 }
 
 /// What round one of a watch found in one user shard: the users' remote
@@ -117,15 +106,15 @@ impl<B: Backend> ImstoreService<B> {
         Ok(shards.into_iter().zip(answers).collect())
     }
 
-    /// Round two of a watch: each shard of `by_shard` this node hosts
+    /// Round two of a watch: each shard of `conversations` this node hosts
     /// answers which of its conversations advanced past `known` (a relayed
     /// shard's node sends its own catch-up).
     async fn watch_advances(
         &self,
-        by_shard: &BTreeMap<u64, Vec<u64>>,
+        conversations: &BTreeMap<u64, Vec<u64>>,
         known: &SyncCursor,
     ) -> Result<Vec<(u64, Vec<(u64, u64, u64)>)>, Status> {
-        let shards: Vec<u64> = by_shard
+        let shards: Vec<u64> = conversations
             .keys()
             .copied()
             .filter(|&s| self.backend.hosts(s))
@@ -135,7 +124,7 @@ impl<B: Backend> ImstoreService<B> {
                 &shards,
                 |shard| ShardQuery::WatchState {
                     users: Vec::new(),
-                    listed: by_shard.get(&shard).cloned().unwrap_or_default(),
+                    listed: conversations.get(&shard).cloned().unwrap_or_default(),
                     known: known.clone(),
                 },
                 |_, answer| match answer {
@@ -287,7 +276,11 @@ impl<B: Backend> ImstoreService<B> {
             );
             // Round one, in the users' shards: the inbox heads, and the
             // remote views (big conversations) to follow.
-            let homes = homes_of(&users, count, scope);
+            let homes = by_shard(
+                users.iter().copied(),
+                |user| imstore_engine::shard_for_user(user, count),
+                scope,
+            );
             let at_home = self.watch_homes(&homes, &known).await?;
             let remote: BTreeSet<u64> = at_home
                 .values()
@@ -316,8 +309,12 @@ impl<B: Backend> ImstoreService<B> {
             // (a relayed shard's node sends its own catch-up): their
             // advances past what the watcher knows, read now that they are
             // followed.
-            let by_shard = by_shard_of(&followed, count, scope);
-            let advances = self.watch_advances(&by_shard, &known).await?;
+            let conversations = by_shard(
+                followed.iter().copied(),
+                |c| imstore_engine::shard_for(c, count),
+                scope,
+            );
+            let advances = self.watch_advances(&conversations, &known).await?;
             let label = |shard: u64| u32::try_from(shard).unwrap_or(u32::MAX);
             for (shard, (_, heads)) in &at_home {
                 if !self.backend.hosts(*shard) {
@@ -338,7 +335,7 @@ impl<B: Backend> ImstoreService<B> {
             // conversation's) is followed at a node hosting it, with the
             // conversations this watch follows; a relayed watch is one
             // shard's and never relayed on.
-            let needed: BTreeSet<u64> = homes.keys().chain(by_shard.keys()).copied().collect();
+            let needed: BTreeSet<u64> = homes.keys().chain(conversations.keys()).copied().collect();
             let relayed = pb::WatchRequest {
                 conversations: followed.iter().copied().collect(),
                 ..r.clone()
