@@ -2,7 +2,9 @@
 //! is cut off from both followers by the nodes' fault-injecting transport
 //! (`--fault-injection`, `SetFaults`; no real network is available). The
 //! cut-off leader cannot acknowledge a write; the majority elects a leader
-//! and goes on acknowledging; after healing, the old leader catches up and
+//! and goes on acknowledging; a linearizable read on the cut-off leader
+//! fails rather than answer stale, while one on the majority's follower
+//! sees every acknowledged send; after healing, the old leader catches up and
 //! every replica holds exactly the acknowledged sends, the minority's
 //! write nowhere.
 
@@ -93,6 +95,50 @@ fn a_cut_off_leader_cannot_acknowledge_and_the_majority_goes_on() -> TestResult 
                 .map_err(|e| e.to_string())?;
             acked.insert(id, seq);
         }
+        // Linearizable reads: the cut-off leader, which still believes it
+        // leads, must not answer from its stale state (its standing is
+        // outvoted or unconfirmed: an error, never an old page); the
+        // majority's follower sees every send the new leader acknowledged.
+        let read = |stale_ok| pb::ReadRequest {
+            conversation: GROUP,
+            from: 1,
+            limit: 10_000,
+            direction: pb::Direction::Forward as i32,
+            stale_ok,
+        };
+        let mut request = tonic::Request::new(read(false));
+        request.set_timeout(Duration::from_secs(8));
+        let stale = lonely.read(request).await;
+        assert!(
+            stale.is_err(),
+            "a leader cut off from its quorum answered a linearizable read: {:?}",
+            stale.map(|r| r.into_inner().messages.len())
+        );
+        let follower = *majority
+            .iter()
+            .find(|&&a| a != new_leader)
+            .ok_or("no follower")?;
+        let reader = ImstoreClient::connect(format!("http://{follower}")).await?;
+        let page = nodes::retry_unavailable(|| {
+            let mut reader = reader.clone();
+            async move { reader.read(read(false)).await }
+        })
+        .await?
+        .into_inner();
+        let seen: Vec<&[u8]> = page
+            .messages
+            .iter()
+            .map(|m| m.client_msg_id.as_slice())
+            .collect();
+        for i in 0..PER_PHASE {
+            let id = format!("during-{i}");
+            assert!(
+                seen.contains(&id.as_bytes()),
+                "the follower's linearizable read missed the acknowledged {id}"
+            );
+        }
+        drop(reader);
+
         let old_status = status(old_leader).await.ok_or("old leader status")?;
         assert!(
             old_status.last_applied < highest_applied(&majority).await,

@@ -61,6 +61,7 @@ mod error;
 mod figures;
 mod log_store;
 mod node;
+mod read_index;
 mod retention;
 mod shard_map;
 mod snapshot_image;

@@ -228,6 +228,13 @@ impl LogStore {
         self.put_state(KEY_VOTE, vote)
     }
 
+    /// The vote this shard's log has persisted (what the node has
+    /// promised: raft saves a vote before granting it or following a
+    /// leader), for the leadership checks of `crate::read_index`.
+    pub(crate) fn saved_vote(&self) -> StorageResult<Option<Vote<u64>>> {
+        self.get_state(KEY_VOTE)
+    }
+
     fn committed(&self) -> std::sync::MutexGuard<'_, Committed> {
         self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -54,7 +54,9 @@ pub async fn start(name: &str, shards: u64, configure: impl Fn(&mut ServerConfig
                 shards,
                 peers: peers.clone(),
                 replicas: 3,
-                heartbeat_ms: Some(100),
+                // The node's default (100 ms, 500 ms above 16 shards), as
+                // `imstore node` runs.
+                heartbeat_ms: None,
                 ..NodeConfig::new(i as u64 + 1)
             }),
             ..ServerConfig::default()

@@ -36,7 +36,15 @@ type BatchReply = tokio::sync::oneshot::Sender<Result<pb::RaftMessage, String>>;
 /// through that peer's batcher.
 #[derive(Clone, Default)]
 pub struct Peers {
-    batchers: Arc<std::sync::Mutex<BTreeMap<String, PeerBatcher>>>,
+    tasks: Arc<PeerTasks>,
+}
+
+/// Each peer's batcher tasks, by address.
+#[derive(Default)]
+struct PeerTasks {
+    batchers: std::sync::Mutex<BTreeMap<String, PeerBatcher>>,
+    /// Each peer's batcher of `ReadStandings` asks (`super::standings`).
+    askers: std::sync::Mutex<BTreeMap<String, super::standings::Asker>>,
 }
 
 impl Peers {
@@ -45,8 +53,19 @@ impl Peers {
         self.batcher(addr).map(|b| b.client)
     }
 
+    /// Each peer's batcher of `ReadStandings` asks, by address.
+    pub(super) fn askers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, super::standings::Asker>> {
+        self.tasks.askers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn batcher(&self, addr: &str) -> Option<PeerBatcher> {
-        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batchers = self
+            .tasks
+            .batchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(b) = batchers.get(addr) {
             if !b.queue.is_closed() {
                 return Some(b.clone());
@@ -175,14 +194,19 @@ pub struct GrpcLink {
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcLink;
 
+    /// Called for every replication stream, and by openraft for every
+    /// leadership check (each linearizable read on the leader), so the
+    /// link reuses the node's one connection to the peer instead of
+    /// setting up a channel (and its worker task) per call.
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcLink {
+        let batcher = self.peers.batcher(&node.addr);
         GrpcLink {
             from: self.node_id,
             shard: self.shard,
             target,
             faults: self.faults.clone(),
-            client: client_for(&node.addr),
-            batcher: self.peers.batcher(&node.addr),
+            client: batcher.as_ref().map(|b| b.client.clone()),
+            batcher,
         }
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - `client`: each peer's connection and AppendEntries batcher, and
 //!   openraft's network over them;
+//! - `standings`: each peer's batcher of `ReadStandings` calls, behind
+//!   the read index of `crate::read_index`;
 //! - `server`: the gRPC service, each message to its shard;
 //! - `admin`: membership changes, retires, the shard map, status;
 //! - `faults`: test-only partitions.
@@ -14,6 +16,7 @@ mod admin;
 mod client;
 mod faults;
 mod server;
+mod standings;
 
 pub use client::{GrpcLink, GrpcNetwork, Peers};
 pub use faults::Faults;

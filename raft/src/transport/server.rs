@@ -260,6 +260,28 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         }
     }
 
+    async fn read_standings(
+        &self,
+        request: Request<pb::ReadStandingsRequest>,
+    ) -> Result<Response<pb::ReadStandingsResponse>, Status> {
+        let r = request.into_inner();
+        self.accepting_from(r.from)?;
+        // At once: a leader's standing waits for its shard's raft core.
+        let standings = futures_util::future::join_all(r.shards.into_iter().map(|shard| {
+            let replica = self.replica(shard);
+            async move {
+                // Not hosted, or the vote unreadable: `hosted: false`,
+                // which the reader does not count.
+                match replica {
+                    Ok(replica) => replica.standing().await.unwrap_or_default(),
+                    Err(_) => pb::ReadStanding::default(),
+                }
+            }
+        }))
+        .await;
+        Ok(Response::new(pb::ReadStandingsResponse { standings }))
+    }
+
     async fn propose(
         &self,
         request: Request<pb::RaftMessage>,
