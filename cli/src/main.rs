@@ -5,10 +5,13 @@
 //! - client subcommands (`send`, `read`, `sync`, `friends`, `groups`,
 //!   `receipts`, `unread`, `conversations`, `watch`, …) against a running
 //!   server; human-readable output, `--json` for scripts.
+//! - `imstore bench`: the load generator, against `--server` or an
+//!   `imstore serve` it starts on a temporary directory.
 //! - `imstore demo`: the embedded engine, no server.
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod client;
 mod cluster;
 mod cluster_print;
@@ -24,6 +27,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use imstore_proxy::{Server, ServerConfig};
 
+/// Where a client subcommand connects without `--server`.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
 #[derive(Parser)]
 #[command(
     name = "imstore",
@@ -31,9 +37,10 @@ use imstore_proxy::{Server, ServerConfig};
     about = "A storage engine for instant-messaging timelines"
 )]
 struct Cli {
-    /// The server a client subcommand talks to.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
-    server: String,
+    /// The server a client subcommand talks to [default:
+    /// http://127.0.0.1:7070; `bench` without it starts its own].
+    #[arg(long, global = true)]
+    server: Option<String>,
     /// Print a client subcommand's result as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -95,6 +102,9 @@ enum Cmd {
         #[command(subcommand)]
         action: ops::BallastCmd,
     },
+    /// Load a server with one workload and report throughput, latency
+    /// percentiles and CPU; every acknowledgement is checked.
+    Bench(bench::BenchArgs),
     /// Write and read a few conversations in an embedded data directory.
     Demo {
         /// Data directory (created if missing).
@@ -130,16 +140,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let server = cli
+        .server
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let result = match cli.command {
+        Cmd::Bench(args) => bench::bench(args, cli.server.as_deref(), cli.json),
         Cmd::Demo { data_dir } => demo::demo(&data_dir),
         Cmd::Serve(args) => serve(args),
         Cmd::Node(args) => node::node(args),
-        Cmd::Cluster { action } => cluster::admin(action, &cli.server, cli.json),
+        Cmd::Cluster { action } => cluster::admin(action, &server, cli.json),
         Cmd::Verify {
             data_dir: Some(dir),
         } => ops::verify_offline(&dir, cli.json),
-        Cmd::Verify { data_dir: None } => ops::verify_online(&cli.server, cli.json),
-        Cmd::Backup { to } => ops::backup(&cli.server, &to, cli.json),
+        Cmd::Verify { data_dir: None } => ops::verify_online(&server, cli.json),
+        Cmd::Backup { to } => ops::backup(&server, &to, cli.json),
         Cmd::Restore {
             from,
             data_dir,
@@ -147,7 +162,7 @@ fn main() -> ExitCode {
             ..
         } => ops::restore(&from, data_dir.as_deref(), node, cli.json),
         Cmd::Ballast { action } => ops::ballast(action, cli.json),
-        Cmd::Client(cmd) => client::run(cmd, &cli.server, cli.json),
+        Cmd::Client(cmd) => client::run(cmd, &server, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

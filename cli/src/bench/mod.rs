@@ -1,0 +1,633 @@
+//! `imstore bench`: the project's load generator, in the spirit of
+//! redis-benchmark and etcd's benchmark tool. It drives one workload
+//! against a server (`--server`) or against an `imstore serve` it starts
+//! itself on a temporary directory, with C clients over K gRPC
+//! connections, in a closed loop (each client waits for its answer) or an
+//! open loop at a fixed rate (a request that could not leave on time,
+//! because every client was waiting on the server, counts its latency
+//! from its scheduled time, so a server that falls behind shows it). Latencies go
+//! into HDR histograms; the result is a table, or JSON with `--json`.
+//!
+//! Every acknowledgement is checked: a write workload reads back, after
+//! the run, each conversation's newest seq and compares it with the sends
+//! acknowledged there (fresh conversations per run: no gaps, no
+//! duplicates); a read workload checks each page's size. Errors and a
+//! failed check make the command exit non-zero.
+//!
+//! Limits: Linux only for the CPU figures (`/proc`, 10 ms ticks); the
+//! `mixed` profile, Redis comparisons and plots are not built yet
+//! (`docs/benchmarks.md`, "imstore bench").
+
+mod process;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use hdrhistogram::Histogram;
+use imstore_proto::v1 as pb;
+use imstore_proto::v1::imstore_client::ImstoreClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+type Client = ImstoreClient<Channel>;
+type Failure = Box<dyn std::error::Error>;
+
+/// Messages per `Append` while preloading a read workload.
+const PRELOAD_BATCH: u64 = 100;
+/// Latencies above this (one minute) are recorded as this.
+const MAX_MICROS: u64 = 60_000_000;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// What each request does.
+    #[arg(long, value_enum, default_value_t = Workload::Append)]
+    workload: Workload,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// gRPC connections the clients share (client i uses connection i mod K).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in all; the run ends at this or at --duration, whichever
+    /// comes first.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// Longest run, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Open loop: this many requests per second on a fixed schedule, at
+    /// most --clients in flight. Without it: a closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Conversations the requests spread over (timelines, or groups).
+    #[arg(long, default_value_t = 1_000)]
+    conversations: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// Members per group (`send`, `sync`).
+    #[arg(long, default_value_t = 8)]
+    group_size: u64,
+    /// Messages per read (`latest`, `sync`).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Messages written to each conversation before a read workload.
+    #[arg(long, default_value_t = 100)]
+    preload: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// `Append` one message to a plain timeline.
+    Append,
+    /// `Send` one message to a group of --group-size members.
+    Send,
+    /// `Read` the newest --limit messages of a timeline.
+    Latest,
+    /// `Sync` a member's inbox from the start, --limit entries.
+    Sync,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Append => "append",
+            Workload::Send => "send",
+            Workload::Latest => "latest",
+            Workload::Sync => "sync",
+        }
+    }
+
+    fn writes(self) -> bool {
+        matches!(self, Workload::Append | Workload::Send)
+    }
+}
+
+/// What one run touches: fresh conversation ids, so a write workload can
+/// check its seqs, and fresh client message ids, so no retry dedup.
+#[derive(Clone)]
+struct Plan {
+    workload: Workload,
+    run: u64,
+    first: u64,
+    conversations: u64,
+    group_size: u64,
+    limit: u32,
+    preload: u64,
+    payload: Arc<Vec<u8>>,
+}
+
+impl Plan {
+    fn conversation(&self, i: u64) -> u64 {
+        self.first + i % self.conversations
+    }
+
+    /// The members of group `conversation`: users of its own (fresh per
+    /// run too), so that a sync reads one group's inbox.
+    fn members(&self, conversation: u64) -> Vec<u64> {
+        let base = self.first + (conversation - self.first) * self.group_size;
+        (base..base + self.group_size).collect()
+    }
+
+    fn message_id(&self, i: u64) -> Vec<u8> {
+        format!("bench-{}-{i}", self.run).into_bytes()
+    }
+}
+
+/// One request's acknowledgement, checked after the run.
+#[derive(Default)]
+struct Tally {
+    /// Per conversation: sends acknowledged, and the highest seq.
+    written: BTreeMap<u64, (u64, u64)>,
+    /// Pages of the wrong size, and acknowledgements marked duplicate.
+    bad: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+pub fn bench(args: BenchArgs, server: Option<&str>, json_output: bool) -> Result<(), Failure> {
+    if args.clients == 0 || args.connections == 0 || args.conversations == 0 {
+        return Err("--clients, --connections and --conversations must be at least 1".into());
+    }
+    if args.workload != Workload::Append && args.group_size == 0 {
+        return Err("--group-size must be at least 1".into());
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a positive number of requests per second".into());
+    }
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        return Err("--duration must be a positive number of seconds".into());
+    }
+    let spawned = match server {
+        Some(_) => None,
+        None => Some(process::SpawnedServer::start()?),
+    };
+    let url = match (&spawned, server) {
+        (Some(s), _) => s.url(),
+        (None, Some(url)) => url.to_owned(),
+        (None, None) => return Err("no server".into()),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(run(&args, &url, spawned.as_ref()))?;
+    if json_output {
+        println!("{report}");
+    } else {
+        println!("{}", table(&report));
+    }
+    let failed = report["errors"].as_u64().unwrap_or(0) > 0 || report["verified"] != json!(true);
+    if failed {
+        return Err(match report["first_error"].as_str() {
+            Some(e) => format!("the run had failures (first: {e})").into(),
+            None => "the run's acknowledgements did not check out".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn run(
+    args: &BenchArgs,
+    url: &str,
+    spawned: Option<&process::SpawnedServer>,
+) -> Result<Value, Failure> {
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as u64;
+    let plan = Plan {
+        workload: args.workload,
+        run: run_id,
+        // Fresh ids per run, below 2^62 (group ids keep the top bit clear).
+        first: (run_id % 1_000_000_000_000) * 1_000 + 1_000_000_000,
+        conversations: args.conversations,
+        group_size: args.group_size,
+        limit: args.limit,
+        preload: args.preload,
+        payload: Arc::new(vec![b'x'; args.payload]),
+    };
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        channels.push(channel);
+    }
+    let mut setup = Client::new(channels[0].clone());
+    prepare(&plan, &mut setup).await?;
+
+    let progress = indicatif::ProgressBar::new(args.requests);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed} {pos}/{len} requests, {per_sec} {wide_msg}",
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let client_cpu = process::cpu_seconds(std::process::id());
+    let server_cpu = spawned.and_then(|s| process::cpu_seconds(s.pid()));
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..args.clients {
+        let client = Client::new(channels[c % channels.len()].clone());
+        let (plan, next, progress) = (plan.clone(), Arc::clone(&next), progress.clone());
+        let (requests, rate) = (args.requests, args.rate);
+        tasks.spawn(async move {
+            drive(
+                client, plan, next, requests, rate, started, deadline, progress,
+            )
+            .await
+        });
+    }
+    let mut histogram = new_histogram()?;
+    let mut tally = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        let (h, t) = done.map_err(|e| format!("a client task failed: {e}"))??;
+        histogram.add(&h).map_err(|e| e.to_string())?;
+        merge(&mut tally, t);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let client_cpu = delta(process::cpu_seconds(std::process::id()), client_cpu);
+    let server_cpu = delta(
+        spawned.and_then(|s| process::cpu_seconds(s.pid())),
+        server_cpu,
+    );
+    let verified = verify(&mut setup, &tally).await?;
+    let ok = histogram.len() - tally.errors.min(histogram.len());
+    let per_request = |cpu: Option<f64>| {
+        cpu.filter(|_| !histogram.is_empty())
+            .map(|c| c * 1e6 / histogram.len() as f64)
+    };
+    Ok(json!({
+        "workload": args.workload.name(),
+        "server": url,
+        "spawned": spawned.is_some(),
+        "clients": args.clients,
+        "connections": args.connections,
+        "loop": if args.rate.is_some() { "open" } else { "closed" },
+        "rate": args.rate,
+        "conversations": args.conversations,
+        "payload_bytes": args.payload,
+        "requests": histogram.len(),
+        "ok": ok,
+        "errors": tally.errors,
+        "first_error": tally.first_error,
+        "seconds": seconds,
+        "per_second": ok as f64 / seconds.max(1e-9),
+        "latency_ms": {
+            "p50": ms(histogram.value_at_quantile(0.50)),
+            "p99": ms(histogram.value_at_quantile(0.99)),
+            "p99_9": ms(histogram.value_at_quantile(0.999)),
+            "max": ms(histogram.max()),
+            "mean": histogram.mean() / 1_000.0,
+        },
+        "client_cpu_seconds": client_cpu,
+        "server_cpu_seconds": server_cpu,
+        "client_cpu_us_per_request": per_request(client_cpu),
+        "server_cpu_us_per_request": per_request(server_cpu),
+        "verified": verified,
+    }))
+}
+
+fn new_histogram() -> Result<Histogram<u64>, Failure> {
+    Ok(Histogram::new_with_bounds(1, MAX_MICROS, 3).map_err(|e| e.to_string())?)
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1_000.0
+}
+
+fn delta(after: Option<f64>, before: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
+}
+
+fn merge(into: &mut Tally, from: Tally) {
+    for (conversation, (count, seq)) in from.written {
+        let entry = into.written.entry(conversation).or_default();
+        entry.0 += count;
+        entry.1 = entry.1.max(seq);
+    }
+    into.bad += from.bad;
+    into.errors += from.errors;
+    if into.first_error.is_none() {
+        into.first_error = from.first_error;
+    }
+}
+
+/// One client's loop: takes the next request number until the count or
+/// the deadline is reached.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    mut client: Client,
+    plan: Plan,
+    next: Arc<AtomicU64>,
+    requests: u64,
+    rate: Option<f64>,
+    started: Instant,
+    deadline: Instant,
+    progress: indicatif::ProgressBar,
+) -> Result<(Histogram<u64>, Tally), String> {
+    let mut histogram = new_histogram().map_err(|e| e.to_string())?;
+    let mut tally = Tally::default();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= requests || Instant::now() >= deadline {
+            break;
+        }
+        let began = match rate {
+            Some(rate) => {
+                let at = started + Duration::from_secs_f64(i as f64 / rate);
+                if at >= deadline {
+                    break;
+                }
+                if at > Instant::now() {
+                    // On time: counted from when the timer woke it (tokio's
+                    // timer is coarse, up to a millisecond late: that is
+                    // this client's lateness, not the server's).
+                    tokio::time::sleep_until(at.into()).await;
+                    Instant::now()
+                } else {
+                    // Behind schedule (every client was busy waiting for
+                    // the server): counted from the scheduled time, so a
+                    // server that falls behind shows it.
+                    at
+                }
+            }
+            None => Instant::now(),
+        };
+        let answer = request(&mut client, &plan, i).await;
+        let micros = (began.elapsed().as_micros() as u64).clamp(1, MAX_MICROS);
+        histogram.record(micros).map_err(|e| e.to_string())?;
+        match answer {
+            Ok(Ack::Written {
+                conversation,
+                seq,
+                duplicate,
+            }) => {
+                let entry = tally.written.entry(conversation).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.max(seq);
+                tally.bad += u64::from(duplicate);
+            }
+            Ok(Ack::Page { len, expected }) => tally.bad += u64::from(len != expected),
+            Err(status) => {
+                tally.errors += 1;
+                if tally.first_error.is_none() {
+                    tally.first_error = Some(crate::status_text(&status));
+                }
+            }
+        }
+        progress.inc(1);
+    }
+    Ok((histogram, tally))
+}
+
+enum Ack {
+    Written {
+        conversation: u64,
+        seq: u64,
+        duplicate: bool,
+    },
+    Page {
+        len: usize,
+        expected: usize,
+    },
+}
+
+async fn request(client: &mut Client, plan: &Plan, i: u64) -> Result<Ack, tonic::Status> {
+    let conversation = plan.conversation(i);
+    match plan.workload {
+        Workload::Append => {
+            let answer = client
+                .append(pb::AppendRequest {
+                    messages: vec![pb::NewMessage {
+                        conversation,
+                        sender: 1,
+                        client_msg_id: plan.message_id(i),
+                        payload: plan.payload.to_vec(),
+                    }],
+                })
+                .await?
+                .into_inner();
+            let first = answer.results.first().ok_or_else(|| {
+                tonic::Status::internal("an Append answered no result for its message")
+            })?;
+            Ok(Ack::Written {
+                conversation,
+                seq: first.seq,
+                duplicate: first.duplicate,
+            })
+        }
+        Workload::Send => {
+            let members = plan.members(conversation);
+            let sender = members[(i / plan.conversations) as usize % members.len()];
+            let answer = client
+                .send(pb::SendRequest {
+                    conversation,
+                    sender,
+                    client_msg_id: plan.message_id(i),
+                    payload: plan.payload.to_vec(),
+                    receipt: false,
+                })
+                .await?
+                .into_inner();
+            Ok(Ack::Written {
+                conversation,
+                seq: answer.seq,
+                duplicate: answer.duplicate,
+            })
+        }
+        Workload::Latest => {
+            let page = client
+                .read(pb::ReadRequest {
+                    conversation,
+                    from: u64::MAX,
+                    limit: plan.limit,
+                    direction: pb::Direction::Backward as i32,
+                    stale_ok: false,
+                })
+                .await?
+                .into_inner();
+            Ok(Ack::Page {
+                len: page.messages.len(),
+                expected: plan.preload.min(u64::from(plan.limit)) as usize,
+            })
+        }
+        Workload::Sync => {
+            let members = plan.members(conversation);
+            let user = members[(i / plan.conversations) as usize % members.len()];
+            let page = client
+                .sync(pb::SyncRequest {
+                    user,
+                    limit: plan.limit,
+                    from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
+                })
+                .await?
+                .into_inner();
+            // A member of one group, which holds `preload` messages (or,
+            // with read fan-out, reports it advanced instead).
+            let len = page.entries.len() + page.advanced.len();
+            let expected = if page.advanced.is_empty() {
+                plan.preload.min(u64::from(plan.limit)) as usize
+            } else {
+                1
+            };
+            Ok(Ack::Page { len, expected })
+        }
+    }
+}
+
+/// Creates the groups of `send` and `sync`, and preloads the read
+/// workloads' conversations.
+async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
+    let groups = matches!(plan.workload, Workload::Send | Workload::Sync);
+    let preload = !plan.workload.writes();
+    let setup = indicatif::ProgressBar::new(plan.conversations);
+    setup.set_message("preparing");
+    for j in 0..plan.conversations {
+        let conversation = plan.first + j;
+        let members = plan.members(conversation);
+        if groups {
+            client
+                .create_group(pb::CreateGroupRequest {
+                    conversation,
+                    owner: members[0],
+                    members: members.clone(),
+                })
+                .await?;
+        }
+        if preload {
+            let mut written = 0;
+            while written < plan.preload {
+                let batch = (plan.preload - written).min(PRELOAD_BATCH);
+                let messages = (written..written + batch).map(|k| pb::NewMessage {
+                    conversation,
+                    sender: members[0],
+                    client_msg_id: format!("preload-{}-{k}", plan.run).into_bytes(),
+                    payload: plan.payload.to_vec(),
+                });
+                if groups {
+                    for m in messages {
+                        client
+                            .send(pb::SendRequest {
+                                conversation: m.conversation,
+                                sender: m.sender,
+                                client_msg_id: m.client_msg_id,
+                                payload: m.payload,
+                                receipt: false,
+                            })
+                            .await?;
+                    }
+                } else {
+                    client
+                        .append(pb::AppendRequest {
+                            messages: messages.collect(),
+                        })
+                        .await?;
+                }
+                written += batch;
+            }
+        }
+        setup.inc(1);
+    }
+    if plan.workload == Workload::Sync {
+        delivered(plan, client).await?;
+    }
+    setup.finish_and_clear();
+    Ok(())
+}
+
+/// Waits (at most 60 s) until every member's inbox holds what a sync
+/// workload expects: copies reach inboxes through the outbox, a moment
+/// after the send is acknowledged.
+async fn delivered(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for j in 0..plan.conversations {
+        for k in 0..plan.group_size {
+            // The request number whose sync is member k's of group j.
+            let i = j + plan.conversations * k;
+            loop {
+                if let Ack::Page { len, expected } = request(client, plan, i).await? {
+                    if len == expected {
+                        break;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "the inboxes of group {}'s members were not filled within 60 s",
+                        plan.first + j
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a write workload: each conversation's newest seq is the count
+/// of sends acknowledged there (fresh conversations: seqs 1, 2, 3, …),
+/// and nothing came back marked a duplicate. After a read workload: every
+/// page had its expected size.
+async fn verify(client: &mut Client, tally: &Tally) -> Result<bool, Failure> {
+    if tally.bad > 0 {
+        return Ok(false);
+    }
+    for (&conversation, &(count, highest)) in &tally.written {
+        let page = client
+            .read(pb::ReadRequest {
+                conversation,
+                from: u64::MAX,
+                limit: 1,
+                direction: pb::Direction::Backward as i32,
+                stale_ok: false,
+            })
+            .await?
+            .into_inner();
+        let newest = page.messages.first().map_or(0, |m| m.seq);
+        if newest != count || highest != count {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn table(report: &Value) -> String {
+    let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+    let us = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.1} µs"));
+    let l = &report["latency_ms"];
+    format!(
+        "workload   {} ({} loop), {} clients over {} connections, {}\n\
+         requests   {} ok, {} errors in {:.2} s: {:.0}/s\n\
+         latency    p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms\n\
+         cpu        client {} s ({}/request), server {} s ({}/request)\n\
+         verified   {}",
+        report["workload"].as_str().unwrap_or("?"),
+        report["loop"].as_str().unwrap_or("?"),
+        report["clients"],
+        report["connections"],
+        report["server"].as_str().unwrap_or("?"),
+        report["ok"],
+        report["errors"],
+        report["seconds"].as_f64().unwrap_or(0.0),
+        report["per_second"].as_f64().unwrap_or(0.0),
+        f(&l["p50"]),
+        f(&l["p99"]),
+        f(&l["p99_9"]),
+        f(&l["max"]),
+        f(&report["client_cpu_seconds"]),
+        us(&report["client_cpu_us_per_request"]),
+        f(&report["server_cpu_seconds"]),
+        us(&report["server_cpu_us_per_request"]),
+        if report["verified"] == json!(true) {
+            "every acknowledgement checked"
+        } else {
+            "FAILED: see the errors above"
+        },
+    )
+}
