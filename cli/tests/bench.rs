@@ -41,7 +41,7 @@ fn check_report(stdout: &str, workload: &str) -> TestResult {
 #[test]
 fn every_workload_runs_against_a_server_it_starts_and_checks_out() -> TestResult {
     let requests = REQUESTS.to_string();
-    for workload in ["append", "send", "latest", "sync"] {
+    for workload in ["append", "send", "latest", "sync", "mixed"] {
         let (ok, stdout, stderr) = bench(&[
             "--workload",
             workload,

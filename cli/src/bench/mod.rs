@@ -14,9 +14,9 @@
 //! duplicates); a read workload checks each page's size. Errors and a
 //! failed check make the command exit non-zero.
 //!
-//! Limits: Linux only for the CPU figures (`/proc`, 10 ms ticks); the
-//! `mixed` profile, Redis comparisons and plots are not built yet
-//! (`docs/benchmarks.md`, "imstore bench").
+//! Limits: Linux only for the CPU figures (`/proc`, 10 ms ticks); Redis
+//! comparisons and plots are not built yet (`docs/benchmarks.md`,
+//! "imstore bench").
 
 mod process;
 
@@ -89,6 +89,11 @@ pub enum Workload {
     Latest,
     /// `Sync` a member's inbox from the start, --limit entries.
     Sync,
+    /// An IM server's mix, over groups of --group-size: of every 20
+    /// requests, 8 sends, 6 syncs from the start, 3 mark-reads (up to the
+    /// newest seq this client saw acknowledged there) and 3 first pages of
+    /// the conversation list (20 rows).
+    Mixed,
 }
 
 impl Workload {
@@ -98,11 +103,12 @@ impl Workload {
             Workload::Send => "send",
             Workload::Latest => "latest",
             Workload::Sync => "sync",
+            Workload::Mixed => "mixed",
         }
     }
 
     fn writes(self) -> bool {
-        matches!(self, Workload::Append | Workload::Send)
+        matches!(self, Workload::Append | Workload::Send | Workload::Mixed)
     }
 }
 
@@ -359,7 +365,7 @@ async fn drive(
             }
             None => Instant::now(),
         };
-        let answer = request(&mut client, &plan, i).await;
+        let answer = request(&mut client, &plan, i, &tally).await;
         let micros = (began.elapsed().as_micros() as u64).clamp(1, MAX_MICROS);
         histogram.record(micros).map_err(|e| e.to_string())?;
         match answer {
@@ -374,6 +380,7 @@ async fn drive(
                 tally.bad += u64::from(duplicate);
             }
             Ok(Ack::Page { len, expected }) => tally.bad += u64::from(len != expected),
+            Ok(Ack::Read) => {}
             Err(status) => {
                 tally.errors += 1;
                 if tally.first_error.is_none() {
@@ -396,10 +403,23 @@ enum Ack {
         len: usize,
         expected: usize,
     },
+    /// A read whose answer has no expected size (the mixed profile's).
+    Read,
 }
 
-async fn request(client: &mut Client, plan: &Plan, i: u64) -> Result<Ack, tonic::Status> {
+async fn request(
+    client: &mut Client,
+    plan: &Plan,
+    i: u64,
+    seen: &Tally,
+) -> Result<Ack, tonic::Status> {
     let conversation = plan.conversation(i);
+    let members = plan.members(conversation);
+    // Request i's member: each conversation's members take turns.
+    let member = members
+        .get((i / plan.conversations) as usize % members.len().max(1))
+        .copied()
+        .unwrap_or(1);
     match plan.workload {
         Workload::Append => {
             let answer = client
@@ -422,25 +442,43 @@ async fn request(client: &mut Client, plan: &Plan, i: u64) -> Result<Ack, tonic:
                 duplicate: first.duplicate,
             })
         }
-        Workload::Send => {
-            let members = plan.members(conversation);
-            let sender = members[(i / plan.conversations) as usize % members.len()];
-            let answer = client
-                .send(pb::SendRequest {
-                    conversation,
-                    sender,
-                    client_msg_id: plan.message_id(i),
-                    payload: plan.payload.to_vec(),
-                    receipt: false,
-                })
-                .await?
-                .into_inner();
-            Ok(Ack::Written {
-                conversation,
-                seq: answer.seq,
-                duplicate: answer.duplicate,
-            })
-        }
+        Workload::Send => send(client, plan, i, conversation, member).await,
+        // The operation by a hash of i, not i mod 20: the conversation is
+        // i mod --conversations, which the operation must not follow.
+        Workload::Mixed => match (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 20 {
+            0..8 => send(client, plan, i, conversation, member).await,
+            14..17 if seen.written.contains_key(&conversation) => {
+                let up_to = seen.written.get(&conversation).map_or(0, |w| w.1);
+                client
+                    .mark_read(pb::MarkReadRequest {
+                        user: member,
+                        conversation,
+                        up_to,
+                    })
+                    .await?;
+                Ok(Ack::Read)
+            }
+            17..20 => {
+                client
+                    .list_conversations(pb::ListConversationsRequest {
+                        user: member,
+                        after: None,
+                        limit: 20,
+                    })
+                    .await?;
+                Ok(Ack::Read)
+            }
+            _ => {
+                client
+                    .sync(pb::SyncRequest {
+                        user: member,
+                        limit: plan.limit,
+                        from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
+                    })
+                    .await?;
+                Ok(Ack::Read)
+            }
+        },
         Workload::Latest => {
             let page = client
                 .read(pb::ReadRequest {
@@ -458,11 +496,9 @@ async fn request(client: &mut Client, plan: &Plan, i: u64) -> Result<Ack, tonic:
             })
         }
         Workload::Sync => {
-            let members = plan.members(conversation);
-            let user = members[(i / plan.conversations) as usize % members.len()];
             let page = client
                 .sync(pb::SyncRequest {
-                    user,
+                    user: member,
                     limit: plan.limit,
                     from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
                 })
@@ -481,10 +517,38 @@ async fn request(client: &mut Client, plan: &Plan, i: u64) -> Result<Ack, tonic:
     }
 }
 
-/// Creates the groups of `send` and `sync`, and preloads the read
+/// One `Send` of request `i` by `sender`.
+async fn send(
+    client: &mut Client,
+    plan: &Plan,
+    i: u64,
+    conversation: u64,
+    sender: u64,
+) -> Result<Ack, tonic::Status> {
+    let answer = client
+        .send(pb::SendRequest {
+            conversation,
+            sender,
+            client_msg_id: plan.message_id(i),
+            payload: plan.payload.to_vec(),
+            receipt: false,
+        })
+        .await?
+        .into_inner();
+    Ok(Ack::Written {
+        conversation,
+        seq: answer.seq,
+        duplicate: answer.duplicate,
+    })
+}
+
+/// Creates the groups of `send`, `sync` and `mixed`, and preloads the read
 /// workloads' conversations.
 async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
-    let groups = matches!(plan.workload, Workload::Send | Workload::Sync);
+    let groups = matches!(
+        plan.workload,
+        Workload::Send | Workload::Sync | Workload::Mixed
+    );
     let preload = !plan.workload.writes();
     let setup = indicatif::ProgressBar::new(plan.conversations);
     setup.set_message("preparing");
@@ -551,7 +615,8 @@ async fn delivered(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
             // The request number whose sync is member k's of group j.
             let i = j + plan.conversations * k;
             loop {
-                if let Ack::Page { len, expected } = request(client, plan, i).await? {
+                let ack = request(client, plan, i, &Tally::default()).await?;
+                if let Ack::Page { len, expected } = ack {
                     if len == expected {
                         break;
                     }
