@@ -104,3 +104,132 @@ fn it_runs_against_a_running_server_and_refuses_bad_arguments() -> TestResult {
     assert!(!ok && stderr.contains("cannot reach"), "{stderr}");
     Ok(())
 }
+
+/// A stand-in for Redis that speaks just enough RESP (XADD, XLEN,
+/// XREVRANGE) for `--against`: CI has no redis-server (`dev/bench-redis`
+/// installs one for the real comparison). Streams live in memory.
+mod fake_redis {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    type Streams = Arc<Mutex<HashMap<Vec<u8>, Vec<Vec<u8>>>>>;
+
+    /// Serves until the process ends (the test's threads die with it).
+    pub fn start() -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let streams = Streams::default();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let streams = Arc::clone(&streams);
+                std::thread::spawn(move || serve(conn, streams));
+            }
+        });
+        Ok(addr)
+    }
+
+    fn serve(conn: TcpStream, streams: Streams) -> std::io::Result<()> {
+        let mut out = conn.try_clone()?;
+        let mut reader = BufReader::new(conn);
+        loop {
+            let Some(args) = command(&mut reader)? else {
+                return Ok(());
+            };
+            let mut streams = streams.lock().unwrap_or_else(|p| p.into_inner());
+            let reply = match args.first().map(Vec::as_slice) {
+                Some(b"XADD") if args.len() == 5 => {
+                    let entries = streams.entry(args[1].clone()).or_default();
+                    entries.push(args[4].clone());
+                    let id = format!("{}-0", entries.len());
+                    format!("${}\r\n{id}\r\n", id.len()).into_bytes()
+                }
+                Some(b"XLEN") if args.len() == 2 => {
+                    let len = streams.get(&args[1]).map_or(0, Vec::len);
+                    format!(":{len}\r\n").into_bytes()
+                }
+                Some(b"XREVRANGE") if args.len() == 6 => {
+                    let count: usize = String::from_utf8_lossy(&args[5]).parse().unwrap_or(0);
+                    let entries = streams.get(&args[1]).cloned().unwrap_or_default();
+                    let newest: Vec<_> = entries.iter().enumerate().rev().take(count).collect();
+                    let mut reply = format!("*{}\r\n", newest.len()).into_bytes();
+                    for (i, payload) in newest {
+                        let id = format!("{}-0", i + 1);
+                        reply.extend(
+                            format!("*2\r\n${}\r\n{id}\r\n*2\r\n$1\r\nm\r\n", id.len()).bytes(),
+                        );
+                        reply.extend(format!("${}\r\n", payload.len()).bytes());
+                        reply.extend(payload);
+                        reply.extend(b"\r\n");
+                    }
+                    reply
+                }
+                _ => b"-ERR unknown command\r\n".to_vec(),
+            };
+            drop(streams);
+            out.write_all(&reply)?;
+        }
+    }
+
+    /// One command: an array of bulk strings; `None` at the end.
+    fn command(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        let bad = || std::io::Error::other("not RESP");
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let count: usize = line
+            .trim()
+            .strip_prefix('*')
+            .ok_or_else(bad)?
+            .parse()
+            .map_err(|_| bad())?;
+        let mut args = Vec::with_capacity(count);
+        for _ in 0..count {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let len: usize = line
+                .trim()
+                .strip_prefix('$')
+                .ok_or_else(bad)?
+                .parse()
+                .map_err(|_| bad())?;
+            let mut arg = vec![0; len + 2];
+            reader.read_exact(&mut arg)?;
+            arg.truncate(len);
+            args.push(arg);
+        }
+        Ok(Some(args))
+    }
+}
+
+#[test]
+fn against_redis_it_drives_streams_with_the_same_checks() -> TestResult {
+    let redis = format!("redis://{}", fake_redis::start()?);
+    let requests = REQUESTS.to_string();
+    for workload in ["append", "latest"] {
+        let (ok, stdout, stderr) = bench(&[
+            "--against",
+            &redis,
+            "--workload",
+            workload,
+            "--requests",
+            &requests,
+            "--conversations",
+            "20",
+            "--preload",
+            "60",
+            "--clients",
+            "4",
+            "--json",
+        ])?;
+        assert!(ok, "{workload}: {stderr}");
+        check_report(&stdout, workload)?;
+        let report: serde_json::Value = serde_json::from_str(stdout.trim())?;
+        assert_eq!(report["target"], "redis");
+    }
+    let (ok, _, stderr) = bench(&["--against", &redis, "--workload", "sync"])?;
+    assert!(!ok && stderr.contains("append and latest"), "{stderr}");
+    Ok(())
+}

@@ -14,11 +14,15 @@
 //! duplicates); a read workload checks each page's size. Errors and a
 //! failed check make the command exit non-zero.
 //!
-//! Limits: Linux only for the CPU figures (`/proc`, 10 ms ticks); Redis
-//! comparisons and plots are not built yet (`docs/benchmarks.md`,
-//! "imstore bench").
+//! `--against redis://HOST:PORT` runs `append` and `latest` on Redis
+//! streams with the same driver (`resp`), for the side-by-side of
+//! `dev/bench-redis`.
+//!
+//! Limits: Linux only for the CPU figures (`/proc`, 10 ms ticks); no plots
+//! yet (`docs/benchmarks.md`, "imstore bench").
 
 mod process;
+mod resp;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +81,15 @@ pub struct BenchArgs {
     /// Messages written to each conversation before a read workload.
     #[arg(long, default_value_t = 100)]
     preload: u64,
+    /// Run the comparable workload on Redis streams instead (`append`:
+    /// XADD, `latest`: XREVRANGE … COUNT --limit), with the same driver:
+    /// `redis://HOST:PORT`. Each client has a connection of its own.
+    #[arg(long, value_name = "URL")]
+    against: Option<String>,
+    /// Report this process's CPU as the server's (a server the bench did
+    /// not start: a Redis, or an `imstore serve` on this machine).
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -167,17 +180,22 @@ pub fn bench(args: BenchArgs, server: Option<&str>, json_output: bool) -> Result
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         return Err("--duration must be a positive number of seconds".into());
     }
-    let spawned = match server {
-        Some(_) => None,
-        None => Some(process::SpawnedServer::start()?),
+    if args.against.is_some() && !matches!(args.workload, Workload::Append | Workload::Latest) {
+        return Err("--against redis runs the append and latest workloads only".into());
+    }
+    let spawned = match (server, &args.against) {
+        (None, None) => Some(process::SpawnedServer::start()?),
+        _ => None,
     };
-    let url = match (&spawned, server) {
-        (Some(s), _) => s.url(),
-        (None, Some(url)) => url.to_owned(),
-        (None, None) => return Err("no server".into()),
+    let url = match (&spawned, &args.against, server) {
+        (_, Some(redis), _) => redis.clone(),
+        (Some(s), None, _) => s.url(),
+        (None, None, Some(url)) => url.to_owned(),
+        (None, None, None) => return Err("no server".into()),
     };
+    let server_pid = args.server_pid.or(spawned.as_ref().map(|s| s.pid()));
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(run(&args, &url, spawned.as_ref()))?;
+    let report = runtime.block_on(run(&args, &url, spawned.is_some(), server_pid))?;
     if json_output {
         println!("{report}");
     } else {
@@ -196,7 +214,8 @@ pub fn bench(args: BenchArgs, server: Option<&str>, json_output: bool) -> Result
 async fn run(
     args: &BenchArgs,
     url: &str,
-    spawned: Option<&process::SpawnedServer>,
+    spawned: bool,
+    server_pid: Option<u32>,
 ) -> Result<Value, Failure> {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -212,17 +231,33 @@ async fn run(
         preload: args.preload,
         payload: Arc::new(vec![b'x'; args.payload]),
     };
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
-        channels.push(channel);
+    let mut targets = Vec::with_capacity(args.clients);
+    let mut setup = if args.against.is_some() {
+        for _ in 0..args.clients {
+            targets.push(Target::Redis(resp::Resp::connect(url).await?));
+        }
+        Target::Redis(resp::Resp::connect(url).await?)
+    } else {
+        let mut channels = Vec::with_capacity(args.connections);
+        for _ in 0..args.connections {
+            let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot reach {url}: {e}"))?;
+            channels.push(channel);
+        }
+        for c in 0..args.clients {
+            targets.push(Target::Imstore(Client::new(
+                channels[c % channels.len()].clone(),
+            )));
+        }
+        Target::Imstore(Client::new(channels[0].clone()))
+    };
+    match &mut setup {
+        Target::Imstore(client) => prepare(&plan, client).await?,
+        Target::Redis(redis) => redis_prepare(&plan, redis).await?,
     }
-    let mut setup = Client::new(channels[0].clone());
-    prepare(&plan, &mut setup).await?;
 
     let progress = indicatif::ProgressBar::new(args.requests);
     progress.set_style(
@@ -234,11 +269,10 @@ async fn run(
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let client_cpu = process::cpu_seconds(std::process::id());
-    let server_cpu = spawned.and_then(|s| process::cpu_seconds(s.pid()));
+    let server_cpu = server_pid.and_then(process::cpu_seconds);
     let deadline = started + Duration::from_secs_f64(args.duration);
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..args.clients {
-        let client = Client::new(channels[c % channels.len()].clone());
+    for client in targets {
         let (plan, next, progress) = (plan.clone(), Arc::clone(&next), progress.clone());
         let (requests, rate) = (args.requests, args.rate);
         tasks.spawn(async move {
@@ -258,11 +292,11 @@ async fn run(
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let client_cpu = delta(process::cpu_seconds(std::process::id()), client_cpu);
-    let server_cpu = delta(
-        spawned.and_then(|s| process::cpu_seconds(s.pid())),
-        server_cpu,
-    );
-    let verified = verify(&mut setup, &tally).await?;
+    let server_cpu = delta(server_pid.and_then(process::cpu_seconds), server_cpu);
+    let verified = match &mut setup {
+        Target::Imstore(client) => verify(client, &tally).await?,
+        Target::Redis(redis) => redis_verify(&plan, redis, &tally).await?,
+    };
     let ok = histogram.len() - tally.errors.min(histogram.len());
     let per_request = |cpu: Option<f64>| {
         cpu.filter(|_| !histogram.is_empty())
@@ -270,8 +304,9 @@ async fn run(
     };
     Ok(json!({
         "workload": args.workload.name(),
+        "target": if args.against.is_some() { "redis" } else { "imstore" },
         "server": url,
-        "spawned": spawned.is_some(),
+        "spawned": spawned,
         "clients": args.clients,
         "connections": args.connections,
         "loop": if args.rate.is_some() { "open" } else { "closed" },
@@ -328,7 +363,7 @@ fn merge(into: &mut Tally, from: Tally) {
 /// the deadline is reached.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
-    mut client: Client,
+    mut client: Target,
     plan: Plan,
     next: Arc<AtomicU64>,
     requests: u64,
@@ -365,7 +400,12 @@ async fn drive(
             }
             None => Instant::now(),
         };
-        let answer = request(&mut client, &plan, i, &tally).await;
+        let answer = match &mut client {
+            Target::Imstore(c) => request(c, &plan, i, &tally)
+                .await
+                .map_err(|s| crate::status_text(&s)),
+            Target::Redis(r) => redis_request(r, &plan, i).await,
+        };
         let micros = (began.elapsed().as_micros() as u64).clamp(1, MAX_MICROS);
         histogram.record(micros).map_err(|e| e.to_string())?;
         match answer {
@@ -381,16 +421,100 @@ async fn drive(
             }
             Ok(Ack::Page { len, expected }) => tally.bad += u64::from(len != expected),
             Ok(Ack::Read) => {}
-            Err(status) => {
+            Err(error) => {
                 tally.errors += 1;
                 if tally.first_error.is_none() {
-                    tally.first_error = Some(crate::status_text(&status));
+                    tally.first_error = Some(error);
                 }
             }
         }
         progress.inc(1);
     }
     Ok((histogram, tally))
+}
+
+/// What a bench client talks to.
+enum Target {
+    Imstore(Client),
+    Redis(resp::Resp),
+}
+
+/// The Redis stream of a conversation.
+fn stream_key(plan: &Plan, conversation: u64) -> Vec<u8> {
+    format!("imstore-bench:{}:{conversation}", plan.run).into_bytes()
+}
+
+/// Redis's side of `append` (XADD) and `latest` (XREVRANGE).
+async fn redis_request(redis: &mut resp::Resp, plan: &Plan, i: u64) -> Result<Ack, String> {
+    let conversation = plan.conversation(i);
+    let key = stream_key(plan, conversation);
+    match plan.workload {
+        Workload::Latest => {
+            let count = plan.limit.to_string();
+            let reply = redis
+                .call(&[b"XREVRANGE", &key, b"+", b"-", b"COUNT", count.as_bytes()])
+                .await?;
+            let len = match reply {
+                resp::Reply::Array(Some(entries)) => entries.len(),
+                other => return Err(format!("XREVRANGE answered {other:?}")),
+            };
+            Ok(Ack::Page {
+                len,
+                expected: plan.preload.min(u64::from(plan.limit)) as usize,
+            })
+        }
+        _ => match redis
+            .call(&[b"XADD", &key, b"*", b"m", &plan.payload])
+            .await?
+        {
+            // A stream id: the count is checked after the run (XLEN).
+            resp::Reply::Bulk(Some(_)) => Ok(Ack::Written {
+                conversation,
+                seq: 0,
+                duplicate: false,
+            }),
+            other => Err(format!("XADD answered {other:?}")),
+        },
+    }
+}
+
+/// Preloads each stream of `latest` with --preload entries, pipelined.
+async fn redis_prepare(plan: &Plan, redis: &mut resp::Resp) -> Result<(), Failure> {
+    if plan.workload != Workload::Latest {
+        return Ok(());
+    }
+    for j in 0..plan.conversations {
+        let key = stream_key(plan, plan.first + j);
+        let mut written = 0;
+        while written < plan.preload {
+            let batch = (plan.preload - written).min(PRELOAD_BATCH);
+            let command: Vec<&[u8]> = vec![b"XADD", &key, b"*", b"m", &plan.payload];
+            let commands = vec![command; batch as usize];
+            for reply in redis.pipeline(&commands).await? {
+                if let resp::Reply::Error(e) = reply {
+                    return Err(format!("redis: {e}").into());
+                }
+            }
+            written += batch;
+        }
+    }
+    Ok(())
+}
+
+/// After `append` on Redis: each stream holds exactly the entries
+/// acknowledged there.
+async fn redis_verify(plan: &Plan, redis: &mut resp::Resp, tally: &Tally) -> Result<bool, Failure> {
+    if tally.bad > 0 {
+        return Ok(false);
+    }
+    for (&conversation, &(count, _)) in &tally.written {
+        let key = stream_key(plan, conversation);
+        match redis.call(&[b"XLEN", &key]).await? {
+            resp::Reply::Integer(len) if len == count as i64 => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 enum Ack {
@@ -667,12 +791,13 @@ fn table(report: &Value) -> String {
     let us = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.1} µs"));
     let l = &report["latency_ms"];
     format!(
-        "workload   {} ({} loop), {} clients over {} connections, {}\n\
+        "workload   {} on {} ({} loop), {} clients over {} connections, {}\n\
          requests   {} ok, {} errors in {:.2} s: {:.0}/s\n\
          latency    p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms\n\
          cpu        client {} s ({}/request), server {} s ({}/request)\n\
          verified   {}",
         report["workload"].as_str().unwrap_or("?"),
+        report["target"].as_str().unwrap_or("?"),
         report["loop"].as_str().unwrap_or("?"),
         report["clients"],
         report["connections"],
