@@ -98,6 +98,20 @@ fn it_runs_against_a_running_server_and_refuses_bad_arguments() -> TestResult {
     let report: serde_json::Value = serde_json::from_str(stdout.trim())?;
     assert_eq!(report["spawned"], false);
 
+    // Several nodes, comma separated: the connections go round-robin.
+    let both = format!("{},{}", server.url(), server.url());
+    let (ok, stdout, stderr) = bench(&[
+        "--server",
+        &both,
+        "--requests",
+        &requests,
+        "--connections",
+        "2",
+        "--json",
+    ])?;
+    assert!(ok, "{stderr}");
+    check_report(&stdout, "append")?;
+
     let (ok, _, stderr) = bench(&["--server", &server.url(), "--clients", "0"])?;
     assert!(!ok && stderr.contains("--clients"), "{stderr}");
     let (ok, _, stderr) = bench(&["--server", "http://127.0.0.1:1", "--requests", "5"])?;

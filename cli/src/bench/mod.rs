@@ -1,6 +1,7 @@
 //! `imstore bench`: the project's load generator, in the spirit of
 //! redis-benchmark and etcd's benchmark tool. It drives one workload
-//! against a server (`--server`) or against an `imstore serve` it starts
+//! against a server (`--server`; several nodes of a cluster, comma
+//! separated, take the connections round-robin) or against an `imstore serve` it starts
 //! itself on a temporary directory, with C clients over K gRPC
 //! connections, in a closed loop (each client waits for its answer) or an
 //! open loop at a fixed rate (a request that could not leave on time,
@@ -238,8 +239,12 @@ async fn run(
         }
         Target::Redis(resp::Resp::connect(url).await?)
     } else {
+        // `--server` may list several nodes of a cluster: the connections
+        // go round-robin over them, as an IM server's would.
+        let urls: Vec<&str> = url.split(',').map(str::trim).collect();
         let mut channels = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
+        for c in 0..args.connections {
+            let url = urls[c % urls.len()];
             let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
                 .tcp_nodelay(true)
                 .connect()
