@@ -25,6 +25,17 @@ fn bench(args: &[&str]) -> Result<(bool, String, String), Box<dyn std::error::Er
     ))
 }
 
+/// A short run (`REQUESTS` requests, JSON) with `args`, which must
+/// succeed: its report.
+fn short_run(args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let requests = REQUESTS.to_string();
+    let mut all = args.to_vec();
+    all.extend(["--requests", &requests, "--json"]);
+    let (ok, stdout, stderr) = bench(&all)?;
+    assert!(ok, "{args:?}: {stderr}");
+    Ok(stdout)
+}
+
 fn check_report(stdout: &str, workload: &str) -> TestResult {
     let report: serde_json::Value = serde_json::from_str(stdout.trim())?;
     assert_eq!(report["workload"], workload);
@@ -40,13 +51,10 @@ fn check_report(stdout: &str, workload: &str) -> TestResult {
 
 #[test]
 fn every_workload_runs_against_a_server_it_starts_and_checks_out() -> TestResult {
-    let requests = REQUESTS.to_string();
     for workload in ["append", "send", "latest", "sync", "mixed"] {
-        let (ok, stdout, stderr) = bench(&[
+        let stdout = short_run(&[
             "--workload",
             workload,
-            "--requests",
-            &requests,
             "--conversations",
             "20",
             "--preload",
@@ -55,22 +63,11 @@ fn every_workload_runs_against_a_server_it_starts_and_checks_out() -> TestResult
             "8",
             "--connections",
             "2",
-            "--json",
         ])?;
-        assert!(ok, "{workload}: {stderr}");
         check_report(&stdout, workload)?;
     }
     // The open loop, at a rate the machine keeps up with even when busy.
-    let (ok, stdout, stderr) = bench(&[
-        "--requests",
-        &requests,
-        "--rate",
-        "1000",
-        "--conversations",
-        "20",
-        "--json",
-    ])?;
-    assert!(ok, "{stderr}");
+    let stdout = short_run(&["--rate", "1000", "--conversations", "20"])?;
     check_report(&stdout, "append")?;
     Ok(())
 }
@@ -79,37 +76,23 @@ fn every_workload_runs_against_a_server_it_starts_and_checks_out() -> TestResult
 fn it_runs_against_a_running_server_and_refuses_bad_arguments() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(dir.path(), &[])?;
-    let requests = REQUESTS.to_string();
-    let (ok, stdout, stderr) = bench(&[
+    let stdout = short_run(&[
         "--server",
         &server.url(),
         "--workload",
         "send",
-        "--requests",
-        &requests,
         "--conversations",
         "10",
         "--group-size",
         "3",
-        "--json",
     ])?;
-    assert!(ok, "{stderr}");
     check_report(&stdout, "send")?;
     let report: serde_json::Value = serde_json::from_str(stdout.trim())?;
     assert_eq!(report["spawned"], false);
 
     // Several nodes, comma separated: the connections go round-robin.
     let both = format!("{},{}", server.url(), server.url());
-    let (ok, stdout, stderr) = bench(&[
-        "--server",
-        &both,
-        "--requests",
-        &requests,
-        "--connections",
-        "2",
-        "--json",
-    ])?;
-    assert!(ok, "{stderr}");
+    let stdout = short_run(&["--server", &both, "--connections", "2"])?;
     check_report(&stdout, "append")?;
 
     let (ok, _, stderr) = bench(&["--server", &server.url(), "--clients", "0"])?;
@@ -221,24 +204,19 @@ mod fake_redis {
 #[test]
 fn against_redis_it_drives_streams_with_the_same_checks() -> TestResult {
     let redis = format!("redis://{}", fake_redis::start()?);
-    let requests = REQUESTS.to_string();
     for workload in ["append", "latest"] {
-        let (ok, stdout, stderr) = bench(&[
+        let stdout = short_run(&[
             "--against",
             &redis,
             "--workload",
             workload,
-            "--requests",
-            &requests,
             "--conversations",
             "20",
             "--preload",
             "60",
             "--clients",
             "4",
-            "--json",
         ])?;
-        assert!(ok, "{workload}: {stderr}");
         check_report(&stdout, workload)?;
         let report: serde_json::Value = serde_json::from_str(stdout.trim())?;
         assert_eq!(report["target"], "redis");

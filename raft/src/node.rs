@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use imstore_engine::{Engine, Options, ShardAnswer, ShardQuery};
 use imstore_proto::raft as pb;
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::RaftError;
 use openraft::{Config, Raft, SnapshotPolicy};
 
 use crate::{Error, Faults, GrpcNetwork, LogStore, Peers, StateMachine, TypeConfig};
 
-/// Longest a read barrier waits (for the leader's read index, then for
-/// this replica to apply up to it) before answering `UNAVAILABLE`.
-const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+mod read;
+
 /// Longest a write forwarded to the shard's leader waits for its answer
 /// (an unreachable leader must not hold a client's call indefinitely).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -571,141 +570,6 @@ impl ReplicaNode {
                 other => Err(other),
             },
         }
-    }
-
-    /// The shard's read index, found by one round of `ReadStandings`
-    /// calls to its other voters ([`crate::read_index`]), on the leader and
-    /// on followers alike; `None` when that cannot tell, and openraft's own
-    /// check must run.
-    async fn fast_read_index(&self) -> Option<u64> {
-        let own = self.standing().await.ok()?;
-        let asked = {
-            let raft = self.raft();
-            let metrics = raft.metrics();
-            let m = metrics.borrow();
-            let membership = m.membership_config.membership();
-            membership
-                .voter_ids()
-                .filter(|&id| id != self.node_id)
-                .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
-                .collect()
-        };
-        let patience = Duration::from_millis(self.lifecycle.config.heartbeat_ms.max(1));
-        crate::read_index::read_index(
-            &self.peers,
-            &self.faults,
-            self.node_id,
-            self.shard,
-            own,
-            asked,
-            patience,
-        )
-        .await
-    }
-
-    /// This replica's standing in its group, as `ReadStandings` answers
-    /// it: its persisted vote term and, when it leads with an entry of its
-    /// term committed, that term, its commit index and its membership.
-    pub(crate) async fn standing(&self) -> Result<imstore_proto::raft::ReadStanding, Error> {
-        let mut standing = imstore_proto::raft::ReadStanding {
-            hosted: true,
-            vote_term: self.saved_vote_term()?,
-            ..Default::default()
-        };
-        let raft = self.raft();
-        // Only a leader has more to say: skip the raft core's hop.
-        if raft.metrics().borrow().current_leader == Some(self.node_id) {
-            if let Some(leader) = crate::read_index::leader_standing(&raft, self.node_id).await {
-                standing.leader_term = leader.term;
-                standing.commit_index = leader.index;
-                standing.configs = leader
-                    .configs
-                    .into_iter()
-                    .map(|ids| imstore_proto::raft::Voters { ids })
-                    .collect();
-            }
-        }
-        Ok(standing)
-    }
-
-    /// The term of the vote this replica's log has persisted (0: none),
-    /// which a peer's leadership check compares with its own term.
-    pub(crate) fn saved_vote_term(&self) -> Result<u64, Error> {
-        self.lifecycle
-            .storage
-            .log
-            .for_shard(self.shard)
-            .saved_vote()
-            .map(|vote| vote.map_or(0, |v| v.leader_id.term))
-            .map_err(unavailable)
-    }
-
-    /// Completes once a read of [`ReplicaNode::engine`] would see every
-    /// write of the shard acknowledged before the call (linearizable), on
-    /// the leader and on followers alike. The leader confirms its
-    /// leadership with a quorum and waits until it has applied its commit
-    /// index (raft's read index, `ensure_linearizable`); a follower asks
-    /// the leader for that index (`ReadIndex`) and waits until it has
-    /// applied it itself, so any replica serves linearizable reads.
-    ///
-    /// Errors: `NotLeader` with no leader known (an election is under way)
-    /// and `UNAVAILABLE` when the leader cannot be reached or the wait
-    /// passes 5 s; both are retryable.
-    pub async fn read_barrier(&self) -> Result<(), Error> {
-        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.wait_for_read_index()).await {
-            Ok(result) => result,
-            Err(_) => Err(unavailable(format!(
-                "shard {}: no read index within {READ_BARRIER_TIMEOUT:?}",
-                self.shard
-            ))),
-        }
-    }
-
-    async fn wait_for_read_index(&self) -> Result<(), Error> {
-        if let Some(index) = self.fast_read_index().await {
-            return self
-                .raft()
-                .wait(None)
-                .applied_index_at_least(Some(index), "read index")
-                .await
-                .map(|_| ())
-                .map_err(unavailable);
-        }
-        let forward = match self.raft().ensure_linearizable().await {
-            Ok(_) => return Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f,
-            Err(e) => return Err(unavailable(e)),
-        };
-        let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) else {
-            return Err(self.not_leader(None, None));
-        };
-        if self.faults.is_cut_off(leader) {
-            return Err(unavailable("partitioned from the leader (fault injection)"));
-        }
-        let mut client = self.peer_client(&node.addr)?;
-        let index = client
-            .read_index(pb::ReadIndexRequest {
-                shard: self.shard,
-                from: self.node_id,
-            })
-            .await
-            .map_err(|status| match Error::from_status(&status) {
-                Error::Unavailable(why) => unavailable(format!(
-                    "shard {}: read index from node {leader}: {why}",
-                    self.shard
-                )),
-                other => other,
-            })?
-            .into_inner()
-            .index;
-        if index > 0 {
-            self.raft()
-                .wait(None)
-                .applied_index_at_least(Some(index), "read index")
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
     }
 }
 

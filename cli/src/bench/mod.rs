@@ -23,7 +23,9 @@
 //! yet (`docs/benchmarks.md`, "imstore bench").
 
 mod process;
+mod redis;
 mod resp;
+mod workloads;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -260,8 +262,8 @@ async fn run(
         Target::Imstore(Client::new(channels[0].clone()))
     };
     match &mut setup {
-        Target::Imstore(client) => prepare(&plan, client).await?,
-        Target::Redis(redis) => redis_prepare(&plan, redis).await?,
+        Target::Imstore(client) => workloads::prepare(&plan, client).await?,
+        Target::Redis(redis) => redis::prepare(&plan, redis).await?,
     }
 
     let progress = indicatif::ProgressBar::new(args.requests);
@@ -299,8 +301,8 @@ async fn run(
     let client_cpu = delta(process::cpu_seconds(std::process::id()), client_cpu);
     let server_cpu = delta(server_pid.and_then(process::cpu_seconds), server_cpu);
     let verified = match &mut setup {
-        Target::Imstore(client) => verify(client, &tally).await?,
-        Target::Redis(redis) => redis_verify(&plan, redis, &tally).await?,
+        Target::Imstore(client) => workloads::verify(client, &tally).await?,
+        Target::Redis(redis) => redis::verify(&plan, redis, &tally).await?,
     };
     let ok = histogram.len() - tally.errors.min(histogram.len());
     let per_request = |cpu: Option<f64>| {
@@ -406,10 +408,10 @@ async fn drive(
             None => Instant::now(),
         };
         let answer = match &mut client {
-            Target::Imstore(c) => request(c, &plan, i, &tally)
+            Target::Imstore(c) => workloads::request(c, &plan, i, &tally)
                 .await
                 .map_err(|s| crate::status_text(&s)),
-            Target::Redis(r) => redis_request(r, &plan, i).await,
+            Target::Redis(r) => redis::request(r, &plan, i).await,
         };
         let micros = (began.elapsed().as_micros() as u64).clamp(1, MAX_MICROS);
         histogram.record(micros).map_err(|e| e.to_string())?;
@@ -444,84 +446,7 @@ enum Target {
     Redis(resp::Resp),
 }
 
-/// The Redis stream of a conversation.
-fn stream_key(plan: &Plan, conversation: u64) -> Vec<u8> {
-    format!("imstore-bench:{}:{conversation}", plan.run).into_bytes()
-}
-
-/// Redis's side of `append` (XADD) and `latest` (XREVRANGE).
-async fn redis_request(redis: &mut resp::Resp, plan: &Plan, i: u64) -> Result<Ack, String> {
-    let conversation = plan.conversation(i);
-    let key = stream_key(plan, conversation);
-    match plan.workload {
-        Workload::Latest => {
-            let count = plan.limit.to_string();
-            let reply = redis
-                .call(&[b"XREVRANGE", &key, b"+", b"-", b"COUNT", count.as_bytes()])
-                .await?;
-            let len = match reply {
-                resp::Reply::Array(Some(entries)) => entries.len(),
-                other => return Err(format!("XREVRANGE answered {other:?}")),
-            };
-            Ok(Ack::Page {
-                len,
-                expected: plan.preload.min(u64::from(plan.limit)) as usize,
-            })
-        }
-        _ => match redis
-            .call(&[b"XADD", &key, b"*", b"m", &plan.payload])
-            .await?
-        {
-            // A stream id: the count is checked after the run (XLEN).
-            resp::Reply::Bulk(Some(_)) => Ok(Ack::Written {
-                conversation,
-                seq: 0,
-                duplicate: false,
-            }),
-            other => Err(format!("XADD answered {other:?}")),
-        },
-    }
-}
-
-/// Preloads each stream of `latest` with --preload entries, pipelined.
-async fn redis_prepare(plan: &Plan, redis: &mut resp::Resp) -> Result<(), Failure> {
-    if plan.workload != Workload::Latest {
-        return Ok(());
-    }
-    for j in 0..plan.conversations {
-        let key = stream_key(plan, plan.first + j);
-        let mut written = 0;
-        while written < plan.preload {
-            let batch = (plan.preload - written).min(PRELOAD_BATCH);
-            let command: Vec<&[u8]> = vec![b"XADD", &key, b"*", b"m", &plan.payload];
-            let commands = vec![command; batch as usize];
-            for reply in redis.pipeline(&commands).await? {
-                if let resp::Reply::Error(e) = reply {
-                    return Err(format!("redis: {e}").into());
-                }
-            }
-            written += batch;
-        }
-    }
-    Ok(())
-}
-
-/// After `append` on Redis: each stream holds exactly the entries
-/// acknowledged there.
-async fn redis_verify(plan: &Plan, redis: &mut resp::Resp, tally: &Tally) -> Result<bool, Failure> {
-    if tally.bad > 0 {
-        return Ok(false);
-    }
-    for (&conversation, &(count, _)) in &tally.written {
-        let key = stream_key(plan, conversation);
-        match redis.call(&[b"XLEN", &key]).await? {
-            resp::Reply::Integer(len) if len == count as i64 => {}
-            _ => return Ok(false),
-        }
-    }
-    Ok(true)
-}
-
+/// One request's answer, as the checks need it.
 enum Ack {
     Written {
         conversation: u64,
@@ -534,261 +459,6 @@ enum Ack {
     },
     /// A read whose answer has no expected size (the mixed profile's).
     Read,
-}
-
-async fn request(
-    client: &mut Client,
-    plan: &Plan,
-    i: u64,
-    seen: &Tally,
-) -> Result<Ack, tonic::Status> {
-    let conversation = plan.conversation(i);
-    let members = plan.members(conversation);
-    // Request i's member: each conversation's members take turns.
-    let member = members
-        .get((i / plan.conversations) as usize % members.len().max(1))
-        .copied()
-        .unwrap_or(1);
-    match plan.workload {
-        Workload::Append => {
-            let answer = client
-                .append(pb::AppendRequest {
-                    messages: vec![pb::NewMessage {
-                        conversation,
-                        sender: 1,
-                        client_msg_id: plan.message_id(i),
-                        payload: plan.payload.to_vec(),
-                    }],
-                })
-                .await?
-                .into_inner();
-            let first = answer.results.first().ok_or_else(|| {
-                tonic::Status::internal("an Append answered no result for its message")
-            })?;
-            Ok(Ack::Written {
-                conversation,
-                seq: first.seq,
-                duplicate: first.duplicate,
-            })
-        }
-        Workload::Send => send(client, plan, i, conversation, member).await,
-        // The operation by a hash of i, not i mod 20: the conversation is
-        // i mod --conversations, which the operation must not follow.
-        Workload::Mixed => match (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 20 {
-            0..8 => send(client, plan, i, conversation, member).await,
-            14..17 if seen.written.contains_key(&conversation) => {
-                let up_to = seen.written.get(&conversation).map_or(0, |w| w.1);
-                client
-                    .mark_read(pb::MarkReadRequest {
-                        user: member,
-                        conversation,
-                        up_to,
-                    })
-                    .await?;
-                Ok(Ack::Read)
-            }
-            17..20 => {
-                client
-                    .list_conversations(pb::ListConversationsRequest {
-                        user: member,
-                        after: None,
-                        limit: 20,
-                    })
-                    .await?;
-                Ok(Ack::Read)
-            }
-            _ => {
-                client
-                    .sync(pb::SyncRequest {
-                        user: member,
-                        limit: plan.limit,
-                        from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
-                    })
-                    .await?;
-                Ok(Ack::Read)
-            }
-        },
-        Workload::Latest => {
-            let page = client
-                .read(pb::ReadRequest {
-                    conversation,
-                    from: u64::MAX,
-                    limit: plan.limit,
-                    direction: pb::Direction::Backward as i32,
-                    stale_ok: false,
-                })
-                .await?
-                .into_inner();
-            Ok(Ack::Page {
-                len: page.messages.len(),
-                expected: plan.preload.min(u64::from(plan.limit)) as usize,
-            })
-        }
-        Workload::Sync => {
-            let page = client
-                .sync(pb::SyncRequest {
-                    user: member,
-                    limit: plan.limit,
-                    from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
-                })
-                .await?
-                .into_inner();
-            // A member of one group, which holds `preload` messages (or,
-            // with read fan-out, reports it advanced instead).
-            let len = page.entries.len() + page.advanced.len();
-            let expected = if page.advanced.is_empty() {
-                plan.preload.min(u64::from(plan.limit)) as usize
-            } else {
-                1
-            };
-            Ok(Ack::Page { len, expected })
-        }
-    }
-}
-
-/// One `Send` of request `i` by `sender`.
-async fn send(
-    client: &mut Client,
-    plan: &Plan,
-    i: u64,
-    conversation: u64,
-    sender: u64,
-) -> Result<Ack, tonic::Status> {
-    let answer = client
-        .send(pb::SendRequest {
-            conversation,
-            sender,
-            client_msg_id: plan.message_id(i),
-            payload: plan.payload.to_vec(),
-            receipt: false,
-        })
-        .await?
-        .into_inner();
-    Ok(Ack::Written {
-        conversation,
-        seq: answer.seq,
-        duplicate: answer.duplicate,
-    })
-}
-
-/// Creates the groups of `send`, `sync` and `mixed`, and preloads the read
-/// workloads' conversations.
-async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
-    let groups = matches!(
-        plan.workload,
-        Workload::Send | Workload::Sync | Workload::Mixed
-    );
-    let preload = !plan.workload.writes();
-    let setup = indicatif::ProgressBar::new(plan.conversations);
-    setup.set_message("preparing");
-    for j in 0..plan.conversations {
-        let conversation = plan.first + j;
-        let members = plan.members(conversation);
-        if groups {
-            client
-                .create_group(pb::CreateGroupRequest {
-                    conversation,
-                    owner: members[0],
-                    members: members.clone(),
-                })
-                .await?;
-        }
-        if preload {
-            let mut written = 0;
-            while written < plan.preload {
-                let batch = (plan.preload - written).min(PRELOAD_BATCH);
-                let messages = (written..written + batch).map(|k| pb::NewMessage {
-                    conversation,
-                    sender: members[0],
-                    client_msg_id: format!("preload-{}-{k}", plan.run).into_bytes(),
-                    payload: plan.payload.to_vec(),
-                });
-                if groups {
-                    for m in messages {
-                        client
-                            .send(pb::SendRequest {
-                                conversation: m.conversation,
-                                sender: m.sender,
-                                client_msg_id: m.client_msg_id,
-                                payload: m.payload,
-                                receipt: false,
-                            })
-                            .await?;
-                    }
-                } else {
-                    client
-                        .append(pb::AppendRequest {
-                            messages: messages.collect(),
-                        })
-                        .await?;
-                }
-                written += batch;
-            }
-        }
-        setup.inc(1);
-    }
-    if plan.workload == Workload::Sync {
-        delivered(plan, client).await?;
-    }
-    setup.finish_and_clear();
-    Ok(())
-}
-
-/// Waits (at most 60 s) until every member's inbox holds what a sync
-/// workload expects: copies reach inboxes through the outbox, a moment
-/// after the send is acknowledged.
-async fn delivered(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for j in 0..plan.conversations {
-        for k in 0..plan.group_size {
-            // The request number whose sync is member k's of group j.
-            let i = j + plan.conversations * k;
-            loop {
-                let ack = request(client, plan, i, &Tally::default()).await?;
-                if let Ack::Page { len, expected } = ack {
-                    if len == expected {
-                        break;
-                    }
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "the inboxes of group {}'s members were not filled within 60 s",
-                        plan.first + j
-                    )
-                    .into());
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// After a write workload: each conversation's newest seq is the count
-/// of sends acknowledged there (fresh conversations: seqs 1, 2, 3, …),
-/// and nothing came back marked a duplicate. After a read workload: every
-/// page had its expected size.
-async fn verify(client: &mut Client, tally: &Tally) -> Result<bool, Failure> {
-    if tally.bad > 0 {
-        return Ok(false);
-    }
-    for (&conversation, &(count, highest)) in &tally.written {
-        let page = client
-            .read(pb::ReadRequest {
-                conversation,
-                from: u64::MAX,
-                limit: 1,
-                direction: pb::Direction::Backward as i32,
-                stale_ok: false,
-            })
-            .await?
-            .into_inner();
-        let newest = page.messages.first().map_or(0, |m| m.seq);
-        if newest != count || highest != count {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 fn table(report: &Value) -> String {
