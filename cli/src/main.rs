@@ -27,6 +27,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use imstore_proxy::{Server, ServerConfig};
 
+/// mimalloc instead of glibc's malloc: a profile of the gRPC append path
+/// spent about a tenth of the server's CPU in glibc's malloc and free
+/// (`malloc_consolidate`, `_int_free`); `docs/benchmarks.md` has the A/B.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Where a client subcommand connects without `--server`.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
