@@ -295,6 +295,19 @@ impl Engine {
         Ok(messages)
     }
 
+    /// [`Engine::read`]'s page if the tail cache holds all of it.
+    pub(crate) fn cached_page(
+        &self,
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+    ) -> Option<Vec<Message>> {
+        self.check_limit(limit).ok()?;
+        let key = (self.shard, conversation);
+        self.inner.tail.read(key, from, limit, direction).ok()
+    }
+
     /// The latest `limit` messages, ascending.
     pub fn latest(&self, conversation: u64, limit: usize) -> Result<Vec<Message>> {
         self.read(conversation, u64::MAX, limit, Direction::Backward)

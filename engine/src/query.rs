@@ -258,6 +258,26 @@ impl Engine {
         })
     }
 
+    /// The answer to `query` if memory alone holds it (a timeline page the
+    /// tail cache covers), with no RocksDB read: cheap enough to run on an
+    /// async worker, where a read that may touch disk goes to a blocking
+    /// pool. `None` is not an error: ask [`Engine::query`], which also
+    /// reports what is wrong with a bad query.
+    pub fn query_cached(&self, query: &ShardQuery) -> Option<ShardAnswer> {
+        match *query {
+            ShardQuery::Read {
+                conversation,
+                from,
+                limit: n,
+                direction,
+            } => {
+                let cached = self.cached_page(conversation, from, limit(n), direction)?;
+                Some(ShardAnswer::Messages(cached))
+            }
+            _ => None,
+        }
+    }
+
     fn answer(&self, query: ShardQuery) -> Result<ShardAnswer> {
         Ok(match query {
             ShardQuery::Read {

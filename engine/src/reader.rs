@@ -23,6 +23,11 @@ impl Reader {
         self.engine.query(query)
     }
 
+    /// The answer to `query` if memory holds it ([`Engine::query_cached`]).
+    pub fn query_cached(&self, query: &ShardQuery) -> Option<ShardAnswer> {
+        self.engine.query_cached(query)
+    }
+
     /// A page of one timeline ([`Engine::read`]).
     pub fn read(
         &self,

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{msg, small_segments};
-use imstore_engine::{Direction, Engine, Error, NewMessage};
+use imstore_engine::{Direction, Engine, Error, NewMessage, ShardAnswer, ShardQuery};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -173,11 +173,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let got = engine
                     .read(conversation, from, limit, direction)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                check(
-                    &got,
-                    &model.range(conversation, from, limit, direction),
+                let want = model.range(conversation, from, limit, direction);
+                check(&got, &want, conversation)?;
+                // What the async path answers from memory, when it can,
+                // is the same page.
+                let query = ShardQuery::Read {
                     conversation,
-                )?;
+                    from,
+                    limit: limit as u32,
+                    direction,
+                };
+                match engine.query_cached(&query) {
+                    Some(ShardAnswer::Messages(cached)) => check(&cached, &want, conversation)?,
+                    Some(other) => prop_assert!(false, "a read answered {other:?}"),
+                    None => {}
+                }
             }
             Op::Latest {
                 conversation,
@@ -260,5 +270,45 @@ fn rejected_batch_writes_nothing() -> common::TestResult {
     // The rejected batch left no dedup entry: the same ids append normally.
     let seq = engine.append(msg(1, 1, "b", b"ok", 11))?;
     assert_eq!((seq.seq, seq.duplicate), (2, false));
+    Ok(())
+}
+
+#[test]
+fn memory_answers_only_what_the_tail_cache_covers() -> common::TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(dir.path(), small_segments())?;
+    for i in 0..10u64 {
+        engine.append(msg(1, 1, &format!("m{i}"), b"x", 10 + i))?;
+    }
+    let page = |from: u64, limit: u32| ShardQuery::Read {
+        conversation: 1,
+        from,
+        limit,
+        direction: Direction::Backward,
+    };
+    // The appends left the tail in memory: the newest page is answered
+    // there, the same as from RocksDB.
+    let from_disk = engine.latest(1, 5)?;
+    match engine.query_cached(&page(u64::MAX, 5)) {
+        Some(ShardAnswer::Messages(cached)) => {
+            let seqs: Vec<u64> = cached.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, vec![6, 7, 8, 9, 10]);
+            assert_eq!(cached, from_disk);
+        }
+        other => panic!("the newest page was not answered from memory: {other:?}"),
+    }
+    // A bad limit is left to the blocking path, which reports it.
+    assert!(engine.query_cached(&page(u64::MAX, 0)).is_none());
+    assert!(matches!(
+        engine.query(page(u64::MAX, 0)),
+        Err(Error::InvalidArgument(_))
+    ));
+    // So is any query that is not a timeline page.
+    let members = ShardQuery::Members {
+        conversation: 1,
+        after: 0,
+        limit: 10,
+    };
+    assert!(engine.query_cached(&members).is_none());
     Ok(())
 }

@@ -422,8 +422,8 @@ impl ReplicaNode {
         }
     }
 
-    /// Runs `query` on this replica's engine (on the blocking pool), with
-    /// no barrier.
+    /// Runs `query` on this replica's engine (from memory when the tail
+    /// cache holds it, else on the blocking pool), with no barrier.
     pub(crate) async fn query_here(&self, query: ShardQuery) -> Result<ShardAnswer, Error> {
         if self.state_machine().is_installing() {
             // Its rows are half replaced: nothing read now would be true.
@@ -431,6 +431,9 @@ impl ReplicaNode {
                 "shard {} is installing a snapshot on node {}; retry",
                 self.shard, self.node_id
             )));
+        }
+        if let Some(answer) = self.engine.query_cached(&query) {
+            return Ok(answer);
         }
         let engine = self.engine.clone();
         Ok(tokio::task::spawn_blocking(move || engine.query(query))
