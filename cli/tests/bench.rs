@@ -46,6 +46,23 @@ fn check_report(stdout: &str, workload: &str) -> TestResult {
     let p50 = report["latency_ms"]["p50"].as_f64().ok_or("no p50")?;
     let max = report["latency_ms"]["max"].as_f64().ok_or("no max")?;
     assert!(p50 > 0.0 && p50 <= max, "{report}");
+    // The distribution the plots draw: quantiles rising from 0 to 1, and
+    // latencies that never fall, from the fastest request to the slowest.
+    let points = report["percentiles"].as_array().ok_or("no percentiles")?;
+    let pairs: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+        .collect::<Option<_>>()
+        .ok_or("a percentile is not a [quantile, ms] pair")?;
+    assert_eq!(pairs.first().map(|p| p.0), Some(0.0), "{report}");
+    assert_eq!(pairs.last().map(|p| p.0), Some(1.0), "{report}");
+    assert!(
+        pairs
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{report}"
+    );
+    assert_eq!(pairs.last().map(|p| p.1), Some(max), "{report}");
     Ok(())
 }
 

@@ -19,8 +19,8 @@
 //! streams with the same driver (`resp`), for the side-by-side of
 //! `dev/bench-redis`.
 //!
-//! Limits: Linux only for the CPU figures (`/proc`, 10 ms ticks); no plots
-//! yet (`docs/benchmarks.md`, "imstore bench").
+//! Limits: Linux only for the CPU figures (`/proc`, 10 ms ticks). The
+//! plots in `docs/` are drawn from the JSON reports by `dev/bench-plots`.
 
 mod process;
 mod redis;
@@ -333,6 +333,7 @@ async fn run(
             "max": ms(histogram.max()),
             "mean": histogram.mean() / 1_000.0,
         },
+        "percentiles": percentiles(&histogram),
         "client_cpu_seconds": client_cpu,
         "server_cpu_seconds": server_cpu,
         "client_cpu_us_per_request": per_request(client_cpu),
@@ -344,6 +345,22 @@ async fn run(
 fn new_histogram() -> Result<Histogram<u64>, Failure> {
     Ok(Histogram::new_with_bounds(1, MAX_MICROS, 3).map_err(|e| e.to_string())?)
 }
+
+/// The latency at each of [`CDF_QUANTILES`], `[quantile, ms]` pairs: the
+/// latency distribution `dev/bench-plots` draws.
+fn percentiles(histogram: &Histogram<u64>) -> Vec<[f64; 2]> {
+    CDF_QUANTILES
+        .iter()
+        .map(|&q| [q, ms(histogram.value_at_quantile(q))])
+        .collect()
+}
+
+/// Where the JSON report samples the latency distribution: evenly to the
+/// median, then every "nine" to 99.999 %.
+const CDF_QUANTILES: [f64; 16] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995,
+    0.99999, 1.0,
+];
 
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1_000.0
