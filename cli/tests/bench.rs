@@ -68,7 +68,7 @@ fn check_report(stdout: &str, workload: &str) -> TestResult {
 
 #[test]
 fn every_workload_runs_against_a_server_it_starts_and_checks_out() -> TestResult {
-    for workload in ["append", "send", "latest", "sync", "mixed"] {
+    for workload in ["append", "send", "send-stream", "latest", "sync", "mixed"] {
         let stdout = short_run(&[
             "--workload",
             workload,

@@ -111,6 +111,15 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Whether commands submitted one after another are applied in that
+    /// order (their seqs follow it): true for one engine, whose commit
+    /// pipeline is a queue; false where writes in flight side by side may
+    /// commit in either order (raft proposals). `SendStream` relies on it
+    /// to keep a conversation's messages in stream order.
+    fn submits_in_order(&self) -> bool {
+        false
+    }
+
     /// Queues a write of one shard's part of a user's data (a device's
     /// cursor in that shard), or one of the delivery commands.
     fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {
@@ -150,6 +159,10 @@ impl Backend for EngineBackend {
 
     fn reader(&self, _route: Route) -> Result<Reader, Error> {
         Ok(self.engine.reader())
+    }
+
+    fn submits_in_order(&self) -> bool {
+        true
     }
 }
 

@@ -25,6 +25,7 @@
 mod process;
 mod redis;
 mod resp;
+mod stream;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -101,6 +102,9 @@ pub enum Workload {
     Append,
     /// `Send` one message to a group of --group-size members.
     Send,
+    /// The same sends over `SendStream`: one stream per connection,
+    /// shared by the clients on it.
+    SendStream,
     /// `Read` the newest --limit messages of a timeline.
     Latest,
     /// `Sync` a member's inbox from the start, --limit entries.
@@ -117,6 +121,7 @@ impl Workload {
         match self {
             Workload::Append => "append",
             Workload::Send => "send",
+            Workload::SendStream => "send-stream",
             Workload::Latest => "latest",
             Workload::Sync => "sync",
             Workload::Mixed => "mixed",
@@ -124,7 +129,10 @@ impl Workload {
     }
 
     fn writes(self) -> bool {
-        matches!(self, Workload::Append | Workload::Send | Workload::Mixed)
+        matches!(
+            self,
+            Workload::Append | Workload::Send | Workload::SendStream | Workload::Mixed
+        )
     }
 }
 
@@ -239,7 +247,7 @@ async fn run(
         for _ in 0..args.clients {
             targets.push(Target::Redis(resp::Resp::connect(url).await?));
         }
-        Target::Redis(resp::Resp::connect(url).await?)
+        Setup::Redis(resp::Resp::connect(url).await?)
     } else {
         // `--server` may list several nodes of a cluster: the connections
         // go round-robin over them, as an IM server's would.
@@ -254,16 +262,26 @@ async fn run(
                 .map_err(|e| format!("cannot reach {url}: {e}"))?;
             channels.push(channel);
         }
-        for c in 0..args.clients {
-            targets.push(Target::Imstore(Client::new(
-                channels[c % channels.len()].clone(),
-            )));
+        if args.workload == Workload::SendStream {
+            let mut streams = Vec::with_capacity(channels.len());
+            for channel in &channels {
+                streams.push(stream::StreamSender::open(channel.clone()).await?);
+            }
+            for c in 0..args.clients {
+                targets.push(Target::Stream(streams[c % streams.len()].clone()));
+            }
+        } else {
+            for c in 0..args.clients {
+                targets.push(Target::Imstore(Client::new(
+                    channels[c % channels.len()].clone(),
+                )));
+            }
         }
-        Target::Imstore(Client::new(channels[0].clone()))
+        Setup::Imstore(Client::new(channels[0].clone()))
     };
     match &mut setup {
-        Target::Imstore(client) => workloads::prepare(&plan, client).await?,
-        Target::Redis(redis) => redis::prepare(&plan, redis).await?,
+        Setup::Imstore(client) => workloads::prepare(&plan, client).await?,
+        Setup::Redis(redis) => redis::prepare(&plan, redis).await?,
     }
 
     let progress = indicatif::ProgressBar::new(args.requests);
@@ -301,8 +319,8 @@ async fn run(
     let client_cpu = delta(process::cpu_seconds(std::process::id()), client_cpu);
     let server_cpu = delta(server_pid.and_then(process::cpu_seconds), server_cpu);
     let verified = match &mut setup {
-        Target::Imstore(client) => workloads::verify(client, &tally).await?,
-        Target::Redis(redis) => redis::verify(&plan, redis, &tally).await?,
+        Setup::Imstore(client) => workloads::verify(client, &tally).await?,
+        Setup::Redis(redis) => redis::verify(&plan, redis, &tally).await?,
     };
     let ok = histogram.len() - tally.errors.min(histogram.len());
     let per_request = |cpu: Option<f64>| {
@@ -428,6 +446,9 @@ async fn drive(
             Target::Imstore(c) => workloads::request(c, &plan, i, &tally)
                 .await
                 .map_err(|s| crate::status_text(&s)),
+            Target::Stream(s) => workloads::stream_send(s, &plan, i)
+                .await
+                .map_err(|s| crate::status_text(&s)),
             Target::Redis(r) => redis::request(r, &plan, i).await,
         };
         let micros = (began.elapsed().as_micros() as u64).clamp(1, MAX_MICROS);
@@ -459,6 +480,14 @@ async fn drive(
 
 /// What a bench client talks to.
 enum Target {
+    Imstore(Client),
+    /// A `SendStream` shared with the other clients of its connection.
+    Stream(stream::StreamSender),
+    Redis(resp::Resp),
+}
+
+/// The connection that prepares a run and checks it afterwards.
+enum Setup {
     Imstore(Client),
     Redis(resp::Resp),
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::stream::StreamSender;
 use super::{pb, Ack, Client, Failure, Plan, Tally, Workload, PRELOAD_BATCH};
 
 pub(super) async fn request(
@@ -12,12 +13,7 @@ pub(super) async fn request(
     seen: &Tally,
 ) -> Result<Ack, tonic::Status> {
     let conversation = plan.conversation(i);
-    let members = plan.members(conversation);
-    // Request i's member: each conversation's members take turns.
-    let member = members
-        .get((i / plan.conversations) as usize % members.len().max(1))
-        .copied()
-        .unwrap_or(1);
+    let member = member(plan, i, conversation);
     match plan.workload {
         Workload::Append => {
             let answer = client
@@ -40,7 +36,7 @@ pub(super) async fn request(
                 duplicate: first.duplicate,
             })
         }
-        Workload::Send => send(client, plan, i, conversation, member).await,
+        Workload::Send | Workload::SendStream => send(client, plan, i, conversation, member).await,
         // The operation by a hash of i, not i mod 20: the conversation is
         // i mod --conversations, which the operation must not follow.
         Workload::Mixed => match (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 20 {
@@ -115,6 +111,46 @@ pub(super) async fn request(
     }
 }
 
+/// Request `i`'s member of `conversation`: each conversation's members
+/// take turns.
+fn member(plan: &Plan, i: u64, conversation: u64) -> u64 {
+    let members = plan.members(conversation);
+    members
+        .get((i / plan.conversations) as usize % members.len().max(1))
+        .copied()
+        .unwrap_or(1)
+}
+
+/// The `Send` of request `i` by `sender`.
+fn send_request(plan: &Plan, i: u64, conversation: u64, sender: u64) -> pb::SendRequest {
+    pb::SendRequest {
+        conversation,
+        sender,
+        client_msg_id: plan.message_id(i),
+        payload: plan.payload.to_vec(),
+        receipt: false,
+    }
+}
+
+/// Request `i` of `send-stream`: the `send` workload's request, on the
+/// client's stream.
+pub(super) async fn stream_send(
+    stream: &StreamSender,
+    plan: &Plan,
+    i: u64,
+) -> Result<Ack, tonic::Status> {
+    let conversation = plan.conversation(i);
+    let sender = member(plan, i, conversation);
+    let answer = stream
+        .send(send_request(plan, i, conversation, sender))
+        .await?;
+    Ok(Ack::Written {
+        conversation,
+        seq: answer.seq,
+        duplicate: answer.duplicate,
+    })
+}
+
 /// One `Send` of request `i` by `sender`.
 async fn send(
     client: &mut Client,
@@ -124,13 +160,7 @@ async fn send(
     sender: u64,
 ) -> Result<Ack, tonic::Status> {
     let answer = client
-        .send(pb::SendRequest {
-            conversation,
-            sender,
-            client_msg_id: plan.message_id(i),
-            payload: plan.payload.to_vec(),
-            receipt: false,
-        })
+        .send(send_request(plan, i, conversation, sender))
         .await?
         .into_inner();
     Ok(Ack::Written {
@@ -145,7 +175,7 @@ async fn send(
 pub(super) async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
     let groups = matches!(
         plan.workload,
-        Workload::Send | Workload::Sync | Workload::Mixed
+        Workload::Send | Workload::SendStream | Workload::Sync | Workload::Mixed
     );
     let preload = !plan.workload.writes();
     let setup = indicatif::ProgressBar::new(plan.conversations);

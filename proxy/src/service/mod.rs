@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use imstore_engine::{
-    Command, ConversationKind, FriendStatus, ListCursor, NewMessage, Outcome, SendMessage,
-    ShardAnswer, ShardQuery, SyncCursor, SyncFrom,
+    Command, ConversationKind, FriendStatus, ListCursor, NewMessage, Outcome, ShardAnswer,
+    ShardQuery, SyncCursor, SyncFrom,
 };
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
@@ -31,6 +31,7 @@ use crate::hub::{
 };
 use crate::{Backend, Metrics, Route};
 
+mod stream;
 mod user;
 mod watch;
 
@@ -388,15 +389,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
     ) -> Result<Response<pb::SendResponse>, Status> {
         let r = request.into_inner();
         self.observe("Send", async {
-            let command = Command::Send(SendMessage {
-                conversation: r.conversation,
-                sender: r.sender,
-                client_msg_id: Bytes::from(r.client_msg_id),
-                payload: Bytes::from(r.payload),
-                timestamp_ms: now_ms(),
-                receipt: r.receipt,
-            });
-            match self.write(command).await? {
+            match self.write(stream::send_command(r)).await? {
                 Outcome::Sent(a) => Ok(pb::SendResponse {
                     seq: a.seq,
                     duplicate: a.duplicate,
@@ -405,6 +398,19 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             }
         })
         .await
+    }
+
+    type SendStreamStream = stream::SendStream;
+
+    async fn send_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::SendRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        Ok(Response::new(stream::open(
+            Arc::clone(&self.backend),
+            Arc::clone(&self.metrics),
+            request.into_inner(),
+        )))
     }
 
     async fn read_as(
