@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
 use imstore_proto::v1 as pb;
-use imstore_proto::v1::imstore_client::ImstoreClient;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 #[derive(Subcommand)]
 pub enum ClientCmd {
@@ -214,15 +212,13 @@ pub enum GroupAction {
     },
 }
 
-type Client = ImstoreClient<Channel>;
+type Client = crate::bearer::Api;
 type Failure = Box<dyn std::error::Error>;
 
 pub fn run(cmd: ClientCmd, server: &str, json_output: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let mut client = ImstoreClient::connect(server.to_owned())
-            .await
-            .map_err(|e| format!("cannot reach {server}: {e}"))?;
+        let mut client = crate::bearer::connect(server).await?;
         let (value, text) = call(&mut client, cmd, json_output).await.map_err(|e| {
             match e.downcast_ref::<tonic::Status>() {
                 Some(s) => crate::status_text(s).into(),

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bearer;
 mod bench;
 mod client;
 mod cluster;
@@ -50,6 +51,11 @@ struct Cli {
     /// Print a client subcommand's result as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// The bearer token client subcommands send, for a server that
+    /// requires tokens [default: the IMSTORE_TOKEN environment variable,
+    /// which keeps it out of the process list].
+    #[arg(long, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -108,6 +114,11 @@ enum Cmd {
         #[command(subcommand)]
         action: ops::BallastCmd,
     },
+    /// Make bearer tokens for a server's token file.
+    Token {
+        #[command(subcommand)]
+        action: bearer::TokenCmd,
+    },
     /// Load a server with one workload and report throughput, latency
     /// percentiles and CPU; every acknowledgement is checked.
     Bench(bench::BenchArgs),
@@ -135,6 +146,11 @@ struct ServeArgs {
     /// Prometheus /metrics address [default: 127.0.0.1:7071]; "off" turns it off.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Require bearer tokens on the client API: a TOML file of their
+    /// SHA-256 hashes and roles (`imstore token new` makes entries),
+    /// read again when it changes or on SIGHUP.
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -146,6 +162,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(err) = bearer::set_token(cli.token.clone()) {
+        eprintln!("imstore: {err}");
+        return ExitCode::FAILURE;
+    }
     let server = cli
         .server
         .clone()
@@ -168,6 +188,7 @@ fn main() -> ExitCode {
             ..
         } => ops::restore(&from, data_dir.as_deref(), node, cli.json),
         Cmd::Ballast { action } => ops::ballast(action, cli.json),
+        Cmd::Token { action } => bearer::token(action),
         Cmd::Client(cmd) => client::run(cmd, &server, cli.json),
     };
     match result {
@@ -228,6 +249,9 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(path) = args.tokens_file {
+        config.tokens_file = Some(path);
     }
     match args.metrics_listen.as_deref() {
         None => {}

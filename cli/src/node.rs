@@ -43,6 +43,10 @@ pub struct NodeArgs {
     /// figures), or `off`; off unless given here or in the file.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Require bearer tokens on the client API (as `serve --tokens-file`;
+    /// the node transport is not covered by tokens).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
     /// Every member of a new cluster, this node included
     /// (`1=127.0.0.1:7101,2=…`): the lowest id initializes the cluster once
     /// every peer answers, instead of `imstore cluster init`.
@@ -93,6 +97,9 @@ impl NodeArgs {
         }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
+        }
+        if let Some(path) = &self.tokens_file {
+            config.tokens_file = Some(path.clone());
         }
         match self.metrics_listen.as_deref() {
             None => {}

@@ -16,7 +16,6 @@ use imstore_engine::{
 use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
-use imstore_proto::v1::imstore_client::ImstoreClient;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -172,10 +171,8 @@ pub fn verify_offline(data_dir: &Path, json_output: bool) -> Result<(), Failure>
     finish_verify(&report, start.elapsed(), json_output)
 }
 
-async fn connect(server: &str) -> Result<ImstoreClient<tonic::transport::Channel>, Failure> {
-    Ok(ImstoreClient::connect(server.to_owned())
-        .await
-        .map_err(|e| format!("cannot reach {server}: {e}"))?)
+async fn connect(server: &str) -> Result<crate::bearer::Api, Failure> {
+    crate::bearer::connect(server).await
 }
 
 fn status_text(status: tonic::Status) -> Failure {

@@ -27,6 +27,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
+mod auth;
 mod backend;
 mod convert;
 mod delivery;
@@ -37,6 +38,7 @@ mod node;
 mod server;
 mod service;
 
+pub use auth::{token_sha256, AuthLayer, Caller, Role, TokenFileError, Tokens};
 pub use backend::{
     proposals_in_flight_for, Answer, Backend, Barrier, Done, EngineBackend, RaftBackend, Route,
     ShardedBackend, MAX_PROPOSAL, PROPOSALS_IN_FLIGHT,

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::auth::{AuthLayer, Tokens};
 use crate::node::{NodeConfig, NodeParts};
 use crate::{
     spawn_delivery, Backend, DeliveryWakes, EngineBackend, Hub, ImstoreService, Metrics,
@@ -57,6 +58,10 @@ pub struct ServerConfig {
     /// Size of the emergency ballast file in the data directory, bytes;
     /// 0 for none. Default: 1% of the volume, at most 256 MiB.
     pub ballast_bytes: Option<u64>,
+    /// Bearer tokens the client API requires (`docs/server.md`,
+    /// "Authentication"): a TOML file of SHA-256 hashes and roles,
+    /// followed for changes. Default: none, every call is let through.
+    pub tokens_file: Option<PathBuf>,
     /// Run as a cluster node with these settings (`[node]`); a single
     /// server without.
     pub node: Option<NodeConfig>,
@@ -79,6 +84,7 @@ impl Default for ServerConfig {
             receipt_list_max_members: engine.receipt_list_max_members,
             retention_sweep_secs: 60,
             ballast_bytes: None,
+            tokens_file: None,
             node: None,
         }
     }
@@ -144,6 +150,7 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    tokens: Option<Arc<Tokens>>,
 }
 
 /// What a server serves.
@@ -167,6 +174,15 @@ impl Server {
     /// Opens the data directory (a node's: its stores, and starts its
     /// replicas) and binds the sockets (port 0 picks a free one).
     pub async fn bind(config: ServerConfig) -> Result<Server, ServeError> {
+        // A bad token file stops the start before anything is opened.
+        let tokens = match &config.tokens_file {
+            Some(path) => {
+                let tokens = Tokens::load(path).map_err(|e| ServeError::Config(e.to_string()))?;
+                tracing::info!(path = %path.display(), tokens = tokens.len(), "client API requires bearer tokens");
+                Some(tokens)
+            }
+            None => None,
+        };
         let hub = Arc::new(Hub::default());
         let stores = match &config.node {
             None => {
@@ -196,6 +212,7 @@ impl Server {
             metrics_listener,
             hub,
             metrics: Arc::new(Metrics::default()),
+            tokens,
         })
     }
 
@@ -240,10 +257,12 @@ impl Server {
             metrics_listener,
             hub,
             metrics,
+            tokens,
         } = self;
         let sockets = Sockets {
             listener,
             metrics_listener,
+            tokens,
         };
         match stores {
             Stores::Single(engine) => {
@@ -311,10 +330,12 @@ impl Server {
     }
 }
 
-/// The bound sockets a server serves on.
+/// The bound sockets a server serves on, and the tokens its client API
+/// requires.
 struct Sockets {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    tokens: Option<Arc<Tokens>>,
 }
 
 /// Serves `backend` (and a node's transport) on the sockets until
@@ -369,8 +390,10 @@ async fn serve<B: Backend + 'static>(
         tracing::info!("shutting down: finishing in-flight requests");
         closing.close_all("the server is shutting down");
     };
+    let following = sockets.tokens.as_ref().map(Tokens::follow);
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
+        .layer(AuthLayer::new(sockets.tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -384,6 +407,9 @@ async fn serve<B: Backend + 'static>(
         )
         .await;
     if let Some(task) = metrics_task {
+        task.abort();
+    }
+    if let Some(task) = following {
         task.abort();
     }
     Ok(result?)

@@ -36,11 +36,9 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use imstore_proto::v1 as pb;
-use imstore_proto::v1::imstore_client::ImstoreClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
-type Client = ImstoreClient<Channel>;
+type Client = crate::bearer::Api;
 type Failure = Box<dyn std::error::Error>;
 
 /// Messages per `Append` while preloading a read workload.
@@ -272,12 +270,12 @@ async fn run(
             }
         } else {
             for c in 0..args.clients {
-                targets.push(Target::Imstore(Client::new(
+                targets.push(Target::Imstore(crate::bearer::client(
                     channels[c % channels.len()].clone(),
                 )));
             }
         }
-        Setup::Imstore(Client::new(channels[0].clone()))
+        Setup::Imstore(crate::bearer::client(channels[0].clone()))
     };
     match &mut setup {
         Setup::Imstore(client) => workloads::prepare(&plan, client).await?,

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::{Client, Failure};
+use super::Failure;
 
 /// Requests one stream queues before its clients wait to send.
 const QUEUE: usize = 1_024;
@@ -32,7 +32,7 @@ impl StreamSender {
     /// Opens a stream on `channel` and starts its reader.
     pub(super) async fn open(channel: Channel) -> Result<Self, Failure> {
         let (requests, rx) = mpsc::channel(QUEUE);
-        let answers = Client::new(channel)
+        let answers = crate::bearer::client(channel)
             .send_stream(ReceiverStream::new(rx))
             .await?
             .into_inner();

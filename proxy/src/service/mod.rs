@@ -444,17 +444,25 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        // Recalling anyone's message takes an admin token (when the
+        // server requires tokens).
+        let allowed = if request.get_ref().admin {
+            crate::auth::Caller::may_recall_as_admin(request.extensions())
+        } else {
+            Ok(())
+        };
         let r = request.into_inner();
-        self.observe(
-            "Recall",
+        self.observe("Recall", async {
+            allowed?;
             self.done(Command::Recall {
                 conversation: r.conversation,
                 seq: r.seq,
                 by: r.by,
                 admin: r.admin,
                 timestamp_ms: now_ms(),
-            }),
-        )
+            })
+            .await
+        })
         .await
     }
 

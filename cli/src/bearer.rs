@@ -1,0 +1,140 @@
+//! The bearer token client subcommands send (`--token`, else the
+//! `IMSTORE_TOKEN` environment variable, which keeps it out of the process
+//! list), and `imstore token`, which makes tokens and their token-file
+//! entries (`docs/server.md`, "Authentication").
+
+use std::io::Read;
+use std::sync::OnceLock;
+
+use imstore_proto::v1::imstore_client::ImstoreClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+type Failure = Box<dyn std::error::Error>;
+
+/// A client of the `imstore.v1` API that sends the process's token.
+pub(crate) type Api = ImstoreClient<InterceptedService<Channel, Bearer>>;
+
+static TOKEN: OnceLock<Option<MetadataValue<Ascii>>> = OnceLock::new();
+
+/// Sets the token every client of this process sends: `flag`, else
+/// `IMSTORE_TOKEN`, else none. A token that cannot be a header is refused.
+pub(crate) fn set_token(flag: Option<String>) -> Result<(), Failure> {
+    let token = flag.or_else(|| {
+        std::env::var("IMSTORE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    let value = match token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| "the token must be printable ASCII")?,
+        ),
+        None => None,
+    };
+    // Set once, from main; a second call keeps the first.
+    let _ = TOKEN.set(value);
+    Ok(())
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is one.
+#[derive(Clone, Default)]
+pub(crate) struct Bearer;
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(Some(value)) = TOKEN.get() {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client over `channel` that sends the token.
+pub(crate) fn client(channel: Channel) -> Api {
+    ImstoreClient::with_interceptor(channel, Bearer)
+}
+
+/// Connects to `server` and sends the token.
+pub(crate) async fn connect(server: &str) -> Result<Api, Failure> {
+    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {server}: {e}"))?;
+    Ok(client(channel))
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCmd {
+    /// Make a new random token; prints it (once: it is not kept anywhere)
+    /// and the entry to add to the server's token file.
+    New {
+        /// The token's name in the token file (who holds it).
+        #[arg(long)]
+        name: String,
+        /// What it may do: readonly, service or admin.
+        #[arg(long, value_parser = ["readonly", "service", "admin"])]
+        role: String,
+        /// Expire it this many days from now.
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+    },
+    /// Print the SHA-256 (what a token file holds) of a token read from
+    /// standard input.
+    Hash,
+}
+
+/// `imstore token`.
+pub fn token(cmd: TokenCmd) -> Result<(), Failure> {
+    match cmd {
+        TokenCmd::New {
+            name,
+            role,
+            expires_in_days,
+        } => {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .map_err(|e| format!("no random bytes from /dev/urandom: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let expiry = match expires_in_days {
+                Some(days) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_secs();
+                    format!(
+                        "expires_at = {}\n",
+                        now.saturating_add(days.saturating_mul(86_400))
+                    )
+                }
+                None => String::new(),
+            };
+            println!("token: {token}");
+            println!();
+            println!("# add to the token file:");
+            println!(
+                "[[tokens]]\nname = {name:?}\nsha256 = \"{}\"\nrole = \"{role}\"\n{expiry}",
+                imstore_proxy::token_sha256(&token)
+            );
+            Ok(())
+        }
+        TokenCmd::Hash => {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            let token = input.trim_end_matches(['\n', '\r']);
+            if token.is_empty() {
+                return Err("no token on standard input".into());
+            }
+            println!("{}", imstore_proxy::token_sha256(token));
+            Ok(())
+        }
+    }
+}
