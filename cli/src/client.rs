@@ -212,13 +212,13 @@ pub enum GroupAction {
     },
 }
 
-type Client = crate::bearer::Api;
+type Client = crate::access::Api;
 type Failure = Box<dyn std::error::Error>;
 
 pub fn run(cmd: ClientCmd, server: &str, json_output: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let mut client = crate::bearer::connect(server).await?;
+        let mut client = crate::access::connect(server).await?;
         let (value, text) = call(&mut client, cmd, json_output).await.map_err(|e| {
             match e.downcast_ref::<tonic::Status>() {
                 Some(s) => crate::status_text(s).into(),

@@ -11,7 +11,7 @@
 
 #![forbid(unsafe_code)]
 
-mod bearer;
+mod access;
 mod bench;
 mod client;
 mod cluster;
@@ -56,6 +56,10 @@ struct Cli {
     /// which keeps it out of the process list].
     #[arg(long, global = true)]
     token: Option<String>,
+    /// The CA (PEM) an `https://` server's certificate must chain to
+    /// [default: the IMSTORE_CA environment variable].
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -117,7 +121,7 @@ enum Cmd {
     /// Make bearer tokens for a server's token file.
     Token {
         #[command(subcommand)]
-        action: bearer::TokenCmd,
+        action: access::TokenCmd,
     },
     /// Load a server with one workload and report throughput, latency
     /// percentiles and CPU; every acknowledgement is checked.
@@ -151,6 +155,13 @@ struct ServeArgs {
     /// read again when it changes or on SIGHUP.
     #[arg(long)]
     tokens_file: Option<PathBuf>,
+    /// TLS on the gRPC address: the server's certificate chain (PEM),
+    /// with --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -162,7 +173,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(err) = bearer::set_token(cli.token.clone()) {
+    if let Err(err) =
+        access::set_token(cli.token.clone()).and_then(|()| access::set_ca(cli.ca.clone()))
+    {
         eprintln!("imstore: {err}");
         return ExitCode::FAILURE;
     }
@@ -188,7 +201,7 @@ fn main() -> ExitCode {
             ..
         } => ops::restore(&from, data_dir.as_deref(), node, cli.json),
         Cmd::Ballast { action } => ops::ballast(action, cli.json),
-        Cmd::Token { action } => bearer::token(action),
+        Cmd::Token { action } => access::token(action),
         Cmd::Client(cmd) => client::run(cmd, &server, cli.json),
     };
     match result {
@@ -252,6 +265,12 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(path) = args.tokens_file {
         config.tokens_file = Some(path);
+    }
+    if let Some(path) = args.tls_cert {
+        config.tls_cert = Some(path);
+    }
+    if let Some(path) = args.tls_key {
+        config.tls_key = Some(path);
     }
     match args.metrics_listen.as_deref() {
         None => {}

@@ -171,8 +171,8 @@ pub fn verify_offline(data_dir: &Path, json_output: bool) -> Result<(), Failure>
     finish_verify(&report, start.elapsed(), json_output)
 }
 
-async fn connect(server: &str) -> Result<crate::bearer::Api, Failure> {
-    crate::bearer::connect(server).await
+async fn connect(server: &str) -> Result<crate::access::Api, Failure> {
+    crate::access::connect(server).await
 }
 
 fn status_text(status: tonic::Status) -> Failure {

@@ -94,3 +94,46 @@ fn tokens_made_by_the_cli_guard_a_server() -> TestResult {
     server.terminate()?;
     Ok(())
 }
+
+#[test]
+fn the_cli_reaches_a_tls_server_with_its_ca() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/make-certs");
+    let made = Command::new(script).arg(&certs).arg("localhost").output()?;
+    assert!(made.status.success(), "{made:?}");
+    let path = |name: &str| certs.join(name).to_string_lossy().into_owned();
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            &path("localhost.pem"),
+            "--tls-key",
+            &path("localhost.key"),
+        ],
+    )?;
+    let url = format!("https://{}", server.addr);
+    let read = [
+        "--server",
+        url.as_str(),
+        "read",
+        "--as",
+        "1",
+        "--conversation",
+        "5",
+    ];
+
+    // With the CA: through TLS to the handler (which knows no conversation 5).
+    let ca = path("ca.pem");
+    let through = imstore(&[&["--ca", ca.as_str()][..], &read[..]].concat(), None)?;
+    let stderr = String::from_utf8_lossy(&through.stderr);
+    assert!(stderr.contains("NOT_FOUND"), "{stderr}");
+
+    // Without it, a clear refusal before any connection.
+    let without = imstore(&read, None)?;
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("needs --ca"), "{stderr}");
+    server.terminate()?;
+    Ok(())
+}

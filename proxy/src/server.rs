@@ -17,6 +17,8 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use tonic::transport::{Identity, ServerTlsConfig};
+
 use crate::auth::{AuthLayer, Tokens};
 use crate::node::{NodeConfig, NodeParts};
 use crate::{
@@ -62,6 +64,12 @@ pub struct ServerConfig {
     /// "Authentication"): a TOML file of SHA-256 hashes and roles,
     /// followed for changes. Default: none, every call is let through.
     pub tokens_file: Option<PathBuf>,
+    /// TLS on the gRPC address: the server's certificate chain, a PEM
+    /// file (with `tls_key`). `imstore serve` only for now. Default: none,
+    /// plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`, a PEM file.
+    pub tls_key: Option<PathBuf>,
     /// Run as a cluster node with these settings (`[node]`); a single
     /// server without.
     pub node: Option<NodeConfig>,
@@ -85,6 +93,8 @@ impl Default for ServerConfig {
             retention_sweep_secs: 60,
             ballast_bytes: None,
             tokens_file: None,
+            tls_cert: None,
+            tls_key: None,
             node: None,
         }
     }
@@ -151,6 +161,7 @@ pub struct Server {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     tokens: Option<Arc<Tokens>>,
+    tls: Option<ServerTlsConfig>,
 }
 
 /// What a server serves.
@@ -183,6 +194,7 @@ impl Server {
             }
             None => None,
         };
+        let tls = tls_config(&config)?;
         let hub = Arc::new(Hub::default());
         let stores = match &config.node {
             None => {
@@ -213,6 +225,7 @@ impl Server {
             hub,
             metrics: Arc::new(Metrics::default()),
             tokens,
+            tls,
         })
     }
 
@@ -258,11 +271,13 @@ impl Server {
             hub,
             metrics,
             tokens,
+            tls,
         } = self;
         let sockets = Sockets {
             listener,
             metrics_listener,
             tokens,
+            tls,
         };
         match stores {
             Stores::Single(engine) => {
@@ -330,12 +345,52 @@ impl Server {
     }
 }
 
+/// The TLS settings of `config`, checked: both files or neither, each
+/// readable, and a key that belongs to the certificate (rustls checks it
+/// here, so a bad pair stops the start instead of every handshake).
+fn tls_config(config: &ServerConfig) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            return Err(ServeError::Config(
+                "TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)".into(),
+            ))
+        }
+    };
+    if config.node.is_some() {
+        return Err(ServeError::Config(
+            "TLS on a cluster node is not built yet (its node transport needs mutual TLS); \
+             serve nodes on a private network"
+                .into(),
+        ));
+    }
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| ServeError::Config(format!("TLS {what} {}: {e}", path.display())))
+    };
+    let identity = Identity::from_pem(read(cert, "certificate")?, read(key, "key")?);
+    let tls = ServerTlsConfig::new().identity(identity);
+    tonic::transport::Server::builder()
+        .tls_config(tls.clone())
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "TLS certificate {} with key {}: {}",
+                cert.display(),
+                key.display(),
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
+            ))
+        })?;
+    Ok(Some(tls))
+}
+
 /// The bound sockets a server serves on, and the tokens its client API
 /// requires.
 struct Sockets {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     tokens: Option<Arc<Tokens>>,
+    tls: Option<ServerTlsConfig>,
 }
 
 /// Serves `backend` (and a node's transport) on the sockets until
@@ -391,7 +446,11 @@ async fn serve<B: Backend + 'static>(
         closing.close_all("the server is shutting down");
     };
     let following = sockets.tokens.as_ref().map(Tokens::follow);
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = sockets.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         .max_concurrent_streams(config.max_concurrent_streams)
         .layer(AuthLayer::new(sockets.tokens.clone()))
         .add_service(health_service)

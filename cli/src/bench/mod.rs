@@ -38,7 +38,7 @@ use hdrhistogram::Histogram;
 use imstore_proto::v1 as pb;
 use serde_json::{json, Value};
 
-type Client = crate::bearer::Api;
+type Client = crate::access::Api;
 type Failure = Box<dyn std::error::Error>;
 
 /// Messages per `Append` while preloading a read workload.
@@ -253,7 +253,7 @@ async fn run(
         let mut channels = Vec::with_capacity(args.connections);
         for c in 0..args.connections {
             let url = urls[c % urls.len()];
-            let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            let channel = crate::access::endpoint(url)?
                 .tcp_nodelay(true)
                 .connect()
                 .await
@@ -270,12 +270,12 @@ async fn run(
             }
         } else {
             for c in 0..args.clients {
-                targets.push(Target::Imstore(crate::bearer::client(
+                targets.push(Target::Imstore(crate::access::client(
                     channels[c % channels.len()].clone(),
                 )));
             }
         }
-        Setup::Imstore(crate::bearer::client(channels[0].clone()))
+        Setup::Imstore(crate::access::client(channels[0].clone()))
     };
     match &mut setup {
         Setup::Imstore(client) => workloads::prepare(&plan, client).await?,

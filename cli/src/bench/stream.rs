@@ -32,7 +32,7 @@ impl StreamSender {
     /// Opens a stream on `channel` and starts its reader.
     pub(super) async fn open(channel: Channel) -> Result<Self, Failure> {
         let (requests, rx) = mpsc::channel(QUEUE);
-        let answers = crate::bearer::client(channel)
+        let answers = crate::access::client(channel)
             .send_stream(ReceiverStream::new(rx))
             .await?
             .into_inner();

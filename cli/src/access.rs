@@ -1,7 +1,9 @@
-//! The bearer token client subcommands send (`--token`, else the
-//! `IMSTORE_TOKEN` environment variable, which keeps it out of the process
-//! list), and `imstore token`, which makes tokens and their token-file
-//! entries (`docs/server.md`, "Authentication").
+//! How client subcommands reach a server: over TLS for an `https://`
+//! server (`--ca`, else `IMSTORE_CA`: the CA that signed the server's
+//! certificate), with the bearer token (`--token`, else `IMSTORE_TOKEN`,
+//! which keeps it out of the process list); and `imstore token`, which
+//! makes tokens and their token-file entries (`docs/server.md`,
+//! "Authentication" and "TLS").
 
 use std::io::Read;
 use std::sync::OnceLock;
@@ -10,7 +12,7 @@ use imstore_proto::v1::imstore_client::ImstoreClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -18,6 +20,44 @@ type Failure = Box<dyn std::error::Error>;
 pub(crate) type Api = ImstoreClient<InterceptedService<Channel, Bearer>>;
 
 static TOKEN: OnceLock<Option<MetadataValue<Ascii>>> = OnceLock::new();
+static CA: OnceLock<Option<Certificate>> = OnceLock::new();
+
+/// Sets the CA that `https://` servers' certificates must chain to:
+/// `flag`, else `IMSTORE_CA`, else none. An unreadable file is refused.
+pub(crate) fn set_ca(flag: Option<std::path::PathBuf>) -> Result<(), Failure> {
+    let path = flag.or_else(|| {
+        std::env::var_os("IMSTORE_CA")
+            .filter(|p| !p.is_empty())
+            .map(Into::into)
+    });
+    let ca = match path {
+        Some(path) => Some(Certificate::from_pem(
+            std::fs::read(&path).map_err(|e| format!("the CA file {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    let _ = CA.set(ca);
+    Ok(())
+}
+
+/// An endpoint for `url`: TLS with the CA for `https://`, plaintext for
+/// `http://`.
+pub(crate) fn endpoint(url: &str) -> Result<Endpoint, Failure> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?;
+    let ca = CA.get().cloned().flatten();
+    match (url.starts_with("https://"), ca) {
+        (true, Some(ca)) => Ok(endpoint.tls_config(ClientTlsConfig::new().ca_certificate(ca))?),
+        (true, None) => Err(format!(
+            "{url}: an https:// server needs --ca (or IMSTORE_CA), the CA that signed its certificate"
+        )
+        .into()),
+        (false, Some(_)) => Err(format!(
+            "{url}: --ca (or IMSTORE_CA) is for TLS; name the server https://"
+        )
+        .into()),
+        (false, None) => Ok(endpoint),
+    }
+}
 
 /// Sets the token every client of this process sends: `flag`, else
 /// `IMSTORE_TOKEN`, else none. A token that cannot be a header is refused.
@@ -65,7 +105,7 @@ pub(crate) fn client(channel: Channel) -> Api {
 
 /// Connects to `server` and sends the token.
 pub(crate) async fn connect(server: &str) -> Result<Api, Failure> {
-    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())?
+    let channel = endpoint(server)?
         .connect()
         .await
         .map_err(|e| format!("cannot reach {server}: {e}"))?;
