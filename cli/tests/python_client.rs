@@ -40,12 +40,11 @@ fn venv() -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(python)
 }
 
-#[test]
-fn a_python_grpcio_client_runs_the_scenario() -> TestResult {
-    let python = venv()?;
+/// Python stubs of the client API, generated into a new directory.
+fn stubs(python: &Path) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let stubs = tempfile::tempdir()?;
-    let status = Command::new(&python)
+    let status = Command::new(python)
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(root.join("proto"))
         .arg(format!("--python_out={}", stubs.path().display()))
@@ -53,6 +52,81 @@ fn a_python_grpcio_client_runs_the_scenario() -> TestResult {
         .arg(root.join("proto/imstore/v1/imstore.proto"))
         .status()?;
     assert!(status.success(), "grpc_tools.protoc failed");
+    Ok(stubs)
+}
+
+fn sha256_hex(token: &str) -> String {
+    imstore_proxy::token_sha256(token)
+}
+
+#[test]
+fn a_python_client_over_tls_with_tokens() -> TestResult {
+    let python = venv()?;
+    let stubs = stubs(&python)?;
+    let dir = tempfile::tempdir()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/make-certs");
+    for ca in ["certs", "other"] {
+        let made = Command::new(&script)
+            .arg(dir.path().join(ca))
+            .arg("localhost")
+            .output()?;
+        assert!(made.status.success(), "{made:?}");
+    }
+    let tokens = dir.path().join("tokens.toml");
+    let entry = |name: &str, token: &str, role: &str, expiry: &str| {
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n{expiry}",
+            sha256_hex(token)
+        )
+    };
+    std::fs::write(
+        &tokens,
+        [
+            entry("gateway", "svc-token", "service", ""),
+            entry("dashboard", "ro-token", "readonly", ""),
+            entry("retired", "old-token", "service", "expires_at = 1\n"),
+        ]
+        .concat(),
+    )?;
+    let arg = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let (cert, key) = (
+        arg(dir.path().join("certs/localhost.pem")),
+        arg(dir.path().join("certs/localhost.key")),
+    );
+    let tokens_arg = arg(tokens.clone());
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tokens-file",
+            &tokens_arg,
+        ],
+    )?;
+    let output = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/secure.py"))
+        .arg(format!("localhost:{}", server.addr.port()))
+        .arg(stubs.path())
+        .arg(dir.path().join("certs/ca.pem"))
+        .arg(dir.path().join("other/ca.pem"))
+        .arg(&tokens)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("PASS"),
+        "python TLS scenario failed:\n{stdout}\n{stderr}"
+    );
+    server.terminate()?;
+    Ok(())
+}
+
+#[test]
+fn a_python_grpcio_client_runs_the_scenario() -> TestResult {
+    let python = venv()?;
+    let stubs = stubs(&python)?;
 
     let data = tempfile::tempdir()?;
     let server = ServerProcess::start(data.path(), &[])?;
