@@ -162,6 +162,10 @@ struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS and tokens (refused
+    /// otherwise; warned about at every start).
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -272,6 +276,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = args.tls_key {
         config.tls_key = Some(path);
     }
+    config.insecure |= args.insecure;
     match args.metrics_listen.as_deref() {
         None => {}
         Some("off") => config.metrics_listen = None,

@@ -47,6 +47,11 @@ pub struct NodeArgs {
     /// the node transport is not covered by tokens).
     #[arg(long)]
     tokens_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS and tokens (a node cannot
+    /// have TLS yet, so a node on such an address needs this; warned
+    /// about at every start).
+    #[arg(long)]
+    insecure: bool,
     /// Every member of a new cluster, this node included
     /// (`1=127.0.0.1:7101,2=…`): the lowest id initializes the cluster once
     /// every peer answers, instead of `imstore cluster init`.
@@ -101,6 +106,7 @@ impl NodeArgs {
         if let Some(path) = &self.tokens_file {
             config.tokens_file = Some(path.clone());
         }
+        config.insecure |= self.insecure;
         match self.metrics_listen.as_deref() {
             None => {}
             Some("off") => config.metrics_listen = None,

@@ -70,6 +70,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// The private key of `tls_cert`, a PEM file.
     pub tls_key: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS and tokens (logged as a
+    /// warning at every start). Default false: such a server refuses to
+    /// start.
+    pub insecure: bool,
     /// Run as a cluster node with these settings (`[node]`); a single
     /// server without.
     pub node: Option<NodeConfig>,
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             tokens_file: None,
             tls_cert: None,
             tls_key: None,
+            insecure: false,
             node: None,
         }
     }
@@ -195,6 +200,7 @@ impl Server {
             None => None,
         };
         let tls = tls_config(&config)?;
+        check_exposure(&config)?;
         let hub = Arc::new(Hub::default());
         let stores = match &config.node {
             None => {
@@ -343,6 +349,38 @@ impl Server {
         tracing::info!("stopped; every acknowledged write is durable");
         Ok(())
     }
+}
+
+/// A server reachable from other machines needs TLS and tokens, unless
+/// told `insecure`, which is then logged at every start. A cluster node
+/// cannot have TLS yet, so one on a non-loopback address needs
+/// `insecure`.
+fn check_exposure(config: &ServerConfig) -> Result<(), ServeError> {
+    let ip = config.listen.ip();
+    let secured = config.tls_cert.is_some() && config.tokens_file.is_some();
+    if ip.is_loopback() || secured {
+        return Ok(());
+    }
+    if config.insecure {
+        tracing::warn!(
+            listen = %config.listen,
+            tls = config.tls_cert.is_some(),
+            tokens = config.tokens_file.is_some(),
+            "serving a non-loopback address without TLS and tokens (--insecure): anyone who \
+             can reach it can read and write every conversation"
+        );
+        return Ok(());
+    }
+    Err(ServeError::Config(format!(
+        "{} is not a loopback address: serving it needs TLS (tls_cert, tls_key) and bearer \
+         tokens (tokens_file), or --insecure (insecure = true) to serve without them{}",
+        config.listen,
+        if config.node.is_some() {
+            "; a cluster node cannot have TLS yet, so it needs --insecure"
+        } else {
+            ""
+        }
+    )))
 }
 
 /// The TLS settings of `config`, checked: both files or neither, each
@@ -589,6 +627,35 @@ pub async fn serve_http(listener: TcpListener, endpoint: HttpEndpoint) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(listen: &str) -> ServerConfig {
+        ServerConfig {
+            listen: listen.parse().expect("a test address"),
+            ..ServerConfig::default()
+        }
+    }
+
+    #[test]
+    fn only_loopback_serves_without_tls_and_tokens_unless_insecure() {
+        assert!(check_exposure(&config("127.0.0.1:7070")).is_ok());
+        assert!(check_exposure(&config("[::1]:7070")).is_ok());
+        for exposed in ["0.0.0.0:7070", "10.0.0.5:7070", "[::]:7070"] {
+            match check_exposure(&config(exposed)) {
+                Err(ServeError::Config(m)) => assert!(m.contains("not a loopback"), "{m}"),
+                other => panic!("{exposed}: {other:?}"),
+            }
+            let mut tls_only = config(exposed);
+            tls_only.tls_cert = Some("c.pem".into());
+            tls_only.tls_key = Some("k.pem".into());
+            assert!(check_exposure(&tls_only).is_err(), "TLS without tokens");
+            let mut secured = tls_only.clone();
+            secured.tokens_file = Some("tokens.toml".into());
+            assert!(check_exposure(&secured).is_ok());
+            let mut insecure = config(exposed);
+            insecure.insecure = true;
+            assert!(check_exposure(&insecure).is_ok());
+        }
+    }
 
     #[test]
     fn the_documented_example_config_is_the_default() {
