@@ -99,9 +99,7 @@ fn tokens_made_by_the_cli_guard_a_server() -> TestResult {
 fn the_cli_reaches_a_tls_server_with_its_ca() -> TestResult {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/make-certs");
-    let made = Command::new(script).arg(&certs).arg("localhost").output()?;
-    assert!(made.status.success(), "{made:?}");
+    common::make_certs(&certs)?;
     let path = |name: &str| certs.join(name).to_string_lossy().into_owned();
     let server = ServerProcess::start(
         &dir.path().join("data"),

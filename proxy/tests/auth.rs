@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
-use imstore_proxy::{token_sha256, ServeError, Server, ServerConfig};
+use imstore_proxy::{token_sha256, ServerConfig};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
 mod single;
-use single::{start, TestResult};
+use single::{quiet_config, refused_start, start, TestResult};
 
 fn entry(name: &str, token: &str, role: &str, expires_at: Option<u64>) -> String {
     let expiry = expires_at.map_or(String::new(), |t| format!("expires_at = {t}\n"));
@@ -261,19 +261,10 @@ async fn a_bad_token_file_stops_the_start() -> TestResult {
             std::fs::write(&path, text)?;
         }
         let config = ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            metrics_listen: None,
-            data_dir: dir.path().join("data"),
             tokens_file: Some(path.clone()),
-            ..ServerConfig::default()
+            ..quiet_config(&dir.path().join("data"))?
         };
-        match Server::bind(config).await {
-            Err(ServeError::Config(message)) => {
-                assert!(message.contains(name), "{name}: {message}");
-            }
-            Err(other) => return Err(format!("{name}: the wrong error: {other}").into()),
-            Ok(_) => return Err(format!("{name}: the server started").into()),
-        }
+        refused_start(config, name, name).await?;
     }
     Ok(())
 }

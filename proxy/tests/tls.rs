@@ -9,11 +9,11 @@ use std::process::Command;
 
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
-use imstore_proxy::{token_sha256, ServeError, Server, ServerConfig};
+use imstore_proxy::{token_sha256, ServerConfig};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 mod single;
-use single::{start, TestResult};
+use single::{quiet_config, refused_start, start, TestResult};
 
 /// A CA and a certificate for localhost and 127.0.0.1 in `dir`.
 fn make_certs(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -185,20 +185,11 @@ async fn bad_tls_settings_stop_the_start() -> TestResult {
     ];
     for (what, tls_cert, tls_key, named) in cases {
         let config = ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            metrics_listen: None,
-            data_dir: data.path().to_path_buf(),
             tls_cert,
             tls_key,
-            ..ServerConfig::default()
+            ..quiet_config(data.path())?
         };
-        match Server::bind(config).await {
-            Err(ServeError::Config(message)) => {
-                assert!(message.contains(named), "{what}: {message}");
-            }
-            Err(other) => return Err(format!("{what}: the wrong error: {other}").into()),
-            Ok(_) => return Err(format!("{what}: the server started").into()),
-        }
+        refused_start(config, what, named).await?;
     }
     Ok(())
 }

@@ -76,3 +76,18 @@ impl Drop for ServerProcess {
         }
     }
 }
+
+/// A throwaway CA and a certificate for localhost and 127.0.0.1 in `dir`
+/// (`dev/make-certs`, openssl): `ca.pem`, `localhost.pem`, `localhost.key`.
+pub fn make_certs(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/make-certs");
+    let made = Command::new(script).arg(dir).arg("localhost").output()?;
+    if !made.status.success() {
+        return Err(format!(
+            "dev/make-certs failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}

@@ -111,3 +111,29 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, wh
         other => panic!("{why}: expected {code:?}, got {other:?}"),
     }
 }
+
+/// A loopback config on `data_dir` with no metrics endpoint, for tests of
+/// what stops a start.
+pub fn quiet_config(
+    data_dir: &std::path::Path,
+) -> Result<ServerConfig, Box<dyn std::error::Error>> {
+    Ok(ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        metrics_listen: None,
+        data_dir: data_dir.to_path_buf(),
+        ..ServerConfig::default()
+    })
+}
+
+/// Checks that `config` stops the start with a configuration error whose
+/// message contains `named` (`what` says which case, for the failure).
+pub async fn refused_start(config: ServerConfig, what: &str, named: &str) -> TestResult {
+    match Server::bind(config).await {
+        Err(ServeError::Config(message)) => {
+            assert!(message.contains(named), "{what}: {message}");
+            Ok(())
+        }
+        Err(other) => Err(format!("{what}: the wrong error: {other}").into()),
+        Ok(_) => Err(format!("{what}: the server started").into()),
+    }
+}
