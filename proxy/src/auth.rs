@@ -79,6 +79,7 @@ impl Role {
 const READ_ONLY: &[&str] = &[
     "Read",
     "ReadAs",
+    "ReadAsMany",
     "ListMembers",
     "ListFriends",
     "Sync",

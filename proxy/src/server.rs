@@ -452,6 +452,7 @@ async fn serve<B: Backend + 'static>(
             max_watchers: config.max_watchers,
             max_watch_users: 10_000,
             watch_buffer: config.watch_buffer,
+            max_page_messages: config.max_page_messages,
         },
         config.data_dir.display().to_string(),
     );

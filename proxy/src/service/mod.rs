@@ -37,6 +37,9 @@ mod watch;
 
 pub use watch::WATCH_SHARD_HEADER;
 
+/// Most pages in one `ReadAsMany`.
+pub const MAX_READ_AS_PAGES: usize = 100;
+
 /// Limits the service enforces before the engine sees a request.
 #[derive(Debug, Clone)]
 pub struct ServiceLimits {
@@ -46,6 +49,9 @@ pub struct ServiceLimits {
     pub max_watch_users: usize,
     /// Buffered notifications per `Watch` before it is told to resync.
     pub watch_buffer: usize,
+    /// Most messages one read returns: also the most a `ReadAsMany`'s
+    /// pages may ask for together.
+    pub max_page_messages: usize,
 }
 
 impl Default for ServiceLimits {
@@ -54,6 +60,7 @@ impl Default for ServiceLimits {
             max_watchers: 1_024,
             max_watch_users: 10_000,
             watch_buffer: 1_024,
+            max_page_messages: imstore_engine::Options::default().max_page_messages,
         }
     }
 }
@@ -435,6 +442,62 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             };
             Ok(pb::ReadResponse {
                 messages: views.into_iter().map(message).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn read_as_many(
+        &self,
+        request: Request<pb::ReadAsManyRequest>,
+    ) -> Result<Response<pb::ReadAsManyResponse>, Status> {
+        let r = request.into_inner();
+        self.observe("ReadAsMany", async {
+            if r.pages.len() > MAX_READ_AS_PAGES {
+                return Err(invalid(format!(
+                    "{} pages in one ReadAsMany; at most {MAX_READ_AS_PAGES}",
+                    r.pages.len()
+                )));
+            }
+            let asked: u64 = r.pages.iter().map(|p| u64::from(p.limit)).sum();
+            if asked > self.limits.max_page_messages as u64 {
+                return Err(invalid(format!(
+                    "the pages ask for {asked} messages together; at most {}",
+                    self.limits.max_page_messages
+                )));
+            }
+            let pages = r.pages.into_iter().map(|page| async move {
+                let conversation = page.conversation;
+                let read = async {
+                    let (dir, n) = (direction(page.direction)?, limit(page.limit)?);
+                    let query = ShardQuery::ReadAs {
+                        viewer: r.viewer,
+                        conversation,
+                        from: page.from,
+                        limit: n,
+                        direction: dir,
+                    };
+                    match self
+                        .ask(Route::Conversation(conversation), r.stale_ok, query)
+                        .await?
+                    {
+                        ShardAnswer::Views(views) => Ok(pb::ReadResponse {
+                            messages: views.into_iter().map(message).collect(),
+                        }),
+                        _ => Err(mismatched()),
+                    }
+                };
+                let result = match read.await {
+                    Ok(page) => pb::page_result::Result::Page(page),
+                    Err(status) => pb::page_result::Result::Error(stream::stream_error(&status)),
+                };
+                pb::PageResult {
+                    conversation,
+                    result: Some(result),
+                }
+            });
+            Ok(pb::ReadAsManyResponse {
+                pages: futures_util::future::join_all(pages).await,
             })
         })
         .await
