@@ -31,14 +31,12 @@ use crate::hub::{
 };
 use crate::{Backend, Metrics, Route};
 
+mod pages;
 mod stream;
 mod user;
 mod watch;
 
 pub use watch::WATCH_SHARD_HEADER;
-
-/// Most pages in one `ReadAsMany`.
-pub const MAX_READ_AS_PAGES: usize = 100;
 
 /// Limits the service enforces before the engine sees a request.
 #[derive(Debug, Clone)]
@@ -396,7 +394,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
     ) -> Result<Response<pb::SendResponse>, Status> {
         let r = request.into_inner();
         self.observe("Send", async {
-            match self.write(stream::send_command(r)).await? {
+            match self.write(Command::Send(stream::send_message(r))).await? {
                 Outcome::Sent(a) => Ok(pb::SendResponse {
                     seq: a.seq,
                     duplicate: a.duplicate,
@@ -425,25 +423,19 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         request: Request<pb::ReadAsRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
         let r = request.into_inner();
-        self.observe("ReadAs", async {
-            let (dir, n) = (direction(r.direction)?, limit(r.limit)?);
-            let query = ShardQuery::ReadAs {
-                viewer: r.viewer,
-                conversation: r.conversation,
-                from: r.from,
-                limit: n,
-                direction: dir,
-            };
-            let ShardAnswer::Views(views) = self
-                .ask(Route::Conversation(r.conversation), r.stale_ok, query)
-                .await?
-            else {
-                return Err(mismatched());
-            };
-            Ok(pb::ReadResponse {
-                messages: views.into_iter().map(message).collect(),
-            })
-        })
+        self.observe(
+            "ReadAs",
+            self.read_page(
+                r.viewer,
+                r.stale_ok,
+                pb::ReadAsPage {
+                    conversation: r.conversation,
+                    from: r.from,
+                    limit: r.limit,
+                    direction: r.direction,
+                },
+            ),
+        )
         .await
     }
 
@@ -452,55 +444,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         request: Request<pb::ReadAsManyRequest>,
     ) -> Result<Response<pb::ReadAsManyResponse>, Status> {
         let r = request.into_inner();
-        self.observe("ReadAsMany", async {
-            if r.pages.len() > MAX_READ_AS_PAGES {
-                return Err(invalid(format!(
-                    "{} pages in one ReadAsMany; at most {MAX_READ_AS_PAGES}",
-                    r.pages.len()
-                )));
-            }
-            let asked: u64 = r.pages.iter().map(|p| u64::from(p.limit)).sum();
-            if asked > self.limits.max_page_messages as u64 {
-                return Err(invalid(format!(
-                    "the pages ask for {asked} messages together; at most {}",
-                    self.limits.max_page_messages
-                )));
-            }
-            let pages = r.pages.into_iter().map(|page| async move {
-                let conversation = page.conversation;
-                let read = async {
-                    let (dir, n) = (direction(page.direction)?, limit(page.limit)?);
-                    let query = ShardQuery::ReadAs {
-                        viewer: r.viewer,
-                        conversation,
-                        from: page.from,
-                        limit: n,
-                        direction: dir,
-                    };
-                    match self
-                        .ask(Route::Conversation(conversation), r.stale_ok, query)
-                        .await?
-                    {
-                        ShardAnswer::Views(views) => Ok(pb::ReadResponse {
-                            messages: views.into_iter().map(message).collect(),
-                        }),
-                        _ => Err(mismatched()),
-                    }
-                };
-                let result = match read.await {
-                    Ok(page) => pb::page_result::Result::Page(page),
-                    Err(status) => pb::page_result::Result::Error(stream::stream_error(&status)),
-                };
-                pb::PageResult {
-                    conversation,
-                    result: Some(result),
-                }
-            });
-            Ok(pb::ReadAsManyResponse {
-                pages: futures_util::future::join_all(pages).await,
-            })
-        })
-        .await
+        self.observe("ReadAsMany", self.read_pages(r)).await
     }
 
     async fn recall(

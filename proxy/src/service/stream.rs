@@ -50,16 +50,16 @@ const ANSWER_QUEUE: usize = 256;
 /// The response stream of `SendStream`.
 pub type SendStream = Pin<Box<dyn Stream<Item = Result<pb::SendStreamResponse, Status>> + Send>>;
 
-/// The command of one `Send` request, stamped with the server's time.
-pub(super) fn send_command(r: pb::SendRequest) -> Command {
-    Command::Send(SendMessage {
+/// The message of one `Send` request, stamped with the server's time.
+pub(super) fn send_message(r: pb::SendRequest) -> SendMessage {
+    SendMessage {
         conversation: r.conversation,
         sender: r.sender,
         client_msg_id: Bytes::from(r.client_msg_id),
         payload: Bytes::from(r.payload),
         timestamp_ms: now_ms(),
         receipt: r.receipt,
-    })
+    }
 }
 
 /// Serves one `SendStream` call: starts its task and returns its answers.
@@ -90,12 +90,13 @@ async fn run<B: Backend>(
     let in_order = backend.submits_in_order();
     let (completed_tx, mut completed) = mpsc::unbounded_channel::<Completed>();
     let submit = |request: pb::SendRequest| {
-        let conversation = request.conversation;
-        let client_msg_id = Bytes::from(request.client_msg_id.clone());
+        let message = send_message(request);
+        // The answer's copy of the id shares the command's bytes.
+        let (conversation, client_msg_id) = (message.conversation, message.client_msg_id.clone());
         let started = Instant::now();
         let tx = completed_tx.clone();
         backend.submit(
-            send_command(request),
+            Command::Send(message),
             Box::new(move |result| {
                 // The task is gone only once nothing is in flight.
                 let _ = tx.send(Completed {

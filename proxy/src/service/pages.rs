@@ -1,0 +1,81 @@
+//! `ReadAsMany`: several conversations read as one member sees them, in
+//! one call. Each page is one `ReadAs` query to its conversation's shard,
+//! all asked at once; a page that fails is answered with its error and
+//! the others go on.
+
+use imstore_engine::{ShardAnswer, ShardQuery};
+use imstore_proto::v1 as pb;
+use tonic::Status;
+
+use super::{stream, ImstoreService};
+use crate::convert::{direction, limit, message, mismatched};
+use crate::error::invalid;
+use crate::{Backend, Route};
+
+/// Most pages in one `ReadAsMany`.
+pub const MAX_READ_AS_PAGES: usize = 100;
+
+impl<B: Backend> ImstoreService<B> {
+    /// The pages of `r`, in request order, after the call's limits: at
+    /// most [`MAX_READ_AS_PAGES`], and their limits together at most the
+    /// server's page limit.
+    pub(super) async fn read_pages(
+        &self,
+        r: pb::ReadAsManyRequest,
+    ) -> Result<pb::ReadAsManyResponse, Status> {
+        if r.pages.len() > MAX_READ_AS_PAGES {
+            return Err(invalid(format!(
+                "{} pages in one ReadAsMany; at most {MAX_READ_AS_PAGES}",
+                r.pages.len()
+            )));
+        }
+        let asked: u64 = r.pages.iter().map(|p| u64::from(p.limit)).sum();
+        if asked > self.limits.max_page_messages as u64 {
+            return Err(invalid(format!(
+                "the pages ask for {asked} messages together; at most {}",
+                self.limits.max_page_messages
+            )));
+        }
+        let (viewer, stale_ok) = (r.viewer, r.stale_ok);
+        let pages = r.pages.into_iter().map(|page| async move {
+            let conversation = page.conversation;
+            let result = match self.read_page(viewer, stale_ok, page).await {
+                Ok(page) => pb::page_result::Result::Page(page),
+                Err(status) => pb::page_result::Result::Error(stream::stream_error(&status)),
+            };
+            pb::PageResult {
+                conversation,
+                result: Some(result),
+            }
+        });
+        Ok(pb::ReadAsManyResponse {
+            pages: futures_util::future::join_all(pages).await,
+        })
+    }
+
+    /// One page as `viewer` sees it: what `ReadAs` answers.
+    pub(super) async fn read_page(
+        &self,
+        viewer: u64,
+        stale_ok: bool,
+        page: pb::ReadAsPage,
+    ) -> Result<pb::ReadResponse, Status> {
+        let (dir, n) = (direction(page.direction)?, limit(page.limit)?);
+        let query = ShardQuery::ReadAs {
+            viewer,
+            conversation: page.conversation,
+            from: page.from,
+            limit: n,
+            direction: dir,
+        };
+        match self
+            .ask(Route::Conversation(page.conversation), stale_ok, query)
+            .await?
+        {
+            ShardAnswer::Views(views) => Ok(pb::ReadResponse {
+                messages: views.into_iter().map(message).collect(),
+            }),
+            _ => Err(mismatched()),
+        }
+    }
+}
