@@ -1,18 +1,23 @@
 //! How client subcommands reach a server: over TLS for an `https://`
 //! server (`--ca`, else `IMSTORE_CA`: the CA that signed the server's
 //! certificate), with the bearer token (`--token`, else `IMSTORE_TOKEN`,
-//! which keeps it out of the process list); and `imstore token`, which
-//! makes tokens and their token-file entries (`docs/server.md`,
-//! "Authentication" and "TLS").
+//! which keeps it out of the process list); how cluster commands reach a
+//! node's transport (TLS once there is a CA, presenting `--cert`/`--key`,
+//! else `IMSTORE_CERT`/`IMSTORE_KEY`: mutual TLS); and `imstore token`,
+//! which makes tokens and their token-file entries (`docs/server.md`,
+//! "Authentication" and "TLS"; `docs/security.md`).
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1::imstore_client::ImstoreClient;
+use imstore_raft::Dialer;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -21,15 +26,81 @@ pub(crate) type Api = ImstoreClient<InterceptedService<Channel, Bearer>>;
 
 static TOKEN: OnceLock<Option<MetadataValue<Ascii>>> = OnceLock::new();
 static CA: OnceLock<Option<Certificate>> = OnceLock::new();
+static IDENTITY: OnceLock<Option<Identity>> = OnceLock::new();
+/// A node's own dialer (its certificate and cluster CA), which its
+/// `--rebuild` uses instead of the flags'.
+static NODE_DIALER: OnceLock<Dialer> = OnceLock::new();
+
+/// Makes cluster calls of this process (a node's rebuild) go through
+/// `dialer`.
+pub(crate) fn use_node_dialer(dialer: Dialer) {
+    let _ = NODE_DIALER.set(dialer);
+}
+
+/// A node transport client (cluster administration).
+pub(crate) type Transport = RaftTransportClient<Channel>;
+
+/// `flag`, else the environment variable `name` when set and not empty.
+fn flag_or_env(flag: Option<PathBuf>, name: &str) -> Option<PathBuf> {
+    flag.or_else(|| {
+        std::env::var_os(name)
+            .filter(|p| !p.is_empty())
+            .map(Into::into)
+    })
+}
+
+/// Sets the certificate cluster commands present to a node with mutual
+/// TLS: `cert` and `key` (else `IMSTORE_CERT`, `IMSTORE_KEY`), both or
+/// neither; unreadable files are refused.
+pub(crate) fn set_identity(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<(), Failure> {
+    let identity = match (
+        flag_or_env(cert, "IMSTORE_CERT"),
+        flag_or_env(key, "IMSTORE_KEY"),
+    ) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let read = |path: &PathBuf, what: &str| {
+                std::fs::read(path).map_err(|e| format!("the {what} file {}: {e}", path.display()))
+            };
+            Some(Identity::from_pem(
+                read(&cert, "certificate")?,
+                read(&key, "key")?,
+            ))
+        }
+        _ => return Err("--cert and --key (IMSTORE_CERT, IMSTORE_KEY) go together".into()),
+    };
+    let _ = IDENTITY.set(identity);
+    Ok(())
+}
+
+/// How cluster commands reach nodes: TLS when there is a CA (presenting
+/// the certificate, if one is set), plaintext without.
+pub(crate) fn dialer() -> Dialer {
+    if let Some(dialer) = NODE_DIALER.get() {
+        return dialer.clone();
+    }
+    match CA.get().cloned().flatten() {
+        Some(ca) => {
+            let mut tls = ClientTlsConfig::new().ca_certificate(ca);
+            if let Some(Some(identity)) = IDENTITY.get() {
+                tls = tls.identity(identity.clone());
+            }
+            Dialer::tls(tls)
+        }
+        None => Dialer::plaintext(),
+    }
+}
+
+/// A transport client of the node at `server` (`host:port` or a URL;
+/// the scheme follows [`dialer`]).
+pub(crate) async fn transport(server: &str) -> Result<Transport, imstore_raft::Error> {
+    Ok(RaftTransportClient::new(dialer().connect(server).await?))
+}
 
 /// Sets the CA that `https://` servers' certificates must chain to:
 /// `flag`, else `IMSTORE_CA`, else none. An unreadable file is refused.
-pub(crate) fn set_ca(flag: Option<std::path::PathBuf>) -> Result<(), Failure> {
-    let path = flag.or_else(|| {
-        std::env::var_os("IMSTORE_CA")
-            .filter(|p| !p.is_empty())
-            .map(Into::into)
-    });
+pub(crate) fn set_ca(flag: Option<PathBuf>) -> Result<(), Failure> {
+    let path = flag_or_env(flag, "IMSTORE_CA");
     let ca = match path {
         Some(path) => Some(Certificate::from_pem(
             std::fs::read(&path).map_err(|e| format!("the CA file {}: {e}", path.display()))?,

@@ -132,7 +132,7 @@ pub(crate) async fn on_leader(
     let mut next_replica = 0;
     let mut last_error = String::from("no leader answered");
     for _ in 0..55 {
-        let answer = match Client::connect(target.clone()).await {
+        let answer = match crate::access::transport(&target).await {
             Ok(mut client) => {
                 let request = rpb::MemberChange {
                     shard,
@@ -185,7 +185,7 @@ pub(crate) async fn on_leader(
 /// The addresses (as URLs) of `shard`'s replicas in the shard map that
 /// `server` reads, its leader hint first; empty if it cannot tell.
 async fn map_replicas(server: &str, shard: u64) -> Vec<String> {
-    let Ok(mut client) = Client::connect(server.to_owned()).await else {
+    let Ok(mut client) = crate::access::transport(server).await else {
         return Vec::new();
     };
     let Ok(map) = client.shard_map(rpb::ShardMapRequest {}).await else {
@@ -364,7 +364,7 @@ async fn rebalance(client: &mut Client, server: &str, json_output: bool) -> Resu
 pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let mut client = Client::connect(server.to_owned())
+        let mut client = crate::access::transport(server)
             .await
             .map_err(|e| format!("cannot reach {server}: {e}"))?;
         match cmd {
@@ -375,6 +375,7 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                     .collect::<Result<Vec<_>, _>>()?;
                 let shards = shards_of(&mut client, None).await?;
                 let replicas = imstore_raft::initialize_cluster(
+                    &crate::access::dialer(),
                     members.clone(),
                     shards.len() as u64,
                     replicas,
@@ -517,7 +518,7 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                 }
                 // Replication lag is known to leaders: ask each.
                 for (shard, address) in led_elsewhere {
-                    let answer = match Client::connect(format!("http://{address}")).await {
+                    let answer = match crate::access::transport(&address).await {
                         Ok(mut leader) => leader
                             .status(rpb::NodeStatusRequest { shard })
                             .await

@@ -60,6 +60,14 @@ struct Cli {
     /// [default: the IMSTORE_CA environment variable].
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
+    /// The certificate (PEM) cluster commands present to nodes with
+    /// mutual TLS, one the cluster's CA signed; with --key [default: the
+    /// IMSTORE_CERT environment variable].
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert [default: IMSTORE_KEY].
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -177,8 +185,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(err) =
-        access::set_token(cli.token.clone()).and_then(|()| access::set_ca(cli.ca.clone()))
+    if let Err(err) = access::set_token(cli.token.clone())
+        .and_then(|()| access::set_ca(cli.ca.clone()))
+        .and_then(|()| access::set_identity(cli.cert.clone(), cli.key.clone()))
     {
         eprintln!("imstore: {err}");
         return ExitCode::FAILURE;

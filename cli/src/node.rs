@@ -44,12 +44,24 @@ pub struct NodeArgs {
     #[arg(long)]
     metrics_listen: Option<String>,
     /// Require bearer tokens on the client API (as `serve --tokens-file`;
-    /// the node transport is not covered by tokens).
+    /// the node transport is guarded by mutual TLS instead).
     #[arg(long)]
     tokens_file: Option<PathBuf>,
-    /// Serve a non-loopback address without TLS and tokens (a node cannot
-    /// have TLS yet, so a node on such an address needs this; warned
-    /// about at every start).
+    /// TLS on the node's address, clients and peers alike: its
+    /// certificate chain (PEM), with --tls-key and --tls-ca. The node also
+    /// presents it to its peers (mutual TLS).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): peers' certificates must chain to it, and
+    /// raft calls are taken only from one naming a member's host
+    /// (docs/security.md).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS and tokens (refused
+    /// otherwise; warned about at every start).
     #[arg(long)]
     insecure: bool,
     /// Every member of a new cluster, this node included
@@ -106,6 +118,15 @@ impl NodeArgs {
         if let Some(path) = &self.tokens_file {
             config.tokens_file = Some(path.clone());
         }
+        for (flag, key) in [
+            (&self.tls_cert, &mut config.tls_cert),
+            (&self.tls_key, &mut config.tls_key),
+            (&self.tls_ca, &mut config.tls_ca),
+        ] {
+            if let Some(path) = flag {
+                *key = Some(path.clone());
+            }
+        }
         config.insecure |= self.insecure;
         match self.metrics_listen.as_deref() {
             None => {}
@@ -136,6 +157,8 @@ impl NodeArgs {
 pub fn node(args: NodeArgs) -> Result<(), Failure> {
     let config = args.config()?;
     let id = config.node.as_ref().map_or(0, |n| n.id);
+    // A node's rebuild reaches its peers as the node does.
+    crate::access::use_node_dialer(imstore_proxy::node_dialer(&config)?);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         if args.rebuild {

@@ -14,7 +14,6 @@ use imstore_engine::{
     VerifyProgress, VerifyReport,
 };
 use imstore_proto::raft as rpb;
-use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -235,7 +234,7 @@ pub fn verify_online(server: &str, json_output: bool) -> Result<(), Failure> {
 /// Whether `server` is a cluster node (it answers the node-to-node
 /// service) rather than a single server.
 async fn is_cluster_node(server: &str) -> Result<bool, Failure> {
-    let mut client = RaftTransportClient::connect(server.to_owned())
+    let mut client = crate::access::transport(server)
         .await
         .map_err(|e| format!("cannot reach {server}: {e}"))?;
     match client.status(rpb::NodeStatusRequest { shard: 0 }).await {
@@ -306,7 +305,7 @@ async fn backup_server(server: &str, to: &Path, json_output: bool) -> Result<(),
 async fn backup_cluster(server: &str, to: &Path, json_output: bool) -> Result<(), Failure> {
     let start = Instant::now();
     let progress = bar(0, "shards");
-    let backup = imstore_raft::backup_cluster(server, to, &mut |p| {
+    let backup = imstore_raft::backup_cluster(&crate::access::dialer(), server, to, &mut |p| {
         progress.set_length(p.shards_total);
         progress.set_position(p.shards_done);
         progress.set_message(format!("{} MB of images", p.bytes / 1_000_000));

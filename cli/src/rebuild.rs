@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use imstore_proto::raft as rpb;
 use imstore_raft::META_SHARD;
 
-use crate::cluster::{groups_holding, on_leader, Client};
+use crate::cluster::{groups_holding, on_leader};
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -82,7 +82,7 @@ fn write_pending(dir: &Path, pending: &Pending) -> Result<(), Failure> {
 /// Steps 1 and 2: leaves every group, moves `dir` aside, and records what
 /// is left to do in the new, empty `dir`. Returns where the old data went.
 pub async fn prepare(dir: &Path, id: u64, join: &str) -> Result<PathBuf, Failure> {
-    let mut client = Client::connect(join.to_owned())
+    let mut client = crate::access::transport(join)
         .await
         .map_err(|e| format!("cannot reach {join}: {e}"))?;
     // The map fills in as each shard's leader publishes it; a cluster

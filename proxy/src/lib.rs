@@ -37,6 +37,7 @@ mod metrics;
 mod node;
 mod server;
 mod service;
+mod tls;
 
 pub use auth::{token_sha256, AuthLayer, Caller, Role, TokenFileError, Tokens};
 pub use backend::{
@@ -48,5 +49,7 @@ pub use error::{to_status, ServiceError, ERROR_DOMAIN};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;
 pub use node::{fix_shard_count, NodeConfig, SHARD_COUNT_FILE};
-pub use server::{serve_http, HttpEndpoint, Readiness, ServeError, Server, ServerConfig};
+pub use server::{
+    node_dialer, serve_http, HttpEndpoint, Readiness, ServeError, Server, ServerConfig,
+};
 pub use service::{ImstoreService, ServiceLimits, WATCH_SHARD_HEADER};

@@ -47,6 +47,8 @@ pub struct Metrics {
     durations: Family<RpcLabels, Histogram, fn() -> Histogram>,
     /// What this process's outbox drains did.
     pub(crate) delivery: Arc<DeliveryFigures>,
+    /// What TLS and the node transport's gate refused.
+    pub(crate) refusals: Arc<crate::tls::Refusals>,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,7 @@ impl Default for Metrics {
             errors: Family::default(),
             durations: Family::new_with_constructor(latency_histogram),
             delivery: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl Metrics {
             "Delivery attempts that failed and were retried.",
             self.delivery.failures.clone(),
         );
+        self.refusals.register(registry);
     }
 }
 

@@ -15,6 +15,7 @@ use imstore_raft::{
 };
 use serde::Deserialize;
 
+use crate::tls::MemberNames;
 use crate::{HttpEndpoint, Hub, Metrics, ServeError, ServerConfig};
 
 /// The file in a node's data directory holding its shard count.
@@ -140,6 +141,7 @@ impl NodeParts {
         config: &ServerConfig,
         node: &NodeConfig,
         hub: &Arc<Hub>,
+        dialer: imstore_raft::Dialer,
     ) -> Result<NodeParts, ServeError> {
         if node.id == 0 {
             return Err(ServeError::Config("the node id must not be 0".into()));
@@ -175,7 +177,8 @@ impl NodeParts {
         let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&dir, options))
             .await
             .map_err(|e| ServeError::Replica(e.to_string()))?
-            .map_err(failed)?;
+            .map_err(failed)?
+            .dialing_with(dialer);
         let mut replicas = Vec::new();
         for shard in 0..count {
             replicas.push(
@@ -218,6 +221,39 @@ impl NodeParts {
 
     pub(crate) fn shard_count(&self) -> u64 {
         self.replicas.len() as u64
+    }
+
+    /// How this node reaches its peers.
+    pub(crate) fn dialer(&self) -> imstore_raft::Dialer {
+        self.storage.dialer().clone()
+    }
+
+    /// Keeps `names` to the hosts of the metadata group's members (every
+    /// node of the cluster, learners included) and of `peers` (`id=host:
+    /// port`), as the membership changes; ends with the group.
+    pub(crate) fn follow_members(
+        &self,
+        names: Arc<MemberNames>,
+        peers: Vec<String>,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut metrics = self.meta.raft().metrics();
+        let configured: Vec<String> = peers
+            .iter()
+            .filter_map(|p| p.split_once('=').map(|(_, address)| address.to_owned()))
+            .collect();
+        tokio::spawn(async move {
+            loop {
+                let membership = Arc::clone(&metrics.borrow_and_update().membership_config);
+                let members = membership
+                    .membership()
+                    .nodes()
+                    .map(|(_, n)| n.addr.as_str());
+                names.set(members.chain(configured.iter().map(String::as_str)));
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     /// The node-to-node service over every replica.

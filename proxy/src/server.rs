@@ -17,10 +17,9 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use tonic::transport::{Identity, ServerTlsConfig};
-
 use crate::auth::{AuthLayer, Tokens};
 use crate::node::{NodeConfig, NodeParts};
+use crate::tls::{MemberNames, PeerGate, PeerGateLayer, TlsSetup};
 use crate::{
     spawn_delivery, Backend, DeliveryWakes, EngineBackend, Hub, ImstoreService, Metrics,
     ServiceLimits, ShardedBackend,
@@ -65,11 +64,16 @@ pub struct ServerConfig {
     /// followed for changes. Default: none, every call is let through.
     pub tokens_file: Option<PathBuf>,
     /// TLS on the gRPC address: the server's certificate chain, a PEM
-    /// file (with `tls_key`). `imstore serve` only for now. Default: none,
-    /// plaintext.
+    /// file (with `tls_key`). On a node it is also the certificate the
+    /// node presents to its peers. Default: none, plaintext.
     pub tls_cert: Option<PathBuf>,
     /// The private key of `tls_cert`, a PEM file.
     pub tls_key: Option<PathBuf>,
+    /// A node's cluster CA, a PEM file, required with TLS on a node:
+    /// peers' certificates must chain to it, and raft calls are taken
+    /// only from a certificate naming a member (docs/security.md).
+    /// Default: none.
+    pub tls_ca: Option<PathBuf>,
     /// Serve a non-loopback address without TLS and tokens (logged as a
     /// warning at every start). Default false: such a server refuses to
     /// start.
@@ -99,6 +103,7 @@ impl Default for ServerConfig {
             tokens_file: None,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
             insecure: false,
             node: None,
         }
@@ -166,7 +171,7 @@ pub struct Server {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     tokens: Option<Arc<Tokens>>,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<TlsSetup>,
 }
 
 /// What a server serves.
@@ -174,7 +179,7 @@ enum Stores {
     /// `imstore serve`: one engine.
     Single(Engine),
     /// `imstore node`: a cluster node's replicas.
-    Node(NodeParts),
+    Node(Box<NodeParts>),
 }
 
 impl Stores {
@@ -199,7 +204,7 @@ impl Server {
             }
             None => None,
         };
-        let tls = tls_config(&config)?;
+        let tls = TlsSetup::load(&config)?;
         check_exposure(&config)?;
         let hub = Arc::new(Hub::default());
         let stores = match &config.node {
@@ -215,7 +220,10 @@ impl Server {
             }
             Some(node) => {
                 check_peers(node)?;
-                Stores::Node(NodeParts::open(&config, node, &hub).await?)
+                let dialer = tls.as_ref().map(|t| t.dialer.clone()).unwrap_or_default();
+                Stores::Node(Box::new(
+                    NodeParts::open(&config, node, &hub, dialer).await?,
+                ))
             }
         };
         let listener = TcpListener::bind(config.listen).await?;
@@ -279,11 +287,12 @@ impl Server {
             tokens,
             tls,
         } = self;
-        let sockets = Sockets {
+        let mut sockets = Sockets {
             listener,
             metrics_listener,
             tokens,
             tls,
+            gate: None,
         };
         match stores {
             Stores::Single(engine) => {
@@ -327,7 +336,20 @@ impl Server {
                 let bootstrap = config
                     .node
                     .as_ref()
-                    .and_then(|n| spawn_bootstrap(n, node.shard_count()));
+                    .and_then(|n| spawn_bootstrap(n, node.shard_count(), node.dialer()));
+                // Mutual TLS: raft calls only from certificates naming a
+                // member, followed as the membership changes.
+                let following = match (&sockets.tls, &config.node) {
+                    (Some(tls), Some(node_config)) if tls.mutual => {
+                        let members = Arc::new(MemberNames::default());
+                        sockets.gate = Some(PeerGate {
+                            members: Arc::clone(&members),
+                            refusals: Arc::clone(&metrics.refusals),
+                        });
+                        Some(node.follow_members(members, node_config.peers.clone()))
+                    }
+                    _ => None,
+                };
                 let backend = Arc::new(ShardedBackend::new(node.replicas()));
                 // Each shard's leader carries its outbox to the users' shards.
                 let wakes = Arc::new(DeliveryWakes::new(node.shard_count()));
@@ -339,7 +361,11 @@ impl Server {
                     &config, sockets, backend, transport, endpoint, hub, metrics, shutdown,
                 )
                 .await;
-                for task in [sweep, bootstrap].into_iter().flatten().chain(deliveries) {
+                for task in [sweep, bootstrap, following]
+                    .into_iter()
+                    .flatten()
+                    .chain(deliveries)
+                {
                     task.abort();
                 }
                 node.close().await?;
@@ -351,10 +377,18 @@ impl Server {
     }
 }
 
-/// A server reachable from other machines needs TLS and tokens, unless
-/// told `insecure`, which is then logged at every start. A cluster node
-/// cannot have TLS yet, so one on a non-loopback address needs
-/// `insecure`.
+/// How a node of `config` reaches its peers: mutual TLS with its
+/// certificate when it has TLS, else plaintext (checked as a start
+/// checks it).
+pub fn node_dialer(config: &ServerConfig) -> Result<imstore_raft::Dialer, ServeError> {
+    Ok(TlsSetup::load(config)?
+        .map(|t| t.dialer)
+        .unwrap_or_default())
+}
+
+/// A server reachable from other machines needs TLS and tokens (a
+/// node's TLS is mutual, `tls_ca`, checked by `TlsSetup::load`), unless
+/// told `insecure`, which is then logged at every start.
 fn check_exposure(config: &ServerConfig) -> Result<(), ServeError> {
     let ip = config.listen.ip();
     let secured = config.tls_cert.is_some() && config.tokens_file.is_some();
@@ -367,59 +401,25 @@ fn check_exposure(config: &ServerConfig) -> Result<(), ServeError> {
             tls = config.tls_cert.is_some(),
             tokens = config.tokens_file.is_some(),
             "serving a non-loopback address without TLS and tokens (--insecure): anyone who \
-             can reach it can read and write every conversation"
+             can reach it can read and write every conversation{}",
+            if config.node.is_some() && config.tls_cert.is_none() {
+                ", and send this node raft messages"
+            } else {
+                ""
+            }
         );
         return Ok(());
     }
     Err(ServeError::Config(format!(
-        "{} is not a loopback address: serving it needs TLS (tls_cert, tls_key) and bearer \
-         tokens (tokens_file), or --insecure (insecure = true) to serve without them{}",
+        "{} is not a loopback address: serving it needs TLS (tls_cert, tls_key{}) and bearer \
+         tokens (tokens_file), or --insecure (insecure = true) to serve without them",
         config.listen,
         if config.node.is_some() {
-            "; a cluster node cannot have TLS yet, so it needs --insecure"
+            ", tls_ca"
         } else {
             ""
         }
     )))
-}
-
-/// The TLS settings of `config`, checked: both files or neither, each
-/// readable, and a key that belongs to the certificate (rustls checks it
-/// here, so a bad pair stops the start instead of every handshake).
-fn tls_config(config: &ServerConfig) -> Result<Option<ServerTlsConfig>, ServeError> {
-    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
-        (None, None) => return Ok(None),
-        (Some(cert), Some(key)) => (cert, key),
-        _ => {
-            return Err(ServeError::Config(
-                "TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)".into(),
-            ))
-        }
-    };
-    if config.node.is_some() {
-        return Err(ServeError::Config(
-            "TLS on a cluster node is not built yet (its node transport needs mutual TLS); \
-             serve nodes on a private network"
-                .into(),
-        ));
-    }
-    let read = |path: &PathBuf, what: &str| {
-        std::fs::read(path)
-            .map_err(|e| ServeError::Config(format!("TLS {what} {}: {e}", path.display())))
-    };
-    let identity = Identity::from_pem(read(cert, "certificate")?, read(key, "key")?);
-    let tls = ServerTlsConfig::new().identity(identity);
-    tonic::transport::Server::builder()
-        .tls_config(tls.clone())
-        .map_err(|e| {
-            ServeError::Config(format!(
-                "TLS certificate {} with key {}: {}",
-                cert.display(),
-                key.display(),
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
-            ))
-        })?;
-    Ok(Some(tls))
 }
 
 /// The bound sockets a server serves on, and the tokens its client API
@@ -428,7 +428,9 @@ struct Sockets {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     tokens: Option<Arc<Tokens>>,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<TlsSetup>,
+    /// A node's check of its transport's callers (mutual TLS).
+    gate: Option<PeerGate>,
 }
 
 /// Serves `backend` (and a node's transport) on the sockets until
@@ -444,6 +446,12 @@ async fn serve<B: Backend + 'static>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let refusals = Arc::clone(&metrics.refusals);
+    let dialer = sockets
+        .tls
+        .as_ref()
+        .map(|t| t.dialer.clone())
+        .unwrap_or_default();
     let service = ImstoreService::new(
         backend,
         Arc::clone(&hub),
@@ -455,7 +463,8 @@ async fn serve<B: Backend + 'static>(
             max_page_messages: config.max_page_messages,
         },
         config.data_dir.display().to_string(),
-    );
+    )
+    .relaying_with(dialer);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ImstoreServer<ImstoreService<B>>>()
@@ -485,25 +494,33 @@ async fn serve<B: Backend + 'static>(
         closing.close_all("the server is shutting down");
     };
     let following = sockets.tokens.as_ref().map(Tokens::follow);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = sockets.tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let result = builder
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
         .layer(AuthLayer::new(sockets.tokens.clone()))
+        .layer(PeerGateLayer::new(sockets.gate))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_optional_service(transport)
         .add_service(
             ImstoreServer::new(service).max_decoding_message_size(config.max_request_bytes()),
-        )
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(sockets.listener).with_nodelay(Some(true)),
-            signal,
-        )
-        .await;
+        );
+    let result = match sockets.tls {
+        Some(tls) => {
+            let incoming =
+                crate::tls::incoming(sockets.listener, tls.acceptor, Arc::clone(&refusals));
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(sockets.listener)
+                        .with_nodelay(Some(true)),
+                    signal,
+                )
+                .await
+        }
+    };
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -529,13 +546,17 @@ fn check_peers(node: &NodeConfig) -> Result<(), ServeError> {
 
 /// A new cluster's bootstrap from the node's `peers`, if it has any (the
 /// lowest id initializes it; `imstore_raft::bootstrap_from_peers`).
-fn spawn_bootstrap(node: &NodeConfig, shard_count: u64) -> Option<tokio::task::JoinHandle<()>> {
+fn spawn_bootstrap(
+    node: &NodeConfig,
+    shard_count: u64,
+    dialer: imstore_raft::Dialer,
+) -> Option<tokio::task::JoinHandle<()>> {
     if node.peers.is_empty() {
         return None;
     }
     let (id, peers, replicas) = (node.id, node.peers.clone(), node.replicas);
     Some(tokio::spawn(async move {
-        match imstore_raft::bootstrap_from_peers(id, &peers, shard_count, replicas).await {
+        match imstore_raft::bootstrap_from_peers(&dialer, id, &peers, shard_count, replicas).await {
             Ok(outcome) => tracing::info!(?outcome, "bootstrap from peers"),
             Err(e) => tracing::error!(error = %e, "bootstrap from peers failed"),
         }

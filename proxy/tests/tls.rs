@@ -9,7 +9,7 @@ use std::process::Command;
 
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
-use imstore_proxy::{token_sha256, ServerConfig};
+use imstore_proxy::{token_sha256, NodeConfig, ServerConfig};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 mod single;
@@ -17,8 +17,22 @@ use single::{quiet_config, refused_start, start, TestResult};
 
 /// A CA and a certificate for localhost and 127.0.0.1 in `dir`.
 fn make_certs(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    make_cert(dir, "localhost", &[])
+}
+
+/// A certificate `name` (`dir/name.pem`, `.key`) signed by `dir`'s CA
+/// (made first if missing), with `dev/make-certs`' settings in `env`.
+fn make_cert(
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<(), Box<dyn std::error::Error>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/make-certs");
-    let out = Command::new(script).arg(dir).arg("localhost").output()?;
+    let out = Command::new(script)
+        .arg(dir)
+        .arg(name)
+        .envs(env.iter().copied())
+        .output()?;
     if !out.status.success() {
         return Err(format!(
             "dev/make-certs failed: {}",
@@ -148,8 +162,9 @@ async fn bad_tls_settings_stop_the_start() -> TestResult {
     let other = tempfile::tempdir()?;
     make_certs(certs.path())?;
     make_certs(other.path())?;
-    let (_, cert, key) = paths(certs.path());
-    let (_, _, other_key) = paths(other.path());
+    let (ca, cert, key) = paths(certs.path());
+    let (other_ca, other_cert, other_key) = paths(other.path());
+    make_cert(certs.path(), "expired", &[("DAYS", "-1")])?;
     let data = tempfile::tempdir()?;
     let cases: Vec<(&str, Option<PathBuf>, Option<PathBuf>, &str)> = vec![
         (
@@ -167,7 +182,7 @@ async fn bad_tls_settings_stop_the_start() -> TestResult {
         (
             "a key of another certificate",
             Some(cert.clone()),
-            Some(other_key),
+            Some(other_key.clone()),
             "localhost.key",
         ),
         (
@@ -182,6 +197,12 @@ async fn bad_tls_settings_stop_the_start() -> TestResult {
             Some(key.clone()),
             "localhost.key",
         ),
+        (
+            "an expired certificate",
+            Some(certs.path().join("expired.pem")),
+            Some(certs.path().join("expired.key")),
+            "expired at",
+        ),
     ];
     for (what, tls_cert, tls_key, named) in cases {
         let config = ServerConfig {
@@ -191,5 +212,48 @@ async fn bad_tls_settings_stop_the_start() -> TestResult {
         };
         refused_start(config, what, named).await?;
     }
+    // A node's TLS is mutual: it needs the cluster's CA, its own
+    // certificate must chain to it, and a single server takes none.
+    let node = |cert: &Path,
+                key: &Path,
+                ca: Option<&Path>|
+     -> Result<ServerConfig, Box<dyn std::error::Error>> {
+        Ok(ServerConfig {
+            tls_cert: Some(cert.to_path_buf()),
+            tls_key: Some(key.to_path_buf()),
+            tls_ca: ca.map(Path::to_path_buf),
+            node: Some(NodeConfig::new(1)),
+            ..quiet_config(data.path())?
+        })
+    };
+    refused_start(node(&cert, &key, None)?, "a node without a CA", "tls_ca").await?;
+    refused_start(
+        node(&other_cert, &other_key, Some(&ca))?,
+        "a node certificate of another CA",
+        "does not chain to the cluster's CA",
+    )
+    .await?;
+    refused_start(
+        node(&cert, &key, Some(&certs.path().join("nope-ca.pem")))?,
+        "a missing CA file",
+        "nope-ca.pem",
+    )
+    .await?;
+    refused_start(
+        ServerConfig {
+            tls_ca: Some(other_ca),
+            ..node(&cert, &key, None)?
+        },
+        "a node certificate of another CA",
+        "does not chain",
+    )
+    .await?;
+    let single = ServerConfig {
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key.clone()),
+        tls_ca: Some(ca.clone()),
+        ..quiet_config(data.path())?
+    };
+    refused_start(single, "a CA on a single server", "tls_ca").await?;
     Ok(())
 }

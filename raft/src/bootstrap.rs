@@ -9,7 +9,7 @@ use std::time::Duration;
 use imstore_proto::raft as pb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 
-use crate::{Error, META_SHARD};
+use crate::{Dialer, Error, META_SHARD};
 
 /// One member of a cluster being bootstrapped: (node id, address).
 pub type Member = (u64, String);
@@ -84,10 +84,11 @@ fn to_message(members: &[Member]) -> Vec<pb::Member> {
         .collect()
 }
 
-async fn connect(address: &str) -> Result<RaftTransportClient<tonic::transport::Channel>, Error> {
-    RaftTransportClient::connect(format!("http://{address}"))
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach {address}: {e}")))
+async fn connect(
+    dialer: &Dialer,
+    address: &str,
+) -> Result<RaftTransportClient<tonic::transport::Channel>, Error> {
+    Ok(RaftTransportClient::new(dialer.connect(address).await?))
 }
 
 /// Initializes every group of a new cluster of `members`: each of its
@@ -95,6 +96,7 @@ async fn connect(address: &str) -> Result<RaftTransportClient<tonic::transport::
 /// metadata group on all, each through its first member (raft
 /// initializes only a node that is one). Returns the replicas per shard.
 pub async fn initialize_cluster(
+    dialer: &Dialer,
     members: Vec<Member>,
     shard_count: u64,
     replicas: usize,
@@ -112,7 +114,7 @@ pub async fn initialize_cluster(
         let Some((_, first)) = group.first() else {
             continue;
         };
-        connect(first)
+        connect(dialer, first)
             .await?
             .initialize(pb::InitializeRequest {
                 shard,
@@ -143,6 +145,7 @@ pub enum Bootstrap {
 /// Every other member leaves it to that one. Polls every 200 ms until it
 /// can decide; the caller bounds it (a node's task ends with the node).
 pub async fn bootstrap_from_peers(
+    dialer: &Dialer,
     node_id: u64,
     peers: &[String],
     shard_count: u64,
@@ -155,10 +158,10 @@ pub async fn bootstrap_from_peers(
     }
     let groups: Vec<u64> = (0..shard_count).chain([META_SHARD]).collect();
     loop {
-        match any_membership(&peers, &groups).await {
+        match any_membership(dialer, &peers, &groups).await {
             Ok(true) => return Ok(Bootstrap::AlreadyInitialized),
             Ok(false) => {
-                initialize_cluster(peers, shard_count, replicas).await?;
+                initialize_cluster(dialer, peers, shard_count, replicas).await?;
                 return Ok(Bootstrap::Initialized);
             }
             Err(waiting) => {
@@ -171,9 +174,9 @@ pub async fn bootstrap_from_peers(
 
 /// Whether any peer's replica of any group holds a membership; an error
 /// while some peer does not answer.
-async fn any_membership(peers: &[Member], groups: &[u64]) -> Result<bool, Error> {
+async fn any_membership(dialer: &Dialer, peers: &[Member], groups: &[u64]) -> Result<bool, Error> {
     for (_, address) in peers {
-        let mut client = connect(address).await?;
+        let mut client = connect(dialer, address).await?;
         for &shard in groups {
             let status = client
                 .status(pb::NodeStatusRequest { shard })

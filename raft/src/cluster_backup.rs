@@ -266,10 +266,8 @@ pub(crate) async fn export_shard(
 
 type Client = RaftTransportClient<tonic::transport::Channel>;
 
-async fn connect(url: &str) -> Result<Client> {
-    let client = Client::connect(url.to_owned())
-        .await
-        .map_err(|e| unavailable(format!("cannot reach {url}: {e}")))?;
+async fn connect(dialer: &crate::Dialer, url: &str) -> Result<Client> {
+    let client = Client::new(dialer.connect(url).await?);
     Ok(client.max_decoding_message_size(crate::MAX_MESSAGE_BYTES))
 }
 
@@ -279,13 +277,14 @@ async fn connect(url: &str) -> Result<Client> {
 /// one of its replicas (the leader the shard map names first), while
 /// writes go on. Everything acknowledged before the call began is in it.
 pub async fn backup_cluster(
+    dialer: &crate::Dialer,
     server: &str,
     to: &Path,
     progress: &mut (dyn FnMut(ClusterBackupProgress) + Send),
 ) -> Result<ClusterBackup> {
     let backup = PartialBackup::start(to)?;
     std::fs::create_dir(backup.dir())?;
-    let mut admin = connect(server).await?;
+    let mut admin = connect(dialer, server).await?;
     let shard_count = admin
         .status(pb::NodeStatusRequest { shard: 0 })
         .await
@@ -309,7 +308,7 @@ pub async fn backup_cluster(
     let mut images = Vec::with_capacity(shards.len());
     for shard in shards {
         let candidates = replicas_to_ask(shard, &map, server);
-        let image = export_from_any(shard, &candidates, backup.dir(), &mut |bytes| {
+        let image = export_from_any(dialer, shard, &candidates, backup.dir(), &mut |bytes| {
             progress(ClusterBackupProgress {
                 bytes: done.bytes + bytes,
                 ..done
@@ -367,6 +366,7 @@ fn replicas_to_ask(shard: u64, map: &[pb::ShardMapEntry], server: &str) -> Vec<S
 /// Fetches `shard`'s image from the first of `urls` that gives it, going
 /// round them until [`SHARD_EXPORT_PATIENCE`] has passed.
 async fn export_from_any(
+    dialer: &crate::Dialer,
     shard: u64,
     urls: &[String],
     dir: &Path,
@@ -376,7 +376,7 @@ async fn export_from_any(
     let mut failures: Vec<String> = Vec::new();
     loop {
         for url in urls {
-            match export_from(shard, url, dir, received).await {
+            match export_from(dialer, shard, url, dir, received).await {
                 Ok(image) => return Ok(image),
                 Err(e) => failures.push(format!("{url}: {e}")),
             }
@@ -393,13 +393,14 @@ async fn export_from_any(
 }
 
 async fn export_from(
+    dialer: &crate::Dialer,
     shard: u64,
     url: &str,
     dir: &Path,
     received: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ShardImage> {
     use tokio::io::AsyncWriteExt;
-    let mut client = connect(url).await?;
+    let mut client = connect(dialer, url).await?;
     let mut stream = client
         .export_shard(pb::ExportShardRequest { shard })
         .await

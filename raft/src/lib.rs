@@ -89,7 +89,7 @@ pub use shard_map::{spawn_publisher, META_SHARD};
 pub use snapshot_image::SnapshotImage;
 pub use state_machine::{SnapshotStats, StateMachine};
 pub use transport::{
-    Faults, GrpcLink, GrpcNetwork, Peers, Shards, TransportService, MAX_MESSAGE_BYTES,
+    Dialer, Faults, GrpcLink, GrpcNetwork, Peers, Shards, TransportService, MAX_MESSAGE_BYTES,
 };
 
 /// A log entry's payload: commands proposed together (the proxy batches

@@ -667,6 +667,18 @@ impl NodeStorage {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// Reaches peers through `dialer` (mutual TLS on a node with TLS);
+    /// before any shard starts, since each keeps the node's clients.
+    pub fn dialing_with(mut self, dialer: crate::Dialer) -> NodeStorage {
+        self.peers = Peers::new(dialer);
+        self
+    }
+
+    /// How this node reaches its peers.
+    pub fn dialer(&self) -> &crate::Dialer {
+        self.peers.dialer()
+    }
 }
 
 /// The shard a key belongs to among `shards`: `SplitMix64(key) % shards`

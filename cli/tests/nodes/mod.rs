@@ -26,6 +26,18 @@ pub struct NodeProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The lines the node wrote to stderr, as they come.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    /// Whether some line of the node's log so far contains every one of
+    /// `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter()
+            .any(|line| parts.iter().all(|p| line.contains(p)))
+    }
 }
 
 impl NodeProcess {
@@ -98,6 +110,17 @@ pub fn spawn_node(
     dir: &Path,
     extra: &[&str],
 ) -> Result<NodeProcess, Box<dyn std::error::Error>> {
+    spawn_node_logging(id, addr, dir, extra, "error")
+}
+
+/// [`spawn_node`] with the node's `RUST_LOG` filter.
+pub fn spawn_node_logging(
+    id: u64,
+    addr: SocketAddr,
+    dir: &Path,
+    extra: &[&str],
+    rust_log: &str,
+) -> Result<NodeProcess, Box<dyn std::error::Error>> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_imstore"))
         .args([
             "node",
@@ -109,7 +132,7 @@ pub fn spawn_node(
         ])
         .arg(dir)
         .args(extra)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -126,12 +149,19 @@ pub fn spawn_node(
         }
         said.push(line);
     }
-    std::thread::spawn(move || for _ in lines {});
+    let log = std::sync::Arc::new(std::sync::Mutex::new(said));
+    let kept = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    });
     Ok(NodeProcess {
         id,
         child,
         addr,
         dir: dir.to_path_buf(),
+        log,
     })
 }
 

@@ -74,6 +74,9 @@ pub struct ImstoreService<B: Backend> {
     /// address, shared by every watch (a channel multiplexes its calls
     /// and reconnects by itself).
     relay_channels: std::sync::Mutex<HashMap<String, Channel>>,
+    /// How relayed watches reach other nodes (mutual TLS on a node with
+    /// TLS).
+    relay_dialer: imstore_raft::Dialer,
 }
 
 impl<B: Backend> ImstoreService<B> {
@@ -92,7 +95,14 @@ impl<B: Backend> ImstoreService<B> {
             limits,
             data_dir,
             relay_channels: std::sync::Mutex::default(),
+            relay_dialer: imstore_raft::Dialer::plaintext(),
         }
+    }
+
+    /// Relays watches from other nodes through `dialer`.
+    pub fn relaying_with(mut self, dialer: imstore_raft::Dialer) -> Self {
+        self.relay_dialer = dialer;
+        self
     }
 
     /// Times a call and counts its outcome.

@@ -144,10 +144,7 @@ impl<B: Backend> ImstoreService<B> {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| e.to_string())?
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self.relay_dialer.lazy(address).map_err(|e| e.to_string())?;
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -162,6 +159,7 @@ impl<B: Backend> ImstoreService<B> {
         &self,
         shard: u64,
         request: &pb::WatchRequest,
+        authorization: Option<&tonic::metadata::AsciiMetadataValue>,
         subscriber: Arc<Subscriber>,
     ) -> Result<(), Status> {
         let mut failures = Vec::new();
@@ -177,6 +175,10 @@ impl<B: Backend> ImstoreService<B> {
             scoped
                 .metadata_mut()
                 .insert(WATCH_SHARD_HEADER, MetadataValue::from(shard));
+            // The caller's own token: the other node checks it as this one did.
+            if let Some(token) = authorization {
+                scoped.metadata_mut().insert("authorization", token.clone());
+            }
             match client.watch(scoped).await {
                 Ok(remote) => {
                     tokio::spawn(relay(shard, remote.into_inner(), subscriber));
@@ -213,6 +215,7 @@ impl<B: Backend> ImstoreService<B> {
             ),
             None => None,
         };
+        let authorization = request.metadata().get("authorization").cloned();
         let r = request.into_inner();
         self.observe("Watch", async {
             if r.users.len() > self.limits.max_watch_users {
@@ -342,8 +345,13 @@ impl<B: Backend> ImstoreService<B> {
             };
             for shard in needed {
                 if !self.backend.hosts(shard) {
-                    self.watch_elsewhere(shard, &relayed, Arc::clone(&subscriber))
-                        .await?;
+                    self.watch_elsewhere(
+                        shard,
+                        &relayed,
+                        authorization.as_ref(),
+                        Arc::clone(&subscriber),
+                    )
+                    .await?;
                 }
             }
             Ok(stream)

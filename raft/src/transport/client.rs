@@ -37,6 +37,7 @@ type BatchReply = tokio::sync::oneshot::Sender<Result<pb::RaftMessage, String>>;
 #[derive(Clone, Default)]
 pub struct Peers {
     tasks: Arc<PeerTasks>,
+    dialer: super::Dialer,
 }
 
 /// Each peer's batcher tasks, by address.
@@ -48,6 +49,19 @@ struct PeerTasks {
 }
 
 impl Peers {
+    /// Peers reached through `dialer` (plaintext or mutual TLS).
+    pub fn new(dialer: super::Dialer) -> Peers {
+        Peers {
+            tasks: Arc::default(),
+            dialer,
+        }
+    }
+
+    /// How this node reaches its peers.
+    pub fn dialer(&self) -> &super::Dialer {
+        &self.dialer
+    }
+
     /// The node's client to the peer at `addr` (one connection per peer).
     pub(crate) fn client(&self, addr: &str) -> Option<RaftTransportClient<Channel>> {
         self.batcher(addr).map(|b| b.client)
@@ -71,7 +85,7 @@ impl Peers {
                 return Some(b.clone());
             }
         }
-        let client = client_for(addr)?;
+        let client = client_for(&self.dialer, addr)?;
         let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(run_batcher(rx, client.clone()));
         let batcher = PeerBatcher { queue, client };
@@ -88,14 +102,12 @@ struct PeerBatcher {
     client: RaftTransportClient<Channel>,
 }
 
-fn client_for(addr: &str) -> Option<RaftTransportClient<Channel>> {
-    Channel::from_shared(format!("http://{addr}"))
-        .ok()
-        .map(|endpoint| {
-            RaftTransportClient::new(endpoint.tcp_nodelay(true).connect_lazy())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        })
+fn client_for(dialer: &super::Dialer, addr: &str) -> Option<RaftTransportClient<Channel>> {
+    dialer.lazy(addr).ok().map(|channel| {
+        RaftTransportClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    })
 }
 
 /// Sends whatever queued up for one peer as one `AppendEntriesBatch`, with

@@ -3,6 +3,7 @@
 //!
 //! - `client`: each peer's connection and AppendEntries batcher, and
 //!   openraft's network over them;
+//! - `dial`: plaintext or mutual-TLS connections to a node's port;
 //! - `standings`: each peer's batcher of `ReadStandings` calls, behind
 //!   the read index of `crate::read_index`;
 //! - `server`: the gRPC service, each message to its shard;
@@ -14,11 +15,13 @@
 
 mod admin;
 mod client;
+mod dial;
 mod faults;
 mod server;
 mod standings;
 
 pub use client::{GrpcLink, GrpcNetwork, Peers};
+pub use dial::Dialer;
 pub use faults::Faults;
 pub use server::{Shards, TransportService};
 
