@@ -66,6 +66,7 @@ async fn measure(
                 user: USER,
                 from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
                 limit: 50,
+                ack: None,
             })
             .await
             .unwrap_or_else(|e| panic!("sync: {e}"))
@@ -144,8 +145,9 @@ async fn run(shards: u64, rounds: usize) -> (Duration, Duration) {
         let page = c
             .sync(pb::SyncRequest {
                 user: USER,
-                from: None,
+                from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
                 limit: copies as u32 + 1,
+                ack: None,
             })
             .await
             .map(|r| r.into_inner());

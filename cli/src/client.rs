@@ -219,16 +219,25 @@ pub fn run(cmd: ClientCmd, server: &str, json_output: bool) -> Result<(), Failur
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let mut client = crate::access::connect(server).await?;
-        let (value, text) = call(&mut client, cmd, json_output).await.map_err(|e| {
-            match e.downcast_ref::<tonic::Status>() {
+        let mut acknowledge = None;
+        let (value, text) = call(&mut client, cmd, json_output, &mut acknowledge)
+            .await
+            .map_err(|e| match e.downcast_ref::<tonic::Status>() {
                 Some(s) => crate::status_text(s).into(),
                 None => e,
-            }
-        })?;
+            })?;
         if json_output {
             println!("{value}");
         } else if !text.is_empty() {
             println!("{text}");
+        }
+        // A device's sync page is acknowledged once shown: if this process
+        // dies first, the next sync shows it again.
+        if let Some(ack) = acknowledge {
+            client
+                .save_cursor(ack)
+                .await
+                .map_err(|s| -> Failure { crate::status_text(&s).into() })?;
         }
         Ok(())
     })
@@ -266,10 +275,13 @@ fn fresh_id() -> String {
     format!("cli-{nanos}")
 }
 
+/// Runs `cmd`; what to print, and in `acknowledge` what to acknowledge
+/// once it is printed (a device's sync).
 async fn call(
     client: &mut Client,
     cmd: ClientCmd,
     json_output: bool,
+    acknowledge: &mut Option<pb::SaveCursorRequest>,
 ) -> Result<(Value, String), Failure> {
     Ok(match cmd {
         ClientCmd::Send {
@@ -339,14 +351,21 @@ async fn call(
             device,
             limit,
         } => {
+            let device = device.into_bytes();
             let r = client
                 .sync(pb::SyncRequest {
                     user,
-                    from: Some(pb::sync_request::From::Device(device.into_bytes())),
+                    from: Some(pb::sync_request::From::Device(device.clone())),
                     limit,
+                    ack: None,
                 })
                 .await?
                 .into_inner();
+            *acknowledge = Some(pb::SaveCursorRequest {
+                user,
+                device,
+                cursor: r.cursor.clone(),
+            });
             let mut lines = Vec::new();
             for e in &r.entries {
                 if let Some(m) = &e.message {

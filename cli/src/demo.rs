@@ -196,7 +196,9 @@ fn im_demo(engine: &Engine, run: u64) -> Result<(), Box<dyn std::error::Error>> 
     }
     let hello = send(engine, TEAM, ALICE, format!("run{run}-t0"), "standup in 5")?;
     send(engine, TEAM, CAROL, format!("run{run}-t1"), "on my way")?;
-    let page = engine.sync_device(BOB, b"bob-phone", 100)?;
+    let page = engine.sync_device(BOB, b"bob-phone", None, 100)?;
+    // Processed (shown): acknowledged, so the next sync starts after it.
+    engine.ack_device(BOB, b"bob-phone", &page.cursor)?;
     say!(
         "  Bob's phone syncs: {} new inbox entries, cursor now {:?}",
         page.messages.len(),

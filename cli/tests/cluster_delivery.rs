@@ -112,6 +112,7 @@ async fn inbox_of(
                 user,
                 from: Some(pb::sync_request::From::Cursor(cursor.clone())),
                 limit: 50,
+                ack: None,
             })
             .await?
             .into_inner();

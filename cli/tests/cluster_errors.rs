@@ -166,6 +166,7 @@ async fn every_reason_at(addr: SocketAddr, last_seq: u64) -> nodes::TaskResult<(
                 reported: Vec::new(),
             })),
             limit: 10,
+            ack: None,
         })
         .await,
         Code::InvalidArgument,

@@ -96,8 +96,9 @@ async fn sync_of(addr: SocketAddr, limit: u32) -> Result<pb::SyncResponse, tonic
     on_node(addr, |mut c| async move {
         c.sync(pb::SyncRequest {
             user: 1,
-            from: None,
+            from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
             limit,
+            ack: None,
         })
         .await
     })
@@ -325,21 +326,27 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
             assert_eq!(friends.len(), 1, "friends of 3 on {addr}");
         }
 
-        // A device syncs on node 1, then on node 2: each entry once.
-        let device = |addr: SocketAddr| async move {
-            on_node(addr, |mut c| async move {
-                c.sync(pb::SyncRequest {
-                    user: 1,
-                    from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
-                    limit: 10,
-                })
-                .await
+        // A device syncs on node 1, then on node 2 acknowledging the first
+        // answer: each entry once.
+        let device = |addr: SocketAddr, ack: Option<pb::Cursor>| async move {
+            on_node(addr, |mut c| {
+                let ack = ack.clone();
+                async move {
+                    c.sync(pb::SyncRequest {
+                        user: 1,
+                        from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
+                        limit: 10,
+                        ack,
+                    })
+                    .await
+                }
             })
             .await
-            .map(|r| r.into_inner().entries.len())
+            .map(|r| r.into_inner())
         };
-        assert_eq!(device(addrs[0]).await?, 4);
-        assert_eq!(device(addrs[1]).await?, 0);
+        let first = device(addrs[0], None).await?;
+        assert_eq!(first.entries.len(), 4);
+        assert_eq!(device(addrs[1], first.cursor).await?.entries.len(), 0);
 
         // A watch on a node that does not host user 1's shard (where the
         // user's inbox is) hears about a send made through another node:

@@ -252,8 +252,9 @@ fn four_shards_on_three_processes() -> TestResult {
                     let page = client
                         .sync(pb::SyncRequest {
                             user: 1,
-                            from: None,
+                            from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
                             limit: 10,
+                            ack: None,
                         })
                         .await?
                         .into_inner();
@@ -301,23 +302,24 @@ fn four_shards_on_three_processes() -> TestResult {
             assert_eq!((friends[0].user, friends[0].conversation), (4, direct));
         }
         // A device's cursor is kept in the user's shard, replicated: the
-        // first sync delivers both entries, the next (on another node) none.
-        let device = |addr: SocketAddr| async move {
+        // first sync delivers both entries; the next (on another node),
+        // acknowledging it, none.
+        let device = |addr: SocketAddr, ack: Option<pb::Cursor>| async move {
             let mut client = ImstoreClient::connect(format!("http://{addr}")).await?;
-            let entries = client
+            let page = client
                 .sync(pb::SyncRequest {
                     user: 1,
                     from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
                     limit: 10,
+                    ack,
                 })
                 .await?
-                .into_inner()
-                .entries
-                .len();
-            Ok::<_, Box<dyn std::error::Error>>(entries)
+                .into_inner();
+            Ok::<_, Box<dyn std::error::Error>>(page)
         };
-        assert_eq!(device(addrs[1]).await?, 2);
-        assert_eq!(device(addrs[2]).await?, 0);
+        let first = device(addrs[1], None).await?;
+        assert_eq!(first.entries.len(), 2);
+        assert_eq!(device(addrs[2], first.cursor).await?.entries.len(), 0);
         // Let every replica apply everything before the stores are read.
         for &addr in &addrs {
             for shard in 0..SHARDS {

@@ -193,21 +193,40 @@ impl Engine {
         }
     }
 
-    /// Syncs a device from its saved cursor and saves the new one (durably)
-    /// before returning: delivery is at most once per page. A device that
-    /// must not lose a page when it crashes mid-page uses [`Engine::sync`]
-    /// and saves the cursor with [`Command::SaveCursor`] once done.
-    pub fn sync_device(&self, user: u64, device: &[u8], limit: usize) -> Result<SyncPage> {
-        let cursor = self.device_cursor(user, device)?;
-        let page = self.sync(user, cursor.clone(), limit)?;
-        if page.cursor != cursor {
-            self.execute(Command::SaveCursor {
-                user,
-                device: Bytes::copy_from_slice(device),
-                cursor: page.cursor.clone(),
-            })?;
-        }
-        Ok(page)
+    /// Syncs a device from the cursor the store keeps for it, after
+    /// storing `ack` there (durably), the cursor of the last page the
+    /// device has processed. The store never moves a device's cursor by
+    /// itself: a page whose answer is lost, or that the device stops
+    /// before processing, comes again with the next sync (at-least-once;
+    /// the device drops what it already has by (conversation, seq)), and
+    /// so does every big-conversation advance until a cursor that
+    /// reports it is acknowledged.
+    pub fn sync_device(
+        &self,
+        user: u64,
+        device: &[u8],
+        ack: Option<&SyncCursor>,
+        limit: usize,
+    ) -> Result<SyncPage> {
+        let cursor = match ack {
+            Some(ack) => {
+                self.ack_device(user, device, ack)?;
+                ack.clone()
+            }
+            None => self.device_cursor(user, device)?,
+        };
+        self.sync(user, cursor, limit)
+    }
+
+    /// Stores `cursor` as the device's (durably): it has processed every
+    /// page up to it. [`Command::SaveCursor`].
+    pub fn ack_device(&self, user: u64, device: &[u8], cursor: &SyncCursor) -> Result<()> {
+        self.execute(Command::SaveCursor {
+            user,
+            device: Bytes::copy_from_slice(device),
+            cursor: cursor.clone(),
+        })?;
+        Ok(())
     }
 }
 

@@ -307,7 +307,8 @@ fn load(engine: &Engine, out: &Mutex<std::io::Stdout>, round: u64, user: u64) ->
             say(out, format!("READ {reader} {conversation} {read_seq}"))?;
         }
         if i % 7 == 0 {
-            let page = engine.sync_device(user, b"phone", 50)?;
+            let page = engine.sync_device(user, b"phone", None, 50)?;
+            engine.ack_device(user, b"phone", &page.cursor)?;
             say(out, format!("SYNCED {user} {}", page.cursor.inbox_seq))?;
         }
     }

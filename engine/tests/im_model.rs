@@ -9,7 +9,10 @@
 //! inboxes are plain vectors, and every read is recomputed from scratch.
 //! Devices check the sync contract end to end: whatever arrives through
 //! inbox entries plus pulls of the reported big conversations is exactly
-//! the set of messages the user may see, and no inbox entry arrives twice.
+//! the set of messages the user may see, and no inbox entry arrives twice
+//! unless the device never acknowledged it. Devices lose answers and crash
+//! before saving what they acknowledge; the store keeps each device where
+//! it last acknowledged.
 
 mod common;
 
@@ -19,7 +22,7 @@ use bytes::Bytes;
 use imstore_engine::placement::direct_conversation_id;
 use imstore_engine::{
     Command, ConversationKind, Direction, Engine, Error, FriendOutcome, FriendStatus, MessageView,
-    Options, Outcome, SendMessage,
+    Options, Outcome, SendMessage, SyncCursor,
 };
 use proptest::prelude::*;
 
@@ -103,6 +106,10 @@ enum Op {
         user: u64,
         device: u8,
         limit: usize,
+        /// What becomes of the answer: processed (and acknowledged with
+        /// the next sync), lost on the way, or processed by a device that
+        /// then crashes before keeping the cursor it would acknowledge.
+        fate: Fate,
     },
     /// Server time moves on by this much.
     Wait(u64),
@@ -142,7 +149,8 @@ fn single_op() -> impl Strategy<Value = Op> {
             .prop_map(|(to, pick, user)| Op::DeleteForMe { to, pick, user }),
         1 => (target(), 0..8u64).prop_map(|(to, back)| Op::Clear { to, back }),
         3 => (0..4u8, user(), user()).prop_map(|(kind, a, b)| Op::Friend { kind, a, b }),
-        4 => (user(), 0..2u8, 1..4usize).prop_map(|(user, device, limit)| Op::Sync { user, device, limit }),
+        4 => (user(), 0..2u8, 1..4usize, prop_oneof![Just(Fate::Processed), Just(Fate::Lost), Just(Fate::CrashedAfter)])
+            .prop_map(|(user, device, limit, fate)| Op::Sync { user, device, limit, fate }),
         2 => (0..100_000u64).prop_map(Op::Wait),
         1 => Just(Op::Reopen),
     ]
@@ -215,9 +223,26 @@ impl MConv {
     }
 }
 
+/// What becomes of a sync's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Processed,
+    Lost,
+    CrashedAfter,
+}
+
 #[derive(Debug, Default, Clone)]
 struct Device {
+    /// The inbox position the store keeps for the device (its last
+    /// acknowledgement).
+    acked_pos: usize,
+    /// The cursor the device acknowledges with its next sync, and the
+    /// inbox position it stands for.
+    ack: Option<(SyncCursor, usize)>,
     inbox_seen: BTreeSet<(u64, u64)>,
+    /// Entries processed but not acknowledged, with their inbox
+    /// positions: they may come again until an acknowledgement passes them.
+    unacknowledged: BTreeMap<(u64, u64), usize>,
     known: BTreeSet<(u64, u64)>,
     pulled: BTreeMap<u64, u64>,
 }
@@ -230,7 +255,7 @@ struct Model {
     friends: BTreeMap<(u64, u64), FriendStatus>,
     hidden: BTreeSet<(u64, u64, u64)>,
     dedup: BTreeMap<(u64, u64, u8), u64>,
-    devices: BTreeMap<(u64, u8), (usize, Device)>,
+    devices: BTreeMap<(u64, u8), Device>,
     now: u64,
 }
 
@@ -832,12 +857,20 @@ fn sync(
     user: u64,
     device: u8,
     limit: usize,
+    fate: Fate,
 ) -> Result<bool, TestCaseError> {
+    let mut dev = model.devices.remove(&(user, device)).unwrap_or_default();
     let page = engine
-        .sync_device(user, &[device], limit)
+        .sync_device(user, &[device], dev.ack.as_ref().map(|(c, _)| c), limit)
         .map_err(|e| TestCaseError::fail(format!("sync: {e}")))?;
+    // The store applies the acknowledgement before it reads, whatever
+    // becomes of the answer.
+    if let Some((_, pos)) = &dev.ack {
+        dev.acked_pos = *pos;
+        dev.unacknowledged.retain(|_, at| *at >= *pos);
+    }
+    let pos = dev.acked_pos;
     let inbox = model.inbox.get(&user).cloned().unwrap_or_default();
-    let (pos, mut dev) = model.devices.remove(&(user, device)).unwrap_or_default();
     let rows = &inbox[pos.min(inbox.len())..(pos + limit).min(inbox.len())];
     let expected: Vec<_> = rows
         .iter()
@@ -863,8 +896,16 @@ fn sync(
         .collect();
     prop_assert_eq!(&got, &expected, "sync page of user {}", user);
     prop_assert_eq!(page.more, inbox.len() > pos + limit);
+    let more = page.more;
+    if fate == Fate::Lost {
+        model.devices.insert((user, device), dev);
+        return Ok(more);
+    }
     for (c, s, ..) in &got {
-        prop_assert!(dev.inbox_seen.insert((*c, *s)), "inbox entry twice");
+        prop_assert!(
+            dev.inbox_seen.insert((*c, *s)) || dev.unacknowledged.contains_key(&(*c, *s)),
+            "inbox entry twice, acknowledged in between"
+        );
         dev.known.insert((*c, *s));
     }
     for advanced in &page.advanced {
@@ -880,10 +921,20 @@ fn sync(
             dev.pulled.insert(c, advanced.last_seq);
         }
     }
-    let more = page.more;
-    model
-        .devices
-        .insert((user, device), ((pos + limit).min(inbox.len()), dev));
+    match fate {
+        Fate::Processed => {
+            dev.ack = Some((page.cursor, (pos + limit).min(inbox.len())));
+        }
+        // What it got stays with it; the cursor it would acknowledge does
+        // not, so the next sync acknowledges the old one again.
+        _ => {
+            for (c, s, ..) in &got {
+                let at = inbox.iter().position(|e| *e == (*c, *s)).unwrap_or(pos);
+                dev.unacknowledged.insert((*c, *s), at);
+            }
+        }
+    }
+    model.devices.insert((user, device), dev);
     Ok(more)
 }
 
@@ -1067,8 +1118,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 user,
                 device,
                 limit,
+                fate,
             } => {
-                sync(&engine, &mut model, *user, *device, *limit)?;
+                sync(&engine, &mut model, *user, *device, *limit, *fate)?;
             }
             Op::Together(ops) => {
                 let mut commands = Vec::new();
@@ -1125,8 +1177,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // pulls is exactly what its user may see.
     let devices: Vec<(u64, u8)> = (1..=USERS).flat_map(|u| [(u, 0u8), (u, 1u8)]).collect();
     for (user, device) in devices {
-        while sync(&engine, &mut model, user, device, 3)? {}
-        let known = &model.devices[&(user, device)].1.known;
+        while sync(&engine, &mut model, user, device, 3, Fate::Processed)? {}
+        let known = &model.devices[&(user, device)].known;
         let mut may_see = BTreeSet::new();
         let mut retained = BTreeSet::new();
         for (&id, conv) in &model.convs {

@@ -358,19 +358,35 @@ fn devices_sync_independently_and_a_long_offline_device_catches_up() -> TestResu
         send(&engine, 5, 1 + i % 2, &format!("m{i}"), 100 + i)?;
     }
     // The phone syncs in pages as it goes, the laptop once at the end.
+    // Each sync acknowledges the page before it.
     let mut phone = Vec::new();
+    let mut ack = None;
     loop {
-        let page = engine.sync_device(2, b"phone", 7)?;
+        let page = engine.sync_device(2, b"phone", ack.as_ref(), 7)?;
         phone.extend(page.messages.iter().map(|(_, v)| v.message.seq));
+        ack = Some(page.cursor);
         if !page.more {
             break;
         }
     }
     assert_eq!(phone, (1..=120).collect::<Vec<u64>>());
-    assert!(engine.sync_device(2, b"phone", 7)?.messages.is_empty());
-    let laptop = engine.sync_device(2, b"laptop", 1_000)?;
+    assert!(engine
+        .sync_device(2, b"phone", ack.as_ref(), 7)?
+        .messages
+        .is_empty());
+    // A page not acknowledged comes again, whole; the store keeps the
+    // device where it last acknowledged.
+    let laptop = engine.sync_device(2, b"laptop", None, 1_000)?;
     assert_eq!(laptop.messages.len(), 120);
+    assert_eq!(engine.device_cursor(2, b"laptop")?, SyncCursor::default());
+    let again = engine.sync_device(2, b"laptop", None, 1_000)?;
+    assert_eq!(again, laptop);
+    engine.ack_device(2, b"laptop", &laptop.cursor)?;
     assert_eq!(engine.device_cursor(2, b"laptop")?, laptop.cursor);
+    assert!(engine
+        .sync_device(2, b"laptop", None, 1_000)?
+        .messages
+        .is_empty());
     // A cursor from the future is refused, by sync and by save.
     let future = SyncCursor {
         inbox_seq: 1_000,

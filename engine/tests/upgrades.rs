@@ -407,9 +407,10 @@ fn a_version_6_directory_gets_views_again() -> TestResult {
     );
     assert_eq!(after, before, "lists, totals and syncs read as before");
     // The old device cursor: only the big send after it, then the new form.
-    let page = engine.sync_device(2, b"old", 100)?;
+    let page = engine.sync_device(2, b"old", None, 100)?;
     assert!(page.messages.is_empty());
     assert_eq!(page.advanced, vec![big(20, 1)]);
+    engine.ack_device(2, b"old", &page.cursor)?;
     let saved = engine.device_cursor(2, b"old")?;
     assert_eq!(
         (saved.change, saved.reported),

@@ -190,6 +190,7 @@ async fn tokens_roles_and_rotation() -> TestResult {
             user: 2,
             from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
             limit: 10,
+            ack: None,
         },
     ))
     .await?;

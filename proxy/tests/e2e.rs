@@ -153,6 +153,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
             user: 2,
             from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
             limit: 10,
+            ack: None,
         })
         .await?
         .into_inner();
@@ -163,19 +164,52 @@ async fn every_rpc_and_every_error_code() -> TestResult {
             user: 2,
             from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
             limit: 2,
+            ack: None,
         })
         .await?
         .into_inner();
     assert!(device.more);
+    // Not acknowledged: the same page again (the answer may have been lost).
+    let again = c
+        .sync(pb::SyncRequest {
+            user: 2,
+            from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
+            limit: 2,
+            ack: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(again, device);
     let device2 = c
         .sync(pb::SyncRequest {
             user: 2,
             from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
             limit: 2,
+            ack: device.cursor.clone(),
         })
         .await?
         .into_inner();
     assert_eq!(device2.entries.len(), 1);
+    // A sync needs a start, and only a device acknowledges.
+    for (from, ack) in [
+        (None, None),
+        (None, device.cursor.clone()),
+        (
+            Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
+            device.cursor.clone(),
+        ),
+    ] {
+        let refused = c
+            .sync(pb::SyncRequest {
+                user: 2,
+                from,
+                limit: 2,
+                ack,
+            })
+            .await
+            .expect_err("a sync without a start, or a cursor sync with an ack");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
     c.save_cursor(pb::SaveCursorRequest {
         user: 2,
         device: b"tablet".to_vec(),
@@ -328,6 +362,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
                 reported: Vec::new(),
             })),
             limit: 10,
+            ack: None,
         })
         .await,
         Code::InvalidArgument,

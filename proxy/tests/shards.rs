@@ -54,6 +54,9 @@ enum Op {
     SyncDevice {
         user: u64,
         limit: u32,
+        /// The answer is lost (or the device crashes before processing
+        /// it): nothing is taken, nothing acknowledged.
+        lost: bool,
     },
 }
 
@@ -73,7 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, other, accept)| Op::Befriend { user, other, accept }),
         1 => (user.clone(), any::<usize>(), 0u64..6)
             .prop_map(|(user, target, up_to)| Op::MarkRead { user, target, up_to }),
-        1 => (user, 1u32..4).prop_map(|(user, limit)| Op::SyncDevice { user, limit }),
+        1 => (user, 1u32..4, any::<bool>()).prop_map(|(user, limit, lost)| Op::SyncDevice { user, limit, lost }),
     ]
 }
 
@@ -87,6 +90,9 @@ struct Pair {
     translate: BTreeMap<u64, u64>,
     delivered_one: BTreeSet<(u64, u64, u64)>,
     delivered_sharded: BTreeSet<(u64, u64, u64)>,
+    /// Each user's phone's next acknowledgement, on each store.
+    acks_one: BTreeMap<u64, pb::Cursor>,
+    acks_sharded: BTreeMap<u64, pb::Cursor>,
     sends: u64,
 }
 
@@ -205,22 +211,47 @@ impl Pair {
                     assert_eq!(a.into_inner().read_seq, b.into_inner().read_seq);
                 }
             }
-            Op::SyncDevice { user, limit } => {
-                self.device_sync(user, limit).await?;
+            Op::SyncDevice { user, limit, lost } => {
+                self.device_sync(user, limit, lost).await?;
             }
         }
         Ok(())
     }
 
     /// One device sync page on each store; returns whether either has more.
-    async fn device_sync(&mut self, user: u64, limit: u32) -> Result<bool, tonic::Status> {
-        let request = pb::SyncRequest {
+    /// A sync of `user`'s phone on both stores, acknowledging what it
+    /// took last; an entry taken twice fails the test.
+    async fn device_sync(
+        &mut self,
+        user: u64,
+        limit: u32,
+        lost: bool,
+    ) -> Result<bool, tonic::Status> {
+        let request = |ack: Option<&pb::Cursor>| pb::SyncRequest {
             user,
             from: Some(pb::sync_request::From::Device(b"phone".to_vec())),
             limit,
+            ack: ack.cloned(),
         };
-        let a = self.one.client.sync(request.clone()).await?.into_inner();
-        let b = self.sharded.client.sync(request).await?.into_inner();
+        let a = self
+            .one
+            .client
+            .sync(request(self.acks_one.get(&user)))
+            .await?
+            .into_inner();
+        let b = self
+            .sharded
+            .client
+            .sync(request(self.acks_sharded.get(&user)))
+            .await?
+            .into_inner();
+        if lost {
+            return Ok(a.more || b.more);
+        }
+        self.acks_one
+            .insert(user, a.cursor.clone().unwrap_or_default());
+        self.acks_sharded
+            .insert(user, b.cursor.clone().unwrap_or_default());
         for e in &a.entries {
             let m = e.message.clone().unwrap_or_default();
             assert!(
@@ -256,6 +287,7 @@ async fn sync_all(
                 user,
                 from: Some(pb::sync_request::From::Cursor(cursor.clone())),
                 limit,
+                ack: None,
             })
             .await?
             .into_inner();
@@ -374,13 +406,14 @@ async fn compare(pair: &mut Pair, limit: u32) -> TestResult {
                     user,
                     from: Some(pb::sync_request::From::Cursor(cursor)),
                     limit,
+                    ack: None,
                 })
                 .await?
                 .into_inner();
             assert!(rest.entries.is_empty() && !rest.more);
         }
         // The device's syncs delivered everything, once.
-        while pair.device_sync(user, limit).await? {}
+        while pair.device_sync(user, limit, false).await? {}
         let mine = |set: &BTreeSet<(u64, u64, u64)>| -> BTreeSet<(u64, u64)> {
             set.iter()
                 .filter(|e| e.0 == user)
@@ -478,6 +511,8 @@ fn run(ops: Vec<Op>, limit: u32) -> TestResult {
             translate: BTreeMap::new(),
             delivered_one: BTreeSet::new(),
             delivered_sharded: BTreeSet::new(),
+            acks_one: BTreeMap::new(),
+            acks_sharded: BTreeMap::new(),
             sends: 0,
         };
         for op in &ops {
@@ -510,6 +545,7 @@ async fn cursors_of_older_formats_are_refused_where_they_mean_nothing() -> TestR
         user: 1,
         from: Some(pb::sync_request::From::Cursor(cursor)),
         limit: 10,
+        ack: None,
     };
     let shard = |shard: u32| pb::ShardCursor {
         shard,

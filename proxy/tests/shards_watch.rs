@@ -101,8 +101,9 @@ async fn watch_names_the_shard_and_resumes_from_a_cursor() -> TestResult {
         .client
         .sync(pb::SyncRequest {
             user: 1,
-            from: None,
+            from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
             limit: 10,
+            ack: None,
         })
         .await?
         .into_inner();
@@ -236,8 +237,9 @@ async fn watch_follows_big_groups_in_other_shards_and_resyncs_for_one_it_missed(
         .client
         .sync(pb::SyncRequest {
             user: 1,
-            from: None,
+            from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
             limit: 100,
+            ack: None,
         })
         .await?
         .into_inner();

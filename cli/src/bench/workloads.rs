@@ -68,6 +68,7 @@ pub(super) async fn request(
                         user: member,
                         limit: plan.limit,
                         from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
+                        ack: None,
                     })
                     .await?;
                 Ok(Ack::Read)
@@ -95,6 +96,7 @@ pub(super) async fn request(
                     user: member,
                     limit: plan.limit,
                     from: Some(pb::sync_request::From::Cursor(pb::Cursor::default())),
+                    ack: None,
                 })
                 .await?
                 .into_inner();

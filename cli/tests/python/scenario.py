@@ -69,8 +69,12 @@ laptop = api.Sync(pb.SyncRequest(user=2, device=b"laptop", limit=1))
 check(len(phone.entries) == 3, f"phone got {len(phone.entries)} inbox entries")
 check([a.conversation for a in phone.advanced] == [big], "big group reported, not fanned out")
 check(len(laptop.entries) == 1 and laptop.more, "laptop pages on its own")
-again = api.Sync(pb.SyncRequest(user=2, device=b"phone", limit=100))
-check(len(again.entries) == 0 and len(again.advanced) == 0, "phone has everything")
+# Not acknowledged (the answer could have been lost): the same again.
+lost = api.Sync(pb.SyncRequest(user=2, device=b"phone", limit=100))
+check(len(lost.entries) == 3 and [a.conversation for a in lost.advanced] == [big],
+      "an answer not acknowledged comes again, big group included")
+again = api.Sync(pb.SyncRequest(user=2, device=b"phone", limit=100, ack=phone.cursor))
+check(len(again.entries) == 0 and len(again.advanced) == 0, "phone acknowledged everything")
 pulled = api.ReadAs(pb.ReadAsRequest(viewer=2, conversation=big, **{"from": 1}, limit=10))
 check([m.payload for m in pulled.messages] == [b"to everyone"], "pulled the big group")
 
@@ -87,6 +91,12 @@ try:
     check(False, "a non-member could send")
 except grpc.RpcError as e:
     check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"non-member: {e.code()}")
+
+try:
+    api.Sync(pb.SyncRequest(user=2, limit=10))
+    check(False, "a sync without a cursor or a device was answered")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"sync without a start: {e.code()}")
 
 # --- the watch saw user 2's inbox advance and the big group advance
 deadline = time.time() + 20

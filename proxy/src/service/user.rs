@@ -18,17 +18,38 @@ impl<B: Backend> ImstoreService<B> {
             let user = r.user;
             let home = self.user_shard(user);
             // A client's cursor, or a device whose cursor the user's shard
-            // keeps.
-            let (from, device) = match r.from {
-                Some(pb::sync_request::From::Device(device)) => {
-                    let device = Bytes::from(device);
-                    (SyncFrom::Device(device.clone()), Some(device))
+            // keeps, moved only by the device's acknowledgement.
+            let from = match (r.from, r.ack) {
+                (Some(pb::sync_request::From::Device(device)), Some(ack)) => {
+                    let ack = sync_cursor(self.backend.shard_count(), &ack)?;
+                    // Durable before the read: the device has processed
+                    // everything up to it.
+                    self.write(Command::SaveCursor {
+                        user,
+                        device: Bytes::from(device),
+                        cursor: ack.clone(),
+                    })
+                    .await?;
+                    SyncFrom::Cursor(ack)
                 }
-                Some(pb::sync_request::From::Cursor(c)) => (
-                    SyncFrom::Cursor(sync_cursor(self.backend.shard_count(), &c)?),
-                    None,
-                ),
-                None => (SyncFrom::Cursor(SyncCursor::default()), None),
+                (Some(pb::sync_request::From::Device(device)), None) => {
+                    SyncFrom::Device(Bytes::from(device))
+                }
+                (Some(pb::sync_request::From::Cursor(c)), None) => {
+                    SyncFrom::Cursor(sync_cursor(self.backend.shard_count(), &c)?)
+                }
+                (Some(pb::sync_request::From::Cursor(_)), Some(_)) => {
+                    return Err(invalid(
+                        "ack is a device's acknowledgement: a sync from a cursor the client \
+                         keeps has none",
+                    ))
+                }
+                (None, _) => {
+                    return Err(invalid(
+                        "a sync starts from a cursor (a zero cursor for the beginning) or a \
+                         device",
+                    ))
+                }
             };
             let (from, page) = self
                 .ask_shards(
@@ -48,18 +69,6 @@ impl<B: Backend> ImstoreService<B> {
                 .ok_or_else(mismatched)?;
             let heads = self.big_heads(user, &from.asked(&page.remote)).await?;
             let page = imstore_engine::finish_sync(&from, page, heads);
-            if let Some(device) = device {
-                // Saved (durably) before the page is answered: a device
-                // gets each page at most once.
-                if page.cursor != from {
-                    self.write(Command::SaveCursor {
-                        user,
-                        device,
-                        cursor: page.cursor.clone(),
-                    })
-                    .await?;
-                }
-            }
             let label = u32::try_from(home).unwrap_or(u32::MAX);
             Ok(pb::SyncResponse {
                 entries: page
