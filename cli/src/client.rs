@@ -82,12 +82,23 @@ pub enum ClientCmd {
         #[arg(long)]
         up_to: u64,
     },
-    /// Who has and has not read a message.
+    /// Who has and has not read a message (or, for several, how many).
     Receipts {
         #[arg(long)]
         conversation: u64,
+        /// The message; several (comma-separated, up to 100) print counts
+        /// only, from one call.
+        #[arg(long, value_delimiter = ',', required = true)]
+        seq: Vec<u64>,
+        /// Counts only, not who.
         #[arg(long)]
-        seq: u64,
+        counts: bool,
+        /// A page of the lists: users above this id …
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// … at most this many (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
     },
     /// A user's unread count in one conversation, or in total.
     Unread {
@@ -439,17 +450,69 @@ async fn call(
                 ),
             )
         }
-        ClientCmd::Receipts { conversation, seq } => {
+        ClientCmd::Receipts {
+            conversation, seq, ..
+        } if seq.len() > 1 => {
             let r = client
-                .get_receipts(pb::GetReceiptsRequest { conversation, seq })
+                .get_receipt_counts(pb::GetReceiptCountsRequest {
+                    conversation,
+                    seqs: seq,
+                })
                 .await?
                 .into_inner();
+            let lines: Vec<String> = r
+                .counts
+                .iter()
+                .map(|c| {
+                    format!(
+                        "#{} read by {}, not yet by {}",
+                        c.seq, c.read_count, c.unread_count
+                    )
+                })
+                .collect();
             (
-                json!({"read": r.read, "unread": r.unread, "read_count": r.read_count, "unread_count": r.unread_count, "stored": r.stored}),
+                json!({"counts": r.counts.iter().map(|c| json!({"seq": c.seq, "read_count": c.read_count, "unread_count": c.unread_count, "stored": c.stored})).collect::<Vec<_>>()}),
+                lines.join("\n"),
+            )
+        }
+        ClientCmd::Receipts {
+            conversation,
+            seq,
+            counts,
+            after,
+            limit,
+        } => {
+            let seq = seq.first().copied().unwrap_or_default();
+            let r = client
+                .get_receipts(pb::GetReceiptsRequest {
+                    conversation,
+                    seq,
+                    counts_only: counts,
+                    after_user: after,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            let mut text = if counts {
+                format!(
+                    "#{seq} read by {}, not yet by {}",
+                    r.read_count, r.unread_count
+                )
+            } else {
                 format!(
                     "#{seq} read by {} {:?}, not yet by {} {:?}",
                     r.read_count, r.read, r.unread_count, r.unread
-                ),
+                )
+            };
+            if r.next_after_user != 0 {
+                text.push_str(&format!(
+                    "\nmore: --after {} for the next page",
+                    r.next_after_user
+                ));
+            }
+            (
+                json!({"read": r.read, "unread": r.unread, "read_count": r.read_count, "unread_count": r.unread_count, "stored": r.stored, "next_after_user": r.next_after_user}),
+                text,
             )
         }
         ClientCmd::Unread { user, conversation } => {

@@ -251,12 +251,31 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
                 c.get_receipts(pb::GetReceiptsRequest {
                     conversation: group,
                     seq: 1,
+                    ..Default::default()
                 })
                 .await
             })
             .await?
             .into_inner();
             assert_eq!(receipts.unread, vec![1]);
+            // Counted and paged (`ShardRead` of a newer query kind).
+            let counted = on_node(addr, |mut c| async move {
+                c.get_receipt_counts(pb::GetReceiptCountsRequest {
+                    conversation: group,
+                    seqs: vec![1],
+                })
+                .await
+            })
+            .await?
+            .into_inner()
+            .counts;
+            assert_eq!(
+                counted
+                    .iter()
+                    .map(|c| (c.read_count, c.unread_count))
+                    .collect::<Vec<_>>(),
+                [(receipts.read_count, receipts.unread_count)]
+            );
             groups.push(group);
         }
         // Friends 3 and 4: their pair's shard, through a node missing it.

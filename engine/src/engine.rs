@@ -16,6 +16,8 @@ use crate::{
 mod im_read;
 #[path = "outbox_read.rs"]
 mod outbox_read;
+#[path = "receipt_read.rs"]
+pub(crate) mod receipt_read;
 #[path = "sync_read.rs"]
 pub(crate) mod sync_read;
 #[path = "view_read.rs"]

@@ -18,7 +18,7 @@ use crate::{
 pub(super) use crate::error::corrupt_metadata as corrupt_value;
 
 /// Every entry under a key prefix of the `im` column family.
-fn scan_prefix(
+pub(super) fn scan_prefix(
     store: ShardView<'_>,
     prefix: &[u8],
     limit: usize,
@@ -43,7 +43,7 @@ impl Engine {
         self.view()
     }
 
-    fn managed_state(&self, conversation: u64) -> Result<ConversationState> {
+    pub(super) fn managed_state(&self, conversation: u64) -> Result<ConversationState> {
         let state = self.store().conversation_state(conversation)?;
         if !state.is_managed() {
             return Err(Error::NotFound {

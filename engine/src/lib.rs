@@ -132,6 +132,7 @@ pub use crate::disk::{
     default_ballast_bytes, disk_space, release_ballast, DiskSpace, BALLAST_FILE,
     DEFAULT_BALLAST_MAX_BYTES, RESUME_HEADROOM_BYTES,
 };
+pub use crate::engine::receipt_read::MAX_RECEIPT_MESSAGES;
 pub use crate::engine::sync_read::{finish_sync, BigHead, UserSyncPage};
 pub use crate::engine::view_read::{merge_list_pages, ListIndexPage};
 pub use crate::engine::Engine;
@@ -150,8 +151,8 @@ pub use crate::store::{ShardId, MAX_SHARD, WAL_RECOVERY_MODE};
 pub use crate::types::{
     Advanced, Appended, Command, CommitNotice, CommitStats, ConversationKind, ConversationSummary,
     CursorV1, Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message,
-    MessageView, NewMessage, Options, OutboxBacklog, Outcome, Receipts, SegmentInfo, SendMessage,
-    SyncCursor, SyncPage,
+    MessageView, NewMessage, Options, OutboxBacklog, Outcome, ReceiptPage, Receipts, SegmentInfo,
+    SendMessage, SyncCursor, SyncPage,
 };
 pub use crate::verify::{Damage, VerifyProgress, VerifyReport};
 pub use bytes::Bytes;

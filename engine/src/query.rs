@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::engine::sync_read::{BigHead, UserSyncPage};
 use crate::{
     ConversationSummary, Direction, Engine, Error, Friend, FriendStatus, ListCursor, ListIndexPage,
-    Member, Message, MessageView, OutboxBacklog, Receipts, Result, SyncCursor,
+    Member, Message, MessageView, OutboxBacklog, ReceiptPage, Receipts, Result, SyncCursor,
 };
 
 /// Where a shard's part of a sync starts.
@@ -164,6 +164,17 @@ pub enum ShardQuery {
         /// Most bytes past the first record.
         max_bytes: u32,
     },
+    /// [`Engine::receipt_pages`]. (New variants go last: a node may ask a
+    /// peer of the previous release, whose decoder numbers them.)
+    ReceiptPages {
+        /// The conversation.
+        conversation: u64,
+        /// The messages.
+        seqs: Vec<u64>,
+        /// `Some((after, limit))` for a page of the lists; `None` for
+        /// counts only.
+        lists: Option<(u64, u32)>,
+    },
 }
 
 /// The answer to a [`ShardQuery`], the variant named after it.
@@ -227,6 +238,8 @@ pub enum ShardAnswer {
         /// The records, consecutive from `first`.
         records: Vec<Bytes>,
     },
+    /// Each message's receipts, in the order asked.
+    ReceiptPages(Vec<ReceiptPage>),
 }
 
 impl ShardQuery {
@@ -237,6 +250,7 @@ impl ShardQuery {
             | ShardQuery::ReadAs { conversation, .. }
             | ShardQuery::Members { conversation, .. }
             | ShardQuery::Receipts { conversation, .. }
+            | ShardQuery::ReceiptPages { conversation, .. }
             | ShardQuery::Unread { conversation, .. } => Some(*conversation),
             _ => None,
         }
@@ -366,6 +380,15 @@ impl Engine {
                 let (first, records) = self.outbox_records(dest, limit(n), limit(max_bytes))?;
                 ShardAnswer::OutboxRecords { first, records }
             }
+            ShardQuery::ReceiptPages {
+                conversation,
+                seqs,
+                lists,
+            } => ShardAnswer::ReceiptPages(self.receipt_pages(
+                conversation,
+                &seqs,
+                lists.map(|(after, n)| (after, limit(n))),
+            )?),
         })
     }
 

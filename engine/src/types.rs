@@ -691,6 +691,29 @@ pub struct Receipts {
     pub stored: bool,
 }
 
+/// A message's receipts counted ([`Engine::receipt_pages`]), with a page
+/// of who read it and who has not when asked.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptPage {
+    /// The message.
+    pub seq: u64,
+    /// How many read it (the stored list's length, or the members at send
+    /// time whose read position is past it).
+    pub read_count: u64,
+    /// Members at send time, other than the sender, who have not.
+    pub unread_count: u64,
+    /// Readers in the page (ascending).
+    pub read: Vec<u64>,
+    /// Non-readers in the page (ascending).
+    pub unread: Vec<u64>,
+    /// The last user of a page that is not the last: the next page starts
+    /// after it. 0 when nothing is left (or for counts only).
+    pub next_after: u64,
+    /// Whether the message's read list is stored (see [`Receipts::stored`]).
+    pub stored: bool,
+}
+
 /// Counters of the commit pipeline since open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {

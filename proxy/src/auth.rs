@@ -85,6 +85,7 @@ const READ_ONLY: &[&str] = &[
     "Sync",
     "Watch",
     "GetReceipts",
+    "GetReceiptCounts",
     "GetUnread",
     "ListConversations",
     "Status",

@@ -231,6 +231,7 @@ async fn every_rpc_and_every_error_code() -> TestResult {
         .get_receipts(pb::GetReceiptsRequest {
             conversation: 10,
             seq: 1,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -32,6 +32,7 @@ use crate::hub::{
 use crate::{Backend, Metrics, Route};
 
 mod pages;
+mod receipts;
 mod stream;
 mod user;
 mod watch;
@@ -648,27 +649,14 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::GetReceiptsRequest>,
     ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
-        let r = request.into_inner();
-        self.observe("GetReceipts", async {
-            let query = ShardQuery::Receipts {
-                conversation: r.conversation,
-                seq: r.seq,
-            };
-            let ShardAnswer::Receipts(receipts) = self
-                .ask(Route::Conversation(r.conversation), false, query)
-                .await?
-            else {
-                return Err(mismatched());
-            };
-            Ok(pb::GetReceiptsResponse {
-                read_count: u32::try_from(receipts.read.len()).unwrap_or(u32::MAX),
-                unread_count: u32::try_from(receipts.unread.len()).unwrap_or(u32::MAX),
-                read: receipts.read,
-                unread: receipts.unread,
-                stored: receipts.stored,
-            })
-        })
-        .await
+        self.get_receipts_rpc(request).await
+    }
+
+    async fn get_receipt_counts(
+        &self,
+        request: Request<pb::GetReceiptCountsRequest>,
+    ) -> Result<Response<pb::GetReceiptCountsResponse>, Status> {
+        self.get_receipt_counts_rpc(request).await
     }
 
     async fn get_unread(
