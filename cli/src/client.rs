@@ -347,14 +347,22 @@ async fn call(
                 })
                 .await?
                 .into_inner();
-            let lines: Vec<String> = r.messages.iter().map(message_line).collect();
+            let mut lines: Vec<String> = r.messages.iter().map(message_line).collect();
+            if lines.is_empty() {
+                lines.push("(no messages)".into());
+            }
+            // Cut at the server's byte bound: where to read on.
+            let next = if forward {
+                r.messages.last().map(|m| m.seq + 1)
+            } else {
+                r.messages.first().map(|m| m.seq.saturating_sub(1))
+            };
+            if let (true, Some(next)) = (r.more, next) {
+                lines.push(format!("more: read on with --from {next}"));
+            }
             (
-                json!({"messages": r.messages.iter().map(message_json).collect::<Vec<_>>()}),
-                if lines.is_empty() {
-                    "(no messages)".into()
-                } else {
-                    lines.join("\n")
-                },
+                json!({"messages": r.messages.iter().map(message_json).collect::<Vec<_>>(), "more": r.more}),
+                lines.join("\n"),
             )
         }
         ClientCmd::Sync {

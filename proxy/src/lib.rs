@@ -52,4 +52,4 @@ pub use node::{fix_shard_count, NodeConfig, SHARD_COUNT_FILE};
 pub use server::{
     node_dialer, serve_http, HttpEndpoint, Readiness, ServeError, Server, ServerConfig,
 };
-pub use service::{ImstoreService, ServiceLimits, WATCH_SHARD_HEADER};
+pub use service::{ImstoreService, ServiceLimits, DEFAULT_MAX_PAGE_BYTES, WATCH_SHARD_HEADER};

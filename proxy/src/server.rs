@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub max_batch_messages: usize,
     /// Most messages (or entries) one read returns. Default 10,000.
     pub max_page_messages: usize,
+    /// Most bytes of messages (or entries) one read answers, at least one
+    /// message; a page cut short says `more`. Default 4,000,000 (under
+    /// gRPC's usual 4 MiB receive limit).
+    pub max_page_bytes: usize,
     /// Concurrent HTTP/2 streams per client connection. Default 1,024.
     pub max_concurrent_streams: u32,
     /// Concurrent Watch streams. Default 1,024.
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             max_message_bytes: engine.max_payload_bytes,
             max_batch_messages: engine.max_batch_messages,
             max_page_messages: engine.max_page_messages,
+            max_page_bytes: crate::DEFAULT_MAX_PAGE_BYTES,
             max_concurrent_streams: 1_024,
             max_watchers: 1_024,
             watch_buffer: 1_024,
@@ -461,6 +466,7 @@ async fn serve<B: Backend + 'static>(
             max_watch_users: 10_000,
             watch_buffer: config.watch_buffer,
             max_page_messages: config.max_page_messages,
+            max_page_bytes: config.max_page_bytes,
         },
         config.data_dir.display().to_string(),
     )

@@ -31,12 +31,14 @@ use crate::hub::{
 };
 use crate::{Backend, Metrics, Route};
 
+mod bounded;
 mod pages;
 mod receipts;
 mod stream;
 mod user;
 mod watch;
 
+pub use bounded::DEFAULT_MAX_PAGE_BYTES;
 pub use watch::WATCH_SHARD_HEADER;
 
 /// Limits the service enforces before the engine sees a request.
@@ -51,6 +53,10 @@ pub struct ServiceLimits {
     /// Most messages one read returns: also the most a `ReadAsMany`'s
     /// pages may ask for together.
     pub max_page_messages: usize,
+    /// Most bytes of messages (or inbox entries) one answer carries, at
+    /// least one message ([`DEFAULT_MAX_PAGE_BYTES`]); a page cut short
+    /// says `more`.
+    pub max_page_bytes: usize,
 }
 
 impl Default for ServiceLimits {
@@ -60,6 +66,7 @@ impl Default for ServiceLimits {
             max_watch_users: 10_000,
             watch_buffer: 1_024,
             max_page_messages: imstore_engine::Options::default().max_page_messages,
+            max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
         }
     }
 }
@@ -292,9 +299,10 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             else {
                 return Err(mismatched());
             };
-            Ok(pb::ReadResponse {
-                messages: messages.into_iter().map(raw_message).collect(),
-            })
+            let mut messages: Vec<pb::Message> = messages.into_iter().map(raw_message).collect();
+            let (more, _) =
+                bounded::bound_messages(&mut messages, dir, self.limits.max_page_bytes, 1);
+            Ok(pb::ReadResponse { messages, more })
         })
         .await
     }

@@ -7,7 +7,7 @@ use imstore_engine::{ShardAnswer, ShardQuery};
 use imstore_proto::v1 as pb;
 use tonic::Status;
 
-use super::{stream, ImstoreService};
+use super::{bounded, stream, ImstoreService};
 use crate::convert::{direction, limit, message, mismatched};
 use crate::error::invalid;
 use crate::{Backend, Route};
@@ -39,18 +39,37 @@ impl<B: Backend> ImstoreService<B> {
         let (viewer, stale_ok) = (r.viewer, r.stale_ok);
         let pages = r.pages.into_iter().map(|page| async move {
             let conversation = page.conversation;
-            let result = match self.read_page(viewer, stale_ok, page).await {
-                Ok(page) => pb::page_result::Result::Page(page),
-                Err(status) => pb::page_result::Result::Error(stream::stream_error(&status)),
+            let direction = direction(page.direction);
+            (
+                conversation,
+                direction,
+                self.read_page(viewer, stale_ok, page).await,
+            )
+        });
+        // The answer as a whole stays within the byte bound: each page in
+        // request order gets what the ones before it left (a page past it
+        // comes back empty, with `more`).
+        let mut left = self.limits.max_page_bytes;
+        let mut answered = Vec::with_capacity(MAX_READ_AS_PAGES);
+        for (conversation, direction, read) in futures_util::future::join_all(pages).await {
+            let result = match (read, direction) {
+                (Ok(mut page), Ok(direction)) => {
+                    let (cut, used) =
+                        bounded::bound_messages(&mut page.messages, direction, left, 0);
+                    page.more |= cut;
+                    left = left.saturating_sub(used);
+                    pb::page_result::Result::Page(page)
+                }
+                (Err(status), _) | (_, Err(status)) => {
+                    pb::page_result::Result::Error(stream::stream_error(&status))
+                }
             };
-            pb::PageResult {
+            answered.push(pb::PageResult {
                 conversation,
                 result: Some(result),
-            }
-        });
-        Ok(pb::ReadAsManyResponse {
-            pages: futures_util::future::join_all(pages).await,
-        })
+            });
+        }
+        Ok(pb::ReadAsManyResponse { pages: answered })
     }
 
     /// One page as `viewer` sees it: what `ReadAs` answers.
@@ -72,9 +91,12 @@ impl<B: Backend> ImstoreService<B> {
             .ask(Route::Conversation(page.conversation), stale_ok, query)
             .await?
         {
-            ShardAnswer::Views(views) => Ok(pb::ReadResponse {
-                messages: views.into_iter().map(message).collect(),
-            }),
+            ShardAnswer::Views(views) => {
+                let mut messages: Vec<pb::Message> = views.into_iter().map(message).collect();
+                let (more, _) =
+                    bounded::bound_messages(&mut messages, dir, self.limits.max_page_bytes, 1);
+                Ok(pb::ReadResponse { messages, more })
+            }
             _ => Err(mismatched()),
         }
     }

@@ -70,16 +70,24 @@ impl<B: Backend> ImstoreService<B> {
             let heads = self.big_heads(user, &from.asked(&page.remote)).await?;
             let page = imstore_engine::finish_sync(&from, page, heads);
             let label = u32::try_from(home).unwrap_or(u32::MAX);
+            let mut entries: Vec<pb::InboxEntry> = page
+                .messages
+                .into_iter()
+                .map(|(inbox_seq, v)| pb::InboxEntry {
+                    inbox_seq,
+                    message: Some(message(v)),
+                    shard: label,
+                })
+                .collect();
+            // Cut at the byte bound: the cursor stops after the last entry
+            // kept, so the next sync starts with the first left out.
+            let mut cursor = cursor_message(&page.cursor);
+            let cut = super::bounded::bound_entries(&mut entries, self.limits.max_page_bytes);
+            if let Some(last_kept) = cut {
+                cursor.inbox_seq = last_kept;
+            }
             Ok(pb::SyncResponse {
-                entries: page
-                    .messages
-                    .into_iter()
-                    .map(|(inbox_seq, v)| pb::InboxEntry {
-                        inbox_seq,
-                        message: Some(message(v)),
-                        shard: label,
-                    })
-                    .collect(),
+                entries,
                 advanced: page
                     .advanced
                     .into_iter()
@@ -88,8 +96,8 @@ impl<B: Backend> ImstoreService<B> {
                         last_seq: a.last_seq,
                     })
                     .collect(),
-                cursor: Some(cursor_message(&page.cursor)),
-                more: page.more,
+                cursor: Some(cursor),
+                more: page.more || cut.is_some(),
             })
         })
         .await

@@ -86,6 +86,15 @@ pub async fn serve_with(
     shards: u64,
     options: Options,
 ) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
+    serve_limited(shards, options, ServiceLimits::default()).await
+}
+
+/// [`serve_with`] under the service's `limits`.
+pub async fn serve_limited(
+    shards: u64,
+    options: Options,
+    limits: ServiceLimits,
+) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
     let engine = Engine::open(
         dir.path().join("engine"),
@@ -103,6 +112,7 @@ pub async fn serve_with(
             Arc::new(EngineBackend::new(engine.clone())),
             hub,
             dir.path(),
+            limits,
         )
         .await?
     } else {
@@ -117,7 +127,7 @@ pub async fn serve_with(
             wakes,
             Arc::new(DeliveryFigures::default()),
         );
-        start(backend, hub, dir.path()).await?
+        start(backend, hub, dir.path(), limits).await?
     };
     Ok(Store {
         client: ImstoreClient::connect(format!("http://{}", addr.0)).await?,
@@ -133,13 +143,14 @@ async fn start<B: Backend>(
     backend: Arc<B>,
     hub: Arc<Hub>,
     dir: &std::path::Path,
+    limits: ServiceLimits,
 ) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>), Box<dyn std::error::Error + Send + Sync>>
 {
     let service = ImstoreService::new(
         backend,
         hub,
         Arc::new(Metrics::default()),
-        ServiceLimits::default(),
+        limits,
         dir.display().to_string(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
