@@ -14,13 +14,14 @@
 //! - A certificate of the cluster's CA that names no member may administer
 //!   but not send raft messages (`PERMISSION_DENIED`, reason `PEER`).
 
+mod common;
 mod nodes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use common::make_cert;
 use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
@@ -29,24 +30,6 @@ use nodes::{eventually_async, fetch_metrics, free_port, retry_unavailable, spawn
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 type Failure = Box<dyn std::error::Error>;
-
-/// `dev/make-certs DIR NAME` with its settings in `env`.
-fn make_cert(dir: &Path, name: &str, env: &[(&str, &str)]) -> Result<(), Failure> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/make-certs");
-    let out = Command::new(script)
-        .arg(dir)
-        .arg(name)
-        .envs(env.iter().copied())
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "dev/make-certs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(())
-}
 
 /// A TLS channel to `addr` trusting `ca`, presenting `name`'s certificate
 /// from `dir` if given.

@@ -452,11 +452,14 @@ impl Engine {
         Ok(self.viewer_entry(conversation, user)?.read_seq)
     }
 
-    /// Who of the members at send time (sender excluded) has and has not
-    /// read message `seq`. A tracked message answers from its stored read
-    /// list; an untracked one in a big group from members' read positions.
-    pub fn receipts(&self, conversation: u64, seq: u64) -> Result<Receipts> {
-        let state = self.managed_state(conversation)?;
+    /// The sender of message `seq` of `conversation` (in `state`): the
+    /// one member a receipt leaves out.
+    pub(super) fn sender_of(
+        &self,
+        conversation: u64,
+        state: &ConversationState,
+        seq: u64,
+    ) -> Result<u64> {
         if seq == 0 || seq > state.last_seq {
             return Err(Error::SeqBeyondLast {
                 conversation,
@@ -464,7 +467,7 @@ impl Engine {
                 last: state.last_seq,
             });
         }
-        let sender = self
+        Ok(self
             .read(conversation, seq, 1, Direction::Forward)?
             .into_iter()
             .find(|m| m.seq == seq)
@@ -472,7 +475,15 @@ impl Engine {
                 what: Entity::Message,
                 id: seq,
             })?
-            .sender;
+            .sender)
+    }
+
+    /// Who of the members at send time (sender excluded) has and has not
+    /// read message `seq`. A tracked message answers from its stored read
+    /// list; an untracked one in a big group from members' read positions.
+    pub fn receipts(&self, conversation: u64, seq: u64) -> Result<Receipts> {
+        let state = self.managed_state(conversation)?;
+        let sender = self.sender_of(conversation, &state, seq)?;
         let prefix = im_key(tag::MEMBER, &[conversation], &[]);
         let mut at_send = Vec::new();
         for (key, value) in scan_prefix(self.store(), &prefix, usize::MAX)? {

@@ -6,7 +6,7 @@ use super::im_read::{corrupt_value, key_id, scan_prefix};
 use super::Engine;
 use crate::codec::{self, im_key, tag, MemberEntry};
 use crate::store::CF_RECEIPTS;
-use crate::{Direction, Entity, Error, ReceiptPage, Result};
+use crate::{Error, ReceiptPage, Result};
 
 /// Most messages one [`Engine::receipt_pages`] call covers.
 pub const MAX_RECEIPT_MESSAGES: usize = 100;
@@ -46,27 +46,12 @@ impl Engine {
         let state = self.managed_state(conversation)?;
         let mut counting = Vec::with_capacity(seqs.len());
         for &seq in seqs {
-            if seq == 0 || seq > state.last_seq {
-                return Err(Error::SeqBeyondLast {
-                    conversation,
-                    seq,
-                    last: state.last_seq,
-                });
-            }
             if counting.iter().any(|c: &Counting| c.seq == seq) {
                 return Err(Error::InvalidArgument(format!(
                     "message {seq} is asked twice"
                 )));
             }
-            let sender = self
-                .read(conversation, seq, 1, Direction::Forward)?
-                .into_iter()
-                .find(|m| m.seq == seq)
-                .ok_or(Error::NotFound {
-                    what: Entity::Message,
-                    id: seq,
-                })?
-                .sender;
+            let sender = self.sender_of(conversation, &state, seq)?;
             let stored = self
                 .store()
                 .get_in(CF_RECEIPTS, &codec::receipt_key(conversation, seq))?

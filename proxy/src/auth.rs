@@ -28,13 +28,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::Status;
+
+use crate::gate::{Check, CheckLayer};
 
 /// The path prefix of the service the tokens guard.
 const GUARDED: &str = "/imstore.v1.Imstore/";
@@ -346,69 +346,23 @@ fn role_denied(role: Role, rpc: &str) -> Status {
 /// The tower layer that checks every `imstore.v1.Imstore` call against
 /// [`Tokens`] (nothing when there are none) and puts its [`Caller`] in the
 /// request's extensions.
-#[derive(Clone, Default)]
-pub struct AuthLayer {
-    tokens: Option<Arc<Tokens>>,
-}
+pub type AuthLayer = CheckLayer<Arc<Tokens>>;
 
-impl AuthLayer {
-    /// Checks calls against `tokens`; lets every call through without.
-    pub fn new(tokens: Option<Arc<Tokens>>) -> Self {
-        AuthLayer { tokens }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            tokens: self.tokens.clone(),
-        }
-    }
-}
-
-/// [`AuthLayer`]'s service.
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    tokens: Option<Arc<Tokens>>,
-}
-
-impl<S, B, R> tower_service::Service<http::Request<B>> for Auth<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    R: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if let Some(tokens) = &self.tokens {
-            if let Some(rpc) = request.uri().path().strip_prefix(GUARDED) {
-                let authorization = request
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .map(http::HeaderValue::as_bytes);
-                match tokens.check(rpc, authorization) {
-                    Ok(caller) => {
-                        request.extensions_mut().insert(caller);
-                    }
-                    Err(status) => {
-                        let response = status.into_http::<R>();
-                        return async move { Ok(response) }.boxed();
-                    }
-                }
-            }
-        }
-        self.inner.call(request).boxed()
+impl Check for Arc<Tokens> {
+    fn admit(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), Status> {
+        let Some(rpc) = path.strip_prefix(GUARDED) else {
+            return Ok(());
+        };
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        extensions.insert(self.check(rpc, authorization)?);
+        Ok(())
     }
 }
 

@@ -18,10 +18,8 @@
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt};
 use imstore_raft::Dialer;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -37,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
+use crate::gate::{Check, CheckLayer};
 use crate::{ServeError, ServerConfig};
 
 /// The path prefix of the node transport's calls.
@@ -423,59 +422,19 @@ impl PeerGate {
 
 /// The tower layer that puts [`PeerGate`] before the node transport
 /// (nothing without one: plaintext nodes and single servers).
-#[derive(Clone, Default)]
-pub(crate) struct PeerGateLayer {
-    gate: Option<PeerGate>,
-}
+pub(crate) type PeerGateLayer = CheckLayer<PeerGate>;
 
-impl PeerGateLayer {
-    pub(crate) fn new(gate: Option<PeerGate>) -> Self {
-        PeerGateLayer { gate }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for PeerGateLayer {
-    type Service = Gated<S>;
-
-    fn layer(&self, inner: S) -> Gated<S> {
-        Gated {
-            inner,
-            gate: self.gate.clone(),
+impl Check for PeerGate {
+    fn admit(
+        &self,
+        path: &str,
+        _headers: &http::HeaderMap,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), Status> {
+        match path.strip_prefix(TRANSPORT) {
+            Some(rpc) => self.check(rpc, extensions),
+            None => Ok(()),
         }
-    }
-}
-
-/// [`PeerGateLayer`]'s service.
-#[derive(Clone)]
-pub(crate) struct Gated<S> {
-    inner: S,
-    gate: Option<PeerGate>,
-}
-
-impl<S, B, R> tower_service::Service<http::Request<B>> for Gated<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    R: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if let Some(gate) = &self.gate {
-            if let Some(rpc) = request.uri().path().strip_prefix(TRANSPORT) {
-                if let Err(status) = gate.check(rpc, request.extensions()) {
-                    let response = status.into_http::<R>();
-                    return async move { Ok(response) }.boxed();
-                }
-            }
-        }
-        self.inner.call(request).boxed()
     }
 }
 

@@ -80,8 +80,23 @@ impl Drop for ServerProcess {
 /// A throwaway CA and a certificate for localhost and 127.0.0.1 in `dir`
 /// (`dev/make-certs`, openssl): `ca.pem`, `localhost.pem`, `localhost.key`.
 pub fn make_certs(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    make_cert(dir, "localhost", &[])
+}
+
+/// `dev/make-certs DIR NAME` with its settings in `env` (`DAYS`,
+/// `LOOPBACK`): `dir/NAME.pem` and `.key`, signed by `dir`'s CA (made
+/// first if missing).
+pub fn make_cert(
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<(), Box<dyn std::error::Error>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/make-certs");
-    let made = Command::new(script).arg(dir).arg("localhost").output()?;
+    let made = Command::new(script)
+        .arg(dir)
+        .arg(name)
+        .envs(env.iter().copied())
+        .output()?;
     if !made.status.success() {
         return Err(format!(
             "dev/make-certs failed: {}",
