@@ -3,10 +3,14 @@
 
 use std::time::Duration;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use imstore_proto::v1 as pb;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
+
+mod social;
+use social::{friends, groups};
+pub use social::{FriendAction, GroupAction};
 
 #[derive(Subcommand)]
 pub enum ClientCmd {
@@ -136,91 +140,6 @@ pub enum ClientCmd {
     },
     /// Server and store figures.
     Status,
-}
-
-#[derive(Subcommand)]
-pub enum FriendAction {
-    /// `user` asks `other`.
-    Request {
-        #[arg(long)]
-        user: u64,
-        #[arg(long)]
-        other: u64,
-    },
-    /// `user` accepts `other`'s request.
-    Accept {
-        #[arg(long)]
-        user: u64,
-        #[arg(long)]
-        other: u64,
-    },
-    /// `user` declines `other`'s request.
-    Decline {
-        #[arg(long)]
-        user: u64,
-        #[arg(long)]
-        other: u64,
-    },
-    /// `user` ends the friendship with `other`.
-    Remove {
-        #[arg(long)]
-        user: u64,
-        #[arg(long)]
-        other: u64,
-    },
-    /// A user's friends or pending requests.
-    List {
-        #[arg(long)]
-        user: u64,
-        #[arg(long, value_enum, default_value_t = ListKind::Friends)]
-        kind: ListKind,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ListKind {
-    Friends,
-    Incoming,
-    Outgoing,
-}
-
-#[derive(Subcommand)]
-pub enum GroupAction {
-    /// Create a group.
-    Create {
-        #[arg(long)]
-        id: u64,
-        #[arg(long)]
-        owner: u64,
-        /// Comma-separated user ids.
-        #[arg(long, value_delimiter = ',')]
-        members: Vec<u64>,
-    },
-    /// Add users (by a member).
-    Add {
-        #[arg(long)]
-        id: u64,
-        #[arg(long)]
-        by: u64,
-        #[arg(long, value_delimiter = ',')]
-        users: Vec<u64>,
-    },
-    /// Remove users (by the owner, or a member themself).
-    Remove {
-        #[arg(long)]
-        id: u64,
-        #[arg(long)]
-        by: u64,
-        #[arg(long, value_delimiter = ',')]
-        users: Vec<u64>,
-    },
-    /// List members.
-    Members {
-        #[arg(long)]
-        id: u64,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
 }
 
 type Client = crate::access::Api;
@@ -655,145 +574,6 @@ async fn call(
                     "imstore {} on {}: {} messages, {} group commits carried {} commands, {} watchers",
                     r.version, r.data_dir, r.messages, r.commit_groups, r.commit_commands, r.watchers
                 ),
-            )
-        }
-    })
-}
-
-async fn friends(client: &mut Client, action: FriendAction) -> Result<(Value, String), Failure> {
-    let outcome = |r: pb::FriendResponse| {
-        let what = match pb::FriendOutcome::try_from(r.outcome) {
-            Ok(pb::FriendOutcome::Requested) => "request sent".to_owned(),
-            Ok(pb::FriendOutcome::AlreadyRequested) => "request already pending".to_owned(),
-            Ok(pb::FriendOutcome::BecameFriends) => {
-                format!("now friends; direct conversation {}", r.conversation)
-            }
-            Ok(pb::FriendOutcome::AlreadyFriends) => {
-                format!("already friends; direct conversation {}", r.conversation)
-            }
-            Ok(pb::FriendOutcome::Declined) => "request declined".to_owned(),
-            Ok(pb::FriendOutcome::Removed) => "friendship ended".to_owned(),
-            _ => format!("outcome {}", r.outcome),
-        };
-        (
-            json!({"outcome": r.outcome, "conversation": r.conversation}),
-            what,
-        )
-    };
-    Ok(match action {
-        FriendAction::Request { user, other } => outcome(
-            client
-                .request_friend(pb::FriendPairRequest { user, other })
-                .await?
-                .into_inner(),
-        ),
-        FriendAction::Accept { user, other } => outcome(
-            client
-                .accept_friend(pb::FriendPairRequest { user, other })
-                .await?
-                .into_inner(),
-        ),
-        FriendAction::Decline { user, other } => outcome(
-            client
-                .decline_friend(pb::FriendPairRequest { user, other })
-                .await?
-                .into_inner(),
-        ),
-        FriendAction::Remove { user, other } => outcome(
-            client
-                .remove_friend(pb::FriendPairRequest { user, other })
-                .await?
-                .into_inner(),
-        ),
-        FriendAction::List { user, kind } => {
-            let status = match kind {
-                ListKind::Friends => pb::FriendStatus::Friends,
-                ListKind::Incoming => pb::FriendStatus::Incoming,
-                ListKind::Outgoing => pb::FriendStatus::Outgoing,
-            };
-            let r = client
-                .list_friends(pb::ListFriendsRequest {
-                    user,
-                    status: status as i32,
-                    after_user: 0,
-                    limit: 1_000,
-                })
-                .await?
-                .into_inner();
-            let lines: Vec<String> = r
-                .friends
-                .iter()
-                .map(|f| format!("user {} (direct conversation {})", f.user, f.conversation))
-                .collect();
-            (
-                json!({"friends": r.friends.iter().map(|f| json!({"user": f.user, "status": f.status, "since_ms": f.since_ms, "conversation": f.conversation})).collect::<Vec<_>>()}),
-                if lines.is_empty() {
-                    "(none)".into()
-                } else {
-                    lines.join("\n")
-                },
-            )
-        }
-    })
-}
-
-async fn groups(client: &mut Client, action: GroupAction) -> Result<(Value, String), Failure> {
-    Ok(match action {
-        GroupAction::Create { id, owner, members } => {
-            let r = client
-                .create_group(pb::CreateGroupRequest {
-                    conversation: id,
-                    owner,
-                    members,
-                })
-                .await?
-                .into_inner();
-            (
-                json!({"conversation": r.conversation, "created": r.created}),
-                format!("group {} created", r.conversation),
-            )
-        }
-        GroupAction::Add { id, by, users } => {
-            let r = client
-                .add_members(pb::MembersRequest {
-                    conversation: id,
-                    by,
-                    users,
-                })
-                .await?
-                .into_inner();
-            (
-                json!({"changed": r.changed}),
-                format!("added {:?}", r.changed),
-            )
-        }
-        GroupAction::Remove { id, by, users } => {
-            let r = client
-                .remove_members(pb::MembersRequest {
-                    conversation: id,
-                    by,
-                    users,
-                })
-                .await?
-                .into_inner();
-            (
-                json!({"changed": r.changed}),
-                format!("removed {:?}", r.changed),
-            )
-        }
-        GroupAction::Members { id, limit } => {
-            let r = client
-                .list_members(pb::ListMembersRequest {
-                    conversation: id,
-                    after_user: 0,
-                    limit,
-                })
-                .await?
-                .into_inner();
-            let users: Vec<u64> = r.members.iter().map(|m| m.user).collect();
-            (
-                json!({"members": r.members.iter().map(|m| json!({"user": m.user, "read_seq": m.read_seq, "joined_after": m.joined_after})).collect::<Vec<_>>(), "member_count": r.member_count}),
-                format!("{} members: {users:?}", r.member_count),
             )
         }
     })
