@@ -223,11 +223,6 @@ impl NodeParts {
         self.replicas.len() as u64
     }
 
-    /// How this node reaches its peers.
-    pub(crate) fn dialer(&self) -> imstore_raft::Dialer {
-        self.storage.dialer().clone()
-    }
-
     /// Keeps `names` to the hosts of the metadata group's members (every
     /// node of the cluster, learners included) and of `peers` (`id=host:
     /// port`), as the membership changes; ends with the group.

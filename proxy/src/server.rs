@@ -177,6 +177,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     tokens: Option<Arc<Tokens>>,
     tls: Option<TlsSetup>,
+    /// How this server reaches nodes (a node's peers, a relayed watch).
+    dialer: imstore_raft::Dialer,
 }
 
 /// What a server serves.
@@ -210,6 +212,7 @@ impl Server {
             None => None,
         };
         let tls = TlsSetup::load(&config)?;
+        let dialer = tls.as_ref().map(|t| t.dialer.clone()).unwrap_or_default();
         check_exposure(&config)?;
         let hub = Arc::new(Hub::default());
         let stores = match &config.node {
@@ -225,9 +228,8 @@ impl Server {
             }
             Some(node) => {
                 check_peers(node)?;
-                let dialer = tls.as_ref().map(|t| t.dialer.clone()).unwrap_or_default();
                 Stores::Node(Box::new(
-                    NodeParts::open(&config, node, &hub, dialer).await?,
+                    NodeParts::open(&config, node, &hub, dialer.clone()).await?,
                 ))
             }
         };
@@ -245,6 +247,7 @@ impl Server {
             metrics: Arc::new(Metrics::default()),
             tokens,
             tls,
+            dialer,
         })
     }
 
@@ -291,12 +294,14 @@ impl Server {
             metrics,
             tokens,
             tls,
+            dialer,
         } = self;
         let mut sockets = Sockets {
             listener,
             metrics_listener,
             tokens,
             tls,
+            dialer,
             gate: None,
         };
         match stores {
@@ -341,7 +346,7 @@ impl Server {
                 let bootstrap = config
                     .node
                     .as_ref()
-                    .and_then(|n| spawn_bootstrap(n, node.shard_count(), node.dialer()));
+                    .and_then(|n| spawn_bootstrap(n, node.shard_count(), sockets.dialer.clone()));
                 // Mutual TLS: raft calls only from certificates naming a
                 // member, followed as the membership changes.
                 let following = match (&sockets.tls, &config.node) {
@@ -434,6 +439,8 @@ struct Sockets {
     metrics_listener: Option<TcpListener>,
     tokens: Option<Arc<Tokens>>,
     tls: Option<TlsSetup>,
+    /// How this server reaches nodes.
+    dialer: imstore_raft::Dialer,
     /// A node's check of its transport's callers (mutual TLS).
     gate: Option<PeerGate>,
 }
@@ -452,11 +459,6 @@ async fn serve<B: Backend + 'static>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let refusals = Arc::clone(&metrics.refusals);
-    let dialer = sockets
-        .tls
-        .as_ref()
-        .map(|t| t.dialer.clone())
-        .unwrap_or_default();
     let service = ImstoreService::new(
         backend,
         Arc::clone(&hub),
@@ -470,7 +472,7 @@ async fn serve<B: Backend + 'static>(
         },
         config.data_dir.display().to_string(),
     )
-    .relaying_with(dialer);
+    .relaying_with(sockets.dialer.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ImstoreServer<ImstoreService<B>>>()

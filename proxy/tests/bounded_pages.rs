@@ -144,6 +144,28 @@ async fn scenario(store: &sharded::Store) -> TestResult {
         .collect();
     assert!(counts[0].0 >= 1 && counts[0].1, "{counts:?}");
     assert_eq!(counts[2], (0, true), "nothing left for the last page");
+    // A first message larger than the whole bound still comes, so that
+    // reading on progresses.
+    let big = c
+        .read_as_many(pb::ReadAsManyRequest {
+            viewer: 3,
+            pages: vec![pb::ReadAsPage {
+                conversation: GROUP,
+                from: 30,
+                limit: 5,
+                direction: pb::Direction::Forward as i32,
+            }],
+            stale_ok: false,
+        })
+        .await?
+        .into_inner();
+    match &big.pages[0].result {
+        Some(pb::page_result::Result::Page(page)) => {
+            let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+            assert_eq!((seqs, page.more), (vec![30], true));
+        }
+        other => panic!("a failed page: {other:?}"),
+    }
 
     // Sync pages by bytes too, the cursor stopping at the last entry (on
     // a sharded store, once delivery has filled user 2's inbox).

@@ -674,11 +674,6 @@ impl NodeStorage {
         self.peers = Peers::new(dialer);
         self
     }
-
-    /// How this node reaches its peers.
-    pub fn dialer(&self) -> &crate::Dialer {
-        self.peers.dialer()
-    }
 }
 
 /// The shard a key belongs to among `shards`: `SplitMix64(key) % shards`

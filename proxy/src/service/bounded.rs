@@ -16,59 +16,43 @@ pub(super) fn wire_bytes(item: &impl prost::Message) -> usize {
     item.encoded_len() + prost::length_delimiter_len(item.encoded_len()) + 1
 }
 
-/// Keeps the messages of a page (ascending seqs) nearest its start in
-/// reading order (the oldest for `Forward`, the newest for `Backward`)
+/// Keeps the items of a page nearest its start in reading order (the
+/// first ones, or the last ones when `from_end`: a backward page's newest)
 /// while they fit `budget` bytes, and at least `floor` of them. Returns
 /// whether any were left out, and the bytes kept.
-pub(super) fn bound_messages(
-    messages: &mut Vec<pb::Message>,
-    direction: Direction,
+pub(super) fn keep_within<T: prost::Message>(
+    items: &mut Vec<T>,
+    from_end: bool,
     budget: usize,
     floor: usize,
 ) -> (bool, usize) {
-    let mut used = 0;
-    let mut kept = 0;
-    let order: Box<dyn Iterator<Item = &pb::Message>> = match direction {
-        Direction::Forward => Box::new(messages.iter()),
-        Direction::Backward => Box::new(messages.iter().rev()),
-    };
-    for message in order {
-        let bytes = wire_bytes(message);
+    let count = items.len();
+    let (mut used, mut kept) = (0, 0);
+    while kept < count {
+        let at = if from_end { count - 1 - kept } else { kept };
+        let bytes = wire_bytes(&items[at]);
         if kept >= floor && used + bytes > budget {
             break;
         }
         used += bytes;
         kept += 1;
     }
-    let cut = kept < messages.len();
-    match direction {
-        Direction::Forward => messages.truncate(kept),
-        Direction::Backward => {
-            messages.drain(..messages.len() - kept);
-        }
+    if from_end {
+        items.drain(..count - kept);
+    } else {
+        items.truncate(kept);
     }
-    (cut, used)
+    (kept < count, used)
 }
 
-/// Keeps the first entries of a sync page while they fit `budget` bytes
-/// (at least one). Returns the inbox seq of the last one kept when any
-/// were left out.
-pub(super) fn bound_entries(entries: &mut Vec<pb::InboxEntry>, budget: usize) -> Option<u64> {
-    let mut used = 0;
-    let mut kept = 0;
-    for entry in entries.iter() {
-        let bytes = wire_bytes(entry);
-        if kept >= 1 && used + bytes > budget {
-            break;
-        }
-        used += bytes;
-        kept += 1;
-    }
-    if kept == entries.len() {
-        return None;
-    }
-    entries.truncate(kept);
-    entries.last().map(|e| e.inbox_seq)
+/// [`keep_within`] for a page of messages read in `direction`.
+pub(super) fn bound_messages(
+    messages: &mut Vec<pb::Message>,
+    direction: Direction,
+    budget: usize,
+    floor: usize,
+) -> (bool, usize) {
+    keep_within(messages, direction == Direction::Backward, budget, floor)
 }
 
 #[cfg(test)]

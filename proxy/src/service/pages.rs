@@ -39,30 +39,26 @@ impl<B: Backend> ImstoreService<B> {
         let (viewer, stale_ok) = (r.viewer, r.stale_ok);
         let pages = r.pages.into_iter().map(|page| async move {
             let conversation = page.conversation;
-            let direction = direction(page.direction);
-            (
-                conversation,
-                direction,
-                self.read_page(viewer, stale_ok, page).await,
-            )
+            (conversation, self.read_views(viewer, stale_ok, page).await)
         });
         // The answer as a whole stays within the byte bound: each page in
         // request order gets what the ones before it left (a page past it
-        // comes back empty, with `more`).
+        // comes back empty, with `more`), and the first message of the
+        // answer comes whatever its size, so that reading on progresses.
         let mut left = self.limits.max_page_bytes;
         let mut answered = Vec::with_capacity(MAX_READ_AS_PAGES);
-        for (conversation, direction, read) in futures_util::future::join_all(pages).await {
-            let result = match (read, direction) {
-                (Ok(mut page), Ok(direction)) => {
-                    let (cut, used) =
-                        bounded::bound_messages(&mut page.messages, direction, left, 0);
-                    page.more |= cut;
+        let mut any_kept = false;
+        for (conversation, read) in futures_util::future::join_all(pages).await {
+            let result = match read {
+                Ok((mut messages, direction)) => {
+                    let floor = usize::from(!any_kept);
+                    let (more, used) =
+                        bounded::bound_messages(&mut messages, direction, left, floor);
+                    any_kept |= !messages.is_empty();
                     left = left.saturating_sub(used);
-                    pb::page_result::Result::Page(page)
+                    pb::page_result::Result::Page(pb::ReadResponse { messages, more })
                 }
-                (Err(status), _) | (_, Err(status)) => {
-                    pb::page_result::Result::Error(stream::stream_error(&status))
-                }
+                Err(status) => pb::page_result::Result::Error(stream::stream_error(&status)),
             };
             answered.push(pb::PageResult {
                 conversation,
@@ -72,13 +68,28 @@ impl<B: Backend> ImstoreService<B> {
         Ok(pb::ReadAsManyResponse { pages: answered })
     }
 
-    /// One page as `viewer` sees it: what `ReadAs` answers.
+    /// One page as `viewer` sees it, cut at the byte bound: what `ReadAs`
+    /// answers.
     pub(super) async fn read_page(
         &self,
         viewer: u64,
         stale_ok: bool,
         page: pb::ReadAsPage,
     ) -> Result<pb::ReadResponse, Status> {
+        let (mut messages, direction) = self.read_views(viewer, stale_ok, page).await?;
+        let (more, _) =
+            bounded::bound_messages(&mut messages, direction, self.limits.max_page_bytes, 1);
+        Ok(pb::ReadResponse { messages, more })
+    }
+
+    /// One page as `viewer` sees it, whole, and the direction it was read
+    /// in.
+    async fn read_views(
+        &self,
+        viewer: u64,
+        stale_ok: bool,
+        page: pb::ReadAsPage,
+    ) -> Result<(Vec<pb::Message>, imstore_engine::Direction), Status> {
         let (dir, n) = (direction(page.direction)?, limit(page.limit)?);
         let query = ShardQuery::ReadAs {
             viewer,
@@ -91,12 +102,7 @@ impl<B: Backend> ImstoreService<B> {
             .ask(Route::Conversation(page.conversation), stale_ok, query)
             .await?
         {
-            ShardAnswer::Views(views) => {
-                let mut messages: Vec<pb::Message> = views.into_iter().map(message).collect();
-                let (more, _) =
-                    bounded::bound_messages(&mut messages, dir, self.limits.max_page_bytes, 1);
-                Ok(pb::ReadResponse { messages, more })
-            }
+            ShardAnswer::Views(views) => Ok((views.into_iter().map(message).collect(), dir)),
             _ => Err(mismatched()),
         }
     }

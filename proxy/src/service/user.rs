@@ -82,9 +82,10 @@ impl<B: Backend> ImstoreService<B> {
             // Cut at the byte bound: the cursor stops after the last entry
             // kept, so the next sync starts with the first left out.
             let mut cursor = cursor_message(&page.cursor);
-            let cut = super::bounded::bound_entries(&mut entries, self.limits.max_page_bytes);
-            if let Some(last_kept) = cut {
-                cursor.inbox_seq = last_kept;
+            let (cut, _) =
+                super::bounded::keep_within(&mut entries, false, self.limits.max_page_bytes, 1);
+            if let (true, Some(last_kept)) = (cut, entries.last()) {
+                cursor.inbox_seq = last_kept.inbox_seq;
             }
             Ok(pb::SyncResponse {
                 entries,
@@ -97,7 +98,7 @@ impl<B: Backend> ImstoreService<B> {
                     })
                     .collect(),
                 cursor: Some(cursor),
-                more: page.more || cut.is_some(),
+                more: page.more || cut,
             })
         })
         .await

@@ -57,11 +57,6 @@ impl Peers {
         }
     }
 
-    /// How this node reaches its peers.
-    pub fn dialer(&self) -> &super::Dialer {
-        &self.dialer
-    }
-
     /// The node's client to the peer at `addr` (one connection per peer).
     pub(crate) fn client(&self, addr: &str) -> Option<RaftTransportClient<Channel>> {
         self.batcher(addr).map(|b| b.client)

@@ -28,11 +28,6 @@ impl Dialer {
         }
     }
 
-    /// Whether connections use TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The endpoint of `address`: `host:port`, or a URL whose scheme is
     /// replaced by the dialer's own.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, Error> {
