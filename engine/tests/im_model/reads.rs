@@ -1,0 +1,182 @@
+//! Every read checked against the model after a run: timelines as each
+//! member sees them, unread counts, read positions, receipts, totals, the
+//! conversation list and friends.
+
+use super::*;
+
+/// seq, payload, recalled, edited, deleted for me.
+type View = (u64, Vec<u8>, bool, bool, bool);
+
+fn views(v: &[MessageView]) -> Vec<View> {
+    v.iter()
+        .map(|v| {
+            (
+                v.message.seq,
+                v.message.payload.to_vec(),
+                v.recalled,
+                v.edited,
+                v.deleted_for_me,
+            )
+        })
+        .collect()
+}
+
+pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), TestCaseError> {
+    let fail = |what: &str, e: Error| TestCaseError::fail(format!("{what}: {e}"));
+    let ids: Vec<u64> = model.convs.keys().copied().collect();
+    for &id in &ids {
+        let conv = model.convs[&id].clone();
+        prop_assert_eq!(
+            engine.last_seq(id).map_err(|e| fail("last", e))?,
+            conv.last()
+        );
+        let members: Vec<u64> = engine
+            .members(id, 0, 100)
+            .map_err(|e| fail("members", e))?
+            .iter()
+            .map(|m| m.user)
+            .collect();
+        let want: Vec<u64> = conv
+            .members
+            .iter()
+            .filter(|(_, m)| m.current())
+            .map(|(u, _)| *u)
+            .collect();
+        prop_assert_eq!(members, want);
+        prop_assert_eq!(
+            engine.member_count(id).map_err(|e| fail("count", e))? as usize,
+            conv.count()
+        );
+        for (&u, m) in &conv.members {
+            let got = engine.read_as(u, id, 1, 10_000, Direction::Forward);
+            let got = views(&got.map_err(|e| fail("read_as", e))?);
+            let want: Vec<_> = model
+                .visible(u, id)
+                .into_iter()
+                .map(|s| {
+                    let (p, r, e, d) = model.view(u, id, s);
+                    (s, p, r, e, d)
+                })
+                .collect();
+            prop_assert_eq!(&got, &want, "read_as user {} conversation {}", u, id);
+            // Backward pages of 2 from the end agree too.
+            let back = engine.read_as(u, id, u64::MAX, 2, Direction::Backward);
+            let back = views(&back.map_err(|e| fail("read_as back", e))?);
+            prop_assert_eq!(&back[..], &want[want.len().saturating_sub(2)..]);
+            prop_assert_eq!(
+                engine.unread(u, id).map_err(|e| fail("unread", e))?,
+                model.unread(u, id)
+            );
+            prop_assert_eq!(
+                engine.read_seq(u, id).map_err(|e| fail("read seq", e))?,
+                m.read_seq
+            );
+        }
+        for seq in conv.first_retained..=conv.last() {
+            let r = engine.receipts(id, seq).map_err(|e| fail("receipts", e))?;
+            let msg = &conv.msgs[seq as usize - 1];
+            let at_send: Vec<(u64, &MMember)> = conv
+                .members
+                .iter()
+                .filter(|(u, m)| **u != msg.sender && m.sees(seq))
+                .map(|(u, m)| (*u, m))
+                .collect();
+            let read: Vec<u64> = at_send
+                .iter()
+                .filter(|(_, m)| m.read_seq >= seq)
+                .map(|(u, _)| *u)
+                .collect();
+            let unread: Vec<u64> = at_send
+                .iter()
+                .filter(|(_, m)| m.read_seq < seq)
+                .map(|(u, _)| *u)
+                .collect();
+            prop_assert_eq!(&r.read, &read, "read list of {}:{}", id, seq);
+            prop_assert_eq!(&r.unread, &unread, "unread list of {}:{}", id, seq);
+            prop_assert_eq!(r.stored, msg.tracked);
+        }
+        check_receipt_pages(engine, id, conv.first_retained..=conv.last())?;
+    }
+    for user in 1..=USERS {
+        let total: u64 = ids
+            .iter()
+            .filter(|id| model.convs[id].members.contains_key(&user))
+            .map(|&id| model.unread(user, id))
+            .sum();
+        prop_assert_eq!(
+            engine.unread_total(user).map_err(|e| fail("total", e))?,
+            total
+        );
+        // The conversation list, newest activity first.
+        type Row = (u64, u64, u64, u64, bool, ConversationKind, Option<View>);
+        let mut want: Vec<Row> = Vec::new();
+        for &id in &ids {
+            let conv = &model.convs[&id];
+            let Some(m) = conv.members.get(&user) else {
+                continue;
+            };
+            let last = m.visible_last(conv.last());
+            let activity = if m.current() {
+                conv.last_ts()
+            } else {
+                (conv.first_retained..=last)
+                    .next_back()
+                    .map_or(0, |s| conv.msgs[s as usize - 1].ts)
+            };
+            let last_message = model.visible(user, id).last().map(|&s| {
+                let (p, r, e, d) = model.view(user, id, s);
+                (s, p, r, e, d)
+            });
+            want.push((
+                activity,
+                id,
+                last,
+                model.unread(user, id),
+                m.current(),
+                conv.kind,
+                last_message,
+            ));
+        }
+        want.sort_by_key(|w| std::cmp::Reverse((w.0, w.1)));
+        let got: Vec<_> = engine
+            .conversation_list(user, None, 100)
+            .map_err(|e| fail("list", e))?
+            .iter()
+            .map(|s| {
+                (
+                    s.last_activity_ms,
+                    s.conversation,
+                    s.last_seq,
+                    s.unread,
+                    s.member,
+                    s.kind,
+                    s.last_message
+                        .as_ref()
+                        .map(|v| views(std::slice::from_ref(v))[0].clone()),
+                )
+            })
+            .collect();
+        prop_assert_eq!(got, want, "conversation list of {}", user);
+        // Friends, each status.
+        for status in [
+            FriendStatus::Friends,
+            FriendStatus::Outgoing,
+            FriendStatus::Incoming,
+        ] {
+            let got: Vec<u64> = engine
+                .friends(user, status, 0, 100)
+                .map_err(|e| fail("friends", e))?
+                .iter()
+                .map(|f| f.user)
+                .collect();
+            let want: Vec<u64> = model
+                .friends
+                .iter()
+                .filter(|((a, _), s)| *a == user && **s == status)
+                .map(|((_, b), _)| *b)
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+    Ok(())
+}
