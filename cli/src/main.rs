@@ -19,9 +19,10 @@ mod cluster_print;
 mod demo;
 mod node;
 mod ops;
+mod proxy;
 mod rebuild;
+mod server_args;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,6 +80,10 @@ enum Cmd {
     /// Run a cluster node: a raft replica of the store, serving both the
     /// client API and the node-to-node transport on one address.
     Node(node::NodeArgs),
+    /// Run a proxy in front of a cluster's nodes: the client API, holding
+    /// no data (writes to each shard's leader, reads to a replica,
+    /// identical reads shared).
+    Proxy(proxy::ProxyArgs),
     /// Cluster administration: init, status, add-node, rebalance, remove-node, move-shard.
     Cluster {
         #[command(subcommand)]
@@ -149,31 +154,11 @@ struct ServeArgs {
     /// TOML configuration file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// gRPC address [default: 127.0.0.1:7070].
-    #[arg(long)]
-    listen: Option<SocketAddr>,
     /// Data directory [default: ./imstore-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Prometheus /metrics address [default: 127.0.0.1:7071]; "off" turns it off.
-    #[arg(long)]
-    metrics_listen: Option<String>,
-    /// Require bearer tokens on the client API: a TOML file of their
-    /// SHA-256 hashes and roles (`imstore token new` makes entries),
-    /// read again when it changes or on SIGHUP.
-    #[arg(long)]
-    tokens_file: Option<PathBuf>,
-    /// TLS on the gRPC address: the server's certificate chain (PEM),
-    /// with --tls-key.
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
-    /// Serve a non-loopback address without TLS and tokens (refused
-    /// otherwise; warned about at every start).
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    listen: server_args::ListenArgs,
 }
 
 fn main() -> ExitCode {
@@ -201,6 +186,7 @@ fn main() -> ExitCode {
         Cmd::Demo { data_dir } => demo::demo(&data_dir),
         Cmd::Serve(args) => serve(args),
         Cmd::Node(args) => node::node(args),
+        Cmd::Proxy(args) => proxy::proxy(args),
         Cmd::Cluster { action } => cluster::admin(action, &server, cli.json),
         Cmd::Verify {
             data_dir: Some(dir),
@@ -270,26 +256,9 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => ServerConfig::from_toml_file(path)?,
         None => ServerConfig::default(),
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
+    args.listen.apply(&mut config)?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
-    }
-    if let Some(path) = args.tokens_file {
-        config.tokens_file = Some(path);
-    }
-    if let Some(path) = args.tls_cert {
-        config.tls_cert = Some(path);
-    }
-    if let Some(path) = args.tls_key {
-        config.tls_key = Some(path);
-    }
-    config.insecure |= args.insecure;
-    match args.metrics_listen.as_deref() {
-        None => {}
-        Some("off") => config.metrics_listen = None,
-        Some(addr) => config.metrics_listen = Some(addr.parse()?),
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -1,7 +1,6 @@
 //! `imstore node`: the library server (`imstore_proxy::Server`) with a
 //! `[node]` table, from `--config` and flags, and `--rebuild`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use imstore_proxy::{NodeConfig, Server, ServerConfig};
@@ -18,9 +17,6 @@ pub struct NodeArgs {
     /// This node's id (non-zero, unique in the cluster).
     #[arg(long)]
     id: Option<u64>,
-    /// Address for clients and peers [default: 127.0.0.1:7070].
-    #[arg(long)]
-    listen: Option<SocketAddr>,
     /// Data directory [default: ./imstore-node].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -39,31 +35,13 @@ pub struct NodeArgs {
     /// one further behind is sent the snapshot [default: 1000].
     #[arg(long)]
     keep_log: Option<u64>,
-    /// Prometheus /metrics address (RPC, engine, raft and snapshot
-    /// figures), or `off`; off unless given here or in the file.
-    #[arg(long)]
-    metrics_listen: Option<String>,
-    /// Require bearer tokens on the client API (as `serve --tokens-file`;
-    /// the node transport is guarded by mutual TLS instead).
-    #[arg(long)]
-    tokens_file: Option<PathBuf>,
-    /// TLS on the node's address, clients and peers alike: its
-    /// certificate chain (PEM), with --tls-key and --tls-ca. The node also
-    /// presents it to its peers (mutual TLS).
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    listen: crate::server_args::ListenArgs,
     /// The cluster's CA (PEM): peers' certificates must chain to it, and
     /// raft calls are taken only from one naming a member's host
     /// (docs/security.md).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
-    /// Serve a non-loopback address without TLS and tokens (refused
-    /// otherwise; warned about at every start).
-    #[arg(long)]
-    insecure: bool,
     /// Every member of a new cluster, this node included
     /// (`1=127.0.0.1:7101,2=…`): the lowest id initializes the cluster once
     /// every peer answers, instead of `imstore cluster init`.
@@ -109,29 +87,12 @@ impl NodeArgs {
             (None, Some(id)) => NodeConfig::new(id),
             (None, None) => return Err("a node needs an id: --id, or `id` in [node]".into()),
         };
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
+        self.listen.apply(&mut config)?;
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
-        if let Some(path) = &self.tokens_file {
-            config.tokens_file = Some(path.clone());
-        }
-        for (flag, key) in [
-            (&self.tls_cert, &mut config.tls_cert),
-            (&self.tls_key, &mut config.tls_key),
-            (&self.tls_ca, &mut config.tls_ca),
-        ] {
-            if let Some(path) = flag {
-                *key = Some(path.clone());
-            }
-        }
-        config.insecure |= self.insecure;
-        match self.metrics_listen.as_deref() {
-            None => {}
-            Some("off") => config.metrics_listen = None,
-            Some(addr) => config.metrics_listen = Some(addr.parse()?),
+        if let Some(path) = &self.tls_ca {
+            config.tls_ca = Some(path.clone());
         }
         if let Some(shards) = self.shards {
             node.shards = shards;

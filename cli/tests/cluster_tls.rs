@@ -89,7 +89,7 @@ fn a_cluster_over_mutual_tls_refuses_other_cas_and_non_members() -> nodes::TestR
     let root = tempfile::tempdir()?;
     let certs = root.path().join("certs");
     let rogue = root.path().join("rogue");
-    for name in ["node2", "node3", "node4", "admin"] {
+    for name in ["node2", "node3", "node4", "admin", "proxy"] {
         make_cert(&certs, name, &[])?;
     }
     // Of the cluster's CA, but naming no member (no 127.0.0.1).
@@ -246,6 +246,50 @@ fn a_cluster_over_mutual_tls_refuses_other_cas_and_non_members() -> nodes::TestR
             assert!(heard >= 1, "node {}: inbox seq {heard}", node + 2);
         }
 
+        // A proxy in front of the nodes: clients reach it over TLS with a
+        // token; it reaches the nodes over mutual TLS with a certificate
+        // of the CA that names no member (proxies are not raft members).
+        let mut proxy_flags = vec!["--tokens-file".to_owned(), tokens.display().to_string()];
+        proxy_flags.extend(tls_flags(&certs, "proxy", &ca));
+        let proxy_flags: Vec<&str> = proxy_flags.iter().map(String::as_str).collect();
+        let proxy = nodes::spawn_proxy(free_port()?, &addrs, &proxy_flags)?;
+        let mut through_proxy = ImstoreClient::with_interceptor(
+            channel(proxy.addr, &ca, None).await?,
+            bearer as fn(_) -> _,
+        );
+        let request = pb::SendRequest {
+            conversation: 1,
+            sender: 2,
+            client_msg_id: b"via-proxy".to_vec(),
+            payload: b"through the proxy".to_vec(),
+            receipt: false,
+        };
+        let sent = through_proxy.send(request).await?.into_inner();
+        assert_eq!(sent.seq, 4, "after the three sent through the nodes");
+        let page = through_proxy
+            .read_as(pb::ReadAsRequest {
+                viewer: 1,
+                conversation: 1,
+                from: 1,
+                limit: 10,
+                direction: pb::Direction::Forward as i32,
+                stale_ok: false,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(page.messages.len(), 4);
+        // Without a token the proxy refuses, as a node does.
+        let mut anonymous = ImstoreClient::new(channel(proxy.addr, &ca, None).await?);
+        let refused = anonymous
+            .get_unread(pb::GetUnreadRequest {
+                user: 1,
+                conversation: 0,
+            })
+            .await
+            .expect_err("a call without a token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        drop(proxy);
+
         // Cluster administration: the CLI with the operator's certificate.
         let server = format!("https://{}", addrs[1]);
         let ca_arg = ca.display().to_string();
@@ -396,7 +440,13 @@ fn a_cluster_over_mutual_tls_refuses_other_cas_and_non_members() -> nodes::TestR
                 .await?
                 .into_inner();
             let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
-            assert_eq!(seqs, [1, 2, 3], "conversation {conversation}");
+            // Conversation 1 has the message sent through the proxy too.
+            let sent = if conversation == 1 { 4 } else { 3 };
+            assert_eq!(
+                seqs,
+                (1..=sent).collect::<Vec<u64>>(),
+                "conversation {conversation}"
+            );
         }
         drop(intruder_node);
         Ok::<(), Failure>(())

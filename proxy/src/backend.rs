@@ -33,6 +33,18 @@ pub enum Route {
     Any,
 }
 
+impl Route {
+    /// The shard that serves this route in a store of `shards` shards.
+    pub(crate) fn shard(self, shards: u64) -> u64 {
+        match self {
+            _ if shards <= 1 => 0,
+            Route::Conversation(c) => imstore_raft::shard_for(c, shards),
+            Route::Shard(s) => s,
+            Route::Any => 0,
+        }
+    }
+}
+
 /// The store behind the service.
 pub trait Backend: Send + Sync + 'static {
     /// Queues a write; `done` runs once it is durable or has failed.
@@ -218,31 +230,47 @@ impl RaftBackend {
     /// Serves this replica with at most `in_flight` (at least 1) of its
     /// proposals in flight at a time.
     pub fn with_proposals_in_flight(node: ReplicaNode, in_flight: usize) -> Self {
-        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Command, Done)>();
         let replica = node.clone();
-        tokio::spawn(async move {
-            let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
-            while let Some(first) = rx.recv().await {
-                let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
-                    return;
-                };
-                // Taken after the permit: what queued meanwhile joins.
-                let mut batch = vec![first];
-                while batch.len() < MAX_PROPOSAL {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let replica = replica.clone();
-                tokio::spawn(async move {
-                    propose(replica, batch).await;
-                    drop(permit);
-                });
-            }
-        });
+        let queue = spawn_batcher(in_flight, move |batch| propose(replica.clone(), batch));
         RaftBackend { node, queue }
     }
+}
+
+/// The queue of a shard's writes: a task takes what waits (at most
+/// [`MAX_PROPOSAL`] commands) whenever fewer than `in_flight` (at least 1)
+/// batches are out, and runs `propose` on each batch in a task of its own.
+/// Must be called inside a tokio runtime.
+pub(crate) fn spawn_batcher<F, Fut>(
+    in_flight: usize,
+    propose: F,
+) -> tokio::sync::mpsc::UnboundedSender<(Command, Done)>
+where
+    F: Fn(Vec<(Command, Done)>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Command, Done)>();
+    tokio::spawn(async move {
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
+                return;
+            };
+            // Taken after the permit: what queued meanwhile joins.
+            let mut batch = vec![first];
+            while batch.len() < MAX_PROPOSAL {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let proposed = propose(batch);
+            tokio::spawn(async move {
+                proposed.await;
+                drop(permit);
+            });
+        }
+    });
+    queue
 }
 
 /// Proposes one batch (forwarded to the shard's leader when this replica
@@ -357,12 +385,7 @@ impl<B: Backend> ShardedBackend<B> {
     }
 
     fn backend(&self, route: Route) -> Result<&B, Error> {
-        let at = match route {
-            _ if self.shards.len() <= 1 => 0,
-            Route::Conversation(c) => imstore_raft::shard_for(c, self.count()),
-            Route::Shard(s) => s,
-            Route::Any => 0,
-        };
+        let at = route.shard(self.count());
         self.shards.get(at as usize).ok_or_else(|| {
             Error::InvalidRequest(format!(
                 "shard {at} is not one of this cluster's {} shards",
@@ -370,60 +393,61 @@ impl<B: Backend> ShardedBackend<B> {
             ))
         })
     }
+}
 
-    /// The shard a command belongs to.
-    fn placement(&self, command: &Command) -> Result<u64, Error> {
-        let shards = self.count();
-        if shards <= 1 {
-            return Ok(0);
+/// The shard `command` belongs to in a store of `shards` shards: a
+/// conversation's commands its conversation's, a pair's friend rows and
+/// direct conversation the pair's, a user's views and device cursors the
+/// user's. Errors: a batch of appends over several shards, and the
+/// commands clients do not send.
+pub(crate) fn place(command: &Command, shards: u64) -> Result<u64, Error> {
+    if shards <= 1 {
+        return Ok(0);
+    }
+    let of = |conversation: u64| Ok(imstore_raft::shard_for(conversation, shards));
+    match command {
+        Command::Append(messages) => {
+            let mut placed = messages
+                .iter()
+                .map(|m| imstore_raft::shard_for(m.conversation, shards));
+            let first = placed.next().unwrap_or(0);
+            if placed.all(|s| s == first) {
+                Ok(first)
+            } else {
+                Err(invalid_command(
+                    "a batch of appends must stay within one shard: its conversations map \
+                     to different shards",
+                ))
+            }
         }
-        let of = |conversation: u64| Ok(imstore_raft::shard_for(conversation, shards));
-        match command {
-            Command::Append(messages) => {
-                let mut placed = messages
-                    .iter()
-                    .map(|m| imstore_raft::shard_for(m.conversation, shards));
-                let first = placed.next().unwrap_or(0);
-                if placed.all(|s| s == first) {
-                    Ok(first)
-                } else {
-                    Err(invalid_command(
-                        "a batch of appends must stay within one shard: its conversations map \
-                         to different shards",
-                    ))
-                }
-            }
-            // A pair's friend rows and direct conversation live in the
-            // pair's shard (the engine picks the direct id there).
-            Command::OpenDirect { user, peer, .. } => of(imstore_engine::pair_key(*user, *peer)),
-            Command::FriendRequest { from, to, .. } => of(imstore_engine::pair_key(*from, *to)),
-            Command::FriendAccept {
-                user, requester, ..
-            }
-            | Command::FriendDecline { user, requester } => {
-                of(imstore_engine::pair_key(*user, *requester))
-            }
-            Command::FriendRemove { user, friend } => of(imstore_engine::pair_key(*user, *friend)),
-            // A user's views and device cursors live in the user's shard.
-            Command::NoteRead { user, .. }
-            | Command::SaveCursor { user, .. }
-            | Command::SaveCursorV1 { user, .. } => {
-                Ok(imstore_engine::shard_for_user(*user, shards))
-            }
-            Command::Deliver { .. } | Command::AckOutbox { .. } => Err(invalid_command(
-                "delivery commands are sent to their shard by the outbox drain (submit_to_shard)",
+        // A pair's friend rows and direct conversation live in the
+        // pair's shard (the engine picks the direct id there).
+        Command::OpenDirect { user, peer, .. } => of(imstore_engine::pair_key(*user, *peer)),
+        Command::FriendRequest { from, to, .. } => of(imstore_engine::pair_key(*from, *to)),
+        Command::FriendAccept {
+            user, requester, ..
+        }
+        | Command::FriendDecline { user, requester } => {
+            of(imstore_engine::pair_key(*user, *requester))
+        }
+        Command::FriendRemove { user, friend } => of(imstore_engine::pair_key(*user, *friend)),
+        // A user's views and device cursors live in the user's shard.
+        Command::NoteRead { user, .. }
+        | Command::SaveCursor { user, .. }
+        | Command::SaveCursorV1 { user, .. } => Ok(imstore_engine::shard_for_user(*user, shards)),
+        Command::Deliver { .. } | Command::AckOutbox { .. } => Err(invalid_command(
+            "delivery commands are sent to their shard by the outbox drain (submit_to_shard)",
+        )),
+        Command::PutMeta(_) | Command::ReplaceState(_) | Command::AddImageRows { .. } => Err(
+            invalid_command("replication commands are not client writes"),
+        ),
+        // Every other command writes one conversation: its shard.
+        other => match other.conversation() {
+            Some(conversation) => of(conversation),
+            None => Err(invalid_command(
+                "this command names no conversation to place it by",
             )),
-            Command::PutMeta(_) | Command::ReplaceState(_) | Command::AddImageRows { .. } => Err(
-                invalid_command("replication commands are not client writes"),
-            ),
-            // Every other command writes one conversation: its shard.
-            other => match other.conversation() {
-                Some(conversation) => of(conversation),
-                None => Err(invalid_command(
-                    "this command names no conversation to place it by",
-                )),
-            },
-        }
+        },
     }
 }
 
@@ -435,7 +459,7 @@ fn invalid_command(why: &str) -> Error {
 
 impl<B: Backend> Backend for ShardedBackend<B> {
     fn submit(&self, command: Command, done: Done) {
-        match self.placement(&command) {
+        match place(&command, self.count()) {
             Ok(shard) => self.submit_to_shard(shard, command, done),
             Err(e) => done(Err(e)),
         }

@@ -38,6 +38,7 @@ mod metrics;
 mod node;
 mod server;
 mod service;
+mod tier;
 mod tls;
 
 pub use auth::{token_sha256, AuthLayer, Caller, Role, TokenFileError, Tokens};
@@ -55,3 +56,4 @@ pub use server::{
     node_dialer, serve_http, HttpEndpoint, Readiness, ServeError, Server, ServerConfig,
 };
 pub use service::{ImstoreService, ServiceLimits, DEFAULT_MAX_PAGE_BYTES, WATCH_SHARD_HEADER};
+pub use tier::{ProxyConfig, TierBackend, TierFigures};

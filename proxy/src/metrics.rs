@@ -160,6 +160,14 @@ pub(crate) fn registry(
     registry
 }
 
+/// A proxy's registry: the RPC families and the proxy tier's figures.
+pub(crate) fn proxy_registry(metrics: &Metrics, tier: Arc<crate::tier::TierBackend>) -> Registry {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    registry.register_collector(Box::new(TierCollector { tier }));
+    registry
+}
+
 /// The registry's text exposition (OpenMetrics), ended by `# EOF`. Reads
 /// RocksDB properties: run it off the async runtime.
 pub(crate) fn render(registry: &Registry) -> String {
@@ -285,6 +293,71 @@ impl Collector for StoreFigures {
                 encode_one(&mut encoder, name, help, Gauge, value)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// A proxy's figures, read at each scrape.
+struct TierCollector {
+    tier: Arc<crate::tier::TierBackend>,
+}
+
+impl std::fmt::Debug for TierCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TierCollector")
+    }
+}
+
+impl Collector for TierCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        use FigureKind::{Counter, Gauge};
+        let f = self.tier.figures();
+        let counters = [
+            (
+                "imstore_proxy_backend_reads",
+                "Reads the proxy asked of nodes (ShardRead calls sent, retries included).",
+                f.backend_reads.load(Relaxed),
+            ),
+            (
+                "imstore_proxy_reads_coalesced",
+                "Client reads answered by a backend read another reader started.",
+                f.reads_coalesced.load(Relaxed),
+            ),
+            (
+                "imstore_proxy_reads_queued",
+                "Backend reads that waited for their conversation's turn.",
+                f.reads_queued.load(Relaxed),
+            ),
+            (
+                "imstore_proxy_backend_writes",
+                "Proposals the proxy sent to nodes (retries included).",
+                f.backend_writes.load(Relaxed),
+            ),
+            (
+                "imstore_proxy_retries",
+                "Calls the proxy sent again, to the next node or after a pause.",
+                f.retries.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            encode_one(&mut encoder, name, help, Counter, value)?;
+        }
+        let (keys, conversations) = self.tier.reads_in_flight();
+        encode_one(
+            &mut encoder,
+            "imstore_proxy_reads_in_flight",
+            "Distinct backend reads out now (identical reads share one).",
+            Gauge,
+            keys as u64,
+        )?;
+        encode_one(
+            &mut encoder,
+            "imstore_proxy_busy_conversations",
+            "Conversations with a backend read out or waiting.",
+            Gauge,
+            conversations as u64,
+        )?;
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{AuthLayer, Tokens};
 use crate::node::{NodeConfig, NodeParts};
+use crate::tier::{ProxyConfig, ProxyParts};
 use crate::tls::{MemberNames, PeerGate, PeerGateLayer, TlsSetup};
 use crate::{
     spawn_delivery, Backend, DeliveryWakes, EngineBackend, Hub, ImstoreService, Metrics,
@@ -85,6 +86,9 @@ pub struct ServerConfig {
     /// Run as a cluster node with these settings (`[node]`); a single
     /// server without.
     pub node: Option<NodeConfig>,
+    /// Run as a proxy in front of a cluster's nodes (`[proxy]`,
+    /// `imstore proxy`): no data directory, no store of its own.
+    pub proxy: Option<ProxyConfig>,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +115,7 @@ impl Default for ServerConfig {
             tls_ca: None,
             insecure: false,
             node: None,
+            proxy: None,
         }
     }
 }
@@ -187,13 +192,16 @@ enum Stores {
     Single(Engine),
     /// `imstore node`: a cluster node's replicas.
     Node(Box<NodeParts>),
+    /// `imstore proxy`: no store, calls to the nodes.
+    Proxy(ProxyParts),
 }
 
 impl Stores {
-    fn engine(&self) -> &Engine {
+    fn engine(&self) -> Option<&Engine> {
         match self {
-            Stores::Single(engine) => engine,
-            Stores::Node(node) => node.engine(),
+            Stores::Single(engine) => Some(engine),
+            Stores::Node(node) => Some(node.engine()),
+            Stores::Proxy(_) => None,
         }
     }
 }
@@ -215,8 +223,14 @@ impl Server {
         let dialer = tls.as_ref().map(|t| t.dialer.clone()).unwrap_or_default();
         check_exposure(&config)?;
         let hub = Arc::new(Hub::default());
-        let stores = match &config.node {
-            None => {
+        let stores = match (&config.node, &config.proxy) {
+            (Some(_), Some(_)) => {
+                return Err(ServeError::Config(
+                    "a server is a node ([node]) or a proxy ([proxy]), not both".into(),
+                ))
+            }
+            (None, Some(proxy)) => Stores::Proxy(ProxyParts::start(proxy, dialer.clone()).await?),
+            (None, None) => {
                 let options = config.engine_options();
                 let dir = config.data_dir.clone();
                 let engine = tokio::task::spawn_blocking(move || Engine::open(dir, options))
@@ -226,7 +240,7 @@ impl Server {
                 engine.set_commit_listener(move |notice| publish.publish(notice));
                 Stores::Single(engine)
             }
-            Some(node) => {
+            (Some(node), None) => {
                 check_peers(node)?;
                 Stores::Node(Box::new(
                     NodeParts::open(&config, node, &hub, dialer.clone()).await?,
@@ -264,16 +278,18 @@ impl Server {
     }
 
     /// The store being served (for tests and embedding; a node's holds
-    /// every shard it hosts, written only through raft).
-    pub fn engine(&self) -> &Engine {
+    /// every shard it hosts, written only through raft; a proxy has none).
+    pub fn engine(&self) -> Option<&Engine> {
         self.stores.engine()
     }
 
-    /// A node's data shard count (`None` for a single server).
+    /// A node's or a proxy's data shard count (`None` for a single
+    /// server).
     pub fn shard_count(&self) -> Option<u64> {
         match &self.stores {
             Stores::Single(_) => None,
             Stores::Node(node) => Some(node.shard_count()),
+            Stores::Proxy(proxy) => Some(proxy.backend.shard_count()),
         }
     }
 
@@ -380,6 +396,25 @@ impl Server {
                 }
                 node.close().await?;
                 served?;
+            }
+            Stores::Proxy(proxy) => {
+                let endpoint = HttpEndpoint {
+                    registry: Arc::new(crate::metrics::proxy_registry(
+                        &metrics,
+                        Arc::clone(&proxy.backend),
+                    )),
+                    // It learned the shard map before binding.
+                    ready: Arc::new(|| Ok(())),
+                };
+                let backend = Arc::clone(&proxy.backend);
+                let served = serve(
+                    &config, sockets, backend, None, endpoint, hub, metrics, shutdown,
+                )
+                .await;
+                proxy.stop();
+                served?;
+                tracing::info!("stopped");
+                return Ok(());
             }
         }
         tracing::info!("stopped; every acknowledged write is durable");

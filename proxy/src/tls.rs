@@ -43,9 +43,10 @@ const TRANSPORT: &str = "/imstore.raft.v1.RaftTransport/";
 
 /// Transport calls any certificate of the cluster's CA may make: cluster
 /// administration, which the CLI sends with an operator's certificate
-/// (`imstore --cert`). Every other transport call is raft traffic between
-/// members.
-const ADMINISTRATION: [&str; 8] = [
+/// (`imstore --cert`), and what a proxy asks of a node (the shard map, a
+/// client write proposed to a shard's leader, a read of a shard). Every
+/// other transport call is raft traffic between members.
+const ANY_CERTIFICATE: [&str; 10] = [
     "Initialize",
     "Status",
     "AddNode",
@@ -54,6 +55,8 @@ const ADMINISTRATION: [&str; 8] = [
     "SetFaults",
     "ShardMap",
     "ExportShard",
+    "Propose",
+    "ShardRead",
 ];
 
 /// Longest a TLS handshake may take before the connection is dropped.
@@ -139,15 +142,16 @@ impl TlsSetup {
                 ))
             }
         };
-        match (&config.node, &config.tls_ca) {
-            (Some(_), None) => {
+        let in_cluster = config.node.is_some() || config.proxy.is_some();
+        match (in_cluster, &config.tls_ca) {
+            (true, None) => {
                 return Err(ServeError::Config(
-                    "TLS on a cluster node needs tls_ca (--tls-ca), the cluster's CA: nodes \
-                     present their certificates to each other (mutual TLS)"
+                    "TLS on a cluster node or proxy needs tls_ca (--tls-ca), the cluster's CA: \
+                     nodes and proxies present their certificates to nodes (mutual TLS)"
                         .into(),
                 ))
             }
-            (None, Some(_)) => {
+            (false, Some(_)) => {
                 return Err(ServeError::Config(
                     "tls_ca is the cluster's CA of a node's mutual TLS; `imstore serve` takes \
                      no client certificates"
@@ -410,7 +414,7 @@ impl PeerGate {
                 ),
             );
         };
-        if ADMINISTRATION.contains(&rpc) || self.members.admits(leaf) {
+        if ANY_CERTIFICATE.contains(&rpc) || self.members.admits(leaf) {
             return Ok(());
         }
         refuse(

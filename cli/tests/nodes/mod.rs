@@ -121,7 +121,8 @@ pub fn spawn_node_logging(
     extra: &[&str],
     rust_log: &str,
 ) -> Result<NodeProcess, Box<dyn std::error::Error>> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imstore"));
+    command
         .args([
             "node",
             "--id",
@@ -132,7 +133,42 @@ pub fn spawn_node_logging(
         ])
         .arg(dir)
         .args(extra)
-        .env("RUST_LOG", rust_log)
+        .env("RUST_LOG", rust_log);
+    spawn_server(command, id, addr, dir)
+}
+
+/// Starts `imstore proxy` on `addr` in front of `nodes` (extra flags
+/// passed through) and waits for its "serving on" line (it has learned
+/// the shard map by then). Its `id` is 0 and its `dir` empty.
+pub fn spawn_proxy(
+    addr: SocketAddr,
+    nodes: &[SocketAddr],
+    extra: &[&str],
+) -> Result<NodeProcess, Box<dyn std::error::Error>> {
+    let nodes: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imstore"));
+    command
+        .args([
+            "proxy",
+            "--listen",
+            &addr.to_string(),
+            "--nodes",
+            &nodes.join(","),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "error");
+    spawn_server(command, 0, addr, Path::new(""))
+}
+
+/// Runs `command` (a server subcommand), keeping its stderr lines, and
+/// waits for its "serving on" line.
+fn spawn_server(
+    mut command: Command,
+    id: u64,
+    addr: SocketAddr,
+    dir: &Path,
+) -> Result<NodeProcess, Box<dyn std::error::Error>> {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -141,7 +177,7 @@ pub fn spawn_node_logging(
     let mut said = Vec::new();
     loop {
         let Some(line) = lines.next() else {
-            return Err(format!("node exited before serving: {}", said.join(" | ")).into());
+            return Err(format!("server exited before serving: {}", said.join(" | ")).into());
         };
         let line = line?;
         if line.contains("serving on") {

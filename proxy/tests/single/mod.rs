@@ -63,7 +63,7 @@ pub async fn start(
     let server = Server::bind(config).await?;
     let addr = server.local_addr()?;
     let metrics = server.metrics_addr();
-    let engine = server.engine().clone();
+    let engine = server.engine().ok_or("a server with a store")?.clone();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(server.run(async {
         let _ = rx.await;

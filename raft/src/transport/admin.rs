@@ -143,7 +143,10 @@ impl TransportService {
                 entries.push(entry.to_message());
             }
         }
-        Ok(pb::ShardMapResponse { entries })
+        Ok(pb::ShardMapResponse {
+            entries,
+            shard_count: self.data_shard_count(),
+        })
     }
 
     pub(super) fn replica_status(&self, shard: u64) -> Result<pb::NodeStatus, Error> {

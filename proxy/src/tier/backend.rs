@@ -1,0 +1,463 @@
+//! [`TierBackend`]: the service's backend in a proxy, every write and read
+//! a call to a node.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use imstore_engine::{Command, Reader, ShardAnswer, ShardQuery};
+use imstore_proto::raft as pb;
+use imstore_raft::{Proposal, Responses};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+use super::directory::{Directory, NodeClient};
+use super::flights::{Boarding, ConversationGate, Flights};
+use crate::backend::{place, spawn_batcher, Answer, Backend, Done, Route};
+use crate::error::ServiceError as Error;
+
+/// Proposals of one shard a proxy has in flight at a time: writes that
+/// queue behind them go together in the next.
+const PROPOSALS_IN_FLIGHT: usize = 2;
+/// The first pause before a round of retries; it doubles up to
+/// [`MOST_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const MOST_PAUSE: Duration = Duration::from_millis(250);
+
+/// A read's single-flight key: the shard, whether it may be stale, and the
+/// encoded query (identical reads encode identically).
+type ReadKey = (u64, bool, Vec<u8>);
+
+/// What the proxy tier counts, for `/metrics`.
+#[derive(Default, Debug)]
+pub struct TierFigures {
+    /// Reads asked of nodes (`ShardRead` calls that went out, retries
+    /// included).
+    pub backend_reads: AtomicU64,
+    /// Client reads that shared a backend read another reader started.
+    pub reads_coalesced: AtomicU64,
+    /// Reads that waited for their conversation's turn.
+    pub reads_queued: AtomicU64,
+    /// Proposals sent to nodes (retries included).
+    pub backend_writes: AtomicU64,
+    /// Calls sent again: to the next replica or after a pause.
+    pub retries: AtomicU64,
+}
+
+/// The proxy's backend: a write is proposed to its shard's leader, a read
+/// asked of a replica (`RaftTransport/Propose`, `RaftTransport/ShardRead`);
+/// `NOT_LEADER` and unavailability are retried within the request
+/// deadline, writes only when retrying them cannot apply them twice.
+pub struct TierBackend {
+    shared: Arc<Shared>,
+    queues: Vec<UnboundedSender<(Command, Done)>>,
+}
+
+/// What the backend's tasks share.
+struct Shared {
+    directory: Arc<Directory>,
+    deadline: Duration,
+    flights: Arc<Flights<ReadKey, ShardAnswer, Error>>,
+    gate: Arc<ConversationGate>,
+    figures: Arc<TierFigures>,
+}
+
+impl TierBackend {
+    /// A backend over `directory`'s cluster: a request gives up after
+    /// `deadline`, and a conversation has at most `reads_in_flight`
+    /// backend reads out at a time. Must be called inside a tokio runtime.
+    pub(crate) fn new(
+        directory: Arc<Directory>,
+        deadline: Duration,
+        reads_in_flight: usize,
+    ) -> TierBackend {
+        let shared = Arc::new(Shared {
+            directory,
+            deadline,
+            flights: Arc::default(),
+            gate: ConversationGate::new(reads_in_flight),
+            figures: Arc::default(),
+        });
+        let queues = (0..shared.directory.shard_count())
+            .map(|shard| {
+                let shared = Arc::clone(&shared);
+                spawn_batcher(PROPOSALS_IN_FLIGHT, move |batch| {
+                    let shared = Arc::clone(&shared);
+                    async move { shared.propose(shard, batch).await }
+                })
+            })
+            .collect();
+        TierBackend { shared, queues }
+    }
+
+    /// What the backend has counted.
+    pub(crate) fn figures(&self) -> &TierFigures {
+        &self.shared.figures
+    }
+
+    /// Keys with a backend read in flight, and conversations with reads
+    /// out or waiting.
+    pub(crate) fn reads_in_flight(&self) -> (usize, usize) {
+        (self.shared.flights.in_flight(), self.shared.gate.busy())
+    }
+}
+
+/// Whether a command may be proposed again after an attempt whose answer
+/// was lost (it may have been applied): deduplicated sends, and commands
+/// whose second application changes nothing. A group's creation (the
+/// second is `ALREADY_EXISTS`), a friend request's answer, a recall and an
+/// edit are not retried then: the caller learns the attempt's fate by
+/// reading.
+fn retry_safe(command: &Command) -> bool {
+    match command {
+        Command::Append(messages) => messages.iter().all(|m| !m.client_msg_id.is_empty()),
+        Command::Send(message) => !message.client_msg_id.is_empty(),
+        Command::OpenDirect { .. }
+        | Command::AddMembers { .. }
+        | Command::RemoveMembers { .. }
+        | Command::FriendRequest { .. }
+        | Command::FriendRemove { .. }
+        | Command::MarkRead { .. }
+        | Command::DeleteForMe { .. }
+        | Command::ClearHistory { .. }
+        | Command::SetRetention { .. }
+        | Command::SaveCursor { .. }
+        | Command::SaveCursorV1 { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether a node's error means "nothing was done, ask elsewhere".
+fn ask_elsewhere(error: &Error) -> bool {
+    error.is_refused_up_front()
+}
+
+impl Shared {
+    /// Proposes one batch of `shard` and answers each of its writers.
+    async fn propose(&self, shard: u64, batch: Vec<(Command, Done)>) {
+        let (commands, done): (Vec<Command>, Vec<Done>) = batch.into_iter().unzip();
+        let again_if_lost = commands.iter().all(retry_safe);
+        let proposal = Proposal(commands);
+        let result = match bincode::serialize(&proposal) {
+            Ok(payload) => {
+                self.call(shard, again_if_lost, |mut client| {
+                    self.figures.backend_writes.fetch_add(1, Ordering::Relaxed);
+                    let payload = payload.clone();
+                    async move {
+                        let answer = client
+                            .propose(pb::RaftMessage {
+                                shard,
+                                payload,
+                                from: 0,
+                                error: String::new(),
+                                format: u32::from(imstore_raft::ENTRY_FORMAT_VERSION),
+                            })
+                            .await
+                            .map_err(|s| (Error::from_status(&s), transport_failed(&s)))?;
+                        bincode::deserialize::<Responses>(&answer.into_inner().payload).map_err(
+                            |e| {
+                                (
+                                    Error::Internal(format!("a node's answer to a write: {e}")),
+                                    false,
+                                )
+                            },
+                        )
+                    }
+                })
+                .await
+            }
+            Err(e) => Err(Error::Internal(format!("encoding a proposal: {e}"))),
+        };
+        match result {
+            Ok(responses) => {
+                let mut responses = responses.0.into_iter();
+                for d in done {
+                    d(match responses.next() {
+                        Some(imstore_raft::Response(result)) => result.map_err(Error::from),
+                        None => Err(Error::Internal("no response for a proposed command".into())),
+                    });
+                }
+            }
+            Err(err) => {
+                for d in done {
+                    d(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// One read of `shard`, on a replica (after its read barrier unless
+    /// `stale_ok`).
+    async fn read(&self, shard: u64, stale_ok: bool, query: Vec<u8>) -> Result<ShardAnswer, Error> {
+        self.call(shard, true, |mut client| {
+            self.figures.backend_reads.fetch_add(1, Ordering::Relaxed);
+            let query = query.clone();
+            async move {
+                let answer = client
+                    .shard_read(pb::ShardReadRequest {
+                        shard,
+                        from: 0,
+                        stale_ok,
+                        query,
+                    })
+                    .await
+                    .map_err(|s| (Error::from_status(&s), transport_failed(&s)))?;
+                // The engine's own errors travel in the answer.
+                bincode::deserialize::<Result<ShardAnswer, Error>>(&answer.into_inner().payload)
+                    .map_err(|e| {
+                        (
+                            Error::Internal(format!("a node's answer to a read: {e}")),
+                            false,
+                        )
+                    })
+            }
+        })
+        .await?
+    }
+
+    /// Makes `call` on the nodes that may answer for `shard`, in the
+    /// directory's order, until one answers or the deadline passes. A
+    /// refusal up front (`NOT_LEADER`, `NOT_HOSTED`; its leader hint is
+    /// followed) and a failure to connect always go on to the next node;
+    /// any other unavailability only when `again_if_lost`. Rounds of
+    /// every node are paused between, longer each time, with the map read
+    /// again.
+    async fn call<T, F, Fut>(&self, shard: u64, again_if_lost: bool, call: F) -> Result<T, Error>
+    where
+        F: Fn(NodeClient) -> Fut,
+        Fut: Future<Output = Result<T, (Error, bool)>>,
+    {
+        let deadline = Instant::now() + self.deadline;
+        let mut pause = FIRST_PAUSE;
+        let mut tried = 0u64;
+        let mut last = None;
+        // Hops to a hinted leader restart the round without a pause, a
+        // bounded number of times per pause (hints may chase each other).
+        let mut hops = 0;
+        'rounds: loop {
+            let targets = self.directory.targets(shard);
+            let mut at = 0;
+            while let Some(address) = targets.get(at).cloned() {
+                at += 1;
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break 'rounds;
+                };
+                if tried > 0 {
+                    self.figures.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                tried += 1;
+                let client = match self.directory.client(&address).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                let error = match tokio::time::timeout(left, call(client)).await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err((error, transport))) => {
+                        if transport {
+                            self.directory.forget(&address);
+                        }
+                        error
+                    }
+                    Err(_) => Error::Unavailable(format!(
+                        "shard {shard}: {address} did not answer within the request deadline \
+                         ({:?})",
+                        self.deadline
+                    )),
+                };
+                if ask_elsewhere(&error) {
+                    if let Error::NotLeader {
+                        address: Some(leader),
+                        ..
+                    } = &error
+                    {
+                        if leader != &address && hops < 3 {
+                            hops += 1;
+                            self.directory.note_leader(shard, leader);
+                            last = Some(error);
+                            continue 'rounds;
+                        }
+                    }
+                    last = Some(error);
+                    continue;
+                }
+                match error {
+                    Error::Unavailable(_) if again_if_lost => last = Some(error),
+                    other => return Err(other),
+                }
+            }
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MOST_PAUSE);
+            hops = 0;
+            if let Err(e) = self.directory.refresh().await {
+                tracing::debug!(error = %e, "re-reading the shard map for a retry failed");
+            }
+        }
+        Err(match last {
+            Some(Error::Unavailable(why)) => Error::Unavailable(format!(
+                "shard {shard}: no node answered within the proxy's request deadline \
+                 ({:?}): {why}",
+                self.deadline
+            )),
+            Some(other) => other,
+            None => Error::Unavailable(format!(
+                "shard {shard}: no node answered within the proxy's request deadline ({:?})",
+                self.deadline
+            )),
+        })
+    }
+}
+
+/// Whether a failed call failed in the connection (no `ErrorInfo`: the
+/// node never answered), so the connection should be made afresh.
+fn transport_failed(status: &tonic::Status) -> bool {
+    imstore_proto::errors::error_info(status).is_none()
+}
+
+impl Backend for TierBackend {
+    fn submit(&self, command: Command, done: Done) {
+        match place(&command, self.shard_count()) {
+            Ok(shard) => self.submit_to_shard(shard, command, done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    fn reader(&self, _route: Route) -> Result<Reader, Error> {
+        Err(Error::Refused(
+            "a proxy holds no data: ask a node (status, verify and backup are node RPCs)".into(),
+        ))
+    }
+
+    /// Identical concurrent reads share one backend read
+    /// ([`Flights`]), and a conversation has a bounded number out.
+    fn query(&self, route: Route, stale_ok: bool, query: ShardQuery) -> Answer<'_> {
+        Box::pin(async move {
+            let shard = route.shard(self.shard_count());
+            let encoded = bincode::serialize(&query)
+                .map_err(|e| Error::Internal(format!("encoding a read: {e}")))?;
+            let shared = Arc::clone(&self.shared);
+            let conversation = match route {
+                Route::Conversation(c) => Some(c),
+                _ => None,
+            };
+            let key = (shard, stale_ok, encoded.clone());
+            let fetch = move || {
+                let shared = Arc::clone(&shared);
+                let encoded = encoded.clone();
+                async move {
+                    let _turn = match conversation {
+                        Some(c) => {
+                            let (turn, waited) = shared.gate.turn(c).await;
+                            if waited {
+                                shared.figures.reads_queued.fetch_add(1, Ordering::Relaxed);
+                            }
+                            turn
+                        }
+                        None => None,
+                    };
+                    shared.read(shard, stale_ok, encoded).await
+                }
+            };
+            let gone = Error::Internal("a proxy's backend read ended without an answer".into());
+            let (answer, boarding) = self.shared.flights.read(key, fetch, gone).await;
+            if boarding == Boarding::Joined {
+                self.shared
+                    .figures
+                    .reads_coalesced
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            answer
+        })
+    }
+
+    fn hosts(&self, _shard: u64) -> bool {
+        false
+    }
+
+    fn replicas_of(&self, shard: u64) -> Result<Vec<String>, Error> {
+        let targets = self.shared.directory.targets(shard);
+        if targets.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "shard {shard}: the proxy knows no node to reach it"
+            )));
+        }
+        Ok(targets)
+    }
+
+    fn shard_count(&self) -> u64 {
+        self.shared.directory.shard_count().max(1)
+    }
+
+    fn replicated(&self) -> bool {
+        true
+    }
+
+    fn submit_to_shard(&self, shard: u64, command: Command, done: Done) {
+        match self.queues.get(shard as usize) {
+            Some(queue) => {
+                if let Err(tokio::sync::mpsc::error::SendError((_, done))) =
+                    queue.send((command, done))
+                {
+                    done(Err(imstore_engine::Error::Closed.into()));
+                }
+            }
+            None => done(Err(Error::InvalidRequest(format!(
+                "shard {shard} is not one of this cluster's {} shards",
+                self.shard_count()
+            )))),
+        }
+    }
+
+    fn drains(&self, _shard: u64) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn only_writes_that_cannot_apply_twice_are_sent_again_after_a_lost_answer() {
+        let send = |id: &'static str| {
+            Command::Send(imstore_engine::SendMessage {
+                conversation: 1,
+                sender: 2,
+                client_msg_id: Bytes::from_static(id.as_bytes()),
+                payload: Bytes::new(),
+                timestamp_ms: 0,
+                receipt: false,
+            })
+        };
+        assert!(retry_safe(&send("a")));
+        assert!(
+            !retry_safe(&send("")),
+            "a send without a client id is not deduplicated"
+        );
+        assert!(retry_safe(&Command::MarkRead {
+            user: 1,
+            conversation: 2,
+            up_to: 3
+        }));
+        assert!(!retry_safe(&Command::CreateGroup {
+            conversation: 1,
+            owner: 1,
+            members: vec![],
+            timestamp_ms: 0
+        }));
+        assert!(!retry_safe(&Command::Recall {
+            conversation: 1,
+            seq: 1,
+            by: 1,
+            admin: false,
+            timestamp_ms: 0
+        }));
+    }
+}
