@@ -88,10 +88,19 @@ pub struct BenchArgs {
     /// `redis://HOST:PORT`. Each client has a connection of its own.
     #[arg(long, value_name = "URL")]
     against: Option<String>,
-    /// Report this process's CPU as the server's (a server the bench did
-    /// not start: a Redis, or an `imstore serve` on this machine).
+    /// Report these processes' CPU, summed, as the server's (servers the
+    /// bench did not start: a Redis, an `imstore serve`, or a cluster's
+    /// nodes and proxies on this machine; comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// `hot-group`: messages per second a writer sends to the group
+    /// while the readers read.
+    #[arg(long, default_value_t = 100.0)]
+    write_rate: f64,
+    /// The `/metrics` address (`host:port`) of the proxy the run goes
+    /// through: its backend reads, before and after, go into the report.
     #[arg(long)]
-    server_pid: Option<u32>,
+    proxy_metrics: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,6 +116,10 @@ pub enum Workload {
     Latest,
     /// `Sync` a member's inbox from the start, --limit entries.
     Sync,
+    /// `Read` the newest --limit messages of one group of --group-size
+    /// members while a writer sends --write-rate messages per second to
+    /// it: many readers on one hot group (the proxy tier's single-flight).
+    HotGroup,
     /// An IM server's mix, over groups of --group-size: of every 20
     /// requests, 8 sends, 6 syncs from the start, 3 mark-reads (up to the
     /// newest seq this client saw acknowledged there) and 3 first pages of
@@ -122,6 +135,7 @@ impl Workload {
             Workload::SendStream => "send-stream",
             Workload::Latest => "latest",
             Workload::Sync => "sync",
+            Workload::HotGroup => "hot-group",
             Workload::Mixed => "mixed",
         }
     }
@@ -189,6 +203,17 @@ pub fn bench(args: BenchArgs, server: Option<&str>, json_output: bool) -> Result
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         return Err("--duration must be a positive number of seconds".into());
     }
+    if args.workload == Workload::HotGroup
+        && (args.conversations != 1
+            || args.preload < u64::from(args.limit)
+            || !(args.write_rate >= 0.0 && args.write_rate.is_finite()))
+    {
+        return Err(
+            "hot-group reads one group: --conversations 1, --preload at least --limit, and a \
+             --write-rate of 0 or more"
+                .into(),
+        );
+    }
     if args.against.is_some() && !matches!(args.workload, Workload::Append | Workload::Latest) {
         return Err("--against redis runs the append and latest workloads only".into());
     }
@@ -202,9 +227,10 @@ pub fn bench(args: BenchArgs, server: Option<&str>, json_output: bool) -> Result
         (None, None, Some(url)) => url.to_owned(),
         (None, None, None) => return Err("no server".into()),
     };
-    let server_pid = args.server_pid.or(spawned.as_ref().map(|s| s.pid()));
+    let mut server_pids = args.server_pid.clone();
+    server_pids.extend(spawned.as_ref().map(|s| s.pid()));
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(run(&args, &url, spawned.is_some(), server_pid))?;
+    let report = runtime.block_on(run(&args, &url, spawned.is_some(), &server_pids))?;
     if json_output {
         println!("{report}");
     } else {
@@ -224,7 +250,7 @@ async fn run(
     args: &BenchArgs,
     url: &str,
     spawned: bool,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> Result<Value, Failure> {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -292,8 +318,24 @@ async fn run(
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let client_cpu = process::cpu_seconds(std::process::id());
-    let server_cpu = server_pid.and_then(process::cpu_seconds);
+    let server_cpu = process::cpu_seconds_of(server_pids);
+    let backend_reads = args
+        .proxy_metrics
+        .as_deref()
+        .map(process::backend_reads)
+        .transpose()?;
     let deadline = started + Duration::from_secs_f64(args.duration);
+    let writer = match (&setup, args.workload) {
+        (Setup::Imstore(client), Workload::HotGroup) if args.write_rate > 0.0 => {
+            Some(tokio::spawn(workloads::hot_writer(
+                client.clone(),
+                plan.clone(),
+                args.write_rate,
+                deadline,
+            )))
+        }
+        _ => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for client in targets {
         let (plan, next, progress) = (plan.clone(), Arc::clone(&next), progress.clone());
@@ -315,7 +357,19 @@ async fn run(
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let client_cpu = delta(process::cpu_seconds(std::process::id()), client_cpu);
-    let server_cpu = delta(server_pid.and_then(process::cpu_seconds), server_cpu);
+    let server_cpu = delta(process::cpu_seconds_of(server_pids), server_cpu);
+    let backend_reads = match (args.proxy_metrics.as_deref(), backend_reads) {
+        (Some(proxy), Some(before)) => Some(process::backend_reads(proxy)?.saturating_sub(before)),
+        _ => None,
+    };
+    let writes = match writer {
+        Some(task) => {
+            let (written, failed) = task.await.map_err(|e| format!("the writer failed: {e}"))?;
+            tally.errors += failed;
+            Some(written)
+        }
+        None => None,
+    };
     let verified = match &mut setup {
         Setup::Imstore(client) => workloads::verify(client, &tally).await?,
         Setup::Redis(redis) => redis::verify(&plan, redis, &tally).await?,
@@ -355,6 +409,9 @@ async fn run(
         "client_cpu_us_per_request": per_request(client_cpu),
         "server_cpu_us_per_request": per_request(server_cpu),
         "verified": verified,
+        "writes": writes,
+        "backend_reads": backend_reads,
+        "backend_reads_per_second": backend_reads.map(|r| r as f64 / seconds.max(1e-9)),
     }))
 }
 
@@ -538,5 +595,12 @@ fn table(report: &Value) -> String {
         } else {
             "FAILED: see the errors above"
         },
-    )
+    ) + &match report["backend_reads"].as_u64() {
+        Some(reads) => format!(
+            "\nbackend    {reads} reads asked of the nodes by the proxy ({}/s), {} writes sent",
+            f(&report["backend_reads_per_second"]),
+            report["writes"]
+        ),
+        None => String::new(),
+    }
 }

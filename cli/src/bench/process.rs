@@ -105,3 +105,29 @@ fn serving_address(child: &mut Child) -> Result<String, Failure> {
     std::thread::spawn(move || lines.for_each(drop));
     Ok(addr)
 }
+
+/// The CPU seconds of `pids` together (`None` if any cannot be read, or
+/// there are none).
+pub fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+}
+
+/// `imstore_proxy_backend_reads_total` of the proxy whose `/metrics` is at
+/// `addr` (`host:port`).
+pub fn backend_reads(addr: &str) -> Result<u64, Failure> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr)
+        .map_err(|e| format!("the proxy's metrics at {addr}: {e}"))?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: imstore\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response)?;
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix("imstore_proxy_backend_reads_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| format!("{addr}/metrics has no imstore_proxy_backend_reads_total").into())
+}

@@ -74,7 +74,7 @@ pub(super) async fn request(
                 Ok(Ack::Read)
             }
         },
-        Workload::Latest => {
+        Workload::Latest | Workload::HotGroup => {
             let page = client
                 .read(pb::ReadRequest {
                     conversation,
@@ -177,7 +177,11 @@ async fn send(
 pub(super) async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Failure> {
     let groups = matches!(
         plan.workload,
-        Workload::Send | Workload::SendStream | Workload::Sync | Workload::Mixed
+        Workload::Send
+            | Workload::SendStream
+            | Workload::Sync
+            | Workload::Mixed
+            | Workload::HotGroup
     );
     let preload = !plan.workload.writes();
     let setup = indicatif::ProgressBar::new(plan.conversations);
@@ -233,6 +237,41 @@ pub(super) async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Fail
     }
     setup.finish_and_clear();
     Ok(())
+}
+
+/// `hot-group`'s writer: sends to the group at `rate` per second, by its
+/// members in turn, until `deadline`. Returns (sends acknowledged, sends
+/// failed or marked duplicate).
+pub(super) async fn hot_writer(
+    mut client: Client,
+    plan: Plan,
+    rate: f64,
+    deadline: Instant,
+) -> (u64, u64) {
+    let conversation = plan.conversation(0);
+    let members = plan.members(conversation);
+    let started = Instant::now();
+    let (mut written, mut failed) = (0u64, 0u64);
+    for k in 0u64.. {
+        let at = started + Duration::from_secs_f64(k as f64 / rate);
+        if at >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        let sender = members[(k as usize) % members.len()];
+        let request = pb::SendRequest {
+            conversation,
+            sender,
+            client_msg_id: format!("hot-{}-{k}", plan.run).into_bytes(),
+            payload: plan.payload.to_vec(),
+            receipt: false,
+        };
+        match client.send(request).await {
+            Ok(answer) if !answer.get_ref().duplicate => written += 1,
+            _ => failed += 1,
+        }
+    }
+    (written, failed)
 }
 
 /// Waits (at most 60 s) until every member's inbox holds what a sync
