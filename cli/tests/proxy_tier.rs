@@ -351,5 +351,43 @@ async fn overlays_and_cleared_history_read_through_a_proxy_as_through_a_node() -
     assert!(through_proxy[2].edited);
     assert_eq!(through_proxy[2].payload, b"edited".to_vec());
     assert!(through_proxy[3].deleted_for_me && through_proxy[3].payload.is_empty());
+
+    // Members (and a stranger) reading the newest page at once share the
+    // proxy's backend reads; each still gets its own page or error, as
+    // from a node.
+    let mut readers = Vec::new();
+    for round in 0..5u64 {
+        for viewer in [1u64, 2, 3, 99] {
+            let (proxy, node) = (proxy.addr, addrs[(round % 3) as usize]);
+            readers.push(tokio::spawn(async move {
+                let request = pb::ReadAsRequest {
+                    viewer,
+                    conversation: 601,
+                    from: u64::MAX,
+                    limit: 3,
+                    direction: pb::Direction::Backward as i32,
+                    stale_ok: false,
+                };
+                let via_proxy = client(proxy).await?.read_as(request).await;
+                let via_node = client(node).await?.read_as(request).await;
+                TaskResult::Ok((viewer, via_proxy, via_node))
+            }));
+        }
+    }
+    for reader in readers {
+        let (viewer, via_proxy, via_node) = reader.await?.map_err(|e| e.to_string())?;
+        match (via_proxy, via_node) {
+            (Ok(p), Ok(n)) => assert_eq!(p.into_inner(), n.into_inner(), "viewer {viewer}"),
+            (Err(p), Err(n)) => {
+                assert_eq!(
+                    (p.code(), viewer),
+                    (n.code(), 99),
+                    "only the stranger is refused"
+                );
+                assert_eq!(p.code(), tonic::Code::PermissionDenied);
+            }
+            (p, n) => panic!("viewer {viewer}: through the proxy {p:?}, through a node {n:?}"),
+        }
+    }
     Ok(())
 }

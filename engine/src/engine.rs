@@ -22,6 +22,8 @@ pub(crate) mod receipt_read;
 pub(crate) mod sync_read;
 #[path = "view_read.rs"]
 pub(crate) mod view_read;
+#[path = "viewer_pages.rs"]
+pub(crate) mod viewer_pages;
 
 /// An open imstore data directory, seen through one of its shards. Cheap
 /// to clone; every clone is the same store. [`Engine::open`] gives shard 0,

@@ -61,7 +61,7 @@ impl Engine {
             .transpose()
     }
 
-    fn viewer_entry(&self, conversation: u64, user: u64) -> Result<MemberEntry> {
+    pub(super) fn viewer_entry(&self, conversation: u64, user: u64) -> Result<MemberEntry> {
         self.member_entry(conversation, user)?
             .ok_or(Error::NotAMember { conversation, user })
     }
@@ -80,27 +80,8 @@ impl Engine {
         ) else {
             return Ok(Vec::new());
         };
-        let store = self.store();
-        let end = hi.saturating_add(1);
-        let mut overlays = BTreeMap::new();
-        for (key, value) in store.scan_in(
-            CF_IM,
-            &im_key(tag::OVERLAY, &[conversation, lo], &[]),
-            &im_key(tag::OVERLAY, &[conversation, end], &[]),
-            usize::MAX,
-        )? {
-            let entry = OverlayEntry::decode(&value).map_err(corrupt_value("overlay entry"))?;
-            overlays.insert(key_id(&key, 1)?, entry);
-        }
-        let mut hidden = BTreeSet::new();
-        for (key, _) in store.scan_in(
-            CF_IM,
-            &im_key(tag::HIDDEN, &[viewer, conversation, lo], &[]),
-            &im_key(tag::HIDDEN, &[viewer, conversation, end], &[]),
-            usize::MAX,
-        )? {
-            hidden.insert(key_id(&key, 2)?);
-        }
+        let overlays = self.overlays_in(conversation, lo, hi)?;
+        let hidden = self.hidden_in(viewer, conversation, lo, hi)?;
         Ok(messages
             .into_iter()
             .map(|message| {
@@ -108,6 +89,51 @@ impl Engine {
                 view(message, overlays.get(&seq), hidden.contains(&seq))
             })
             .collect())
+    }
+
+    /// The recalls and edits of `conversation`'s seqs `lo..=hi`, by seq.
+    pub(super) fn overlays_in(
+        &self,
+        conversation: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<BTreeMap<u64, OverlayEntry>> {
+        let mut overlays = BTreeMap::new();
+        for (key, value) in self.store().scan_in(
+            CF_IM,
+            &im_key(tag::OVERLAY, &[conversation, lo], &[]),
+            &im_key(tag::OVERLAY, &[conversation, hi.saturating_add(1)], &[]),
+            usize::MAX,
+        )? {
+            let entry = OverlayEntry::decode(&value).map_err(corrupt_value("overlay entry"))?;
+            overlays.insert(key_id(&key, 1)?, entry);
+        }
+        Ok(overlays)
+    }
+
+    /// The seqs `lo..=hi` of `conversation` that `viewer` deleted for
+    /// themself.
+    pub(super) fn hidden_in(
+        &self,
+        viewer: u64,
+        conversation: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<BTreeSet<u64>> {
+        let mut hidden = BTreeSet::new();
+        for (key, _) in self.store().scan_in(
+            CF_IM,
+            &im_key(tag::HIDDEN, &[viewer, conversation, lo], &[]),
+            &im_key(
+                tag::HIDDEN,
+                &[viewer, conversation, hi.saturating_add(1)],
+                &[],
+            ),
+            usize::MAX,
+        )? {
+            hidden.insert(key_id(&key, 2)?);
+        }
+        Ok(hidden)
     }
 
     /// Up to `limit` messages of `conversation` as `viewer` sees them:
@@ -582,7 +608,11 @@ impl Engine {
 }
 
 /// A message as a viewer sees it under its overlay and their deletion.
-fn view(mut message: Message, overlay: Option<&OverlayEntry>, hidden: bool) -> MessageView {
+pub(super) fn view(
+    mut message: Message,
+    overlay: Option<&OverlayEntry>,
+    hidden: bool,
+) -> MessageView {
     let (mut recalled, mut edited) = (false, false);
     match overlay {
         Some(OverlayEntry::Recalled { .. }) => recalled = true,

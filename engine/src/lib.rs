@@ -135,6 +135,7 @@ pub use crate::disk::{
 pub use crate::engine::receipt_read::MAX_RECEIPT_MESSAGES;
 pub use crate::engine::sync_read::{finish_sync, BigHead, UserSyncPage};
 pub use crate::engine::view_read::{merge_list_pages, ListIndexPage};
+pub use crate::engine::viewer_pages::{ViewerCut, ViewerPages, MAX_VIEWERS};
 pub use crate::engine::Engine;
 pub use crate::error::{refuse_orphaned_files, Entity, Error, Result, TimedAction};
 pub use crate::placement::{pair_key, shard_for, shard_for_user};

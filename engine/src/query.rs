@@ -175,6 +175,20 @@ pub enum ShardQuery {
         /// counts only.
         lists: Option<(u64, u32)>,
     },
+    /// [`Engine::viewer_pages`]: one `ReadAs` page for many viewers (a
+    /// proxy's readers of a hot group).
+    ViewerPages {
+        /// The conversation.
+        conversation: u64,
+        /// Where the page starts (or ends, backward).
+        from: u64,
+        /// Most messages per viewer.
+        limit: u32,
+        /// Which way from `from`.
+        direction: Direction,
+        /// Who reads, at most [`crate::MAX_VIEWERS`].
+        viewers: Vec<u64>,
+    },
 }
 
 /// The answer to a [`ShardQuery`], the variant named after it.
@@ -240,6 +254,8 @@ pub enum ShardAnswer {
     },
     /// Each message's receipts, in the order asked.
     ReceiptPages(Vec<ReceiptPage>),
+    /// See [`ShardQuery::ViewerPages`].
+    ViewerPages(crate::ViewerPages),
 }
 
 impl ShardQuery {
@@ -251,6 +267,7 @@ impl ShardQuery {
             | ShardQuery::Members { conversation, .. }
             | ShardQuery::Receipts { conversation, .. }
             | ShardQuery::ReceiptPages { conversation, .. }
+            | ShardQuery::ViewerPages { conversation, .. }
             | ShardQuery::Unread { conversation, .. } => Some(*conversation),
             _ => None,
         }
@@ -388,6 +405,19 @@ impl Engine {
                 conversation,
                 &seqs,
                 lists.map(|(after, n)| (after, limit(n))),
+            )?),
+            ShardQuery::ViewerPages {
+                conversation,
+                from,
+                limit: n,
+                direction,
+                viewers,
+            } => ShardAnswer::ViewerPages(self.viewer_pages(
+                conversation,
+                from,
+                limit(n),
+                direction,
+                &viewers,
             )?),
         })
     }

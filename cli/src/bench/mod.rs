@@ -116,9 +116,10 @@ pub enum Workload {
     Latest,
     /// `Sync` a member's inbox from the start, --limit entries.
     Sync,
-    /// `Read` the newest --limit messages of one group of --group-size
-    /// members while a writer sends --write-rate messages per second to
-    /// it: many readers on one hot group (the proxy tier's single-flight).
+    /// `ReadAs` the newest --limit messages of one group of --group-size
+    /// members, each request as the next member, while a writer sends
+    /// --write-rate messages per second to it: many members reading one
+    /// hot group (the proxy tier's single-flight).
     HotGroup,
     /// An IM server's mix, over groups of --group-size: of every 20
     /// requests, 8 sends, 6 syncs from the start, 3 mark-reads (up to the

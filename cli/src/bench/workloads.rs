@@ -74,7 +74,24 @@ pub(super) async fn request(
                 Ok(Ack::Read)
             }
         },
-        Workload::Latest | Workload::HotGroup => {
+        Workload::HotGroup => {
+            let page = client
+                .read_as(pb::ReadAsRequest {
+                    viewer: member,
+                    conversation,
+                    from: u64::MAX,
+                    limit: plan.limit,
+                    direction: pb::Direction::Backward as i32,
+                    stale_ok: false,
+                })
+                .await?
+                .into_inner();
+            Ok(Ack::Page {
+                len: page.messages.len(),
+                expected: plan.limit as usize,
+            })
+        }
+        Workload::Latest => {
             let page = client
                 .read(pb::ReadRequest {
                     conversation,

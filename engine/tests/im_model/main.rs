@@ -21,6 +21,7 @@ mod devices;
 mod ops;
 mod reads;
 mod receipt_pages;
+mod viewer_pages;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +38,7 @@ use devices::{sync, Device, Fate};
 use ops::{op, user, Op, Target};
 use reads::check_reads;
 use receipt_pages::check_receipt_pages;
+use viewer_pages::check_viewer_pages;
 
 const USERS: u64 = 5;
 const GROUPS: u64 = 3;

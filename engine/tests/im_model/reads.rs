@@ -96,6 +96,7 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
             prop_assert_eq!(r.stored, msg.tracked);
         }
         check_receipt_pages(engine, id, conv.first_retained..=conv.last())?;
+        check_viewer_pages(engine, id, USERS, conv.last())?;
     }
     for user in 1..=USERS {
         let total: u64 = ids

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imstore_engine::{Command, Reader, ShardAnswer, ShardQuery};
+use imstore_engine::{Command, Direction, Reader, ShardAnswer, ShardQuery};
 use imstore_proto::raft as pb;
 use imstore_raft::{Proposal, Responses};
 use tokio::sync::mpsc::UnboundedSender;
@@ -29,6 +29,14 @@ const MOST_PAUSE: Duration = Duration::from_millis(250);
 /// encoded query (identical reads encode identically).
 type ReadKey = (u64, bool, Vec<u8>);
 
+/// A member's page read's key: the shard, whether it may be stale, the
+/// conversation, where the page starts, its limit and whether it reads
+/// forward; its riders are the viewers.
+type PageKey = (u64, bool, u64, u64, u32, bool);
+
+/// Reads that share one backend request.
+type Shared<K, R> = Flights<K, R, ShardAnswer, Error>;
+
 /// What the proxy tier counts, for `/metrics`.
 #[derive(Default, Debug)]
 pub struct TierFigures {
@@ -50,15 +58,18 @@ pub struct TierFigures {
 /// `NOT_LEADER` and unavailability are retried within the request
 /// deadline, writes only when retrying them cannot apply them twice.
 pub struct TierBackend {
-    shared: Arc<Shared>,
+    calls: Arc<Calls>,
     queues: Vec<UnboundedSender<(Command, Done)>>,
+    /// Identical reads.
+    reads: Arc<Shared<ReadKey, ()>>,
+    /// Members' reads of the same page: one `ViewerPages` read for all.
+    pages: Arc<Shared<PageKey, u64>>,
 }
 
 /// What the backend's tasks share.
-struct Shared {
+struct Calls {
     directory: Arc<Directory>,
     deadline: Duration,
-    flights: Arc<Flights<ReadKey, ShardAnswer, Error>>,
     gate: Arc<ConversationGate>,
     figures: Arc<TierFigures>,
 }
@@ -72,34 +83,87 @@ impl TierBackend {
         deadline: Duration,
         reads_in_flight: usize,
     ) -> TierBackend {
-        let shared = Arc::new(Shared {
+        let calls = Arc::new(Calls {
             directory,
             deadline,
-            flights: Arc::default(),
             gate: ConversationGate::new(reads_in_flight),
             figures: Arc::default(),
         });
-        let queues = (0..shared.directory.shard_count())
+        let queues = (0..calls.directory.shard_count())
             .map(|shard| {
-                let shared = Arc::clone(&shared);
+                let calls = Arc::clone(&calls);
                 spawn_batcher(PROPOSALS_IN_FLIGHT, move |batch| {
-                    let shared = Arc::clone(&shared);
-                    async move { shared.propose(shard, batch).await }
+                    let calls = Arc::clone(&calls);
+                    async move { calls.propose(shard, batch).await }
                 })
             })
             .collect();
-        TierBackend { shared, queues }
+        TierBackend {
+            calls,
+            queues,
+            reads: Arc::new(Flights::new(1)),
+            pages: Arc::new(Flights::new(imstore_engine::MAX_VIEWERS)),
+        }
+    }
+
+    /// One backend read of `shard` shared by every reader whose `key` and
+    /// time match ([`Flights`]), asking `query(riders)`; a conversation's
+    /// reads take turns at its gate.
+    async fn shared_read<K, R>(
+        &self,
+        flights: &Arc<Shared<K, R>>,
+        key: K,
+        rider: R,
+        (shard, stale_ok, conversation): (u64, bool, Option<u64>),
+        query: impl Fn(Vec<R>) -> ShardQuery + Send + Sync + 'static,
+    ) -> Result<ShardAnswer, Error>
+    where
+        K: std::hash::Hash + Eq + Clone + Send + 'static,
+        R: PartialEq + Send + 'static,
+    {
+        let calls = Arc::clone(&self.calls);
+        let query = Arc::new(query);
+        let fetch = move |riders: Vec<R>| {
+            let (calls, query) = (Arc::clone(&calls), Arc::clone(&query));
+            async move {
+                let encoded = bincode::serialize(&query(riders))
+                    .map_err(|e| Error::Internal(format!("encoding a read: {e}")))?;
+                let _turn = match conversation {
+                    Some(c) => {
+                        let (turn, waited) = calls.gate.turn(c).await;
+                        if waited {
+                            calls.figures.reads_queued.fetch_add(1, Ordering::Relaxed);
+                        }
+                        turn
+                    }
+                    None => None,
+                };
+                calls.read(shard, stale_ok, encoded).await
+            }
+        };
+        let gone = Error::Internal("a proxy's backend read ended without an answer".into());
+        let (answer, boarding) = flights.read(key, rider, fetch, gone).await;
+        if boarding == Boarding::Joined {
+            self.calls
+                .figures
+                .reads_coalesced
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        answer
     }
 
     /// What the backend has counted.
     pub(crate) fn figures(&self) -> &TierFigures {
-        &self.shared.figures
+        &self.calls.figures
     }
 
     /// Keys with a backend read in flight, and conversations with reads
     /// out or waiting.
     pub(crate) fn reads_in_flight(&self) -> (usize, usize) {
-        (self.shared.flights.in_flight(), self.shared.gate.busy())
+        (
+            self.reads.in_flight() + self.pages.in_flight(),
+            self.calls.gate.busy(),
+        )
     }
 }
 
@@ -133,7 +197,7 @@ fn ask_elsewhere(error: &Error) -> bool {
     error.is_refused_up_front()
 }
 
-impl Shared {
+impl Calls {
     /// Proposes one batch of `shard` and answers each of its writers.
     async fn propose(&self, shard: u64, batch: Vec<(Command, Done)>) {
         let (commands, done): (Vec<Command>, Vec<Done>) = batch.into_iter().unzip();
@@ -334,45 +398,55 @@ impl Backend for TierBackend {
         ))
     }
 
-    /// Identical concurrent reads share one backend read
-    /// ([`Flights`]), and a conversation has a bounded number out.
+    /// Identical concurrent reads share one backend read, and members'
+    /// reads of the same page one `ViewerPages` read ([`Flights`]); a
+    /// conversation has a bounded number out.
     fn query(&self, route: Route, stale_ok: bool, query: ShardQuery) -> Answer<'_> {
         Box::pin(async move {
             let shard = route.shard(self.shard_count());
-            let encoded = bincode::serialize(&query)
-                .map_err(|e| Error::Internal(format!("encoding a read: {e}")))?;
-            let shared = Arc::clone(&self.shared);
             let conversation = match route {
                 Route::Conversation(c) => Some(c),
                 _ => None,
             };
-            let key = (shard, stale_ok, encoded.clone());
-            let fetch = move || {
-                let shared = Arc::clone(&shared);
-                let encoded = encoded.clone();
-                async move {
-                    let _turn = match conversation {
-                        Some(c) => {
-                            let (turn, waited) = shared.gate.turn(c).await;
-                            if waited {
-                                shared.figures.reads_queued.fetch_add(1, Ordering::Relaxed);
-                            }
-                            turn
+            let at = (shard, stale_ok, conversation);
+            if let ShardQuery::ReadAs {
+                viewer,
+                conversation,
+                from,
+                limit,
+                direction,
+            } = query
+            {
+                let forward = direction == Direction::Forward;
+                let key = (shard, stale_ok, conversation, from, limit, forward);
+                let answer = self
+                    .shared_read(&self.pages, key, viewer, at, move |viewers| {
+                        ShardQuery::ViewerPages {
+                            conversation,
+                            from,
+                            limit,
+                            direction,
+                            viewers,
                         }
-                        None => None,
-                    };
-                    shared.read(shard, stale_ok, encoded).await
-                }
-            };
-            let gone = Error::Internal("a proxy's backend read ended without an answer".into());
-            let (answer, boarding) = self.shared.flights.read(key, fetch, gone).await;
-            if boarding == Boarding::Joined {
-                self.shared
-                    .figures
-                    .reads_coalesced
-                    .fetch_add(1, Ordering::Relaxed);
+                    })
+                    .await?;
+                let ShardAnswer::ViewerPages(pages) = answer else {
+                    return Err(Error::Internal(
+                        "a node answered a page read with something else".into(),
+                    ));
+                };
+                return match pages.page(viewer) {
+                    Some(page) => Ok(ShardAnswer::Views(page?)),
+                    None => Err(Error::Internal(
+                        "a node's page read left out a viewer it was asked for".into(),
+                    )),
+                };
             }
-            answer
+            let encoded = bincode::serialize(&query)
+                .map_err(|e| Error::Internal(format!("encoding a read: {e}")))?;
+            let key = (shard, stale_ok, encoded);
+            self.shared_read(&self.reads, key, (), at, move |_| query.clone())
+                .await
         })
     }
 
@@ -381,7 +455,7 @@ impl Backend for TierBackend {
     }
 
     fn replicas_of(&self, shard: u64) -> Result<Vec<String>, Error> {
-        let targets = self.shared.directory.targets(shard);
+        let targets = self.calls.directory.targets(shard);
         if targets.is_empty() {
             return Err(Error::Unavailable(format!(
                 "shard {shard}: the proxy knows no node to reach it"
@@ -391,7 +465,7 @@ impl Backend for TierBackend {
     }
 
     fn shard_count(&self) -> u64 {
-        self.shared.directory.shard_count().max(1)
+        self.calls.directory.shard_count().max(1)
     }
 
     fn replicated(&self) -> bool {
