@@ -59,6 +59,15 @@ pub enum ClusterCmd {
         #[arg(long)]
         shard: Option<u64>,
     },
+    /// The conversations the server behind `--server` (a proxy, a node or
+    /// a single server) saw most read and most written over the last 30 to
+    /// 60 seconds (Space-Saving estimates: a count overstates by at most
+    /// its error). A proxy sees its clients' traffic; ask each proxy.
+    Hot {
+        /// How many of each, 1 to 256.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
     /// Move a shard's replica (or every replica `--from` holds, the
     /// metadata group's included) from one node to another: add `--to` (a
     /// learner until caught up, then a voter), then remove `--from`.
@@ -472,6 +481,10 @@ pub fn admin(cmd: ClusterCmd, server: &str, json_output: bool) -> Result<(), Fai
                         json_output,
                     );
                 }
+            }
+            // Through the client API, which proxies serve too.
+            ClusterCmd::Hot { limit } => {
+                crate::cluster_hot::hot(server, limit, json_output).await?
             }
             ClusterCmd::Status => {
                 // The replicated shard map, if the metadata group answers:

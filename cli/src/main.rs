@@ -15,6 +15,7 @@ mod access;
 mod bench;
 mod client;
 mod cluster;
+mod cluster_hot;
 mod cluster_print;
 mod demo;
 mod node;

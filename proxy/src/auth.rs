@@ -89,6 +89,7 @@ const READ_ONLY: &[&str] = &[
     "GetUnread",
     "ListConversations",
     "Status",
+    "HotConversations",
 ];
 
 /// The RPCs only an `admin` token may call.

@@ -33,6 +33,7 @@ mod convert;
 mod delivery;
 mod error;
 mod gate;
+mod hot;
 mod hub;
 mod metrics;
 mod node;
@@ -49,6 +50,7 @@ pub use backend::{
 pub use delivery::{drain, spawn_delivery, DeliveryFigures, DeliveryWakes};
 pub use error::{to_status, ServiceError, ERROR_DOMAIN};
 pub use gate::{Check, CheckLayer, Checked};
+pub use hot::{Hot, HotConversations};
 pub use hub::{Hub, WatchStream};
 pub use metrics::Metrics;
 pub use node::{fix_shard_count, NodeConfig, SHARD_COUNT_FILE};

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub(crate) delivery: Arc<DeliveryFigures>,
     /// What TLS and the node transport's gate refused.
     pub(crate) refusals: Arc<crate::tls::Refusals>,
+    /// The most read and most written conversations.
+    pub(crate) hot: Arc<crate::hot::HotConversations>,
 }
 
 impl Default for Metrics {
@@ -59,6 +61,7 @@ impl Default for Metrics {
             durations: Family::new_with_constructor(latency_histogram),
             delivery: Arc::default(),
             refusals: Arc::default(),
+            hot: Arc::default(),
         }
     }
 }
@@ -139,6 +142,55 @@ impl Metrics {
             self.delivery.failures.clone(),
         );
         self.refusals.register(registry);
+        registry.register_collector(Box::new(HotCollector {
+            hot: Arc::clone(&self.hot),
+        }));
+    }
+}
+
+/// How many of the hottest conversations `/metrics` shows.
+const HOT_IN_METRICS: usize = 10;
+
+/// The hottest conversations, as labelled gauges (a bounded label set:
+/// ten conversations per family).
+struct HotCollector {
+    hot: Arc<crate::hot::HotConversations>,
+}
+
+impl std::fmt::Debug for HotCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HotCollector")
+    }
+}
+
+impl Collector for HotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (reads, writes) = self.hot.top(HOT_IN_METRICS);
+        for (name, help, hot) in [
+            (
+                "imstore_hot_conversation_reads",
+                "Reads of the most read conversations over the last 30 to 60 s (Space-Saving \
+                 estimates), by rank.",
+                reads,
+            ),
+            (
+                "imstore_hot_conversation_writes",
+                "Writes to the most written conversations over the last 30 to 60 s \
+                 (Space-Saving estimates), by rank.",
+                writes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (rank, h) in (1..).zip(hot) {
+                let (rank, conversation) = (rank.to_string(), h.conversation.to_string());
+                let labels = [
+                    ("rank", rank.as_str()),
+                    ("conversation", conversation.as_str()),
+                ];
+                ConstGauge::new(h.count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ use crate::hub::{
 use crate::{Backend, Metrics, Route};
 
 mod bounded;
+mod hot;
 mod pages;
 mod receipts;
 mod stream;
@@ -131,6 +132,9 @@ impl<B: Backend> ImstoreService<B> {
 
     /// A durable write.
     async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        if let Some(conversation) = command.conversation() {
+            self.metrics.hot.wrote(conversation);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.submit(
             command,
@@ -180,6 +184,9 @@ impl<B: Backend> ImstoreService<B> {
         stale_ok: bool,
         query: ShardQuery,
     ) -> Result<ShardAnswer, Status> {
+        if let Route::Conversation(conversation) = route {
+            self.metrics.hot.read(conversation);
+        }
         self.backend
             .query(route, stale_ok, query)
             .await
@@ -709,6 +716,13 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             }),
         )
         .await
+    }
+
+    async fn hot_conversations(
+        &self,
+        request: Request<pb::HotConversationsRequest>,
+    ) -> Result<Response<pb::HotConversationsResponse>, Status> {
+        self.hot_conversations_rpc(request).await
     }
 
     async fn status(

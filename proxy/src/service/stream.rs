@@ -95,6 +95,7 @@ async fn run<B: Backend>(
         let (conversation, client_msg_id) = (message.conversation, message.client_msg_id.clone());
         let started = Instant::now();
         let tx = completed_tx.clone();
+        metrics.hot.wrote(conversation);
         backend.submit(
             Command::Send(message),
             Box::new(move |result| {
