@@ -60,7 +60,8 @@ pub enum ClientCmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Friends: request, accept, decline, remove, list.
+    /// Friends: request, accept, decline, remove, list; block, unblock,
+    /// blocked.
     Friends {
         #[command(subcommand)]
         action: FriendAction,

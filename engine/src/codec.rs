@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Version of the on-disk format as a whole, stored in the `meta` column family.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 
 /// Version byte at the start of every record body.
 pub const RECORD_VERSION: u8 = 1;

@@ -12,6 +12,8 @@ use crate::{
     Options, Outcome, Result, SegmentInfo, SendMessage,
 };
 
+#[path = "blocks_read.rs"]
+pub(crate) mod blocks_read;
 #[path = "im_read.rs"]
 mod im_read;
 #[path = "outbox_read.rs"]

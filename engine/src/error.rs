@@ -330,6 +330,15 @@ pub enum Error {
     /// The engine is shutting down or its commit pipeline has stopped.
     #[error("engine is closed")]
     Closed,
+    /// `by` blocks `user`: `user`'s sends to their direct conversation
+    /// and friend requests to `by` are refused. Nothing was written.
+    #[error("user {by} blocks user {user}")]
+    Blocked {
+        /// The acting user.
+        user: u64,
+        /// The user who blocks them.
+        by: u64,
+    },
 }
 
 impl Error {
@@ -363,6 +372,7 @@ impl Error {
             | Error::StorageCorruption { .. }
             | Error::DamagedBackup { .. } => "CORRUPTION",
             Error::Closed => "UNAVAILABLE",
+            Error::Blocked { .. } => "BLOCKED",
             Error::DirectoryLocked(_) | Error::NotAnImstoreDirectory(_) | Error::Storage(_) => {
                 "STORAGE"
             }
@@ -399,6 +409,7 @@ impl Error {
             Error::StorageCorruption { .. } => "storage_corruption",
             Error::DamagedBackup { .. } => "damaged_backup",
             Error::Closed => "closed",
+            Error::Blocked { .. } => "blocked",
             Error::DirectoryLocked(_) => "directory_locked",
             Error::NotAnImstoreDirectory(_) => "not_an_imstore_directory",
             Error::Storage(_) => "storage",
@@ -420,6 +431,10 @@ impl Error {
             Error::NotAMember { conversation, user } => {
                 put("conversation", *conversation);
                 put("user", *user);
+            }
+            Error::Blocked { user, by } => {
+                put("user", *user);
+                put("by", *by);
             }
             Error::NotTheSender {
                 conversation,

@@ -132,6 +132,7 @@ pub use crate::disk::{
     default_ballast_bytes, disk_space, release_ballast, DiskSpace, BALLAST_FILE,
     DEFAULT_BALLAST_MAX_BYTES, RESUME_HEADROOM_BYTES,
 };
+pub use crate::engine::blocks_read::BlockedUser;
 pub use crate::engine::receipt_read::MAX_RECEIPT_MESSAGES;
 pub use crate::engine::sync_read::{finish_sync, BigHead, UserSyncPage};
 pub use crate::engine::view_read::{merge_list_pages, ListIndexPage};

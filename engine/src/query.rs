@@ -189,6 +189,15 @@ pub enum ShardQuery {
         /// Who reads, at most [`crate::MAX_VIEWERS`].
         viewers: Vec<u64>,
     },
+    /// [`Engine::blocked`], in the user's shard.
+    Blocked {
+        /// Whose list.
+        user: u64,
+        /// Users with ids above this one.
+        after: u64,
+        /// Most entries.
+        limit: u32,
+    },
 }
 
 /// The answer to a [`ShardQuery`], the variant named after it.
@@ -256,6 +265,8 @@ pub enum ShardAnswer {
     ReceiptPages(Vec<ReceiptPage>),
     /// See [`ShardQuery::ViewerPages`].
     ViewerPages(crate::ViewerPages),
+    /// A page of the users someone blocks.
+    Blocked(Vec<crate::BlockedUser>),
 }
 
 impl ShardQuery {
@@ -419,6 +430,11 @@ impl Engine {
                 direction,
                 &viewers,
             )?),
+            ShardQuery::Blocked {
+                user,
+                after,
+                limit: n,
+            } => ShardAnswer::Blocked(self.blocked(user, after, limit(n))?),
         })
     }
 

@@ -428,7 +428,12 @@ impl Store {
                     found = upgrade::NO_VIEWS_FORMAT;
                 }
                 if found == upgrade::NO_VIEWS_FORMAT || found == upgrade::LOCAL_BIG_VIEWS_FORMAT {
+                    // Writes the current version: format 8 rewrote nothing.
                     self.upgrade_user_views(path, placement_shards, fanout_max_members, found)?;
+                    found = FORMAT_VERSION;
+                }
+                if found == upgrade::NO_BLOCKS_FORMAT {
+                    self.upgrade_to_block_lists(path)?;
                     found = FORMAT_VERSION;
                 }
                 if found != FORMAT_VERSION {

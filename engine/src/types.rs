@@ -494,6 +494,28 @@ pub enum Command {
         /// Where its sync stands.
         cursor: SyncCursor,
     },
+    /// `user` blocks `other`, in the pair's shard: from then on `other`'s
+    /// sends to their direct conversation and friend requests to `user`
+    /// are refused ([`Error::Blocked`](crate::Error::Blocked)), with
+    /// nothing written. Group messages are not filtered. Blocking again
+    /// changes nothing. The block goes on to `user`'s shard, whose list
+    /// [`Engine::blocked`](crate::Engine::blocked) reads.
+    Block {
+        /// Who blocks.
+        user: u64,
+        /// Who is blocked.
+        other: u64,
+        /// Server time.
+        timestamp_ms: u64,
+    },
+    /// `user` unblocks `other`; unblocking someone not blocked changes
+    /// nothing.
+    Unblock {
+        /// Who unblocks.
+        user: u64,
+        /// Who was blocked.
+        other: u64,
+    },
 }
 
 /// A message sent to a direct or group conversation with [`Command::Send`].

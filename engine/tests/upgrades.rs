@@ -151,7 +151,7 @@ fn refused_on_many_shards(dir: &std::path::Path, options: Options, found: u32) {
     };
     assert!(matches!(
         Engine::open(dir, many_shards),
-        Err(Error::UnsupportedFormat { found: f, supported: 7 }) if f == found
+        Err(Error::UnsupportedFormat { found: f, supported: 8 }) if f == found
     ));
 }
 
@@ -416,6 +416,49 @@ fn a_version_6_directory_gets_views_again() -> TestResult {
         (saved.change, saved.reported),
         (0, vec![big(20, 1), big(30, 2)])
     );
+    Ok(())
+}
+
+/// A format 7 directory (before block lists) opens as format 8 with
+/// nothing rewritten: its conversations read as before, and blocks work.
+#[test]
+fn a_version_7_directory_gets_block_lists() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let direct = {
+        let engine = Engine::open(dir.path(), Options::default())?;
+        let Outcome::Conversation { conversation, .. } = engine.execute(Command::OpenDirect {
+            user: 1,
+            peer: 2,
+            timestamp_ms: 1,
+        })?
+        else {
+            return Err("no direct conversation".into());
+        };
+        send(&engine, conversation, 1, 1)?;
+        conversation
+    };
+    // Format 7 had no block rows to remove: only the version changes.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(false);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs)?;
+        let meta = db.cf_handle("s.meta").ok_or("meta cf")?;
+        db.put_cf(meta, b"\xff\xffformat_version", 7u32.to_be_bytes())?;
+        db.flush_cf(meta)?;
+    }
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(engine.last_seq(direct)?, 1);
+    engine.execute(Command::Block {
+        user: 2,
+        other: 1,
+        timestamp_ms: 5,
+    })?;
+    assert!(matches!(
+        send(&engine, direct, 1, 2),
+        Err(Error::Blocked { user: 1, by: 2 })
+    ));
+    assert_eq!(engine.blocked(2, 0, 10)?.len(), 1);
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub fn code_for_reason(reason: &str) -> Code {
         | "CURSOR_FROM_FUTURE" => Code::InvalidArgument,
         "NOT_FOUND" => Code::NotFound,
         "ALREADY_EXISTS" => Code::AlreadyExists,
-        "PERMISSION_DENIED" | "ROLE" | "PEER" => Code::PermissionDenied,
+        "PERMISSION_DENIED" | "ROLE" | "PEER" | "BLOCKED" => Code::PermissionDenied,
         "UNAUTHENTICATED" => Code::Unauthenticated,
         "FAILED_PRECONDITION" | "ENTRY_FORMAT" | "NOT_HOSTED" => Code::FailedPrecondition,
         "SEQ_EXHAUSTED" | "DISK_FULL" | "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,

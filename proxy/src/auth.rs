@@ -82,6 +82,7 @@ const READ_ONLY: &[&str] = &[
     "ReadAsMany",
     "ListMembers",
     "ListFriends",
+    "ListBlocked",
     "Sync",
     "Watch",
     "GetReceipts",

@@ -431,6 +431,11 @@ pub(crate) fn place(command: &Command, shards: u64) -> Result<u64, Error> {
             of(imstore_engine::pair_key(*user, *requester))
         }
         Command::FriendRemove { user, friend } => of(imstore_engine::pair_key(*user, *friend)),
+        // A block is checked where the pair's direct conversation and
+        // friend rows are.
+        Command::Block { user, other, .. } | Command::Unblock { user, other } => {
+            of(imstore_engine::pair_key(*user, *other))
+        }
         // A user's views and device cursors live in the user's shard.
         Command::NoteRead { user, .. }
         | Command::SaveCursor { user, .. }

@@ -25,9 +25,10 @@ use crate::TypeConfig;
 /// they hold. Format 2 added `Command::Deliver` and `Command::AckOutbox`
 /// at the end of `Command`, format 3 `Command::NoteRead` after them,
 /// format 4 `Command::SaveCursor` with a cursor of data format 7 (the
-/// older one, in its old place, is `Command::SaveCursorV1`); every older
-/// entry reads the same in the newer formats.
-pub const ENTRY_FORMAT_VERSION: u8 = 4;
+/// older one, in its old place, is `Command::SaveCursorV1`), format 5
+/// `Command::Block` and `Command::Unblock`; every older entry reads the
+/// same in the newer formats.
+pub const ENTRY_FORMAT_VERSION: u8 = 5;
 
 /// The oldest entry format this build reads.
 pub const OLDEST_READABLE_FORMAT: u8 = 1;

@@ -1,11 +1,11 @@
-//! The raft log entry format is pinned by fixtures: `fixtures/entries-v4.bin`
-//! holds entries written by format 4 (a blank entry, a membership change,
+//! The raft log entry format is pinned by fixtures: `fixtures/entries-v5.bin`
+//! holds entries written by format 5 (a blank entry, a membership change,
 //! and a proposal with one command of every kind), and this build must
 //! read them back to exactly the values below, and write those values to
-//! exactly those bytes. `fixtures/entries-v1.bin` to `entries-v3.bin`
-//! hold formats 1's to 3's, which must still read the same (formats 2 to
-//! 4 only added commands at the end; format 4's device cursor command is
-//! new, and format 1's is read as `SaveCursorV1`).
+//! exactly those bytes. `fixtures/entries-v1.bin` to `entries-v4.bin`
+//! hold formats 1's to 4's, which must still read the same (formats 2 to
+//! 5 only added commands at the end; format 4's device cursor command is
+//! new, and format 1's is read as `SaveCursorV1`; format 5 adds blocks).
 //! Reordering a `Command` variant, or changing what one holds, fails here
 //! instead of silently misreading stored logs.
 //!
@@ -21,7 +21,8 @@ use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Members
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const FIXTURE: &str = "tests/fixtures/entries-v4.bin";
+const FIXTURE: &str = "tests/fixtures/entries-v5.bin";
+const FIXTURE_V4: &str = "tests/fixtures/entries-v4.bin";
 const FIXTURE_V3: &str = "tests/fixtures/entries-v3.bin";
 const FIXTURE_V2: &str = "tests/fixtures/entries-v2.bin";
 const FIXTURE_V1: &str = "tests/fixtures/entries-v1.bin";
@@ -187,8 +188,20 @@ fn every_command_v4() -> Vec<Command> {
     commands
 }
 
+/// Format 5's commands: format 4's, then a block and an unblock.
+fn every_command_v5() -> Vec<Command> {
+    let mut commands = every_command_v4();
+    commands.push(Command::Block {
+        user: 1,
+        other: 2,
+        timestamp_ms: 9,
+    });
+    commands.push(Command::Unblock { user: 1, other: 2 });
+    commands
+}
+
 fn samples() -> Vec<Entry<TypeConfig>> {
-    samples_of(every_command_v4())
+    samples_of(every_command_v5())
 }
 
 fn samples_of(commands: Vec<Command>) -> Vec<Entry<TypeConfig>> {
@@ -270,8 +283,13 @@ fn format_3_entries_still_read_the_same() -> TestResult {
 }
 
 #[test]
-fn format_4_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
-    assert_eq!(ENTRY_FORMAT_VERSION, 4, "a new format needs a new fixture");
+fn format_4_entries_still_read_the_same() -> TestResult {
+    older_format_reads_the_same(FIXTURE_V4, 4, every_command_v4())
+}
+
+#[test]
+fn format_5_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
+    assert_eq!(ENTRY_FORMAT_VERSION, 5, "a new format needs a new fixture");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
     let samples = samples();
     let encoded: Vec<Vec<u8>> = samples.iter().map(encode_entry).collect::<Result<_, _>>()?;

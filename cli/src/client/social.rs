@@ -44,6 +44,26 @@ pub enum FriendAction {
         #[arg(long, value_enum, default_value_t = ListKind::Friends)]
         kind: ListKind,
     },
+    /// `user` blocks `other`: `other`'s direct sends and friend requests
+    /// to `user` are refused from then on.
+    Block {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        other: u64,
+    },
+    /// `user` unblocks `other`.
+    Unblock {
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        other: u64,
+    },
+    /// Whom a user blocks.
+    Blocked {
+        #[arg(long)]
+        user: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,6 +160,43 @@ pub(super) async fn friends(
                 .await?
                 .into_inner(),
         ),
+        FriendAction::Block { user, other } => {
+            client.block(pb::BlockRequest { user, other }).await?;
+            (
+                json!({"blocked": other}),
+                format!("user {user} blocks user {other}"),
+            )
+        }
+        FriendAction::Unblock { user, other } => {
+            client.unblock(pb::BlockRequest { user, other }).await?;
+            (
+                json!({"unblocked": other}),
+                format!("user {user} no longer blocks user {other}"),
+            )
+        }
+        FriendAction::Blocked { user } => {
+            let r = client
+                .list_blocked(pb::ListBlockedRequest {
+                    user,
+                    after_user: 0,
+                    limit: 1_000,
+                })
+                .await?
+                .into_inner();
+            let lines: Vec<String> = r
+                .blocked
+                .iter()
+                .map(|b| format!("user {} (since {} ms)", b.user, b.since_ms))
+                .collect();
+            (
+                json!({"blocked": r.blocked.iter().map(|b| json!({"user": b.user, "since_ms": b.since_ms})).collect::<Vec<_>>()}),
+                if lines.is_empty() {
+                    "(none)".into()
+                } else {
+                    lines.join("\n")
+                },
+            )
+        }
         FriendAction::List { user, kind } => {
             let status = match kind {
                 ListKind::Friends => pb::FriendStatus::Friends,

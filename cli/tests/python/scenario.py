@@ -3,7 +3,8 @@ against a spawned `imstore serve`. Usage: scenario.py HOST:PORT STUBS_DIR.
 
 Covers a direct chat, a group above the fan-out threshold, sync from two
 devices, mark-read and receipts, a retried send that must not duplicate,
-and a Watch stream that sees the notifications. Prints PASS at the end.
+a block, and a Watch stream that sees the notifications. Prints PASS at
+the end.
 """
 import sys
 import threading
@@ -97,6 +98,22 @@ try:
     check(False, "a sync without a cursor or a device was answered")
 except grpc.RpcError as e:
     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"sync without a start: {e.code()}")
+
+# --- a block: user 2 blocks user 1, whose direct sends are then refused
+api.Block(pb.BlockRequest(user=2, other=1))
+try:
+    api.Send(pb.SendRequest(conversation=direct, sender=1, client_msg_id=b"py-blocked", payload=b"x"))
+    check(False, "a blocked user's send was accepted")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"blocked send: {e.code()}")
+    check("blocks" in e.details(), f"blocked send: {e.details()}")
+after = api.ReadAs(pb.ReadAsRequest(viewer=2, conversation=direct, **{"from": 1}, limit=10))
+check(len(after.messages) == 3, "nothing written by the blocked send")
+blocked = api.ListBlocked(pb.ListBlockedRequest(user=2, limit=10))
+check([b.user for b in blocked.blocked] == [1], f"block list: {blocked}")
+api.Unblock(pb.BlockRequest(user=2, other=1))
+unblocked = api.Send(pb.SendRequest(conversation=direct, sender=1, client_msg_id=b"py-4", payload=b"after unblock"))
+check(unblocked.seq == 4, "a send after the unblock")
 
 # --- the watch saw user 2's inbox advance and the big group advance
 deadline = time.time() + 20

@@ -216,6 +216,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             Effect::Friend { user, other, entry } => {
                 Self::apply_friend_effect(scratch, user, other, entry)
             }
+            Effect::Block {
+                user,
+                other,
+                since_ms,
+            } => Self::apply_block_effect(scratch, user, other, since_ms),
             Effect::View {
                 user,
                 conversation,

@@ -96,6 +96,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         timestamp_ms: u64,
     ) -> Result<Outcome> {
         Self::check_pair(from, to)?;
+        self.refuse_if_blocked(scratch, to, from)?;
         match self.friend(scratch, from, to)? {
             Some(FriendEntry {
                 status: FriendStatus::Friends,

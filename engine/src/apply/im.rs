@@ -121,6 +121,12 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 conversation,
                 read_seq,
             } => self.note_read(scratch, *user, *conversation, *read_seq),
+            Command::Block {
+                user,
+                other,
+                timestamp_ms,
+            } => self.block(scratch, *user, *other, *timestamp_ms),
+            Command::Unblock { user, other } => self.unblock(scratch, *user, *other),
             #[cfg(feature = "replication")]
             Command::PutMeta(rows) => {
                 for (key, value) in rows {

@@ -101,6 +101,7 @@ impl From<&Options> for ApplyLimits {
     }
 }
 
+mod blocks;
 mod delivery;
 mod friends;
 mod history;

@@ -16,7 +16,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             timestamp_ms: m.timestamp_ms,
         };
         self.validate(std::slice::from_ref(&message))?;
-        self.managed(scratch, m.conversation)?;
+        let managed = self.managed(scratch, m.conversation)?;
         // A retry is answered before the membership check: the original
         // send was accepted, whatever happened to the membership since.
         // (One dedup lookup: the append below knows it is no retry.)
@@ -25,6 +25,14 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             return Ok(original);
         }
         let mut sender = self.current_member(scratch, m.conversation, m.sender)?;
+        if managed.kind == codec::ConversationKind::Direct {
+            // The pair's shard: the block rows are here.
+            for peer in self.current_members(scratch, m.conversation)? {
+                if peer != m.sender {
+                    self.refuse_if_blocked(scratch, peer, m.sender)?;
+                }
+            }
+        }
         let before = self.conversation(scratch, m.conversation)?;
         // The previous send's mode: a big send leaves `big_last_seq` at it.
         let previous = (before.last_seq > 0).then_some(before.big_last_seq != before.last_seq);

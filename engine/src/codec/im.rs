@@ -55,6 +55,13 @@ pub mod tag {
     /// `B user conv` → empty: the user's remote views (conversations whose
     /// summary their own shard answers: big groups).
     pub const REMOTE_VIEW: u8 = b'B';
+    /// `K user other` → since ms u64 BE: `user` blocks `other`, in the
+    /// pair's shard (where direct sends and friend requests are checked).
+    pub const BLOCK: u8 = b'K';
+    /// `L user other` → since ms u64 BE: the user's own list of whom they
+    /// block, in the user's shard (what `ListBlocked` reads), fed from the
+    /// pair's rows by [`Effect::Block`](super::Effect::Block).
+    pub const BLOCK_LIST: u8 = b'L';
 }
 
 /// A key of the `im` column family: a tag byte, then ids as u64 BE, then

@@ -202,6 +202,16 @@ pub enum Effect {
         /// The view as the conversation's shard now computes it.
         view: UserView,
     },
+    /// The user blocks `other` since `since_ms` (`None`: no longer). Sent
+    /// from the pair's shard, in order.
+    Block {
+        /// The user whose list changes.
+        user: u64,
+        /// The other user.
+        other: u64,
+        /// Since when, as the pair's shard holds it.
+        since_ms: Option<u64>,
+    },
 }
 
 /// The size an outbox record aims to stay under: a command's effects for
@@ -220,6 +230,7 @@ impl Effect {
             Effect::Hide { .. } | Effect::Clear { .. } => 25,
             Effect::Friend { entry, .. } => 17 + 4 + entry.map_or(0, |e| e.encode().len()),
             Effect::View { view, .. } => 17 + 4 + view.encode().len(),
+            Effect::Block { since_ms, .. } => 17 + 4 + since_ms.map_or(0, |_| 8),
         }
     }
 
@@ -232,7 +243,8 @@ impl Effect {
             | Effect::Hide { user, .. }
             | Effect::Clear { user, .. }
             | Effect::Friend { user, .. }
-            | Effect::View { user, .. } => std::slice::from_ref(user),
+            | Effect::View { user, .. }
+            | Effect::Block { user, .. } => std::slice::from_ref(user),
             Effect::DeliverMany { users, .. } => users,
         }
     }
@@ -327,6 +339,7 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
             Effect::View {
                 user, conversation, ..
             } => (7, &[*user, *conversation]),
+            Effect::Block { user, other, .. } => (8, &[*user, *other]),
         };
         out.push(kind);
         for id in ids {
@@ -340,6 +353,12 @@ pub fn encode_outbox_record(effects: &[Effect]) -> Vec<u8> {
                 put_bytes(&mut out, &entry.map(|e| e.encode()).unwrap_or_default())
             }
             Effect::View { view, .. } => put_bytes(&mut out, &view.encode()),
+            Effect::Block { since_ms, .. } => put_bytes(
+                &mut out,
+                &since_ms
+                    .map(|at| at.to_be_bytes().to_vec())
+                    .unwrap_or_default(),
+            ),
         }
     }
     out
@@ -417,6 +436,24 @@ pub fn decode_outbox_record(bytes: &[u8]) -> Result<Vec<Effect>, CodecError> {
                     view: UserView::decode(r.take(len)?)?,
                 }
             }
+            8 => {
+                let other = r.u64()?;
+                let since_ms = match r.u32()? {
+                    0 => None,
+                    8 => Some(r.u64()?),
+                    found => {
+                        return Err(CodecError::BadLength {
+                            what: "block effect".into(),
+                            len: found as usize,
+                        })
+                    }
+                };
+                Effect::Block {
+                    user,
+                    other,
+                    since_ms,
+                }
+            }
             found => return Err(CodecError::UnknownVersion { found }),
         };
         effects.push(effect);
@@ -482,6 +519,16 @@ mod tests {
                 conversation: 7,
                 view: UserView::default(),
             },
+            Effect::Block {
+                user: 2,
+                other: 5,
+                since_ms: Some(9),
+            },
+            Effect::Block {
+                user: 2,
+                other: 5,
+                since_ms: None,
+            },
         ];
         let total: usize = effects.iter().map(Effect::encoded_len).sum();
         assert_eq!(encode_outbox_record(&effects).len(), 5 + total);
@@ -508,6 +555,16 @@ mod tests {
                 user: 2,
                 conversation: 7,
                 seq: 3,
+            },
+            Effect::Block {
+                user: 9,
+                other: 4,
+                since_ms: Some(12),
+            },
+            Effect::Block {
+                user: 9,
+                other: 4,
+                since_ms: None,
             },
             Effect::Clear {
                 user: 9,

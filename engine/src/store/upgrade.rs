@@ -1,7 +1,8 @@
-//! Formats 3 → 4 → 5 → 6 → 7 in place (`docs/format.md`, "Upgrades"):
-//! inbox rows become message copies (4), each user gets a friend list of
-//! their own (5), views of their conversations (6), and views that are
-//! remote whenever the user may see a message sent without copies (7).
+//! Formats 3 → 4 → 5 → 6 → 7 → 8 in place (`docs/format.md`,
+//! "Upgrades"): inbox rows become message copies (4), each user gets a
+//! friend list of their own (5), views of their conversations (6), views
+//! that are remote whenever the user may see a message sent without copies
+//! (7), and block lists, which rewrite nothing (8).
 //!
 //! Format 3 kept an inbox entry as a pointer (conversation, seq) into a
 //! timeline of the same shard. Format 4 keeps a copy of the message in
@@ -56,6 +57,9 @@ pub(super) const NO_VIEWS_FORMAT: u32 = 5;
 
 /// The format whose views may be local with messages sent without copies.
 pub(super) const LOCAL_BIG_VIEWS_FORMAT: u32 = 6;
+
+/// The format before block lists (rows `K` and `L`, outbox effect 8).
+pub(super) const NO_BLOCKS_FORMAT: u32 = 7;
 
 /// A conversation's state and fan-out mode rows, by (shard, id).
 type ConversationRows = (u16, u64, ConversationState, Vec<(u64, bool)>);
@@ -299,6 +303,14 @@ impl Store {
         self.finish_upgrade(batch, FORMAT_VERSION)?;
         tracing::info!(written, "upgrade: user views done");
         Ok(())
+    }
+
+    /// Format 7 to 8: block lists are new rows and a new outbox effect;
+    /// nothing older changes, so only the version is written (on any
+    /// number of shards).
+    pub(super) fn upgrade_to_block_lists(&self, path: &Path) -> Result<()> {
+        tracing::info!(path = %path.display(), from = NO_BLOCKS_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: block lists (nothing to rewrite)");
+        self.finish_upgrade(WriteBatch::default(), FORMAT_VERSION)
     }
 
     /// A raw iterator over the whole `im` column family, at its start.

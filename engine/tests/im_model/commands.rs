@@ -102,9 +102,18 @@ pub(super) fn command(model: &Model, op: &Op) -> Option<Command> {
                 user: *a,
                 requester: *b,
             },
-            _ => Command::FriendRemove {
+            3 => Command::FriendRemove {
                 user: *a,
                 friend: *b,
+            },
+            4 => Command::Block {
+                user: *a,
+                other: *b,
+                timestamp_ms: now,
+            },
+            _ => Command::Unblock {
+                user: *a,
+                other: *b,
             },
         },
         Op::Sync { .. } | Op::Wait(_) | Op::Together(_) | Op::Reopen => return None,

@@ -116,6 +116,8 @@ struct Model {
     change: u64,
     inbox: BTreeMap<u64, Vec<(u64, u64)>>,
     friends: BTreeMap<(u64, u64), FriendStatus>,
+    /// (user, other) → since when user blocks other.
+    blocks: BTreeMap<(u64, u64), u64>,
     hidden: BTreeSet<(u64, u64, u64)>,
     dedup: BTreeMap<(u64, u64, u8), u64>,
     devices: BTreeMap<(u64, u8), Device>,
@@ -136,6 +138,7 @@ fn class(e: &Error) -> &'static str {
         "INVALID_ARGUMENT" => "invalid argument",
         "ALREADY_EXISTS" => "already exists",
         "CURSOR_FROM_FUTURE" => "cursor from future",
+        "BLOCKED" => "blocked",
         _ => "other",
     }
 }
@@ -371,6 +374,15 @@ impl Model {
                 receipt,
             } => {
                 let id = self.conv_id(to);
+                // A direct send the peer blocks is refused (after a retry
+                // is recognised and the membership checked).
+                let blocked = match to {
+                    Target::Direct(a, b) => {
+                        let peer = if sender == a { *b } else { *a };
+                        self.blocks.contains_key(&(peer, *sender))
+                    }
+                    Target::Group(_) => false,
+                };
                 let conv = self.convs.get_mut(&id).ok_or("not found")?;
                 if let Some(seq) = self.dedup.get(&(id, *sender, *cid)) {
                     return Ok(Outcome::Sent(imstore_engine::Appended {
@@ -380,6 +392,9 @@ impl Model {
                 }
                 if !conv.members.get(sender).is_some_and(MMember::current) {
                     return Err("permission denied");
+                }
+                if blocked {
+                    return Err("blocked");
                 }
                 let count = conv.count();
                 conv.msgs.push(MMsg {
@@ -486,14 +501,35 @@ impl Model {
                 conv.first_retained = conv.first_retained.max(before);
                 Ok(Outcome::Done)
             }
+            Op::Friend { kind: 4, a, b } => self.block(*a, *b, Some(now)),
+            Op::Friend { kind: 5, a, b } => self.block(*a, *b, None),
             Op::Friend { kind, a, b } => self.friend(*kind, *a, *b),
             Op::Sync { .. } | Op::Wait(_) | Op::Together(_) | Op::Reopen => Ok(Outcome::Done),
         }
     }
 
+    /// `a` blocks `b` since `since` (`None`: unblocks).
+    fn block(&mut self, a: u64, b: u64, since: Option<u64>) -> Expect {
+        if a == b {
+            return Err("invalid argument");
+        }
+        match since {
+            Some(at) => {
+                self.blocks.entry((a, b)).or_insert(at);
+            }
+            None => {
+                self.blocks.remove(&(a, b));
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
     fn friend(&mut self, kind: u8, a: u64, b: u64) -> Expect {
         if a == b {
             return Err("invalid argument");
+        }
+        if kind == 0 && self.blocks.contains_key(&(b, a)) {
+            return Err("blocked");
         }
         let status = self.friends.get(&(a, b)).copied();
         let become_friends = |m: &mut Model| -> Expect {

@@ -59,6 +59,8 @@ pub(super) enum Op {
         to: Target,
         back: u64,
     },
+    /// Kinds: 0 request, 1 accept, 2 decline, 3 remove, 4 `a` blocks
+    /// `b`, 5 `a` unblocks `b`.
     Friend {
         kind: u8,
         a: u64,
@@ -88,6 +90,8 @@ fn target() -> impl Strategy<Value = Target> {
     prop_oneof![
         3 => (1..=GROUPS).prop_map(Target::Group),
         1 => (user(), user()).prop_map(|(a, b)| Target::Direct(a, b)),
+        // One pair often, so that blocks meet its sends.
+        1 => Just(Target::Direct(1, 2)),
     ]
 }
 
@@ -101,6 +105,7 @@ fn single_op() -> impl Strategy<Value = Op> {
         3 => (1..=GROUPS, any::<u64>(), users)
             .prop_map(|(group, by, users)| Op::Remove { group, by, users }),
         1 => (user(), user()).prop_map(|(a, b)| Op::OpenDirect(a, b)),
+        1 => Just(Op::OpenDirect(1, 2)),
         16 => (target(), any::<u64>(), 0..8u8, any::<bool>())
             .prop_map(|(to, sender, cid, receipt)| Op::Send { to, sender, cid, receipt }),
         6 => (any::<u64>(), target(), 0..4u64).prop_map(|(user, to, back)| Op::MarkRead { user, to, back }),
@@ -110,7 +115,9 @@ fn single_op() -> impl Strategy<Value = Op> {
         2 => (target(), any::<u64>(), any::<u64>())
             .prop_map(|(to, pick, user)| Op::DeleteForMe { to, pick, user }),
         1 => (target(), 0..8u64).prop_map(|(to, back)| Op::Clear { to, back }),
-        3 => (0..4u8, user(), user()).prop_map(|(kind, a, b)| Op::Friend { kind, a, b }),
+        3 => (0..6u8, user(), user()).prop_map(|(kind, a, b)| Op::Friend { kind, a, b }),
+        // Blocks and unblocks between users 1 and 2, the often-used pair.
+        2 => (4..6u8, 1..=2u64, 1..=2u64).prop_map(|(kind, a, b)| Op::Friend { kind, a, b }),
         4 => (user(), 0..2u8, 1..4usize, prop_oneof![Just(Fate::Processed), Just(Fate::Lost), Just(Fate::CrashedAfter)])
             .prop_map(|(user, device, limit, fate)| Op::Sync { user, device, limit, fate }),
         2 => (0..100_000u64).prop_map(Op::Wait),

@@ -178,6 +178,20 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
                 .collect();
             prop_assert_eq!(got, want);
         }
+        // Whom the user blocks, since when.
+        let got: Vec<(u64, u64)> = engine
+            .blocked(user, 0, 100)
+            .map_err(|e| fail("blocked", e))?
+            .iter()
+            .map(|b| (b.user, b.since_ms))
+            .collect();
+        let want: Vec<(u64, u64)> = model
+            .blocks
+            .iter()
+            .filter(|((a, _), _)| *a == user)
+            .map(|((_, b), since)| (*b, *since))
+            .collect();
+        prop_assert_eq!(got, want, "block list of {}", user);
     }
     Ok(())
 }

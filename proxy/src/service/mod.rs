@@ -32,9 +32,11 @@ use crate::hub::{
 use crate::{Backend, Metrics, Route};
 
 mod bounded;
+mod groups;
 mod hot;
 mod pages;
 mod receipts;
+mod social;
 mod stream;
 mod user;
 mod watch;
@@ -216,36 +218,6 @@ impl<B: Backend> ImstoreService<B> {
             .collect()
     }
 
-    async fn conversation(&self, command: Command) -> Result<pb::ConversationResponse, Status> {
-        match self.write(command).await? {
-            Outcome::Conversation {
-                conversation,
-                created,
-            } => Ok(pb::ConversationResponse {
-                conversation,
-                created,
-            }),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn members_changed(
-        &self,
-        command: Command,
-    ) -> Result<pb::MembersChangedResponse, Status> {
-        match self.write(command).await? {
-            Outcome::MembersChanged(changed) => Ok(pb::MembersChangedResponse { changed }),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn friend(&self, command: Command) -> Result<pb::FriendResponse, Status> {
-        match self.write(command).await? {
-            Outcome::Friend(o) => Ok(friend_outcome(o)),
-            other => Err(unexpected(other)),
-        }
-    }
-
     async fn done(&self, command: Command) -> Result<pb::Empty, Status> {
         self.write(command).await.map(|_| pb::Empty {})
     }
@@ -318,49 +290,26 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::ConversationResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "CreateGroup",
-            self.conversation(Command::CreateGroup {
-                conversation: r.conversation,
-                owner: r.owner,
-                members: r.members,
-                timestamp_ms: now_ms(),
-            }),
-        )
-        .await
+        self.create_group_rpc(request).await
     }
 
     async fn open_direct(
         &self,
         request: Request<pb::OpenDirectRequest>,
     ) -> Result<Response<pb::ConversationResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "OpenDirect",
-            self.conversation(Command::OpenDirect {
-                user: r.user,
-                peer: r.peer,
-                timestamp_ms: now_ms(),
-            }),
-        )
-        .await
+        self.open_direct_rpc(request).await
     }
 
     async fn add_members(
         &self,
         request: Request<pb::MembersRequest>,
     ) -> Result<Response<pb::MembersChangedResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "AddMembers",
-            self.members_changed(Command::AddMembers {
-                conversation: r.conversation,
-                by: r.by,
-                users: r.users,
-                timestamp_ms: now_ms(),
-            }),
-        )
+        self.members_rpc("AddMembers", request, |r| Command::AddMembers {
+            conversation: r.conversation,
+            by: r.by,
+            users: r.users,
+            timestamp_ms: now_ms(),
+        })
         .await
     }
 
@@ -368,16 +317,12 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::MembersRequest>,
     ) -> Result<Response<pb::MembersChangedResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "RemoveMembers",
-            self.members_changed(Command::RemoveMembers {
-                conversation: r.conversation,
-                by: r.by,
-                users: r.users,
-                timestamp_ms: now_ms(),
-            }),
-        )
+        self.members_rpc("RemoveMembers", request, |r| Command::RemoveMembers {
+            conversation: r.conversation,
+            by: r.by,
+            users: r.users,
+            timestamp_ms: now_ms(),
+        })
         .await
     }
 
@@ -385,33 +330,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let r = request.into_inner();
-        self.observe("ListMembers", async {
-            let n = limit(r.limit)?;
-            let query = ShardQuery::Members {
-                conversation: r.conversation,
-                after: r.after_user,
-                limit: n,
-            };
-            let ShardAnswer::Members { members, count } = self
-                .ask(Route::Conversation(r.conversation), false, query)
-                .await?
-            else {
-                return Err(mismatched());
-            };
-            Ok(pb::ListMembersResponse {
-                members: members
-                    .into_iter()
-                    .map(|m| pb::Member {
-                        user: m.user,
-                        read_seq: m.read_seq,
-                        joined_after: m.intervals.last().map_or(0, |i| i.0),
-                    })
-                    .collect(),
-                member_count: count,
-            })
-        })
-        .await
+        self.list_members_rpc(request).await
     }
 
     async fn send(
@@ -534,15 +453,13 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::FriendPairRequest>,
     ) -> Result<Response<pb::FriendResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "RequestFriend",
-            self.friend(Command::FriendRequest {
-                from: r.user,
-                to: r.other,
+        self.friend_rpc("RequestFriend", request, |user, other| {
+            Command::FriendRequest {
+                from: user,
+                to: other,
                 timestamp_ms: now_ms(),
-            }),
-        )
+            }
+        })
         .await
     }
 
@@ -550,15 +467,13 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::FriendPairRequest>,
     ) -> Result<Response<pb::FriendResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "AcceptFriend",
-            self.friend(Command::FriendAccept {
-                user: r.user,
-                requester: r.other,
+        self.friend_rpc("AcceptFriend", request, |user, other| {
+            Command::FriendAccept {
+                user,
+                requester: other,
                 timestamp_ms: now_ms(),
-            }),
-        )
+            }
+        })
         .await
     }
 
@@ -566,14 +481,12 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::FriendPairRequest>,
     ) -> Result<Response<pb::FriendResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "DeclineFriend",
-            self.friend(Command::FriendDecline {
-                user: r.user,
-                requester: r.other,
-            }),
-        )
+        self.friend_rpc("DeclineFriend", request, |user, other| {
+            Command::FriendDecline {
+                user,
+                requester: other,
+            }
+        })
         .await
     }
 
@@ -581,14 +494,12 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         &self,
         request: Request<pb::FriendPairRequest>,
     ) -> Result<Response<pb::FriendResponse>, Status> {
-        let r = request.into_inner();
-        self.observe(
-            "RemoveFriend",
-            self.friend(Command::FriendRemove {
-                user: r.user,
-                friend: r.other,
-            }),
-        )
+        self.friend_rpc("RemoveFriend", request, |user, other| {
+            Command::FriendRemove {
+                user,
+                friend: other,
+            }
+        })
         .await
     }
 
@@ -597,6 +508,27 @@ impl<B: Backend> Imstore for ImstoreService<B> {
         request: Request<pb::ListFriendsRequest>,
     ) -> Result<Response<pb::ListFriendsResponse>, Status> {
         self.list_friends_rpc(request).await
+    }
+
+    async fn block(
+        &self,
+        request: Request<pb::BlockRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.block_rpc(request, true).await
+    }
+
+    async fn unblock(
+        &self,
+        request: Request<pb::BlockRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.block_rpc(request, false).await
+    }
+
+    async fn list_blocked(
+        &self,
+        request: Request<pb::ListBlockedRequest>,
+    ) -> Result<Response<pb::ListBlockedResponse>, Status> {
+        self.list_blocked_rpc(request).await
     }
 
     async fn sync(

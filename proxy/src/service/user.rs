@@ -253,7 +253,7 @@ impl<B: Backend> ImstoreService<B> {
     }
 
     /// The user's own shard.
-    fn user_shard(&self, user: u64) -> u64 {
+    pub(super) fn user_shard(&self, user: u64) -> u64 {
         imstore_engine::shard_for_user(user, self.backend.shard_count())
     }
 

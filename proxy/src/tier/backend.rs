@@ -187,7 +187,9 @@ fn retry_safe(command: &Command) -> bool {
         | Command::ClearHistory { .. }
         | Command::SetRetention { .. }
         | Command::SaveCursor { .. }
-        | Command::SaveCursorV1 { .. } => true,
+        | Command::SaveCursorV1 { .. }
+        | Command::Block { .. }
+        | Command::Unblock { .. } => true,
         _ => false,
     }
 }
