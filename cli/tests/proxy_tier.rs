@@ -10,6 +10,7 @@
 //!   other.
 //! - Recall, edit, delete-for-me and cleared history read through a proxy
 //!   as through a node.
+//! - A watch through a proxy hears a user's inbox (relayed from a node).
 
 mod nodes;
 
@@ -248,6 +249,19 @@ async fn a_write_through_one_proxy_is_read_through_the_other() -> TestResult {
         .map_err(|e| e.to_string())?;
     let mut writer = client(proxy_a.addr).await?;
     let mut reader = client(proxy_b.addr).await?;
+    // A watch of user 3 through proxy B, which relays it from the node
+    // hosting user 3's shard.
+    let mut watch = reader
+        .watch(pb::WatchRequest {
+            users: vec![pb::UserPosition {
+                user: 3,
+                inbox_seq: 0,
+                shards: Vec::new(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     for i in 1..=40u64 {
         let sent = writer
             .send(pb::SendRequest {
@@ -280,6 +294,25 @@ async fn a_write_through_one_proxy_is_read_through_the_other() -> TestResult {
             sent.seq
         );
     }
+    // The watch heard user 3's inbox advance (the copies of the sends,
+    // delivered to user 3's shard).
+    let heard = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(notification) = watch.message().await? {
+            match notification.event {
+                Some(pb::notification::Event::Inbox(advanced)) if advanced.user == 3 => {
+                    return Ok(advanced.inbox_seq);
+                }
+                Some(pb::notification::Event::Resync(resync)) => {
+                    return Err(format!("told to resync: {resync:?}").into());
+                }
+                _ => {}
+            }
+        }
+        Err::<u64, Box<dyn std::error::Error>>("the watch ended".into())
+    })
+    .await
+    .map_err(|_| "the watch through the proxy never heard user 3's inbox")??;
+    assert!(heard >= 1, "inbox seq {heard}");
     let body = fetch_metrics(metrics.parse()?).map_err(|e| e.to_string())?;
     let reads = counter(&body, "imstore_proxy_backend_reads_total")?;
     assert!(
