@@ -294,6 +294,39 @@ async fn a_write_through_one_proxy_is_read_through_the_other() -> TestResult {
             sent.seq
         );
     }
+    // Reads that may be stale go to the replicas in turn: each answers a
+    // prefix of the history, and every replica catches up.
+    eventually_async(
+        "stale reads through the proxy see all 40",
+        Duration::from_secs(60),
+        || {
+            let mut reader = reader.clone();
+            async move {
+                for _ in 0..6 {
+                    let page = reader
+                        .read_as(pb::ReadAsRequest {
+                            viewer: 3,
+                            conversation: 501,
+                            from: 1,
+                            limit: 100,
+                            direction: pb::Direction::Forward as i32,
+                            stale_ok: true,
+                        })
+                        .await
+                        .map_err(|s| s.to_string())?
+                        .into_inner();
+                    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+                    let prefix: Vec<u64> = (1..=seqs.len() as u64).collect();
+                    assert_eq!(seqs, prefix, "a stale page is a prefix of the history");
+                    if seqs.len() < 40 {
+                        return Err(format!("a replica has {} of 40", seqs.len()));
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+    .await?;
     // The watch heard user 3's inbox advance (the copies of the sends,
     // delivered to user 3's shard).
     let heard = tokio::time::timeout(Duration::from_secs(60), async {

@@ -69,6 +69,8 @@ pub struct TierBackend {
 /// What the backend's tasks share.
 struct Calls {
     directory: Arc<Directory>,
+    /// Turns of reads any replica may answer, spread over the replicas.
+    turns: std::sync::atomic::AtomicUsize,
     deadline: Duration,
     gate: Arc<ConversationGate>,
     figures: Arc<TierFigures>,
@@ -85,6 +87,7 @@ impl TierBackend {
     ) -> TierBackend {
         let calls = Arc::new(Calls {
             directory,
+            turns: std::sync::atomic::AtomicUsize::new(0),
             deadline,
             gate: ConversationGate::new(reads_in_flight),
             figures: Arc::default(),
@@ -207,7 +210,7 @@ impl Calls {
         let proposal = Proposal(commands);
         let result = match bincode::serialize(&proposal) {
             Ok(payload) => {
-                self.call(shard, again_if_lost, |mut client| {
+                self.call(shard, again_if_lost, false, |mut client| {
                     self.figures.backend_writes.fetch_add(1, Ordering::Relaxed);
                     let payload = payload.clone();
                     async move {
@@ -256,7 +259,9 @@ impl Calls {
     /// One read of `shard`, on a replica (after its read barrier unless
     /// `stale_ok`).
     async fn read(&self, shard: u64, stale_ok: bool, query: Vec<u8>) -> Result<ShardAnswer, Error> {
-        self.call(shard, true, |mut client| {
+        // A linearizable read goes to the leader hint first (its read index
+        // is cheapest there); one that may be stale to the replicas in turn.
+        self.call(shard, true, stale_ok, |mut client| {
             self.figures.backend_reads.fetch_add(1, Ordering::Relaxed);
             let query = query.clone();
             async move {
@@ -283,13 +288,20 @@ impl Calls {
     }
 
     /// Makes `call` on the nodes that may answer for `shard`, in the
-    /// directory's order, until one answers or the deadline passes. A
+    /// directory's order (the replicas in turn when `spread`), until one
+    /// answers or the deadline passes. A
     /// refusal up front (`NOT_LEADER`, `NOT_HOSTED`; its leader hint is
     /// followed) and a failure to connect always go on to the next node;
     /// any other unavailability only when `again_if_lost`. Rounds of
     /// every node are paused between, longer each time, with the map read
     /// again.
-    async fn call<T, F, Fut>(&self, shard: u64, again_if_lost: bool, call: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(
+        &self,
+        shard: u64,
+        again_if_lost: bool,
+        spread: bool,
+        call: F,
+    ) -> Result<T, Error>
     where
         F: Fn(NodeClient) -> Fut,
         Fut: Future<Output = Result<T, (Error, bool)>>,
@@ -302,7 +314,12 @@ impl Calls {
         // bounded number of times per pause (hints may chase each other).
         let mut hops = 0;
         'rounds: loop {
-            let targets = self.directory.targets(shard);
+            let targets = if spread {
+                let turn = self.turns.fetch_add(1, Ordering::Relaxed);
+                self.directory.targets_from(shard, turn)
+            } else {
+                self.directory.targets(shard)
+            };
             let mut at = 0;
             while let Some(address) = targets.get(at).cloned() {
                 at += 1;

@@ -104,6 +104,18 @@ impl Directory {
         targets
     }
 
+    /// [`Directory::targets`] with the replicas taken in turn, starting at
+    /// the `turn`th: for reads any replica may answer (`stale_ok`), which
+    /// then spread over the replicas instead of all going to the leader.
+    pub(crate) fn targets_from(&self, shard: u64, turn: usize) -> Vec<String> {
+        let mut targets = self.targets(shard);
+        let replicas = self.replicas(shard).len().min(targets.len());
+        if replicas > 1 {
+            targets[..replicas].rotate_left(turn % replicas);
+        }
+        targets
+    }
+
     /// The addresses of `shard`'s replicas as the map has them, the leader
     /// hint first (none before its leader publishes it).
     pub(crate) fn replicas(&self, shard: u64) -> Vec<String> {
@@ -234,5 +246,38 @@ impl Directory {
             members.sort_by_key(|m| m.id != entry.leader);
             *route = members.into_iter().map(|m| m.address.clone()).collect();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory() -> Directory {
+        Directory {
+            seeds: vec!["a:1".into(), "s:1".into()],
+            dialer: Dialer::plaintext(),
+            shard_count: 2,
+            routes: RwLock::new(vec![
+                vec!["a:1".into(), "b:1".into(), "c:1".into()],
+                Vec::new(),
+            ]),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn the_leader_hint_comes_first_and_stale_reads_take_turns() {
+        let d = directory();
+        assert_eq!(d.targets(0), ["a:1", "b:1", "c:1", "s:1"]);
+        assert_eq!(d.targets_from(0, 1), ["b:1", "c:1", "a:1", "s:1"]);
+        assert_eq!(d.targets_from(0, 5), ["c:1", "a:1", "b:1", "s:1"]);
+        // A shard without an entry yet goes to the nodes the proxy knows.
+        assert_eq!(d.targets(1), ["a:1", "s:1"]);
+        assert_eq!(d.targets_from(1, 3), ["a:1", "s:1"]);
+        d.note_leader(0, "c:1");
+        assert_eq!(d.targets(0), ["c:1", "a:1", "b:1", "s:1"]);
+        d.note_leader(0, "d:1");
+        assert_eq!(d.replicas(0), ["d:1", "c:1", "a:1", "b:1"]);
     }
 }
