@@ -253,7 +253,7 @@ pub enum Error {
         reason: CodecError,
     },
     /// A stored value other than a segment (conversation state, dedup entry,
-    /// format marker) failed to decode ([`corrupt_metadata`]).
+    /// format marker) failed to decode (`corrupt_metadata`).
     #[error("corrupt {what}: {reason}")]
     CorruptMetadata {
         /// Which kind of value.
