@@ -130,6 +130,30 @@ pub enum ClientCmd {
         #[arg(long)]
         admin: bool,
     },
+    /// Add a reaction to a message (or remove it with --remove).
+    React {
+        #[arg(long)]
+        conversation: u64,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        user: u64,
+        #[arg(long)]
+        reaction: String,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Who gave a reaction to a message.
+    Reactors {
+        #[arg(long)]
+        conversation: u64,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        reaction: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Print push notifications for users as they arrive.
     Watch {
         /// Users to watch.
@@ -516,6 +540,61 @@ async fn call(
                 })
                 .await?;
             (json!({}), format!("#{seq} recalled"))
+        }
+        ClientCmd::React {
+            conversation,
+            seq,
+            user,
+            reaction,
+            remove,
+        } => {
+            let request = pb::ReactRequest {
+                conversation,
+                seq,
+                user,
+                reaction: reaction.clone(),
+            };
+            if remove {
+                client.unreact(request).await?;
+            } else {
+                client.react(request).await?;
+            }
+            let did = if remove { "removed" } else { "added" };
+            (
+                json!({"reaction": reaction, "added": !remove}),
+                format!("{reaction} {did} on #{seq}"),
+            )
+        }
+        ClientCmd::Reactors {
+            conversation,
+            seq,
+            reaction,
+            limit,
+        } => {
+            let users = client
+                .list_reactors(pb::ListReactorsRequest {
+                    conversation,
+                    seq,
+                    reaction,
+                    after_user: 0,
+                    limit,
+                })
+                .await?
+                .into_inner()
+                .users;
+            let line = users
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                json!({"users": users}),
+                if line.is_empty() {
+                    "(none)".into()
+                } else {
+                    line
+                },
+            )
         }
         ClientCmd::Watch { users, for_secs } => {
             let request = pb::WatchRequest {

@@ -280,7 +280,27 @@ pub enum Command {
         /// Who was blocked.
         other: u64,
     },
+    /// `user` adds (`add`) or removes their `reaction` to message `seq`:
+    /// a row keyed by the message id and a count per reaction, the
+    /// segments untouched. Adding twice or removing what is not there
+    /// changes nothing. The user must see the message (a member when it
+    /// was sent); `reaction` is 1 to [`MAX_REACTION_BYTES`] bytes.
+    React {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+        /// Who reacts.
+        user: u64,
+        /// The reaction (an emoji, a short code).
+        reaction: String,
+        /// Add it (or remove it).
+        add: bool,
+    },
 }
+
+/// Longest reaction, in bytes.
+pub const MAX_REACTION_BYTES: usize = 32;
 
 impl Command {
     /// The one conversation this command writes, when it writes one (an
@@ -305,7 +325,8 @@ impl Command {
             | Command::Edit { conversation, .. }
             | Command::DeleteForMe { conversation, .. }
             | Command::ClearHistory { conversation, .. }
-            | Command::SetRetention { conversation, .. } => Some(*conversation),
+            | Command::SetRetention { conversation, .. }
+            | Command::React { conversation, .. } => Some(*conversation),
             _ => None,
         }
     }

@@ -18,6 +18,8 @@ pub(crate) mod blocks_read;
 mod im_read;
 #[path = "outbox_read.rs"]
 mod outbox_read;
+#[path = "reactions_read.rs"]
+pub(crate) mod reactions_read;
 #[path = "receipt_read.rs"]
 pub(crate) mod receipt_read;
 #[path = "sync_read.rs"]

@@ -82,11 +82,14 @@ impl Engine {
         };
         let overlays = self.overlays_in(conversation, lo, hi)?;
         let hidden = self.hidden_in(viewer, conversation, lo, hi)?;
+        let mut reactions = self.reactions_in(conversation, lo, hi)?;
         Ok(messages
             .into_iter()
             .map(|message| {
                 let seq = message.seq;
-                view(message, overlays.get(&seq), hidden.contains(&seq))
+                let mut v = view(message, overlays.get(&seq), hidden.contains(&seq));
+                v.reactions = reactions.remove(&seq).unwrap_or_default();
+                v
             })
             .collect())
     }
@@ -630,6 +633,7 @@ pub(super) fn view(
         recalled,
         edited,
         deleted_for_me: hidden,
+        reactions: Vec::new(),
     }
 }
 

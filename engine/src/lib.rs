@@ -148,15 +148,15 @@ pub use crate::placement::{pair_key, shard_for, shard_for_user};
 pub mod guard {
     pub use crate::clean_close::{check_before_open, closed_cleanly, opened};
 }
-pub use crate::command::Command;
+pub use crate::command::{Command, MAX_REACTION_BYTES};
 pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
 pub use crate::reader::Reader;
 pub use crate::store::{ShardId, MAX_SHARD, WAL_RECOVERY_MODE};
 pub use crate::types::{
     Advanced, Appended, CommitNotice, CommitStats, ConversationKind, ConversationSummary, CursorV1,
     Direction, Friend, FriendOutcome, FriendStatus, ListCursor, Member, Message, MessageView,
-    NewMessage, Options, OutboxBacklog, Outcome, ReceiptPage, Receipts, SegmentInfo, SendMessage,
-    SyncCursor, SyncPage,
+    NewMessage, Options, OutboxBacklog, Outcome, Reaction, ReceiptPage, Receipts, SegmentInfo,
+    SendMessage, SyncCursor, SyncPage,
 };
 pub use crate::verify::{Damage, VerifyProgress, VerifyReport};
 pub use bytes::Bytes;

@@ -189,6 +189,19 @@ pub enum ShardQuery {
         /// Who reads, at most [`crate::MAX_VIEWERS`].
         viewers: Vec<u64>,
     },
+    /// [`Engine::reactors`].
+    Reactors {
+        /// The conversation.
+        conversation: u64,
+        /// The message.
+        seq: u64,
+        /// The reaction.
+        reaction: String,
+        /// Users with ids above this one.
+        after: u64,
+        /// Most users.
+        limit: u32,
+    },
     /// [`Engine::blocked`], in the user's shard.
     Blocked {
         /// Whose list.
@@ -267,6 +280,8 @@ pub enum ShardAnswer {
     ViewerPages(crate::ViewerPages),
     /// A page of the users someone blocks.
     Blocked(Vec<crate::BlockedUser>),
+    /// A page of user ids (who gave a reaction).
+    Users(Vec<u64>),
 }
 
 impl ShardQuery {
@@ -279,6 +294,7 @@ impl ShardQuery {
             | ShardQuery::Receipts { conversation, .. }
             | ShardQuery::ReceiptPages { conversation, .. }
             | ShardQuery::ViewerPages { conversation, .. }
+            | ShardQuery::Reactors { conversation, .. }
             | ShardQuery::Unread { conversation, .. } => Some(*conversation),
             _ => None,
         }
@@ -435,6 +451,15 @@ impl Engine {
                 after,
                 limit: n,
             } => ShardAnswer::Blocked(self.blocked(user, after, limit(n))?),
+            ShardQuery::Reactors {
+                conversation,
+                seq,
+                reaction,
+                after,
+                limit: n,
+            } => {
+                ShardAnswer::Users(self.reactors(conversation, seq, &reaction, after, limit(n))?)
+            }
         })
     }
 

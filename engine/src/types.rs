@@ -275,6 +275,20 @@ pub struct MessageView {
     pub edited: bool,
     /// Deleted by this user for themself.
     pub deleted_for_me: bool,
+    /// Its reactions and how many users gave each, in byte order of the
+    /// reaction (empty in sync's inbox copies: read the timeline for
+    /// them).
+    pub reactions: Vec<Reaction>,
+}
+
+/// One reaction to a message and how many users gave it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// The reaction.
+    pub reaction: String,
+    /// Users who gave it.
+    pub count: u64,
 }
 
 /// What a shard's outbox holds toward one destination shard.

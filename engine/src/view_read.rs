@@ -207,6 +207,7 @@ pub(crate) fn copy_view(copy: InboxCopy) -> MessageView {
         recalled: copy.recalled,
         edited: copy.edited,
         deleted_for_me: hidden,
+        reactions: Vec::new(),
     }
 }
 

@@ -18,8 +18,8 @@ pub const MAX_VIEWERS: usize = 10_000;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewerPages {
-    /// Every message some viewer's page holds, ascending, with recalls
-    /// and edits applied (nobody's own deletions).
+    /// Every message some viewer's page holds, ascending, with recalls,
+    /// edits and reactions applied (nobody's own deletions).
     pub messages: Vec<MessageView>,
     /// Each viewer asked about, once, by ascending id: its cut of
     /// `messages`, or why it may not read them.
@@ -101,15 +101,20 @@ impl Engine {
                 at = last.saturating_add(1);
             }
         }
-        let overlays = match (messages.first(), messages.last()) {
-            (Some(lo), Some(hi)) => self.overlays_in(conversation, lo.seq, hi.seq)?,
+        let (overlays, mut reactions) = match (messages.first(), messages.last()) {
+            (Some(lo), Some(hi)) => (
+                self.overlays_in(conversation, lo.seq, hi.seq)?,
+                self.reactions_in(conversation, lo.seq, hi.seq)?,
+            ),
             _ => Default::default(),
         };
         let messages: Vec<MessageView> = messages
             .into_iter()
             .map(|m| {
                 let seq = m.seq;
-                view(m, overlays.get(&seq), false)
+                let mut v = view(m, overlays.get(&seq), false);
+                v.reactions = reactions.remove(&seq).unwrap_or_default();
+                v
             })
             .collect();
         let mut viewers = Vec::with_capacity(cuts.len());

@@ -83,6 +83,7 @@ const READ_ONLY: &[&str] = &[
     "ListMembers",
     "ListFriends",
     "ListBlocked",
+    "ListReactors",
     "Sync",
     "Watch",
     "GetReceipts",

@@ -46,6 +46,14 @@ pub(crate) fn message(v: MessageView) -> pb::Message {
         recalled: v.recalled,
         edited: v.edited,
         deleted_for_me: v.deleted_for_me,
+        reactions: v
+            .reactions
+            .into_iter()
+            .map(|r| pb::Reaction {
+                reaction: r.reaction,
+                count: r.count,
+            })
+            .collect(),
     }
 }
 
@@ -55,6 +63,7 @@ pub(crate) fn raw_message(m: imstore_engine::Message) -> pb::Message {
         recalled: false,
         edited: false,
         deleted_for_me: false,
+        reactions: Vec::new(),
     })
 }
 

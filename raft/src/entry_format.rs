@@ -26,8 +26,8 @@ use crate::TypeConfig;
 /// at the end of `Command`, format 3 `Command::NoteRead` after them,
 /// format 4 `Command::SaveCursor` with a cursor of data format 7 (the
 /// older one, in its old place, is `Command::SaveCursorV1`), format 5
-/// `Command::Block` and `Command::Unblock`; every older entry reads the
-/// same in the newer formats.
+/// `Command::Block`, `Command::Unblock` and `Command::React`; every older
+/// entry reads the same in the newer formats.
 pub const ENTRY_FORMAT_VERSION: u8 = 5;
 
 /// The oldest entry format this build reads.

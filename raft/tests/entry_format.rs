@@ -5,7 +5,8 @@
 //! exactly those bytes. `fixtures/entries-v1.bin` to `entries-v4.bin`
 //! hold formats 1's to 4's, which must still read the same (formats 2 to
 //! 5 only added commands at the end; format 4's device cursor command is
-//! new, and format 1's is read as `SaveCursorV1`; format 5 adds blocks).
+//! new, and format 1's is read as `SaveCursorV1`; format 5 adds blocks and
+//! reactions).
 //! Reordering a `Command` variant, or changing what one holds, fails here
 //! instead of silently misreading stored logs.
 //!
@@ -188,7 +189,8 @@ fn every_command_v4() -> Vec<Command> {
     commands
 }
 
-/// Format 5's commands: format 4's, then a block and an unblock.
+/// Format 5's commands: format 4's, then a block, an unblock and a
+/// reaction.
 fn every_command_v5() -> Vec<Command> {
     let mut commands = every_command_v4();
     commands.push(Command::Block {
@@ -197,6 +199,13 @@ fn every_command_v5() -> Vec<Command> {
         timestamp_ms: 9,
     });
     commands.push(Command::Unblock { user: 1, other: 2 });
+    commands.push(Command::React {
+        conversation: 13,
+        seq: 2,
+        user: 3,
+        reaction: "👍".into(),
+        add: true,
+    });
     commands
 }
 

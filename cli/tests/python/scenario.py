@@ -3,7 +3,7 @@ against a spawned `imstore serve`. Usage: scenario.py HOST:PORT STUBS_DIR.
 
 Covers a direct chat, a group above the fan-out threshold, sync from two
 devices, mark-read and receipts, a retried send that must not duplicate,
-a block, and a Watch stream that sees the notifications. Prints PASS at
+a block, reactions, and a Watch stream that sees the notifications. Prints PASS at
 the end.
 """
 import sys
@@ -114,6 +114,20 @@ check([b.user for b in blocked.blocked] == [1], f"block list: {blocked}")
 api.Unblock(pb.BlockRequest(user=2, other=1))
 unblocked = api.Send(pb.SendRequest(conversation=direct, sender=1, client_msg_id=b"py-4", payload=b"after unblock"))
 check(unblocked.seq == 4, "a send after the unblock")
+
+# --- reactions on the big group's message
+api.React(pb.ReactRequest(conversation=big, seq=sent.seq, user=5, reaction="👍"))
+api.React(pb.ReactRequest(conversation=big, seq=sent.seq, user=5, reaction="👍"))  # idempotent
+api.React(pb.ReactRequest(conversation=big, seq=sent.seq, user=6, reaction="👍"))
+read = api.ReadAs(pb.ReadAsRequest(viewer=5, conversation=big, **{"from": 1}, limit=10))
+check([(r.reaction, r.count) for r in read.messages[0].reactions] == [("👍", 2)], f"reactions: {read.messages[0].reactions}")
+who = api.ListReactors(pb.ListReactorsRequest(conversation=big, seq=sent.seq, reaction="👍", limit=10))
+check(list(who.users) == [5, 6], f"reactors: {who.users}")
+try:
+    api.React(pb.ReactRequest(conversation=big, seq=sent.seq, user=5, reaction="x" * 33))
+    check(False, "a reaction too long was accepted")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"long reaction: {e.code()}")
 
 # --- the watch saw user 2's inbox advance and the big group advance
 deadline = time.time() + 20

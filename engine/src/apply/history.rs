@@ -58,11 +58,13 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             codec::receipt_key(conversation, 0).to_vec(),
             codec::receipt_key(conversation, before_seq).to_vec(),
         ));
-        scratch.range_deletes.push((
-            Space::Im,
-            im_key(tag::OVERLAY, &[conversation, 0], &[]),
-            im_key(tag::OVERLAY, &[conversation, before_seq], &[]),
-        ));
+        for kind in [tag::OVERLAY, tag::REACTION, tag::REACTION_COUNT] {
+            scratch.range_deletes.push((
+                Space::Im,
+                im_key(kind, &[conversation, 0], &[]),
+                im_key(kind, &[conversation, before_seq], &[]),
+            ));
+        }
         scratch.cleared.insert(conversation);
         Ok(Outcome::Done)
     }

@@ -127,6 +127,13 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 timestamp_ms,
             } => self.block(scratch, *user, *other, *timestamp_ms),
             Command::Unblock { user, other } => self.unblock(scratch, *user, *other),
+            Command::React {
+                conversation,
+                seq,
+                user,
+                reaction,
+                add,
+            } => self.react(scratch, *conversation, *seq, *user, reaction, *add),
             #[cfg(feature = "replication")]
             Command::PutMeta(rows) => {
                 for (key, value) in rows {

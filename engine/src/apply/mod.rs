@@ -109,6 +109,7 @@ mod im;
 mod image;
 mod membership;
 mod overlays;
+mod reactions;
 mod reads;
 mod send;
 mod views;

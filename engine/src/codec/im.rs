@@ -62,6 +62,27 @@ pub mod tag {
     /// block, in the user's shard (what `ListBlocked` reads), fed from the
     /// pair's rows by [`Effect::Block`](super::Effect::Block).
     pub const BLOCK_LIST: u8 = b'L';
+    /// `Y conv seq` + [`reaction_tail`](super::reaction_tail) with the
+    /// user → empty: a user's reaction to a message.
+    pub const REACTION: u8 = b'Y';
+    /// `Z conv seq` + [`reaction_tail`](super::reaction_tail) → count u64
+    /// BE: how many users gave the reaction.
+    pub const REACTION_COUNT: u8 = b'Z';
+}
+
+/// The tail of a reaction key: the reaction's length (u8), its bytes, then
+/// the user (u64 BE) when there is one, so that one reaction's users sort
+/// by id after it.
+pub fn reaction_tail(reaction: &str, user: Option<u64>) -> Vec<u8> {
+    let bytes = reaction.as_bytes();
+    let len = bytes.len().min(usize::from(u8::MAX));
+    let mut tail = Vec::with_capacity(1 + len + 8);
+    tail.push(len as u8);
+    tail.extend_from_slice(&bytes[..len]);
+    if let Some(user) = user {
+        tail.extend_from_slice(&user.to_be_bytes());
+    }
+    tail
 }
 
 /// A key of the `im` column family: a tag byte, then ids as u64 BE, then

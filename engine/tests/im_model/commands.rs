@@ -74,6 +74,19 @@ pub(super) fn command(model: &Model, op: &Op) -> Option<Command> {
             payload: Bytes::from(format!("edited@{now}")),
             timestamp_ms: now,
         },
+        Op::React {
+            to,
+            pick,
+            user,
+            which,
+            add,
+        } => Command::React {
+            conversation: model.conv_id(to),
+            seq: model.pick(to, *pick),
+            user: *user,
+            reaction: super::REACTIONS[*which as usize % 3].to_owned(),
+            add: *add,
+        },
         Op::DeleteForMe { to, pick, user } => Command::DeleteForMe {
             user: *user,
             conversation: model.conv_id(to),

@@ -118,11 +118,16 @@ struct Model {
     friends: BTreeMap<(u64, u64), FriendStatus>,
     /// (user, other) → since when user blocks other.
     blocks: BTreeMap<(u64, u64), u64>,
+    /// (conversation, seq) → reaction → who gave it.
+    reactions: BTreeMap<(u64, u64), BTreeMap<String, BTreeSet<u64>>>,
     hidden: BTreeSet<(u64, u64, u64)>,
     dedup: BTreeMap<(u64, u64, u8), u64>,
     devices: BTreeMap<(u64, u8), Device>,
     now: u64,
 }
+
+/// The reactions runs draw from.
+const REACTIONS: [&str; 3] = ["👍", "❤️", "ok"];
 
 /// What a command should do: the outcome, or the class of its error.
 type Expect = Result<Outcome, &'static str>;
@@ -261,6 +266,19 @@ impl Model {
                 user: self.member_roll(self.conv_id(&to), user, true),
                 to,
                 pick,
+            },
+            Op::React {
+                to,
+                pick,
+                user,
+                which,
+                add,
+            } => Op::React {
+                user: self.member_roll(self.conv_id(&to), user, true),
+                to,
+                pick,
+                which,
+                add,
             },
             Op::Together(ops) => Op::Together(ops),
             other => other,
@@ -499,6 +517,41 @@ impl Model {
                 let conv = self.convs.get_mut(&id).ok_or("not found")?;
                 let before = (conv.last() + 1).saturating_sub(*back).max(1);
                 conv.first_retained = conv.first_retained.max(before);
+                let kept = conv.first_retained;
+                self.reactions
+                    .retain(|(c, seq), _| *c != id || *seq >= kept);
+                Ok(Outcome::Done)
+            }
+            Op::React {
+                to,
+                pick,
+                user,
+                which,
+                add,
+            } => {
+                let seq = self.pick(to, *pick);
+                self.message_for_change(to, seq)?;
+                let id = self.conv_id(to);
+                let sees = self.convs[&id]
+                    .members
+                    .get(user)
+                    .is_some_and(|m| m.sees(seq));
+                if !sees {
+                    return Err("permission denied");
+                }
+                let per_message = self.reactions.entry((id, seq)).or_default();
+                let users = per_message
+                    .entry(REACTIONS[*which as usize % 3].to_owned())
+                    .or_default();
+                if *add {
+                    users.insert(*user);
+                } else {
+                    users.remove(user);
+                }
+                per_message.retain(|_, users| !users.is_empty());
+                if per_message.is_empty() {
+                    self.reactions.remove(&(id, seq));
+                }
                 Ok(Outcome::Done)
             }
             Op::Friend { kind: 4, a, b } => self.block(*a, *b, Some(now)),

@@ -55,6 +55,15 @@ pub(super) enum Op {
         pick: u64,
         user: u64,
     },
+    /// `user` adds (or removes) reaction number `which` to the picked
+    /// message.
+    React {
+        to: Target,
+        pick: u64,
+        user: u64,
+        which: u8,
+        add: bool,
+    },
     Clear {
         to: Target,
         back: u64,
@@ -115,6 +124,8 @@ fn single_op() -> impl Strategy<Value = Op> {
         2 => (target(), any::<u64>(), any::<u64>())
             .prop_map(|(to, pick, user)| Op::DeleteForMe { to, pick, user }),
         1 => (target(), 0..8u64).prop_map(|(to, back)| Op::Clear { to, back }),
+        3 => (target(), any::<u64>(), any::<u64>(), 0..3u8, prop::bool::weighted(0.7))
+            .prop_map(|(to, pick, user, which, add)| Op::React { to, pick, user, which, add }),
         3 => (0..6u8, user(), user()).prop_map(|(kind, a, b)| Op::Friend { kind, a, b }),
         // Blocks and unblocks between users 1 and 2, the often-used pair.
         2 => (4..6u8, 1..=2u64, 1..=2u64).prop_map(|(kind, a, b)| Op::Friend { kind, a, b }),

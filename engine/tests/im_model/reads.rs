@@ -59,6 +59,33 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
                 })
                 .collect();
             prop_assert_eq!(&got, &want, "read_as user {} conversation {}", u, id);
+            // Each message's reactions, as the model counts them.
+            let got_reactions: Vec<(u64, Vec<(String, u64)>)> = engine
+                .read_as(u, id, 1, 10_000, Direction::Forward)
+                .map_err(|e| fail("read_as", e))?
+                .iter()
+                .filter(|v| !v.reactions.is_empty())
+                .map(|v| {
+                    let counts = v.reactions.iter().map(|r| (r.reaction.clone(), r.count));
+                    (v.message.seq, counts.collect())
+                })
+                .collect();
+            let want_reactions: Vec<(u64, Vec<(String, u64)>)> = model
+                .visible(u, id)
+                .into_iter()
+                .filter_map(|s| {
+                    let counts = model.reactions.get(&(id, s))?;
+                    let counts = counts.iter().map(|(r, who)| (r.clone(), who.len() as u64));
+                    Some((s, counts.collect()))
+                })
+                .collect();
+            prop_assert_eq!(
+                &got_reactions,
+                &want_reactions,
+                "reactions user {} conversation {}",
+                u,
+                id
+            );
             // Backward pages of 2 from the end agree too.
             let back = engine.read_as(u, id, u64::MAX, 2, Direction::Backward);
             let back = views(&back.map_err(|e| fail("read_as back", e))?);
@@ -96,6 +123,24 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
             prop_assert_eq!(r.stored, msg.tracked);
         }
         check_receipt_pages(engine, id, conv.first_retained..=conv.last())?;
+        // A cleared message's reactions went with it.
+        for seq in 1..conv.first_retained {
+            for reaction in super::REACTIONS {
+                let left = engine
+                    .reactors(id, seq, reaction, 0, 100)
+                    .map_err(|e| fail("reactors", e))?;
+                prop_assert!(left.is_empty(), "{}:{} cleared, {:?} left", id, seq, left);
+            }
+        }
+        for ((_, seq), per_reaction) in model.reactions.range((id, 0)..=(id, u64::MAX)) {
+            for (reaction, users) in per_reaction {
+                let got = engine
+                    .reactors(id, *seq, reaction, 0, 100)
+                    .map_err(|e| fail("reactors", e))?;
+                let want: Vec<u64> = users.iter().copied().collect();
+                prop_assert_eq!(got, want, "who gave {} to {}:{}", reaction, id, seq);
+            }
+        }
         check_viewer_pages(engine, id, USERS, conv.last())?;
     }
     for user in 1..=USERS {

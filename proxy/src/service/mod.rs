@@ -35,6 +35,7 @@ mod bounded;
 mod groups;
 mod hot;
 mod pages;
+mod reactions;
 mod receipts;
 mod social;
 mod stream;
@@ -447,6 +448,27 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             }),
         )
         .await
+    }
+
+    async fn react(
+        &self,
+        request: Request<pb::ReactRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.react_rpc(request, true).await
+    }
+
+    async fn unreact(
+        &self,
+        request: Request<pb::ReactRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.react_rpc(request, false).await
+    }
+
+    async fn list_reactors(
+        &self,
+        request: Request<pb::ListReactorsRequest>,
+    ) -> Result<Response<pb::ListReactorsResponse>, Status> {
+        self.list_reactors_rpc(request).await
     }
 
     async fn request_friend(

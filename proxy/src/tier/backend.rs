@@ -192,7 +192,8 @@ fn retry_safe(command: &Command) -> bool {
         | Command::SaveCursor { .. }
         | Command::SaveCursorV1 { .. }
         | Command::Block { .. }
-        | Command::Unblock { .. } => true,
+        | Command::Unblock { .. }
+        | Command::React { .. } => true,
         _ => false,
     }
 }
