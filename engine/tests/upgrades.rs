@@ -151,7 +151,8 @@ fn refused_on_many_shards(dir: &std::path::Path, options: Options, found: u32) {
     };
     assert!(matches!(
         Engine::open(dir, many_shards),
-        Err(Error::UnsupportedFormat { found: f, supported: 8 }) if f == found
+        Err(Error::UnsupportedFormat { found: f, supported })
+            if f == found && supported == imstore_engine::codec::FORMAT_VERSION
     ));
 }
 

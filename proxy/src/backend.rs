@@ -277,7 +277,13 @@ where
 /// follows) and answers each of its writers.
 async fn propose(node: ReplicaNode, batch: Vec<(Command, Done)>) {
     let (commands, done): (Vec<Command>, Vec<Done>) = batch.into_iter().unzip();
-    match node.propose(imstore_raft::Proposal(commands)).await {
+    answer_writers(done, node.propose(imstore_raft::Proposal(commands)).await);
+}
+
+/// Answers each writer of a proposed batch, in order, with its command's
+/// result, or all of them with the proposal's error.
+pub(crate) fn answer_writers(done: Vec<Done>, result: Result<imstore_raft::Responses, Error>) {
+    match result {
         Ok(responses) => {
             let mut responses = responses.0.into_iter();
             for d in done {

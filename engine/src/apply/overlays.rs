@@ -10,6 +10,29 @@ use crate::{Entity, Error, Message, Outcome, Result, TimedAction};
 
 impl<S: CommittedState> GroupApplier<'_, S> {
     /// The message `seq` of `conversation`, which must exist and be retained.
+    /// Checks that message `seq` exists (not cleared, not past the end)
+    /// and that `user` sees it (was a member when it was sent).
+    pub(super) fn message_seen_by(
+        &mut self,
+        scratch: &Pending,
+        conversation: u64,
+        seq: u64,
+        user: u64,
+    ) -> Result<()> {
+        self.existing_message(scratch, conversation, seq)?;
+        let sees = self
+            .member(scratch, conversation, user)?
+            .is_some_and(|e| e.sees(seq));
+        if !sees {
+            return Err(Error::NotVisible {
+                conversation,
+                seq,
+                user,
+            });
+        }
+        Ok(())
+    }
+
     pub(super) fn existing_message(
         &mut self,
         scratch: &Pending,
@@ -160,17 +183,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         conversation: u64,
         seq: u64,
     ) -> Result<Outcome> {
-        self.existing_message(scratch, conversation, seq)?;
-        let sees = self
-            .member(scratch, conversation, user)?
-            .is_some_and(|e| e.sees(seq));
-        if !sees {
-            return Err(Error::NotVisible {
-                conversation,
-                seq,
-                user,
-            });
-        }
+        self.message_seen_by(scratch, conversation, seq, user)?;
         Self::kv_put(
             scratch,
             Space::Im,

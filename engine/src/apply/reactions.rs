@@ -22,17 +22,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 reaction.len()
             )));
         }
-        self.existing_message(scratch, conversation, seq)?;
-        let sees = self
-            .member(scratch, conversation, user)?
-            .is_some_and(|e| e.sees(seq));
-        if !sees {
-            return Err(Error::NotVisible {
-                conversation,
-                seq,
-                user,
-            });
-        }
+        self.message_seen_by(scratch, conversation, seq, user)?;
         let key = im_key(
             tag::REACTION,
             &[conversation, seq],

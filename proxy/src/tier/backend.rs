@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::directory::{Directory, NodeClient};
 use super::flights::{Boarding, ConversationGate, Flights};
-use crate::backend::{place, spawn_batcher, Answer, Backend, Done, Route};
+use crate::backend::{answer_writers, place, spawn_batcher, Answer, Backend, Done, Route};
 use crate::error::ServiceError as Error;
 
 /// Proposals of one shard a proxy has in flight at a time: writes that
@@ -239,22 +239,7 @@ impl Calls {
             }
             Err(e) => Err(Error::Internal(format!("encoding a proposal: {e}"))),
         };
-        match result {
-            Ok(responses) => {
-                let mut responses = responses.0.into_iter();
-                for d in done {
-                    d(match responses.next() {
-                        Some(imstore_raft::Response(result)) => result.map_err(Error::from),
-                        None => Err(Error::Internal("no response for a proposed command".into())),
-                    });
-                }
-            }
-            Err(err) => {
-                for d in done {
-                    d(Err(err.clone()));
-                }
-            }
-        }
+        answer_writers(done, result);
     }
 
     /// One read of `shard`, on a replica (after its read barrier unless
