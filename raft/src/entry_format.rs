@@ -125,21 +125,22 @@ mod tests {
     fn tagged_untagged_and_unknown_entries() -> Result<(), EntryFormatError> {
         let entry = blank(9);
         let stored = encode_entry(&entry)?;
-        assert_eq!(&stored[..4], b"IMR\x04");
+        assert_eq!(&stored[..3], b"IMR");
+        assert_eq!(stored[3], ENTRY_FORMAT_VERSION);
         assert_eq!(decode_entry(&stored)?, entry);
         // Before versioning: plain bincode.
         let legacy = bincode::serialize(&entry)?;
         assert_eq!(decode_entry(&legacy)?, entry);
-        for version in [1, 2, 3] {
+        for version in OLDEST_READABLE_FORMAT..ENTRY_FORMAT_VERSION {
             let mut older = stored.clone();
             older[3] = version;
             assert_eq!(decode_entry(&older)?, entry);
         }
         let mut future = stored.clone();
-        future[3] = 5;
+        future[3] = ENTRY_FORMAT_VERSION + 1;
         assert!(matches!(
             decode_entry(&future),
-            Err(EntryFormatError::UnsupportedVersion { found: 5 })
+            Err(EntryFormatError::UnsupportedVersion { found }) if found == ENTRY_FORMAT_VERSION + 1
         ));
         assert!(matches!(
             decode_entry(&stored[..stored.len() - 1]),
