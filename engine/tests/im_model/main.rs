@@ -18,6 +18,7 @@ mod commands;
 #[path = "../common/mod.rs"]
 mod common;
 mod devices;
+mod friends;
 mod ops;
 mod reads;
 mod receipt_pages;
@@ -28,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use imstore_engine::placement::direct_conversation_id;
 use imstore_engine::{
-    Command, ConversationKind, Direction, Engine, Error, FriendOutcome, FriendStatus, MessageView,
-    Options, Outcome, SendMessage,
+    Command, ConversationKind, Direction, Engine, Error, FriendStatus, MessageView, Options,
+    Outcome, SendMessage,
 };
 use proptest::prelude::*;
 
@@ -558,84 +559,6 @@ impl Model {
             Op::Friend { kind: 5, a, b } => self.block(*a, *b, None),
             Op::Friend { kind, a, b } => self.friend(*kind, *a, *b),
             Op::Sync { .. } | Op::Wait(_) | Op::Together(_) | Op::Reopen => Ok(Outcome::Done),
-        }
-    }
-
-    /// `a` blocks `b` since `since` (`None`: unblocks).
-    fn block(&mut self, a: u64, b: u64, since: Option<u64>) -> Expect {
-        if a == b {
-            return Err("invalid argument");
-        }
-        match since {
-            Some(at) => {
-                self.blocks.entry((a, b)).or_insert(at);
-            }
-            None => {
-                self.blocks.remove(&(a, b));
-            }
-        }
-        Ok(Outcome::Done)
-    }
-
-    fn friend(&mut self, kind: u8, a: u64, b: u64) -> Expect {
-        if a == b {
-            return Err("invalid argument");
-        }
-        if kind == 0 && self.blocks.contains_key(&(b, a)) {
-            return Err("blocked");
-        }
-        let status = self.friends.get(&(a, b)).copied();
-        let become_friends = |m: &mut Model| -> Expect {
-            let (conversation, _) = m.open_direct(a, b)?;
-            m.friends.insert((a, b), FriendStatus::Friends);
-            m.friends.insert((b, a), FriendStatus::Friends);
-            Ok(Outcome::Friend(FriendOutcome::BecameFriends {
-                conversation,
-            }))
-        };
-        let pair_conv = direct_conversation_id(a, b, 0);
-        match (kind, status) {
-            // request
-            (0, Some(FriendStatus::Friends)) => {
-                Ok(Outcome::Friend(FriendOutcome::AlreadyFriends {
-                    conversation: pair_conv,
-                }))
-            }
-            (0, Some(FriendStatus::Outgoing)) => {
-                Ok(Outcome::Friend(FriendOutcome::AlreadyRequested))
-            }
-            (0, Some(FriendStatus::Incoming)) => become_friends(self),
-            (0, None) => {
-                self.friends.insert((a, b), FriendStatus::Outgoing);
-                self.friends.insert((b, a), FriendStatus::Incoming);
-                Ok(Outcome::Friend(FriendOutcome::Requested))
-            }
-            // accept
-            (1, Some(FriendStatus::Incoming)) => become_friends(self),
-            (1, Some(FriendStatus::Friends)) => {
-                Ok(Outcome::Friend(FriendOutcome::AlreadyFriends {
-                    conversation: pair_conv,
-                }))
-            }
-            (1, _) => Err("not found"),
-            // decline
-            (2, Some(FriendStatus::Incoming)) => {
-                self.friends.remove(&(a, b));
-                self.friends.remove(&(b, a));
-                Ok(Outcome::Friend(FriendOutcome::Declined))
-            }
-            (2, _) => Err("not found"),
-            // remove
-            (_, Some(s @ (FriendStatus::Friends | FriendStatus::Outgoing))) => {
-                self.friends.remove(&(a, b));
-                self.friends.remove(&(b, a));
-                Ok(Outcome::Friend(if s == FriendStatus::Friends {
-                    FriendOutcome::Removed
-                } else {
-                    FriendOutcome::Declined
-                }))
-            }
-            _ => Err("not found"),
         }
     }
 
