@@ -110,27 +110,26 @@ impl TierBackend {
     }
 
     /// One backend read of `shard` shared by every reader whose `key` and
-    /// time match ([`Flights`]), asking `query(riders)`; a conversation's
-    /// reads take turns at its gate.
+    /// time match ([`Flights`]), asking the query `encoded(riders)` gives;
+    /// a conversation's reads take turns at its gate.
     async fn shared_read<K, R>(
         &self,
         flights: &Arc<Shared<K, R>>,
         key: K,
         rider: R,
         (shard, stale_ok, conversation): (u64, bool, Option<u64>),
-        query: impl Fn(Vec<R>) -> ShardQuery + Send + Sync + 'static,
+        encoded: impl Fn(Vec<R>) -> Result<Vec<u8>, Error> + Send + Sync + 'static,
     ) -> Result<ShardAnswer, Error>
     where
         K: std::hash::Hash + Eq + Clone + Send + 'static,
         R: PartialEq + Send + 'static,
     {
         let calls = Arc::clone(&self.calls);
-        let query = Arc::new(query);
+        let encoded = Arc::new(encoded);
         let fetch = move |riders: Vec<R>| {
-            let (calls, query) = (Arc::clone(&calls), Arc::clone(&query));
+            let (calls, encoded) = (Arc::clone(&calls), Arc::clone(&encoded));
             async move {
-                let encoded = bincode::serialize(&query(riders))
-                    .map_err(|e| Error::Internal(format!("encoding a read: {e}")))?;
+                let encoded = encoded(riders)?;
                 let _turn = match conversation {
                     Some(c) => {
                         let (turn, waited) = calls.gate.turn(c).await;
@@ -383,6 +382,11 @@ impl Calls {
     }
 }
 
+/// A read as the node transport carries it (bincode).
+fn encode(query: &ShardQuery) -> Result<Vec<u8>, Error> {
+    bincode::serialize(query).map_err(|e| Error::Internal(format!("encoding a read: {e}")))
+}
+
 /// Whether a failed call failed in the connection (no `ErrorInfo`: the
 /// node never answered), so the connection should be made afresh.
 fn transport_failed(status: &tonic::Status) -> bool {
@@ -426,13 +430,13 @@ impl Backend for TierBackend {
                 let key = (shard, stale_ok, conversation, from, limit, forward);
                 let answer = self
                     .shared_read(&self.pages, key, viewer, at, move |viewers| {
-                        ShardQuery::ViewerPages {
+                        encode(&ShardQuery::ViewerPages {
                             conversation,
                             from,
                             limit,
                             direction,
                             viewers,
-                        }
+                        })
                     })
                     .await?;
                 let ShardAnswer::ViewerPages(pages) = answer else {
@@ -447,10 +451,10 @@ impl Backend for TierBackend {
                     )),
                 };
             }
-            let encoded = bincode::serialize(&query)
-                .map_err(|e| Error::Internal(format!("encoding a read: {e}")))?;
-            let key = (shard, stale_ok, encoded);
-            self.shared_read(&self.reads, key, (), at, move |_| query.clone())
+            // The encoded query is both the key and what is sent.
+            let encoded = encode(&query)?;
+            let key = (shard, stale_ok, encoded.clone());
+            self.shared_read(&self.reads, key, (), at, move |_| Ok(encoded.clone()))
                 .await
         })
     }
