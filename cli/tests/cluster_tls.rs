@@ -26,7 +26,10 @@ use imstore_proto::raft as rpb;
 use imstore_proto::raft::raft_transport_client::RaftTransportClient;
 use imstore_proto::v1 as pb;
 use imstore_proto::v1::imstore_client::ImstoreClient;
-use nodes::{eventually_async, fetch_metrics, free_port, retry_unavailable, spawn_node_logging};
+use nodes::{
+    eventually_async, fetch_metrics, free_port, labelled_sample, retry_unavailable,
+    spawn_node_logging,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 type Failure = Box<dyn std::error::Error>;
@@ -61,15 +64,6 @@ fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::
         .map_err(|_| tonic::Status::internal("token"))?;
     request.metadata_mut().insert("authorization", value);
     Ok(request)
-}
-
-/// A sample `name{labels}` of a Prometheus text body.
-fn labelled_sample(body: &str, name: &str, labels: &str) -> u64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn tls_flags(certs: &Path, name: &str, ca: &Path) -> Vec<String> {
@@ -343,7 +337,8 @@ fn a_cluster_over_mutual_tls_refuses_other_cas_and_non_members() -> nodes::TestR
                     &body,
                     "imstore_tls_handshakes_refused_total",
                     "reason=\"bad_certificate\"",
-                );
+                )
+                .unwrap_or(0);
                 if refused == 0 || !node2.logged(&["TLS handshake refused", "bad_certificate"]) {
                     return Err(format!("{refused} refused so far"));
                 }
@@ -395,7 +390,9 @@ fn a_cluster_over_mutual_tls_refuses_other_cas_and_non_members() -> nodes::TestR
                 &body,
                 "imstore_transport_calls_refused_total",
                 "reason=\"not_a_member\""
-            ) >= 1
+            )
+            .unwrap_or(0)
+                >= 1
         );
         assert!(node2.logged(&["node transport call refused", "not_a_member"]));
         // Without a certificate, not even status.

@@ -76,14 +76,8 @@ async fn timeline(proxy: SocketAddr, group: u64) -> TaskResult<Vec<pb::Message>>
 }
 
 /// An unlabelled figure of a `/metrics` body.
-fn counter(body: &str, name: &str) -> Result<u64, Box<dyn std::error::Error>> {
-    let prefix = format!("{name} ");
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .ok_or(format!("no {name}"))?
-        .trim()
-        .parse()?)
+fn counter(body: &str, name: &str) -> Result<u64, String> {
+    nodes::labelled_sample(body, name, "").ok_or(format!("no {name}"))
 }
 
 /// The node leading `shard`, by its index in `addrs`.

@@ -520,7 +520,17 @@ pub fn fetch_metrics(addr: SocketAddr) -> Result<String, Box<dyn std::error::Err
 
 /// The value of the sample `name{shard="0"}` in a Prometheus text body.
 pub fn sample(body: &str, name: &str) -> Option<u64> {
-    let prefix = format!("{name}{{shard=\"0\"}} ");
+    labelled_sample(body, name, "shard=\"0\"")
+}
+
+/// The value of the sample `name{labels}` (`name` alone when `labels` is
+/// empty) in a Prometheus text body.
+pub fn labelled_sample(body: &str, name: &str, labels: &str) -> Option<u64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
     body.lines()
         .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|value| value.trim().parse().ok())
