@@ -582,19 +582,8 @@ async fn call(
                 .await?
                 .into_inner()
                 .users;
-            let line = users
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                json!({"users": users}),
-                if line.is_empty() {
-                    "(none)".into()
-                } else {
-                    line
-                },
-            )
+            let ids: Vec<String> = users.iter().map(u64::to_string).collect();
+            (json!({"users": users}), social::joined_or_none(&ids, ", "))
         }
         ClientCmd::Watch { users, for_secs } => {
             let request = pb::WatchRequest {

@@ -190,11 +190,7 @@ pub(super) async fn friends(
                 .collect();
             (
                 json!({"blocked": r.blocked.iter().map(|b| json!({"user": b.user, "since_ms": b.since_ms})).collect::<Vec<_>>()}),
-                if lines.is_empty() {
-                    "(none)".into()
-                } else {
-                    lines.join("\n")
-                },
+                joined_or_none(&lines, "\n"),
             )
         }
         FriendAction::List { user, kind } => {
@@ -219,14 +215,19 @@ pub(super) async fn friends(
                 .collect();
             (
                 json!({"friends": r.friends.iter().map(|f| json!({"user": f.user, "status": f.status, "since_ms": f.since_ms, "conversation": f.conversation})).collect::<Vec<_>>()}),
-                if lines.is_empty() {
-                    "(none)".into()
-                } else {
-                    lines.join("\n")
-                },
+                joined_or_none(&lines, "\n"),
             )
         }
     })
+}
+
+/// `lines` joined by `separator`, or `(none)` when there are none.
+pub(super) fn joined_or_none(lines: &[String], separator: &str) -> String {
+    if lines.is_empty() {
+        "(none)".into()
+    } else {
+        lines.join(separator)
+    }
 }
 
 pub(super) async fn groups(
