@@ -8,7 +8,9 @@ use imstore_proto::v1 as pb;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
 
+mod settings;
 mod social;
+use settings::{settings, SettingsArgs};
 use social::{friends, groups};
 pub use social::{FriendAction, GroupAction};
 
@@ -112,7 +114,9 @@ pub enum ClientCmd {
         #[arg(long)]
         conversation: Option<u64>,
     },
-    /// A user's conversation list, most recent first.
+    /// Pin, mute or archive a conversation for a user, or set its value.
+    Settings(SettingsArgs),
+    /// A user's conversation list: pinned first, then most recent first.
     Conversations {
         #[arg(long)]
         user: u64,
@@ -368,6 +372,7 @@ async fn call(
         }
         ClientCmd::Friends { action } => friends(client, action).await?,
         ClientCmd::Groups { action } => groups(client, action).await?,
+        ClientCmd::Settings(args) => settings(client, args).await?,
         ClientCmd::Direct { user, peer } => {
             let r = client
                 .open_direct(pb::OpenDirectRequest { user, peer })
@@ -505,8 +510,14 @@ async fn call(
                         .as_ref()
                         .map(message_line)
                         .unwrap_or_default();
+                    let marks = match (c.pinned, c.muted) {
+                        (true, true) => "pinned muted ",
+                        (true, false) => "pinned ",
+                        (false, true) => "muted ",
+                        (false, false) => "",
+                    };
                     format!(
-                        "{kind:<6} {:<20} unread {:<4} read up to #{:<5} last: {last}",
+                        "{kind:<6} {:<20} {marks}unread {:<4} read up to #{:<5} last: {last}",
                         c.conversation, c.unread, c.read_seq
                     )
                 })
@@ -516,6 +527,8 @@ async fn call(
                     "conversation": c.conversation, "kind": c.kind, "last_seq": c.last_seq,
                     "last_activity_ms": c.last_activity_ms, "read_seq": c.read_seq,
                     "unread": c.unread, "member": c.member,
+                    "pinned": c.pinned, "muted": c.muted,
+                    "value": String::from_utf8_lossy(&c.value),
                     "last_message": c.last_message.as_ref().map(message_json),
                 })).collect::<Vec<_>>()}),
                 if lines.is_empty() {

@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Version of the on-disk format as a whole, stored in the `meta` column family.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 
 /// Version byte at the start of every record body.
 pub const RECORD_VERSION: u8 = 1;
@@ -133,6 +133,8 @@ mod image;
 mod outbox;
 #[path = "codec/records.rs"]
 mod records;
+#[path = "codec/settings.rs"]
+mod settings;
 #[path = "codec/state.rs"]
 mod state;
 #[path = "codec/view.rs"]
@@ -142,6 +144,7 @@ pub use im::*;
 pub use image::*;
 pub use outbox::*;
 pub use records::*;
+pub use settings::*;
 pub use state::*;
 pub use view::*;
 

@@ -297,6 +297,45 @@ pub enum Command {
         /// Add it (or remove it).
         add: bool,
     },
+    /// Changes `user`'s settings of `conversation`, in the user's shard:
+    /// what `change` names, the rest as it was. The caller has checked
+    /// that the user is or was a member (the user's shard may not have
+    /// their view yet); the gRPC service does.
+    SetSettings {
+        /// Whose settings.
+        user: u64,
+        /// The conversation.
+        conversation: u64,
+        /// What changes.
+        change: SettingsChange,
+    },
+}
+
+/// What [`Command::SetSettings`] changes: each `Some` field is set, each
+/// `None` left as it is.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// Pin (at the top of the pinned ones) or unpin. Pinning what is
+    /// pinned keeps its place; pinning unarchives.
+    pub pin: Option<bool>,
+    /// Mute or unmute.
+    pub mute: Option<bool>,
+    /// Archive up to `archive_through` (the newest seq the user sees when
+    /// archiving), or unarchive. Archiving unpins.
+    pub archive: Option<bool>,
+    /// See `archive`.
+    pub archive_through: u64,
+    /// Replace the opaque value (empty: clear it), at most
+    /// [`MAX_SETTINGS_VALUE_BYTES`](crate::codec::MAX_SETTINGS_VALUE_BYTES).
+    pub value: Option<Bytes>,
+}
+
+impl SettingsChange {
+    /// Changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.pin.is_none() && self.mute.is_none() && self.archive.is_none() && self.value.is_none()
+    }
 }
 
 /// Longest reaction, in bytes.

@@ -458,6 +458,12 @@ impl Committer {
         let notice = listener.map(|_| CommitNotice {
             shard,
             inbox_heads: effects.inbox_heads.iter().map(|(u, h)| (*u, *h)).collect(),
+            muted_inboxes: effects
+                .inbox_heads
+                .keys()
+                .filter(|u| !effects.loud_inboxes.contains(u))
+                .copied()
+                .collect(),
             conversations: effects
                 .conversations
                 .iter()

@@ -22,6 +22,8 @@ mod outbox_read;
 pub(crate) mod reactions_read;
 #[path = "receipt_read.rs"]
 pub(crate) mod receipt_read;
+#[path = "settings_read.rs"]
+pub(crate) mod settings_read;
 #[path = "sync_read.rs"]
 pub(crate) mod sync_read;
 #[path = "view_read.rs"]

@@ -135,6 +135,7 @@ pub use crate::disk::{
 };
 pub use crate::engine::blocks_read::BlockedUser;
 pub use crate::engine::receipt_read::MAX_RECEIPT_MESSAGES;
+pub use crate::engine::settings_read::{assemble_list, UserListPage};
 pub use crate::engine::sync_read::{finish_sync, BigHead, UserSyncPage};
 pub use crate::engine::view_read::{merge_list_pages, ListIndexPage};
 pub use crate::engine::viewer_pages::{ViewerCut, ViewerPages, MAX_VIEWERS};
@@ -148,7 +149,8 @@ pub use crate::placement::{pair_key, shard_for, shard_for_user};
 pub mod guard {
     pub use crate::clean_close::{check_before_open, closed_cleanly, opened};
 }
-pub use crate::command::{Command, MAX_REACTION_BYTES};
+pub use crate::codec::{ConversationSettings, MAX_PINNED, MAX_SETTINGS_VALUE_BYTES};
+pub use crate::command::{Command, SettingsChange, MAX_REACTION_BYTES};
 pub use crate::query::{ShardAnswer, ShardQuery, SyncFrom};
 pub use crate::reader::Reader;
 pub use crate::store::{ShardId, MAX_SHARD, WAL_RECOVERY_MODE};

@@ -211,6 +211,26 @@ pub enum ShardQuery {
         /// Most entries.
         limit: u32,
     },
+    /// [`Engine::user_list_page`]: in the user's shard, settings applied
+    /// (what [`ShardQuery::ConversationIndex`] answered before settings).
+    ListPage {
+        /// Whose list.
+        user: u64,
+        /// After this entry of the previous page.
+        after: Option<ListCursor>,
+        /// Most entries.
+        limit: u32,
+    },
+    /// [`ShardQuery::Sync`] with the user's settings of the page's
+    /// conversations.
+    SyncWithSettings {
+        /// Whose inbox.
+        user: u64,
+        /// Where it starts.
+        from: SyncFrom,
+        /// Most entries.
+        limit: u32,
+    },
 }
 
 /// The answer to a [`ShardQuery`], the variant named after it.
@@ -282,6 +302,18 @@ pub enum ShardAnswer {
     Blocked(Vec<crate::BlockedUser>),
     /// A page of user ids (who gave a reaction).
     Users(Vec<u64>),
+    /// See [`ShardQuery::ListPage`].
+    ListPage(crate::UserListPage),
+    /// See [`ShardQuery::SyncWithSettings`].
+    SyncWithSettings {
+        /// The cursor the page started from (the device's saved one).
+        from: SyncCursor,
+        /// The page.
+        page: UserSyncPage,
+        /// The user's settings of the page's conversations and remote
+        /// views, where any is set.
+        settings: Vec<(u64, crate::ConversationSettings)>,
+    },
 }
 
 impl ShardQuery {
@@ -386,15 +418,31 @@ impl Engine {
                 from,
                 limit: n,
             } => {
-                let from = match from {
-                    SyncFrom::Cursor(cursor) => cursor,
-                    SyncFrom::Device(device) => self.device_cursor(user, &device)?,
-                };
+                let from = self.sync_from(user, from)?;
                 ShardAnswer::Sync {
                     page: self.user_sync(user, &from, limit(n))?,
                     from,
                 }
             }
+            ShardQuery::SyncWithSettings {
+                user,
+                from,
+                limit: n,
+            } => {
+                let from = self.sync_from(user, from)?;
+                let page = self.user_sync(user, &from, limit(n))?;
+                let settings = self.conversation_settings(user, &page.conversations())?;
+                ShardAnswer::SyncWithSettings {
+                    from,
+                    page,
+                    settings,
+                }
+            }
+            ShardQuery::ListPage {
+                user,
+                after,
+                limit: n,
+            } => ShardAnswer::ListPage(self.user_list_page(user, after, limit(n))?),
             ShardQuery::BigHeads {
                 user,
                 conversations,
@@ -461,6 +509,13 @@ impl Engine {
                 ShardAnswer::Users(self.reactors(conversation, seq, &reaction, after, limit(n))?)
             }
         })
+    }
+
+    fn sync_from(&self, user: u64, from: SyncFrom) -> Result<SyncCursor> {
+        match from {
+            SyncFrom::Cursor(cursor) => Ok(cursor),
+            SyncFrom::Device(device) => self.device_cursor(user, &device),
+        }
     }
 
     fn watch_state(

@@ -432,8 +432,8 @@ impl Store {
                     self.upgrade_user_views(path, placement_shards, fanout_max_members, found)?;
                     found = FORMAT_VERSION;
                 }
-                if found == upgrade::NO_BLOCKS_FORMAT {
-                    self.upgrade_to_block_lists(path)?;
+                if found == upgrade::NO_BLOCKS_FORMAT || found == upgrade::NO_SETTINGS_FORMAT {
+                    self.upgrade_new_rows_only(path, found)?;
                     found = FORMAT_VERSION;
                 }
                 if found != FORMAT_VERSION {

@@ -38,6 +38,22 @@ pub struct UserSyncPage {
     pub remote: Vec<u64>,
 }
 
+impl UserSyncPage {
+    /// The conversations the page may name: its entries' and the remote
+    /// views', ascending, each once.
+    pub fn conversations(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .messages
+            .iter()
+            .map(|(_, m)| m.message.conversation)
+            .chain(self.remote.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
 /// Where a big conversation stands for one user.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +119,7 @@ pub fn finish_sync(from: &SyncCursor, page: UserSyncPage, mut heads: Vec<BigHead
             reported,
         },
         more: page.more,
+        settings: Vec::new(),
     }
 }
 
@@ -116,7 +133,8 @@ impl Engine {
     pub fn sync(&self, user: u64, cursor: SyncCursor, limit: usize) -> Result<SyncPage> {
         let page = self.user_sync(user, &cursor, limit)?;
         let heads = self.big_heads(user, &cursor.asked(&page.remote))?;
-        Ok(finish_sync(&cursor, page, heads))
+        let settings = self.conversation_settings(user, &page.conversations())?;
+        Ok(finish_sync(&cursor, page, heads).with_settings(settings))
     }
 
     /// The user's shard's part of a sync: inbox entries after the cursor's

@@ -232,6 +232,9 @@ pub enum Outcome {
     ReadUpTo(u64),
     /// The command was applied; it has nothing to report.
     Done,
+    /// The user's settings of the conversation after
+    /// [`Command::SetSettings`](crate::Command::SetSettings).
+    Settings(crate::ConversationSettings),
 }
 
 /// What a friend command did.
@@ -323,6 +326,40 @@ pub struct SyncPage {
     pub cursor: SyncCursor,
     /// More inbox entries are waiting beyond this page.
     pub more: bool,
+    /// The user's settings of the conversations this page names (its
+    /// entries' and advanced ones), where any is set, ascending.
+    pub settings: Vec<(u64, crate::ConversationSettings)>,
+}
+
+impl SyncPage {
+    /// The page with the settings of the conversations it names, picked
+    /// from `settings` (ascending by conversation). A conversation the
+    /// page shows a message newer than its archive of is no longer
+    /// archived (its list brings it back).
+    pub fn with_settings(mut self, settings: Vec<(u64, crate::ConversationSettings)>) -> Self {
+        let mut newest = std::collections::BTreeMap::<u64, u64>::new();
+        let named = self
+            .messages
+            .iter()
+            .map(|(_, m)| (m.message.conversation, m.message.seq))
+            .chain(self.advanced.iter().map(|a| (a.conversation, a.last_seq)));
+        for (conversation, seq) in named {
+            let slot = newest.entry(conversation).or_default();
+            *slot = (*slot).max(seq);
+        }
+        self.settings = settings
+            .into_iter()
+            .filter_map(|(c, mut s)| {
+                let seq = *newest.get(&c)?;
+                if !s.hides(seq) {
+                    s.archived = false;
+                    s.archived_through = 0;
+                }
+                Some((c, s))
+            })
+            .collect();
+        self
+    }
 }
 
 /// One conversation in a user's conversation list.
@@ -449,6 +486,9 @@ pub struct CommitNotice {
     pub shard: crate::ShardId,
     /// (user, new inbox head) for every user who got inbox entries.
     pub inbox_heads: Vec<(u64, u64)>,
+    /// The users of `inbox_heads` whose new entries all came from
+    /// conversations they muted, ascending.
+    pub muted_inboxes: Vec<u64>,
     /// Big conversations that advanced: (conversation, seq, change counter).
     pub conversations: Vec<(u64, u64, u64)>,
     /// (user, conversation) memberships opened: a subscriber watching the

@@ -7,6 +7,7 @@
 //! together; a cluster's proxy does the same across shards.
 
 use super::im_read::{cursor_order, list_order};
+use super::settings_read::assemble_list;
 use super::Engine;
 use crate::codec::{self, activity_key, im_key, tag, InboxCopy, UserView};
 use crate::store::{decode_u64, CF_IM};
@@ -44,19 +45,34 @@ impl Engine {
     /// summaries of their big groups. For a store of one shard; a cluster
     /// asks the user's shard for [`Engine::conversation_index`] and the
     /// groups' shards for [`Engine::summaries`].
+    ///
+    /// The user's settings apply: pinned conversations come first, latest
+    /// pin first, and archived ones are left out until a newer message
+    /// (see [`UserListPage`](crate::UserListPage)).
     pub fn conversation_list(
         &self,
         user: u64,
         after: Option<ListCursor>,
         limit: usize,
     ) -> Result<Vec<ConversationSummary>> {
-        let page = self.conversation_index(user, after, limit)?;
-        let remote = self.summaries(user, &page.remote, after, limit)?;
-        Ok(merge_list_pages([page.local, remote], limit))
+        let page = self.user_list_page(user, after, limit)?;
+        let pinned = page.remote_pinned();
+        let remote_pinned = match pinned.len() {
+            0 => Vec::new(),
+            n => self.summaries(user, &pinned, None, n)?,
+        };
+        let remote_unpinned = match page.remote_unpinned(limit) {
+            Some((after, ids, want)) => {
+                self.summaries(user, &ids, after, want.min(self.inner.max_page_messages))?
+            }
+            None => Vec::new(),
+        };
+        Ok(assemble_list(page, remote_pinned, [remote_unpinned], limit))
     }
 
-    /// `user`'s unread messages over all their conversations: the local
-    /// views' counts, and the big groups' from their rows.
+    /// `user`'s unread messages over all their conversations but the
+    /// muted ones: the local views' counts, and the big groups' from
+    /// their rows.
     pub fn unread_total(&self, user: u64) -> Result<u64> {
         let (local, remote) = self.unread_index(user)?;
         Ok(local + self.unread_sum(user, &remote)?)
@@ -96,16 +112,7 @@ impl Engine {
         })?;
         let mut local = Vec::with_capacity(ids.len());
         for (conversation, view) in ids.into_iter().zip(views) {
-            local.push(ConversationSummary {
-                conversation,
-                kind: view.kind,
-                last_seq: view.last_seq,
-                last_activity_ms: view.last_activity_ms,
-                read_seq: view.read_seq(),
-                unread: view.unread(),
-                member: view.member,
-                last_message: self.last_copy(user, conversation, view.last_seq)?,
-            });
+            local.push(self.view_summary(user, conversation, &view)?);
         }
         debug_assert!(local
             .windows(2)
@@ -116,6 +123,25 @@ impl Engine {
         Ok(ListIndexPage {
             local,
             remote: self.remote_views(user)?,
+        })
+    }
+
+    /// The summary a local view gives.
+    pub(super) fn view_summary(
+        &self,
+        user: u64,
+        conversation: u64,
+        view: &UserView,
+    ) -> Result<ConversationSummary> {
+        Ok(ConversationSummary {
+            conversation,
+            kind: view.kind,
+            last_seq: view.last_seq,
+            last_activity_ms: view.last_activity_ms,
+            read_seq: view.read_seq(),
+            unread: view.unread(),
+            member: view.member,
+            last_message: self.last_copy(user, conversation, view.last_seq)?,
         })
     }
 
@@ -132,16 +158,21 @@ impl Engine {
     }
 
     /// The unread messages of `user`'s local views, and their remote
-    /// views' conversations (ascending): the part of the unread total the
-    /// user's own shard answers.
+    /// views' conversations (ascending), muted ones left out: the part of
+    /// the unread total the user's own shard answers.
     pub fn unread_index(&self, user: u64) -> Result<(u64, Vec<u64>)> {
+        let muted = self.muted(user)?;
         let lo = im_key(tag::VIEW, &[user], &[]);
         let hi = im_key(tag::VIEW, &[user.saturating_add(1)], &[]);
         let (mut local, mut remote) = (0u64, Vec::new());
         for (key, value) in self.view().scan_in(CF_IM, &lo, &hi, usize::MAX)? {
+            let conversation = codec::im_key_id(&key, 1).map_err(corrupt("view key"))?;
+            if muted.binary_search(&conversation).is_ok() {
+                continue;
+            }
             let view = UserView::decode(&value).map_err(corrupt("user view"))?;
             if view.remote {
-                remote.push(codec::im_key_id(&key, 1).map_err(corrupt("view key"))?);
+                remote.push(conversation);
             } else {
                 local += view.unread();
             }
@@ -178,7 +209,7 @@ impl Engine {
     }
 }
 
-fn missing(what: &'static str) -> Error {
+pub(super) fn missing(what: &'static str) -> Error {
     Error::CorruptMetadata {
         what: "user view".into(),
         reason: codec::CodecError::BadLength {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestResult;
-use imstore_engine::{Command, Engine, Error, Options, Outcome, SendMessage};
+use imstore_engine::{Command, Engine, Error, Options, Outcome, SendMessage, SettingsChange};
 
 /// Rewrites a compacted current-format directory's inbox as format 3 had
 /// it: pointer rows (version byte 1, conversation, seq), no index and no
@@ -460,6 +460,49 @@ fn a_version_7_directory_gets_block_lists() -> TestResult {
         Err(Error::Blocked { user: 1, by: 2 })
     ));
     assert_eq!(engine.blocked(2, 0, 10)?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_version_8_directory_gets_conversation_settings() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let group = 77;
+    {
+        let engine = Engine::open(dir.path(), Options::default())?;
+        engine.execute(Command::CreateGroup {
+            conversation: group,
+            owner: 1,
+            members: vec![2],
+            timestamp_ms: 1,
+        })?;
+        send(&engine, group, 1, 1)?;
+    }
+    // Format 8 had no settings rows: only the version changes.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(false);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path())?;
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs)?;
+        let meta = db.cf_handle("s.meta").ok_or("meta cf")?;
+        db.put_cf(meta, b"\xff\xffformat_version", 8u32.to_be_bytes())?;
+        db.flush_cf(meta)?;
+    }
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(engine.last_seq(group)?, 1);
+    assert_eq!(engine.unread_total(2)?, 1);
+    engine.execute(Command::SetSettings {
+        user: 2,
+        conversation: group,
+        change: SettingsChange {
+            mute: Some(true),
+            ..SettingsChange::default()
+        },
+    })?;
+    assert_eq!(engine.unread_total(2)?, 0, "a muted group leaves the total");
+    assert_eq!(engine.unread(2, group)?, 1, "but keeps its own count");
+    drop(engine);
+    let engine = Engine::open(dir.path(), Options::default())?;
+    assert_eq!(engine.unread_total(2)?, 0, "settings survive a reopen");
     Ok(())
 }
 

@@ -442,8 +442,10 @@ pub(crate) fn place(command: &Command, shards: u64) -> Result<u64, Error> {
         Command::Block { user, other, .. } | Command::Unblock { user, other } => {
             of(imstore_engine::pair_key(*user, *other))
         }
-        // A user's views and device cursors live in the user's shard.
+        // A user's views, settings and device cursors live in the user's
+        // shard.
         Command::NoteRead { user, .. }
+        | Command::SetSettings { user, .. }
         | Command::SaveCursor { user, .. }
         | Command::SaveCursorV1 { user, .. } => Ok(imstore_engine::shard_for_user(*user, shards)),
         Command::Deliver { .. } | Command::AckOutbox { .. } => Err(invalid_command(

@@ -178,8 +178,9 @@ impl Hub {
                 }
             }
             for &(user, head) in &notice.inbox_heads {
+                let muted = notice.muted_inboxes.binary_search(&user).is_ok();
                 if sub.users.contains(&user)
-                    && !sub.offer(inbox_advanced(user, head, notice.shard.into()))
+                    && !sub.offer(inbox_advanced(user, head, notice.shard.into(), muted))
                 {
                     return false;
                 }
@@ -217,13 +218,15 @@ pub fn resync(reason: String) -> Notification {
     }
 }
 
-/// "User U's inbox in shard S advanced to N."
-pub fn inbox_advanced(user: u64, inbox_seq: u64, shard: u32) -> Notification {
+/// "User U's inbox in shard S advanced to N" (`muted`: with entries of
+/// muted conversations only).
+pub fn inbox_advanced(user: u64, inbox_seq: u64, shard: u32, muted: bool) -> Notification {
     Notification {
         event: Some(notification::Event::Inbox(InboxAdvanced {
             user,
             inbox_seq,
             shard,
+            muted,
         })),
     }
 }
@@ -319,8 +322,14 @@ mod tests {
             hub.publish(&notice(7, head));
         }
         assert_eq!(hub.len(), 0, "the overflowed subscriber left the hub");
-        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 1, 0)));
-        assert_eq!(next(&mut stream).await, Some(inbox_advanced(7, 2, 0)));
+        assert_eq!(
+            next(&mut stream).await,
+            Some(inbox_advanced(7, 1, 0, false))
+        );
+        assert_eq!(
+            next(&mut stream).await,
+            Some(inbox_advanced(7, 2, 0, false))
+        );
         let resync = next(&mut stream).await.expect("a resync");
         assert!(matches!(resync.event, Some(notification::Event::Resync(_))));
         assert_eq!(next(&mut stream).await, None);
@@ -333,12 +342,16 @@ mod tests {
         hub.publish(&CommitNotice {
             shard: 0,
             inbox_heads: vec![(2, 5), (1, 3)],
+            muted_inboxes: vec![],
             conversations: vec![(8, 1, 1), (9, 4, 2)],
             joined: vec![],
             remote_views: vec![],
             outbox: false,
         });
-        assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 3, 0)));
+        assert_eq!(
+            next(&mut stream).await,
+            Some(inbox_advanced(1, 3, 0, false))
+        );
         assert_eq!(
             next(&mut stream).await,
             Some(conversation_advanced(9, 4, 2, 0))
@@ -379,7 +392,10 @@ mod tests {
             inbox_heads: vec![(1, 4)],
             ..CommitNotice::default()
         });
-        assert_eq!(next(&mut stream).await, Some(inbox_advanced(1, 4, 0)));
+        assert_eq!(
+            next(&mut stream).await,
+            Some(inbox_advanced(1, 4, 0, false))
+        );
         // Joined in a shard this hub hears (in the same notice or before):
         // followed from the join, so nothing was missed.
         hub.publish(&CommitNotice {

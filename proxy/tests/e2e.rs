@@ -453,6 +453,7 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
             user: 2,
             inbox_seq: 1,
             shard: 0,
+            muted: false,
         }))
     );
     assert!(got.iter().any(|e| matches!(
@@ -489,6 +490,7 @@ async fn watch_notifies_and_resumes_from_a_cursor() -> TestResult {
             user: 2,
             inbox_seq: 2,
             shard: 0,
+            muted: false,
         }))
     );
     // Shutdown ends the stream with a resync instead of hanging.

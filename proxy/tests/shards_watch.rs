@@ -90,6 +90,7 @@ async fn watch_names_the_shard_and_resumes_from_a_cursor() -> TestResult {
             user: 1,
             inbox_seq: 1,
             shard: user_shard,
+            muted: false,
         }))
     );
     drop(stream);
@@ -119,6 +120,7 @@ async fn watch_names_the_shard_and_resumes_from_a_cursor() -> TestResult {
             user: 1,
             inbox_seq: 2,
             shard: user_shard,
+            muted: false,
         }))
     );
     Ok(())

@@ -26,9 +26,10 @@ use crate::TypeConfig;
 /// at the end of `Command`, format 3 `Command::NoteRead` after them,
 /// format 4 `Command::SaveCursor` with a cursor of data format 7 (the
 /// older one, in its old place, is `Command::SaveCursorV1`), format 5
-/// `Command::Block`, `Command::Unblock` and `Command::React`; every older
-/// entry reads the same in the newer formats.
-pub const ENTRY_FORMAT_VERSION: u8 = 5;
+/// `Command::Block`, `Command::Unblock` and `Command::React`, format 6
+/// `Command::SetSettings`; every older entry reads the same in the newer
+/// formats.
+pub const ENTRY_FORMAT_VERSION: u8 = 6;
 
 /// The oldest entry format this build reads.
 pub const OLDEST_READABLE_FORMAT: u8 = 1;

@@ -1,12 +1,12 @@
-//! The raft log entry format is pinned by fixtures: `fixtures/entries-v5.bin`
-//! holds entries written by format 5 (a blank entry, a membership change,
+//! The raft log entry format is pinned by fixtures: `fixtures/entries-v6.bin`
+//! holds entries written by format 6 (a blank entry, a membership change,
 //! and a proposal with one command of every kind), and this build must
 //! read them back to exactly the values below, and write those values to
-//! exactly those bytes. `fixtures/entries-v1.bin` to `entries-v4.bin`
-//! hold formats 1's to 4's, which must still read the same (formats 2 to
-//! 5 only added commands at the end; format 4's device cursor command is
+//! exactly those bytes. `fixtures/entries-v1.bin` to `entries-v5.bin`
+//! hold formats 1's to 5's, which must still read the same (formats 2 to
+//! 6 only added commands at the end; format 4's device cursor command is
 //! new, and format 1's is read as `SaveCursorV1`; format 5 adds blocks and
-//! reactions).
+//! reactions, format 6 conversation settings).
 //! Reordering a `Command` variant, or changing what one holds, fails here
 //! instead of silently misreading stored logs.
 //!
@@ -16,13 +16,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use imstore_engine::{Advanced, Command, CursorV1, NewMessage, SendMessage, SyncCursor};
+use imstore_engine::{
+    Advanced, Command, CursorV1, NewMessage, SendMessage, SettingsChange, SyncCursor,
+};
 use imstore_raft::{decode_entry, encode_entry, Proposal, TypeConfig, ENTRY_FORMAT_VERSION};
 use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const FIXTURE: &str = "tests/fixtures/entries-v5.bin";
+const FIXTURE: &str = "tests/fixtures/entries-v6.bin";
+const FIXTURE_V5: &str = "tests/fixtures/entries-v5.bin";
 const FIXTURE_V4: &str = "tests/fixtures/entries-v4.bin";
 const FIXTURE_V3: &str = "tests/fixtures/entries-v3.bin";
 const FIXTURE_V2: &str = "tests/fixtures/entries-v2.bin";
@@ -209,8 +212,35 @@ fn every_command_v5() -> Vec<Command> {
     commands
 }
 
+/// Format 6's commands: format 5's, then two settings changes (one of
+/// every field, one of none but the value).
+fn every_command_v6() -> Vec<Command> {
+    let mut commands = every_command_v5();
+    commands.push(Command::SetSettings {
+        user: 1,
+        conversation: 13,
+        change: SettingsChange {
+            pin: Some(true),
+            mute: Some(false),
+            archive: Some(false),
+            archive_through: 0,
+            value: Some(b"draft".to_vec().into()),
+        },
+    });
+    commands.push(Command::SetSettings {
+        user: 2,
+        conversation: 14,
+        change: SettingsChange {
+            archive: Some(true),
+            archive_through: 7,
+            ..SettingsChange::default()
+        },
+    });
+    commands
+}
+
 fn samples() -> Vec<Entry<TypeConfig>> {
-    samples_of(every_command_v5())
+    samples_of(every_command_v6())
 }
 
 fn samples_of(commands: Vec<Command>) -> Vec<Entry<TypeConfig>> {
@@ -297,8 +327,13 @@ fn format_4_entries_still_read_the_same() -> TestResult {
 }
 
 #[test]
-fn format_5_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
-    assert_eq!(ENTRY_FORMAT_VERSION, 5, "a new format needs a new fixture");
+fn format_5_entries_still_read_the_same() -> TestResult {
+    older_format_reads_the_same(FIXTURE_V5, 5, every_command_v5())
+}
+
+#[test]
+fn format_6_entries_read_and_write_exactly_as_the_fixture() -> TestResult {
+    assert_eq!(ENTRY_FORMAT_VERSION, 6, "a new format needs a new fixture");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
     let samples = samples();
     let encoded: Vec<Vec<u8>> = samples.iter().map(encode_entry).collect::<Result<_, _>>()?;

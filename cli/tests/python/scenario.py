@@ -3,7 +3,7 @@ against a spawned `imstore serve`. Usage: scenario.py HOST:PORT STUBS_DIR.
 
 Covers a direct chat, a group above the fan-out threshold, sync from two
 devices, mark-read and receipts, a retried send that must not duplicate,
-a block, reactions, and a Watch stream that sees the notifications. Prints PASS at
+a block, reactions, pin and mute, and a Watch stream that sees the notifications. Prints PASS at
 the end.
 """
 import sys
@@ -128,6 +128,25 @@ try:
     check(False, "a reaction too long was accepted")
 except grpc.RpcError as e:
     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"long reaction: {e.code()}")
+
+# --- settings: user 2 pins the direct chat and mutes the big group
+before = api.ListConversations(pb.ListConversationsRequest(user=2, limit=10))
+check([c.conversation for c in before.conversations][:1] == [direct], "direct chat newest")
+api.SetConversationSettings(pb.SetConversationSettingsRequest(user=2, conversation=big, pinned=True))
+muted = api.SetConversationSettings(pb.SetConversationSettingsRequest(user=2, conversation=direct, muted=True))
+check(muted.muted and not muted.pinned, f"settings answer: {muted}")
+listed = api.ListConversations(pb.ListConversationsRequest(user=2, limit=10))
+check([c.conversation for c in listed.conversations][:2] == [big, direct], f"pinned first: {listed}")
+check(listed.conversations[0].pinned and listed.conversations[1].muted, "pin and mute shown")
+direct_unread = api.GetUnread(pb.GetUnreadRequest(user=2, conversation=direct)).unread
+total = api.GetUnread(pb.GetUnreadRequest(user=2)).unread
+check(direct_unread > 0 and total == sum(
+    c.unread for c in listed.conversations if not c.muted), f"muted left out of the total {total}")
+try:
+    api.SetConversationSettings(pb.SetConversationSettingsRequest(user=2, conversation=big))
+    check(False, "a settings change of nothing was accepted")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"empty settings change: {e.code()}")
 
 # --- the watch saw user 2's inbox advance and the big group advance
 deadline = time.time() + 20

@@ -254,6 +254,9 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         );
         Self::kv_put(scratch, Space::Im, index, inbox_seq.to_be_bytes().to_vec());
         scratch.inbox_heads.insert(user, inbox_seq);
+        if !self.settle_settings(scratch, user, copy.conversation, copy.seq)? {
+            scratch.loud_inboxes.insert(user);
+        }
         self.advance_view(scratch, user, copy)
     }
 

@@ -127,6 +127,11 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 timestamp_ms,
             } => self.block(scratch, *user, *other, *timestamp_ms),
             Command::Unblock { user, other } => self.unblock(scratch, *user, *other),
+            Command::SetSettings {
+                user,
+                conversation,
+                change,
+            } => self.set_settings(scratch, *user, *conversation, change),
             Command::React {
                 conversation,
                 seq,

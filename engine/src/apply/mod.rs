@@ -112,6 +112,7 @@ mod overlays;
 mod reactions;
 mod reads;
 mod send;
+mod settings;
 mod views;
 #[cfg(feature = "replication")]
 pub use image::push_image_meta_row;
@@ -141,6 +142,8 @@ pub(crate) struct Pending {
     late_remote_views: Vec<(u64, u64)>,
     /// The new inbox head of every user who got a copy.
     inbox_heads: BTreeMap<u64, u64>,
+    /// Users who got a copy of a conversation they have not muted.
+    loud_inboxes: BTreeSet<u64>,
     /// Effects for users of other shards, per destination shard, written
     /// to the outbox when the command ends.
     outgoing: BTreeMap<u64, Vec<codec::Effect>>,
@@ -212,6 +215,7 @@ impl Pending {
             let slot = self.inbox_heads.entry(user).or_default();
             *slot = (*slot).max(head);
         }
+        self.loud_inboxes.extend(scratch.loud_inboxes);
         self.outbox_written |= scratch.outbox_written;
         if scratch.replace.is_some() {
             self.replace = scratch.replace;
@@ -541,6 +545,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             timestamp_high_water: new_high_water,
             new_messages: group.new_messages,
             inbox_heads: group.inbox_heads,
+            loud_inboxes: group.loud_inboxes,
             outbox_written: group.outbox_written,
             cleared: group.cleared,
             change: group.change,
@@ -561,6 +566,8 @@ pub(crate) struct GroupEffects {
     pub change: Option<u64>,
     /// The new inbox head of every user who got inbox entries.
     pub inbox_heads: BTreeMap<u64, u64>,
+    /// Those of them who got a copy of a conversation they have not muted.
+    pub loud_inboxes: BTreeSet<u64>,
     /// (user, conversation) memberships opened.
     pub joined: Vec<(u64, u64)>,
     /// (user, conversation) views that became remote through a delivery.

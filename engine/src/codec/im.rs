@@ -68,6 +68,12 @@ pub mod tag {
     /// `Z conv seq` + [`reaction_tail`](super::reaction_tail) → count u64
     /// BE: how many users gave the reaction.
     pub const REACTION_COUNT: u8 = b'Z';
+    /// `N user conv` → [`ConversationSettings`](super::ConversationSettings):
+    /// a user's settings of a conversation, in the user's shard.
+    pub const SETTINGS: u8 = b'N';
+    /// `G user rev_rank` → conversation u64 BE: the user's pinned
+    /// conversations, latest pin first ([`pinned_key`](super::pinned_key)).
+    pub const PINNED: u8 = b'G';
 }
 
 /// The tail of a reaction key: the reaction's length (u8), its bytes, then

@@ -61,6 +61,9 @@ pub(super) const LOCAL_BIG_VIEWS_FORMAT: u32 = 6;
 /// The format before block lists (rows `K` and `L`, outbox effect 8).
 pub(super) const NO_BLOCKS_FORMAT: u32 = 7;
 
+/// The format before conversation settings (rows `N` and `G`).
+pub(super) const NO_SETTINGS_FORMAT: u32 = 8;
+
 /// A conversation's state and fan-out mode rows, by (shard, id).
 type ConversationRows = (u16, u64, ConversationState, Vec<(u64, bool)>);
 
@@ -305,11 +308,12 @@ impl Store {
         Ok(())
     }
 
-    /// Format 7 to 8: block lists are new rows and a new outbox effect;
+    /// Format 7 to 9 and 8 to 9: block lists (format 8) are new rows and
+    /// a new outbox effect, conversation settings (format 9) new rows;
     /// nothing older changes, so only the version is written (on any
     /// number of shards).
-    pub(super) fn upgrade_to_block_lists(&self, path: &Path) -> Result<()> {
-        tracing::info!(path = %path.display(), from = NO_BLOCKS_FORMAT, to = FORMAT_VERSION, "upgrading the data directory: block lists (nothing to rewrite)");
+    pub(super) fn upgrade_new_rows_only(&self, path: &Path, from: u32) -> Result<()> {
+        tracing::info!(path = %path.display(), from, to = FORMAT_VERSION, "upgrading the data directory: block lists and conversation settings (nothing to rewrite)");
         self.finish_upgrade(WriteBatch::default(), FORMAT_VERSION)
     }
 

@@ -129,6 +129,14 @@ pub(super) fn command(model: &Model, op: &Op) -> Option<Command> {
                 other: *b,
             },
         },
+        Op::Settings {
+            user,
+            to,
+            pin,
+            mute,
+            archive,
+            value,
+        } => return model.settings_command(*user, to, *pin, *mute, *archive, *value),
         Op::Sync { .. } | Op::Wait(_) | Op::Together(_) | Op::Reopen => return None,
     })
 }

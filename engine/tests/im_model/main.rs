@@ -22,6 +22,7 @@ mod friends;
 mod ops;
 mod reads;
 mod receipt_pages;
+mod settings;
 mod viewer_pages;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -124,6 +125,8 @@ struct Model {
     hidden: BTreeSet<(u64, u64, u64)>,
     dedup: BTreeMap<(u64, u64, u8), u64>,
     devices: BTreeMap<(u64, u8), Device>,
+    /// (user, conversation) → the user's settings of it, when any is set.
+    settings: BTreeMap<(u64, u64), settings::MSettings>,
     now: u64,
 }
 
@@ -433,6 +436,7 @@ impl Model {
                     for (u, m) in &conv.members {
                         if m.current() {
                             self.inbox.entry(*u).or_default().push((id, seq));
+                            settings::copy_arrived(&mut self.settings, *u, id, seq);
                         }
                     }
                 }
@@ -558,6 +562,17 @@ impl Model {
             Op::Friend { kind: 4, a, b } => self.block(*a, *b, Some(now)),
             Op::Friend { kind: 5, a, b } => self.block(*a, *b, None),
             Op::Friend { kind, a, b } => self.friend(*kind, *a, *b),
+            Op::Settings {
+                user,
+                to,
+                pin,
+                mute,
+                archive,
+                value,
+            } => match self.settings_command(*user, to, *pin, *mute, *archive, *value) {
+                Some(command) => self.apply_settings(&command),
+                None => Ok(Outcome::Done),
+            },
             Op::Sync { .. } | Op::Wait(_) | Op::Together(_) | Op::Reopen => Ok(Outcome::Done),
         }
     }

@@ -75,6 +75,16 @@ pub(super) enum Op {
         a: u64,
         b: u64,
     },
+    /// `user` changes their settings of a conversation (value: an index
+    /// into the model's values).
+    Settings {
+        user: u64,
+        to: Target,
+        pin: Option<bool>,
+        mute: Option<bool>,
+        archive: Option<bool>,
+        value: Option<u8>,
+    },
     Sync {
         user: u64,
         device: u8,
@@ -131,6 +141,9 @@ fn single_op() -> impl Strategy<Value = Op> {
         2 => (4..6u8, 1..=2u64, 1..=2u64).prop_map(|(kind, a, b)| Op::Friend { kind, a, b }),
         4 => (user(), 0..2u8, 1..4usize, prop_oneof![Just(Fate::Processed), Just(Fate::Lost), Just(Fate::CrashedAfter)])
             .prop_map(|(user, device, limit, fate)| Op::Sync { user, device, limit, fate }),
+        4 => (user(), target(), proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()),
+              proptest::option::of(any::<bool>()), proptest::option::weighted(0.3, 0..3u8))
+            .prop_map(|(user, to, pin, mute, archive, value)| Op::Settings { user, to, pin, mute, archive, value }),
         2 => (0..100_000u64).prop_map(Op::Wait),
         1 => Just(Op::Reopen),
     ]

@@ -144,18 +144,22 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
         check_viewer_pages(engine, id, USERS, conv.last())?;
     }
     for user in 1..=USERS {
+        // Muted conversations keep their own count, out of the total.
         let total: u64 = ids
             .iter()
             .filter(|id| model.convs[id].members.contains_key(&user))
+            .filter(|&&id| !model.settings_of(user, id).muted)
             .map(|&id| model.unread(user, id))
             .sum();
         prop_assert_eq!(
             engine.unread_total(user).map_err(|e| fail("total", e))?,
             total
         );
-        // The conversation list, newest activity first.
+        // The conversation list: pinned ones first (latest pin first),
+        // then by newest activity, archived ones left out until a newer
+        // message.
         type Row = (u64, u64, u64, u64, bool, ConversationKind, Option<View>);
-        let mut want: Vec<Row> = Vec::new();
+        let mut want: Vec<(u64, Row)> = Vec::new();
         for &id in &ids {
             let conv = &model.convs[&id];
             let Some(m) = conv.members.get(&user) else {
@@ -173,20 +177,45 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
                 let (p, r, e, d) = model.view(user, id, s);
                 (s, p, r, e, d)
             });
+            let settings = model.settings_of(user, id);
+            if settings.hides(last) {
+                continue;
+            }
             want.push((
-                activity,
-                id,
-                last,
-                model.unread(user, id),
-                m.current(),
-                conv.kind,
-                last_message,
+                settings.pin_rank,
+                (
+                    activity,
+                    id,
+                    last,
+                    model.unread(user, id),
+                    m.current(),
+                    conv.kind,
+                    last_message,
+                ),
             ));
         }
-        want.sort_by_key(|w| std::cmp::Reverse((w.0, w.1)));
-        let got: Vec<_> = engine
+        want.sort_by_key(|(rank, w)| std::cmp::Reverse((*rank, w.0, w.1)));
+        let want: Vec<Row> = want.into_iter().map(|(_, w)| w).collect();
+        let list = engine
             .conversation_list(user, None, 100)
-            .map_err(|e| fail("list", e))?
+            .map_err(|e| fail("list", e))?;
+        // Paged two at a time from each page's last entry, the same list.
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = engine
+                .conversation_list(user, after, 2)
+                .map_err(|e| fail("list page", e))?;
+            let Some(last) = page.last() else { break };
+            after = Some(imstore_engine::ListCursor {
+                last_activity_ms: last.last_activity_ms,
+                conversation: last.conversation,
+            });
+            paged.extend(page);
+            prop_assert!(paged.len() <= list.len(), "paging {} does not end", user);
+        }
+        prop_assert_eq!(&paged, &list, "list of {} paged by two", user);
+        let got: Vec<_> = list
             .iter()
             .map(|s| {
                 (
@@ -203,6 +232,17 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
             })
             .collect();
         prop_assert_eq!(got, want, "conversation list of {}", user);
+        // The settings, as the model keeps them.
+        let got = engine
+            .conversation_settings(user, &ids)
+            .map_err(|e| fail("settings", e))?;
+        let want: Vec<_> = model
+            .settings
+            .iter()
+            .filter(|((u, _), _)| *u == user)
+            .map(|((_, c), s)| (*c, s.clone()))
+            .collect();
+        prop_assert_eq!(got, want, "settings of {}", user);
         // Friends, each status.
         for status in [
             FriendStatus::Friends,

@@ -37,6 +37,7 @@ mod hot;
 mod pages;
 mod reactions;
 mod receipts;
+mod settings;
 mod social;
 mod stream;
 mod user;
@@ -612,6 +613,13 @@ impl<B: Backend> Imstore for ImstoreService<B> {
             Ok(pb::MarkReadResponse { read_seq })
         })
         .await
+    }
+
+    async fn set_conversation_settings(
+        &self,
+        request: Request<pb::SetConversationSettingsRequest>,
+    ) -> Result<Response<pb::ConversationSettings>, Status> {
+        self.set_conversation_settings_rpc(request).await
     }
 
     async fn get_receipts(

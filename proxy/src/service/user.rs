@@ -3,7 +3,9 @@
 //! the user's big groups (`docs/replication.md`, "User shards");
 //! `SaveCursor` and `ListFriends`, of the user's shard alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use imstore_engine::ConversationSettings;
 
 use super::*;
 
@@ -51,16 +53,20 @@ impl<B: Backend> ImstoreService<B> {
                     ))
                 }
             };
-            let (from, page) = self
+            let (from, page, settings) = self
                 .ask_shards(
                     &[home],
-                    |_| ShardQuery::Sync {
+                    |_| ShardQuery::SyncWithSettings {
                         user,
                         from: from.clone(),
                         limit: n,
                     },
                     |_, answer| match answer {
-                        ShardAnswer::Sync { from, page } => Some((from, page)),
+                        ShardAnswer::SyncWithSettings {
+                            from,
+                            page,
+                            settings,
+                        } => Some((from, page, settings)),
                         _ => None,
                     },
                 )
@@ -68,7 +74,7 @@ impl<B: Backend> ImstoreService<B> {
                 .pop()
                 .ok_or_else(mismatched)?;
             let heads = self.big_heads(user, &from.asked(&page.remote)).await?;
-            let page = imstore_engine::finish_sync(&from, page, heads);
+            let page = imstore_engine::finish_sync(&from, page, heads).with_settings(settings);
             let label = u32::try_from(home).unwrap_or(u32::MAX);
             let mut entries: Vec<pb::InboxEntry> = page
                 .messages
@@ -99,6 +105,11 @@ impl<B: Backend> ImstoreService<B> {
                     .collect(),
                 cursor: Some(cursor),
                 more: page.more || cut,
+                settings: page
+                    .settings
+                    .iter()
+                    .map(|(c, s)| super::settings::settings_message(*c, s))
+                    .collect(),
             })
         })
         .await
@@ -183,23 +194,30 @@ impl<B: Backend> ImstoreService<B> {
                 last_activity_ms: a.last_activity_ms,
                 conversation: a.conversation,
             });
-            let list = self.conversation_list(r.user, after, n).await?;
+            let (list, settings) = self.conversation_list(r.user, after, n).await?;
+            let none = ConversationSettings::default();
             Ok(pb::ListConversationsResponse {
                 conversations: list
                     .into_iter()
-                    .map(|s| pb::ConversationSummary {
-                        conversation: s.conversation,
-                        kind: match s.kind {
-                            ConversationKind::Direct => pb::ConversationKind::Direct,
-                            ConversationKind::Group => pb::ConversationKind::Group,
-                            _ => pb::ConversationKind::Unspecified,
-                        } as i32,
-                        last_seq: s.last_seq,
-                        last_activity_ms: s.last_activity_ms,
-                        read_seq: s.read_seq,
-                        unread: s.unread,
-                        member: s.member,
-                        last_message: s.last_message.map(message),
+                    .map(|s| {
+                        let set = settings.get(&s.conversation).unwrap_or(&none);
+                        pb::ConversationSummary {
+                            conversation: s.conversation,
+                            kind: match s.kind {
+                                ConversationKind::Direct => pb::ConversationKind::Direct,
+                                ConversationKind::Group => pb::ConversationKind::Group,
+                                _ => pb::ConversationKind::Unspecified,
+                            } as i32,
+                            last_seq: s.last_seq,
+                            last_activity_ms: s.last_activity_ms,
+                            read_seq: s.read_seq,
+                            unread: s.unread,
+                            member: s.member,
+                            last_message: s.last_message.map(message),
+                            pinned: set.pinned(),
+                            muted: set.muted,
+                            value: set.value.clone(),
+                        }
                     })
                     .collect(),
             })
@@ -284,45 +302,75 @@ impl<B: Backend> ImstoreService<B> {
         .await
     }
 
-    /// A page of the user's conversation list: the activity index of the
-    /// user's shard, merged with the summaries of the user's big groups
-    /// from their shards (one read per shard that holds any).
+    /// A page of the user's conversation list, and the user's settings
+    /// of its conversations: the user's shard's part (pinned ones, the
+    /// activity index, settings), merged with the summaries of the user's
+    /// big groups from their shards (one read per shard that holds any,
+    /// the pinned and unpinned ones at once).
     async fn conversation_list(
         &self,
         user: u64,
         after: Option<ListCursor>,
         limit: u32,
-    ) -> Result<Vec<imstore_engine::ConversationSummary>, Status> {
-        let index = self
+    ) -> Result<
+        (
+            Vec<imstore_engine::ConversationSummary>,
+            HashMap<u64, ConversationSettings>,
+        ),
+        Status,
+    > {
+        let page = self
             .ask_shards(
                 &[self.user_shard(user)],
-                |_| ShardQuery::ConversationIndex { user, after, limit },
+                |_| ShardQuery::ListPage { user, after, limit },
                 |_, answer| match answer {
-                    ShardAnswer::Index(page) => Some(page),
+                    ShardAnswer::ListPage(page) => Some(page),
                     _ => None,
                 },
             )
             .await?
             .pop()
             .ok_or_else(mismatched)?;
-        let mut pages = self
-            .ask_by_shard(
-                &index.remote,
-                |&c| c,
-                |part| ShardQuery::Summaries {
-                    user,
-                    conversations: part,
-                    after,
-                    limit,
-                },
-                |answer| match answer {
-                    ShardAnswer::List(page) => Some(page),
-                    _ => None,
-                },
-            )
-            .await?;
-        pages.push(index.local);
-        Ok(imstore_engine::merge_list_pages(pages, limit as usize))
+        let summaries = |conversations: Vec<u64>, after: Option<ListCursor>, limit: usize| {
+            let limit = u32::try_from(limit.min(self.limits.max_page_messages)).unwrap_or(u32::MAX);
+            async move {
+                self.ask_by_shard(
+                    &conversations,
+                    |&c| c,
+                    |part| ShardQuery::Summaries {
+                        user,
+                        conversations: part,
+                        after,
+                        limit,
+                    },
+                    |answer| match answer {
+                        ShardAnswer::List(page) => Some(page),
+                        _ => None,
+                    },
+                )
+                .await
+            }
+        };
+        let pinned = page.remote_pinned();
+        let pinned_count = pinned.len();
+        let (pinned, unpinned) = match page.remote_unpinned(limit as usize) {
+            Some((after, ids, want)) => {
+                futures_util::future::try_join(
+                    summaries(pinned, None, pinned_count),
+                    summaries(ids, after, want),
+                )
+                .await?
+            }
+            None => (summaries(pinned, None, pinned_count).await?, Vec::new()),
+        };
+        let settings = page.settings.iter().cloned().collect();
+        let list = imstore_engine::assemble_list(
+            page,
+            pinned.into_iter().flatten().collect(),
+            unpinned,
+            limit as usize,
+        );
+        Ok((list, settings))
     }
 
     /// The user's unread messages over all their conversations: the local

@@ -325,7 +325,9 @@ impl<B: Backend> ImstoreService<B> {
                 }
                 for (user, head) in homes.get(shard).into_iter().flatten().zip(heads) {
                     if *head > known_inbox.get(user).copied().unwrap_or(0) {
-                        subscriber.offer(inbox_advanced(*user, *head, label(*shard)));
+                        // A catch-up does not know what the entries are:
+                        // never marked muted.
+                        subscriber.offer(inbox_advanced(*user, *head, label(*shard), false));
                     }
                 }
             }

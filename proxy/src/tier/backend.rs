@@ -192,7 +192,9 @@ fn retry_safe(command: &Command) -> bool {
         | Command::SaveCursorV1 { .. }
         | Command::Block { .. }
         | Command::Unblock { .. }
-        | Command::React { .. } => true,
+        | Command::React { .. }
+        | Command::NoteRead { .. }
+        | Command::SetSettings { .. } => true,
         _ => false,
     }
 }
