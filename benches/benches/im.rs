@@ -99,6 +99,17 @@ fn receipts(c: &mut Criterion) {
                 })
             },
         );
+        // What a client showing "4,999 read" needs: the counts alone
+        // (GetReceipts counts_only).
+        group.bench_function(
+            BenchmarkId::new(store.name(), "read_counts_of_10000_members"),
+            |b| {
+                b.iter(|| {
+                    let (read, unread) = store.read_counts(conversation, seq);
+                    assert_eq!((read, read + unread), (4_999, 9_999));
+                })
+            },
+        );
     }
     group.finish();
 }

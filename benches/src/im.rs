@@ -30,6 +30,9 @@ pub trait ImStore: Send + Sync {
     fn mark_read_all(&self, marks: &[(u64, u64, u64)]);
     /// (readers, non-readers) of one message among the other members.
     fn read_list(&self, conversation: u64, seq: u64) -> (usize, usize);
+    /// How many of the other members read one message, and how many have
+    /// not, without the lists.
+    fn read_counts(&self, conversation: u64, seq: u64) -> (usize, usize);
     /// The user's newest inbox seq.
     fn inbox_head(&self, user: u64) -> u64;
     /// Up to `limit` inbox entries after `after` with their bodies; returns
@@ -143,6 +146,19 @@ impl ImStore for ImstoreIm {
             .receipts(conversation, seq)
             .unwrap_or_else(|e| bench_error("receipts", e));
         (r.read.len(), r.unread.len())
+    }
+
+    fn read_counts(&self, conversation: u64, seq: u64) -> (usize, usize) {
+        let pages = self
+            .0
+            .receipt_pages(conversation, &[seq], None)
+            .unwrap_or_else(|e| bench_error("receipt counts", e));
+        pages.first().map_or((0, 0), |p| {
+            (
+                usize::try_from(p.read_count).unwrap_or(usize::MAX),
+                usize::try_from(p.unread_count).unwrap_or(usize::MAX),
+            )
+        })
     }
 
     fn inbox_head(&self, user: u64) -> u64 {
@@ -459,6 +475,23 @@ impl ImStore for SqliteIm {
                 .query_map(params![conversation as i64, seq as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             Ok((readers.len(), others.len()))
+        })
+    }
+
+    fn read_counts(&self, conversation: u64, seq: u64) -> (usize, usize) {
+        // The receipt rows counted by the primary key; the others are the
+        // members but the sender, less those.
+        self.with(|conn| {
+            let read: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM receipts WHERE conversation = ?1 AND seq = ?2")?
+                .query_row(params![conversation as i64, seq as i64], |r| r.get(0))?;
+            let others: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM members WHERE conversation = ?1 AND user !=
+                       (SELECT sender FROM messages WHERE conversation = ?1 AND seq = ?2)",
+                )?
+                .query_row(params![conversation as i64, seq as i64], |r| r.get(0))?;
+            Ok((read as usize, (others - read).max(0) as usize))
         })
     }
 
