@@ -483,7 +483,9 @@ impl ImStore for SqliteIm {
         // members but the sender, less those.
         self.with(|conn| {
             let read: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM receipts WHERE conversation = ?1 AND seq = ?2")?
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM receipts WHERE conversation = ?1 AND seq = ?2",
+                )?
                 .query_row(params![conversation as i64, seq as i64], |r| r.get(0))?;
             let others: i64 = conn
                 .prepare_cached(

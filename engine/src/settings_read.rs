@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 
 use super::im_read::list_order;
-use super::view_read::missing;
 use super::Engine;
 use crate::codec::{self, activity_key, im_key, pinned_key, tag, ConversationSettings, UserView};
 use crate::error::corrupt_metadata as corrupt;
@@ -255,24 +254,13 @@ impl Engine {
             };
             lo = last.clone();
             lo.push(0);
-            let mut ids = Vec::with_capacity(keys.len());
-            for (key, _) in &keys {
-                let rev = codec::im_key_id(key, 2).map_err(corrupt("activity key"))?;
-                ids.push(u64::MAX - rev);
-            }
-            let view_keys: Vec<Vec<u8>> = ids
-                .iter()
-                .map(|&c| im_key(tag::VIEW, &[user, c], &[]))
-                .collect();
-            let views = store.multi_get_in(CF_IM, &view_keys, false, |v| match v {
-                Some(bytes) => UserView::decode(bytes).map_err(corrupt("user view")),
-                None => Err(missing("view of an indexed conversation")),
-            })?;
+            let views = self.indexed_views(user, &keys)?;
+            let ids: Vec<u64> = views.iter().map(|(c, _)| *c).collect();
             let settings: HashMap<u64, ConversationSettings> = self
                 .conversation_settings(user, &ids)?
                 .into_iter()
                 .collect();
-            for (conversation, view) in ids.into_iter().zip(views) {
+            for (conversation, view) in views {
                 let shown = settings
                     .get(&conversation)
                     .is_none_or(|s| !s.pinned() && !s.hides(view.last_seq));

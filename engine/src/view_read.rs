@@ -97,21 +97,9 @@ impl Engine {
             None => im_key(tag::ACTIVITY, &[user], &[]),
         };
         let hi = im_key(tag::ACTIVITY, &[user.saturating_add(1)], &[]);
-        let mut ids = Vec::new();
-        for (key, _) in store.scan_in(CF_IM, &lo, &hi, limit)? {
-            let rev = codec::im_key_id(&key, 2).map_err(corrupt("activity key"))?;
-            ids.push(u64::MAX - rev);
-        }
-        let view_keys: Vec<Vec<u8>> = ids
-            .iter()
-            .map(|&c| im_key(tag::VIEW, &[user, c], &[]))
-            .collect();
-        let views = store.multi_get_in(CF_IM, &view_keys, false, |v| match v {
-            Some(bytes) => UserView::decode(bytes).map_err(corrupt("user view")),
-            None => Err(missing("view of an indexed conversation")),
-        })?;
-        let mut local = Vec::with_capacity(ids.len());
-        for (conversation, view) in ids.into_iter().zip(views) {
+        let keys = store.scan_in(CF_IM, &lo, &hi, limit)?;
+        let mut local = Vec::with_capacity(keys.len());
+        for (conversation, view) in self.indexed_views(user, &keys)? {
             local.push(self.view_summary(user, conversation, &view)?);
         }
         debug_assert!(local
@@ -124,6 +112,31 @@ impl Engine {
             local,
             remote: self.remote_views(user)?,
         })
+    }
+
+    /// The conversations of `user`'s activity index rows `keys` (as
+    /// scanned, in list order) with their views, in one batched read.
+    pub(super) fn indexed_views(
+        &self,
+        user: u64,
+        keys: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<(u64, UserView)>> {
+        let mut ids = Vec::with_capacity(keys.len());
+        for (key, _) in keys {
+            let rev = codec::im_key_id(key, 2).map_err(corrupt("activity key"))?;
+            ids.push(u64::MAX - rev);
+        }
+        let view_keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|&c| im_key(tag::VIEW, &[user, c], &[]))
+            .collect();
+        let views = self
+            .view()
+            .multi_get_in(CF_IM, &view_keys, false, |v| match v {
+                Some(bytes) => UserView::decode(bytes).map_err(corrupt("user view")),
+                None => Err(missing("view of an indexed conversation")),
+            })?;
+        Ok(ids.into_iter().zip(views).collect())
     }
 
     /// The summary a local view gives.
@@ -209,7 +222,7 @@ impl Engine {
     }
 }
 
-pub(super) fn missing(what: &'static str) -> Error {
+fn missing(what: &'static str) -> Error {
     Error::CorruptMetadata {
         what: "user view".into(),
         reason: codec::CodecError::BadLength {

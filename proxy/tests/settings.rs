@@ -41,6 +41,27 @@ fn change(user: u64, conversation: u64) -> pb::SetConversationSettingsRequest {
     }
 }
 
+fn pin(user: u64, conversation: u64, on: bool) -> pb::SetConversationSettingsRequest {
+    pb::SetConversationSettingsRequest {
+        pinned: Some(on),
+        ..change(user, conversation)
+    }
+}
+
+fn mute(user: u64, conversation: u64, on: bool) -> pb::SetConversationSettingsRequest {
+    pb::SetConversationSettingsRequest {
+        muted: Some(on),
+        ..change(user, conversation)
+    }
+}
+
+fn archive(user: u64, conversation: u64, on: bool) -> pb::SetConversationSettingsRequest {
+    pb::SetConversationSettingsRequest {
+        archived: Some(on),
+        ..change(user, conversation)
+    }
+}
+
 async fn set(
     c: &mut Client,
     request: pb::SetConversationSettingsRequest,
@@ -116,39 +137,11 @@ async fn scenario(store: &Store) -> TestResult {
 
     // Pins: the latest first, before everything else; pinning again keeps
     // the place. The big group is pinned too.
-    let pinned = set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            pinned: Some(true),
-            ..change(1, 2)
-        },
-    )
-    .await?;
+    let pinned = set(&mut c, pin(1, 2, true)).await?;
     assert!(pinned.pinned && !pinned.muted && !pinned.archived);
-    set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            pinned: Some(true),
-            ..change(1, 5)
-        },
-    )
-    .await?;
-    set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            pinned: Some(true),
-            ..change(1, 1)
-        },
-    )
-    .await?;
-    set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            pinned: Some(true),
-            ..change(1, 5)
-        },
-    )
-    .await?;
+    set(&mut c, pin(1, 5, true)).await?;
+    set(&mut c, pin(1, 1, true)).await?;
+    set(&mut c, pin(1, 5, true)).await?;
     let all = list(&mut c, 1, 10).await?;
     assert_eq!(ids(&all), vec![1, 5, 2, 4, 3]);
     assert!(all[..3].iter().all(|s| s.pinned) && !all[3].pinned);
@@ -157,34 +150,13 @@ async fn scenario(store: &Store) -> TestResult {
     assert_eq!(ids(&list(&mut c, 1, 2).await?), vec![1, 5, 2, 4, 3]);
     // Another user's list is untouched.
     assert_eq!(ids(&list(&mut c, 2, 10).await?), vec![5, 4, 3, 2, 1]);
-    set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            pinned: Some(false),
-            ..change(1, 5)
-        },
-    )
-    .await?;
+    set(&mut c, pin(1, 5, false)).await?;
     assert_eq!(ids(&list(&mut c, 1, 10).await?), vec![1, 2, 5, 4, 3]);
 
     // Mute: the conversation keeps its count, the total leaves it out.
-    let muted = set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            muted: Some(true),
-            ..change(1, 3)
-        },
-    )
-    .await?;
+    let muted = set(&mut c, mute(1, 3, true)).await?;
     assert!(muted.muted && !muted.pinned);
-    set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            muted: Some(true),
-            ..change(1, 5)
-        },
-    )
-    .await?;
+    set(&mut c, mute(1, 5, true)).await?;
     assert_eq!(total(&mut c, 1).await?, 3);
     let one = c
         .get_unread(pb::GetUnreadRequest {
@@ -268,37 +240,16 @@ async fn scenario(store: &Store) -> TestResult {
 
     // Archive: out of the list (and unpinned) until a newer message.
     store.quiesce().await?;
-    let archived = set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            archived: Some(true),
-            ..change(1, 1)
-        },
-    )
-    .await?;
+    let archived = set(&mut c, archive(1, 1, true)).await?;
     assert!(archived.archived && !archived.pinned);
-    set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            archived: Some(true),
-            ..change(1, 5)
-        },
-    )
-    .await?;
+    set(&mut c, archive(1, 5, true)).await?;
     assert_eq!(ids(&list(&mut c, 1, 10).await?), vec![2, 4, 3]);
     send(&mut c, 1, 2, "back").await?;
     send(&mut c, 5, 2, "back too").await?;
     store.quiesce().await?;
     assert_eq!(ids(&list(&mut c, 1, 10).await?), vec![2, 5, 1, 4, 3]);
     // Unarchived by the message: the next change reports it so.
-    let now = set(
-        &mut c,
-        pb::SetConversationSettingsRequest {
-            muted: Some(false),
-            ..change(1, 1)
-        },
-    )
-    .await?;
+    let now = set(&mut c, mute(1, 1, false)).await?;
     assert!(!now.archived && !now.pinned && !now.muted);
 
     // Bad requests write nothing.
