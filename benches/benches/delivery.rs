@@ -82,6 +82,7 @@ fn send_request(group: u64, n: u64) -> pb::SendRequest {
         client_msg_id: format!("m{n}").into_bytes(),
         payload: vec![b'x'; 64],
         receipt: false,
+        ..Default::default()
     }
 }
 

@@ -52,6 +52,16 @@ fn sends(c: &mut Criterion) {
                 BenchmarkId::new(store.name(), format!("{members}_members")),
                 |b| b.iter(|| store.send(conversation, 1, &next_id())),
             );
+            if members == 10_000 {
+                // The mention bench: 50 names in a big group,
+                // against the plain send above.
+                let named: Vec<u64> = (2..=10_000).step_by(200).collect();
+                assert_eq!(named.len(), 50);
+                group.bench_function(
+                    BenchmarkId::new(store.name(), "10000_members_50_mentions"),
+                    |b| b.iter(|| store.send_mentioning(conversation, 1, &next_id(), &named)),
+                );
+            }
         }
     }
     group.finish();

@@ -130,6 +130,7 @@ async fn run(shards: u64, rounds: usize) -> (Duration, Duration) {
                         client_msg_id: format!("m{n}").into_bytes(),
                         payload: vec![b'x'; 64],
                         receipt: false,
+                        ..Default::default()
                     })
                     .await
                 }

@@ -24,6 +24,15 @@ pub trait ImStore: Send + Sync {
     fn send_all(&self, messages: &[(u64, u64, String)]);
     /// Sends one message durably; returns its seq.
     fn send(&self, conversation: u64, sender: u64, client_msg_id: &str) -> u64;
+    /// [`ImStore::send`] mentioning `mentions`: each mentioned member's
+    /// list counts it until read.
+    fn send_mentioning(
+        &self,
+        conversation: u64,
+        sender: u64,
+        client_msg_id: &str,
+        mentions: &[u64],
+    ) -> u64;
     /// Moves a read position forward to `up_to`, recording receipts.
     fn mark_read(&self, user: u64, conversation: u64, up_to: u64);
     /// Many `mark_read`s (user, conversation, up_to) in one durable write.
@@ -115,6 +124,29 @@ impl ImStore for ImstoreIm {
 
     fn send(&self, conversation: u64, sender: u64, client_msg_id: &str) -> u64 {
         match self.run(Self::send_command(conversation, sender, client_msg_id)) {
+            Outcome::Sent(a) => a.seq,
+            other => bench_error("send", format!("{other:?}")),
+        }
+    }
+
+    fn send_mentioning(
+        &self,
+        conversation: u64,
+        sender: u64,
+        client_msg_id: &str,
+        mentions: &[u64],
+    ) -> u64 {
+        let Command::Send(message) = Self::send_command(conversation, sender, client_msg_id) else {
+            bench_error("send", "not a send");
+        };
+        let command = Command::SendMentioning {
+            message,
+            mentions: imstore_engine::codec::Mentions {
+                everyone: false,
+                users: mentions.to_vec(),
+            },
+        };
+        match self.run(command) {
             Outcome::Sent(a) => a.seq,
             other => bench_error("send", format!("{other:?}")),
         }
@@ -267,6 +299,12 @@ impl SqliteIm {
                  seq INTEGER NOT NULL,
                  user INTEGER NOT NULL,
                  PRIMARY KEY (conversation, seq, user)
+             ) WITHOUT ROWID;
+             CREATE TABLE mentions (
+                 user INTEGER NOT NULL,
+                 conversation INTEGER NOT NULL,
+                 seq INTEGER NOT NULL,
+                 PRIMARY KEY (user, conversation, seq)
              ) WITHOUT ROWID;",
         )
         .unwrap_or_else(|e| bench_error("schema", e));
@@ -436,6 +474,28 @@ impl ImStore for SqliteIm {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let seq = Self::send_in(&tx, conversation, sender, client_msg_id)?;
+            tx.commit()?;
+            Ok(seq)
+        })
+    }
+
+    fn send_mentioning(
+        &self,
+        conversation: u64,
+        sender: u64,
+        client_msg_id: &str,
+        mentions: &[u64],
+    ) -> u64 {
+        // The send, and a row per mentioned user in the same transaction.
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let seq = Self::send_in(&tx, conversation, sender, client_msg_id)?;
+            for &user in mentions {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO mentions (user, conversation, seq) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![user as i64, conversation as i64, seq as i64])?;
+            }
             tx.commit()?;
             Ok(seq)
         })

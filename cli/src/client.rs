@@ -32,6 +32,12 @@ pub enum ClientCmd {
         /// Keep a read list even in a big group.
         #[arg(long)]
         receipt: bool,
+        /// A user the message mentions (repeat for more, at most 100).
+        #[arg(long = "mention")]
+        mentions: Vec<u64>,
+        /// Mention every member (the group's owner only).
+        #[arg(long)]
+        mention_everyone: bool,
     },
     /// Read a conversation as one of its members sees it.
     Read {
@@ -249,6 +255,8 @@ async fn call(
             text: body,
             id,
             receipt,
+            mentions,
+            mention_everyone,
         } => {
             let r = client
                 .send(pb::SendRequest {
@@ -257,6 +265,8 @@ async fn call(
                     client_msg_id: id.unwrap_or_else(fresh_id).into_bytes(),
                     payload: body.into_bytes(),
                     receipt,
+                    mentions,
+                    mention_everyone,
                 })
                 .await?
                 .into_inner();
@@ -510,12 +520,15 @@ async fn call(
                         .as_ref()
                         .map(message_line)
                         .unwrap_or_default();
-                    let marks = match (c.pinned, c.muted) {
-                        (true, true) => "pinned muted ",
-                        (true, false) => "pinned ",
-                        (false, true) => "muted ",
-                        (false, false) => "",
+                    let mut marks = match (c.pinned, c.muted) {
+                        (true, true) => "pinned muted ".to_owned(),
+                        (true, false) => "pinned ".to_owned(),
+                        (false, true) => "muted ".to_owned(),
+                        (false, false) => String::new(),
                     };
+                    if c.mentions > 0 {
+                        marks.push_str(&format!("@{} ", c.mentions));
+                    }
                     format!(
                         "{kind:<6} {:<20} {marks}unread {:<4} read up to #{:<5} last: {last}",
                         c.conversation, c.unread, c.read_seq
@@ -527,7 +540,7 @@ async fn call(
                     "conversation": c.conversation, "kind": c.kind, "last_seq": c.last_seq,
                     "last_activity_ms": c.last_activity_ms, "read_seq": c.read_seq,
                     "unread": c.unread, "member": c.member,
-                    "pinned": c.pinned, "muted": c.muted,
+                    "pinned": c.pinned, "muted": c.muted, "mentions": c.mentions,
                     "value": String::from_utf8_lossy(&c.value),
                     "last_message": c.last_message.as_ref().map(message_json),
                 })).collect::<Vec<_>>()}),

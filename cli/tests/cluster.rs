@@ -147,6 +147,7 @@ fn three_processes_survive_sigkill_of_the_leader() -> TestResult {
                 client_msg_id: b"via-follower".to_vec(),
                 payload: b"forwarded".to_vec(),
                 receipt: false,
+                ..Default::default()
             })
             .await?
             .into_inner();

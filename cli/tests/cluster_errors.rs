@@ -67,6 +67,7 @@ async fn every_reason_at(addr: SocketAddr, last_seq: u64) -> nodes::TaskResult<(
         client_msg_id: b"error-case".to_vec(),
         payload,
         receipt: false,
+        ..Default::default()
     };
     check(
         at,

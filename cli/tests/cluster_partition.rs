@@ -77,6 +77,7 @@ fn a_cut_off_leader_cannot_acknowledge_and_the_majority_goes_on() -> TestResult 
             client_msg_id: b"minority".to_vec(),
             payload: b"written where no quorum is".to_vec(),
             receipt: false,
+            ..Default::default()
         });
         request.set_timeout(Duration::from_secs(3));
         let refused = lonely.send(request).await;

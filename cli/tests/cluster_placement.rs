@@ -212,6 +212,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
                     client_msg_id: format!("m{group}").into_bytes(),
                     payload: b"from elsewhere".to_vec(),
                     receipt: true,
+                    ..Default::default()
                 })
                 .await
             })
@@ -403,6 +404,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
                 client_msg_id: b"watched".to_vec(),
                 payload: b"news".to_vec(),
                 receipt: false,
+                ..Default::default()
             })
             .await
         })
@@ -491,6 +493,7 @@ fn four_nodes_each_serve_the_shard_they_do_not_host() -> TestResult {
                 client_msg_id: b"big news".to_vec(),
                 payload: b"to 600".to_vec(),
                 receipt: false,
+                ..Default::default()
             })
             .await
         })

@@ -153,6 +153,7 @@ fn four_shards_on_three_processes() -> TestResult {
                         client_msg_id: b"hello".to_vec(),
                         payload: b"hello".to_vec(),
                         receipt: false,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();
@@ -192,6 +193,7 @@ fn four_shards_on_three_processes() -> TestResult {
                     client_msg_id: b"hi".to_vec(),
                     payload: b"hi, friend".to_vec(),
                     receipt: false,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()
@@ -232,6 +234,7 @@ fn four_shards_on_three_processes() -> TestResult {
                         client_msg_id: b"second".to_vec(),
                         payload: b"in another shard".to_vec(),
                         receipt: false,
+                        ..Default::default()
                     })
                     .await?;
                 Ok(())

@@ -194,6 +194,7 @@ fn a_cluster_over_mutual_tls_refuses_other_cas_and_non_members() -> nodes::TestR
                     client_msg_id: format!("m{conversation}-{n}").into_bytes(),
                     payload: format!("over mTLS {n}").into_bytes(),
                     receipt: false,
+                    ..Default::default()
                 };
                 let client = clients[(conversation + n) as usize % 3].clone();
                 let sent = retry_unavailable(|| {
@@ -257,6 +258,7 @@ fn a_cluster_over_mutual_tls_refuses_other_cas_and_non_members() -> nodes::TestR
             client_msg_id: b"via-proxy".to_vec(),
             payload: b"through the proxy".to_vec(),
             receipt: false,
+            ..Default::default()
         };
         let sent = through_proxy.send(request).await?.into_inner();
         assert_eq!(sent.seq, 4, "after the three sent through the nodes");

@@ -51,6 +51,7 @@ fn load(url: &str, from: u64) -> Result<u64, Box<dyn std::error::Error>> {
                     client_msg_id: format!("m-{i}").into_bytes(),
                     payload: format!("message {i}").into_bytes(),
                     receipt: false,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()

@@ -137,6 +137,7 @@ async fn writes_through_two_proxies_survive_a_leader_kill_and_a_proxy_restart() 
                     client_msg_id: id.clone().into_bytes(),
                     payload: format!("payload {id}").into_bytes(),
                     receipt: false,
+                    ..Default::default()
                 };
                 let seq = until_acked(&order, &id, |mut c| {
                     let request = request.clone();
@@ -264,6 +265,7 @@ async fn a_write_through_one_proxy_is_read_through_the_other() -> TestResult {
                 client_msg_id: format!("lin-{i}").into_bytes(),
                 payload: vec![b'x'; 8],
                 receipt: false,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -366,6 +368,7 @@ async fn overlays_and_cleared_history_read_through_a_proxy_as_through_a_node() -
             client_msg_id: format!("o-{i}").into_bytes(),
             payload: format!("body {i}").into_bytes(),
             receipt: false,
+            ..Default::default()
         })
         .await?;
     }

@@ -53,6 +53,7 @@ fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
                                 client_msg_id: id.clone().into_bytes(),
                                 payload: format!("payload {id}").into_bytes(),
                                 receipt: false,
+                                ..Default::default()
                             })
                             .await;
                         match sent {

@@ -129,6 +129,8 @@ pub fn dedup_key(conversation: u64, sender: u64, client_msg_id: &[u8]) -> Vec<u8
 mod im;
 #[path = "codec/image.rs"]
 mod image;
+#[path = "codec/mentions.rs"]
+mod mentions;
 #[path = "codec/outbox.rs"]
 mod outbox;
 #[path = "codec/records.rs"]
@@ -142,6 +144,7 @@ mod view;
 
 pub use im::*;
 pub use image::*;
+pub use mentions::*;
 pub use outbox::*;
 pub use records::*;
 pub use settings::*;

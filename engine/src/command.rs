@@ -297,6 +297,19 @@ pub enum Command {
         /// Add it (or remove it).
         add: bool,
     },
+    /// [`Command::Send`] naming users the message mentions, or everyone
+    /// (by the group's owner): each mentioned current member's copy is
+    /// marked (below the fan-out threshold), and the conversation keeps
+    /// whom the message mentions (`E conv seq`), so every member's list
+    /// counts the unread messages that mention them. Users who are not
+    /// current members, and the sender, are left out; at most
+    /// [`MAX_MENTIONS`](crate::codec::MAX_MENTIONS) users.
+    SendMentioning {
+        /// The message.
+        message: SendMessage,
+        /// Whom it mentions.
+        mentions: crate::codec::Mentions,
+    },
     /// Changes `user`'s settings of `conversation`, in the user's shard:
     /// what `change` names, the rest as it was. The caller has checked
     /// that the user is or was a member (the user's shard may not have
@@ -355,7 +368,7 @@ impl Command {
                     .all(|m| m.conversation == first)
                     .then_some(first)
             }
-            Command::Send(m) => Some(m.conversation),
+            Command::Send(m) | Command::SendMentioning { message: m, .. } => Some(m.conversation),
             Command::CreateGroup { conversation, .. }
             | Command::AddMembers { conversation, .. }
             | Command::RemoveMembers { conversation, .. }

@@ -387,7 +387,36 @@ impl Engine {
             unread: entry.unread_in(state),
             member,
             last_message: None,
+            mentions: 0,
         })
+    }
+
+    /// Unread, kept messages of `conversation` that mention `user` (by
+    /// name or as everyone) and that the user sees, from the
+    /// conversation's rows (`E`): what a remote view's summary counts.
+    fn unread_mentions(
+        &self,
+        conversation: u64,
+        user: u64,
+        first_retained: u64,
+        entry: &MemberEntry,
+        last_seq: u64,
+    ) -> Result<u64> {
+        let from = entry.read_seq.saturating_add(1).max(first_retained);
+        if from > last_seq {
+            return Ok(0);
+        }
+        let lo = im_key(tag::MENTIONS, &[conversation, from], &[]);
+        let hi = im_key(tag::MENTIONS, &[conversation, last_seq + 1], &[]);
+        let mut count = 0;
+        for (key, value) in self.store().scan_in(CF_IM, &lo, &hi, usize::MAX)? {
+            let seq = codec::im_key_id(&key, 1).map_err(corrupt_value("mentions key"))?;
+            let mentions = codec::Mentions::decode(&value).map_err(corrupt_value("mentions"))?;
+            if entry.sees(seq) && mentions.names(user) {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// `user`'s summaries of `conversations` from their rows in this
@@ -407,18 +436,27 @@ impl Engine {
         let mut all = Vec::new();
         for (conversation, state, entry) in self.memberships(user, ids)? {
             let summary = self.summary(conversation, &state, &entry)?;
+            all.push((summary, state.first_retained(), entry));
+        }
+        all.sort_unstable_by_key(|(s, ..)| list_order(s));
+        let start = match after {
+            Some(c) => all.partition_point(|(s, ..)| list_order(s) <= cursor_order(c)),
+            None => 0,
+        };
+        let mut page: Vec<(ConversationSummary, bool)> = Vec::new();
+        for (mut summary, first_retained, entry) in all.into_iter().skip(start).take(limit) {
+            summary.mentions = self.unread_mentions(
+                summary.conversation,
+                user,
+                first_retained,
+                &entry,
+                summary.last_seq,
+            )?;
             // The newest seq the user sees is usually `last_seq` itself;
             // otherwise (an empty last interval) `read_as` finds it.
             let sees_last = entry.sees(summary.last_seq);
-            all.push((summary, sees_last));
+            page.push((summary, sees_last));
         }
-        all.sort_unstable_by_key(|(s, _)| list_order(s));
-        let start = match after {
-            Some(c) => all.partition_point(|(s, _)| list_order(s) <= cursor_order(c)),
-            None => 0,
-        };
-        let mut page: Vec<(ConversationSummary, bool)> =
-            all.into_iter().skip(start).take(limit).collect();
         let mut direct = Vec::new();
         for (i, (summary, sees_last)) in page.iter_mut().enumerate() {
             if summary.last_seq == 0 {

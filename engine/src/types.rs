@@ -383,6 +383,9 @@ pub struct ConversationSummary {
     pub member: bool,
     /// The newest message, as the user sees it, if any is left.
     pub last_message: Option<MessageView>,
+    /// Unread messages (after the read position, still kept) that mention
+    /// the user, by name or as everyone.
+    pub mentions: u64,
 }
 
 /// Where a conversation-list page starts: after this entry of the previous one.

@@ -155,7 +155,20 @@ impl Engine {
             unread: view.unread(),
             member: view.member,
             last_message: self.last_copy(user, conversation, view.last_seq)?,
+            mentions: self.marked_mentions(user, conversation, view)?,
         })
+    }
+
+    /// The mention marks (`J`, one per copy that mentions the user) of a
+    /// local view's unread, kept messages.
+    fn marked_mentions(&self, user: u64, conversation: u64, view: &UserView) -> Result<u64> {
+        let from = view.read_seq().saturating_add(1).max(view.first_retained);
+        if from > view.last_seq {
+            return Ok(0);
+        }
+        let lo = im_key(tag::MENTION, &[user, conversation, from], &[]);
+        let hi = im_key(tag::MENTION, &[user, conversation, view.last_seq + 1], &[]);
+        Ok(self.view().scan_in(CF_IM, &lo, &hi, usize::MAX)?.len() as u64)
     }
 
     /// The conversations of `user`'s remote views, ascending: big groups
@@ -269,6 +282,7 @@ mod tests {
             unread: 1,
             member: true,
             last_message: None,
+            mentions: 0,
         }
     }
 

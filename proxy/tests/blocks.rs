@@ -24,6 +24,7 @@ async fn send(
         client_msg_id: id.as_bytes().to_vec(),
         payload: id.as_bytes().to_vec(),
         receipt: false,
+        ..Default::default()
     })
     .await?
     .into_inner()

@@ -99,6 +99,7 @@ async fn scenario(store: &sharded::Store) -> TestResult {
             client_msg_id: format!("m{i}").into_bytes(),
             payload: vec![b'x'; size],
             receipt: false,
+            ..Default::default()
         })
         .await?;
     }

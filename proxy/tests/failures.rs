@@ -116,6 +116,7 @@ async fn malformed_and_hostile_requests_get_clear_statuses_and_write_nothing() -
         client_msg_id: b"huge".to_vec(),
         payload: vec![b'x'; 4 << 20],
         receipt: false,
+        ..Default::default()
     };
     let result = c.send(huge).await;
     let status = result.err().ok_or("a 4 MiB request was accepted")?;
@@ -232,6 +233,7 @@ async fn a_closed_store_answers_unavailable() -> TestResult {
             client_msg_id: b"x".to_vec(),
             payload: vec![],
             receipt: false,
+            ..Default::default()
         }))
         .await;
     let status = expect_code(result, Code::Unavailable, "closed store");

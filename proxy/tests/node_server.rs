@@ -102,6 +102,7 @@ async fn a_node_from_a_toml_file_serves_health_reflection_limits_and_metrics() -
         client_msg_id: client_msg_id.as_bytes().to_vec(),
         payload,
         receipt: false,
+        ..Default::default()
     };
     // The node elects its leaders meanwhile.
     let sent = imstore_testkit::eventually_async("the first send", Duration::from_secs(60), || {

@@ -89,6 +89,7 @@ async fn scenario(mut c: Client) -> TestResult {
             client_msg_id: format!("r-{i}").into_bytes(),
             payload: b"hi".to_vec(),
             receipt: false,
+            ..Default::default()
         })
         .await?;
     }

@@ -38,6 +38,7 @@ async fn scenario(mut c: ImstoreClient<Channel>) -> TestResult {
                 client_msg_id: format!("{group}-{i}").into_bytes(),
                 payload: format!("message {i} of {group}").into_bytes(),
                 receipt: false,
+                ..Default::default()
             })
             .await?;
         }

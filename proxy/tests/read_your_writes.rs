@@ -36,6 +36,7 @@ async fn mark_read_shows_at_once_in_the_readers_shard() -> TestResult {
                 client_msg_id: format!("m{i}").into_bytes(),
                 payload: b"hello".to_vec(),
                 receipt: false,
+                ..Default::default()
             })
             .await?;
     }

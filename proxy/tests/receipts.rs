@@ -80,6 +80,7 @@ async fn scenario(mut c: ImstoreClient<Channel>) -> TestResult {
                 client_msg_id: format!("{group}-{i}").into_bytes(),
                 payload: b"hello".to_vec(),
                 receipt: true,
+                ..Default::default()
             })
             .await?;
         }

@@ -32,6 +32,7 @@ fn request(i: u64) -> pb::SendRequest {
         client_msg_id: format!("m{i}").into_bytes(),
         payload: format!("payload {i}").into_bytes(),
         receipt: false,
+        ..Default::default()
     }
 }
 

@@ -28,6 +28,7 @@ async fn send(c: &mut Client, conversation: u64, sender: u64, id: &str) -> TestR
         client_msg_id: id.as_bytes().to_vec(),
         payload: id.as_bytes().to_vec(),
         receipt: false,
+        ..Default::default()
     })
     .await?;
     Ok(())

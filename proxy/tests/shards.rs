@@ -145,6 +145,7 @@ impl Pair {
                     client_msg_id: format!("m{}", self.sends).into_bytes(),
                     payload: format!("hello {}", self.sends).into_bytes(),
                     receipt: false,
+                    ..Default::default()
                 };
                 let a = self.one.client.send(request(one)).await;
                 let b = self.sharded.client.send(request(sharded)).await;

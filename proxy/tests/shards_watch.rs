@@ -22,6 +22,7 @@ fn send(conversation: u64, id: &str) -> pb::SendRequest {
         client_msg_id: id.as_bytes().to_vec(),
         payload: b"hi".to_vec(),
         receipt: false,
+        ..Default::default()
     }
 }
 

@@ -109,6 +109,7 @@ async fn tls_serves_only_clients_that_trust_its_ca() -> TestResult {
         client_msg_id: b"a".to_vec(),
         payload: b"over TLS".to_vec(),
         receipt: false,
+        ..Default::default()
     });
     // Without the token, refused even over TLS.
     let refused = client.send(request).await.expect_err("no token");
@@ -120,6 +121,7 @@ async fn tls_serves_only_clients_that_trust_its_ca() -> TestResult {
             client_msg_id: b"a".to_vec(),
             payload: b"over TLS".to_vec(),
             receipt: false,
+            ..Default::default()
         }))
         .await?
         .into_inner();

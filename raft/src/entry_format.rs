@@ -27,7 +27,7 @@ use crate::TypeConfig;
 /// format 4 `Command::SaveCursor` with a cursor of data format 7 (the
 /// older one, in its old place, is `Command::SaveCursorV1`), format 5
 /// `Command::Block`, `Command::Unblock` and `Command::React`, format 6
-/// `Command::SetSettings`; every older entry reads the same in the newer
+/// `Command::SendMentioning` and `Command::SetSettings`; every older entry reads the same in the newer
 /// formats.
 pub const ENTRY_FORMAT_VERSION: u8 = 6;
 

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use imstore_engine::codec::Mentions;
 use imstore_engine::{
     Advanced, Command, CursorV1, NewMessage, SendMessage, SettingsChange, SyncCursor,
 };
@@ -213,9 +214,23 @@ fn every_command_v5() -> Vec<Command> {
 }
 
 /// Format 6's commands: format 5's, then two settings changes (one of
-/// every field, one of none but the value).
+/// every field, one of none but the value) and a send with mentions.
 fn every_command_v6() -> Vec<Command> {
     let mut commands = every_command_v5();
+    commands.push(Command::SendMentioning {
+        message: SendMessage {
+            conversation: 13,
+            sender: 1,
+            client_msg_id: b"m1".to_vec().into(),
+            payload: b"@2 @3".to_vec().into(),
+            timestamp_ms: 10,
+            receipt: false,
+        },
+        mentions: Mentions {
+            everyone: true,
+            users: vec![2, 3],
+        },
+    });
     commands.push(Command::SetSettings {
         user: 1,
         conversation: 13,

@@ -148,6 +148,7 @@ fn send_request(plan: &Plan, i: u64, conversation: u64, sender: u64) -> pb::Send
         client_msg_id: plan.message_id(i),
         payload: plan.payload.to_vec(),
         receipt: false,
+        ..Default::default()
     }
 }
 
@@ -234,6 +235,7 @@ pub(super) async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Fail
                                 client_msg_id: m.client_msg_id,
                                 payload: m.payload,
                                 receipt: false,
+                                ..Default::default()
                             })
                             .await?;
                     }
@@ -282,6 +284,7 @@ pub(super) async fn hot_writer(
             client_msg_id: format!("hot-{}-{k}", plan.run).into_bytes(),
             payload: plan.payload.to_vec(),
             receipt: false,
+            ..Default::default()
         };
         match client.send(request).await {
             Ok(answer) if !answer.get_ref().duplicate => written += 1,

@@ -397,6 +397,7 @@ pub async fn send_until_acked(
         client_msg_id: id.as_bytes().to_vec(),
         payload: format!("payload {id}").into_bytes(),
         receipt: false,
+        ..Default::default()
     };
     until_acked(addrs, id, |mut client| {
         let request = request.clone();

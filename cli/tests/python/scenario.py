@@ -3,7 +3,8 @@ against a spawned `imstore serve`. Usage: scenario.py HOST:PORT STUBS_DIR.
 
 Covers a direct chat, a group above the fan-out threshold, sync from two
 devices, mark-read and receipts, a retried send that must not duplicate,
-a block, reactions, pin and mute, and a Watch stream that sees the notifications. Prints PASS at
+a block, reactions, pin and mute, a mention in the big group, and a Watch
+stream that sees the notifications. Prints PASS at
 the end.
 """
 import sys
@@ -147,6 +148,21 @@ try:
     check(False, "a settings change of nothing was accepted")
 except grpc.RpcError as e:
     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"empty settings change: {e.code()}")
+
+# --- a mention in the 600-member group: counted for user 4, not for user 5
+api.Send(pb.SendRequest(conversation=big, sender=3, client_msg_id=b"py-mention", payload=b"@4 look",
+                        mentions=[4]))
+def big_mentions(user):
+    listed = api.ListConversations(pb.ListConversationsRequest(user=user, limit=10))
+    return [c.mentions for c in listed.conversations if c.conversation == big]
+check(big_mentions(4) == [1], f"user 4 mentioned: {big_mentions(4)}")
+check(big_mentions(5) == [0], f"user 5 not mentioned: {big_mentions(5)}")
+try:
+    api.Send(pb.SendRequest(conversation=big, sender=3, client_msg_id=b"py-all", payload=b"x",
+                            mention_everyone=True))
+    check(False, "a member who is not the owner mentioned everyone")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"everyone by a member: {e.code()}")
 
 # --- the watch saw user 2's inbox advance and the big group advance
 deadline = time.time() + 20

@@ -254,7 +254,17 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         );
         Self::kv_put(scratch, Space::Im, index, inbox_seq.to_be_bytes().to_vec());
         scratch.inbox_heads.insert(user, inbox_seq);
-        if !self.settle_settings(scratch, user, copy.conversation, copy.seq)? {
+        if copy.mentioned {
+            Self::kv_put(
+                scratch,
+                Space::Im,
+                im_key(tag::MENTION, &[user, copy.conversation, copy.seq], &[]),
+                Vec::new(),
+            );
+        }
+        // A mention is told even in a muted conversation.
+        let muted = self.settle_settings(scratch, user, copy.conversation, copy.seq)?;
+        if copy.mentioned || !muted {
             scratch.loud_inboxes.insert(user);
         }
         self.advance_view(scratch, user, copy)

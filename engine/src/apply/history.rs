@@ -58,7 +58,12 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             codec::receipt_key(conversation, 0).to_vec(),
             codec::receipt_key(conversation, before_seq).to_vec(),
         ));
-        for kind in [tag::OVERLAY, tag::REACTION, tag::REACTION_COUNT] {
+        for kind in [
+            tag::OVERLAY,
+            tag::REACTION,
+            tag::REACTION_COUNT,
+            tag::MENTIONS,
+        ] {
             scratch.range_deletes.push((
                 Space::Im,
                 im_key(kind, &[conversation, 0], &[]),

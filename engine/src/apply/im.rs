@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 #[cfg(feature = "replication")]
 use super::image::{decode_image, decode_rows};
 use super::{CommittedState, GroupApplier, KvEntry, Pending, Space};
-use crate::codec::{im_key, tag, ConversationState, FriendEntry, MemberEntry, SyncCursor};
+use crate::codec::{
+    im_key, tag, ConversationState, FriendEntry, MemberEntry, Mentions, SyncCursor,
+};
 use crate::{Command, Entity, Error, Outcome, Result};
 
 pub(super) use crate::error::corrupt_metadata as corrupt_value;
@@ -21,7 +23,12 @@ impl<S: CommittedState> GroupApplier<'_, S> {
     pub(super) fn apply_im(&mut self, scratch: &mut Pending, command: &Command) -> Result<Outcome> {
         match command {
             Command::Append(_) => Err(Error::InvalidArgument("append is not an IM command".into())),
-            Command::Send(m) => self.send(scratch, m).map(Outcome::Sent),
+            Command::Send(m) => self
+                .send(scratch, m, &Mentions::default())
+                .map(Outcome::Sent),
+            Command::SendMentioning { message, mentions } => {
+                self.send(scratch, message, mentions).map(Outcome::Sent)
+            }
             Command::CreateGroup {
                 conversation,
                 owner,

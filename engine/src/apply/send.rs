@@ -3,11 +3,27 @@
 
 use super::im::corrupt_value;
 use super::{CommittedState, GroupApplier, Pending, Space};
-use crate::codec::{self, im_key, tag, Effect, InboxCopy, MemberEntry};
-use crate::{Appended, NewMessage, Result, SendMessage};
+use crate::codec::{self, im_key, tag, Effect, InboxCopy, MemberEntry, Mentions, MAX_MENTIONS};
+use crate::{Appended, Error, NewMessage, Result, SendMessage};
 
 impl<S: CommittedState> GroupApplier<'_, S> {
-    pub(super) fn send(&mut self, scratch: &mut Pending, m: &SendMessage) -> Result<Appended> {
+    /// Sends `m`, mentioning `mentions` (none for a plain send).
+    pub(super) fn send(
+        &mut self,
+        scratch: &mut Pending,
+        m: &SendMessage,
+        mentions: &Mentions,
+    ) -> Result<Appended> {
+        if mentions.users.len() > MAX_MENTIONS {
+            return Err(Error::InvalidArgument(format!(
+                "a send mentions at most {MAX_MENTIONS} users, got {}",
+                mentions.users.len()
+            )));
+        }
+        // Ascending and once each, as `Mentions::names` and the row want.
+        let mut mentions = mentions.clone();
+        mentions.users.sort_unstable();
+        mentions.users.dedup();
         let message = NewMessage {
             conversation: m.conversation,
             sender: m.sender,
@@ -25,6 +41,13 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             return Ok(original);
         }
         let mut sender = self.current_member(scratch, m.conversation, m.sender)?;
+        if mentions.everyone && managed.owner != m.sender {
+            return Err(Error::NotTheOwner {
+                conversation: m.conversation,
+                user: m.sender,
+                owner: managed.owner,
+            });
+        }
         if managed.kind == codec::ConversationKind::Direct {
             // The pair's shard: the block rows are here.
             for peer in self.current_members(scratch, m.conversation)? {
@@ -66,10 +89,34 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 payload: m.payload.to_vec(),
                 ..InboxCopy::default()
             };
-            for user in self.current_members(scratch, m.conversation)? {
+            // The mentioned members' copies last, so the others' stay
+            // one run that travels once per shard.
+            let (named, others): (Vec<u64>, Vec<u64>) = self
+                .current_members(scratch, m.conversation)?
+                .into_iter()
+                .partition(|&u| u != m.sender && mentions.names(u));
+            for user in others {
                 let copy = copy.clone();
                 self.emit(scratch, Effect::Deliver { user, copy })?;
             }
+            for user in named {
+                let copy = InboxCopy {
+                    mentioned: true,
+                    ..copy.clone()
+                };
+                self.emit(scratch, Effect::Deliver { user, copy })?;
+            }
+        }
+        if mentions.everyone || !mentions.users.is_empty() {
+            // Whom it mentions, for the members whose lists the
+            // conversation's rows answer (big groups): one row, whatever
+            // the group's size.
+            Self::kv_put(
+                scratch,
+                Space::Im,
+                im_key(tag::MENTIONS, &[m.conversation, seq], &[]),
+                mentions.encode(),
+            );
         }
         if state.member_count <= self.limits.receipt_list_max_members || m.receipt {
             // The (empty) read list marks the message as tracked.

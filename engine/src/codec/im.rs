@@ -74,6 +74,12 @@ pub mod tag {
     /// `G user rev_rank` → conversation u64 BE: the user's pinned
     /// conversations, latest pin first ([`pinned_key`](super::pinned_key)).
     pub const PINNED: u8 = b'G';
+    /// `J user conv seq` → empty: message `seq` mentions the user, in the
+    /// user's shard, written with the message's copy (write fan-out).
+    pub const MENTION: u8 = b'J';
+    /// `E conv seq` → [`Mentions`](super::Mentions): whom message `seq`
+    /// mentions, in the conversation's shard.
+    pub const MENTIONS: u8 = b'E';
 }
 
 /// The tail of a reaction key: the reaction's length (u8), its bytes, then

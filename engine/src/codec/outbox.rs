@@ -38,16 +38,19 @@ pub struct InboxCopy {
     /// Cleared from the conversation's history (retention or a clear):
     /// the row stays, as the inbox seq stays, but sync skips it.
     pub cleared: bool,
+    /// The message mentions this user (by name, or everyone).
+    pub mentioned: bool,
 }
 
 const RECALLED: u8 = 1;
 const EDITED: u8 = 2;
 const HIDDEN: u8 = 4;
 const CLEARED: u8 = 8;
+const MENTIONED: u8 = 16;
 
 impl InboxCopy {
     /// Encodes: version 2, flags (1 recalled, 2 edited, 4 hidden, 8
-    /// cleared), conversation, seq, sender, timestamp, client id length
+    /// cleared, 16 mentions the user), conversation, seq, sender, timestamp, client id length
     /// u16, client id, then the payload to the end.
     pub fn encode(&self) -> Vec<u8> {
         let id_len = self.client_msg_id.len().min(usize::from(u16::MAX));
@@ -58,6 +61,7 @@ impl InboxCopy {
             (self.edited, EDITED),
             (self.hidden, HIDDEN),
             (self.cleared, CLEARED),
+            (self.mentioned, MENTIONED),
         ]
         .iter()
         .filter(|(set, _)| *set)
@@ -94,6 +98,7 @@ impl InboxCopy {
             edited: flags & EDITED != 0,
             hidden: flags & HIDDEN != 0,
             cleared: flags & CLEARED != 0,
+            mentioned: flags & MENTIONED != 0,
         })
     }
 

@@ -38,14 +38,29 @@ pub(super) fn command(model: &Model, op: &Op) -> Option<Command> {
             sender,
             cid,
             receipt,
-        } => Command::Send(SendMessage {
-            conversation: model.conv_id(to),
-            sender: *sender,
-            client_msg_id: Bytes::from(vec![*cid + b'a']),
-            payload: Bytes::from(format!("{sender}:{cid}@{now}")),
-            timestamp_ms: now,
-            receipt: *receipt,
-        }),
+            mentions,
+            everyone,
+        } => {
+            let message = SendMessage {
+                conversation: model.conv_id(to),
+                sender: *sender,
+                client_msg_id: Bytes::from(vec![*cid + b'a']),
+                payload: Bytes::from(format!("{sender}:{cid}@{now}")),
+                timestamp_ms: now,
+                receipt: *receipt,
+            };
+            if mentions.is_empty() && !everyone {
+                Command::Send(message)
+            } else {
+                Command::SendMentioning {
+                    message,
+                    mentions: imstore_engine::codec::Mentions {
+                        everyone: *everyone,
+                        users: mentions.clone(),
+                    },
+                }
+            }
+        }
         Op::MarkRead { user, to, back } => {
             let id = model.conv_id(to);
             let last = model.convs.get(&id).map_or(0, MConv::last);

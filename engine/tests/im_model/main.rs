@@ -66,6 +66,9 @@ struct MMsg {
     recalled: bool,
     edit: Option<Vec<u8>>,
     tracked: bool,
+    /// Whom it mentions (by name; or everyone).
+    mentions: BTreeSet<u64>,
+    everyone: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -239,11 +242,16 @@ impl Model {
                 sender,
                 cid,
                 receipt,
+                mentions,
+                everyone,
             } => Op::Send {
                 sender: self.member_roll(self.conv_id(&to), sender, false),
+                // "Everyone" is a group's.
+                everyone: everyone && matches!(to, Target::Group(_)),
                 to,
                 cid,
                 receipt,
+                mentions,
             },
             Op::MarkRead { user, to, back } => Op::MarkRead {
                 user: self.member_roll(self.conv_id(&to), user, true),
@@ -394,6 +402,8 @@ impl Model {
                 sender,
                 cid,
                 receipt,
+                mentions,
+                everyone,
             } => {
                 let id = self.conv_id(to);
                 // A direct send the peer blocks is refused (after a retry
@@ -415,6 +425,9 @@ impl Model {
                 if !conv.members.get(sender).is_some_and(MMember::current) {
                     return Err("permission denied");
                 }
+                if *everyone && conv.owner != *sender {
+                    return Err("permission denied");
+                }
                 if blocked {
                     return Err("blocked");
                 }
@@ -426,6 +439,8 @@ impl Model {
                     recalled: false,
                     edit: None,
                     tracked: count <= T as usize || *receipt,
+                    mentions: mentions.iter().copied().collect(),
+                    everyone: *everyone,
                 });
                 let seq = conv.last();
                 if count > T as usize {

@@ -33,6 +33,10 @@ pub(super) enum Op {
         sender: u64,
         cid: u8,
         receipt: bool,
+        /// Users the message mentions.
+        mentions: Vec<u64>,
+        /// It mentions everyone (a group's; refused but by its owner).
+        everyone: bool,
     },
     MarkRead {
         user: u64,
@@ -125,8 +129,10 @@ fn single_op() -> impl Strategy<Value = Op> {
             .prop_map(|(group, by, users)| Op::Remove { group, by, users }),
         1 => (user(), user()).prop_map(|(a, b)| Op::OpenDirect(a, b)),
         1 => Just(Op::OpenDirect(1, 2)),
-        16 => (target(), any::<u64>(), 0..8u8, any::<bool>())
-            .prop_map(|(to, sender, cid, receipt)| Op::Send { to, sender, cid, receipt }),
+        16 => (target(), any::<u64>(), 0..8u8, any::<bool>(),
+               prop_oneof![3 => Just(Vec::new()), 1 => proptest::collection::vec(user(), 1..3)],
+               prop::bool::weighted(0.1))
+            .prop_map(|(to, sender, cid, receipt, mentions, everyone)| Op::Send { to, sender, cid, receipt, mentions, everyone }),
         6 => (any::<u64>(), target(), 0..4u64).prop_map(|(user, to, back)| Op::MarkRead { user, to, back }),
         2 => (target(), any::<u64>(), any::<u64>(), any::<bool>())
             .prop_map(|(to, pick, by, admin)| Op::Recall { to, pick, by, admin }),

@@ -158,7 +158,16 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
         // The conversation list: pinned ones first (latest pin first),
         // then by newest activity, archived ones left out until a newer
         // message.
-        type Row = (u64, u64, u64, u64, bool, ConversationKind, Option<View>);
+        type Row = (
+            u64,
+            u64,
+            u64,
+            u64,
+            bool,
+            ConversationKind,
+            Option<View>,
+            u64,
+        );
         let mut want: Vec<(u64, Row)> = Vec::new();
         for &id in &ids {
             let conv = &model.convs[&id];
@@ -191,6 +200,7 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
                     m.current(),
                     conv.kind,
                     last_message,
+                    model.unread_mentions(user, id),
                 ),
             ));
         }
@@ -228,6 +238,7 @@ pub(super) fn check_reads(engine: &Engine, model: &mut Model) -> Result<(), Test
                     s.last_message
                         .as_ref()
                         .map(|v| views(std::slice::from_ref(v))[0].clone()),
+                    s.mentions,
                 )
             })
             .collect();

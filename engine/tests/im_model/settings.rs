@@ -99,6 +99,22 @@ impl Model {
         Ok(Outcome::Settings(out))
     }
 
+    /// Unread, kept messages of `id` that `user` sees and that mention
+    /// them (by name or as everyone).
+    pub(super) fn unread_mentions(&self, user: u64, id: u64) -> u64 {
+        let conv = &self.convs[&id];
+        let Some(m) = conv.members.get(&user) else {
+            return 0;
+        };
+        let last = m.visible_last(conv.last());
+        ((m.read_seq + 1).max(conv.first_retained)..=last)
+            .filter(|&s| {
+                let msg = &conv.msgs[s as usize - 1];
+                m.sees(s) && (msg.everyone || msg.mentions.contains(&user))
+            })
+            .count() as u64
+    }
+
     /// The user's settings of a conversation (defaults when none is set).
     pub(super) fn settings_of(&self, user: u64, id: u64) -> MSettings {
         self.settings.get(&(user, id)).cloned().unwrap_or_default()

@@ -341,7 +341,7 @@ impl<B: Backend> Imstore for ImstoreService<B> {
     ) -> Result<Response<pb::SendResponse>, Status> {
         let r = request.into_inner();
         self.observe("Send", async {
-            match self.write(Command::Send(stream::send_message(r))).await? {
+            match self.write(stream::send_command(r)).await? {
                 Outcome::Sent(a) => Ok(pb::SendResponse {
                     seq: a.seq,
                     duplicate: a.duplicate,

@@ -51,14 +51,26 @@ const ANSWER_QUEUE: usize = 256;
 pub type SendStream = Pin<Box<dyn Stream<Item = Result<pb::SendStreamResponse, Status>> + Send>>;
 
 /// The message of one `Send` request, stamped with the server's time.
-pub(super) fn send_message(r: pb::SendRequest) -> SendMessage {
-    SendMessage {
+/// The command a send request is: a plain send, or one that mentions.
+pub(super) fn send_command(r: pb::SendRequest) -> Command {
+    let message = SendMessage {
         conversation: r.conversation,
         sender: r.sender,
         client_msg_id: Bytes::from(r.client_msg_id),
         payload: Bytes::from(r.payload),
         timestamp_ms: now_ms(),
         receipt: r.receipt,
+    };
+    if r.mentions.is_empty() && !r.mention_everyone {
+        Command::Send(message)
+    } else {
+        Command::SendMentioning {
+            message,
+            mentions: imstore_engine::codec::Mentions {
+                everyone: r.mention_everyone,
+                users: r.mentions,
+            },
+        }
     }
 }
 
@@ -90,14 +102,17 @@ async fn run<B: Backend>(
     let in_order = backend.submits_in_order();
     let (completed_tx, mut completed) = mpsc::unbounded_channel::<Completed>();
     let submit = |request: pb::SendRequest| {
-        let message = send_message(request);
+        let command = send_command(request);
+        let (Command::Send(message) | Command::SendMentioning { message, .. }) = &command else {
+            return;
+        };
         // The answer's copy of the id shares the command's bytes.
         let (conversation, client_msg_id) = (message.conversation, message.client_msg_id.clone());
         let started = Instant::now();
         let tx = completed_tx.clone();
         metrics.hot.wrote(conversation);
         backend.submit(
-            Command::Send(message),
+            command,
             Box::new(move |result| {
                 // The task is gone only once nothing is in flight.
                 let _ = tx.send(Completed {

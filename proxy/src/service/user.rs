@@ -214,6 +214,7 @@ impl<B: Backend> ImstoreService<B> {
                             unread: s.unread,
                             member: s.member,
                             last_message: s.last_message.map(message),
+                            mentions: s.mentions,
                             pinned: set.pinned(),
                             muted: set.muted,
                             value: set.value.clone(),

@@ -178,7 +178,9 @@ impl TierBackend {
 fn retry_safe(command: &Command) -> bool {
     match command {
         Command::Append(messages) => messages.iter().all(|m| !m.client_msg_id.is_empty()),
-        Command::Send(message) => !message.client_msg_id.is_empty(),
+        Command::Send(message) | Command::SendMentioning { message, .. } => {
+            !message.client_msg_id.is_empty()
+        }
         Command::OpenDirect { .. }
         | Command::AddMembers { .. }
         | Command::RemoveMembers { .. }

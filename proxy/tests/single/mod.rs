@@ -100,6 +100,7 @@ pub async fn send(
             client_msg_id: id.as_bytes().to_vec(),
             payload: text.as_bytes().to_vec(),
             receipt: false,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
