@@ -159,7 +159,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
             // A `NoteRead` may have brought a newer read position first.
             view.note_read(old.read_seq());
         }
-        Self::store_view(scratch, user, conversation, old.as_ref(), &view);
+        self.keep_view(scratch, user, conversation, old.as_ref(), &view)?;
         Ok(())
     }
 
@@ -176,7 +176,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         if let Some(old) = self.view(scratch, user, conversation)? {
             let mut view = old.clone();
             if view.note_read(read_seq) {
-                Self::store_view(scratch, user, conversation, Some(&old), &view);
+                self.keep_view(scratch, user, conversation, Some(&old), &view)?;
             }
         }
         Ok(Outcome::Done)
@@ -194,7 +194,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         };
         let mut view = old.clone();
         if view.advance(user, copy.seq, copy.sender, copy.timestamp_ms) {
-            Self::store_view(scratch, user, copy.conversation, Some(&old), &view);
+            self.keep_view(scratch, user, copy.conversation, Some(&old), &view)?;
         }
         Ok(())
     }
@@ -212,6 +212,36 @@ impl<S: CommittedState> GroupApplier<'_, S> {
         )?
         .map(|v| UserView::decode(&v).map_err(corrupt_value("user view")))
         .transpose()
+    }
+
+    /// Stores `view` over `old`; a read position that moved takes the
+    /// mention marks at or below it along (they would never count again).
+    fn keep_view(
+        &mut self,
+        scratch: &mut Pending,
+        user: u64,
+        conversation: u64,
+        old: Option<&UserView>,
+        view: &UserView,
+    ) -> Result<()> {
+        Self::store_view(scratch, user, conversation, old, view);
+        let read = view.read_seq();
+        if read > old.map_or(0, UserView::read_seq) {
+            let marks = self.kv_scan(
+                scratch,
+                Space::Im,
+                &im_key(tag::MENTION, &[user, conversation], &[]),
+                &im_key(
+                    tag::MENTION,
+                    &[user, conversation, read.saturating_add(1)],
+                    &[],
+                ),
+            )?;
+            for key in marks.into_keys() {
+                Self::kv_delete(scratch, Space::Im, key);
+            }
+        }
+        Ok(())
     }
 
     fn store_view(
