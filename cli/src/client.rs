@@ -646,6 +646,10 @@ async fn call(
                         json!({"conversation": {"conversation": c.conversation, "seq": c.seq, "change": c.change}}),
                         format!("big conversation {} advanced to #{}", c.conversation, c.seq),
                     ),
+                    Some(pb::notification::Event::Reaction(r)) => (
+                        json!({"reaction": {"conversation": r.conversation, "seq": r.seq}}),
+                        format!("reactions of #{} in {} changed", r.seq, r.conversation),
+                    ),
                     Some(pb::notification::Event::Resync(r)) => {
                         (json!({"resync": r.reason}), format!("resync: {}", r.reason))
                     }

@@ -472,6 +472,7 @@ impl Committer {
                 .collect(),
             joined: effects.joined.clone(),
             remote_views: effects.remote_views.clone(),
+            reacted: effects.reacted.clone(),
             outbox: effects.outbox_written,
         });
         // The caches first: they must match the store whatever the

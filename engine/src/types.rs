@@ -506,6 +506,9 @@ pub struct CommitNotice {
     /// it so, one shard for both, is in `joined` instead: nothing came
     /// in between.)
     pub remote_views: Vec<(u64, u64)>,
+    /// (conversation, seq) of messages whose reactions changed: a
+    /// subscriber following the conversation is told.
+    pub reacted: Vec<(u64, u64)>,
     /// The shard wrote outbox records: effects for users of other shards
     /// wait to be delivered ([`Command::Deliver`](crate::Command::Deliver)).
     pub outbox: bool,
@@ -515,6 +518,7 @@ impl CommitNotice {
     /// Nothing to tell.
     pub fn is_empty(&self) -> bool {
         self.inbox_heads.is_empty()
+            && self.reacted.is_empty()
             && self.conversations.is_empty()
             && self.joined.is_empty()
             && self.remote_views.is_empty()

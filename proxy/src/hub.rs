@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use imstore_engine::CommitNotice;
-use imstore_proto::v1::{notification, ConversationAdvanced, InboxAdvanced, Notification, Resync};
+use imstore_proto::v1::{
+    notification, ConversationAdvanced, InboxAdvanced, Notification, ReactionChanged, Resync,
+};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 
@@ -197,6 +199,13 @@ impl Hub {
                     return false;
                 }
             }
+            for &(conversation, seq) in &notice.reacted {
+                if conversations.contains(&conversation)
+                    && !sub.offer(reaction_changed(conversation, seq, notice.shard.into()))
+                {
+                    return false;
+                }
+            }
             true
         });
     }
@@ -238,6 +247,17 @@ pub fn conversation_advanced(conversation: u64, seq: u64, change: u64, shard: u3
             conversation,
             seq,
             change,
+            shard,
+        })),
+    }
+}
+
+/// "Message S of conversation C (of shard H) has new reactions."
+pub fn reaction_changed(conversation: u64, seq: u64, shard: u32) -> Notification {
+    Notification {
+        event: Some(notification::Event::Reaction(ReactionChanged {
+            conversation,
+            seq,
             shard,
         })),
     }
@@ -346,6 +366,7 @@ mod tests {
             conversations: vec![(8, 1, 1), (9, 4, 2)],
             joined: vec![],
             remote_views: vec![],
+            reacted: vec![(8, 1), (9, 3)],
             outbox: false,
         });
         assert_eq!(
@@ -356,6 +377,7 @@ mod tests {
             next(&mut stream).await,
             Some(conversation_advanced(9, 4, 2, 0))
         );
+        assert_eq!(next(&mut stream).await, Some(reaction_changed(9, 3, 0)));
         // User 1 joins conversation 8 (in shard 3): followed from then on,
         // notified with its shard.
         hub.publish(&CommitNotice {

@@ -1,9 +1,11 @@
 //! Reactions through the API, on one engine and on 4 shards: added
 //! (idempotently) and removed, counted in `ReadAs` (and in `ReadAsMany`),
-//! the users of a reaction paged by id, gone with cleared history; bad
-//! input gets a typed error and writes nothing.
+//! the users of a reaction paged by id, pushed to a watch that lists the
+//! conversation, gone with cleared history; bad input gets a typed error
+//! and writes nothing.
 
 use imstore_proto::v1 as pb;
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 mod sharded;
@@ -121,6 +123,38 @@ async fn scenario(mut c: Client) -> TestResult {
         after = last;
     }
     assert_eq!(all, (1..=12).collect::<Vec<u64>>());
+
+    // A watch that lists the group hears of a change of reactions (and
+    // skips what else it is told, such as user 1's inbox head).
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            users: vec![pb::UserPosition {
+                user: 1,
+                inbox_seq: 0,
+                shards: Vec::new(),
+            }],
+            conversations: vec![GROUP],
+            change: 0,
+            shards: Vec::new(),
+            reported: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    react(&mut c, 3, 7, "🎉", true).await?;
+    let changed = loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), watch.next())
+            .await
+            .map_err(|_| "no notification within 60 s")?
+            .ok_or("stream ended")??;
+        match next.event {
+            Some(pb::notification::Event::Reaction(r)) => break r,
+            Some(pb::notification::Event::Resync(r)) => return Err(r.reason.into()),
+            _ => continue,
+        }
+    };
+    assert_eq!((changed.conversation, changed.seq), (GROUP, 3));
+    drop(watch);
+    react(&mut c, 3, 7, "🎉", false).await?;
 
     // Bad input: a typed error, nothing written.
     let long = "x".repeat(imstore_engine::MAX_REACTION_BYTES + 1);

@@ -144,6 +144,8 @@ pub(crate) struct Pending {
     inbox_heads: BTreeMap<u64, u64>,
     /// Users who got a copy of a conversation they have not muted.
     loud_inboxes: BTreeSet<u64>,
+    /// (conversation, seq) of messages whose reactions changed.
+    reacted: Vec<(u64, u64)>,
     /// Effects for users of other shards, per destination shard, written
     /// to the outbox when the command ends.
     outgoing: BTreeMap<u64, Vec<codec::Effect>>,
@@ -216,6 +218,7 @@ impl Pending {
             *slot = (*slot).max(head);
         }
         self.loud_inboxes.extend(scratch.loud_inboxes);
+        self.reacted.extend(scratch.reacted);
         self.outbox_written |= scratch.outbox_written;
         if scratch.replace.is_some() {
             self.replace = scratch.replace;
@@ -546,6 +549,7 @@ impl<'a, S: CommittedState> GroupApplier<'a, S> {
             new_messages: group.new_messages,
             inbox_heads: group.inbox_heads,
             loud_inboxes: group.loud_inboxes,
+            reacted: group.reacted,
             outbox_written: group.outbox_written,
             cleared: group.cleared,
             change: group.change,
@@ -568,6 +572,8 @@ pub(crate) struct GroupEffects {
     pub inbox_heads: BTreeMap<u64, u64>,
     /// Those of them who got a copy of a conversation they have not muted.
     pub loud_inboxes: BTreeSet<u64>,
+    /// (conversation, seq) of messages whose reactions changed.
+    pub reacted: Vec<(u64, u64)>,
     /// (user, conversation) memberships opened.
     pub joined: Vec<(u64, u64)>,
     /// (user, conversation) views that became remote through a delivery.

@@ -52,6 +52,7 @@ impl<S: CommittedState> GroupApplier<'_, S> {
                 left => Self::kv_put(scratch, Space::Im, count_key, left.to_be_bytes().to_vec()),
             }
         }
+        scratch.reacted.push((conversation, seq));
         Ok(Outcome::Done)
     }
 }

@@ -31,6 +31,7 @@ async fn relay(
     let about_shard = |n: &pb::Notification| match &n.event {
         Some(pb::notification::Event::Inbox(a)) => u64::from(a.shard) == shard,
         Some(pb::notification::Event::Conversation(a)) => u64::from(a.shard) == shard,
+        Some(pb::notification::Event::Reaction(a)) => u64::from(a.shard) == shard,
         _ => false,
     };
     let why = loop {
