@@ -30,6 +30,10 @@ pub struct ProxyArgs {
     /// milliseconds [default: 10000].
     #[arg(long)]
     request_deadline_ms: Option<u64>,
+    /// How long one attempt at one node may take before the next is tried,
+    /// for calls that may be sent twice, in milliseconds [default: 3000].
+    #[arg(long)]
+    attempt_timeout_ms: Option<u64>,
 }
 
 impl ProxyArgs {
@@ -53,6 +57,9 @@ impl ProxyArgs {
         }
         if let Some(ms) = self.request_deadline_ms {
             proxy.request_deadline_ms = ms;
+        }
+        if let Some(ms) = self.attempt_timeout_ms {
+            proxy.attempt_timeout_ms = ms;
         }
         if proxy.nodes.is_empty() {
             return Err("a proxy needs the cluster's nodes: --nodes, or `nodes` in [proxy]".into());

@@ -67,29 +67,35 @@ pub struct TierBackend {
 }
 
 /// What the backend's tasks share.
+/// How long a request may take, and each attempt at one node of one
+/// that may be sent twice; backend reads of one conversation out at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) deadline: Duration,
+    pub(crate) attempt: Duration,
+    pub(crate) reads_in_flight: usize,
+}
+
 struct Calls {
     directory: Arc<Directory>,
     /// Turns of reads any replica may answer, spread over the replicas.
     turns: std::sync::atomic::AtomicUsize,
     deadline: Duration,
+    attempt: Duration,
     gate: Arc<ConversationGate>,
     figures: Arc<TierFigures>,
 }
 
 impl TierBackend {
-    /// A backend over `directory`'s cluster: a request gives up after
-    /// `deadline`, and a conversation has at most `reads_in_flight`
-    /// backend reads out at a time. Must be called inside a tokio runtime.
-    pub(crate) fn new(
-        directory: Arc<Directory>,
-        deadline: Duration,
-        reads_in_flight: usize,
-    ) -> TierBackend {
+    /// A backend over `directory`'s cluster, within `limits`. Must be
+    /// called inside a tokio runtime.
+    pub(crate) fn new(directory: Arc<Directory>, limits: Limits) -> TierBackend {
         let calls = Arc::new(Calls {
             directory,
             turns: std::sync::atomic::AtomicUsize::new(0),
-            deadline,
-            gate: ConversationGate::new(reads_in_flight),
+            deadline: limits.deadline,
+            attempt: limits.attempt,
+            gate: ConversationGate::new(limits.reads_in_flight),
             figures: Arc::default(),
         });
         let queues = (0..calls.directory.shard_count())
@@ -326,7 +332,14 @@ impl Calls {
                         continue;
                     }
                 };
-                let error = match tokio::time::timeout(left, call(client)).await {
+                // What may be sent twice gives up on a node that hangs
+                // after one attempt's time; the rest waits for its answer.
+                let wait = if again_if_lost {
+                    left.min(self.attempt)
+                } else {
+                    left
+                };
+                let error = match tokio::time::timeout(wait, call(client)).await {
                     Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err((error, transport))) => {
                         if transport {
@@ -334,11 +347,14 @@ impl Calls {
                         }
                         error
                     }
-                    Err(_) => Error::Unavailable(format!(
-                        "shard {shard}: {address} did not answer within the request deadline \
-                         ({:?})",
-                        self.deadline
-                    )),
+                    Err(_) => {
+                        // A node that hangs may hold a broken connection:
+                        // the next call dials afresh.
+                        self.directory.forget(&address);
+                        Error::Unavailable(format!(
+                            "shard {shard}: {address} did not answer within {wait:?}"
+                        ))
+                    }
                 };
                 if ask_elsewhere(&error) {
                     if let Error::NotLeader {
@@ -546,5 +562,89 @@ mod tests {
             admin: false,
             timestamp_ms: 0
         }));
+    }
+
+    /// A listener on 127.0.0.1 that takes connections and never answers:
+    /// a node that hangs.
+    async fn hanging_node() -> Result<String, Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Ok(address)
+    }
+
+    fn calls(replicas: Vec<String>, deadline: Duration, attempt: Duration) -> Calls {
+        Calls {
+            directory: Arc::new(Directory::fixed(replicas)),
+            turns: std::sync::atomic::AtomicUsize::new(0),
+            deadline,
+            attempt,
+            gate: ConversationGate::new(1),
+            figures: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_hangs_costs_a_call_that_may_be_sent_twice_one_attempt(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let replicas = vec![hanging_node().await?, hanging_node().await?];
+        // A deadline far beyond the test's patience: only the attempt's
+        // bound lets the call reach the second node.
+        let calls = calls(
+            replicas,
+            Duration::from_secs(3_600),
+            Duration::from_millis(50),
+        );
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let call = calls.call(0, true, false, |_client| {
+            let first = tries.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<u64, (Error, bool)>(7)
+            }
+        });
+        // A guard, not a measure: without the bound the call would wait
+        // for the hour-long deadline.
+        let answer = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .map_err(|_| "the call waited on the hanging node")??;
+        assert_eq!(answer, 7);
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_call_that_may_not_be_sent_twice_waits_for_its_node(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let replicas = vec![hanging_node().await?, hanging_node().await?];
+        let calls = calls(
+            replicas,
+            Duration::from_millis(300),
+            Duration::from_millis(50),
+        );
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let answer = calls
+            .call(0, false, false, |_client| {
+                tries.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    std::future::pending::<()>().await;
+                    Ok::<u64, (Error, bool)>(7)
+                }
+            })
+            .await;
+        assert!(matches!(answer, Err(Error::Unavailable(_))), "{answer:?}");
+        assert_eq!(
+            tries.load(Ordering::SeqCst),
+            1,
+            "never sent to a second node"
+        );
+        Ok(())
     }
 }

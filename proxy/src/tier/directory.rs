@@ -87,6 +87,19 @@ impl Directory {
         }
     }
 
+    /// A directory of a cluster whose shard 0 is on `replicas` (leader
+    /// hint first), without reading any map: for tests of the calls.
+    #[cfg(test)]
+    pub(crate) fn fixed(replicas: Vec<String>) -> Directory {
+        Directory {
+            seeds: replicas.clone(),
+            dialer: Dialer::plaintext(),
+            shard_count: 1,
+            routes: RwLock::new(vec![replicas]),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The cluster's data shard count (fixed for its lifetime).
     pub(crate) fn shard_count(&self) -> u64 {
         self.shard_count

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use backend::Limits;
 pub use backend::{TierBackend, TierFigures};
 pub(crate) use directory::Directory;
 
@@ -38,6 +39,14 @@ pub struct ProxyConfig {
     /// How long a request may take in the proxy, retries included, in
     /// milliseconds. Default 10,000.
     pub request_deadline_ms: u64,
+    /// How long one attempt at one node may take before the proxy tries
+    /// the next, in milliseconds, for the calls it may send twice (reads,
+    /// and writes that a second application leaves unchanged): a node that
+    /// hangs (stopped, or cut off without a reset) costs this, not the
+    /// whole deadline. Other writes wait for their node up to the
+    /// deadline, since trying elsewhere could apply them twice.
+    /// Default 3,000.
+    pub attempt_timeout_ms: u64,
     /// How often the shard map is read again, in milliseconds (and after
     /// a round of failed calls). Default 1,000.
     pub map_refresh_ms: u64,
@@ -54,6 +63,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             nodes: Vec::new(),
             request_deadline_ms: 10_000,
+            attempt_timeout_ms: 3_000,
             map_refresh_ms: 1_000,
             conversation_reads_in_flight: 8,
             start_timeout_ms: 60_000,
@@ -74,9 +84,13 @@ impl ProxyParts {
         config: &ProxyConfig,
         dialer: imstore_raft::Dialer,
     ) -> Result<ProxyParts, crate::ServeError> {
-        if config.request_deadline_ms == 0 || config.map_refresh_ms == 0 {
+        if config.request_deadline_ms == 0
+            || config.map_refresh_ms == 0
+            || config.attempt_timeout_ms == 0
+        {
             return Err(crate::ServeError::Config(
-                "proxy: request_deadline_ms and map_refresh_ms must be above 0".into(),
+                "proxy: request_deadline_ms, attempt_timeout_ms and map_refresh_ms must be above 0"
+                    .into(),
             ));
         }
         let directory = Directory::learn(
@@ -95,8 +109,11 @@ impl ProxyParts {
         let following = directory.follow(Duration::from_millis(config.map_refresh_ms));
         let backend = Arc::new(TierBackend::new(
             directory,
-            Duration::from_millis(config.request_deadline_ms),
-            config.conversation_reads_in_flight,
+            Limits {
+                deadline: Duration::from_millis(config.request_deadline_ms),
+                attempt: Duration::from_millis(config.attempt_timeout_ms),
+                reads_in_flight: config.conversation_reads_in_flight,
+            },
         ));
         Ok(ProxyParts { backend, following })
     }
