@@ -22,6 +22,8 @@ mod outbox_read;
 pub(crate) mod reactions_read;
 #[path = "receipt_read.rs"]
 pub(crate) mod receipt_read;
+#[path = "segment_pages.rs"]
+pub(crate) mod segment_pages;
 #[path = "settings_read.rs"]
 pub(crate) mod settings_read;
 #[path = "sync_read.rs"]

@@ -135,6 +135,7 @@ pub use crate::disk::{
 };
 pub use crate::engine::blocks_read::BlockedUser;
 pub use crate::engine::receipt_read::MAX_RECEIPT_MESSAGES;
+pub use crate::engine::segment_pages::{PageParts, SealedMessages, MAX_CACHED_SEGMENTS};
 pub use crate::engine::settings_read::{assemble_list, UserListPage};
 pub use crate::engine::sync_read::{finish_sync, BigHead, UserSyncPage};
 pub use crate::engine::view_read::{merge_list_pages, ListIndexPage};

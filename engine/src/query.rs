@@ -231,6 +231,23 @@ pub enum ShardQuery {
         /// Most entries.
         limit: u32,
     },
+    /// [`Engine::page_parts`]: [`ShardQuery::ViewerPages`] without the
+    /// sealed segments the asker holds.
+    PageParts {
+        /// The conversation.
+        conversation: u64,
+        /// Where the page starts (or ends, backward).
+        from: u64,
+        /// Most messages per viewer.
+        limit: u32,
+        /// Which way from `from`.
+        direction: Direction,
+        /// Who reads, at most [`crate::MAX_VIEWERS`].
+        viewers: Vec<u64>,
+        /// Bases of the sealed segments the asker holds, at most
+        /// [`crate::MAX_CACHED_SEGMENTS`].
+        cached: Vec<u64>,
+    },
 }
 
 /// The answer to a [`ShardQuery`], the variant named after it.
@@ -304,6 +321,8 @@ pub enum ShardAnswer {
     Users(Vec<u64>),
     /// See [`ShardQuery::ListPage`].
     ListPage(crate::UserListPage),
+    /// See [`ShardQuery::PageParts`].
+    PageParts(crate::PageParts),
     /// See [`ShardQuery::SyncWithSettings`].
     SyncWithSettings {
         /// The cursor the page started from (the device's saved one).
@@ -326,6 +345,7 @@ impl ShardQuery {
             | ShardQuery::Receipts { conversation, .. }
             | ShardQuery::ReceiptPages { conversation, .. }
             | ShardQuery::ViewerPages { conversation, .. }
+            | ShardQuery::PageParts { conversation, .. }
             | ShardQuery::Reactors { conversation, .. }
             | ShardQuery::Unread { conversation, .. } => Some(*conversation),
             _ => None,
@@ -443,6 +463,21 @@ impl Engine {
                 after,
                 limit: n,
             } => ShardAnswer::ListPage(self.user_list_page(user, after, limit(n))?),
+            ShardQuery::PageParts {
+                conversation,
+                from,
+                limit: n,
+                direction,
+                viewers,
+                cached,
+            } => ShardAnswer::PageParts(self.page_parts(
+                conversation,
+                from,
+                limit(n),
+                direction,
+                &viewers,
+                &cached,
+            )?),
             ShardQuery::BigHeads {
                 user,
                 conversations,

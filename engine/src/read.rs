@@ -172,6 +172,32 @@ fn forward_at(
     Ok((out, last))
 }
 
+/// The bytes of every segment of `conversation` that holds a seq in
+/// `lo..=hi`, with its base, ascending: what a proxy caches of sealed
+/// segments (`Engine::page_parts`).
+pub(crate) fn raw_segments(
+    store: &ShardView<'_>,
+    conversation: u64,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<(u64, Bytes)>> {
+    let mut out = Vec::new();
+    let mut it = segment_iterator(store, conversation)?;
+    it.seek_for_prev(store.segment_key(conversation, lo));
+    if current_segment(&it, conversation)?.is_none() {
+        it.seek(store.segment_key(conversation, 0));
+    }
+    while let Some(base) = current_segment(&it, conversation)? {
+        if base > hi {
+            break;
+        }
+        out.push((base, Bytes::copy_from_slice(it.value().unwrap_or_default())));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
 /// Up to `limit` messages with seq ≤ `to`, the highest ones, ascending, and
 /// the conversation's last seq when the read began.
 pub(crate) fn backward(

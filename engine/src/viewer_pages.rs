@@ -52,6 +52,54 @@ impl Engine {
         direction: Direction,
         viewers: &[u64],
     ) -> Result<ViewerPages> {
+        let (cuts, wanted) = self.viewer_ranges(conversation, from, limit, direction, viewers)?;
+        let mut messages = Vec::new();
+        for (lo, hi) in wanted {
+            let mut at = lo;
+            while at <= hi {
+                let want = usize::try_from(hi - at + 1)
+                    .unwrap_or(usize::MAX)
+                    .min(limit);
+                let read = self.read(conversation, at, want, Direction::Forward)?;
+                let Some(last) = read.last().map(|m| m.seq) else {
+                    break;
+                };
+                messages.extend(read);
+                at = last.saturating_add(1);
+            }
+        }
+        let (overlays, mut reactions) = match (messages.first(), messages.last()) {
+            (Some(lo), Some(hi)) => (
+                self.overlays_in(conversation, lo.seq, hi.seq)?,
+                self.reactions_in(conversation, lo.seq, hi.seq)?,
+            ),
+            _ => Default::default(),
+        };
+        let messages: Vec<MessageView> = messages
+            .into_iter()
+            .map(|m| {
+                let seq = m.seq;
+                let mut v = view(m, overlays.get(&seq), false);
+                v.reactions = reactions.remove(&seq).unwrap_or_default();
+                v
+            })
+            .collect();
+        let viewers = self.viewer_cuts(conversation, cuts)?;
+        Ok(ViewerPages { messages, viewers })
+    }
+
+    /// Each viewer's page ranges (or why it may not read), by ascending
+    /// viewer, and the ranges of all of them merged: checks the count of
+    /// viewers, the limit and the conversation.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn viewer_ranges(
+        &self,
+        conversation: u64,
+        from: u64,
+        limit: usize,
+        direction: Direction,
+        viewers: &[u64],
+    ) -> Result<(Vec<(u64, Result<Vec<(u64, u64)>>)>, Vec<(u64, u64)>)> {
         if viewers.is_empty() || viewers.len() > MAX_VIEWERS {
             return Err(Error::InvalidArgument(format!(
                 "viewer pages are asked for 1 to {MAX_VIEWERS} viewers, not {}",
@@ -86,37 +134,15 @@ impl Engine {
                 Err(e) => cuts.push((viewer, Err(e.in_conversation(conversation, None)))),
             }
         }
-        let mut messages = Vec::new();
-        for (lo, hi) in merge(wanted) {
-            let mut at = lo;
-            while at <= hi {
-                let want = usize::try_from(hi - at + 1)
-                    .unwrap_or(usize::MAX)
-                    .min(limit);
-                let read = self.read(conversation, at, want, Direction::Forward)?;
-                let Some(last) = read.last().map(|m| m.seq) else {
-                    break;
-                };
-                messages.extend(read);
-                at = last.saturating_add(1);
-            }
-        }
-        let (overlays, mut reactions) = match (messages.first(), messages.last()) {
-            (Some(lo), Some(hi)) => (
-                self.overlays_in(conversation, lo.seq, hi.seq)?,
-                self.reactions_in(conversation, lo.seq, hi.seq)?,
-            ),
-            _ => Default::default(),
-        };
-        let messages: Vec<MessageView> = messages
-            .into_iter()
-            .map(|m| {
-                let seq = m.seq;
-                let mut v = view(m, overlays.get(&seq), false);
-                v.reactions = reactions.remove(&seq).unwrap_or_default();
-                v
-            })
-            .collect();
+        Ok((cuts, merge(wanted)))
+    }
+
+    /// Each viewer's cut: its ranges and its own deletions in them.
+    pub(super) fn viewer_cuts(
+        &self,
+        conversation: u64,
+        cuts: Vec<(u64, Result<Vec<(u64, u64)>>)>,
+    ) -> Result<Vec<(u64, Result<ViewerCut>)>> {
         let mut viewers = Vec::with_capacity(cuts.len());
         for (viewer, ranges) in cuts {
             let cut = match ranges {
@@ -134,7 +160,7 @@ impl Engine {
             };
             viewers.push((viewer, cut));
         }
-        Ok(ViewerPages { messages, viewers })
+        Ok(viewers)
     }
 }
 

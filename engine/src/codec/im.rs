@@ -439,6 +439,7 @@ impl FriendEntry {
 }
 
 /// A change laid over an immutable stored message.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OverlayEntry {
     /// The content is gone for everyone; the seq stays.

@@ -40,7 +40,7 @@ use devices::{sync, Device, Fate};
 use ops::{op, user, Op, Target};
 use reads::check_reads;
 use receipt_pages::check_receipt_pages;
-use viewer_pages::check_viewer_pages;
+use viewer_pages::{check_cached_pages, check_viewer_pages, SegmentCache};
 
 const USERS: u64 = 5;
 const GROUPS: u64 = 3;
@@ -632,6 +632,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         now: 1_000_000,
         ..Model::default()
     };
+    let mut segments = SegmentCache::new();
     for op in &ops {
         match op {
             Op::Reopen => {
@@ -671,6 +672,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         model.now += 1;
+        let ids: Vec<u64> = model.convs.keys().copied().collect();
+        check_cached_pages(&engine, &mut segments, &ids, USERS)?;
     }
     if std::env::var_os("IMSTORE_MODEL_STATS").is_some() {
         let msgs: usize = model.convs.values().map(|c| c.msgs.len()).sum();
