@@ -26,6 +26,10 @@ pub struct ViewerPages {
     pub viewers: Vec<(u64, Result<ViewerCut>)>,
 }
 
+/// Each viewer's page ranges (inclusive, ascending), or why it may not
+/// read, by ascending viewer.
+pub(super) type ViewerRanges = Vec<(u64, Result<Vec<(u64, u64)>>)>;
+
 /// One viewer's page of [`ViewerPages::messages`].
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +95,6 @@ impl Engine {
     /// Each viewer's page ranges (or why it may not read), by ascending
     /// viewer, and the ranges of all of them merged: checks the count of
     /// viewers, the limit and the conversation.
-    #[allow(clippy::type_complexity)]
     pub(super) fn viewer_ranges(
         &self,
         conversation: u64,
@@ -99,7 +102,7 @@ impl Engine {
         limit: usize,
         direction: Direction,
         viewers: &[u64],
-    ) -> Result<(Vec<(u64, Result<Vec<(u64, u64)>>)>, Vec<(u64, u64)>)> {
+    ) -> Result<(ViewerRanges, Vec<(u64, u64)>)> {
         if viewers.is_empty() || viewers.len() > MAX_VIEWERS {
             return Err(Error::InvalidArgument(format!(
                 "viewer pages are asked for 1 to {MAX_VIEWERS} viewers, not {}",
@@ -141,7 +144,7 @@ impl Engine {
     pub(super) fn viewer_cuts(
         &self,
         conversation: u64,
-        cuts: Vec<(u64, Result<Vec<(u64, u64)>>)>,
+        cuts: ViewerRanges,
     ) -> Result<Vec<(u64, Result<ViewerCut>)>> {
         let mut viewers = Vec::with_capacity(cuts.len());
         for (viewer, ranges) in cuts {
