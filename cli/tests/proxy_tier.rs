@@ -356,12 +356,15 @@ async fn overlays_and_cleared_history_read_through_a_proxy_as_through_a_node() -
     let root = tempfile::tempdir()?;
     let (addrs, _nodes) = start_three(root.path(), &["--shards", "2"])?;
     cluster_init(&addrs, &[])?;
-    let proxy = spawn_proxy(free_port()?, &addrs, &[])?;
+    let metrics = free_port()?.to_string();
+    let proxy = spawn_proxy(free_port()?, &addrs, &["--metrics-listen", &metrics])?;
     create_group(&[proxy.addr], 601)
         .await
         .map_err(|e| e.to_string())?;
     let mut c = client(proxy.addr).await?;
-    for i in 1..=6u64 {
+    // 150 messages: the first two segments (64 records each by default)
+    // are sealed, and the proxy keeps them after the first read.
+    for i in 1..=150u64 {
         c.send(pb::SendRequest {
             conversation: 601,
             sender: 1,
@@ -372,13 +375,13 @@ async fn overlays_and_cleared_history_read_through_a_proxy_as_through_a_node() -
         })
         .await?;
     }
-    // Read once, so that a cache (if any) holds the page.
+    // Read once, so that the proxy's cache holds the sealed segments.
     assert_eq!(
         timeline(proxy.addr, 601)
             .await
             .map_err(|e| e.to_string())?
             .len(),
-        6
+        150
     );
     c.recall(pb::RecallRequest {
         conversation: 601,
@@ -409,11 +412,34 @@ async fn overlays_and_cleared_history_read_through_a_proxy_as_through_a_node() -
     let through_node = timeline(addrs[0], 601).await.map_err(|e| e.to_string())?;
     assert_eq!(through_proxy, through_node);
     let seqs: Vec<u64> = through_proxy.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, vec![3, 4, 5, 6], "cleared below 3");
+    assert_eq!(seqs, (3..=150).collect::<Vec<u64>>(), "cleared below 3");
+    // The second read took the sealed segments from the proxy's cache.
+    let body = fetch_metrics(metrics.parse()?).map_err(|e| e.to_string())?;
+    let from_cache = counter(&body, "imstore_proxy_segments_from_cache_total")?;
+    assert!(from_cache >= 2, "{from_cache} segments from the cache");
     assert!(through_proxy[1].recalled && through_proxy[1].payload.is_empty());
     assert!(through_proxy[2].edited);
     assert_eq!(through_proxy[2].payload, b"edited".to_vec());
     assert!(through_proxy[3].deleted_for_me && through_proxy[3].payload.is_empty());
+
+    // A backward page from the middle of the sealed history, as from a node.
+    let middle = |addr| async move {
+        client(addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .read_as(pb::ReadAsRequest {
+                viewer: 1,
+                conversation: 601,
+                from: 70,
+                limit: 10,
+                direction: pb::Direction::Backward as i32,
+                stale_ok: false,
+            })
+            .await
+            .map(|r| r.into_inner().messages)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(middle(proxy.addr).await?, middle(addrs[1]).await?);
 
     // Members (and a stranger) reading the newest page at once share the
     // proxy's backend reads; each still gets its own page or error, as

@@ -391,10 +391,35 @@ impl Collector for TierCollector {
                 "Calls the proxy sent again, to the next node or after a pause.",
                 f.retries.load(Relaxed),
             ),
+            (
+                "imstore_proxy_segments_from_cache",
+                "Sealed segments page reads took from the proxy's cache.",
+                f.segments_from_cache.load(Relaxed),
+            ),
+            (
+                "imstore_proxy_segments_fetched",
+                "Sealed segments page reads brought from nodes.",
+                f.segments_fetched.load(Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             encode_one(&mut encoder, name, help, Counter, value)?;
         }
+        let (bytes, segments) = self.tier.segment_cache_usage();
+        encode_one(
+            &mut encoder,
+            "imstore_proxy_segment_cache_bytes",
+            "Bytes of sealed segments the proxy's cache holds.",
+            Gauge,
+            bytes as u64,
+        )?;
+        encode_one(
+            &mut encoder,
+            "imstore_proxy_segment_cache_segments",
+            "Sealed segments the proxy's cache holds.",
+            Gauge,
+            segments as u64,
+        )?;
         let (keys, conversations) = self.tier.reads_in_flight();
         encode_one(
             &mut encoder,

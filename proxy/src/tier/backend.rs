@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imstore_engine::{Command, Direction, Reader, ShardAnswer, ShardQuery};
+use imstore_engine::{Command, Direction, Reader, SealedMessages, ShardAnswer, ShardQuery};
 use imstore_proto::raft as pb;
 use imstore_raft::{Proposal, Responses};
 use tokio::sync::mpsc::UnboundedSender;
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::directory::{Directory, NodeClient};
 use super::flights::{Boarding, ConversationGate, Flights};
+use super::segments::SegmentCache;
 use crate::backend::{answer_writers, place, spawn_batcher, Answer, Backend, Done, Route};
 use crate::error::ServiceError as Error;
 
@@ -51,6 +52,10 @@ pub struct TierFigures {
     pub backend_writes: AtomicU64,
     /// Calls sent again: to the next replica or after a pause.
     pub retries: AtomicU64,
+    /// Sealed segments a page read took from the proxy's cache.
+    pub segments_from_cache: AtomicU64,
+    /// Sealed segments page reads brought from nodes.
+    pub segments_fetched: AtomicU64,
 }
 
 /// The proxy's backend: a write is proposed to its shard's leader, a read
@@ -74,6 +79,8 @@ pub(crate) struct Limits {
     pub(crate) deadline: Duration,
     pub(crate) attempt: Duration,
     pub(crate) reads_in_flight: usize,
+    /// The sealed-segment cache's budget in bytes.
+    pub(crate) segment_cache_bytes: usize,
 }
 
 struct Calls {
@@ -83,6 +90,7 @@ struct Calls {
     deadline: Duration,
     attempt: Duration,
     gate: Arc<ConversationGate>,
+    segments: SegmentCache,
     figures: Arc<TierFigures>,
 }
 
@@ -96,6 +104,7 @@ impl TierBackend {
             deadline: limits.deadline,
             attempt: limits.attempt,
             gate: ConversationGate::new(limits.reads_in_flight),
+            segments: SegmentCache::new(limits.segment_cache_bytes),
             figures: Arc::default(),
         });
         let queues = (0..calls.directory.shard_count())
@@ -116,26 +125,30 @@ impl TierBackend {
     }
 
     /// One backend read of `shard` shared by every reader whose `key` and
-    /// time match ([`Flights`]), asking the query `encoded(riders)` gives;
-    /// a conversation's reads take turns at its gate.
-    async fn shared_read<K, R>(
+    /// time match ([`Flights`]), asking the query `encoded(riders)` gives
+    /// (with what it pins for `finish`, which makes the answer they
+    /// share); a conversation's reads take turns at its gate.
+    async fn shared_read<K, R, P>(
         &self,
         flights: &Arc<Shared<K, R>>,
         key: K,
         rider: R,
         (shard, stale_ok, conversation): (u64, bool, Option<u64>),
-        encoded: impl Fn(Vec<R>) -> Result<Vec<u8>, Error> + Send + Sync + 'static,
+        encoded: impl Fn(Vec<R>) -> Result<(Vec<u8>, P), Error> + Send + Sync + 'static,
+        finish: impl Fn(&Calls, ShardAnswer, P) -> Result<ShardAnswer, Error> + Send + Sync + 'static,
     ) -> Result<ShardAnswer, Error>
     where
         K: std::hash::Hash + Eq + Clone + Send + 'static,
         R: PartialEq + Send + 'static,
+        P: Send + 'static,
     {
         let calls = Arc::clone(&self.calls);
-        let encoded = Arc::new(encoded);
+        let (encoded, finish) = (Arc::new(encoded), Arc::new(finish));
         let fetch = move |riders: Vec<R>| {
             let (calls, encoded) = (Arc::clone(&calls), Arc::clone(&encoded));
+            let finish = Arc::clone(&finish);
             async move {
-                let encoded = encoded(riders)?;
+                let (encoded, pinned) = encoded(riders)?;
                 let _turn = match conversation {
                     Some(c) => {
                         let (turn, waited) = calls.gate.turn(c).await;
@@ -146,7 +159,8 @@ impl TierBackend {
                     }
                     None => None,
                 };
-                calls.read(shard, stale_ok, encoded).await
+                let answer = calls.read(shard, stale_ok, encoded).await?;
+                finish(&calls, answer, pinned)
             }
         };
         let gone = Error::Internal("a proxy's backend read ended without an answer".into());
@@ -163,6 +177,11 @@ impl TierBackend {
     /// What the backend has counted.
     pub(crate) fn figures(&self) -> &TierFigures {
         &self.calls.figures
+    }
+
+    /// Bytes and sealed segments the segment cache holds now.
+    pub(crate) fn segment_cache_usage(&self) -> (usize, usize) {
+        self.calls.segments.usage()
     }
 
     /// Keys with a backend read in flight, and conversations with reads
@@ -403,6 +422,37 @@ impl Calls {
 }
 
 /// A read as the node transport carries it (bincode).
+/// A page from a node's parts and the segments pinned for it; the
+/// segments the node brought are kept.
+fn assemble_page(
+    calls: &Calls,
+    answer: ShardAnswer,
+    pinned: Vec<(u64, SealedMessages)>,
+) -> Result<ShardAnswer, Error> {
+    let ShardAnswer::PageParts(parts) = answer else {
+        return Err(Error::Internal(
+            "a node answered a page read with something else".into(),
+        ));
+    };
+    let conversation = parts.conversation;
+    let used = parts.bases.len() - parts.sealed.len();
+    let (pages, brought) = parts.assemble(|base| {
+        pinned
+            .binary_search_by_key(&base, |(b, _)| *b)
+            .ok()
+            .map(|at| SealedMessages::clone(&pinned[at].1))
+    })?;
+    let figures = &calls.figures;
+    figures
+        .segments_from_cache
+        .fetch_add(used as u64, Ordering::Relaxed);
+    figures
+        .segments_fetched
+        .fetch_add(brought.len() as u64, Ordering::Relaxed);
+    calls.segments.keep(conversation, brought);
+    Ok(ShardAnswer::ViewerPages(pages))
+}
+
 fn encode(query: &ShardQuery) -> Result<Vec<u8>, Error> {
     bincode::serialize(query).map_err(|e| Error::Internal(format!("encoding a read: {e}")))
 }
@@ -448,16 +498,28 @@ impl Backend for TierBackend {
             {
                 let forward = direction == Direction::Forward;
                 let key = (shard, stale_ok, conversation, from, limit, forward);
+                let calls = Arc::clone(&self.calls);
+                // The page in parts: the sealed segments held here are
+                // pinned while the read is out and left out of the answer.
+                let ask = move |viewers| {
+                    let pinned: Vec<(u64, SealedMessages)> = calls
+                        .segments
+                        .held(conversation, from, direction)
+                        .into_iter()
+                        .filter_map(|base| Some((base, calls.segments.get(conversation, base)?)))
+                        .collect();
+                    let query = ShardQuery::PageParts {
+                        conversation,
+                        from,
+                        limit,
+                        direction,
+                        viewers,
+                        cached: pinned.iter().map(|(base, _)| *base).collect(),
+                    };
+                    Ok((encode(&query)?, pinned))
+                };
                 let answer = self
-                    .shared_read(&self.pages, key, viewer, at, move |viewers| {
-                        encode(&ShardQuery::ViewerPages {
-                            conversation,
-                            from,
-                            limit,
-                            direction,
-                            viewers,
-                        })
-                    })
+                    .shared_read(&self.pages, key, viewer, at, ask, assemble_page)
                     .await?;
                 let ShardAnswer::ViewerPages(pages) = answer else {
                     return Err(Error::Internal(
@@ -474,7 +536,8 @@ impl Backend for TierBackend {
             // The encoded query is both the key and what is sent.
             let encoded = encode(&query)?;
             let key = (shard, stale_ok, encoded.clone());
-            self.shared_read(&self.reads, key, (), at, move |_| Ok(encoded.clone()))
+            let ask = move |_| Ok((encoded.clone(), ()));
+            self.shared_read(&self.reads, key, (), at, ask, |_, answer, ()| Ok(answer))
                 .await
         })
     }
@@ -585,6 +648,7 @@ mod tests {
             deadline,
             attempt,
             gate: ConversationGate::new(1),
+            segments: SegmentCache::new(0),
             figures: Arc::default(),
         }
     }

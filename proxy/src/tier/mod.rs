@@ -17,6 +17,7 @@
 mod backend;
 mod directory;
 mod flights;
+mod segments;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,9 @@ pub struct ProxyConfig {
     /// How long a start waits for a node to give the shard map, in
     /// milliseconds. Default 60,000.
     pub start_timeout_ms: u64,
+    /// Bytes of sealed segments the proxy keeps to answer page reads with
+    /// (0: none). Default 268,435,456 (256 MiB).
+    pub segment_cache_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +71,7 @@ impl Default for ProxyConfig {
             map_refresh_ms: 1_000,
             conversation_reads_in_flight: 8,
             start_timeout_ms: 60_000,
+            segment_cache_bytes: 256 << 20,
         }
     }
 }
@@ -113,6 +118,7 @@ impl ProxyParts {
                 deadline: Duration::from_millis(config.request_deadline_ms),
                 attempt: Duration::from_millis(config.attempt_timeout_ms),
                 reads_in_flight: config.conversation_reads_in_flight,
+                segment_cache_bytes: config.segment_cache_bytes,
             },
         ));
         Ok(ProxyParts { backend, following })
