@@ -121,6 +121,11 @@ pub enum Workload {
     /// --write-rate messages per second to it: many members reading one
     /// hot group (the proxy tier's single-flight).
     HotGroup,
+    /// `ReadAs` one group's --preload messages from the start, --limit at
+    /// a time, as the next member: long-range reads of sealed history.
+    /// Two passes over the same history, reported apart: cold (nothing
+    /// read yet), then warm (a proxy's segment cache holds it).
+    History,
     /// An IM server's mix, over groups of --group-size: of every 20
     /// requests, 8 sends, 6 syncs from the start, 3 mark-reads (up to the
     /// newest seq this client saw acknowledged there) and 3 first pages of
@@ -137,6 +142,7 @@ impl Workload {
             Workload::Latest => "latest",
             Workload::Sync => "sync",
             Workload::HotGroup => "hot-group",
+            Workload::History => "history",
             Workload::Mixed => "mixed",
         }
     }
@@ -215,6 +221,14 @@ pub fn bench(args: BenchArgs, server: Option<&str>, json_output: bool) -> Result
                 .into(),
         );
     }
+    if args.workload == Workload::History
+        && (args.conversations != 1 || args.preload < u64::from(args.limit) || args.limit == 0)
+    {
+        return Err(
+            "history reads one group: --conversations 1 and --preload at least --limit (1 or more)"
+                .into(),
+        );
+    }
     if args.against.is_some() && !matches!(args.workload, Workload::Append | Workload::Latest) {
         return Err("--against redis runs the append and latest workloads only".into());
     }
@@ -234,6 +248,10 @@ pub fn bench(args: BenchArgs, server: Option<&str>, json_output: bool) -> Result
     let report = runtime.block_on(run(&args, &url, spawned.is_some(), &server_pids))?;
     if json_output {
         println!("{report}");
+    } else if let Some(passes) = report["passes"].as_array() {
+        for (pass, name) in passes.iter().zip(["cold", "warm"]) {
+            println!("{name} pass\n{}", table(pass));
+        }
     } else {
         println!("{}", table(&report));
     }
@@ -309,7 +327,83 @@ async fn run(
         Setup::Redis(redis) => redis::prepare(&plan, redis).await?,
     }
 
-    let progress = indicatif::ProgressBar::new(args.requests);
+    if args.workload == Workload::History {
+        // Each pass reads the history once, page after page.
+        let pages = plan.preload.div_ceil(u64::from(plan.limit));
+        let again = clone_targets(&targets).ok_or("history runs on imstore only")?;
+        let cold = measure(
+            args,
+            &plan,
+            targets,
+            &mut setup,
+            url,
+            spawned,
+            server_pids,
+            pages,
+        )
+        .await?;
+        let warm = measure(
+            args,
+            &plan,
+            again,
+            &mut setup,
+            url,
+            spawned,
+            server_pids,
+            pages,
+        )
+        .await?;
+        let errors = cold["errors"].as_u64().unwrap_or(0) + warm["errors"].as_u64().unwrap_or(0);
+        let verified = cold["verified"] == json!(true) && warm["verified"] == json!(true);
+        let first_error = cold["first_error"].clone();
+        return Ok(json!({
+            "workload": "history",
+            "passes": [cold, warm],
+            "errors": errors,
+            "verified": verified,
+            "first_error": first_error,
+        }));
+    }
+    let requests = args.requests;
+    measure(
+        args,
+        &plan,
+        targets,
+        &mut setup,
+        url,
+        spawned,
+        server_pids,
+        requests,
+    )
+    .await
+}
+
+/// The same clients again, for another pass (not over Redis).
+fn clone_targets(targets: &[Target]) -> Option<Vec<Target>> {
+    targets
+        .iter()
+        .map(|t| match t {
+            Target::Imstore(c) => Some(Target::Imstore(c.clone())),
+            Target::Stream(s) => Some(Target::Stream(s.clone())),
+            Target::Redis(_) => None,
+        })
+        .collect()
+}
+
+/// One measured pass of at most `requests` requests over `targets`: the
+/// report.
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    args: &BenchArgs,
+    plan: &Plan,
+    targets: Vec<Target>,
+    setup: &mut Setup,
+    url: &str,
+    spawned: bool,
+    server_pids: &[u32],
+    requests: u64,
+) -> Result<Value, Failure> {
+    let progress = indicatif::ProgressBar::new(requests);
     progress.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} {elapsed} {pos}/{len} requests, {per_sec} {wide_msg}",
@@ -320,10 +414,10 @@ async fn run(
     let started = Instant::now();
     let client_cpu = process::cpu_seconds(std::process::id());
     let server_cpu = process::cpu_seconds_of(server_pids);
-    let backend_reads = args
+    let proxy_before = args
         .proxy_metrics
         .as_deref()
-        .map(process::backend_reads)
+        .map(process::proxy_counters)
         .transpose()?;
     let deadline = started + Duration::from_secs_f64(args.duration);
     let writer = match (&setup, args.workload) {
@@ -340,7 +434,7 @@ async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for client in targets {
         let (plan, next, progress) = (plan.clone(), Arc::clone(&next), progress.clone());
-        let (requests, rate) = (args.requests, args.rate);
+        let rate = args.rate;
         tasks.spawn(async move {
             drive(
                 client, plan, next, requests, rate, started, deadline, progress,
@@ -359,10 +453,14 @@ async fn run(
     progress.finish_and_clear();
     let client_cpu = delta(process::cpu_seconds(std::process::id()), client_cpu);
     let server_cpu = delta(process::cpu_seconds_of(server_pids), server_cpu);
-    let backend_reads = match (args.proxy_metrics.as_deref(), backend_reads) {
-        (Some(proxy), Some(before)) => Some(process::backend_reads(proxy)?.saturating_sub(before)),
+    let proxy = match (args.proxy_metrics.as_deref(), proxy_before) {
+        (Some(proxy), Some(before)) => {
+            let after = process::proxy_counters(proxy)?;
+            Some([0, 1, 2].map(|k| after[k].saturating_sub(before[k])))
+        }
         _ => None,
     };
+    let backend_reads = proxy.map(|p| p[0]);
     let writes = match writer {
         Some(task) => {
             let (written, failed) = task.await.map_err(|e| format!("the writer failed: {e}"))?;
@@ -371,9 +469,9 @@ async fn run(
         }
         None => None,
     };
-    let verified = match &mut setup {
+    let verified = match setup {
         Setup::Imstore(client) => workloads::verify(client, &tally).await?,
-        Setup::Redis(redis) => redis::verify(&plan, redis, &tally).await?,
+        Setup::Redis(redis) => redis::verify(plan, redis, &tally).await?,
     };
     let ok = histogram.len() - tally.errors.min(histogram.len());
     let per_request = |cpu: Option<f64>| {
@@ -413,6 +511,8 @@ async fn run(
         "writes": writes,
         "backend_reads": backend_reads,
         "backend_reads_per_second": backend_reads.map(|r| r as f64 / seconds.max(1e-9)),
+        "segments_from_cache": proxy.map(|p| p[1]),
+        "segments_fetched": proxy.map(|p| p[2]),
     }))
 }
 
@@ -598,9 +698,12 @@ fn table(report: &Value) -> String {
         },
     ) + &match report["backend_reads"].as_u64() {
         Some(reads) => format!(
-            "\nbackend    {reads} reads asked of the nodes by the proxy ({}/s), {} writes sent",
+            "\nbackend    {reads} reads asked of the nodes by the proxy ({}/s), {} writes sent; \
+             sealed segments: {} from its cache, {} fetched",
             f(&report["backend_reads_per_second"]),
-            report["writes"]
+            report["writes"],
+            report["segments_from_cache"],
+            report["segments_fetched"]
         ),
         None => String::new(),
     }

@@ -117,7 +117,25 @@ pub fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
 
 /// `imstore_proxy_backend_reads_total` of the proxy whose `/metrics` is at
 /// `addr` (`host:port`).
-pub fn backend_reads(addr: &str) -> Result<u64, Failure> {
+/// A proxy's counters the report shows: backend reads, and sealed
+/// segments taken from its cache and fetched from nodes.
+pub fn proxy_counters(addr: &str) -> Result<[u64; 3], Failure> {
+    let body = metrics_body(addr)?;
+    let counter = |name: &str| {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| Failure::from(format!("{addr}/metrics has no {name}")))
+    };
+    Ok([
+        counter("imstore_proxy_backend_reads_total")?,
+        counter("imstore_proxy_segments_from_cache_total")?,
+        counter("imstore_proxy_segments_fetched_total")?,
+    ])
+}
+
+/// The body of `addr`'s `/metrics`.
+fn metrics_body(addr: &str) -> Result<String, Failure> {
     use std::io::{Read, Write};
     let mut socket = std::net::TcpStream::connect(addr)
         .map_err(|e| format!("the proxy's metrics at {addr}: {e}"))?;
@@ -125,9 +143,5 @@ pub fn backend_reads(addr: &str) -> Result<u64, Failure> {
     socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: imstore\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     socket.read_to_string(&mut response)?;
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix("imstore_proxy_backend_reads_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .ok_or_else(|| format!("{addr}/metrics has no imstore_proxy_backend_reads_total").into())
+    Ok(response)
 }

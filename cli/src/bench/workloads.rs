@@ -91,6 +91,26 @@ pub(super) async fn request(
                 expected: plan.limit as usize,
             })
         }
+        Workload::History => {
+            // Page after page from the start; a pass is one page each.
+            let pages = plan.preload.div_ceil(u64::from(plan.limit)).max(1);
+            let from = 1 + (i % pages) * u64::from(plan.limit);
+            let page = client
+                .read_as(pb::ReadAsRequest {
+                    viewer: member,
+                    conversation,
+                    from,
+                    limit: plan.limit,
+                    direction: pb::Direction::Forward as i32,
+                    stale_ok: false,
+                })
+                .await?
+                .into_inner();
+            Ok(Ack::Page {
+                len: page.messages.len(),
+                expected: (plan.preload - (from - 1)).min(u64::from(plan.limit)) as usize,
+            })
+        }
         Workload::Latest => {
             let page = client
                 .read(pb::ReadRequest {
@@ -200,6 +220,7 @@ pub(super) async fn prepare(plan: &Plan, client: &mut Client) -> Result<(), Fail
             | Workload::Sync
             | Workload::Mixed
             | Workload::HotGroup
+            | Workload::History
     );
     let preload = !plan.workload.writes();
     let setup = indicatif::ProgressBar::new(plan.conversations);
