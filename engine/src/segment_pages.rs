@@ -96,18 +96,7 @@ impl Engine {
                     }
                 }
             }
-            let mut at = lo.max(open_base);
-            while at <= hi {
-                let want = usize::try_from(hi - at + 1)
-                    .unwrap_or(usize::MAX)
-                    .min(limit);
-                let read = self.read(conversation, at, want, Direction::Forward)?;
-                let Some(last) = read.last().map(|m| m.seq) else {
-                    break;
-                };
-                open.extend(read);
-                at = last.saturating_add(1);
-            }
+            self.read_range(conversation, lo.max(open_base), hi, limit, &mut open)?;
         }
         let (overlays, reactions) = match (ranges.first(), ranges.last()) {
             (Some(&(lo, _)), Some(&(_, hi))) => (

@@ -59,18 +59,7 @@ impl Engine {
         let (cuts, wanted) = self.viewer_ranges(conversation, from, limit, direction, viewers)?;
         let mut messages = Vec::new();
         for (lo, hi) in wanted {
-            let mut at = lo;
-            while at <= hi {
-                let want = usize::try_from(hi - at + 1)
-                    .unwrap_or(usize::MAX)
-                    .min(limit);
-                let read = self.read(conversation, at, want, Direction::Forward)?;
-                let Some(last) = read.last().map(|m| m.seq) else {
-                    break;
-                };
-                messages.extend(read);
-                at = last.saturating_add(1);
-            }
+            self.read_range(conversation, lo, hi, limit, &mut messages)?;
         }
         let (overlays, mut reactions) = match (messages.first(), messages.last()) {
             (Some(lo), Some(hi)) => (
@@ -90,6 +79,31 @@ impl Engine {
             .collect();
         let viewers = self.viewer_cuts(conversation, cuts)?;
         Ok(ViewerPages { messages, viewers })
+    }
+
+    /// The messages of `conversation` from `lo` to `hi` (inclusive),
+    /// read `limit` at a time, appended to `out`.
+    pub(super) fn read_range(
+        &self,
+        conversation: u64,
+        lo: u64,
+        hi: u64,
+        limit: usize,
+        out: &mut Vec<crate::Message>,
+    ) -> Result<()> {
+        let mut at = lo;
+        while at <= hi {
+            let want = usize::try_from(hi - at + 1)
+                .unwrap_or(usize::MAX)
+                .min(limit);
+            let read = self.read(conversation, at, want, Direction::Forward)?;
+            let Some(last) = read.last().map(|m| m.seq) else {
+                break;
+            };
+            out.extend(read);
+            at = last.saturating_add(1);
+        }
+        Ok(())
     }
 
     /// Each viewer's page ranges (or why it may not read), by ascending

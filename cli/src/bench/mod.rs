@@ -331,28 +331,9 @@ async fn run(
         // Each pass reads the history once, page after page.
         let pages = plan.preload.div_ceil(u64::from(plan.limit));
         let again = clone_targets(&targets).ok_or("history runs on imstore only")?;
-        let cold = measure(
-            args,
-            &plan,
-            targets,
-            &mut setup,
-            url,
-            spawned,
-            server_pids,
-            pages,
-        )
-        .await?;
-        let warm = measure(
-            args,
-            &plan,
-            again,
-            &mut setup,
-            url,
-            spawned,
-            server_pids,
-            pages,
-        )
-        .await?;
+        let at = (url, spawned, server_pids);
+        let cold = measure(args, &plan, targets, &mut setup, at, pages).await?;
+        let warm = measure(args, &plan, again, &mut setup, at, pages).await?;
         let errors = cold["errors"].as_u64().unwrap_or(0) + warm["errors"].as_u64().unwrap_or(0);
         let verified = cold["verified"] == json!(true) && warm["verified"] == json!(true);
         let first_error = cold["first_error"].clone();
@@ -364,18 +345,8 @@ async fn run(
             "first_error": first_error,
         }));
     }
-    let requests = args.requests;
-    measure(
-        args,
-        &plan,
-        targets,
-        &mut setup,
-        url,
-        spawned,
-        server_pids,
-        requests,
-    )
-    .await
+    let at = (url, spawned, server_pids);
+    measure(args, &plan, targets, &mut setup, at, args.requests).await
 }
 
 /// The same clients again, for another pass (not over Redis).
@@ -390,17 +361,14 @@ fn clone_targets(targets: &[Target]) -> Option<Vec<Target>> {
         .collect()
 }
 
-/// One measured pass of at most `requests` requests over `targets`: the
-/// report.
-#[allow(clippy::too_many_arguments)]
+/// One measured pass of at most `requests` requests over `targets`, of
+/// the server `(url, spawned, server_pids)`: the report.
 async fn measure(
     args: &BenchArgs,
     plan: &Plan,
     targets: Vec<Target>,
     setup: &mut Setup,
-    url: &str,
-    spawned: bool,
-    server_pids: &[u32],
+    (url, spawned, server_pids): (&str, bool, &[u32]),
     requests: u64,
 ) -> Result<Value, Failure> {
     let progress = indicatif::ProgressBar::new(requests);
