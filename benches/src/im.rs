@@ -69,15 +69,19 @@ impl ImstoreIm {
         ImstoreIm(Engine::open(dir, options).unwrap_or_else(|e| bench_error("open", e)))
     }
 
-    fn send_command(conversation: u64, sender: u64, client_msg_id: &str) -> Command {
-        Command::Send(SendMessage {
+    fn send_message(conversation: u64, sender: u64, client_msg_id: &str) -> SendMessage {
+        SendMessage {
             conversation,
             sender,
             client_msg_id: Bytes::from(client_msg_id.to_owned()),
             payload: Bytes::from(payload(client_msg_id)),
             timestamp_ms: 1_700_000_000_000 + u64::from(crc32fast::hash(client_msg_id.as_bytes())),
             receipt: false,
-        })
+        }
+    }
+
+    fn send_command(conversation: u64, sender: u64, client_msg_id: &str) -> Command {
+        Command::Send(Self::send_message(conversation, sender, client_msg_id))
     }
 
     fn run(&self, command: Command) -> Outcome {
@@ -136,9 +140,7 @@ impl ImStore for ImstoreIm {
         client_msg_id: &str,
         mentions: &[u64],
     ) -> u64 {
-        let Command::Send(message) = Self::send_command(conversation, sender, client_msg_id) else {
-            bench_error("send", "not a send");
-        };
+        let message = Self::send_message(conversation, sender, client_msg_id);
         let command = Command::SendMentioning {
             message,
             mentions: imstore_engine::codec::Mentions {

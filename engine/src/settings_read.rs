@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::im_read::list_order;
+use super::view_read::merge_list_pages;
 use super::Engine;
 use crate::codec::{self, activity_key, im_key, pinned_key, tag, ConversationSettings, UserView};
 use crate::error::corrupt_metadata as corrupt;
@@ -96,7 +96,9 @@ pub fn assemble_list(
     if page.unpinned_after.is_none() {
         return out;
     }
-    let mut rest: Vec<ConversationSummary> = remote_unpinned
+    // Local and remote views are apart, so the parts hold each
+    // conversation once.
+    let remote: Vec<ConversationSummary> = remote_unpinned
         .into_iter()
         .flatten()
         .filter(|s| {
@@ -104,12 +106,9 @@ pub fn assemble_list(
                 .get(&s.conversation)
                 .is_none_or(|set| !set.pinned() && !set.hides(s.last_seq))
         })
-        .chain(page.local)
         .collect();
-    rest.sort_by_key(list_order);
-    rest.dedup_by_key(|s| s.conversation);
     let room = limit.saturating_sub(out.len());
-    out.extend(rest.into_iter().take(room));
+    out.extend(merge_list_pages([page.local, remote], room));
     out
 }
 

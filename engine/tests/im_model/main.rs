@@ -316,6 +316,22 @@ impl Model {
         }
     }
 
+    /// The picked message of `to` (conversation, seq), when `user` sees
+    /// it: what a deletion for the user and a reaction need.
+    fn seen_by(&self, to: &Target, pick: u64, user: u64) -> Result<(u64, u64), &'static str> {
+        let seq = self.pick(to, pick);
+        self.message_for_change(to, seq)?;
+        let id = self.conv_id(to);
+        let sees = self.convs[&id]
+            .members
+            .get(&user)
+            .is_some_and(|m| m.sees(seq));
+        if !sees {
+            return Err("permission denied");
+        }
+        Ok((id, seq))
+    }
+
     fn message_for_change(&self, to: &Target, seq: u64) -> Result<&MMsg, &'static str> {
         let conv = self.managed(self.conv_id(to))?;
         if seq == 0 || seq > conv.last() {
@@ -519,16 +535,7 @@ impl Model {
                 Ok(Outcome::Done)
             }
             Op::DeleteForMe { to, pick, user } => {
-                let seq = self.pick(to, *pick);
-                self.message_for_change(to, seq)?;
-                let id = self.conv_id(to);
-                let sees = self.convs[&id]
-                    .members
-                    .get(user)
-                    .is_some_and(|m| m.sees(seq));
-                if !sees {
-                    return Err("permission denied");
-                }
+                let (id, seq) = self.seen_by(to, *pick, *user)?;
                 self.hidden.insert((*user, id, seq));
                 Ok(Outcome::Done)
             }
@@ -549,16 +556,7 @@ impl Model {
                 which,
                 add,
             } => {
-                let seq = self.pick(to, *pick);
-                self.message_for_change(to, seq)?;
-                let id = self.conv_id(to);
-                let sees = self.convs[&id]
-                    .members
-                    .get(user)
-                    .is_some_and(|m| m.sees(seq));
-                if !sees {
-                    return Err("permission denied");
-                }
+                let (id, seq) = self.seen_by(to, *pick, *user)?;
                 let per_message = self.reactions.entry((id, seq)).or_default();
                 let users = per_message
                     .entry(REACTIONS[*which as usize % 3].to_owned())
