@@ -10,10 +10,11 @@
 //!
 //! Workload: the fan-out threshold is 8; each small group has 3 members,
 //! each big one 11. Two sends to every group, then, once every copy is in
-//! the user's inbox, one client on node 1 alternates a Sync from the start
-//! (50 entries and 5 big groups reported) and a first list page, 400 of
-//! each. Printed: p50 and p99 of each, and each p50 over the first shard
-//! count's.
+//! the user's inbox, one client alternates a Sync from the start (50
+//! entries and 5 big groups reported) and a first list page, 400 of each,
+//! its calls spread over the three nodes in turn (`IMSTORE_BENCH_ENTRY=1`:
+//! all to node 1). Printed: p50 and p99 of each, each p50 over the first
+//! shard count's, and the process's CPU time per Sync and list.
 //!
 //! `cargo bench -p imstore-benches --bench user_reads`
 //! (`IMSTORE_BENCH_SHARDS=1,256` picks shard counts). Not a criterion
@@ -55,11 +56,13 @@ fn groups() -> Vec<(u64, u64, Vec<u64>)> {
 /// Latencies of `rounds` Syncs and list pages, alternating; each page is
 /// checked.
 async fn measure(
-    client: &mut imstore_proto::v1::imstore_client::ImstoreClient<tonic::transport::Channel>,
+    clients: &mut [imstore_proto::v1::imstore_client::ImstoreClient<tonic::transport::Channel>],
     rounds: usize,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let (mut syncs, mut lists) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    let n = clients.len();
+    for round in 0..rounds {
+        let client = &mut clients[round % n];
         let started = Instant::now();
         let page = client
             .sync(pb::SyncRequest {
@@ -160,10 +163,25 @@ async fn run(shards: u64, rounds: usize) -> (Duration, Duration) {
         assert!(Instant::now() < deadline, "copies not delivered in 120 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut c = client.clone();
+    // A client behind a balancer spreads its calls over the nodes; one
+    // pinned to node 1 (`IMSTORE_BENCH_ENTRY=1`) reads a one-shard
+    // cluster at whichever speed that node's role (leader or follower)
+    // gives, a coin flip at each start.
+    let mut c = match std::env::var("IMSTORE_BENCH_ENTRY").ok().as_deref() {
+        Some("1") => vec![client.clone()],
+        _ => cluster.clients.clone(),
+    };
     // Warm the connections and caches.
     measure(&mut c, rounds / 10 + 1).await;
+    let cpu_before = process_cpu();
     let (syncs, lists) = measure(&mut c, rounds).await;
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+        // All three nodes and the client, idle work (heartbeats) included.
+        println!(
+            "{shards:>4} shards | process CPU {:.0} µs per Sync + list",
+            (after - before).as_secs_f64() * 1e6 / rounds as f64
+        );
+    }
     println!(
         "{shards:>4} shards | sync p50 {:>7.2} ms p99 {:>7.2} ms | list p50 {:>7.2} ms p99 {:>7.2} ms",
         ms(percentile(&syncs, 0.50)),
@@ -173,6 +191,17 @@ async fn run(shards: u64, rounds: usize) -> (Duration, Duration) {
     );
     cluster.stop();
     (percentile(&syncs, 0.50), percentile(&lists, 0.50))
+}
+
+/// This process's CPU time so far (user and system), from
+/// `/proc/self/stat` (Linux; `None` elsewhere).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ, 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn ms(d: Duration) -> f64 {

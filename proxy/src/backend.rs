@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use imstore_engine::{Command, Engine, Outcome, Reader, ShardAnswer, ShardQuery};
 use imstore_raft::ReplicaNode;
@@ -15,6 +16,13 @@ pub type Barrier<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '
 
 /// A read's answer, once the backend has it.
 pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<ShardAnswer, Error>> + Send + 'a>>;
+
+/// The engine a read may run on here, once its barrier has passed
+/// (`None`: the backend reads it elsewhere).
+pub type LocalReader<'a> = Pin<Box<dyn Future<Output = Result<Option<Reader>, Error>> + Send + 'a>>;
+
+/// Several reads' answers, in the order asked.
+pub type Answers<'a> = Pin<Box<dyn Future<Output = Result<Vec<ShardAnswer>, Error>> + Send + 'a>>;
 
 /// Called once with a write's result, after it is durable. Must not block.
 pub type Done = Box<dyn FnOnce(Result<Outcome, Error>) + Send>;
@@ -96,6 +104,86 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// [`Backend::query`] of a linearizable read that began at `since`: a
+    /// replica may serve it after a read barrier begun at or after then
+    /// (another read's, or one [`Backend::start_read_barriers`] began), not
+    /// only one of its own. By default, a read with a barrier of its own.
+    fn query_since(&self, route: Route, since: Instant, query: ShardQuery) -> Answer<'_> {
+        let _ = since;
+        self.query(route, false, query)
+    }
+
+    /// The engine a linearizable read about `route` begun at `since` may
+    /// run on in this process, once its barrier has passed; `None` when
+    /// the backend serves it otherwise ([`Backend::query_since`]). `None`
+    /// by default.
+    fn reader_since(&self, route: Route, since: Instant) -> LocalReader<'_> {
+        let _ = (route, since);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Linearizable reads of a request that began at `since`, at once:
+    /// their barriers side by side, then every read this process serves
+    /// from its own engine ([`Backend::reader_since`]) in one task of the
+    /// blocking pool (one thread hop for them all, where
+    /// [`Backend::query`] takes one each), the others by
+    /// [`Backend::query_since`]. Answers in the order asked; the first
+    /// error fails them all.
+    fn query_many_since(&self, since: Instant, queries: Vec<(Route, ShardQuery)>) -> Answers<'_> {
+        Box::pin(async move {
+            let readers = futures_util::future::try_join_all(
+                queries
+                    .iter()
+                    .map(|(route, _)| self.reader_since(*route, since)),
+            )
+            .await?;
+            let mut answers: Vec<Option<ShardAnswer>> = queries.iter().map(|_| None).collect();
+            let (mut here, mut elsewhere) = (Vec::new(), Vec::new());
+            for (i, ((route, query), reader)) in queries.into_iter().zip(readers).enumerate() {
+                match reader {
+                    Some(reader) => match reader.query_cached(&query) {
+                        Some(answer) => answers[i] = Some(answer),
+                        None => here.push((i, reader, query)),
+                    },
+                    None => elsewhere.push((i, route, query)),
+                }
+            }
+            let served_elsewhere = futures_util::future::try_join_all(elsewhere.into_iter().map(
+                |(i, route, query)| async move {
+                    Ok::<_, Error>((i, self.query_since(route, since, query).await?))
+                },
+            ));
+            let served_here = async move {
+                if here.is_empty() {
+                    return Ok(Vec::new());
+                }
+                tokio::task::spawn_blocking(move || {
+                    here.into_iter()
+                        .map(|(i, reader, query)| Ok((i, reader.query(query)?)))
+                        .collect::<Result<Vec<_>, Error>>()
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("a read task failed: {e}")))?
+            };
+            let (there, here) =
+                futures_util::future::try_join(served_elsewhere, served_here).await?;
+            for (i, answer) in there.into_iter().chain(here) {
+                answers[i] = Some(answer);
+            }
+            answers
+                .into_iter()
+                .map(|a| a.ok_or_else(|| Error::Internal("a read went unanswered".into())))
+                .collect()
+        })
+    }
+
+    /// Begins the read barriers of `shards` now, for reads about to follow
+    /// ([`Backend::query_since`]): the second round of a user-wide read,
+    /// whose barriers then run alongside the first's. Nothing by default.
+    fn start_read_barriers(&self, shards: &[u64]) {
+        let _ = shards;
+    }
+
     /// Whether this node holds `shard`'s data, so that its commits reach
     /// this node's engine (and `Watch` hub). Always, for one engine.
     fn hosts(&self, shard: u64) -> bool {
@@ -171,6 +259,11 @@ impl Backend for EngineBackend {
 
     fn reader(&self, _route: Route) -> Result<Reader, Error> {
         Ok(self.engine.reader())
+    }
+
+    fn reader_since(&self, _route: Route, _since: Instant) -> LocalReader<'_> {
+        // One engine: every acknowledged write is already readable.
+        Box::pin(std::future::ready(Ok(Some(self.engine.reader()))))
     }
 
     fn submits_in_order(&self) -> bool {
@@ -320,6 +413,18 @@ impl Backend for RaftBackend {
 
     fn query(&self, _route: Route, stale_ok: bool, query: ShardQuery) -> Answer<'_> {
         Box::pin(self.node.read(stale_ok, query))
+    }
+
+    fn query_since(&self, _route: Route, since: Instant, query: ShardQuery) -> Answer<'_> {
+        Box::pin(self.node.read_since(since, query))
+    }
+
+    fn reader_since(&self, _route: Route, since: Instant) -> LocalReader<'_> {
+        Box::pin(self.node.reader_since(since))
+    }
+
+    fn start_read_barriers(&self, _shards: &[u64]) {
+        self.node.start_read_barrier();
     }
 
     fn hosts(&self, _shard: u64) -> bool {
@@ -500,6 +605,28 @@ impl<B: Backend> Backend for ShardedBackend<B> {
         match self.backend(route) {
             Ok(backend) => backend.query(route, stale_ok, query),
             Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn query_since(&self, route: Route, since: Instant, query: ShardQuery) -> Answer<'_> {
+        match self.backend(route) {
+            Ok(backend) => backend.query_since(route, since, query),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn reader_since(&self, route: Route, since: Instant) -> LocalReader<'_> {
+        match self.backend(route) {
+            Ok(backend) => backend.reader_since(route, since),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn start_read_barriers(&self, shards: &[u64]) {
+        for &shard in shards {
+            if let Ok(backend) = self.backend(Route::Shard(shard)) {
+                backend.start_read_barriers(&[shard]);
+            }
         }
     }
 

@@ -53,6 +53,9 @@ struct Lifecycle {
     /// Set from the old instance's shutdown until the new one runs: a
     /// watcher that finds the raft shut down then is not to end.
     replacing: std::sync::atomic::AtomicBool,
+    /// The latest read-index round, which reads begun before it started
+    /// may share (`node/read.rs`).
+    read_round: std::sync::Mutex<Option<Arc<read::ReadRound>>>,
 }
 
 /// What [`ReplicaNode::retire`] found.
@@ -268,6 +271,8 @@ impl ReplicaNode {
         .await
         .map_err(unavailable)?;
         *self.instance.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        // A round's index is the old group's.
+        self.forget_read_round();
         Ok(match kept {
             None => Retired::Deleted,
             Some(reason) => Retired::Kept(reason),
@@ -404,6 +409,55 @@ impl ReplicaNode {
     /// it fails. Errors: the engine's, or `NotLeader`/`UNAVAILABLE`
     /// (retryable) when no replica answers.
     pub async fn read(&self, stale_ok: bool, query: ShardQuery) -> Result<ShardAnswer, Error> {
+        let barrier = (!stale_ok).then(std::time::Instant::now);
+        self.read_with(barrier, query).await
+    }
+
+    /// [`ReplicaNode::read`] of a linearizable read that began at `since`:
+    /// here, a read-index round begun at or after `since` serves it, one
+    /// another read began or [`ReplicaNode::start_read_barrier`] did.
+    pub async fn read_since(
+        &self,
+        since: std::time::Instant,
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, Error> {
+        self.read_with(Some(since), query).await
+    }
+
+    /// The engine a linearizable read begun at `since` may run on here,
+    /// once its read barrier has passed; `None` when this node does not
+    /// serve the shard's reads itself (it does not host it, or is
+    /// installing a snapshot): [`ReplicaNode::read_since`] then reads it
+    /// elsewhere. What lets a caller run several shards' reads in one
+    /// blocking task.
+    pub async fn reader_since(
+        &self,
+        since: std::time::Instant,
+    ) -> Result<Option<imstore_engine::Reader>, Error> {
+        if self.reads_elsewhere() {
+            return Ok(None);
+        }
+        self.read_barrier_since(since).await?;
+        // A snapshot began installing meanwhile: its rows are half
+        // replaced.
+        Ok((!self.state_machine().is_installing()).then(|| self.reader()))
+    }
+
+    /// Whether this replica's reads go to another node: it does not host
+    /// the shard, or is installing a snapshot (half replaced).
+    fn reads_elsewhere(&self) -> bool {
+        self.directory_if_not_hosted().is_some()
+            || (self.directory.get().is_some() && self.state_machine().is_installing())
+    }
+
+    /// A read after the barrier of a read begun at `barrier` (none:
+    /// `stale_ok`).
+    async fn read_with(
+        &self,
+        barrier: Option<std::time::Instant>,
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, Error> {
+        let stale_ok = barrier.is_none();
         // A replica installing a snapshot is half replaced: its reads go
         // where a non-host's would.
         let elsewhere = self.directory_if_not_hosted().or_else(|| {
@@ -414,8 +468,8 @@ impl ReplicaNode {
         match elsewhere {
             Some(meta) => self.read_elsewhere(meta, stale_ok, query).await,
             None => {
-                if !stale_ok {
-                    self.read_barrier().await?;
+                if let Some(since) = barrier {
+                    self.read_barrier_since(since).await?;
                 }
                 self.query_here(query).await
             }
@@ -700,6 +754,7 @@ pub async fn start_shard(
             config: config.clone(),
             retiring: tokio::sync::Mutex::new(()),
             replacing: std::sync::atomic::AtomicBool::new(false),
+            read_round: std::sync::Mutex::new(None),
         }),
         engine,
         node_id: id,

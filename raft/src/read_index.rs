@@ -88,21 +88,21 @@ pub(crate) async fn leader_standing(raft: &Raft<TypeConfig>, me: u64) -> Option<
 
 /// The read index of `shard`, if the answers of the other voters `asked`
 /// (id and address) and this node's own standing `own` establish it
-/// within `patience`; `None` when they do not (fall back to openraft).
+/// within `patience`; `None` when they do not (fall back to openraft),
+/// or when `own` cannot be read.
+///
+/// The asks leave before this node's own standing is read (a leader's
+/// takes a hop through its raft core), so that the asks of reads begun
+/// together queue up together and share one call per peer.
 pub(crate) async fn read_index(
     peers: &Peers,
     faults: &Faults,
     me: u64,
     shard: u64,
-    own: pb::ReadStanding,
+    own: impl std::future::Future<Output = Option<pb::ReadStanding>>,
     asked: Vec<(u64, String)>,
     patience: Duration,
 ) -> Option<u64> {
-    let mut tally = Tally::default();
-    tally.add(me, own);
-    if let Some(index) = tally.index() {
-        return Some(index);
-    }
     let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
     for (id, addr) in asked {
         if id != me && !faults.is_cut_off(id) {
@@ -111,6 +111,11 @@ pub(crate) async fn read_index(
     }
     // Once every ask has answered (or was dropped), the channel ends.
     drop(answers);
+    let mut tally = Tally::default();
+    tally.add(me, own.await?);
+    if let Some(index) = tally.index() {
+        return Some(index);
+    }
     let gather = async {
         while let Some((id, standing)) = answered.recv().await {
             if let Some(standing) = standing {

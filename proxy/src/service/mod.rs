@@ -32,6 +32,7 @@ use crate::hub::{
 use crate::{Backend, Metrics, Route};
 
 mod bounded;
+mod follow_ups;
 mod groups;
 mod hot;
 mod pages;
@@ -90,6 +91,8 @@ pub struct ImstoreService<B: Backend> {
     /// How relayed watches reach other nodes (mutual TLS on a node with
     /// TLS).
     relay_dialer: imstore_raft::Dialer,
+    /// Each user's second-round shards, guessed from the last read.
+    follow_ups: follow_ups::FollowUps,
 }
 
 impl<B: Backend> ImstoreService<B> {
@@ -109,6 +112,7 @@ impl<B: Backend> ImstoreService<B> {
             data_dir,
             relay_channels: std::sync::Mutex::default(),
             relay_dialer: imstore_raft::Dialer::plaintext(),
+            follow_ups: follow_ups::FollowUps::default(),
         }
     }
 
@@ -197,22 +201,27 @@ impl<B: Backend> ImstoreService<B> {
             .map_err(to_status)
     }
 
-    /// `query(shard)` asked of each of `shards` at once; each answer
-    /// through `pick` (`None`: another query's answer, `INTERNAL`), in
-    /// order.
+    /// `query(shard)` asked of each of `shards` at once, as linearizable
+    /// reads of a request that began at `since`; each answer through
+    /// `pick` (`None`: another query's answer, `INTERNAL`), in order.
     async fn ask_shards<T>(
         &self,
+        since: Instant,
         shards: &[u64],
         query: impl Fn(u64) -> ShardQuery,
         pick: impl Fn(u64, ShardAnswer) -> Option<T>,
     ) -> Result<Vec<T>, Status> {
-        let answers = futures_util::future::try_join_all(
-            shards
-                .iter()
-                .map(|&s| self.backend.query(Route::Shard(s), false, query(s))),
-        )
-        .await
-        .map_err(to_status)?;
+        let answers = self
+            .backend
+            .query_many_since(
+                since,
+                shards
+                    .iter()
+                    .map(|&s| (Route::Shard(s), query(s)))
+                    .collect(),
+            )
+            .await
+            .map_err(to_status)?;
         shards
             .iter()
             .zip(answers)

@@ -53,8 +53,10 @@ impl<B: Backend> ImstoreService<B> {
                     ))
                 }
             };
+            let since = self.begin_user_read(user);
             let (from, page, settings) = self
                 .ask_shards(
+                    since,
                     &[home],
                     |_| ShardQuery::SyncWithSettings {
                         user,
@@ -73,7 +75,9 @@ impl<B: Backend> ImstoreService<B> {
                 .await?
                 .pop()
                 .ok_or_else(mismatched)?;
-            let heads = self.big_heads(user, &from.asked(&page.remote)).await?;
+            let heads = self
+                .big_heads(since, user, &from.asked(&page.remote))
+                .await?;
             let page = imstore_engine::finish_sync(&from, page, heads).with_settings(settings);
             let label = u32::try_from(home).unwrap_or(u32::MAX);
             let mut entries: Vec<pb::InboxEntry> = page
@@ -120,11 +124,14 @@ impl<B: Backend> ImstoreService<B> {
     /// moved: one read per shard that holds any, at once.
     async fn big_heads(
         &self,
+        since: Instant,
         user: u64,
         conversations: &[imstore_engine::Advanced],
     ) -> Result<Vec<imstore_engine::BigHead>, Status> {
+        self.note_follow_up(user, conversations.iter().map(|a| a.conversation));
         let heads = self
             .ask_by_shard(
+                since,
                 conversations,
                 |a| a.conversation,
                 |part| ShardQuery::BigHeads {
@@ -242,6 +249,7 @@ impl<B: Backend> ImstoreService<B> {
             // The user's list lives in the user's shard alone.
             let friends = self
                 .ask_shards(
+                    Instant::now(),
                     &[self.user_shard(r.user)],
                     |_| ShardQuery::Friends {
                         user: r.user,
@@ -276,11 +284,33 @@ impl<B: Backend> ImstoreService<B> {
         imstore_engine::shard_for_user(user, self.backend.shard_count())
     }
 
+    /// The start of a user-wide read of `user`: now, and the read
+    /// barriers of the shards its last second round asked begin at once
+    /// (`follow_ups.rs`), so that its second round may find them done.
+    fn begin_user_read(&self, user: u64) -> Instant {
+        let since = Instant::now();
+        self.backend
+            .start_read_barriers(&self.follow_ups.guess(user));
+        since
+    }
+
+    /// Keeps the shards of `conversations`, which a second round of
+    /// `user`'s read is about to ask, as the next read's guess.
+    fn note_follow_up(&self, user: u64, conversations: impl Iterator<Item = u64>) {
+        let count = self.backend.shard_count();
+        let shards: std::collections::BTreeSet<u64> = conversations
+            .map(|c| imstore_engine::shard_for(c, count))
+            .collect();
+        self.follow_ups
+            .note(user, &shards.into_iter().collect::<Vec<_>>());
+    }
+
     /// `items` grouped by the shard of their conversation, and
     /// `query(part)` asked of each shard that holds any, at once; each
     /// answer through `pick` (`None`: another query's answer).
     async fn ask_by_shard<T: Clone, A>(
         &self,
+        since: Instant,
         items: &[T],
         conversation: impl Fn(&T) -> u64,
         query: impl Fn(Vec<T>) -> ShardQuery,
@@ -296,6 +326,7 @@ impl<B: Backend> ImstoreService<B> {
         }
         let shards: Vec<u64> = parts.keys().copied().collect();
         self.ask_shards(
+            since,
             &shards,
             |shard| query(parts.get(&shard).cloned().unwrap_or_default()),
             |_, answer| pick(answer),
@@ -320,8 +351,10 @@ impl<B: Backend> ImstoreService<B> {
         ),
         Status,
     > {
+        let since = self.begin_user_read(user);
         let page = self
             .ask_shards(
+                since,
                 &[self.user_shard(user)],
                 |_| ShardQuery::ListPage { user, after, limit },
                 |_, answer| match answer {
@@ -336,6 +369,7 @@ impl<B: Backend> ImstoreService<B> {
             let limit = u32::try_from(limit.min(self.limits.max_page_messages)).unwrap_or(u32::MAX);
             async move {
                 self.ask_by_shard(
+                    since,
                     &conversations,
                     |&c| c,
                     |part| ShardQuery::Summaries {
@@ -354,7 +388,10 @@ impl<B: Backend> ImstoreService<B> {
         };
         let pinned = page.remote_pinned();
         let pinned_count = pinned.len();
-        let (pinned, unpinned) = match page.remote_unpinned(limit as usize) {
+        let unpinned = page.remote_unpinned(limit as usize);
+        let unpinned_ids = unpinned.iter().flat_map(|(_, ids, _)| ids);
+        self.note_follow_up(user, pinned.iter().chain(unpinned_ids).copied());
+        let (pinned, unpinned) = match unpinned {
             Some((after, ids, want)) => {
                 futures_util::future::try_join(
                     summaries(pinned, None, pinned_count),
@@ -377,8 +414,10 @@ impl<B: Backend> ImstoreService<B> {
     /// The user's unread messages over all their conversations: the local
     /// views' count from the user's shard, the big groups' from theirs.
     async fn unread_total(&self, user: u64) -> Result<u64, Status> {
+        let since = self.begin_user_read(user);
         let (local, remote) = self
             .ask_shards(
+                since,
                 &[self.user_shard(user)],
                 |_| ShardQuery::UnreadIndex { user },
                 |_, answer| match answer {
@@ -389,8 +428,10 @@ impl<B: Backend> ImstoreService<B> {
             .await?
             .pop()
             .ok_or_else(mismatched)?;
+        self.note_follow_up(user, remote.iter().copied());
         let counts = self
             .ask_by_shard(
+                since,
                 &remote,
                 |&c| c,
                 |part| ShardQuery::UnreadSum {

@@ -88,6 +88,7 @@ impl<B: Backend> ImstoreService<B> {
         let shards: Vec<u64> = homes.keys().copied().collect();
         let answers = self
             .ask_shards(
+                Instant::now(),
                 &shards,
                 |shard| ShardQuery::WatchState {
                     users: homes.get(&shard).cloned().unwrap_or_default(),
@@ -122,6 +123,7 @@ impl<B: Backend> ImstoreService<B> {
             .collect();
         let answers = self
             .ask_shards(
+                Instant::now(),
                 &shards,
                 |shard| ShardQuery::WatchState {
                     users: Vec::new(),

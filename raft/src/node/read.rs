@@ -1,8 +1,18 @@
 //! A replica's linearizable reads: the read barrier, by the one batched
 //! round of `crate::read_index` or, when that cannot tell, openraft's own
 //! check (on the leader) or the leader's `ReadIndex` (on a follower).
+//!
+//! Reads share rounds. A round's index covers every write acknowledged
+//! before the round started (it asks after that), so any read that began
+//! before then may wait for it instead of asking again: a read begun at
+//! `since` joins the latest round if that started at or after `since`.
+//! A user-wide read uses this twice: its second round's shards (the
+//! user's big groups) start their barriers when the read begins
+//! ([`ReplicaNode::start_read_barrier`]), alongside the first round's, and
+//! a shard read twice in one request asks once.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use imstore_proto::raft as pb;
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -14,13 +24,75 @@ use crate::Error;
 /// this replica to apply up to it) before answering `UNAVAILABLE`.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One round of `ReadStandings` asks: the read index it found (`None`:
+/// it could not tell, and each of its readers falls back on its own).
+pub(crate) struct ReadRound {
+    started: Instant,
+    index: tokio::sync::OnceCell<Option<u64>>,
+}
+
 impl ReplicaNode {
+    /// The latest round, if it started at or after `since` and has not
+    /// come back empty; else a new round, now the latest.
+    fn round_since(&self, since: Instant) -> Arc<ReadRound> {
+        let mut latest = self
+            .lifecycle
+            .read_round
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(round) = latest.as_ref() {
+            if round.started >= since && round.index.get() != Some(&None) {
+                return Arc::clone(round);
+            }
+        }
+        let round = Arc::new(ReadRound {
+            started: Instant::now(),
+            index: tokio::sync::OnceCell::new(),
+        });
+        *latest = Some(Arc::clone(&round));
+        round
+    }
+
+    /// Drops the latest round (its index is of a replaced instance).
+    pub(super) fn forget_read_round(&self) {
+        *self
+            .lifecycle
+            .read_round
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The read index of a read begun at `since`, from a round shared
+    /// with other reads. If the reader that runs the round is dropped
+    /// midway, the next waiter asks anew (later than the round's start,
+    /// which only covers more).
+    async fn shared_read_index(&self, since: Instant) -> Option<u64> {
+        let round = self.round_since(since);
+        *round.index.get_or_init(|| self.fast_read_index()).await
+    }
+
+    /// Starts a read-index round now, in the background, for reads about
+    /// to follow (they join it: [`ReplicaNode::read_since`]). Nothing when
+    /// this node does not host the shard: its reads are served elsewhere.
+    pub fn start_read_barrier(&self) {
+        if self.routes_elsewhere() {
+            return;
+        }
+        let round = self.round_since(Instant::now());
+        if round.index.initialized() {
+            return;
+        }
+        let replica = self.clone();
+        tokio::spawn(async move {
+            round.index.get_or_init(|| replica.fast_read_index()).await;
+        });
+    }
+
     /// The shard's read index, found by one round of `ReadStandings`
     /// calls to its other voters ([`crate::read_index`]), on the leader and
     /// on followers alike; `None` when that cannot tell, and openraft's own
     /// check must run.
     async fn fast_read_index(&self) -> Option<u64> {
-        let own = self.standing().await.ok()?;
         let asked = {
             let raft = self.raft();
             let metrics = raft.metrics();
@@ -38,7 +110,7 @@ impl ReplicaNode {
             &self.faults,
             self.node_id,
             self.shard,
-            own,
+            async { self.standing().await.ok() },
             asked,
             patience,
         )
@@ -94,7 +166,13 @@ impl ReplicaNode {
     /// and `UNAVAILABLE` when the leader cannot be reached or the wait
     /// passes 5 s; both are retryable.
     pub async fn read_barrier(&self) -> Result<(), Error> {
-        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.wait_for_read_index()).await {
+        self.read_barrier_since(Instant::now()).await
+    }
+
+    /// [`ReplicaNode::read_barrier`] of a read that began at `since`: a
+    /// round begun at or after then serves it.
+    pub async fn read_barrier_since(&self, since: Instant) -> Result<(), Error> {
+        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.wait_for_read_index(since)).await {
             Ok(result) => result,
             Err(_) => Err(unavailable(format!(
                 "shard {}: no read index within {READ_BARRIER_TIMEOUT:?}",
@@ -103,8 +181,8 @@ impl ReplicaNode {
         }
     }
 
-    async fn wait_for_read_index(&self) -> Result<(), Error> {
-        if let Some(index) = self.fast_read_index().await {
+    async fn wait_for_read_index(&self, since: Instant) -> Result<(), Error> {
+        if let Some(index) = self.shared_read_index(since).await {
             return self.wait_applied(index).await;
         }
         let forward = match self.raft().ensure_linearizable().await {

@@ -79,6 +79,10 @@ async fn run_asker(
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
+        // Reads begun together (a user-wide read's shards) queue their
+        // asks from tasks that are ready to run now: let them, so that
+        // one call carries them all.
+        tokio::task::yield_now().await;
         // Taken after the permit: what queued meanwhile joins this call.
         let mut asks = vec![first];
         while asks.len() < MAX_SHARDS_PER_CALL {
