@@ -17,7 +17,10 @@
 //! shard count's, and the process's CPU time per Sync and list.
 //!
 //! `cargo bench -p imstore-benches --bench user_reads`
-//! (`IMSTORE_BENCH_SHARDS=1,256` picks shard counts). Not a criterion
+//! (`IMSTORE_BENCH_SHARDS=1,256` picks shard counts, `IMSTORE_BENCH_ROUNDS`
+//! the rounds, `IMSTORE_BENCH_QUIET=0` keeps idle groups heartbeating).
+//! Before measuring, it waits until 90% of every node's groups are quiet
+//! (at most 30 s). Not a criterion
 //! bench: one measured run per shard count, printed. Under
 //! `cargo test --benches` it runs once on 4 shards and checks the pages.
 
@@ -163,6 +166,18 @@ async fn run(shards: u64, rounds: usize) -> (Duration, Duration) {
         assert!(Instant::now() < deadline, "copies not delivered in 120 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Idle groups quiet down (no heartbeats) a few heartbeat intervals
+    // after their last write: measure the settled cluster.
+    let wait = if cluster::quiet_groups() {
+        Duration::from_secs(30)
+    } else {
+        Duration::ZERO
+    };
+    let quiet = cluster.settle_quiet(shards, 0.9, wait).await;
+    println!(
+        "{shards:>4} shards | {:.0}% of the groups quiet",
+        quiet * 100.0
+    );
     // A client behind a balancer spreads its calls over the nodes; one
     // pinned to node 1 (`IMSTORE_BENCH_ENTRY=1`) reads a one-shard
     // cluster at whichever speed that node's role (leader or follower)
@@ -211,7 +226,13 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let (rounds, default_counts) = if bench {
-        (400, vec![1, 16, 64, 256])
+        (
+            std::env::var("IMSTORE_BENCH_ROUNDS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(400),
+            vec![1, 16, 64, 256],
+        )
     } else {
         (10, vec![4])
     };

@@ -56,6 +56,12 @@ pub struct NodeConfig {
     /// With `peers`: replicas of each data shard. Default 3.
     #[serde(default = "NodeConfig::default_replicas")]
     pub replicas: usize,
+    /// Quiet idle groups: a shard's group with nothing to do stops its
+    /// heartbeats and election timers, and one call per peer node each
+    /// heartbeat interval stands in for them (`docs/replication.md`,
+    /// "Quiet groups"). Default true.
+    #[serde(default = "NodeConfig::default_quiet_idle_groups")]
+    pub quiet_idle_groups: bool,
 }
 
 impl NodeConfig {
@@ -71,6 +77,9 @@ impl NodeConfig {
     fn default_replicas() -> usize {
         3
     }
+    fn default_quiet_idle_groups() -> bool {
+        true
+    }
 
     /// Node `id` with every other setting at its default.
     pub fn new(id: u64) -> NodeConfig {
@@ -83,6 +92,7 @@ impl NodeConfig {
             fault_injection: false,
             peers: Vec::new(),
             replicas: Self::default_replicas(),
+            quiet_idle_groups: Self::default_quiet_idle_groups(),
         }
     }
 }
@@ -217,6 +227,12 @@ impl NodeParts {
 
     pub(crate) fn replicas(&self) -> Vec<ReplicaNode> {
         self.replicas.clone()
+    }
+
+    /// Every raft group this node runs: the data shards' and the metadata
+    /// group.
+    pub(crate) fn groups(&self) -> Vec<ReplicaNode> {
+        self.replicas.iter().chain([&self.meta]).cloned().collect()
     }
 
     pub(crate) fn shard_count(&self) -> u64 {

@@ -358,6 +358,12 @@ impl Server {
                     let every = Duration::from_secs(config.retention_sweep_secs);
                     imstore_raft::spawn_retention_sweep(node.replicas(), every)
                 });
+                // Idle groups go quiet (no heartbeats).
+                let quiescer = config
+                    .node
+                    .as_ref()
+                    .filter(|n| n.quiet_idle_groups)
+                    .and_then(|_| imstore_raft::spawn_quiescer(node.groups()));
                 let endpoint = node.http_endpoint(&metrics, Arc::clone(&hub));
                 let bootstrap = config
                     .node
@@ -387,7 +393,7 @@ impl Server {
                     &config, sockets, backend, transport, endpoint, hub, metrics, shutdown,
                 )
                 .await;
-                for task in [sweep, bootstrap, following]
+                for task in [sweep, quiescer, bootstrap, following]
                     .into_iter()
                     .flatten()
                     .chain(deliveries)

@@ -59,6 +59,13 @@ impl ReplicaNode {
                 u64::from(m.state == openraft::ServerState::Leader),
             ),
             figure(
+                "imstore_raft_quiet",
+                Gauge,
+                "1 while this replica's group is quiet: idle, with no heartbeats nor election \
+                 timer (docs/replication.md, \"Quiet groups\").",
+                u64::from(self.quiet().is_quiet(self.shard())),
+            ),
+            figure(
                 "imstore_raft_term",
                 Gauge,
                 "Current raft term.",

@@ -284,6 +284,26 @@ impl ReplicaNode {
         self.node_id
     }
 
+    /// The node's heartbeat interval, milliseconds.
+    pub(crate) fn heartbeat_ms(&self) -> u64 {
+        self.lifecycle.config.heartbeat_ms
+    }
+
+    /// The node's transport clients.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The node's fault injection.
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The node's quiet groups (`crate::quiesce`).
+    pub(crate) fn quiet(&self) -> crate::quiesce::Quiet {
+        self.peers.quiet()
+    }
+
     /// The shard this replica belongs to.
     pub fn shard(&self) -> u64 {
         self.shard

@@ -21,6 +21,8 @@ fn free_port() -> SocketAddr {
 pub struct Cluster {
     /// One client per node, node 1 first.
     pub clients: Vec<ImstoreClient<Channel>>,
+    /// Each node's `/metrics` address.
+    metrics: Vec<SocketAddr>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -44,11 +46,12 @@ pub async fn start(name: &str, shards: u64, configure: impl Fn(&mut ServerConfig
         .map(|(id, a)| format!("{id}={a}"))
         .collect();
     let (mut stops, mut dirs, mut clients) = (Vec::new(), Vec::new(), Vec::new());
+    let metrics: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
     for (i, &addr) in addrs.iter().enumerate() {
         let dir = imstore_benches::bench_dir(&format!("{name}-{shards}-{i}"));
         let mut config = ServerConfig {
             listen: addr,
-            metrics_listen: None,
+            metrics_listen: Some(metrics[i]),
             data_dir: dir.path().to_path_buf(),
             node: Some(NodeConfig {
                 shards,
@@ -57,6 +60,9 @@ pub async fn start(name: &str, shards: u64, configure: impl Fn(&mut ServerConfig
                 // The node's default (100 ms, 500 ms above 16 shards), as
                 // `imstore node` runs.
                 heartbeat_ms: None,
+                // Idle groups go quiet, as by default; `IMSTORE_BENCH_QUIET=0`
+                // keeps every group heartbeating.
+                quiet_idle_groups: quiet_groups(),
                 ..NodeConfig::new(i as u64 + 1)
             }),
             ..ServerConfig::default()
@@ -78,9 +84,59 @@ pub async fn start(name: &str, shards: u64, configure: impl Fn(&mut ServerConfig
     }
     Cluster {
         clients,
+        metrics,
         stops,
         _dirs: dirs,
     }
+}
+
+impl Cluster {
+    /// Waits until every node reports at least `share` (0 to 1) of its
+    /// data shards' groups quiet (`imstore_raft_quiet`: idle groups stop
+    /// their heartbeats a few heartbeat intervals after their last write),
+    /// for at most `patience`; returns the fraction quiet over all nodes.
+    #[allow(dead_code)] // Not every bench that includes this file waits.
+    pub async fn settle_quiet(&self, shards: u64, share: f64, patience: Duration) -> f64 {
+        let deadline = Instant::now() + patience;
+        loop {
+            let mut quiet = 0u64;
+            let mut least = f64::MAX;
+            for &addr in &self.metrics {
+                let n = quiet_count(addr).await.unwrap_or(0);
+                quiet += n;
+                least = least.min(n as f64 / shards.max(1) as f64);
+            }
+            if least >= share || Instant::now() >= deadline {
+                return quiet as f64 / (3 * shards.max(1)) as f64;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The sum of `imstore_raft_quiet` on the node whose `/metrics` is at
+/// `addr`.
+#[allow(dead_code)] // As `settle_quiet`.
+async fn quiet_count(addr: SocketAddr) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with("imstore_raft_quiet{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64,
+    )
+}
+
+/// Whether idle groups go quiet (`IMSTORE_BENCH_QUIET=0`: they do not).
+pub fn quiet_groups() -> bool {
+    std::env::var("IMSTORE_BENCH_QUIET").map_or(true, |v| v != "0")
 }
 
 /// Retries `call` until it succeeds (elections at start), for at most 60 s.

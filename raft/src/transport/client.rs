@@ -46,6 +46,8 @@ struct PeerTasks {
     batchers: std::sync::Mutex<BTreeMap<String, PeerBatcher>>,
     /// Each peer's batcher of `ReadStandings` asks (`super::standings`).
     askers: std::sync::Mutex<BTreeMap<String, super::standings::Asker>>,
+    /// The node's quiet groups, woken as their messages pass.
+    quiet: crate::quiesce::Quiet,
 }
 
 impl Peers {
@@ -60,6 +62,11 @@ impl Peers {
     /// The node's client to the peer at `addr` (one connection per peer).
     pub(crate) fn client(&self, addr: &str) -> Option<RaftTransportClient<Channel>> {
         self.batcher(addr).map(|b| b.client)
+    }
+
+    /// The node's quiet groups (`crate::quiesce`).
+    pub(crate) fn quiet(&self) -> crate::quiesce::Quiet {
+        self.tasks.quiet.clone()
     }
 
     /// Each peer's batcher of `ReadStandings` asks, by address.
@@ -196,6 +203,7 @@ pub struct GrpcLink {
     faults: Faults,
     client: Option<RaftTransportClient<Channel>>,
     batcher: Option<PeerBatcher>,
+    quiet: crate::quiesce::Quiet,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -214,6 +222,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             faults: self.faults.clone(),
             client: batcher.as_ref().map(|b| b.client.clone()),
             batcher,
+            quiet: self.peers.quiet(),
         }
     }
 }
@@ -290,6 +299,11 @@ impl RaftNetwork<TypeConfig> for GrpcLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        // Entries wake a quiet group (heartbeats do not: they are what it
+        // does without).
+        if !rpc.entries.is_empty() {
+            self.quiet.sending(self.shard);
+        }
         self.call(&rpc, 0).await
     }
 
@@ -301,6 +315,7 @@ impl RaftNetwork<TypeConfig> for GrpcLink {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
+        self.quiet.sending(self.shard);
         self.call(&rpc, 2).await
     }
 

@@ -86,6 +86,44 @@ impl TransportService {
         Ok(replica)
     }
 
+    /// Hands an AppendEntries to its shard's raft instance; one with
+    /// entries wakes the group if it is held quiet here, once taken (its
+    /// election timer then starts from now).
+    async fn deliver_append(
+        &self,
+        m: &pb::RaftMessage,
+    ) -> Result<Result<openraft::raft::AppendEntriesResponse<u64>, RaftError<u64>>, Error> {
+        let raft = self.receiving(m)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
+        let entries = !rpc.entries.is_empty();
+        let answer = raft.append_entries(rpc).await;
+        if entries {
+            self.quiet_groups()?.heard(m.shard);
+        }
+        Ok(answer)
+    }
+
+    /// Any replica of this node (they share its transport and settings).
+    fn any_replica(&self) -> Result<crate::ReplicaNode, Error> {
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        shards.values().next().cloned().ok_or(Error::NotHosted {
+            shard: 0,
+            node: self.node_id,
+        })
+    }
+
+    /// The node's quiet groups (`crate::quiesce`).
+    fn quiet_groups(&self) -> Result<crate::quiesce::Quiet, Error> {
+        Ok(self.any_replica()?.quiet())
+    }
+
+    /// The node's heartbeat interval.
+    fn heartbeat(&self) -> Result<std::time::Duration, Error> {
+        Ok(std::time::Duration::from_millis(
+            self.any_replica()?.heartbeat_ms().max(1),
+        ))
+    }
+
     pub(super) fn shard(&self, shard: u64) -> Result<Raft<TypeConfig>, Error> {
         Ok(self.replica(shard)?.raft())
     }
@@ -128,9 +166,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.receiving(&m)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
-        Ok(encode(m.shard, &raft.append_entries(rpc).await)?)
+        Ok(encode(m.shard, &self.deliver_append(&m).await?)?)
     }
 
     async fn append_entries_batch(
@@ -144,12 +180,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             .into_iter()
             .map(|m| async move {
                 let shard = m.shard;
-                let delivered = async {
-                    let raft = self.receiving(&m)?;
-                    let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
-                    encode(shard, &raft.append_entries(rpc).await)
-                }
-                .await;
+                let delivered = async { encode(shard, &self.deliver_append(&m).await?) }.await;
                 match delivered {
                     Ok(answer) => answer.into_inner(),
                     // openraft takes a failed message as an unreachable
@@ -184,7 +215,25 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         let m = request.into_inner();
         let raft = self.receiving(&m)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&m.payload)?;
-        Ok(encode(m.shard, &raft.install_snapshot(rpc).await)?)
+        let answer = raft.install_snapshot(rpc).await;
+        self.quiet_groups()?.heard(m.shard);
+        Ok(encode(m.shard, &answer)?)
+    }
+
+    async fn quiesce(
+        &self,
+        request: Request<pb::QuiesceRequest>,
+    ) -> Result<Response<pb::QuiesceResponse>, Status> {
+        let r = request.into_inner();
+        self.accepting_from(r.from)?;
+        let quiet = self.quiet_groups()?;
+        let heartbeat = self.heartbeat()?;
+        Ok(Response::new(crate::quiesce::answer_quiesce(
+            &quiet,
+            |shard| self.replica(shard).ok(),
+            heartbeat,
+            r,
+        )))
     }
 
     async fn initialize(
