@@ -11,7 +11,7 @@
 //! Workload: the fan-out threshold is 8; each small group has 3 members,
 //! each big one 11. Two sends to every group, then, once every copy is in
 //! the user's inbox, one client alternates a Sync from the start (50
-//! entries and 5 big groups reported) and a first list page, 400 of each,
+//! entries and 5 big groups reported) and a first list page, 1,500 of each,
 //! its calls spread over the three nodes in turn (`IMSTORE_BENCH_ENTRY=1`:
 //! all to node 1). Printed: p50 and p99 of each, each p50 over the first
 //! shard count's, and the process's CPU time per Sync and list.
@@ -230,7 +230,7 @@ fn main() {
             std::env::var("IMSTORE_BENCH_ROUNDS")
                 .ok()
                 .and_then(|r| r.parse().ok())
-                .unwrap_or(400),
+                .unwrap_or(1_500),
             vec![1, 16, 64, 256],
         )
     } else {
