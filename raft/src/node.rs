@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
-use imstore_engine::{Engine, Options, ShardAnswer, ShardQuery};
+use imstore_engine::{Engine, Options};
 use imstore_proto::raft as pb;
 use openraft::error::RaftError;
 use openraft::{Config, Raft, SnapshotPolicy};
@@ -420,132 +420,6 @@ impl ReplicaNode {
             leader,
             address,
         }
-    }
-
-    /// Answers one read of the shard: here, after the read barrier (none
-    /// when `stale_ok`: this replica's applied state), if this node hosts
-    /// the shard; else at a node the shard map names, which does the same
-    /// (`RaftTransport/ShardRead`), the leader hint first, the others if
-    /// it fails. Errors: the engine's, or `NotLeader`/`UNAVAILABLE`
-    /// (retryable) when no replica answers.
-    pub async fn read(&self, stale_ok: bool, query: ShardQuery) -> Result<ShardAnswer, Error> {
-        let barrier = (!stale_ok).then(std::time::Instant::now);
-        self.read_with(barrier, query).await
-    }
-
-    /// [`ReplicaNode::read`] of a linearizable read that began at `since`:
-    /// here, a read-index round begun at or after `since` serves it, one
-    /// another read began or [`ReplicaNode::start_read_barrier`] did.
-    pub async fn read_since(
-        &self,
-        since: std::time::Instant,
-        query: ShardQuery,
-    ) -> Result<ShardAnswer, Error> {
-        self.read_with(Some(since), query).await
-    }
-
-    /// The engine a linearizable read begun at `since` may run on here,
-    /// once its read barrier has passed; `None` when this node does not
-    /// serve the shard's reads itself (it does not host it, or is
-    /// installing a snapshot): [`ReplicaNode::read_since`] then reads it
-    /// elsewhere. What lets a caller run several shards' reads in one
-    /// blocking task.
-    pub async fn reader_since(
-        &self,
-        since: std::time::Instant,
-    ) -> Result<Option<imstore_engine::Reader>, Error> {
-        if self.reads_elsewhere() {
-            return Ok(None);
-        }
-        self.read_barrier_since(since).await?;
-        // A snapshot began installing meanwhile: its rows are half
-        // replaced.
-        Ok((!self.state_machine().is_installing()).then(|| self.reader()))
-    }
-
-    /// Whether this replica's reads go to another node: it does not host
-    /// the shard, or is installing a snapshot (half replaced).
-    fn reads_elsewhere(&self) -> bool {
-        self.directory_if_not_hosted().is_some()
-            || (self.directory.get().is_some() && self.state_machine().is_installing())
-    }
-
-    /// A read after the barrier of a read begun at `barrier` (none:
-    /// `stale_ok`).
-    async fn read_with(
-        &self,
-        barrier: Option<std::time::Instant>,
-        query: ShardQuery,
-    ) -> Result<ShardAnswer, Error> {
-        let stale_ok = barrier.is_none();
-        // A replica installing a snapshot is half replaced: its reads go
-        // where a non-host's would.
-        let elsewhere = self.directory_if_not_hosted().or_else(|| {
-            self.directory
-                .get()
-                .filter(|_| self.state_machine().is_installing())
-        });
-        match elsewhere {
-            Some(meta) => self.read_elsewhere(meta, stale_ok, query).await,
-            None => {
-                if let Some(since) = barrier {
-                    self.read_barrier_since(since).await?;
-                }
-                self.query_here(query).await
-            }
-        }
-    }
-
-    /// Runs `query` on this replica's engine (from memory when the tail
-    /// cache holds it, else on the blocking pool), with no barrier.
-    pub(crate) async fn query_here(&self, query: ShardQuery) -> Result<ShardAnswer, Error> {
-        if self.state_machine().is_installing() {
-            // Its rows are half replaced: nothing read now would be true.
-            return Err(unavailable(format!(
-                "shard {} is installing a snapshot on node {}; retry",
-                self.shard, self.node_id
-            )));
-        }
-        if let Some(answer) = self.engine.query_cached(&query) {
-            return Ok(answer);
-        }
-        let engine = self.engine.clone();
-        Ok(tokio::task::spawn_blocking(move || engine.query(query))
-            .await
-            .map_err(unavailable)??)
-    }
-
-    async fn read_elsewhere(
-        &self,
-        meta: &ReplicaNode,
-        stale_ok: bool,
-        query: ShardQuery,
-    ) -> Result<ShardAnswer, Error> {
-        let encoded = bincode::serialize(&query).map_err(unavailable)?;
-        let mut failures = Vec::new();
-        for (id, address) in self.replicas_from_map(meta)? {
-            let mut client = self.peer_client(&address)?;
-            let asked = client.shard_read(pb::ShardReadRequest {
-                shard: self.shard,
-                from: self.node_id,
-                stale_ok,
-                query: encoded.clone(),
-            });
-            match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
-                Ok(Ok(answer)) => {
-                    let answer: Result<ShardAnswer, Error> =
-                        bincode::deserialize(&answer.into_inner().payload).map_err(unavailable)?;
-                    return answer;
-                }
-                Ok(Err(status)) => failures.push(format!("node {id}: {}", status.message())),
-                Err(_) => failures.push(format!("node {id}: no answer in {FORWARD_TIMEOUT:?}")),
-            }
-        }
-        Err(unavailable(format!(
-            "shard {}: no replica answered a read ({})",
-            self.shard,
-            failures.join("; ")
-        )))
     }
 
     /// This node's transport client to the peer at `addr`.

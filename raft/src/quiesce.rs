@@ -99,9 +99,10 @@ impl Quiet {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// This node is sending `shard`'s group entries or a snapshot: it
-    /// wakes, if this node quieted it.
-    pub(crate) fn sending(&self, shard: u64) {
+    /// Wakes `shard` if this node quieted it (or is quieting it): it is
+    /// sending the group entries or a snapshot, or the group has work, or
+    /// this node no longer leads it.
+    pub(crate) fn wake_led(&self, shard: u64) {
         let mut state = self.state();
         if let Some(led) = state.led.remove(&shard) {
             if led.quiet {
@@ -184,12 +185,6 @@ impl Quiet {
                 ticks(&led.raft, true);
             }
         }
-    }
-
-    /// Wakes `shard` if this node quieted it (it has work, or no longer
-    /// leads).
-    fn wake_led(&self, shard: u64) {
-        self.sending(shard);
     }
 }
 
@@ -295,21 +290,21 @@ async fn pass(
     for replica in replicas {
         let shard = replica.shard();
         let raft = replica.raft();
-        let metrics = raft.metrics().borrow().clone();
+        let watch = raft.metrics();
+        let metrics = watch.borrow();
         if !replica.hosts() || !in_step(&metrics, me) {
             idle.remove(&shard);
             quiet.wake_led(shard);
             continue;
         }
+        let last = metrics.last_log_index;
         let entry = idle.entry(shard).or_insert(Idle {
-            last_index: metrics.last_log_index,
+            last_index: last,
             passes: 0,
         });
-        if entry.last_index != metrics.last_log_index {
-            *entry = Idle {
-                last_index: metrics.last_log_index,
-                passes: 0,
-            };
+        if entry.last_index != last {
+            entry.last_index = last;
+            entry.passes = 0;
             quiet.wake_led(shard);
             continue;
         }

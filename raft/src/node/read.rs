@@ -1,6 +1,7 @@
-//! A replica's linearizable reads: the read barrier, by the one batched
+//! A replica's reads: here after the read barrier (by the one batched
 //! round of `crate::read_index` or, when that cannot tell, openraft's own
-//! check (on the leader) or the leader's `ReadIndex` (on a follower).
+//! check on the leader or the leader's `ReadIndex` on a follower), or at a
+//! host the shard map names when this node does not serve them.
 //!
 //! Reads share rounds. A round's index covers every write acknowledged
 //! before the round started (it asks after that), so any read that began
@@ -14,10 +15,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imstore_engine::{Reader, ShardAnswer, ShardQuery};
 use imstore_proto::raft as pb;
 use openraft::error::{CheckIsLeaderError, RaftError};
 
-use super::{unavailable, ReplicaNode};
+use super::{unavailable, ReplicaNode, FORWARD_TIMEOUT};
 use crate::Error;
 
 /// Longest a read barrier waits (for the leader's read index, then for
@@ -226,5 +228,124 @@ impl ReplicaNode {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    /// Answers one read of the shard: here, after the read barrier (none
+    /// when `stale_ok`: this replica's applied state), if this node hosts
+    /// the shard; else at a node the shard map names, which does the same
+    /// (`RaftTransport/ShardRead`), the leader hint first, the others if
+    /// it fails. Errors: the engine's, or `NotLeader`/`UNAVAILABLE`
+    /// (retryable) when no replica answers.
+    pub async fn read(&self, stale_ok: bool, query: ShardQuery) -> Result<ShardAnswer, Error> {
+        let barrier = (!stale_ok).then(Instant::now);
+        self.read_with(barrier, query).await
+    }
+
+    /// [`ReplicaNode::read`] of a linearizable read that began at `since`:
+    /// here, a read-index round begun at or after `since` serves it, one
+    /// another read began or [`ReplicaNode::start_read_barrier`] did.
+    pub async fn read_since(
+        &self,
+        since: Instant,
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, Error> {
+        self.read_with(Some(since), query).await
+    }
+
+    /// The engine a linearizable read begun at `since` may run on here,
+    /// once its read barrier has passed; `None` when this node does not
+    /// serve the shard's reads itself (it does not host it, or is
+    /// installing a snapshot): [`ReplicaNode::read_since`] then reads it
+    /// elsewhere. What lets a caller run several shards' reads in one
+    /// blocking task.
+    pub async fn reader_since(&self, since: Instant) -> Result<Option<Reader>, Error> {
+        if self.elsewhere().is_some() {
+            return Ok(None);
+        }
+        self.read_barrier_since(since).await?;
+        // A snapshot began installing meanwhile: its rows are half
+        // replaced.
+        Ok((!self.state_machine().is_installing()).then(|| self.reader()))
+    }
+
+    /// Where this replica's reads go instead of here: the metadata group
+    /// that finds the shard's hosts, when this node does not host it or
+    /// is installing a snapshot (half replaced).
+    fn elsewhere(&self) -> Option<&ReplicaNode> {
+        self.directory_if_not_hosted().or_else(|| {
+            self.directory
+                .get()
+                .filter(|_| self.state_machine().is_installing())
+        })
+    }
+
+    /// A read after the barrier of a read begun at `barrier` (none:
+    /// `stale_ok`).
+    async fn read_with(
+        &self,
+        barrier: Option<Instant>,
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, Error> {
+        match self.elsewhere() {
+            Some(meta) => self.read_elsewhere(meta, barrier.is_none(), query).await,
+            None => {
+                if let Some(since) = barrier {
+                    self.read_barrier_since(since).await?;
+                }
+                self.query_here(query).await
+            }
+        }
+    }
+
+    /// Runs `query` on this replica's engine (from memory when the tail
+    /// cache holds it, else on the blocking pool), with no barrier.
+    pub(crate) async fn query_here(&self, query: ShardQuery) -> Result<ShardAnswer, Error> {
+        if self.state_machine().is_installing() {
+            // Its rows are half replaced: nothing read now would be true.
+            return Err(unavailable(format!(
+                "shard {} is installing a snapshot on node {}; retry",
+                self.shard, self.node_id
+            )));
+        }
+        if let Some(answer) = self.engine.query_cached(&query) {
+            return Ok(answer);
+        }
+        let engine = self.engine.clone();
+        Ok(tokio::task::spawn_blocking(move || engine.query(query))
+            .await
+            .map_err(unavailable)??)
+    }
+
+    async fn read_elsewhere(
+        &self,
+        meta: &ReplicaNode,
+        stale_ok: bool,
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, Error> {
+        let encoded = bincode::serialize(&query).map_err(unavailable)?;
+        let mut failures = Vec::new();
+        for (id, address) in self.replicas_from_map(meta)? {
+            let mut client = self.peer_client(&address)?;
+            let asked = client.shard_read(pb::ShardReadRequest {
+                shard: self.shard,
+                from: self.node_id,
+                stale_ok,
+                query: encoded.clone(),
+            });
+            match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
+                Ok(Ok(answer)) => {
+                    let answer: Result<ShardAnswer, Error> =
+                        bincode::deserialize(&answer.into_inner().payload).map_err(unavailable)?;
+                    return answer;
+                }
+                Ok(Err(status)) => failures.push(format!("node {id}: {}", status.message())),
+                Err(_) => failures.push(format!("node {id}: no answer in {FORWARD_TIMEOUT:?}")),
+            }
+        }
+        Err(unavailable(format!(
+            "shard {}: no replica answered a read ({})",
+            self.shard,
+            failures.join("; ")
+        )))
     }
 }

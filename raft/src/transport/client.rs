@@ -302,7 +302,7 @@ impl RaftNetwork<TypeConfig> for GrpcLink {
         // Entries wake a quiet group (heartbeats do not: they are what it
         // does without).
         if !rpc.entries.is_empty() {
-            self.quiet.sending(self.shard);
+            self.quiet.wake_led(self.shard);
         }
         self.call(&rpc, 0).await
     }
@@ -315,7 +315,7 @@ impl RaftNetwork<TypeConfig> for GrpcLink {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.quiet.sending(self.shard);
+        self.quiet.wake_led(self.shard);
         self.call(&rpc, 2).await
     }
 

@@ -49,12 +49,12 @@ impl TransportService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// The raft instance a message from a peer goes to, unless a fault
-    /// cuts that peer off.
-    fn receiving(&self, message: &pb::RaftMessage) -> Result<Raft<TypeConfig>, Error> {
+    /// The replica a message from a peer goes to, unless a fault cuts
+    /// that peer off.
+    fn receiving(&self, message: &pb::RaftMessage) -> Result<crate::ReplicaNode, Error> {
         self.accepting_from(message.from)?;
         crate::entry_format::refuse_unreadable(message.format, message.from)?;
-        self.shard(message.shard)
+        self.replica(message.shard)
     }
 
     /// Refuses a call from `peer` when a fault cuts this node off from it.
@@ -93,12 +93,12 @@ impl TransportService {
         &self,
         m: &pb::RaftMessage,
     ) -> Result<Result<openraft::raft::AppendEntriesResponse<u64>, RaftError<u64>>, Error> {
-        let raft = self.receiving(m)?;
+        let replica = self.receiving(m)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
         let entries = !rpc.entries.is_empty();
-        let answer = raft.append_entries(rpc).await;
+        let answer = replica.raft().append_entries(rpc).await;
         if entries {
-            self.quiet_groups()?.heard(m.shard);
+            replica.quiet().heard(m.shard);
         }
         Ok(answer)
     }
@@ -110,18 +110,6 @@ impl TransportService {
             shard: 0,
             node: self.node_id,
         })
-    }
-
-    /// The node's quiet groups (`crate::quiesce`).
-    fn quiet_groups(&self) -> Result<crate::quiesce::Quiet, Error> {
-        Ok(self.any_replica()?.quiet())
-    }
-
-    /// The node's heartbeat interval.
-    fn heartbeat(&self) -> Result<std::time::Duration, Error> {
-        Ok(std::time::Duration::from_millis(
-            self.any_replica()?.heartbeat_ms().max(1),
-        ))
     }
 
     pub(super) fn shard(&self, shard: u64) -> Result<Raft<TypeConfig>, Error> {
@@ -203,7 +191,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.receiving(&m)?;
+        let raft = self.receiving(&m)?.raft();
         let rpc: VoteRequest<u64> = decode(&m.payload)?;
         Ok(encode(m.shard, &raft.vote(rpc).await)?)
     }
@@ -213,10 +201,10 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.receiving(&m)?;
+        let replica = self.receiving(&m)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&m.payload)?;
-        let answer = raft.install_snapshot(rpc).await;
-        self.quiet_groups()?.heard(m.shard);
+        let answer = replica.raft().install_snapshot(rpc).await;
+        replica.quiet().heard(m.shard);
         Ok(encode(m.shard, &answer)?)
     }
 
@@ -226,10 +214,11 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     ) -> Result<Response<pb::QuiesceResponse>, Status> {
         let r = request.into_inner();
         self.accepting_from(r.from)?;
-        let quiet = self.quiet_groups()?;
-        let heartbeat = self.heartbeat()?;
+        // Every replica of this node shares its quiet groups and heartbeat.
+        let any = self.any_replica()?;
+        let heartbeat = std::time::Duration::from_millis(any.heartbeat_ms().max(1));
         Ok(Response::new(crate::quiesce::answer_quiesce(
-            &quiet,
+            &any.quiet(),
             |shard| self.replica(shard).ok(),
             heartbeat,
             r,
@@ -336,7 +325,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.receiving(&m)?;
+        let raft = self.receiving(&m)?.raft();
         let proposal: crate::Proposal = decode(&m.payload)?;
         match raft.client_write(proposal).await {
             Ok(response) => Ok(encode(m.shard, &response.data)?),
